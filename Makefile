@@ -1,0 +1,73 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a convenience.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install infra infra-down run up stop logs test test-unit test-integration lint format typecheck clean \
+        bench bench-aggregator bench-fanout bench-rest load-rest load-ws load-rest-headless load-ws-headless
+
+install:            ## install what is missing (Debian packages, .venv, Kafka jars)
+	@deploy/local/install.sh
+
+infra: install      ## start Kafka, PostgreSQL and Redis (reuses running ones)
+	@deploy/local/infra.sh up
+
+infra-down:
+	@deploy/local/infra.sh down
+
+run: install        ## the whole platform in the foreground; Ctrl-C stops it
+	@deploy/local/stack.sh run
+
+up: install         ## the whole platform in the background; returns when every service answers
+	@deploy/local/stack.sh up
+
+stop:               ## stop what `make up` started
+	@deploy/local/stack.sh stop
+
+logs:
+	@deploy/local/stack.sh logs
+
+test: infra         ## the whole suite, unit and integration, on the real servers
+	@$(PY) -m storage migrate >/dev/null
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test-integration: infra
+	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+lint:
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format:
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+typecheck:
+	$(PY) -m mypy
+
+clean:              ## stop everything and remove var/ (data, logs, caches)
+	-@deploy/local/stack.sh stop 2>/dev/null
+	rm -rf var
+
+# --- benchmarks and load runs (numbers go to docs/benchmarks.md) ---
+bench-aggregator: infra
+	$(PY) -m loadtests.bench_aggregator
+
+bench-fanout: infra
+	$(PY) -m loadtests.fanout
+
+bench-rest: infra
+	$(PY) -m loadtests.bench_rest
+
+load-rest:
+	.venv/bin/locust -f loadtests/locust_rest.py --host http://127.0.0.1:8000
+
+load-ws:
+	.venv/bin/locust -f loadtests/locust_ws.py --host ws://127.0.0.1:8001
+
+load-rest-headless:
+	$(PY) -m loadtests.run_locust rest
+
+load-ws-headless:
+	$(PY) -m loadtests.run_locust ws

@@ -1,0 +1,1 @@
+"""What every service shares: settings, symbols, messages, codec, books, Kafka, logging, metrics."""

@@ -1,0 +1,44 @@
+"""orjson encoding and the platform's timestamp format.
+
+Messages are encoded once by their producer; gateways forward those bytes unchanged.
+Timestamps are ISO-8601 UTC with microseconds (``2026-11-24T06:51:12.123456Z``);
+internally time travels as integer nanoseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from core.errors import CodecError
+
+dumps = orjson.dumps
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError(f"malformed JSON: {exc}") from exc
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def iso_from_ns(ns: int) -> str:
+    s, rem = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{rem // 1000:06d}Z"
+
+
+def ns_from_iso(text: str) -> int:
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise CodecError(f"bad timestamp {text!r}") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000

@@ -1,0 +1,86 @@
+"""aiokafka client factories and topic creation.
+
+Producers are idempotent (``enable_idempotence``) with ``acks=all`` so a retried send never
+duplicates; consumers that read aggregator output use ``read_committed`` so they never see an
+aborted transaction's messages (the aggregator publishes transactionally).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from core.backoff import Backoff
+from core.settings import Settings
+from core.topics import PARTITIONS, Topics
+
+log = logging.getLogger(__name__)
+
+
+def make_producer(s: Settings, *, transactional_id: str | None = None, **kw: Any) -> AIOKafkaProducer:
+    opts: dict[str, Any] = {
+        "bootstrap_servers": s.kafka_bootstrap,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 2,
+        "max_batch_size": 1 << 20,
+        "max_request_size": 4 << 20,
+        "compression_type": None,
+    }
+    if transactional_id:
+        opts["transactional_id"] = transactional_id
+    opts.update(kw)
+    return AIOKafkaProducer(**opts)
+
+
+def make_consumer(s: Settings, *topics: str, group_id: str | None = None, **kw: Any) -> AIOKafkaConsumer:
+    opts: dict[str, Any] = {
+        "bootstrap_servers": s.kafka_bootstrap,
+        "group_id": group_id,
+        "isolation_level": "read_committed",
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": 5,
+        "max_partition_fetch_bytes": 4 << 20,
+    }
+    opts.update(kw)
+    return AIOKafkaConsumer(*topics, **opts)
+
+
+async def ensure_topics(s: Settings, topics: Topics | None = None, *, partitions: int = PARTITIONS) -> list[str]:
+    """Create the platform's topics if missing; returns the names created."""
+    t = topics or Topics.from_settings(s)
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    backoff = Backoff(initial=0.2, maximum=3.0)
+    for attempt in range(30):
+        try:
+            await admin.start()
+            break
+        except KafkaConnectionError:
+            if attempt == 29:
+                raise
+            await asyncio.sleep(backoff.next())
+    try:
+        existing = set(await admin.list_topics())
+        new: list[NewTopic] = []
+        for name in t.all():
+            if name in existing:
+                continue
+            cfg = {"retention.ms": str(7 * 86400 * 1000)}
+            if name == t.snapshot:
+                cfg = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
+            new.append(NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=cfg))
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("topics created", extra={"topics": [n.name for n in new]})
+        return [n.name for n in new]
+    finally:
+        await admin.close()

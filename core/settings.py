@@ -1,0 +1,122 @@
+"""Frozen settings read from the environment once at start.
+
+A wrong value fails at start with the variable's name (Starlette's ``config`` idea), never later
+in a hot path. Every variable is listed in README "Configuration" with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _get(env: Mapping[str, str], key: str, cast: Callable[[str], T], default: T) -> T:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(key, f"cannot parse {raw!r}: {exc}") from exc
+
+
+def _bool(raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected one of 1/0/true/false/yes/no/on/off")
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _port(raw: str) -> int:
+    p = int(raw)
+    if not 0 <= p <= 65535:
+        raise ValueError("port out of range")
+    return p
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    # infrastructure
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    pg_dsn: str = "postgresql://postgres@127.0.0.1:15432/marketdata"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    # topics are "<prefix>.<name>"; tests use a unique prefix to isolate themselves
+    topic_prefix: str = "md"
+    # Redis keys are "<prefix>:..."; tests use a unique prefix too
+    redis_prefix: str = "md"
+    # listeners
+    rest_host: str = "127.0.0.1"
+    rest_port: int = 8000
+    ws_host: str = "127.0.0.1"
+    ws_port: int = 8001
+    fix_host: str = "127.0.0.1"
+    fix_port: int = 9876
+    # /metrics + /health of processes that have no HTTP server of their own
+    aggregator_http_port: int = 8011
+    storage_http_port: int = 8012
+    simulator_http_port: int = 8013
+    # market
+    symbols: tuple[str, ...] = ("BTC-USD", "ETH-USD", "LTC-USD")
+    sim_rate: float = 200.0  # order events per second per symbol
+    sim_seed: int = 42
+    book_checksum_depth: int = 10
+    l2_topn: int = 50
+    redis_book_depth: int = 100
+    # logging
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        d = cls()
+        return cls(
+            kafka_bootstrap=_get(e, "MD_KAFKA_BOOTSTRAP", str, d.kafka_bootstrap),
+            pg_dsn=_get(e, "MD_PG_DSN", str, d.pg_dsn),
+            redis_url=_get(e, "MD_REDIS_URL", str, d.redis_url),
+            topic_prefix=_get(e, "MD_TOPIC_PREFIX", str, d.topic_prefix),
+            redis_prefix=_get(e, "MD_REDIS_PREFIX", str, d.redis_prefix),
+            rest_host=_get(e, "MD_REST_HOST", str, d.rest_host),
+            rest_port=_get(e, "MD_REST_PORT", _port, d.rest_port),
+            ws_host=_get(e, "MD_WS_HOST", str, d.ws_host),
+            ws_port=_get(e, "MD_WS_PORT", _port, d.ws_port),
+            fix_host=_get(e, "MD_FIX_HOST", str, d.fix_host),
+            fix_port=_get(e, "MD_FIX_PORT", _port, d.fix_port),
+            aggregator_http_port=_get(e, "MD_AGGREGATOR_HTTP_PORT", _port, d.aggregator_http_port),
+            storage_http_port=_get(e, "MD_STORAGE_HTTP_PORT", _port, d.storage_http_port),
+            simulator_http_port=_get(e, "MD_SIMULATOR_HTTP_PORT", _port, d.simulator_http_port),
+            symbols=_get(e, "MD_SYMBOLS", _symbols, d.symbols),
+            sim_rate=_get(e, "MD_SIM_RATE", float, d.sim_rate),
+            sim_seed=_get(e, "MD_SIM_SEED", int, d.sim_seed),
+            book_checksum_depth=_get(e, "MD_BOOK_CHECKSUM_DEPTH", int, d.book_checksum_depth),
+            l2_topn=_get(e, "MD_L2_TOPN", int, d.l2_topn),
+            redis_book_depth=_get(e, "MD_REDIS_BOOK_DEPTH", int, d.redis_book_depth),
+            log_level=_get(e, "MD_LOG_LEVEL", str, d.log_level).upper(),
+            extra={k: v for k, v in e.items() if k.startswith("MD_")},
+        )
+
+    def get(self, key: str, cast: Callable[[str], T], default: T) -> T:
+        """Service-specific settings (``MD_WS_*``, ``MD_FIX_*``...) with the same strict casting."""
+        return _get(self.extra, key, cast, default)
+
+
+def _symbols(raw: str) -> tuple[str, ...]:
+    from core.symbols import normalize_symbol
+
+    return tuple(normalize_symbol(s) for s in _list(raw))
+
+
+parse_bool = _bool
+parse_list = _list

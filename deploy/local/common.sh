@@ -1,0 +1,38 @@
+# Shared settings for the native local stack (sourced, not run).
+# Every port and path here can be overridden from the environment; README "Configuration".
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VAR="${MD_VAR_DIR:-$ROOT/var}"
+PY="$ROOT/.venv/bin/python"
+KAFKA_PORT="${MD_KAFKA_PORT:-19092}"
+KAFKA_CONTROLLER_PORT="${MD_KAFKA_CONTROLLER_PORT:-19093}"
+PG_PORT="${MD_PG_PORT:-15432}"
+REDIS_PORT="${MD_REDIS_PORT:-16379}"
+KAFKA_LIBS="$VAR/cache/kafka-libs"
+mkdir -p "$VAR/log" "$VAR/run"
+
+log() { printf '[local] %s\n' "$*" >&2; }
+die() { printf '[local] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# wait_port HOST PORT SECONDS NAME: block until something accepts TCP on HOST:PORT.
+wait_port() {
+  local host=$1 port=$2 secs=$3 name=$4 i
+  for ((i = 0; i < secs * 5; i++)); do
+    if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  die "$name did not answer on $host:$port within ${secs}s (see $VAR/log)"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# find_pg_bin NAME: PostgreSQL server binaries live outside PATH on Debian.
+find_pg_bin() {
+  local b
+  for b in "$(command -v "$1" 2>/dev/null || true)" /usr/lib/postgresql/*/bin/"$1"; do
+    [[ -n "$b" && -x "$b" ]] && { echo "$b"; return 0; }
+  done
+  return 1
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# PostgreSQL cluster owned by the project, in var/postgres, on 127.0.0.1:$MD_PG_PORT.
+# usage: postgres.sh start|stop|status
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+DATA="$VAR/postgres"
+LOGF="$VAR/log/postgres.log"
+RUNAS=()
+# initdb refuses to run as root: run the server as the unprivileged 'postgres' user then.
+if [[ $(id -u) -eq 0 ]]; then
+  id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+  RUNAS=(runuser -u postgres --)
+fi
+
+start() {
+  if port_open "$PG_PORT"; then log "PostgreSQL already answers on 127.0.0.1:$PG_PORT"; return 0; fi
+  local initdb pg_ctl
+  initdb=$(find_pg_bin initdb) || die "PostgreSQL server binaries (initdb) not found: run deploy/local/install.sh or apt-get install postgresql"
+  pg_ctl=$(find_pg_bin pg_ctl) || die "pg_ctl not found"
+  mkdir -p "$DATA" "$VAR/run/pgsock"
+  [[ ${#RUNAS[@]} -gt 0 ]] && chown -R postgres "$DATA" "$VAR/run/pgsock" && touch "$LOGF" && chown postgres "$LOGF"
+  if [[ ! -f "$DATA/PG_VERSION" ]]; then
+    log "initdb into $DATA (once)"
+    "${RUNAS[@]}" "$initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$VAR/log/initdb.log" 2>&1 \
+      || die "initdb failed (see $VAR/log/initdb.log)"
+    cat >>"$DATA/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$VAR/run/pgsock'
+max_connections = 200
+shared_buffers = 256MB
+synchronous_commit = off
+fsync = on
+CONF
+  fi
+  log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+  "${RUNAS[@]}" "$pg_ctl" -D "$DATA" -l "$LOGF" -o "-p $PG_PORT" -w -t 60 start >/dev/null \
+    || die "PostgreSQL did not start (see $LOGF)"
+  wait_port 127.0.0.1 "$PG_PORT" 30 PostgreSQL
+  # the application database; tests create their own
+  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='marketdata'" | grep -q 1 \
+    || psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE marketdata" >/dev/null
+}
+
+stop() {
+  local pg_ctl
+  pg_ctl=$(find_pg_bin pg_ctl) || return 0
+  [[ -f "$DATA/postmaster.pid" ]] && "${RUNAS[@]}" "$pg_ctl" -D "$DATA" -m fast -w stop >/dev/null 2>&1 && log "PostgreSQL stopped"
+  return 0
+}
+
+case "${1:-}" in
+  start) start ;; stop) stop ;;
+  status) port_open "$PG_PORT" && echo "postgres: up 127.0.0.1:$PG_PORT" || echo "postgres: down" ;;
+  *) die "usage: postgres.sh start|stop|status" ;;
+esac

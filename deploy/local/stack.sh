@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The whole platform on this machine, no Docker.
+#   stack.sh run    infra + every service in the foreground; Ctrl-C / SIGTERM stops all cleanly
+#   stack.sh up     the same in the background; returns once every service answers /health
+#   stack.sh stop   stops what `up` started (services, then Kafka, PostgreSQL, Redis)
+#   stack.sh logs   where the logs are
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+HERE="$ROOT/deploy/local"
+SVC_RUN="$VAR/run/services"
+SVC_LOG="$VAR/log/services"
+mkdir -p "$SVC_RUN" "$SVC_LOG"
+
+services() { grep -v '^\s*#' "$HERE/services.conf" | grep -v '^\s*$'; }
+field() { echo "$1" | cut -d'|' -f"$2" | sed 's/^ *//;s/ *$//'; }
+
+start_one() {  # name cmd [instance]
+  local name=$1 cmd=$2 tag=${3:-$1}
+  if pid_alive "$SVC_RUN/$tag.pid"; then log "$tag already running"; return; fi
+  # shellcheck disable=SC2086
+  (cd "$ROOT" && exec setsid "$ROOT/.venv/bin/"$cmd >>"$SVC_LOG/$tag.log" 2>&1) &
+  echo $! >"$SVC_RUN/$tag.pid"
+}
+
+wait_health() {  # name url
+  local name=$1 url=$2 i
+  for ((i = 0; i < 300; i++)); do
+    if "$PY" - "$url" <<'PY' 2>/dev/null; then return 0; fi
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=1)
+except Exception:
+    sys.exit(1)
+PY
+    sleep 0.2
+  done
+  die "$name did not become healthy at $url (see $SVC_LOG/$name.log)"
+}
+
+start_all() {
+  "$HERE/infra.sh" up
+  local line name url cmd n i
+  n="${MD_WS_PROCESSES:-$(nproc)}"
+  while IFS= read -r line; do
+    name=$(field "$line" 1); url=$(field "$line" 2); cmd=$(field "$line" 3)
+    if [[ "$url" == "-" ]]; then
+      log "running $name"
+      (cd "$ROOT" && "$ROOT/.venv/bin/"$cmd >>"$SVC_LOG/$name.log" 2>&1) || die "$name failed (see $SVC_LOG/$name.log)"
+      continue
+    fi
+    if [[ "$name" == gateway_ws ]]; then
+      for ((i = 1; i <= n; i++)); do start_one "$name" "$cmd" "$name-$i"; done
+    else
+      start_one "$name" "$cmd"
+    fi
+  done < <(services)
+  while IFS= read -r line; do
+    name=$(field "$line" 1); url=$(field "$line" 2)
+    [[ "$url" == "-" ]] || wait_health "$name" "$url"
+  done < <(services)
+  cat >&2 <<MSG
+
+[local] the platform is up:
+  REST        http://127.0.0.1:${MD_REST_PORT:-8000}/api/v1/market/BTC-USD/orderbook?depth=10   (docs: /docs)
+  WebSocket   ws://127.0.0.1:${MD_WS_PORT:-8001}/ws   ($n processes)
+  FIX 4.4     127.0.0.1:${MD_FIX_PORT:-9876}  SenderCompID=CLIENT1 TargetCompID=MDGW
+  Kafka       127.0.0.1:$KAFKA_PORT   PostgreSQL 127.0.0.1:$PG_PORT   Redis 127.0.0.1:$REDIS_PORT
+  metrics     aggregator :8011  storage :8012  simulator :8013  fix :8014  (/metrics, /health)
+  logs        $SVC_LOG/
+MSG
+}
+
+stop_services() {
+  local f pids=()
+  for f in "$SVC_RUN"/*.pid; do
+    [[ -f "$f" ]] || continue
+    if kill -0 "$(cat "$f")" 2>/dev/null; then kill -TERM "$(cat "$f")" 2>/dev/null && pids+=("$(cat "$f")"); fi
+  done
+  local i
+  for ((i = 0; i < 100; i++)); do
+    local alive=0 p
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [[ $alive -eq 0 ]] && break
+    sleep 0.2
+  done
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -f "$SVC_RUN"/*.pid
+  [[ ${#pids[@]} -gt 0 ]] && log "services stopped"
+  return 0
+}
+
+case "${1:-}" in
+  run)
+    trap 'echo; log "stopping"; stop_services; "$HERE/infra.sh" down; exit 0' INT TERM
+    start_all
+    log "running; Ctrl-C stops everything (logs: make logs)"
+    tail -n0 -q -F "$SVC_LOG"/*.log &
+    wait
+    ;;
+  up) start_all ;;
+  stop) stop_services; "$HERE/infra.sh" down ;;
+  logs)
+    echo "service logs (JSON lines): $SVC_LOG/"; ls -1 "$SVC_LOG" 2>/dev/null | sed 's/^/  /'
+    echo "Kafka: $VAR/log/kafka/server.log  PostgreSQL: $VAR/log/postgres.log  Redis: $VAR/log/redis.log"
+    echo "follow all: tail -F $SVC_LOG/*.log" ;;
+  *) die "usage: stack.sh run|up|stop|logs" ;;
+esac

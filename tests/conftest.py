@@ -1,0 +1,118 @@
+"""Shared fixtures.
+
+Unit tests (tests/unit) touch no server. Integration tests (tests/integration) use the real Kafka,
+PostgreSQL and Redis started by ``deploy/local/infra.sh up`` (``make test`` does it) and isolate
+themselves from each other and from a running ``make run`` stack:
+
+- ``settings``: a unique Kafka topic prefix and Redis key prefix per test, topics created;
+- ``pg_dsn``: a fresh database per test module, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from core.settings import Settings
+
+BASE = Settings.from_env()
+
+
+def _port_open(hostport: str) -> bool:
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _pg_hostport(dsn: str) -> str:
+    rest = dsn.split("@", 1)[1]
+    return rest.split("/", 1)[0]
+
+
+def _redis_hostport(url: str) -> str:
+    return url.split("://", 1)[1].split("/", 1)[0].split("@")[-1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _infra_check(request: pytest.FixtureRequest) -> None:
+    """Fail integration tests loudly (not skip) when the real servers are not up."""
+    wants = any("integration" in str(item.fspath) for item in request.session.items)
+    if not wants:
+        return
+    missing = [
+        name
+        for name, hp in (
+            ("Kafka", BASE.kafka_bootstrap.split(",")[0]),
+            ("PostgreSQL", _pg_hostport(BASE.pg_dsn)),
+            ("Redis", _redis_hostport(BASE.redis_url)),
+        )
+        if not _port_open(hp)
+    ]
+    if missing:
+        pytest.exit(f"integration tests need {', '.join(missing)}: run `make infra` (or `make test`)", 2)
+    print(f"\n[integration] real servers: Kafka {BASE.kafka_bootstrap}, PostgreSQL "
+          f"{_pg_hostport(BASE.pg_dsn)}, Redis {_redis_hostport(BASE.redis_url)}")
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def settings() -> AsyncIterator[Settings]:
+    """Settings isolated to this test: own topics (created), own Redis key prefix."""
+    from core.kafka import ensure_topics
+
+    tag = unique()
+    s = dataclasses.replace(BASE, topic_prefix=f"test.{tag}", redis_prefix=f"test:{tag}")
+    await ensure_topics(s, partitions=3)
+    yield s
+
+
+@pytest.fixture(scope="module")
+def pg_dsn() -> Iterator[str]:
+    """A fresh PostgreSQL database for this module on the real server."""
+    import asyncpg
+
+    name = unique("test_")
+    admin_dsn = BASE.pg_dsn.rsplit("/", 1)[0] + "/postgres"
+
+    async def _exec(sql: str) -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(_exec(f'CREATE DATABASE "{name}"'))
+    yield BASE.pg_dsn.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def env_for(settings: Settings) -> dict[str, str]:
+    """Environment for a subprocess service bound to this test's isolated settings."""
+    env = dict(os.environ)
+    env.update(
+        MD_TOPIC_PREFIX=settings.topic_prefix,
+        MD_REDIS_PREFIX=settings.redis_prefix,
+        MD_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        MD_REDIS_URL=settings.redis_url,
+        MD_PG_DSN=settings.pg_dsn,
+    )
+    return env

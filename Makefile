@@ -48,6 +48,7 @@ typecheck:
 
 clean:              ## stop everything and remove var/ (data, logs, caches)
 	-@deploy/local/stack.sh stop 2>/dev/null
+	@if [ -L var/postgres-data ]; then rm -rf "$$(readlink var/postgres-data)"; fi
 	rm -rf var
 
 # --- benchmarks and load runs (numbers go to docs/benchmarks.md) ---

@@ -9,8 +9,14 @@ import random
 
 
 class Backoff:
-    def __init__(self, *, initial: float = 0.1, maximum: float = 10.0, factor: float = 2.0,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        initial: float = 0.1,
+        maximum: float = 10.0,
+        factor: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
         if initial <= 0 or maximum < initial or factor < 1:
             raise ValueError("need 0 < initial <= maximum and factor >= 1")
         self.initial = initial

@@ -31,4 +31,8 @@ class Health:
                 ok, detail = False, f"check raised {exc!r}"
             ok_all &= ok
             checks[name] = {"ok": ok, "detail": detail}
-        return ok_all, {"status": "ok" if ok_all else "degraded", "service": self.service, "checks": checks}
+        return ok_all, {
+            "status": "ok" if ok_all else "degraded",
+            "service": self.service,
+            "checks": checks,
+        }

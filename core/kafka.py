@@ -22,7 +22,9 @@ from core.topics import PARTITIONS, Topics
 log = logging.getLogger(__name__)
 
 
-def make_producer(s: Settings, *, transactional_id: str | None = None, **kw: Any) -> AIOKafkaProducer:
+def make_producer(
+    s: Settings, *, transactional_id: str | None = None, **kw: Any
+) -> AIOKafkaProducer:
     opts: dict[str, Any] = {
         "bootstrap_servers": s.kafka_bootstrap,
         "acks": "all",
@@ -38,7 +40,9 @@ def make_producer(s: Settings, *, transactional_id: str | None = None, **kw: Any
     return AIOKafkaProducer(**opts)
 
 
-def make_consumer(s: Settings, *topics: str, group_id: str | None = None, **kw: Any) -> AIOKafkaConsumer:
+def make_consumer(
+    s: Settings, *topics: str, group_id: str | None = None, **kw: Any
+) -> AIOKafkaConsumer:
     opts: dict[str, Any] = {
         "bootstrap_servers": s.kafka_bootstrap,
         "group_id": group_id,
@@ -52,7 +56,9 @@ def make_consumer(s: Settings, *topics: str, group_id: str | None = None, **kw: 
     return AIOKafkaConsumer(*topics, **opts)
 
 
-async def ensure_topics(s: Settings, topics: Topics | None = None, *, partitions: int = PARTITIONS) -> list[str]:
+async def ensure_topics(
+    s: Settings, topics: Topics | None = None, *, partitions: int = PARTITIONS
+) -> list[str]:
     """Create the platform's topics if missing; returns the names created."""
     t = topics or Topics.from_settings(s)
     admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
@@ -73,8 +79,14 @@ async def ensure_topics(s: Settings, topics: Topics | None = None, *, partitions
                 continue
             cfg = {"retention.ms": str(7 * 86400 * 1000)}
             if name == t.snapshot:
-                cfg = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
-            new.append(NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=cfg))
+                cfg = {
+                    "cleanup.policy": "compact",
+                    "min.compaction.lag.ms": "0",
+                    "segment.ms": "600000",
+                }
+            new.append(
+                NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=cfg)
+            )
         if new:
             try:
                 await admin.create_topics(new)

@@ -21,7 +21,9 @@ def _response(status: str, ctype: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-async def _handle(health: Health, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _handle(
+    health: Health, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
@@ -32,7 +34,11 @@ async def _handle(health: Health, reader: asyncio.StreamReader, writer: asyncio.
             resp = _response("200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
         elif path == "/health":
             ok, body = health.report()
-            resp = _response("200 OK" if ok else "503 Service Unavailable", "application/json", orjson.dumps(body))
+            resp = _response(
+                "200 OK" if ok else "503 Service Unavailable",
+                "application/json",
+                orjson.dumps(body),
+            )
         else:
             resp = _response("404 Not Found", "application/json", b'{"error":"not found"}')
         writer.write(resp)
@@ -44,6 +50,8 @@ async def _handle(health: Health, reader: asyncio.StreamReader, writer: asyncio.
 
 
 async def start_ops_server(health: Health, host: str, port: int) -> asyncio.Server:
-    server = await asyncio.start_server(lambda r, w: _handle(health, r, w), host, port, limit=MAX_REQUEST)
+    server = await asyncio.start_server(
+        lambda r, w: _handle(health, r, w), host, port, limit=MAX_REQUEST
+    )
     log.info("ops endpoint listening", extra={"url": f"http://{host}:{port}/health"})
     return server

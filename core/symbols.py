@@ -22,6 +22,9 @@ def normalize_symbol(raw: object) -> str:
     return f"{parts[0]}-{parts[1]}"
 
 
+ALL_CHANNELS = ("ticker", "l2", "l3", "trades", "candles", "stats")
+
+
 @dataclass(frozen=True, slots=True)
 class SymbolInfo:
     """One line of the symbol catalogue (what REST /symbols and FIX SecurityList serve)."""
@@ -33,7 +36,7 @@ class SymbolInfo:
     min_size: Decimal
     status: str = "online"  # online | halted | maintenance
     source: str = "simulator"
-    channels: tuple[str, ...] = ("ticker", "l2", "l3", "trades", "candles", "stats")
+    channels: tuple[str, ...] = ALL_CHANNELS
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -57,7 +60,7 @@ class SymbolInfo:
             min_size=Decimal(str(d["min_size"])),
             status=str(d.get("status", "online")),
             source=str(d.get("source", "simulator")),
-            channels=tuple(d.get("channels") or cls.channels),  # type: ignore[arg-type]
+            channels=tuple(d.get("channels") or ALL_CHANNELS),  # type: ignore[arg-type]
         )
 
 

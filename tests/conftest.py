@@ -58,9 +58,13 @@ def _infra_check(request: pytest.FixtureRequest) -> None:
         if not _port_open(hp)
     ]
     if missing:
-        pytest.exit(f"integration tests need {', '.join(missing)}: run `make infra` (or `make test`)", 2)
-    print(f"\n[integration] real servers: Kafka {BASE.kafka_bootstrap}, PostgreSQL "
-          f"{_pg_hostport(BASE.pg_dsn)}, Redis {_redis_hostport(BASE.redis_url)}")
+        pytest.exit(
+            f"integration tests need {', '.join(missing)}: run `make infra` (or `make test`)", 2
+        )
+    print(
+        f"\n[integration] real servers: Kafka {BASE.kafka_bootstrap}, PostgreSQL "
+        f"{_pg_hostport(BASE.pg_dsn)}, Redis {_redis_hostport(BASE.redis_url)}"
+    )
 
 
 def unique(prefix: str = "t") -> str:

@@ -9,6 +9,15 @@ RUNAS=()
 if [[ $(id -u) -eq 0 ]]; then
   id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
   RUNAS=(runuser -u postgres --)
+  # a checkout under a private folder (e.g. /root) is not reachable by that user: keep the
+  # cluster in a world-traversable place named after this checkout, linked from var/.
+  if ! runuser -u postgres -- test -x "$VAR"; then
+    alt="/var/tmp/md-postgres-$(echo "$ROOT" | sha1sum | cut -c1-10)"
+    mkdir -p "$alt"
+    ln -sfn "$alt" "$VAR/postgres-data"
+    DATA="$alt/data"
+    LOGF="$alt/postgres.log"
+  fi
 fi
 
 start() {
@@ -16,8 +25,10 @@ start() {
   local initdb pg_ctl
   initdb=$(find_pg_bin initdb) || die "PostgreSQL server binaries (initdb) not found: run deploy/local/install.sh or apt-get install postgresql"
   pg_ctl=$(find_pg_bin pg_ctl) || die "pg_ctl not found"
-  mkdir -p "$DATA" "$VAR/run/pgsock"
-  [[ ${#RUNAS[@]} -gt 0 ]] && chown -R postgres "$DATA" "$VAR/run/pgsock" && touch "$LOGF" && chown postgres "$LOGF"
+  SOCK="$(dirname "$DATA")/pgsock"
+  [[ "$DATA" == "$VAR/postgres" ]] && SOCK="$VAR/run/pgsock"
+  mkdir -p "$DATA" "$SOCK"
+  if [[ ${#RUNAS[@]} -gt 0 ]]; then chown -R postgres "$DATA" "$SOCK"; touch "$LOGF"; chown postgres "$LOGF"; fi
   if [[ ! -f "$DATA/PG_VERSION" ]]; then
     log "initdb into $DATA (once)"
     "${RUNAS[@]}" "$initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$VAR/log/initdb.log" 2>&1 \
@@ -25,7 +36,7 @@ start() {
     cat >>"$DATA/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
-unix_socket_directories = '$VAR/run/pgsock'
+unix_socket_directories = '$SOCK'
 max_connections = 200
 shared_buffers = 256MB
 synchronous_commit = off

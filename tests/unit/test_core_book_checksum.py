@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import zlib
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.book import L2Book
+from core.checksum import book_checksum, checksum_string
+from core.codec import iso_from_ns, loads, ns_from_iso
+from core.errors import CodecError
+
+
+def test_checksum_string_follows_documented_example() -> None:
+    s = checksum_string([("0.05005", "0.00000500")], [("0.05004", "1.2")])
+    assert s == "5005500500412"
+    assert book_checksum([("0.05005", "0.00000500")], [("0.05004", "1.2")]) == zlib.crc32(
+        b"5005500500412"
+    )
+
+
+def test_empty_book_checksum_is_crc_of_empty_string() -> None:
+    assert L2Book().checksum() == 0
+
+
+def test_book_orders_levels_and_deletes_on_zero() -> None:
+    b = L2Book()
+    b.apply(
+        [
+            ["buy", "100.5", "1"],
+            ["buy", "101", "2"],
+            ["buy", "99.99", "3"],
+            ["sell", "102", "1"],
+            ["sell", "101.5", "4"],
+        ]
+    )
+    assert [p for p, _ in b.top_bids()] == ["101", "100.5", "99.99"]
+    assert [p for p, _ in b.top_asks()] == ["101.5", "102"]
+    b.set("buy", "101.00", "0")  # same price, other spelling, removes the level
+    assert b.best_bid() == ("100.5", "1")
+    assert not b.crossed()
+    b.set("sell", "100", "1")
+    assert b.crossed()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ["buy", "abc", "1"],
+        ["buy", "1", "-1"],
+        ["up", "1", "1"],
+        ["sell", "NaN", "1"],
+        ["buy", "0", "1"],
+    ],
+)
+def test_book_rejects_bad_levels_and_stays_intact(change: list[str]) -> None:
+    b = L2Book()
+    b.set("buy", "10", "1")
+    with pytest.raises(ValueError):
+        b.apply([change])
+    assert b.snapshot() == {"bids": [["10", "1"]], "asks": []}
+
+
+levels = st.dictionaries(
+    st.integers(min_value=1, max_value=10_000),
+    st.integers(min_value=1, max_value=10**6),
+    max_size=30,
+)
+
+
+@given(levels, levels)
+def test_checksum_matches_independent_computation(
+    bids: dict[int, int], asks: dict[int, int]
+) -> None:
+    b = L2Book()
+    bid_levels = [(f"{p / 100:.2f}", f"{q / 1000:.3f}") for p, q in bids.items()]
+    ask_levels = [(f"{(p + 20_000) / 100:.2f}", f"{q / 1000:.3f}") for p, q in asks.items()]
+    b.load(bid_levels, ask_levels)
+    top_a = sorted(ask_levels, key=lambda lv: Decimal(lv[0]))[:10]
+    top_b = sorted(bid_levels, key=lambda lv: -Decimal(lv[0]))[:10]
+    text = "".join(
+        p.replace(".", "").lstrip("0") + q.replace(".", "").lstrip("0") for p, q in top_a + top_b
+    )
+    assert b.checksum(10) == zlib.crc32(text.encode())
+
+
+def test_timestamps_round_trip_at_microseconds() -> None:
+    ns = 1_795_503_050_651_234_000
+    text = iso_from_ns(ns)
+    assert text == "2026-11-24T06:50:50.651234Z"
+    assert ns_from_iso(text) == ns
+
+
+def test_malformed_json_is_a_codec_error() -> None:
+    with pytest.raises(CodecError):
+        loads(b"{not json")

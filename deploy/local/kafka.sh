@@ -52,7 +52,9 @@ start() {
       >"$LOGDIR/format.log" 2>&1 || die "Kafka storage format failed (see $LOGDIR/format.log)"
   fi
   log "starting Kafka on 127.0.0.1:$KAFKA_PORT"
-  nohup java "${jopts[@]}" -cp "$cp" kafka.Kafka "$CONF" >"$LOGDIR/stdout.log" 2>&1 &
+  # own session: a Ctrl-C in the terminal of `make run` reaches the stack script, which stops
+  # the services first and Kafka last
+  nohup setsid java "${jopts[@]}" -cp "$cp" kafka.Kafka "$CONF" >"$LOGDIR/stdout.log" 2>&1 &
   echo $! >"$PIDF"
   wait_port 127.0.0.1 "$KAFKA_PORT" 90 Kafka
 }

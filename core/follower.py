@@ -1,0 +1,747 @@
+"""Follow the aggregator's streams: join the compacted snapshot topic with the stream topics.
+
+Shared by every gateway (WebSocket, FIX) that serves "snapshot, then updates" from Kafka. The
+contract is ``docs/internals.md`` ("Snapshot topic"): read the snapshot, then the stream from
+an offset at or before it (``offsets_for_times(snapshot record timestamp - margin)``), drop
+stream messages with ``seq <= snapshot.seq``. This module has two layers:
+
+- :class:`StreamJoin`, pure and synchronous (no Kafka, no clock): records in, actions out
+  (:class:`Deliver`, :class:`Reset`, :class:`Rewind`). Unit tests drive it directly.
+- :class:`StreamFollower`, the thin asyncio shell: two manually assigned consumers (no group,
+  every gateway process reads everything), startup positioning, the loops, a Kafka watchdog,
+  and callbacks.
+
+Theory of operation, per key ``(channel, symbol)``::
+
+    NO_BASE --snapshot usable--> SYNCED --seq == last+1--> SYNCED (Deliver)
+       ^                            |
+       +---- gap / new epoch / -----+        seq <= last or retired epoch: dropped
+             checksum mismatch
+
+- Books (``l2``) are rebuilt in an :class:`~core.book.L2Book`; ``l3`` keeps the snapshot plus
+  the updates since (a bounded tail, rebased on every newer snapshot of the same epoch), so
+  the follower needs no knowledge of the L3 update shape.
+- Self-contained channels (``ticker``, ``stats``, ``candles_*``, ``status``, ``trades``) need
+  no base: after a gap or a new epoch the message itself becomes the new state.
+- A book that loses continuity buffers its stream messages (bounded) until a snapshot of the
+  new epoch is available; if that snapshot is older than the buffer, the partition is rewound
+  to the snapshot's time (a :class:`Rewind`). Other keys of that partition drop the re-read
+  messages by ``seq``, so a rewind is harmless to them.
+- Epoch changes are driven by the stream; a snapshot with a different epoch is adopted only
+  when it is newer (publish ``timestamp``) than the last applied message, so an idle stream
+  still moves to the new epoch. A retired epoch's late messages are dropped.
+- Every rebase emits :class:`Reset`: consumers send their clients a fresh snapshot, flagged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from core.book import L2Book
+from core.errors import CodecError
+from core.settings import Settings
+from core.topics import Topics
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (channel, symbol)
+
+#: Channels whose every message is a whole state (no base needed to apply it).
+SELF_CONTAINED_PREFIXES = ("ticker", "stats", "candles_", "status", "trades")
+
+
+class Kind(Enum):
+    L2 = "l2"  # L2Book applied from l2_update changes
+    TAIL = "tail"  # snapshot + bounded tail of updates (l3, unknown book-like channels)
+    LATEST = "latest"  # latest message is the state (ticker, stats, candles, status)
+    TRADES = "trades"  # last N messages
+
+
+def kind_of(channel: str) -> Kind:
+    if channel == "l2":
+        return Kind.L2
+    if channel == "trades":
+        return Kind.TRADES
+    if channel.startswith(SELF_CONTAINED_PREFIXES):
+        return Kind.LATEST
+    return Kind.TAIL
+
+
+class State(Enum):
+    NO_BASE = "no_base"
+    SYNCED = "synced"
+
+
+# ---------------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A new in-order message: ``seq == previous seq + 1`` in the same epoch."""
+
+    channel: str
+    symbol: str
+    seq: int
+    raw: bytes
+    parsed: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The key's state was rebuilt (first snapshot, gap, new epoch, bad checksum)."""
+
+    channel: str
+    symbol: str
+    seq: int
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """Re-read ``topic``/``partition`` from ``timestamp_ms`` (a snapshot older than the buffer)."""
+
+    topic: str
+    partition: int
+    timestamp_ms: int
+
+
+Action = Deliver | Reset | Rewind
+
+
+@dataclass(slots=True)
+class Current:
+    """What a new subscriber needs: ``messages`` (a snapshot, then updates) bring it to ``seq``."""
+
+    channel: str
+    symbol: str
+    seq: int
+    epoch: int
+    messages: list[bytes]
+    checksum: int | None
+    timestamp: str | None
+
+
+# ---------------------------------------------------------------------------------- pure join
+
+
+@dataclass(slots=True)
+class _Msg:
+    raw: bytes
+    parsed: dict[str, Any]
+    seq: int
+    epoch: int
+    timestamp: str
+
+
+@dataclass(slots=True)
+class _Snap:
+    msg: _Msg
+    ts_ms: int  # Kafka record timestamp of the snapshot record
+
+
+@dataclass(slots=True)
+class _KeyState:
+    channel: str
+    symbol: str
+    kind: Kind
+    state: State = State.NO_BASE
+    seq: int = 0
+    epoch: int = 0
+    last_ts: str = ""  # publish timestamp of the last applied message
+    checksum: int | None = None
+    event_time: str | None = None
+    book: L2Book | None = None
+    base: _Msg | None = None  # TAIL: the snapshot; LATEST: the latest message
+    tail: deque[_Msg] = field(default_factory=deque)  # TAIL updates since base / TRADES kept
+    latest_snap: _Snap | None = None
+    want_epoch: int | None = None
+    pending_reason: str = "snapshot"  # NO_BASE: why, reported by the Reset that ends it
+    min_snap_seq: int = 0  # NO_BASE: a snapshot older than this cannot bridge the hole
+    buffer: dict[int, _Msg] = field(default_factory=dict)  # NO_BASE: seq -> message
+    buffer_tp: tuple[str, int] | None = None
+    rewound_for: int | None = None  # snapshot seq a rewind was requested for
+    rewind_exhausted: bool = False
+    retired: deque[int] = field(default_factory=lambda: deque(maxlen=8))
+    cache: dict[tuple[int | None, bool], bytes] = field(default_factory=dict)
+    resets: int = 0
+    gaps: int = 0
+
+
+def _parse(raw: bytes) -> _Msg:
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError(f"malformed JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise CodecError("message is not an object")
+    seq, epoch = d.get("seq"), d.get("epoch", 0)
+    if not isinstance(seq, int) or not isinstance(epoch, int):
+        raise CodecError("message without integer seq/epoch")
+    if not isinstance(d.get("channel"), str) or not isinstance(d.get("symbol"), str):
+        raise CodecError("message without channel/symbol")
+    return _Msg(raw, d, seq, epoch, str(d.get("timestamp", "")))
+
+
+class StreamJoin:
+    """The pure snapshot+stream join for every key; see the module docstring.
+
+    Bounds (each per key): ``buffer_max`` stream messages held while a book waits for a
+    snapshot (an l2 update is ~200 B, so 10,000 is ~2 MB in the worst case, only during a
+    resync); ``tail_max`` l3 updates between snapshots (rebased on each snapshot, which the
+    aggregator refreshes often); ``trades_keep`` trades kept for "last N trades".
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: Iterable[str] | None = None,
+        symbols: Iterable[str] | None = None,
+        verify_checksum: bool = True,
+        checksum_depth: int = 10,
+        margin_ms: int = 5_000,
+        buffer_max: int = 10_000,
+        tail_max: int = 20_000,
+        trades_keep: int = 100,
+    ) -> None:
+        self.channels = set(channels) if channels is not None else None
+        self.symbols = set(symbols) if symbols is not None else None
+        self.verify_checksum = verify_checksum
+        self.checksum_depth = checksum_depth
+        self.margin_ms = margin_ms
+        self.buffer_max = buffer_max
+        self.tail_max = tail_max
+        self.trades_keep = trades_keep
+        self.keys: dict[Key, _KeyState] = {}
+        self.malformed = 0
+        self.dropped_dup = 0
+
+    # ----------------------------------------------------------------- inputs
+
+    def wants(self, channel: str, symbol: str) -> bool:
+        return (self.channels is None or channel in self.channels or (
+            channel.startswith("candles_") and "candles" in self.channels)) and (
+            self.symbols is None or symbol in self.symbols)
+
+    def _state(self, channel: str, symbol: str) -> _KeyState:
+        st = self.keys.get((channel, symbol))
+        if st is None:
+            kind = kind_of(channel)
+            st = _KeyState(channel, symbol, kind, book=L2Book() if kind is Kind.L2 else None)
+            self.keys[(channel, symbol)] = st
+        return st
+
+    def on_snapshot(self, key: bytes | str | None, value: bytes | None, ts_ms: int) -> list[Action]:
+        """A record of the compacted snapshot topic (``key`` = ``<channel>:<symbol>``)."""
+        if key is None or value is None:  # tombstone or keyless: nothing to join
+            return []
+        k = key.decode() if isinstance(key, bytes) else key
+        channel, sep, symbol = k.partition(":")
+        if not sep or channel == "agg" or not self.wants(channel, symbol):
+            return []  # private (agg:) or unknown keys are ignored per the contract
+        try:
+            m = _parse(value)
+        except CodecError:
+            self.malformed += 1
+            return []
+        st = self._state(channel, symbol)
+        st.latest_snap = _Snap(m, ts_ms)
+        if st.state is State.NO_BASE:
+            return self._try_base(st, st.pending_reason)
+        if m.epoch != st.epoch and m.epoch not in st.retired and m.timestamp > st.last_ts:
+            # an idle stream whose aggregator restarted: the snapshot is the newest truth
+            st.retired.append(st.epoch)
+            self._rebase(st, m)
+            return [self._reset(st, "epoch")]
+        if st.kind is Kind.TAIL and m.epoch == st.epoch and st.base is not None and (
+                st.base.seq <= m.seq <= st.seq):
+            # compaction of the l3 tail: the snapshot already includes the oldest updates
+            st.base = m
+            while st.tail and st.tail[0].seq <= m.seq:
+                st.tail.popleft()
+            st.cache.clear()
+        return []
+
+    def on_stream(self, value: bytes, topic: str = "", partition: int = 0) -> list[Action]:
+        """A record of a stream topic (value = the client-ready data message)."""
+        try:
+            m = _parse(value)
+        except CodecError:
+            self.malformed += 1
+            return []
+        channel, symbol = m.parsed["channel"], m.parsed["symbol"]
+        if not self.wants(channel, symbol):
+            return []
+        st = self._state(channel, symbol)
+        if m.epoch in st.retired:
+            self.dropped_dup += 1
+            return []
+        if st.kind in (Kind.LATEST, Kind.TRADES):
+            return self._on_self_contained(st, m)
+        if st.state is State.SYNCED:
+            if m.epoch == st.epoch:
+                if m.seq <= st.seq:
+                    self.dropped_dup += 1
+                    return []
+                if m.seq == st.seq + 1:
+                    if self._apply(st, m):
+                        return [Deliver(channel, symbol, m.seq, m.raw, m.parsed)]
+                    reason = "checksum"
+                else:
+                    reason = "gap"
+            else:
+                reason = "epoch"
+                st.retired.append(st.epoch)
+            st.gaps += 1
+            log.warning("stream discontinuity, resnapshot", extra={
+                "channel": channel, "symbol": symbol, "reason": reason, "seq": st.seq,
+                "got_seq": m.seq, "epoch": st.epoch, "got_epoch": m.epoch})
+            st.state = State.NO_BASE
+            st.pending_reason = reason
+            st.want_epoch = m.epoch
+            st.buffer.clear()
+            st.rewound_for = None
+            # Reading a partition in order, the missing messages are not in Kafka (gap) or
+            # our base disagrees (checksum): only a snapshot at or after the hole helps, and
+            # rewinding cannot. A new epoch starts from any snapshot of that epoch.
+            st.min_snap_seq = {"gap": m.seq - 1, "checksum": m.seq}.get(reason, 0)
+            st.rewind_exhausted = reason != "epoch"
+            if reason == "checksum":
+                return self._try_base(st, reason)
+        # NO_BASE: buffer until a usable snapshot exists
+        if st.want_epoch is not None and m.epoch != st.want_epoch:
+            st.retired.append(st.want_epoch)
+            st.buffer.clear()
+            st.rewound_for = None
+            st.rewind_exhausted = False
+            st.min_snap_seq = 0
+        st.want_epoch = m.epoch
+        if m.seq in st.buffer and st.rewound_for is not None:
+            st.rewind_exhausted = True  # the re-read reached what we had: the hole is real
+        st.buffer[m.seq] = m
+        st.buffer_tp = (topic, partition)
+        if len(st.buffer) > self.buffer_max:
+            del st.buffer[min(st.buffer)]
+        return self._try_base(st, st.pending_reason)
+
+    # ----------------------------------------------------------------- internals
+
+    def _on_self_contained(self, st: _KeyState, m: _Msg) -> list[Action]:
+        if st.state is State.SYNCED and m.epoch == st.epoch:
+            if m.seq <= st.seq:
+                self.dropped_dup += 1
+                return []
+            if m.seq == st.seq + 1:
+                self._apply(st, m)
+                return [Deliver(st.channel, st.symbol, m.seq, m.raw, m.parsed)]
+        reason = "snapshot" if st.state is State.NO_BASE else ("gap" if m.epoch == st.epoch else "epoch")
+        if reason == "epoch":
+            st.retired.append(st.epoch)
+        if reason != "snapshot":
+            st.gaps += 1
+        self._rebase(st, m)
+        return [self._reset(st, reason)]
+
+    def _try_base(self, st: _KeyState, reason: str) -> list[Action]:
+        snap = st.latest_snap
+        if st.kind in (Kind.LATEST, Kind.TRADES):
+            if snap is None:
+                return []
+            self._rebase(st, snap.msg)
+            return [self._reset(st, reason)]
+        if snap is None or (st.want_epoch is not None and snap.msg.epoch != st.want_epoch) or (
+                snap.msg.seq < st.min_snap_seq):
+            return []
+        s = snap.msg.seq
+        later = [q for q in st.buffer if q > s]
+        if later and min(later) > s + 1:
+            # the snapshot is older than what we buffered: re-read the stream from its time
+            if st.rewound_for != s and st.buffer_tp is not None and not st.rewind_exhausted:
+                st.rewound_for = s
+                topic, part = st.buffer_tp
+                return [Rewind(topic, part, max(0, snap.ts_ms - self.margin_ms))]
+            return []  # wait for a newer snapshot
+        self._rebase(st, snap.msg)
+        nxt = s + 1
+        while nxt in st.buffer:
+            if not self._apply(st, st.buffer[nxt]):
+                break
+            nxt += 1
+        leftover = [q for q in st.buffer if q >= nxt]
+        st.buffer.clear()
+        if leftover:  # a hole inside the buffer: keep waiting from here (rare)
+            log.warning("hole after rebase", extra={"channel": st.channel, "symbol": st.symbol})
+        st.want_epoch = None
+        st.pending_reason = "snapshot"
+        st.min_snap_seq = 0
+        st.rewound_for = None
+        st.rewind_exhausted = False
+        return [self._reset(st, reason)]
+
+    def _rebase(self, st: _KeyState, m: _Msg) -> None:
+        st.state = State.SYNCED
+        st.seq, st.epoch, st.last_ts = m.seq, m.epoch, m.timestamp
+        st.checksum = m.parsed.get("checksum")
+        st.event_time = m.parsed.get("event_time")
+        st.cache.clear()
+        if st.kind is Kind.L2:
+            assert st.book is not None
+            data = m.parsed.get("data") or {}
+            try:
+                st.book.load(data.get("bids", ()), data.get("asks", ()))
+            except (ValueError, TypeError, AttributeError):
+                st.book.clear()
+                self.malformed += 1
+            if st.checksum is None:
+                st.checksum = st.book.checksum(self.checksum_depth)
+        elif st.kind is Kind.TAIL:
+            st.base = m
+            st.tail.clear()
+        elif st.kind is Kind.LATEST:
+            st.base = m
+        else:  # TRADES: the newest message starts a new kept run
+            st.base = None
+            st.tail.clear()
+            st.tail.append(m)
+
+    def _apply(self, st: _KeyState, m: _Msg) -> bool:
+        """Apply an in-order message; False when the book's checksum disagrees."""
+        st.cache.clear()
+        if st.kind is Kind.L2:
+            assert st.book is not None
+            data = m.parsed.get("data") or {}
+            try:
+                if m.parsed.get("type") == "l2_snapshot":
+                    st.book.load(data.get("bids", ()), data.get("asks", ()))
+                else:
+                    st.book.apply(data.get("changes", ()))
+            except (ValueError, TypeError, AttributeError):
+                self.malformed += 1
+                return False
+            expected = m.parsed.get("checksum")
+            if self.verify_checksum and isinstance(expected, int):
+                if st.book.checksum(self.checksum_depth) != expected:
+                    return False
+        elif st.kind is Kind.TAIL:
+            st.tail.append(m)
+            if len(st.tail) > self.tail_max:
+                # no newer snapshot came: keep serving, but a new subscriber would miss the
+                # dropped updates, so force a resnapshot from the next snapshot record
+                st.tail.popleft()
+                st.state = State.NO_BASE
+                st.want_epoch = st.epoch
+                st.pending_reason = "overflow"
+                st.min_snap_seq = m.seq
+        elif st.kind is Kind.LATEST:
+            st.base = m
+        else:
+            st.tail.append(m)
+            if len(st.tail) > self.trades_keep:
+                st.tail.popleft()
+        st.seq, st.last_ts = m.seq, m.timestamp
+        st.event_time = m.parsed.get("event_time")
+        if "checksum" in m.parsed:
+            st.checksum = m.parsed["checksum"]
+        return True
+
+    def _reset(self, st: _KeyState, reason: str) -> Reset:
+        st.resets += 1
+        return Reset(st.channel, st.symbol, st.seq, st.epoch, reason)
+
+    # ----------------------------------------------------------------- queries
+
+    def current(self, channel: str, symbol: str, *, depth: int | None = None,
+                resync: bool = False, last: int | None = None) -> Current | None:
+        """The state of a key as messages for a new subscriber, or None when not synced.
+
+        ``depth`` limits an l2 snapshot; ``last`` the trades sent; ``resync`` adds
+        ``"resync": true`` to the snapshot message. Results are encoded once and cached
+        until the key changes, so a thousand subscribers joining share the same bytes.
+        """
+        st = self.keys.get((channel, symbol))
+        if st is None or st.state is not State.SYNCED:
+            return None
+        msgs: list[bytes]
+        if st.kind is Kind.L2:
+            ck = (depth, resync)
+            raw = st.cache.get(ck)
+            if raw is None:
+                assert st.book is not None
+                d: dict[str, Any] = {
+                    "type": "l2_snapshot", "channel": channel, "symbol": symbol,
+                    "seq": st.seq, "epoch": st.epoch, "timestamp": st.last_ts,
+                    "event_time": st.event_time,
+                    "checksum": st.book.checksum(self.checksum_depth),
+                    "data": st.book.snapshot(depth),
+                }
+                if resync:
+                    d["resync"] = True
+                raw = st.cache[ck] = orjson.dumps(d)
+            msgs = [raw]
+        elif st.kind in (Kind.TAIL, Kind.LATEST):
+            assert st.base is not None
+            msgs = [self._flagged(st, st.base, resync)] + [t.raw for t in st.tail]
+        else:
+            kept = list(st.tail)
+            n = len(kept) if last is None else max(0, last)
+            kept = kept[len(kept) - n:] if n else []
+            msgs = [self._flagged(st, kept[0], resync)] + [t.raw for t in kept[1:]] if kept else []
+        return Current(channel, symbol, st.seq, st.epoch, msgs, st.checksum, st.last_ts)
+
+    def _flagged(self, st: _KeyState, m: _Msg, resync: bool) -> bytes:
+        if not resync:
+            return m.raw
+        ck = (-m.seq, True)
+        raw = st.cache.get(ck)
+        if raw is None:
+            raw = st.cache[ck] = orjson.dumps({**m.parsed, "resync": True})
+        return raw
+
+    def seq_of(self, channel: str, symbol: str) -> tuple[int, int, int | None] | None:
+        """(seq, epoch, checksum) of a synced key: what a heartbeat reports."""
+        st = self.keys.get((channel, symbol))
+        if st is None or st.state is not State.SYNCED:
+            return None
+        return st.seq, st.epoch, st.checksum
+
+    def symbols_seen(self) -> set[str]:
+        return {s for (_, s) in self.keys}
+
+
+# ---------------------------------------------------------------------------------- asyncio shell
+
+DeliverCallback = Callable[[str, str, int, bytes, dict[str, Any]], None]
+ResetCallback = Callable[[Reset], None]
+
+
+class StreamFollower:
+    """Keep the joined state of the aggregator's streams in memory and call back on changes.
+
+    Usage::
+
+        f = StreamFollower(settings, channels=["l2", "ticker"])
+        f.add_callback(lambda ch, sym, seq, raw, parsed: ...)   # each new in-order message
+        f.add_reset_callback(lambda reset: ...)                  # resnapshot your clients
+        await f.start(); await f.ready.wait()
+        cur = f.current("l2", "BTC-USD")   # snapshot message(s) + seq for a new subscriber
+        ...
+        await f.stop()
+
+    Callbacks run synchronously on the event loop, in stream order, and must not block.
+    ``ready`` is set once the streams are read up to their end offsets at start; ``connected``
+    is False while the Kafka watchdog cannot reach the broker (``health()`` says why).
+    """
+
+    def __init__(self, settings: Settings, *, channels: Iterable[str] | None = None,
+                 symbols: Iterable[str] | None = None, margin_ms: int = 5_000,
+                 lookback_ms: int = 10_000, watchdog_s: float = 2.0, **join_opts: Any) -> None:
+        self.settings = settings
+        self.topics = Topics.from_settings(settings)
+        chans = list(channels) if channels is not None else None
+        self.join = StreamJoin(channels=chans, symbols=symbols, margin_ms=margin_ms,
+                               checksum_depth=settings.book_checksum_depth, **join_opts)
+        names = chans or ["l2", "l3", "ticker", "trades", "stats", "candles_1m", "status"]
+        self.stream_topics = sorted({self.topics.stream(c) for c in names})
+        self.lookback_ms = lookback_ms
+        self.watchdog_s = watchdog_s
+        self.ready = asyncio.Event()
+        self.connected = True
+        self.last_error: str | None = None
+        self.last_record_at = 0.0
+        self.lag: dict[str, int] = {}
+        self._callbacks: list[DeliverCallback] = []
+        self._reset_callbacks: list[ResetCallback] = []
+        self._snap_consumer: AIOKafkaConsumer | None = None
+        self._stream_consumer: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stream_tps: list[TopicPartition] = []
+        self._end_at_start: dict[TopicPartition, int] = {}
+
+    def add_callback(self, cb: DeliverCallback) -> None:
+        self._callbacks.append(cb)
+
+    def add_reset_callback(self, cb: ResetCallback) -> None:
+        self._reset_callbacks.append(cb)
+
+    def current(self, channel: str, symbol: str, **kw: Any) -> Current | None:
+        return self.join.current(channel, symbol, **kw)
+
+    def seq_of(self, channel: str, symbol: str) -> tuple[int, int, int | None] | None:
+        return self.join.seq_of(channel, symbol)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return self.connected and self.ready.is_set(), {
+            "kafka": "connected" if self.connected else "lost",
+            "ready": self.ready.is_set(), "error": self.last_error,
+            "keys": len(self.join.keys), "lag": sum(self.lag.values())}
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
+            isolation_level="read_committed", enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_wait_ms=5,
+            max_partition_fetch_bytes=4 << 20)
+
+    async def start(self) -> None:
+        """Read the snapshot topic to its end, position the streams, start following."""
+        sc, tc = self._consumer(), self._consumer()
+        self._snap_consumer, self._stream_consumer = sc, tc
+        try:
+            await self._start(sc, tc)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, sc: AIOKafkaConsumer, tc: AIOKafkaConsumer) -> None:
+        await sc.start()
+        await tc.start()
+        # consumer.topics() does not feed partitions_for_topic(); the fetched cluster does
+        cluster = await sc._client.fetch_all_metadata()
+        snap_tps = [TopicPartition(self.topics.snapshot, p)
+                    for p in sorted(cluster.partitions_for_topic(self.topics.snapshot) or ())]
+        sc.assign(snap_tps)
+        await sc.seek_to_beginning(*snap_tps)
+        ends = await sc.end_offsets(snap_tps)
+        min_ts: dict[str, int] = {}  # stream topic -> oldest snapshot record time
+        pending = {tp for tp, end in ends.items() if end > 0}
+        while pending:
+            batch = await sc.getmany(*pending, timeout_ms=500)
+            for recs in batch.values():
+                for r in recs:
+                    self._run(self.join.on_snapshot(r.key, r.value, r.timestamp))
+                    if r.key and not r.key.startswith(b"agg:"):
+                        ch = r.key.decode(errors="replace").partition(":")[0]
+                        with contextlib.suppress(KeyError):
+                            t = self.topics.stream(ch)
+                            min_ts[t] = min(min_ts.get(t, r.timestamp), r.timestamp)
+            for tp in list(pending):
+                if await sc.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        tps: list[TopicPartition] = []
+        for t in self.stream_topics:
+            tps += [TopicPartition(t, p) for p in sorted(cluster.partitions_for_topic(t) or ())]
+        tc.assign(tps)
+        self._stream_tps = tps
+        now_ms = int(time.time() * 1000)
+        start = {tp: (min_ts[tp.topic] - self.join.margin_ms) if tp.topic in min_ts
+                 else now_ms - self.lookback_ms for tp in tps}
+        offsets = await tc.offsets_for_times({tp: max(0, ts) for tp, ts in start.items()})
+        for tp in tps:
+            o = offsets.get(tp)
+            if o is None:
+                await tc.seek_to_end(tp)
+            else:
+                tc.seek(tp, o.offset)
+        self._end_at_start = await tc.end_offsets(tps)
+        self._tasks = [asyncio.create_task(self._snapshot_loop(), name="follower-snapshots"),
+                       asyncio.create_task(self._stream_loop(), name="follower-streams"),
+                       asyncio.create_task(self._watchdog(), name="follower-watchdog")]
+        log.info("follower started", extra={"topics": self.stream_topics,
+                                            "snapshot_keys": len(self.join.keys)})
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        for c in (self._snap_consumer, self._stream_consumer):
+            if c is not None:
+                with contextlib.suppress(Exception):
+                    await c.stop()
+
+    # ----------------------------------------------------------------- loops
+
+    def _run(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Deliver):
+                for cb in self._callbacks:
+                    try:
+                        cb(a.channel, a.symbol, a.seq, a.raw, a.parsed)
+                    except Exception:  # one broken consumer must not stop the feed
+                        log.exception("follower callback failed")
+            elif isinstance(a, Reset):
+                for rcb in self._reset_callbacks:
+                    try:
+                        rcb(a)
+                    except Exception:
+                        log.exception("follower reset callback failed")
+            else:
+                asyncio.get_running_loop().create_task(self._rewind(a))
+
+    async def _rewind(self, a: Rewind) -> None:
+        tc = self._stream_consumer
+        assert tc is not None
+        tp = TopicPartition(a.topic, a.partition)
+        offs = await tc.offsets_for_times({tp: a.timestamp_ms})
+        o = offs.get(tp)
+        if o is not None and o.offset < await tc.position(tp):
+            log.info("rewinding stream", extra={"topic": a.topic, "partition": a.partition,
+                                                "offset": o.offset})
+            tc.seek(tp, o.offset)
+
+    async def _snapshot_loop(self) -> None:
+        sc = self._snap_consumer
+        assert sc is not None
+        while True:
+            batch = await sc.getmany(timeout_ms=200, max_records=1000)
+            for recs in batch.values():
+                for r in recs:
+                    self._run(self.join.on_snapshot(r.key, r.value, r.timestamp))
+
+    async def _stream_loop(self) -> None:
+        tc = self._stream_consumer
+        assert tc is not None
+        join, run = self.join, self._run
+        while True:
+            batch = await tc.getmany(timeout_ms=200, max_records=2000)
+            if batch:
+                self.last_record_at = time.monotonic()
+            for tp, recs in batch.items():
+                for r in recs:
+                    if r.value is not None:
+                        run(join.on_stream(r.value, tp.topic, tp.partition))
+            if not self.ready.is_set():
+                done = True
+                for tp, end in self._end_at_start.items():
+                    if await tc.position(tp) < end:
+                        done = False
+                        break
+                if done:
+                    self.ready.set()
+                    log.info("follower caught up", extra={"keys": len(join.keys)})
+
+    async def _watchdog(self) -> None:
+        """Probe the broker: aiokafka retries silently, so a lost feed is otherwise invisible."""
+        tc = self._stream_consumer
+        assert tc is not None
+        while True:
+            try:
+                ends = await asyncio.wait_for(tc.end_offsets(self._stream_tps), self.watchdog_s * 2)
+                lag: dict[str, int] = {}
+                for tp, end in ends.items():
+                    hw = tc.highwater(tp)
+                    lag[f"{tp.topic}:{tp.partition}"] = max(0, end - (hw or end))
+                self.lag = lag
+                if not self.connected:
+                    log.info("kafka feed restored")
+                self.connected, self.last_error = True, None
+            except Exception as exc:  # any failure to reach the broker is "lost"
+                if self.connected:
+                    log.error("kafka feed lost", extra={"error": repr(exc)})
+                self.connected, self.last_error = False, repr(exc)
+            await asyncio.sleep(self.watchdog_s)

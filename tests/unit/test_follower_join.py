@@ -1,0 +1,236 @@
+"""The pure snapshot+stream join (core.follower.StreamJoin): no Kafka, no clock."""
+
+from __future__ import annotations
+
+import orjson
+
+from core.book import L2Book
+from core.channels import data_message
+from core.follower import Deliver, Reset, Rewind, StreamJoin
+
+T0 = 1_795_503_050_000_000_000
+
+
+class Producer:
+    """Builds contract-conforming l2 messages with a reference book (like the aggregator)."""
+
+    def __init__(self, symbol: str = "BTC-USD", epoch: int = 1) -> None:
+        self.symbol, self.epoch, self.seq = symbol, epoch, 0
+        self.book = L2Book()
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps(data_message(
+            type="l2_snapshot", channel="l2", symbol=self.symbol, seq=self.seq, epoch=self.epoch,
+            publish_ns=T0 + self.seq * 1000, event_ns=T0, data=self.book.snapshot(),
+            checksum=self.book.checksum()))
+
+    def update(self, changes: list[list[str]]) -> bytes:
+        self.seq += 1
+        self.book.apply(changes)
+        return orjson.dumps(data_message(
+            type="l2_update", channel="l2", symbol=self.symbol, seq=self.seq, epoch=self.epoch,
+            publish_ns=T0 + self.seq * 1000, event_ns=T0, data={"changes": changes},
+            checksum=self.book.checksum()))
+
+
+def tick(seq: int, epoch: int = 1, channel: str = "ticker", price: str = "100") -> bytes:
+    return orjson.dumps(data_message(
+        type="ticker", channel=channel, symbol="BTC-USD", seq=seq, epoch=epoch,
+        publish_ns=T0 + epoch * 10**9 + seq * 1000, event_ns=T0, data={"price": price}))
+
+
+def level(i: int) -> list[str]:
+    return ["buy" if i % 2 else "sell", str(100 + (i % 7) if i % 2 == 0 else 90 - (i % 5)), str(i + 1)]
+
+
+def delivered(actions: list) -> list[int]:
+    return [a.seq for a in actions if isinstance(a, Deliver)]
+
+
+def test_snapshot_then_stream_drops_old_and_delivers_in_order() -> None:
+    p = Producer()
+    updates = [p.update([level(i)]) for i in range(5)]
+    snap = p.snapshot()  # seq 5
+    updates += [p.update([level(i)]) for i in range(5, 10)]
+    j = StreamJoin()
+    acts = j.on_snapshot(b"l2:BTC-USD", snap, 1000)
+    assert [type(a) for a in acts] == [Reset]
+    seqs: list[int] = []
+    for u in updates:  # the stream is read from before the snapshot
+        seqs += delivered(j.on_stream(u, "t", 0))
+    assert seqs == [6, 7, 8, 9, 10]
+    cur = j.current("l2", "BTC-USD")
+    assert cur is not None and cur.seq == 10
+    got = orjson.loads(cur.messages[0])
+    assert got["type"] == "l2_snapshot" and got["checksum"] == p.book.checksum()
+    assert got["data"] == p.book.snapshot()
+
+
+def test_duplicates_are_dropped() -> None:
+    p = Producer()
+    j = StreamJoin()
+    j.on_snapshot("l2:BTC-USD", p.snapshot(), 0)
+    u1 = p.update([["buy", "10", "1"]])
+    assert delivered(j.on_stream(u1)) == [1]
+    assert j.on_stream(u1) == []
+    assert j.dropped_dup == 1
+
+
+def test_updates_before_snapshot_are_buffered_then_joined() -> None:
+    p = Producer()
+    p.update([["buy", "10", "1"]])
+    snap = p.snapshot()
+    ups = [p.update([level(i)]) for i in range(3)]
+    j = StreamJoin()
+    for u in ups:
+        assert j.on_stream(u, "t", 1) == []  # no base yet: nothing delivered
+    assert j.current("l2", "BTC-USD") is None
+    acts = j.on_snapshot("l2:BTC-USD", snap, 5)
+    assert len(acts) == 1 and isinstance(acts[0], Reset) and acts[0].seq == 4
+    assert j.current("l2", "BTC-USD").checksum == p.book.checksum()  # type: ignore[union-attr]
+
+
+def test_snapshot_older_than_buffer_asks_for_rewind_once() -> None:
+    p = Producer()
+    snap = p.snapshot()  # seq 0
+    p.update([["buy", "10", "1"]])  # seq 1, never seen by the join
+    late = [p.update([level(i)]) for i in range(2)]  # seq 2, 3
+    j = StreamJoin(margin_ms=100)
+    for u in late:
+        j.on_stream(u, "md.l2", 2)
+    acts = j.on_snapshot("l2:BTC-USD", snap, 5_000)
+    assert acts == [Rewind("md.l2", 2, 4_900)]
+    assert j.on_snapshot("l2:BTC-USD", snap, 5_000) == []  # asked once for this snapshot
+
+
+def test_gap_resnapshots_from_a_snapshot_covering_the_hole() -> None:
+    p = Producer()
+    j = StreamJoin()
+    j.on_snapshot("l2:BTC-USD", p.snapshot(), 0)
+    assert delivered(j.on_stream(p.update([["buy", "10", "1"]]))) == [1]
+    p.update([["buy", "11", "1"]])  # seq 2 lost
+    u3 = p.update([["sell", "12", "1"]])
+    assert j.on_stream(u3) == []  # gap: no delivery, no rewind (cannot help)
+    assert j.current("l2", "BTC-USD") is None
+    u4 = p.update([["sell", "13", "2"]])
+    j.on_stream(u4)
+    # an old snapshot (seq 0) cannot bridge the hole; a snapshot at seq 3 can
+    p_old = Producer()
+    assert j.on_snapshot("l2:BTC-USD", p_old.snapshot(), 0) == []
+    snap3 = Producer()
+    snap3.book, snap3.seq = L2Book(), 3
+    snap3.book.load([("11", "1"), ("10", "1")], [("12", "1")])
+    acts = j.on_snapshot("l2:BTC-USD", snap3.snapshot(), 9)
+    assert [(type(a), a.reason) for a in acts] == [(Reset, "gap")]  # type: ignore[union-attr]
+    cur = j.current("l2", "BTC-USD", resync=True)
+    assert cur is not None and cur.seq == 4 and cur.checksum == p.book.checksum()
+    assert orjson.loads(cur.messages[0])["resync"] is True
+
+
+def test_bad_checksum_triggers_resnapshot() -> None:
+    p = Producer()
+    j = StreamJoin()
+    j.on_snapshot("l2:BTC-USD", p.snapshot(), 0)
+    bad = orjson.loads(p.update([["buy", "10", "1"]]))
+    bad["checksum"] = 12345
+    assert delivered(j.on_stream(orjson.dumps(bad))) == []
+    assert j.current("l2", "BTC-USD") is None
+
+
+def test_new_epoch_on_stream_waits_for_that_epochs_snapshot_and_retires_old() -> None:
+    p = Producer(epoch=1)
+    j = StreamJoin()
+    j.on_snapshot("l2:BTC-USD", p.snapshot(), 0)
+    j.on_stream(p.update([["buy", "10", "1"]]))
+    q = Producer(epoch=2)
+    q_snap = q.snapshot()
+    first = q.update([["sell", "20", "1"]])
+    assert j.on_stream(first) == []
+    assert j.on_stream(p.update([["buy", "9", "1"]])) == []  # late message of the old epoch
+    acts = j.on_snapshot("l2:BTC-USD", q_snap, 10)
+    assert [(type(a), a.epoch, a.seq) for a in acts] == [(Reset, 2, 1)]  # type: ignore[union-attr]
+    assert delivered(j.on_stream(q.update([["sell", "21", "1"]]))) == [2]
+
+
+def test_idle_stream_adopts_newer_snapshot_of_new_epoch() -> None:
+    j = StreamJoin()
+    j.on_snapshot("ticker:BTC-USD", tick(5, epoch=1), 0)
+    assert delivered(j.on_stream(tick(6, epoch=1))) == [6]
+    acts = j.on_snapshot("ticker:BTC-USD", tick(3, epoch=2), 10)
+    assert [(type(a), a.reason) for a in acts] == [(Reset, "epoch")]  # type: ignore[union-attr]
+    assert j.on_stream(tick(7, epoch=1)) == []  # retired
+    assert delivered(j.on_stream(tick(4, epoch=2))) == [4]
+
+
+def test_self_contained_channels_need_no_snapshot_and_rebase_on_gap() -> None:
+    j = StreamJoin()
+    acts = j.on_stream(tick(10))
+    assert [type(a) for a in acts] == [Reset]
+    assert delivered(j.on_stream(tick(11))) == [11]
+    acts = j.on_stream(tick(13, price="101"))
+    assert [(type(a), a.reason) for a in acts] == [(Reset, "gap")]  # type: ignore[union-attr]
+    cur = j.current("ticker", "BTC-USD")
+    assert cur is not None and cur.seq == 13 and orjson.loads(cur.messages[0])["data"]["price"] == "101"
+
+
+def test_trades_keep_last_n() -> None:
+    j = StreamJoin(trades_keep=3)
+    for s in range(1, 8):
+        j.on_stream(tick(s, channel="trades"))
+    cur = j.current("trades", "BTC-USD", last=2)
+    assert cur is not None and [orjson.loads(m)["seq"] for m in cur.messages] == [6, 7]
+    assert j.current("trades", "BTC-USD", last=0).messages == []  # type: ignore[union-attr]
+
+
+def test_tail_channel_serves_snapshot_plus_updates_and_compacts() -> None:
+    def l3(seq: int, typ: str) -> bytes:
+        return orjson.dumps(data_message(type=typ, channel="l3", symbol="BTC-USD", seq=seq,
+                                         epoch=1, publish_ns=T0 + seq, event_ns=T0, data={}))
+    j = StreamJoin()
+    j.on_snapshot("l3:BTC-USD", l3(2, "l3_snapshot"), 0)
+    for s in (1, 2, 3, 4, 5):
+        j.on_stream(l3(s, "l3_update"))
+    cur = j.current("l3", "BTC-USD")
+    assert cur is not None and [orjson.loads(m)["seq"] for m in cur.messages] == [2, 3, 4, 5]
+    j.on_snapshot("l3:BTC-USD", l3(4, "l3_snapshot"), 1)
+    cur = j.current("l3", "BTC-USD")
+    assert cur is not None and [orjson.loads(m)["seq"] for m in cur.messages] == [4, 5]
+
+
+def test_unknown_private_and_malformed_records_are_ignored() -> None:
+    j = StreamJoin()
+    assert j.on_snapshot("agg:state:BTC-USD", b"{}", 0) == []
+    assert j.on_snapshot("l2:BTC-USD", b"not json", 0) == []
+    assert j.on_stream(b"[1,2]") == []
+    assert j.on_snapshot("l2:BTC-USD", None, 0) == []
+    assert j.malformed == 2
+    assert j.keys == {}
+
+
+def test_filters_channels_and_symbols() -> None:
+    j = StreamJoin(channels=["ticker"], symbols=["ETH-USD"])
+    assert j.on_stream(tick(1)) == []
+    assert j.keys == {}
+
+
+def test_random_stream_matches_reference_book() -> None:
+    import random
+
+    rng = random.Random(7)
+    p = Producer()
+    j = StreamJoin()
+    msgs: list[bytes] = []
+    snap_at = 50
+    snap = b""
+    for i in range(200):
+        side = rng.choice(["buy", "sell"])
+        px = str(rng.randint(90, 99) if side == "buy" else rng.randint(101, 110))
+        msgs.append(p.update([[side, px, rng.choice(["0", "1", "2.5"])]]))
+        if i == snap_at:
+            snap = p.snapshot()
+    j.on_snapshot("l2:BTC-USD", snap, 0)
+    seqs: list[int] = []
+    for m in msgs:
+        seqs += delivered(j.on_stream(m))
+    assert seqs == list(range(snap_at + 2, 201))
+    assert j.seq_of("l2", "BTC-USD") == (200, 1, p.book.checksum())

@@ -1,0 +1,306 @@
+"""docker-compose.yml against the Compose specification and against what `make run` does.
+
+No Docker engine runs here, so the file is validated, not started:
+
+- the Compose specification's JSON schema (check-jsonschema's vendored ``compose-spec``);
+- every service of ``deploy/local/services.conf`` is a compose service with the same command, the
+  same health URL (port and path) in its health check, the one image built by ./Dockerfile, a
+  restart policy, and the infrastructure as healthy dependencies;
+- every ``MD_*`` variable set is one the code reads, ports equal ``core/settings.py`` defaults,
+  and the Kafka/PostgreSQL/Redis URLs point at compose services that listen there;
+- Prometheus scrapes every service on its services.conf port.
+
+``compose_problems`` returns a list of human-readable problems; the tests also prove it fails on
+broken variants (a deleted service, a changed command, a wrong port), so it is not vacuous.
+The helpers here are imported by the other tests/unit/test_deploy_*.py modules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from core.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+SERVICES_CONF = ROOT / "deploy" / "local" / "services.conf"
+CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
+CODE_DIRS = ("core", "aggregator", "storage", "gateway_ws", "gateway_rest", "fix_gateway")
+INFRA = ("kafka", "timescaledb", "redis")
+LONG_RUNNING_RESTART = {"always", "unless-stopped", "on-failure"}
+
+
+@dataclass(frozen=True)
+class ConfService:
+    name: str
+    health_url: str | None
+    command: tuple[str, ...]
+
+    @property
+    def port(self) -> int | None:
+        return urlsplit(self.health_url).port if self.health_url else None
+
+    @property
+    def module(self) -> str:
+        """Top-level package of ``python -m pkg.sub`` (what the image must contain)."""
+        return self.command[self.command.index("-m") + 1].split(".")[0]
+
+
+def load_services_conf(path: Path = SERVICES_CONF) -> list[ConfService]:
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, url, cmd = (p.strip() for p in line.split("|"))
+        out.append(ConfService(name, None if url == "-" else url, tuple(shlex.split(cmd))))
+    assert out, f"no services in {path}"
+    return out
+
+
+def known_md_vars() -> set[str]:
+    """Every MD_* name that the code or the local scripts read (a typo in compose is caught)."""
+    names: set[str] = set()
+    files = [p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py")]
+    files += list((ROOT / "deploy" / "local").glob("*.sh"))
+    files += list((ROOT / "gateway_rest").glob("web_page.py"))
+    for f in files:
+        names.update(re.findall(r"\bMD_[A-Z0-9_]+\b", f.read_text(errors="replace")))
+    return names
+
+
+def settings_var_defaults() -> dict[str, Any]:
+    """MD_* variable of core/settings.py -> its default value (found by setting each one)."""
+    src = (ROOT / "core" / "settings.py").read_text()
+    base = Settings.from_env({})
+    out: dict[str, Any] = {}
+    for var in sorted(set(re.findall(r'"(MD_[A-Z0-9_]+)"', src))):
+        for probe in ("1", "127.0.0.1:1", "BTC-USD"):
+            try:
+                changed = Settings.from_env({var: probe})
+            except Exception:
+                continue
+            diff = [f for f in base.__dataclass_fields__ if f != "extra" and getattr(base, f) != getattr(changed, f)]
+            if diff:
+                out[var] = getattr(base, diff[0])
+                break
+    return out
+
+
+def load_compose(path: Path = COMPOSE) -> dict[str, Any]:
+    # JSON round trip: YAML aliases (*app-env) become independent copies, so a test can mutate one
+    return json.loads(json.dumps(yaml.safe_load(path.read_text())))
+
+
+def _env(svc: dict[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _command(svc: dict[str, Any]) -> tuple[str, ...]:
+    cmd = svc.get("command")
+    if isinstance(cmd, str):
+        return tuple(shlex.split(cmd))
+    return tuple(cmd or ())
+
+
+def _health_text(svc: dict[str, Any]) -> str:
+    test = (svc.get("healthcheck") or {}).get("test") or []
+    return " ".join(test) if isinstance(test, list) else str(test)
+
+
+def _published(svc: dict[str, Any]) -> set[tuple[int, int]]:
+    out = set()
+    for p in svc.get("ports") or []:
+        parts = str(p).split(":")
+        out.add((int(parts[-2]), int(parts[-1])))
+    return out
+
+
+def _strip_default(value: str) -> str:
+    """``${VAR:-default}`` -> ``default`` (what compose substitutes when VAR is unset)."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+def compose_problems(compose: dict[str, Any], conf: list[ConfService]) -> list[str]:
+    problems: list[str] = []
+    services: dict[str, Any] = compose.get("services") or {}
+    defaults = settings_var_defaults()
+    known = known_md_vars()
+    image = None
+    for cs in conf:
+        svc = services.get(cs.name)
+        if svc is None:
+            problems.append(f"{cs.name}: in services.conf but not in docker-compose.yml")
+            continue
+        if _command(svc) != cs.command:
+            problems.append(f"{cs.name}: command {_command(svc)} != services.conf {cs.command}")
+        if not svc.get("build") or svc["build"].get("dockerfile", "Dockerfile") != "Dockerfile":
+            problems.append(f"{cs.name}: not built from ./Dockerfile")
+        image = image or svc.get("image")
+        if svc.get("image") != image:
+            problems.append(f"{cs.name}: image {svc.get('image')} differs from {image} (one image for all)")
+        env = _env(svc)
+        restart = svc.get("restart")
+        if cs.health_url is None:  # one-shot (migrate)
+            if restart not in ("no", None):
+                problems.append(f"{cs.name}: one-shot but restart={restart!r}")
+        else:
+            if restart not in LONG_RUNNING_RESTART:
+                problems.append(f"{cs.name}: restart={restart!r}, want one of {sorted(LONG_RUNNING_RESTART)}")
+            if cs.health_url not in _health_text(svc):
+                problems.append(f"{cs.name}: health check does not call {cs.health_url} ({_health_text(svc)!r})")
+            deps = svc.get("depends_on") or {}
+            for infra in INFRA:
+                if (deps.get(infra) or {}).get("condition") != "service_healthy":
+                    problems.append(f"{cs.name}: does not wait for {infra} to be healthy")
+            for one_shot in (c.name for c in conf if c.health_url is None):
+                if (deps.get(one_shot) or {}).get("condition") != "service_completed_successfully":
+                    problems.append(f"{cs.name}: does not wait for {one_shot} to complete")
+            port_vars = [k for k, v in env.items() if k.endswith("_PORT") and v == str(cs.port)]
+            exposed = {int(str(e)) for e in svc.get("expose") or []} | {c for _, c in _published(svc)}
+            if cs.port not in exposed:
+                problems.append(f"{cs.name}: port {cs.port} neither exposed nor published")
+            if not port_vars and cs.port not in defaults.values():
+                problems.append(f"{cs.name}: no MD_*_PORT sets {cs.port} and no setting defaults to it")
+        for k, v in env.items():
+            if k.startswith("MD_") and k not in known:
+                problems.append(f"{cs.name}: {k} is read by no code (typo?)")
+            if k.endswith("_PORT") and k in defaults and int(_strip_default(v)) != defaults[k]:
+                problems.append(f"{cs.name}: {k}={v} but core/settings.py default is {defaults[k]} (make run uses that)")
+        problems += _infra_url_problems(cs.name, env, services)
+    # the public listeners are published on the same host port as `make run` uses
+    for name, var in (("gateway_rest", "MD_REST_PORT"), ("gateway_ws", "MD_WS_PORT"), ("fix_gateway", "MD_FIX_PORT")):
+        if name in services and (defaults[var], defaults[var]) not in _published(services[name]):
+            problems.append(f"{name}: does not publish {defaults[var]}:{defaults[var]}")
+    for infra in INFRA:
+        if infra not in services:
+            problems.append(f"{infra}: missing")
+        elif not (services[infra].get("healthcheck") or {}).get("test"):
+            problems.append(f"{infra}: no health check")
+    return problems
+
+
+def _infra_url_problems(name: str, env: dict[str, str], services: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    default_db = urlsplit(Settings().pg_dsn).path
+    boot = _strip_default(env.get("MD_KAFKA_BOOTSTRAP", ""))
+    host, _, port = boot.partition(":")
+    kafka_listeners = _env(services.get("kafka", {})).get("KAFKA_ADVERTISED_LISTENERS", "")
+    if f"//{host}:{port}" not in kafka_listeners:
+        out.append(f"{name}: MD_KAFKA_BOOTSTRAP={boot!r} is not an advertised Kafka listener ({kafka_listeners})")
+    dsn = urlsplit(_strip_default(env.get("MD_PG_DSN", "")))
+    if dsn.hostname != "timescaledb" or dsn.port != 5432 or dsn.path != default_db:
+        out.append(f"{name}: MD_PG_DSN should be timescaledb:5432{default_db}, got {env.get('MD_PG_DSN')!r}")
+    elif _env(services.get("timescaledb", {})).get("POSTGRES_DB") != default_db.strip("/"):
+        out.append(f"{name}: timescaledb does not create database {default_db}")
+    r = urlsplit(env.get("MD_REDIS_URL", ""))
+    if r.hostname != "redis" or r.port != 6379:
+        out.append(f"{name}: MD_REDIS_URL should point at redis:6379, got {env.get('MD_REDIS_URL')!r}")
+    return out
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_compose_matches_the_compose_spec_schema() -> None:
+    r = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_schema_check_rejects_an_invalid_file(tmp_path: Path) -> None:
+    bad = load_compose()
+    bad["services"]["gateway_rest"]["comand"] = ["typo"]  # unknown key
+    bad["services"]["redis"]["ports"] = "6379"  # wrong type
+    f = tmp_path / "docker-compose.yml"
+    f.write_text(yaml.safe_dump(bad))
+    r = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(f)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+
+
+def test_compose_mirrors_services_conf_and_settings() -> None:
+    problems = compose_problems(load_compose(), load_services_conf())
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda c: c["services"].pop("aggregator"), id="service-deleted"),
+        pytest.param(lambda c: c["services"]["gateway_ws"].update(command=["python", "-m", "gateway_rest"]), id="command-changed"),
+        pytest.param(lambda c: c["services"]["gateway_rest"]["environment"].update(MD_REST_PORT="8080"), id="port-changed"),
+        pytest.param(lambda c: c["services"]["storage"].pop("healthcheck"), id="healthcheck-removed"),
+        pytest.param(lambda c: c["services"]["simulator"].update(restart="no"), id="no-restart"),
+        pytest.param(lambda c: c["services"]["fix_gateway"]["environment"].update(MD_FIX_PROT="1"), id="unknown-var"),
+        pytest.param(lambda c: c["services"]["storage"]["environment"].update(MD_PG_DSN="postgresql://postgres@db:5432/x"), id="bad-dsn"),
+        pytest.param(lambda c: c["services"]["gateway_ws"].update(ports=["18001:8001"]), id="not-published"),
+        pytest.param(lambda c: c["services"].pop("redis"), id="infra-deleted"),
+    ],
+)
+def test_checker_catches_drift(mutate: Any) -> None:
+    c = load_compose()
+    mutate(c)
+    assert compose_problems(c, load_services_conf())
+
+
+def test_a_service_added_to_services_conf_must_be_in_compose(tmp_path: Path) -> None:
+    conf = tmp_path / "services.conf"
+    conf.write_text(SERVICES_CONF.read_text() + "replay | http://127.0.0.1:8015/health | python -m aggregator.sources.replay\n")
+    problems = compose_problems(load_compose(), load_services_conf(conf))
+    assert any(p.startswith("replay:") for p in problems), problems
+
+
+def test_dockerfile_contains_every_service_package() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\w+)/ \1/$", text, re.M))
+    needed = {cs.module for cs in load_services_conf()} | {"core"}
+    assert needed <= copied, f"Dockerfile does not COPY {sorted(needed - copied)}"
+    assert "npm run build" in text and "web/dist" in text  # the live page is bundled into the image
+
+
+def _scrape_targets(path: Path) -> dict[str, set[str]]:
+    cfg = yaml.safe_load(path.read_text())
+    return {j["job_name"]: {t for sc in j.get("static_configs", []) for t in sc["targets"]} for j in cfg["scrape_configs"]}
+
+
+def test_prometheus_scrapes_every_service_on_its_port() -> None:
+    compose_targets = _scrape_targets(ROOT / "deploy" / "prometheus" / "prometheus.yml")
+    local_targets = _scrape_targets(ROOT / "deploy" / "prometheus" / "prometheus.local.yml")
+    compose = load_compose()
+    for cs in load_services_conf():
+        if cs.port is None:
+            continue
+        assert f"{cs.name}:{cs.port}" in compose_targets.get(cs.name, set()), cs.name
+        assert f"127.0.0.1:{cs.port}" in local_targets.get(cs.name, set()), cs.name
+    # compose mounts the folder holding prometheus.yml and alerts.yml
+    vols = compose["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in vols
+    assert yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["rule_files"] == ["/etc/prometheus/alerts.yml"]
+
+
+def test_ops_dependencies_are_provisioned() -> None:
+    s = load_compose()["services"]
+    assert {"prometheus", "grafana"} <= s.keys()
+    gvols = s["grafana"]["volumes"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in gvols
+    assert any(v.startswith("./deploy/grafana/dashboards:") for v in gvols)
+    # every bind-mounted path exists in the repository
+    for name, svc in s.items():
+        for v in svc.get("volumes") or []:
+            src = str(v).split(":")[0]
+            if src.startswith("./"):
+                assert (ROOT / src).exists(), f"{name}: {src} does not exist"

@@ -1,0 +1,364 @@
+"""The aggregator process: md.in -> per-symbol state -> md.<stream> + md.snapshot, exactly once.
+
+Theory of operation
+-------------------
+
+Aggregators form one consumer group on the input topic; each input partition (and so each of
+its symbols) is owned by one instance at a time. Each owned partition ``p`` has its own
+:class:`Worker` with its own *transactional producer*, ``transactional_id =
+<group>.p<p>``. Per partition the loop is the read-process-write cycle of Kafka transactions:
+
+1. read a batch of input records, apply them to the symbols' :class:`SymbolState`;
+2. send the resulting data messages (``seq`` +1 per ``(channel, symbol)``) inside the open
+   transaction;
+3. every ``MD_AGG_TXN_MS`` (default 50 ms): add the recovery records of the symbols touched in
+   this transaction (``agg:seq:<symbol>`` always, the full ``agg:state:<symbol>`` at most every
+   ``MD_AGG_CHECKPOINT_MS``), the public snapshots that are due, then
+   ``send_offsets_to_transaction`` (the input offset) and ``commit_transaction``.
+
+Outputs, recovery state and the input offset commit together or not at all (KIP-98). A crash
+loses the open transaction; ``read_committed`` consumers never see it. The next owner of ``p``
+loads ``agg:state``/``agg:seq`` from md.snapshot partition ``p`` (written there explicitly so a
+recovery reads one partition), replays the input from the checkpoint's offset up to the
+committed offset *silently* (the book, candles and windows are a function of the events, not
+of the batching), takes the ``seq`` counters from ``agg:seq``, and continues: no gap, no dup.
+
+Zombie fencing without KIP-447
+------------------------------
+
+aiokafka has no consumer-group-aware fencing (KIP-447: ``sendOffsetsToTransaction`` with the
+group metadata), so a stalled instance that lost its partitions could still commit a
+transaction. We use the pre-KIP-447 scheme of KIP-98 instead: one transactional id *per input
+partition*. The new owner's ``InitProducerId`` (awaited before it reads any state) bumps the
+producer epoch of ``<group>.p<p>``: the old owner's open transaction is aborted and any later
+commit of it fails with ``ProducerFenced``, after which it drops the partition. Rebalances
+during a transaction (aiokafka issue 844) cannot split one: ``on_partitions_revoked`` takes the
+same lock as the processing loop and commits the revoked partitions' transactions before the
+group moves on. As a last line, ``seq`` is deterministic per stream, so consumers de-duplicate
+``seq <= last seen`` (docs/aggregator.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError, ProducerFenced
+from prometheus_client import Counter, Gauge
+
+from aggregator import events as ev
+from aggregator.state import AggConfig, SymbolState
+from core.codec import now_ns
+from core.health import Health
+from core.kafka import make_consumer, make_producer
+from core.settings import Settings
+from core.topics import Topics
+
+log = logging.getLogger("aggregator")
+
+EVENTS_IN = Counter("md_agg_events_in_total", "input events applied", ["type"])
+MALFORMED = Counter("md_agg_malformed_input_total", "input records dropped as invalid")
+MESSAGES_OUT = Counter("md_agg_messages_out_total", "data messages published", ["channel"])
+SNAPSHOTS_OUT = Counter("md_agg_snapshots_out_total", "snapshot records published", ["kind"])
+TXN_COMMITTED = Counter("md_agg_transactions_committed_total", "transactions committed")
+TXN_ABORTED = Counter("md_agg_transactions_aborted_total", "transactions aborted (state rebuilt)")
+FENCED = Counter("md_agg_fenced_total", "partitions dropped because a newer owner fenced us")
+RECOVERIES = Counter("md_agg_recoveries_total", "partition state recoveries", ["kind"])
+REPLAYED = Counter("md_agg_replayed_events_total", "input events replayed silently during recovery")
+OFFSET_GAPS = Counter("md_agg_offset_gaps_total", "unexpected input offset jumps (re-seeked)")
+PARTITIONS = Gauge("md_agg_partitions_owned", "input partitions this instance owns")
+SYMBOLS = Gauge("md_agg_symbols", "symbols this instance owns")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    group: str
+    txn_ms: int = 50  # transaction length: read_committed consumers see output this much later
+    checkpoint_ms: int = 5000  # full agg:state per symbol at most this often (bounds replay)
+    snapshot_ms: int = 500  # public snapshots per symbol at most this often
+    max_batch: int = 5000  # records per poll: bounds memory and per-batch latency
+    agg: AggConfig = field(default_factory=AggConfig)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ServiceConfig:
+        return cls(
+            group=s.get("MD_AGG_GROUP", str, f"{s.topic_prefix}.aggregator"),
+            txn_ms=s.get("MD_AGG_TXN_MS", int, 50),
+            checkpoint_ms=s.get("MD_AGG_CHECKPOINT_MS", int, 5000),
+            snapshot_ms=s.get("MD_AGG_SNAPSHOT_MS", int, 500),
+            max_batch=s.get("MD_AGG_MAX_BATCH", int, 5000),
+            agg=AggConfig(
+                checksum_depth=s.book_checksum_depth,
+                trades_snapshot_n=s.get("MD_AGG_TRADES_SNAPSHOT", int, 100),
+                stats_mid_window=s.get("MD_STATS_MID_WINDOW", int, 10),
+                stats_vwap_window=s.get("MD_STATS_VWAP_WINDOW", int, 200),
+            ),
+        )
+
+
+class Worker:
+    """One owned input partition: its symbols, transactional producer and open transaction."""
+
+    def __init__(self, partition: int, producer: AIOKafkaProducer) -> None:
+        self.partition = partition
+        self.producer = producer
+        self.symbols: dict[str, SymbolState] = {}
+        self.next_offset = 0
+        self.txn_open = False
+        self.txn_events = 0
+        self.dirty: set[str] = set()
+        self.new: set[str] = set()  # need a full checkpoint + snapshots in this transaction
+        self.last_checkpoint: dict[str, float] = {}
+        self.last_snapshot: dict[str, float] = {}
+        self.status_changed: set[str] = set()
+
+
+class Aggregator:
+    def __init__(self, settings: Settings, cfg: ServiceConfig | None = None) -> None:
+        self.settings = settings
+        self.cfg = cfg or ServiceConfig.from_settings(settings)
+        self.topics = Topics.from_settings(settings)
+        self.workers: dict[int, Worker] = {}
+        self.lock = asyncio.Lock()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.health = Health("aggregator")
+        self.health.add("consumer", self._health_consumer)
+        self._last_poll = time.monotonic()
+        self._snapshot_partitions = 0
+        self._txn_started = time.monotonic()
+
+    def _health_consumer(self) -> tuple[bool, Any]:
+        age = time.monotonic() - self._last_poll
+        return age < 30, {"last_poll_s": round(age, 2), "partitions": sorted(self.workers),
+                          "symbols": sum(len(w.symbols) for w in self.workers.values())}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        self.consumer = make_consumer(
+            s, group_id=self.cfg.group, session_timeout_ms=s.get("MD_AGG_SESSION_MS", int, 6000),
+            heartbeat_interval_ms=1000, max_poll_interval_ms=300_000)
+        await self.consumer.start()
+        parts = self.consumer.partitions_for_topic(self.topics.snapshot)
+        if parts is None:
+            await self.consumer._client.force_metadata_update()  # noqa: SLF001 - one-time lookup
+            parts = self.consumer._client.cluster.partitions_for_topic(self.topics.snapshot)  # noqa: SLF001
+        self._snapshot_partitions = len(parts or ()) or 1
+        self.consumer.subscribe([self.topics.input], listener=_Listener(self))
+        log.info("aggregator consuming", extra={"topic": self.topics.input, "group": self.cfg.group})
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(timeout_ms=self.cfg.txn_ms, max_records=self.cfg.max_batch)
+                self._last_poll = time.monotonic()
+                async with self.lock:
+                    await self._process(batch)
+                    if time.monotonic() - self._txn_started >= self.cfg.txn_ms / 1000:
+                        await self._commit_all()
+                        self._txn_started = time.monotonic()
+            async with self.lock:
+                await self._commit_all()
+        finally:
+            async with self.lock:
+                for w in list(self.workers.values()):
+                    await self._drop(w, commit=False)
+            await self.consumer.stop()
+
+    # ------------------------------------------------------------------ processing
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        now = now_ns()
+        for tp, recs in batch.items():
+            w = self.workers.get(tp.partition)
+            if w is None or not recs:
+                continue  # revoked while fetched
+            touched: set[str] = set()
+            for r in recs:
+                if r.offset < w.next_offset:
+                    continue  # fetched before a re-seek: already applied
+                w.next_offset = r.offset + 1
+                self._apply_record(w, r.value, touched)
+            if touched:
+                w.txn_events += len(recs)
+                await self._emit(w, touched, now)
+
+    def _apply_record(self, w: Worker, value: bytes | None, touched: set[str]) -> None:
+        try:
+            e = ev.decode(value or b"")
+        except ev.EventError as exc:
+            MALFORMED.inc()
+            log.warning("malformed input dropped", extra={"partition": w.partition, "error": str(exc)})
+            return
+        st = w.symbols.get(e.symbol)
+        if st is None:
+            st = w.symbols[e.symbol] = SymbolState(e.symbol, int(time.time() * 1000), self.cfg.agg)
+            w.new.add(e.symbol)
+            SYMBOLS.inc()
+            log.info("new symbol stream", extra={"symbol": e.symbol, "epoch": st.epoch})
+        try:
+            st.apply(e)
+        except (ArithmeticError, ValueError, KeyError) as exc:  # defensive: never crash on input
+            MALFORMED.inc()
+            log.error("event rejected by state", extra={"symbol": e.symbol, "error": repr(exc)})
+            return
+        EVENTS_IN.labels(e.type).inc()
+        touched.add(e.symbol)
+
+    async def _begin(self, w: Worker) -> None:
+        if not w.txn_open:
+            await w.producer.begin_transaction()
+            w.txn_open = True
+
+    async def _emit(self, w: Worker, symbols: set[str], now: int) -> None:
+        await self._begin(w)
+        for sym in symbols:
+            st = w.symbols[sym]
+            key = sym.encode()
+            for channel, msg in st.flush(now):
+                await w.producer.send(self.topics.stream(channel), value=orjson.dumps(msg), key=key)
+                MESSAGES_OUT.labels(channel).inc()
+                if channel == "status":
+                    w.status_changed.add(sym)
+            w.dirty.add(sym)
+
+    async def _commit_all(self) -> None:
+        for w in list(self.workers.values()):
+            if w.txn_open:
+                await self._commit(w)
+
+    async def _commit(self, w: Worker) -> None:
+        try:
+            await self._add_recovery_and_snapshots(w)
+            tp = TopicPartition(self.topics.input, w.partition)
+            await w.producer.send_offsets_to_transaction({tp: w.next_offset}, self.cfg.group)
+            await w.producer.commit_transaction()
+            TXN_COMMITTED.inc()
+        except ProducerFenced:
+            FENCED.inc()
+            log.warning("fenced by a newer owner, dropping partition", extra={"partition": w.partition})
+            w.txn_open = False
+            await self._drop(w, commit=False)
+            return
+        except KafkaError as exc:
+            TXN_ABORTED.inc()
+            log.error("transaction failed, rebuilding partition state", extra={"partition": w.partition,
+                                                                              "error": repr(exc)})
+            try:
+                await w.producer.abort_transaction()
+            except KafkaError:
+                pass
+            w.txn_open = False
+            await self._drop(w, commit=False)
+            await self._assign(w.partition)
+            return
+        w.txn_open = False
+        w.txn_events = 0
+        w.dirty.clear()
+        w.new.clear()
+        w.status_changed.clear()
+
+    async def _add_recovery_and_snapshots(self, w: Worker) -> None:
+        now_m = time.monotonic()
+        now = now_ns()
+        snap_topic = self.topics.snapshot
+        part = w.partition % self._snapshot_partitions
+        last = w.next_offset - 1
+        for sym in w.dirty | w.new:
+            st = w.symbols[sym]
+            key_seq = f"agg:seq:{sym}".encode()
+            await w.producer.send(snap_topic, key=key_seq, partition=part, value=orjson.dumps(
+                {"symbol": sym, "partition": w.partition, "epoch": st.epoch, "seq": st.seq, "offset": last}))
+            if sym in w.new or now_m - w.last_checkpoint.get(sym, 0) >= self.cfg.checkpoint_ms / 1000:
+                state = st.to_state()
+                state["offset"] = last
+                state["partition"] = w.partition
+                await w.producer.send(snap_topic, key=f"agg:state:{sym}".encode(), partition=part,
+                                      value=orjson.dumps(state))
+                w.last_checkpoint[sym] = now_m
+                SNAPSHOTS_OUT.labels("agg_state").inc()
+            if sym in w.new or now_m - w.last_snapshot.get(sym, 0) >= self.cfg.snapshot_ms / 1000:
+                for key, msg in st.snapshots(now):
+                    await w.producer.send(snap_topic, key=key.encode(), value=orjson.dumps(msg))
+                w.last_snapshot[sym] = now_m
+                SNAPSHOTS_OUT.labels("public").inc()
+            if sym in w.new or sym in w.status_changed:
+                key, msg = st.status_snapshot(now)
+                await w.producer.send(snap_topic, key=key.encode(), value=orjson.dumps(msg))
+
+    # ------------------------------------------------------------------ rebalance
+    async def _assign(self, partition: int) -> None:
+        """Take ownership of ``partition``: fence the previous owner, then recover its state."""
+        s = self.settings
+        txid = f"{self.cfg.group}.p{partition}"
+        producer = make_producer(s, transactional_id=txid, transaction_timeout_ms=60_000)
+        await producer.start()
+        w = Worker(partition, producer)
+        # InitProducerId happens here: from now on the previous owner can commit nothing.
+        await producer.begin_transaction()
+        w.txn_open = True
+        assert self.consumer is not None
+        tp = TopicPartition(self.topics.input, partition)
+        committed = await self.consumer.committed(tp)
+        from aggregator.recovery import recover_partition
+
+        states, replayed = await recover_partition(
+            s, self.topics, partition, self._snapshot_partitions, committed, self.cfg.agg)
+        w.symbols = states
+        w.new = set(states)  # publish fresh snapshots + status on takeover
+        w.dirty = set(states)
+        w.next_offset = committed or 0
+        if committed is not None:
+            self.consumer.seek(tp, committed)
+        else:
+            await self.consumer.seek_to_beginning(tp)
+        self.workers[partition] = w
+        PARTITIONS.set(len(self.workers))
+        SYMBOLS.inc(len(states))
+        RECOVERIES.labels("recovered" if states else "fresh").inc()
+        REPLAYED.inc(replayed)
+        log.info("partition assigned", extra={"partition": partition, "committed": committed,
+                                              "symbols": sorted(states), "replayed": replayed})
+
+    async def _drop(self, w: Worker, *, commit: bool) -> None:
+        if commit and w.txn_open:
+            await self._commit(w)
+            if self.workers.get(w.partition) is not w:
+                return  # _commit already dropped or replaced it
+        self.workers.pop(w.partition, None)
+        PARTITIONS.set(len(self.workers))
+        SYMBOLS.dec(len(w.symbols))
+        try:
+            if w.txn_open:
+                await w.producer.abort_transaction()
+        except KafkaError:
+            pass
+        await w.producer.stop()
+
+    async def on_revoked(self, tps: list[TopicPartition]) -> None:
+        async with self.lock:
+            for tp in tps:
+                w = self.workers.get(tp.partition)
+                if w is not None and tp.topic == self.topics.input:
+                    await self._drop(w, commit=True)
+                    log.info("partition revoked", extra={"partition": tp.partition})
+
+    async def on_assigned(self, tps: list[TopicPartition]) -> None:
+        async with self.lock:
+            for tp in sorted(tps):
+                if tp.topic == self.topics.input and tp.partition not in self.workers:
+                    await self._assign(tp.partition)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, agg: Aggregator) -> None:
+        self.agg = agg
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:  # type: ignore[override]
+        await self.agg.on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:  # type: ignore[override]
+        await self.agg.on_assigned(list(assigned))

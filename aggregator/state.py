@@ -1,0 +1,508 @@
+"""Per-symbol derivation: input events in, client-ready data messages out. Pure, synchronous.
+
+``SymbolState.apply(event)`` mutates the book and the derived state and queues what changed;
+``SymbolState.flush(publish_ns)`` turns the queue into messages, each with the next ``seq`` of
+its ``(channel, symbol)``. The service calls ``flush`` once per consumed batch, so under load
+one ``l2_update``/``l3_update``/``ticker``/``stats``/candle update covers many events
+(conflation by batch, like Coinbase's ``level2_batch``), while ``trade`` messages are one per
+match and the final candle of a bucket is always its own message.
+
+Everything a restarted aggregator needs to continue with the same ``seq`` lives in
+:meth:`to_state`. The book, the 24h window, the candles and the stats windows are a pure
+function of the input *events* (never of how they were batched, and never of the wall clock),
+so state checkpointed at input offset O plus a silent replay of the events after O gives the
+same state as the crashed instance had; only the ``seq`` counters depend on batching and they
+are recorded in every transaction (see ``aggregator/service.py``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from aggregator import events as ev
+from aggregator.book import ZERO, Book, fmt
+from core.channels import CANDLE_INTERVALS, data_message
+from core.codec import iso_from_ns
+from core.symbols import SymbolInfo, default_info
+
+NS = 1_000_000_000
+MINUTE_NS = 60 * NS
+DAY_MINUTES = 1440
+Q8 = Decimal("0.00000001")
+
+Out = tuple[str, dict[str, Any]]  # (channel, message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AggConfig:
+    """Tunables of the derivation (``MD_AGG_*``; see docs/aggregator.md)."""
+
+    checksum_depth: int = 10
+    # trades kept in the ``trades:<symbol>`` snapshot (bounded: ~150 B each)
+    trades_snapshot_n: int = 100
+    # stats windows: mid moving average over the last N top-of-book changes, VWAP over N trades
+    stats_mid_window: int = 10
+    stats_vwap_window: int = 200
+
+
+def q8(d: Decimal) -> str:
+    """Derived values (averages) rounded to 8 decimals, plain notation, no trailing zeros."""
+    s = fmt(d.quantize(Q8))
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return s or "0"
+
+
+class Candle:
+    __slots__ = ("start", "open", "high", "low", "close", "volume", "quote_volume", "count")
+
+    def __init__(self, start: int, px: Decimal, qty: Decimal) -> None:
+        self.start = start
+        self.open = self.high = self.low = self.close = px
+        self.volume = qty
+        self.quote_volume = px * qty
+        self.count = 1
+
+    def add(self, px: Decimal, qty: Decimal) -> None:
+        if px > self.high:
+            self.high = px
+        if px < self.low:
+            self.low = px
+        self.close = px
+        self.volume += qty
+        self.quote_volume += px * qty
+        self.count += 1
+
+    def data(self, interval: str, secs: int, closed: bool) -> dict[str, Any]:
+        return {
+            "interval": interval,
+            "start": iso_from_ns(self.start),
+            "end": iso_from_ns(self.start + secs * NS),
+            "open": fmt(self.open),
+            "high": fmt(self.high),
+            "low": fmt(self.low),
+            "close": fmt(self.close),
+            "volume": fmt(self.volume),
+            "vwap": q8(self.quote_volume / self.volume) if self.volume else fmt(self.close),
+            "trades": self.count,
+            "closed": closed,
+        }
+
+    def to_state(self) -> list[Any]:
+        return [self.start, fmt(self.open), fmt(self.high), fmt(self.low), fmt(self.close),
+                fmt(self.volume), fmt(self.quote_volume), self.count]
+
+    @classmethod
+    def from_state(cls, st: list[Any]) -> Candle:
+        c = cls(int(st[0]), Decimal(st[1]), Decimal(st[5]))
+        c.high, c.low, c.close = Decimal(st[2]), Decimal(st[3]), Decimal(st[4])
+        c.quote_volume, c.count = Decimal(st[6]), int(st[7])
+        return c
+
+
+class SymbolState:
+    """All derived state of one symbol. See the module docstring for the contract."""
+
+    def __init__(self, symbol: str, epoch: int, cfg: AggConfig | None = None) -> None:
+        self.symbol = symbol
+        self.epoch = epoch
+        self.cfg = cfg or AggConfig()
+        self.book = Book()
+        self.seq: dict[str, int] = {}
+        self.info: SymbolInfo | None = None
+        self.l2_only = False
+        self.last_ts = 0  # event time of the last applied event
+        # pending outputs since the last flush
+        self._l3_ops: list[dict[str, Any]] = []
+        self._trades: list[dict[str, Any]] = []
+        self._closed_candles: list[tuple[str, dict[str, Any], int]] = []
+        self._status_dirty = False
+        self._book_dirty = False
+        self._trade_dirty = False
+        self._candle_dirty: set[str] = set()
+        self._top_dirty = False
+        # trades snapshot / last trade
+        self.recent_trades: deque[dict[str, Any]] = deque(maxlen=self.cfg.trades_snapshot_n)
+        # 24h window in 1-minute event-time buckets: minute -> [open, high, low, close, volume]
+        # (insertion order is event-time order except for rare late trades)
+        self.day: dict[int, list[Decimal]] = {}
+        self.day_volume = ZERO
+        self.day_high: Decimal | None = None
+        self.day_low: Decimal | None = None
+        # candles: interval -> current bucket
+        self.candles: dict[str, Candle] = {}
+        # stats windows
+        self.last_top: tuple[Decimal, Decimal] | None = None
+        self.mids: deque[tuple[Decimal, Decimal]] = deque(maxlen=self.cfg.stats_mid_window)  # (mid, spread)
+        self.mid_sum = ZERO
+        self.vw: deque[tuple[Decimal, Decimal]] = deque(maxlen=self.cfg.stats_vwap_window)  # (px*qty, qty)
+        self.vw_pq = ZERO
+        self.vw_q = ZERO
+        self.vw_last = ZERO  # last trade price
+        # last published ticker/stats data, to publish only changes
+        self.last_ticker: dict[str, Any] | None = None
+        self.last_stats: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ input
+    def apply(self, e: ev.AnyEvent) -> None:
+        """Apply one validated event. Inconsistent events (unknown order ids) are no-ops."""
+        if e.ts > self.last_ts:
+            self.last_ts = e.ts
+        self._close_candles(e.ts)
+        book = self.book
+        if isinstance(e, ev.Open):
+            if book.add(e.order_id, e.side, e.price, e.px, e.qty):
+                self._l3({"op": "add", "order_id": e.order_id, "side": e.side, "price": e.price, "size": e.size})
+                self._book_changed()
+        elif isinstance(e, ev.Match):
+            o = book.fill(e.maker_order_id, e.qty)
+            if o is not None:
+                self._l3({"op": "fill", "order_id": o.order_id, "side": o.side, "price": o.price,
+                          "size": e.size, "remaining": fmt(o.size), "trade_id": e.trade_id})
+                self._book_changed()
+            self._trade(e.trade_id, e.taker_side, e.price, e.px, e.size, e.qty, e.ts,
+                        e.maker_order_id, e.taker_order_id)
+        elif isinstance(e, ev.Done):
+            o = book.remove(e.order_id)
+            if o is not None:
+                self._l3({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
+                          "reason": e.reason})
+                self._book_changed()
+        elif isinstance(e, ev.Change):
+            o = book.set_size(e.order_id, e.qty)
+            if o is not None:
+                if e.qty > 0:
+                    self._l3({"op": "change", "order_id": o.order_id, "side": o.side, "price": o.price,
+                              "size": fmt(o.size)})
+                else:
+                    self._l3({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
+                              "reason": "canceled"})
+                self._book_changed()
+        elif isinstance(e, ev.BookUpdate):
+            self._go_l2_only()
+            for side, price, px, _s, qty in e.changes:
+                book.set_level(side, price, px, qty)
+            self._book_changed()
+        elif isinstance(e, ev.BookSnapshot):
+            self._go_l2_only()
+            book.clear()
+            for price, px, _s, qty in e.bids:
+                book.set_level("buy", price, px, qty)
+            for price, px, _s, qty in e.asks:
+                book.set_level("sell", price, px, qty)
+            self._book_changed()
+        elif isinstance(e, ev.Trade):
+            self._trade(e.trade_id, e.taker_side, e.price, e.px, e.size, e.qty, e.ts, None, None)
+        elif isinstance(e, ev.SymbolInfoEvent):
+            info = e.info
+            if self.l2_only and "l3" in info.channels:
+                info = _without_l3(info)
+            if info != self.info:
+                self.info = info
+                self._status_dirty = True
+        elif isinstance(e, ev.Reset):
+            if book.orders or book.bids or book.asks:
+                for o in list(book.orders.values()):
+                    self._l3({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
+                              "reason": "reset"})
+                book.clear()
+                self._book_changed()
+
+    def _l3(self, op: dict[str, Any]) -> None:
+        if not self.l2_only:
+            self._l3_ops.append(op)
+
+    def _go_l2_only(self) -> None:
+        if not self.l2_only:
+            self.l2_only = True
+            self._l3_ops.clear()
+            if self.info is not None and "l3" in self.info.channels:
+                self.info = _without_l3(self.info)
+                self._status_dirty = True
+
+    def _book_changed(self) -> None:
+        self._book_dirty = True
+        bids, asks = self.book.bids, self.book.asks
+        if not bids or not asks:
+            return
+        top = (-bids.peekitem(0)[0], asks.peekitem(0)[0])
+        if top != self.last_top:
+            self.last_top = top
+            bb, ba = top
+            mid = (bb + ba) / 2
+            if len(self.mids) == self.mids.maxlen:
+                self.mid_sum -= self.mids[0][0]
+            self.mids.append((mid, ba - bb))
+            self.mid_sum += mid
+        self._top_dirty = True
+
+    def _trade(self, trade_id: str, side: str, price: str, px: Decimal, size: str, qty: Decimal, ts: int,
+               maker: str | None, taker: str | None) -> None:
+        t: dict[str, Any] = {"trade_id": trade_id, "price": price, "size": size, "side": side,
+                             "time": iso_from_ns(ts)}
+        if maker is not None:
+            t["maker_order_id"] = maker
+            t["taker_order_id"] = taker
+        self._trades.append(t)
+        self.recent_trades.append(t)
+        self._trade_dirty = True
+        # 24h window (1-minute buckets of event time)
+        minute = ts // MINUTE_NS
+        b = self.day.get(minute)
+        if b is None:
+            self.day[minute] = [px, px, px, px, qty]
+        else:
+            if px > b[1]:
+                b[1] = px
+            if px < b[2]:
+                b[2] = px
+            b[3] = px
+            b[4] += qty
+        self.day_volume += qty
+        if self.day_high is None or px > self.day_high:
+            self.day_high = px
+        if self.day_low is None or px < self.day_low:
+            self.day_low = px
+        self._evict_day(minute)
+        # candles
+        for name, secs in CANDLE_INTERVALS.items():
+            start = ts - ts % (secs * NS)
+            c = self.candles.get(name)
+            if c is None or start > c.start:
+                self.candles[name] = Candle(start, px, qty)
+            else:  # same bucket, or a late trade (event time before the open bucket): counted in it
+                c.add(px, qty)
+            self._candle_dirty.add(name)
+        # stats VWAP window
+        self.vw_last = px
+        pq = px * qty
+        if len(self.vw) == self.vw.maxlen:
+            opq, oq = self.vw[0]
+            self.vw_pq -= opq
+            self.vw_q -= oq
+        self.vw.append((pq, qty))
+        self.vw_pq += pq
+        self.vw_q += qty
+
+    def _evict_day(self, minute: int) -> None:
+        oldest = minute - DAY_MINUTES + 1
+        if next(iter(self.day)) < oldest:
+            for m in [m for m in self.day if m < oldest]:
+                self.day_volume -= self.day.pop(m)[4]
+            self._recompute_day()
+
+    def _recompute_day(self) -> None:
+        vals = self.day.values()
+        self.day_high = max((b[1] for b in vals), default=None)
+        self.day_low = min((b[2] for b in vals), default=None)
+        self.day_volume = sum((b[4] for b in vals), ZERO)
+
+    def _close_candles(self, ts: int) -> None:
+        """A bucket is final once the symbol's event time reaches its end (event time, so a
+        replay closes the same buckets with the same content)."""
+        for name, c in list(self.candles.items()):
+            secs = CANDLE_INTERVALS[name]
+            if ts >= c.start + secs * NS:
+                self._closed_candles.append((name, c.data(name, secs, True), c.start + secs * NS))
+                del self.candles[name]
+                self._candle_dirty.discard(name)
+
+    # ------------------------------------------------------------------ output
+    def _next(self, channel: str) -> int:
+        n = self.seq.get(channel, 0) + 1
+        self.seq[channel] = n
+        return n
+
+    def _msg(self, type_: str, channel: str, now: int, data: Any, checksum: int | None = None,
+             event_ns: int | None = None) -> Out:
+        return channel, data_message(type=type_, channel=channel, symbol=self.symbol, seq=self._next(channel),
+                                     epoch=self.epoch, publish_ns=now, event_ns=event_ns or self.last_ts,
+                                     data=data, checksum=checksum)
+
+    def flush(self, now: int) -> list[Out]:
+        """Messages for everything applied since the last flush, in a stable channel order."""
+        out: list[Out] = []
+        if self._status_dirty:
+            self._status_dirty = False
+            out.append(self._msg("status", "status", now, self.status_data()))
+        book_dirty = self._book_dirty
+        csum: int | None = None
+        if book_dirty:
+            self._book_dirty = False
+            changes = self.book.take_l2_changes()
+            if changes:
+                csum = self.book.checksum(self.cfg.checksum_depth)
+                out.append(self._msg("l2_update", "l2", now, {"changes": changes}, csum))
+        if self._l3_ops:
+            if csum is None:
+                csum = self.book.checksum(self.cfg.checksum_depth)
+            out.append(self._msg("l3_update", "l3", now, {"events": self._l3_ops}, csum))
+            self._l3_ops = []
+        if self._trades:
+            for t in self._trades:
+                out.append(self._msg("trade", "trades", now, t))
+            self._trades = []
+        for name, data, _end in self._closed_candles:
+            out.append(self._msg("candle", f"candles_{name}", now, data))
+        self._closed_candles.clear()
+        if self._candle_dirty:
+            for name in CANDLE_INTERVALS:
+                if name in self._candle_dirty:
+                    c = self.candles[name]
+                    out.append(self._msg("candle", f"candles_{name}", now,
+                                         c.data(name, CANDLE_INTERVALS[name], False)))
+            self._candle_dirty.clear()
+        if self._top_dirty or self._trade_dirty:
+            tick = self.ticker_data()
+            if tick != self.last_ticker:
+                self.last_ticker = tick
+                out.append(self._msg("ticker", "ticker", now, tick))
+        if self._top_dirty or self._trade_dirty:
+            st = self.stats_data()
+            if st is not None and st != self.last_stats:
+                self.last_stats = st
+                out.append(self._msg("stats", "stats", now, st))
+        self._top_dirty = self._trade_dirty = False
+        return out
+
+    def discard(self) -> None:
+        """Drop pending outputs (silent replay during recovery) but keep ``last_*`` current."""
+        self.flush(0)
+
+    # ------------------------------------------------------------------ data shapes
+    def status_data(self) -> dict[str, Any]:
+        info = self.info or default_info(self.symbol, source="unknown")
+        d = info.to_dict()
+        d["state"] = "l2_only" if self.l2_only else "live"
+        return d
+
+    def ticker_data(self) -> dict[str, Any]:
+        bb, ba = self.book.best("buy"), self.book.best("sell")
+        last = self.recent_trades[-1] if self.recent_trades else None
+        d: dict[str, Any] = {
+            "best_bid": bb.price if bb else None,
+            "best_bid_size": fmt(bb.total) if bb else None,
+            "best_ask": ba.price if ba else None,
+            "best_ask_size": fmt(ba.total) if ba else None,
+            "last_price": last["price"] if last else None,
+            "last_size": last["size"] if last else None,
+            "last_side": last["side"] if last else None,
+            "last_trade_id": last["trade_id"] if last else None,
+        }
+        if self.day and self.day_high is not None and self.day_low is not None:
+            open_ = next(iter(self.day.values()))[0]
+            chg = self.vw_last - open_
+            d.update(open_24h=fmt(open_), high_24h=fmt(self.day_high), low_24h=fmt(self.day_low),
+                     volume_24h=fmt(self.day_volume), change_24h=fmt(chg),
+                     change_pct_24h=q8(chg * 100 / open_))
+        else:
+            d.update(open_24h=None, high_24h=None, low_24h=None, volume_24h="0", change_24h=None,
+                     change_pct_24h=None)
+        return d
+
+    def stats_data(self) -> dict[str, Any] | None:
+        bb, ba = self.book.best("buy"), self.book.best("sell")
+        if bb is None or ba is None:
+            spread = mid = None
+        else:
+            b, a = -self.book.bids.peekitem(0)[0], self.book.asks.peekitem(0)[0]
+            spread, mid = fmt(a - b), q8((a + b) / 2)
+        if spread is None and not self.vw:
+            return None
+        return {
+            "spread": spread,
+            "mid": mid,
+            "max_spread": fmt(max(s for _, s in self.mids)) if self.mids else None,
+            "mid_sma": q8(self.mid_sum / len(self.mids)) if self.mids else None,
+            "mid_sma_window": len(self.mids),
+            "vwap": q8(self.vw_pq / self.vw_q) if self.vw_q else None,
+            "vwap_window": len(self.vw),
+        }
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshots(self, now: int) -> list[tuple[str, dict[str, Any]]]:
+        """``(key, message)`` for the compacted snapshot topic; each ``seq`` is the stream's last."""
+        sym = self.symbol
+        out: list[tuple[str, dict[str, Any]]] = []
+
+        def snap(type_: str, channel: str, data: Any, checksum: int | None = None) -> dict[str, Any]:
+            return data_message(type=type_, channel=channel, symbol=sym, seq=self.seq.get(channel, 0),
+                                epoch=self.epoch, publish_ns=now, event_ns=self.last_ts, data=data,
+                                checksum=checksum)
+
+        csum = self.book.checksum(self.cfg.checksum_depth)
+        out.append((f"l2:{sym}", snap("l2_snapshot", "l2", self.book.l2_snapshot(), csum)))
+        if not self.l2_only:
+            out.append((f"l3:{sym}", snap("l3_snapshot", "l3", self.book.l3_snapshot(), csum)))
+        out.append((f"ticker:{sym}", snap("ticker", "ticker", self.last_ticker or self.ticker_data())))
+        st = self.last_stats or self.stats_data()
+        if st is not None:
+            out.append((f"stats:{sym}", snap("stats", "stats", st)))
+        out.append((f"trades:{sym}", snap("trades_snapshot", "trades", {"trades": list(self.recent_trades)})))
+        for name, secs in CANDLE_INTERVALS.items():
+            c = self.candles.get(name)
+            if c is not None:
+                out.append((f"candles_{name}:{sym}", snap("candle", f"candles_{name}", c.data(name, secs, False))))
+        return out
+
+    def status_snapshot(self, now: int) -> tuple[str, dict[str, Any]]:
+        return f"status:{self.symbol}", data_message(
+            type="status", channel="status", symbol=self.symbol, seq=self.seq.get("status", 0),
+            epoch=self.epoch, publish_ns=now, event_ns=self.last_ts, data=self.status_data())
+
+    # ------------------------------------------------------------------ persistence
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "symbol": self.symbol,
+            "epoch": self.epoch,
+            "seq": dict(self.seq),
+            "info": self.info.to_dict() if self.info else None,
+            "l2_only": self.l2_only,
+            "last_ts": self.last_ts,
+            "book": self.book.to_state(),
+            "recent_trades": list(self.recent_trades),
+            "day": [[m, *map(fmt, b)] for m, b in sorted(self.day.items())],
+            "candles": {k: c.to_state() for k, c in self.candles.items()},
+            "last_top": [fmt(x) for x in self.last_top] if self.last_top else None,
+            "mids": [[fmt(m), fmt(s)] for m, s in self.mids],
+            "vw": [[fmt(pq), fmt(q)] for pq, q in self.vw],
+            "last_ticker": self.last_ticker,
+            "last_stats": self.last_stats,
+        }
+
+    @classmethod
+    def from_state(cls, st: dict[str, Any], cfg: AggConfig | None = None) -> SymbolState:
+        s = cls(st["symbol"], int(st["epoch"]), cfg)
+        s.seq = {k: int(v) for k, v in st["seq"].items()}
+        s.info = SymbolInfo.from_dict(st["info"]) if st.get("info") else None
+        s.l2_only = bool(st["l2_only"])
+        s.last_ts = int(st["last_ts"])
+        s.book = Book.from_state(st["book"])
+        s.recent_trades.extend(st["recent_trades"])
+        for m, *b in st["day"]:
+            s.day[int(m)] = [Decimal(x) for x in b]
+        s._recompute_day()
+        if s.recent_trades:
+            s.vw_last = Decimal(s.recent_trades[-1]["price"])
+        s.candles = {k: Candle.from_state(v) for k, v in st["candles"].items()}
+        s.last_top = (Decimal(st["last_top"][0]), Decimal(st["last_top"][1])) if st.get("last_top") else None
+        for m, sp in st["mids"]:
+            s.mids.append((Decimal(m), Decimal(sp)))
+        s.mid_sum = sum((m for m, _ in s.mids), ZERO)
+        for pq, q in st["vw"]:
+            s.vw.append((Decimal(pq), Decimal(q)))
+        s.vw_pq = sum((pq for pq, _ in s.vw), ZERO)
+        s.vw_q = sum((q for _, q in s.vw), ZERO)
+        s.last_ticker = st.get("last_ticker")
+        s.last_stats = st.get("last_stats")
+        return s
+
+
+def _without_l3(info: SymbolInfo) -> SymbolInfo:
+    from dataclasses import replace
+
+    return replace(info, channels=tuple(c for c in info.channels if c != "l3"))

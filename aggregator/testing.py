@@ -118,6 +118,8 @@ class StreamCheck:
     last_seq: dict[tuple[str, str], int] = field(default_factory=dict)
     epochs: dict[tuple[str, str], int] = field(default_factory=dict)
     books: dict[str, L2Book] = field(default_factory=dict)
+    # l3 client books: symbol -> order_id -> (side, price, size)
+    orders: dict[str, dict[str, tuple[str, str, Decimal]]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -140,4 +142,38 @@ class StreamCheck:
                 self.errors.append(f"{key} seq {m['seq']}: book crossed")
             if b.checksum(self.depth) != m["checksum"]:
                 self.errors.append(f"{key} seq {m['seq']}: checksum mismatch")
+        elif m["type"] == "l3_update":
+            o = self.orders.setdefault(m["symbol"], {})
+            for e in m["data"]["events"]:
+                op, oid = e["op"], e["order_id"]
+                if op == "add":
+                    if oid in o:
+                        self.errors.append(f"{key} seq {m['seq']}: add of resting order {oid}")
+                    o[oid] = (e["side"], e["price"], Decimal(e["size"]))
+                elif oid not in o:
+                    self.errors.append(f"{key} seq {m['seq']}: {op} of unknown order {oid}")
+                elif op == "change":
+                    o[oid] = (o[oid][0], o[oid][1], Decimal(e["size"]))
+                elif op == "fill":
+                    rest = o[oid][2] - Decimal(e["size"])
+                    if rest != Decimal(e["remaining"]):
+                        self.errors.append(f"{key} seq {m['seq']}: fill remaining mismatch for {oid}")
+                    if rest > 0:
+                        o[oid] = (o[oid][0], o[oid][1], rest)
+                    else:
+                        del o[oid]
+                elif op == "delete":
+                    del o[oid]
+            if self.l3_as_l2(m["symbol"]).checksum(self.depth) != m["checksum"]:
+                self.errors.append(f"{key} seq {m['seq']}: l3 checksum mismatch")
         return m
+
+    def l3_as_l2(self, symbol: str) -> L2Book:
+        """The l3 client book summed per price (sizes printed as the aggregator prints sums)."""
+        sums: dict[tuple[str, str], Decimal] = {}
+        for side, price, size in self.orders.get(symbol, {}).values():
+            sums[(side, price)] = sums.get((side, price), Decimal(0)) + size
+        b = L2Book()
+        for (side, price), size in sums.items():
+            b.set(side, price, format(size, "f"))
+        return b

@@ -1,0 +1,69 @@
+"""Redis key names of the hot cache (docs/storage.md "Redis keys"), shared by the storage cache
+writer that writes them and the gateways that read them, so the names live in one place.
+
+All keys are ``<prefix>:...`` with ``MD_REDIS_PREFIX`` (default ``md``); tests use a unique prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Book depths pre-encoded as ready-to-serve REST bodies (hash fields ``d<depth>``); a request for
+# another depth is cut from the next larger one. 20 is the documented default of /orderbook.
+BOOK_DEPTHS: tuple[int, ...] = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def book_depths(max_depth: int) -> tuple[int, ...]:
+    """The pre-encoded depths for a cache that keeps ``max_depth`` levels per side."""
+    return tuple(sorted({d for d in BOOK_DEPTHS if d < max_depth} | {max_depth}))
+
+
+@dataclass(frozen=True)
+class CacheKeys:
+    prefix: str = "md"
+
+    def book(self, symbol: str) -> str:
+        """Hash: ``d<depth>`` -> REST orderbook body (JSON bytes), ``seq``, ``epoch``."""
+        return f"{self.prefix}:book:{symbol}"
+
+    def l3(self, symbol: str) -> str:
+        """String: REST level=3 orderbook body (latest ``l3_snapshot``)."""
+        return f"{self.prefix}:l3:{symbol}"
+
+    def ticker(self, symbol: str) -> str:
+        """String: REST ticker body (JSON bytes)."""
+        return f"{self.prefix}:ticker:{symbol}"
+
+    def stats(self, symbol: str) -> str:
+        """String: REST 24h stats body (JSON bytes)."""
+        return f"{self.prefix}:stats:{symbol}"
+
+    def candle(self, interval: str, symbol: str) -> str:
+        """String: the current (latest) candle of ``interval`` (JSON bytes)."""
+        return f"{self.prefix}:candle:{interval}:{symbol}"
+
+    def trades(self, symbol: str) -> str:
+        """List: recent trades, newest first (JSON bytes each), capped."""
+        return f"{self.prefix}:trades:{symbol}"
+
+    def trades_seq(self, symbol: str) -> str:
+        """String: ``<epoch>:<seq>`` of the last trades message in :meth:`trades`."""
+        return f"{self.prefix}:trades_seq:{symbol}"
+
+    @property
+    def symbols(self) -> str:
+        """Hash: symbol -> catalogue entry (``SymbolInfo.to_dict()`` JSON plus ``seq``)."""
+        return f"{self.prefix}:symbols"
+
+    def hist(self, channel: str, symbol: str) -> str:
+        """Stream: WebSocket resume window, IDs ``<seq>-0``, fields ``m`` (bytes) and ``e`` (epoch)."""
+        return f"{self.prefix}:hist:{channel}:{symbol}"
+
+    @property
+    def sentinel(self) -> str:
+        """String written by the cache writer; its absence means Redis lost the cache (restart)."""
+        return f"{self.prefix}:cache:alive"
+
+    def ratelimit(self, who: str, window: int) -> str:
+        """Counter of the REST rate limiter for ``who`` (``k:<key>`` / ``ip:<addr>``) in a window."""
+        return f"{self.prefix}:rl:{who}:{window}"

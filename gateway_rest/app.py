@@ -1,0 +1,360 @@
+"""The FastAPI application: ``/api/v1/market/...``, ``/health``, ``/metrics``, ``/docs``.
+
+Hot endpoints return the cache writer's pre-encoded bytes as they are (no model validation, no
+re-encoding); validation of *inputs* is strict and every bad input is a 404/422 JSON error naming
+the parameter, never a 500. A pure-ASGI middleware (:mod:`gateway_rest.middleware`) does API keys,
+rate limits and per-route metrics in front of the router.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.cache_keys import book_depths
+from core.channels import CANDLE_INTERVALS
+from core.codec import ns_from_iso
+from core.errors import CodecError, SymbolError
+from core.settings import Settings
+from core.symbols import normalize_symbol
+from gateway_rest.config import RestConfig, Tier
+from gateway_rest.middleware import REGISTRY, GatewayMiddleware
+from gateway_rest.models import (
+    ERRORS,
+    CandlesResponse,
+    HealthResponse,
+    OrderBook,
+    OrderBookL3,
+    Stats,
+    SymbolsResponse,
+    Ticker,
+    TradesResponse,
+)
+from gateway_rest.ratelimit import RateLimiter
+from gateway_rest.store import MarketStore, NotCached, Unavailable
+
+log = logging.getLogger(__name__)
+JSON = "application/json"
+PREFIX = "/api/v1/market"
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        parameter: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status = status
+        self.error = error
+        self.message = message
+        self.parameter = parameter
+        self.headers = headers
+        super().__init__(message)
+
+
+def error_response(
+    status: int,
+    error: str,
+    message: str,
+    parameter: str | None = None,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {"error": error, "message": message, "parameter": parameter}
+    if details:
+        body["details"] = details
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
+def parse_time(raw: str | None, name: str) -> int | None:
+    """ISO-8601 (``2026-11-24T06:00:00Z``) or Unix time in seconds or milliseconds -> ns."""
+    if raw is None or raw == "":
+        return None
+    text = raw.strip()
+    try:
+        if text.lstrip("-").isdigit():
+            v = int(text)
+            if v < 0:
+                raise ValueError
+            return v * 1_000_000 if v > 10**11 else v * 1_000_000_000
+        return ns_from_iso(text)
+    except (ValueError, CodecError, OverflowError):
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"{name}: expected ISO-8601 time or Unix seconds/milliseconds, got {raw!r}",
+            name,
+        ) from None
+
+
+def parse_range(start: str | None, end: str | None) -> tuple[int | None, int | None]:
+    s, e = parse_time(start, "start"), parse_time(end, "end")
+    if s is not None and e is not None and s >= e:
+        raise ApiError(422, "invalid_parameter", "start: must be before end", "start")
+    return s, e
+
+
+def parse_cursor(raw: str | None) -> tuple[int, str] | None:
+    if not raw:
+        return None
+    ns, sep, tid = raw.partition(":")
+    if not sep or not ns.isdigit() or not tid:
+        raise ApiError(
+            422, "invalid_parameter", "cursor: not a cursor returned by this API", "cursor"
+        )
+    return int(ns), tid
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    config: RestConfig | None = None,
+    store: MarketStore | None = None,
+) -> FastAPI:
+    s = settings or Settings.from_env()
+    cfg = config or RestConfig.from_settings(s)
+    st = store or MarketStore(s)
+    st.catalogue_ttl_s = cfg.catalogue_ttl_s
+    depths = book_depths(cfg.book_depth)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await st.close()
+
+    app = FastAPI(
+        title="Market data REST API",
+        version="1.0.0",
+        description="Order books, tickers, trades, candles and 24h stats. Every answer carries "
+        "the `seq` (and `epoch`) of the stream message it reflects, so it can be joined with the "
+        "WebSocket stream. Symbols are `BASE-QUOTE`; `BTC/USD` and lower case are accepted. "
+        "Rate-limit headers on every response; 429 with `Retry-After` when exceeded.",
+        lifespan=lifespan,
+    )
+    app.state.store = st
+    app.state.config = cfg
+    limiter = RateLimiter(st.redis, st.keys)
+    app.add_middleware(GatewayMiddleware, config=cfg, limiter=limiter, store=st)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> Response:
+        return error_response(
+            exc.status, exc.error, exc.message, exc.parameter, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        loc = [str(x) for x in first.get("loc", ())]
+        param = loc[-1] if loc else None
+        details = [
+            {"parameter": str(e.get("loc", ("",))[-1]), "message": e.get("msg", "")} for e in errs
+        ]
+        return error_response(
+            422, "invalid_parameter", f"{param}: {first.get('msg', 'invalid')}", param, details
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(_: Request, exc: Unavailable) -> Response:
+        return error_response(
+            503,
+            "unavailable",
+            f"{exc.dependency} unavailable: {exc.reason}",
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(NotCached)
+    async def _not_cached(_: Request, exc: NotCached) -> Response:
+        return error_response(404, "no_data", str(exc))
+
+    async def known(raw: str) -> tuple[str, dict[str, Any]]:
+        try:
+            sym = normalize_symbol(raw)
+        except SymbolError as exc:
+            raise ApiError(404, "unknown_symbol", f"{exc.reason}: {raw!r}", "symbol") from None
+        cat = await st.catalogue()
+        entry = cat.get(sym)
+        if entry is None:
+            raise ApiError(404, "unknown_symbol", f"unknown symbol: {sym}", "symbol")
+        return sym, entry
+
+    def tier_of(request: Request) -> Tier:
+        t: Tier | None = getattr(request.state, "tier", None)
+        return t or cfg.tiers["anonymous"]
+
+    ok = {"content": {JSON: {}}}
+
+    @app.get(
+        f"{PREFIX}/symbols",
+        response_model=SymbolsResponse,
+        responses=ERRORS,
+        tags=["market"],
+        summary="The symbol catalogue",
+    )
+    async def symbols() -> Response:
+        cat = await st.catalogue()
+        body = orjson.dumps({"symbols": [cat[k] for k in sorted(cat)]})
+        return Response(body, media_type=JSON)
+
+    @app.get(
+        PREFIX + "/{symbol:path}/orderbook",
+        response_model=OrderBook | OrderBookL3,
+        responses=ERRORS,
+        tags=["market"],
+        summary="Order book (L2 by price level, or L3)",
+    )
+    async def orderbook(
+        request: Request,
+        symbol: str,
+        depth: Annotated[
+            int,
+            Query(
+                ge=1,
+                description="levels per side; capped at the cached "
+                "depth (MD_REDIS_BOOK_DEPTH, default 100)",
+            ),
+        ] = 20,
+        level: Annotated[
+            int,
+            Query(
+                ge=2,
+                le=3,
+                description="2: by price level; 3: order by "
+                "order, where the symbol's source and your tier allow it",
+            ),
+        ] = 2,
+    ) -> Response:
+        sym, entry = await known(symbol)
+        tier = tier_of(request)
+        if level == 3:
+            if "l3" not in entry.get("channels", ()):
+                raise ApiError(
+                    422,
+                    "invalid_parameter",
+                    f"level: {sym} has no order-by-order book (source {entry.get('source')})",
+                    "level",
+                )
+            if not tier.level3:
+                raise ApiError(
+                    403, "forbidden", f"level: tier {tier.name} may not read level=3", "level"
+                )
+            return Response(await st.string(st.keys.l3(sym), "level-3 book"), media_type=JSON)
+        d = min(depth, cfg.book_depth, tier.max_depth)
+        return Response(await st.book(sym, d, depths), media_type=JSON)
+
+    @app.get(
+        PREFIX + "/{symbol:path}/ticker",
+        response_model=Ticker,
+        responses=ERRORS,
+        tags=["market"],
+        summary="Latest ticker (L1)",
+    )
+    async def ticker(symbol: str) -> Response:
+        sym, _ = await known(symbol)
+        return Response(await st.string(st.keys.ticker(sym), "ticker"), media_type=JSON)
+
+    @app.get(
+        PREFIX + "/{symbol:path}/stats",
+        response_model=Stats,
+        responses=ERRORS,
+        tags=["market"],
+        summary="24h statistics",
+    )
+    async def stats(symbol: str) -> Response:
+        sym, _ = await known(symbol)
+        return Response(await st.string(st.keys.stats(sym), "stats"), media_type=JSON)
+
+    @app.get(
+        PREFIX + "/{symbol:path}/trades",
+        response_model=TradesResponse,
+        responses=ERRORS,
+        tags=["market"],
+        summary="Recent trades (cache) or a time range (database, paged)",
+    )
+    async def trades(
+        symbol: str,
+        limit: Annotated[int, Query(ge=1, description=f"capped at {cfg.trades_limit_max}")] = 100,
+        start: Annotated[str | None, Query(description="ISO-8601 or Unix s/ms; inclusive")] = None,
+        end: Annotated[str | None, Query(description="ISO-8601 or Unix s/ms; exclusive")] = None,
+        cursor: Annotated[
+            str | None, Query(description="`next_cursor` of the previous page")
+        ] = None,
+    ) -> Response:
+        sym, _ = await known(symbol)
+        lim = min(limit, cfg.trades_limit_max)
+        s_ns, e_ns = parse_range(start, end)
+        cur = parse_cursor(cursor)
+        if s_ns is None and e_ns is None and cur is None:
+            return Response(await st.recent_trades(sym, lim), media_type=JSON)
+        return Response(await st.trades_range(sym, s_ns, e_ns, lim, cur), media_type=JSON)
+
+    @app.get(
+        PREFIX + "/{symbol:path}/candles",
+        response_model=CandlesResponse,
+        responses=ERRORS,
+        tags=["market"],
+        summary="Candles (OHLCV) of one interval; the last may be open",
+    )
+    async def candles(
+        symbol: str,
+        interval: Annotated[str, Query(description="one of " + ", ".join(CANDLE_INTERVALS))] = "1m",
+        start: Annotated[str | None, Query(description="ISO-8601 or Unix s/ms; inclusive")] = None,
+        end: Annotated[str | None, Query(description="ISO-8601 or Unix s/ms; exclusive")] = None,
+        limit: Annotated[int, Query(ge=1, description=f"capped at {cfg.candles_limit_max}")] = 300,
+    ) -> Response:
+        sym, _ = await known(symbol)
+        if interval not in CANDLE_INTERVALS:
+            raise ApiError(
+                422,
+                "invalid_parameter",
+                f"interval: expected one of {', '.join(CANDLE_INTERVALS)}, got {interval!r}",
+                "interval",
+            )
+        s_ns, e_ns = parse_range(start, end)
+        body = await st.candles(sym, interval, s_ns, e_ns, min(limit, cfg.candles_limit_max))
+        return Response(body, media_type=JSON)
+
+    @app.get(
+        "/health",
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse}},
+        tags=["ops"],
+        summary="Readiness: 200 only when Redis and the database answer",
+    )
+    async def health() -> Response:
+        checks = await st.ping()
+        ok_all = all(v[0] for v in checks.values())
+        body = {
+            "status": "ok" if ok_all else "degraded",
+            "service": "gateway_rest",
+            "checks": {k: {"ok": v[0], "detail": v[1]} for k, v in checks.items()},
+        }
+        return Response(orjson.dumps(body), status_code=200 if ok_all else 503, media_type=JSON)
+
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    del ok
+    return app

@@ -1,0 +1,82 @@
+"""REST gateway settings: limits, API keys and tiers, read once at start (strict casts).
+
+Keys come from ``MD_REST_API_KEYS`` as ``key:tier`` pairs (``k1:pro,k2:basic``); production
+puts them in a secret and sets ``MD_REST_REQUIRE_KEY=1``. Tiers are fixed here with the reason
+for each number; ``MD_REST_ANON_RPS`` overrides the anonymous per-IP limit (``0`` disables
+rate limiting entirely, for benchmarks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.errors import ConfigError
+from core.settings import Settings, parse_bool
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    rps: int  # requests per second per key (per IP for anonymous); 0 = unlimited
+    burst_window_s: int = 1  # fixed window length
+    max_depth: int = 1000  # orderbook depth cap
+    level3: bool = True  # may read the order-by-order book
+
+
+# anonymous: generous per IP for local use and a browser UI (a page polling a few endpoints at
+# 10 Hz uses ~50 req/s); basic/pro: per key, for programs; internal: unlimited (ops, load tests)
+DEFAULT_TIERS: dict[str, Tier] = {
+    "anonymous": Tier("anonymous", rps=200, max_depth=1000, level3=True),
+    "basic": Tier("basic", rps=50, max_depth=100, level3=False),
+    "pro": Tier("pro", rps=1000, max_depth=1000, level3=True),
+    "internal": Tier("internal", rps=0, max_depth=1000, level3=True),
+}
+
+
+def _keys(raw: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, tier = part.rpartition(":")
+        if not sep or not key or tier not in DEFAULT_TIERS or tier == "anonymous":
+            raise ValueError(f"expected key:tier with tier in basic/pro/internal, got {part!r}")
+        out[key] = tier
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestConfig:
+    book_depth: int = 100  # what the cache holds (MD_REDIS_BOOK_DEPTH)
+    trades_limit_max: int = 1000
+    candles_limit_max: int = 1000
+    require_key: bool = False
+    api_keys: dict[str, str] = field(default_factory=dict)
+    tiers: dict[str, Tier] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    catalogue_ttl_s: float = 1.0  # in-process catalogue cache: /symbols and 404 checks
+    key_header: str = "X-API-Key"
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> RestConfig:
+        tiers = dict(DEFAULT_TIERS)
+        anon = s.get("MD_REST_ANON_RPS", int, tiers["anonymous"].rps)
+        if anon < 0:
+            raise ConfigError("MD_REST_ANON_RPS", "must be >= 0")
+        tiers["anonymous"] = Tier(
+            "anonymous",
+            rps=anon,
+            max_depth=tiers["anonymous"].max_depth,
+            level3=s.get("MD_REST_ANON_L3", parse_bool, True),
+        )
+        if s.get("MD_REST_RATE_LIMIT", parse_bool, True) is False:
+            tiers = {
+                k: Tier(t.name, 0, t.burst_window_s, t.max_depth, t.level3)
+                for k, t in tiers.items()
+            }
+        return cls(
+            book_depth=s.redis_book_depth,
+            require_key=s.get("MD_REST_REQUIRE_KEY", parse_bool, False),
+            api_keys=s.get("MD_REST_API_KEYS", _keys, {}),
+            tiers=tiers,
+        )

@@ -1,0 +1,370 @@
+"""Where REST answers come from: Redis first (pre-encoded bodies), PostgreSQL for history and as
+the fallback when Redis is down.
+
+Redis failures open a short circuit (``REDIS_RETRY_S``): requests in that time go straight to the
+database fallback or get a 503 naming the reason, instead of each waiting for a connect timeout;
+the next request after it tries Redis again, so the gateway recovers by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from core.cache_keys import CacheKeys
+from core.codec import iso_from_ns, ns_from_iso
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+REDIS_RETRY_S = 1.0
+
+
+class Unavailable(Exception):
+    """A dependency needed for this answer is down: 503 with ``reason``."""
+
+    def __init__(self, dependency: str, reason: str) -> None:
+        self.dependency = dependency
+        self.reason = reason
+        super().__init__(f"{dependency}: {reason}")
+
+
+class NotCached(Exception):
+    """The symbol is listed but the cache holds no data for it yet (404 with a reason)."""
+
+
+def _dt(ns: int) -> datetime:
+    s, rem = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(s, UTC).replace(microsecond=rem // 1000)
+
+
+def _iso(v: datetime) -> str:
+    return iso_from_ns(int(v.timestamp()) * 1_000_000_000 + v.microsecond * 1000)
+
+
+class MarketStore:
+    def __init__(self, settings: Settings, *, redis: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = CacheKeys(settings.redis_prefix)
+        self.redis: aioredis.Redis = redis or aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=1.0,
+            socket_connect_timeout=0.5,
+            max_connections=64,
+        )
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._redis_down_until = 0.0
+        self.redis_last_error: str | None = None
+        self.db_last_error: str | None = None
+        self._catalogue: dict[str, dict[str, Any]] = {}
+        self._catalogue_at = -1e9
+        self.catalogue_ttl_s = 1.0
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        if self._pool is not None:
+            await self._pool.close()
+
+    # --- dependencies ---------------------------------------------------------------------
+
+    def redis_available(self) -> bool:
+        return time.monotonic() >= self._redis_down_until
+
+    def trip(self, reason: str) -> None:
+        """Open the circuit: Redis failed somewhere (rate limiter, a query)."""
+        self._redis_down_until = time.monotonic() + REDIS_RETRY_S
+        self.redis_last_error = reason
+
+    async def r(self, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Run a Redis call with the circuit breaker; raises :class:`Unavailable`."""
+        if not self.redis_available():
+            raise Unavailable("redis", self.redis_last_error or "unreachable")
+        try:
+            out = await fn(self.redis)
+        except (RedisError, OSError) as exc:
+            self.trip(f"{type(exc).__name__}: {exc}")
+            raise Unavailable("redis", self.redis_last_error) from exc
+        self.redis_last_error = None
+        return out
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    # min_size=0: creating the pool never needs the database to be up
+                    self._pool = await asyncpg.create_pool(
+                        self.settings.pg_dsn, min_size=0, max_size=4, command_timeout=5
+                    )
+        return self._pool
+
+    async def db(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            pool = await self.pool()
+            rows = await pool.fetch(query, *args, timeout=5)
+        except (
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            OSError,
+            TimeoutError,
+            asyncpg.exceptions.OperatorInterventionError,
+        ) as exc:
+            self.db_last_error = f"{type(exc).__name__}: {exc}"
+            raise Unavailable("database", self.db_last_error) from exc
+        except asyncpg.exceptions.UndefinedTableError as exc:
+            raise Unavailable(
+                "database", "schema missing: run `python -m storage migrate`"
+            ) from exc
+        self.db_last_error = None
+        return rows
+
+    async def ping(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        try:
+            await asyncio.wait_for(self.redis.ping(), 1.0)
+            self._redis_down_until = 0.0
+            out["redis"] = (True, "up")
+        except (RedisError, OSError, TimeoutError) as exc:
+            out["redis"] = (False, f"{type(exc).__name__}: {exc}")
+        try:
+            pool = await self.pool()
+            await pool.fetchval("SELECT 1", timeout=1.0)
+            out["database"] = (True, "up")
+        except Exception as exc:  # any failure of the probe is "not ready", with the reason
+            out["database"] = (False, f"{type(exc).__name__}: {exc}")
+        return out
+
+    # --- catalogue ------------------------------------------------------------------------
+
+    async def catalogue(self) -> dict[str, dict[str, Any]]:
+        """Symbol -> entry, cached in-process for ``catalogue_ttl_s``: every request checks it."""
+        now = time.monotonic()
+        if now - self._catalogue_at < self.catalogue_ttl_s:
+            return self._catalogue
+        try:
+            raw = await self.r(lambda r: r.hgetall(self.keys.symbols))
+            cat = {k.decode(): orjson.loads(v) for k, v in raw.items()}
+        except Unavailable:
+            rows = await self.db(
+                "SELECT symbol, base, quote, tick_size, min_size, status, source, channels, seq FROM symbols"
+            )
+            cat = {
+                r["symbol"]: {
+                    "symbol": r["symbol"],
+                    "base": r["base"],
+                    "quote": r["quote"],
+                    "tick_size": str(r["tick_size"]),
+                    "min_size": str(r["min_size"]),
+                    "status": r["status"],
+                    "source": r["source"],
+                    "channels": list(r["channels"]),
+                    "seq": r["seq"],
+                }
+                for r in rows
+            }
+        self._catalogue, self._catalogue_at = cat, now
+        return cat
+
+    # --- hot data -------------------------------------------------------------------------
+
+    async def book(self, symbol: str, depth: int, depths: tuple[int, ...]) -> bytes:
+        """Orderbook body for ``depth``: pre-encoded bytes when ``depth`` is a cached depth."""
+        field = next((d for d in depths if d >= depth), depths[-1])
+        try:
+            body = await self.r(lambda r: r.hget(self.keys.book(symbol), f"d{field}"))
+        except Unavailable:
+            return await self._book_from_db(symbol, depth)
+        if body is None:
+            raise NotCached("no order book cached yet for this symbol")
+        if field == depth:
+            return bytes(body)
+        b = orjson.loads(body)
+        b["bids"], b["asks"], b["depth"] = b["bids"][:depth], b["asks"][:depth], depth
+        return orjson.dumps(b)
+
+    async def _book_from_db(self, symbol: str, depth: int) -> bytes:
+        rows = await self.db(
+            "SELECT ts, seq, epoch, checksum, bids, asks FROM l2_snapshots WHERE symbol = $1 "
+            "ORDER BY ts DESC, seq DESC LIMIT 1",
+            symbol,
+        )
+        if not rows:
+            raise Unavailable(
+                "redis", f"{self.redis_last_error}; no stored snapshot to fall back to"
+            )
+        r = rows[0]
+        return orjson.dumps(
+            {
+                "symbol": symbol,
+                "seq": r["seq"],
+                "epoch": r["epoch"],
+                "timestamp": _iso(r["ts"]),
+                "checksum": r["checksum"],
+                "depth": depth,
+                "bids": orjson.loads(r["bids"])[:depth],
+                "asks": orjson.loads(r["asks"])[:depth],
+                "source": "database",
+                "stale": True,
+            }
+        )
+
+    async def string(self, key: str, what: str) -> bytes:
+        body = await self.r(lambda r: r.get(key))
+        if body is None:
+            raise NotCached(f"no {what} cached yet for this symbol")
+        return bytes(body)
+
+    async def recent_trades(self, symbol: str, limit: int) -> bytes:
+        async def q(r: aioredis.Redis) -> list[Any]:
+            p = r.pipeline(transaction=True)  # list and its seq from the same instant
+            p.lrange(self.keys.trades(symbol), 0, limit - 1)
+            p.get(self.keys.trades_seq(symbol))
+            return list(await p.execute())
+
+        try:
+            items, pos = await self.r(q)
+        except Unavailable:
+            return await self.trades_range(symbol, None, None, limit, None, newest_first=True)
+        epoch, seq = (int(x) for x in pos.split(b":")) if pos else (0, 0)
+        head = orjson.dumps({"symbol": symbol, "seq": seq, "epoch": epoch})[:-1]
+        return head + b',"trades":[' + b",".join(items) + b"]}"
+
+    async def trades_range(
+        self,
+        symbol: str,
+        start_ns: int | None,
+        end_ns: int | None,
+        limit: int,
+        cursor: tuple[int, str] | None,
+        *,
+        newest_first: bool = False,
+    ) -> bytes:
+        """History from the database, ascending by (time, trade_id), paged by an opaque cursor."""
+        conds = ["symbol = $1"]
+        args: list[Any] = [symbol]
+        if start_ns is not None:
+            args.append(_dt(start_ns))
+            conds.append(f"ts >= ${len(args)}")
+        if end_ns is not None:
+            args.append(_dt(end_ns))
+            conds.append(f"ts < ${len(args)}")
+        if cursor is not None:
+            args.append(_dt(cursor[0]))
+            args.append(cursor[1])
+            conds.append(f"(ts, trade_id) > (${len(args) - 1}, ${len(args)})")
+        order = "ts DESC, trade_id DESC" if newest_first else "ts, trade_id"
+        args.append(limit + 1)
+        rows = await self.db(
+            f"SELECT trade_id, ts, price, size, side, seq, epoch FROM trades WHERE {' AND '.join(conds)} "
+            f"ORDER BY {order} LIMIT ${len(args)}",
+            *args,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        trades = [
+            {
+                "trade_id": r["trade_id"],
+                "price": str(r["price"]),
+                "size": str(r["size"]),
+                "side": r["side"],
+                "time": _iso(r["ts"]),
+                "seq": r["seq"],
+            }
+            for r in rows
+        ]
+        next_cursor = None
+        if more and rows and not newest_first:
+            last = rows[-1]
+            ts = last["ts"]
+            next_cursor = (
+                f"{int(ts.timestamp()) * 1_000_000_000 + ts.microsecond * 1000}:{last['trade_id']}"
+            )
+        seq = max((r["seq"] for r in rows), default=0)
+        epoch = max((r["epoch"] for r in rows), default=0)
+        return orjson.dumps(
+            {
+                "symbol": symbol,
+                "seq": seq,
+                "epoch": epoch,
+                "trades": trades,
+                "next_cursor": next_cursor,
+                "source": "database",
+            }
+        )
+
+    async def candles(
+        self, symbol: str, interval: str, start_ns: int | None, end_ns: int | None, limit: int
+    ) -> bytes:
+        """Stored candles in [start, end), newest ``limit`` when unbounded, plus the current
+        bucket from Redis (which may be newer than what the database writer has stored)."""
+        conds = ["symbol = $1", "interval = $2"]
+        args: list[Any] = [symbol, interval]
+        if start_ns is not None:
+            args.append(_dt(start_ns))
+            conds.append(f"bucket >= ${len(args)}")
+        if end_ns is not None:
+            args.append(_dt(end_ns))
+            conds.append(f"bucket < ${len(args)}")
+        args.append(limit)
+        order = "bucket" if start_ns is not None else "bucket DESC"
+        db_error: Unavailable | None = None
+        try:
+            rows = await self.db(
+                f"SELECT bucket, open, high, low, close, volume, trades, closed, seq, epoch FROM candles "
+                f"WHERE {' AND '.join(conds)} ORDER BY {order} LIMIT ${len(args)}",
+                *args,
+            )
+        except Unavailable as exc:
+            rows, db_error = [], exc
+        out: dict[str, dict[str, Any]] = {}
+        seq = epoch = 0
+        for r in rows:
+            c = {
+                "start": _iso(r["bucket"]),
+                "open": str(r["open"]),
+                "high": str(r["high"]),
+                "low": str(r["low"]),
+                "close": str(r["close"]),
+                "volume": str(r["volume"]),
+                "trades": r["trades"],
+                "closed": r["closed"],
+            }
+            out[c["start"]] = c
+            if (r["epoch"], r["seq"]) > (epoch, seq):
+                epoch, seq = r["epoch"], r["seq"]
+        current: dict[str, Any] | None = None
+        try:
+            raw = await self.r(lambda r: r.get(self.keys.candle(interval, symbol)))
+            current = orjson.loads(raw) if raw else None
+        except Unavailable:
+            if db_error is not None:
+                raise db_error from None
+        if current is not None:
+            s_ns = current.get("start")
+            in_range = True
+            if isinstance(s_ns, str):
+                t = ns_from_iso(s_ns)
+                in_range = (start_ns is None or t >= start_ns) and (end_ns is None or t < end_ns)
+            if in_range:
+                out[current["start"]] = {
+                    k: current[k]
+                    for k in ("start", "open", "high", "low", "close", "volume", "trades", "closed")
+                }
+                if (current["epoch"], current["seq"]) > (epoch, seq):
+                    epoch, seq = current["epoch"], current["seq"]
+        candles = [out[k] for k in sorted(out)]
+        if len(candles) > limit:
+            candles = candles[:limit] if start_ns is not None else candles[-limit:]
+        return orjson.dumps(
+            {"symbol": symbol, "interval": interval, "seq": seq, "epoch": epoch, "candles": candles}
+        )

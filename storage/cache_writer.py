@@ -1,0 +1,298 @@
+"""Kafka -> Redis cache writer: the I/O shell around :class:`storage.cache_model.CacheModel`.
+
+Start-up follows the snapshot-join contract of docs/internals.md: read the compacted snapshot
+topic to its end, then read the stream topics from ``offsets_for_times(oldest snapshot -
+margin)``; the model drops stream messages the snapshots already include. The cache is derived
+state, so this consumer commits no offsets and needs no group: every start rebuilds from Kafka.
+
+Redis writes go out in one non-transactional pipeline per Kafka batch. Each pipeline starts
+with ``SET <prefix>:cache:alive <id> NX``: if that key was missing while we had written before,
+Redis lost its data (restart without persistence, FLUSHALL), so the whole state is re-written from
+memory. While Redis is unreachable the writer keeps consuming into memory (the state is
+latest-only, so memory stays bounded) and retries with backoff; on return it re-writes everything
+and the resume windows restart (a gap would otherwise be served as continuous history).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.exceptions import RedisError
+
+from core.backoff import Backoff
+from core.cache_keys import CacheKeys
+from core.kafka import make_consumer
+from core.settings import Settings
+from core.topics import Topics
+from storage.cache_model import CacheModel, HistAction, Pos, Writes, hist_action
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheWriterCounters:
+    flushes: int = 0
+    redis_errors: int = 0
+    rebuilds: int = 0  # full re-writes after Redis lost data or came back
+    hist_added: int = 0
+    hist_resets: int = 0
+    snapshot_records: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheWriterConfig:
+    book_depth: int = 100
+    trades_len: int = 1000  # recent trades per symbol; ~150 B each -> 150 KB per symbol
+    hist_len: int = 10000  # resume window per channel:symbol; ~250 B/msg -> ~2.5 MB per key
+    max_records: int = 5000  # per Kafka fetch: bounds one flush's pipeline
+    replay_margin_ms: int = 10_000  # stream read starts this long before the oldest snapshot
+    max_replay_ms: int = 600_000  # ...but never further back than this (old compacted keys)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> CacheWriterConfig:
+        return cls(
+            book_depth=s.redis_book_depth,
+            trades_len=s.get("MD_REDIS_TRADES_LEN", int, 1000),
+            hist_len=s.get("MD_REDIS_HIST_LEN", int, 10000),
+        )
+
+
+class CacheWriter:
+    def __init__(self, settings: Settings, config: CacheWriterConfig | None = None) -> None:
+        self.settings = settings
+        self.config = config or CacheWriterConfig.from_settings(settings)
+        self.keys = CacheKeys(settings.redis_prefix)
+        self.topics = Topics.from_settings(settings)
+        self.model = CacheModel(
+            book_depth=self.config.book_depth, trades_len=self.config.trades_len
+        )
+        self.counters = CacheWriterCounters()
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
+        self.writer_id = uuid.uuid4().hex
+        self.ready = asyncio.Event()  # snapshot topic loaded and first full write done
+        self.redis_ok = False
+        self._hist_last: dict[str, Pos | None] = {}
+        self._need_full = True
+        self._backoff = Backoff(initial=0.1, maximum=2.0)
+        self._next_try = 0.0
+        self.last_flush_at = 0.0
+
+    # --- start-up --------------------------------------------------------------------------
+
+    async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+        for _ in range(100):
+            # consumer.topics() does not feed partitions_for_topic(); the fetched cluster does
+            cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+            parts = cluster.partitions_for_topic(topic)
+            if parts:
+                return [TopicPartition(topic, p) for p in sorted(parts)]
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"topic {topic} has no partitions")
+
+    async def _load_snapshots(
+        self, consumer: AIOKafkaConsumer, snap: list[TopicPartition]
+    ) -> int | None:
+        """Read the snapshot topic to its end; returns the oldest record timestamp (ms)."""
+        end = await consumer.end_offsets(snap)
+        await consumer.seek_to_beginning(*snap)
+        oldest: int | None = None
+        remaining = {tp for tp in snap if end[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(
+                *remaining, timeout_ms=500, max_records=self.config.max_records
+            )
+            for recs in batch.values():
+                for r in recs:
+                    self.model.on_snapshot_record(r.key, r.value)
+                    self.counters.snapshot_records += 1
+                    if oldest is None or r.timestamp < oldest:
+                        oldest = r.timestamp
+            for tp in list(remaining):
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+        return oldest
+
+    async def _seek_streams(
+        self, consumer: AIOKafkaConsumer, streams: list[TopicPartition], oldest: int | None
+    ) -> None:
+        if oldest is None:
+            await consumer.seek_to_beginning(*streams)
+            return
+        floor = int(time.time() * 1000) - self.config.max_replay_ms
+        at = max(oldest - self.config.replay_margin_ms, floor)
+        found = await consumer.offsets_for_times({tp: at for tp in streams})
+        for tp in streams:
+            ot = found.get(tp)
+            if ot is None:
+                await consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, ot.offset)
+
+    # --- Redis -------------------------------------------------------------------------------
+
+    async def _load_hist_last(self, keys: list[str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for k in keys:
+            pipe.xrevrange(k, "+", "-", count=1)
+        res = await pipe.execute()
+        for k, entries in zip(keys, res, strict=True):
+            if not entries:
+                self._hist_last[k] = None
+                continue
+            eid, fields = entries[0]
+            seq = int(eid.split(b"-")[0])
+            epoch = int(fields.get(b"e", b"0"))
+            self._hist_last[k] = (epoch, seq)
+
+    async def _apply(self, w: Writes, *, full: bool) -> bool:
+        """Write ``w``; returns False if Redis reported it had lost the cache (re-write needed)."""
+        k = self.keys
+        unknown = sorted({k.hist(ch, sym) for ch, sym, *_ in w.hist} - self._hist_last.keys())
+        if unknown:
+            await self._load_hist_last(unknown)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(k.sentinel, self.writer_id, nx=True)
+        for sym, fields in w.books.items():
+            pipe.hset(k.book(sym), mapping=fields)  # type: ignore[arg-type]
+        for suffix, body in w.strings.items():
+            pipe.set(f"{k.prefix}:{suffix}", body)
+        if w.symbols:
+            pipe.hset(k.symbols, mapping=w.symbols)  # type: ignore[arg-type]
+        for sym, entries in w.trades.items():
+            key = k.trades(sym)
+            if full:
+                pipe.delete(key)
+            if entries:
+                pipe.lpush(key, *entries)
+                pipe.ltrim(key, 0, self.config.trades_len - 1)
+            epoch, seq = w.trades_pos[sym]
+            pipe.set(k.trades_seq(sym), f"{epoch}:{seq}")
+        added = resets = 0
+        for ch, sym, epoch, seq, raw in w.hist:
+            if seq <= 0:
+                continue  # stream IDs must be > 0-0
+            key = k.hist(ch, sym)
+            act = hist_action(self._hist_last.get(key), epoch, seq)
+            if act is HistAction.SKIP:
+                continue
+            if act is HistAction.RESET:
+                pipe.delete(key)
+                resets += 1
+            pipe.xadd(
+                key,
+                {"m": raw, "e": str(epoch)},
+                id=f"{seq}-0",
+                maxlen=self.config.hist_len,
+                approximate=True,
+            )
+            self._hist_last[key] = (epoch, seq)
+            added += 1
+        res = await pipe.execute()
+        self.counters.flushes += 1
+        self.counters.hist_added += added
+        self.counters.hist_resets += resets
+        self.last_flush_at = time.monotonic()
+        sentinel_was_missing = bool(res[0])
+        return not (sentinel_was_missing and not full and self.counters.flushes > 1)
+
+    async def flush(self) -> None:
+        """Write pending changes; on Redis trouble keep them in memory and retry later."""
+        w = self.model.take_writes()
+        loop = asyncio.get_running_loop()
+        if self._need_full:
+            if loop.time() < self._next_try:
+                return
+            try:
+                self._hist_last.clear()
+                full = self.model.full_writes()
+                full.hist = w.hist
+                await self._apply(full, full=True)
+            except (RedisError, OSError) as exc:
+                self._redis_failed(exc)
+                return
+            self._need_full = False
+            self.counters.rebuilds += 1
+            self._redis_up()
+            return
+        if w.empty():
+            return
+        try:
+            intact = await self._apply(w, full=False)
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc)
+            return
+        self._redis_up()
+        if not intact:
+            log.warning("redis lost the cache; re-writing it from memory")
+            self._need_full = True
+            await self.flush()
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self.counters.redis_errors += 1
+        if self.redis_ok or self.counters.redis_errors == 1:
+            log.warning(
+                "redis unavailable; caching in memory and retrying", extra={"error": repr(exc)}
+            )
+        self.redis_ok = False
+        self._need_full = True
+        self._next_try = asyncio.get_running_loop().time() + self._backoff.next()
+
+    def _redis_up(self) -> None:
+        if not self.redis_ok:
+            log.info("redis cache written", extra={"rebuilds": self.counters.rebuilds})
+        self.redis_ok = True
+        self._backoff.reset()
+
+    # --- main loop ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            snap = await self._partitions(consumer, self.topics.snapshot)
+            streams: list[TopicPartition] = []
+            for t in self.topics.all_streams():
+                streams.extend(await self._partitions(consumer, t))
+            consumer.assign(snap + streams)
+            consumer.pause(*streams)
+            oldest = await self._load_snapshots(consumer, snap)
+            await self._seek_streams(consumer, streams, oldest)
+            consumer.resume(*streams)
+            await self.flush()
+            self.ready.set()
+            log.info(
+                "cache writer running", extra={"snapshot_records": self.counters.snapshot_records}
+            )
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100, max_records=self.config.max_records)
+                for tp, recs in batch.items():
+                    if tp.topic == self.topics.snapshot:
+                        for r in recs:
+                            self.model.on_snapshot_record(r.key, r.value)
+                    else:
+                        for r in recs:
+                            self.model.on_stream_record(r.value)
+                await self.flush()
+                if not batch and self.redis_ok:
+                    await self._check_alive()
+        finally:
+            await consumer.stop()
+            await self.redis.aclose()
+
+    async def _check_alive(self) -> None:
+        """When idle, notice a Redis that restarted empty even if no record arrives."""
+        try:
+            if not await self.redis.exists(self.keys.sentinel):
+                log.warning("redis lost the cache; re-writing it from memory")
+                self._need_full = True
+                await self.flush()
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc)

@@ -1,0 +1,361 @@
+"""Kafka -> PostgreSQL history writer: consumer group, bounded queue, batched idempotent writes.
+
+Flow: a fetch task turns each Kafka fetch (up to ``batch_records``) into a :class:`RowBatch`
+and puts it on a bounded queue (``queue_batches``: when the database is slow or down the queue
+fills, the fetch task blocks, and Kafka holds the backlog, not our memory). The write task takes
+one batch, writes it in ONE transaction, and only after ``COMMIT`` commits the batch's Kafka
+offsets. A crash between the two re-delivers the batch; natural primary keys make that harmless:
+
+- trades: ``COPY`` into a temporary staging table, then ``INSERT ... SELECT ... ON CONFLICT DO
+  NOTHING`` (COPY itself cannot skip duplicates);
+- candles: ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE ... WHERE`` the stored
+  candle is older by ``(epoch, seq)``, so a replayed candle never overwrites a newer one;
+- L2 snapshots: ``unnest`` insert, ``ON CONFLICT DO NOTHING``; symbols: upsert.
+
+Database errors are classified by asyncpg's exception classes (:mod:`storage.errors`):
+retriable ones (connection lost, server shutting down, ...) retry the same batch with backoff
+forever (until shutdown); a permanent one (a value PostgreSQL rejects) re-runs the batch row by
+row under savepoints and counts the rejected rows instead of stalling the partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from core.backoff import Backoff
+from core.kafka import make_consumer
+from core.settings import Settings
+from core.topics import Topics
+from storage.db_rows import RowBatch, RowBuilder
+from storage.errors import is_retriable_db_error
+from storage.migrate import maintain_partitions, recorded_backend
+
+log = logging.getLogger(__name__)
+
+TRADE_COLS = ["symbol", "trade_id", "ts", "price", "size", "side", "seq", "epoch"]
+
+SQL_STAGE = "CREATE TEMP TABLE IF NOT EXISTS trades_stage (LIKE trades) ON COMMIT DELETE ROWS"
+SQL_TRADES = f"INSERT INTO trades ({', '.join(TRADE_COLS)}) SELECT {', '.join(TRADE_COLS)} FROM trades_stage ON CONFLICT DO NOTHING"
+SQL_TRADE_ONE = f"INSERT INTO trades ({', '.join(TRADE_COLS)}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING"
+SQL_CANDLES = """
+INSERT INTO candles AS c (symbol, interval, bucket, open, high, low, close, volume, trades, closed, seq, epoch)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::numeric[], $5::numeric[], $6::numeric[],
+                     $7::numeric[], $8::numeric[], $9::int[], $10::bool[], $11::bigint[], $12::bigint[])
+ON CONFLICT (symbol, interval, bucket) DO UPDATE SET
+  open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
+  volume = EXCLUDED.volume, trades = EXCLUDED.trades, closed = EXCLUDED.closed,
+  seq = EXCLUDED.seq, epoch = EXCLUDED.epoch
+WHERE (c.epoch, c.seq) < (EXCLUDED.epoch, EXCLUDED.seq)"""
+SQL_SNAPSHOTS = """
+INSERT INTO l2_snapshots (symbol, ts, seq, epoch, checksum, bids, asks)
+SELECT s, ts, seq, e, ck, b::jsonb, a::jsonb
+FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[])
+  AS u(s, ts, seq, e, ck, b, a)
+ON CONFLICT DO NOTHING"""
+SQL_SYMBOLS = """
+INSERT INTO symbols AS y (symbol, base, quote, tick_size, min_size, status, source, channels, seq, updated_at)
+SELECT s, b, q, t, m, st, src, string_to_array(ch, ','), seq, now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::text[], $7::text[],
+            $8::text[], $9::bigint[]) AS u(s, b, q, t, m, st, src, ch, seq)
+ON CONFLICT (symbol) DO UPDATE SET base = EXCLUDED.base, quote = EXCLUDED.quote,
+  tick_size = EXCLUDED.tick_size, min_size = EXCLUDED.min_size, status = EXCLUDED.status,
+  source = EXCLUDED.source, channels = EXCLUDED.channels, seq = EXCLUDED.seq, updated_at = now()"""
+
+
+def _count(status: str) -> int:
+    """Rows affected from a command tag such as ``INSERT 0 17``."""
+    try:
+        return int(status.rsplit(" ", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _columns(rows: list[tuple[Any, ...]], n: int) -> list[list[Any]]:
+    return [[r[i] for r in rows] for i in range(n)]
+
+
+@dataclass
+class DbWriterCounters:
+    records: int = 0
+    bad_records: int = 0
+    batches: int = 0
+    trades_inserted: int = 0
+    trades_duplicate: int = 0
+    candles_written: int = 0
+    candles_unchanged: int = 0
+    snapshots_inserted: int = 0
+    symbols_written: int = 0
+    rows_rejected: int = 0
+    db_retries: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DbWriterConfig:
+    group_id: str
+    batch_records: int = 5000  # per Kafka fetch = per transaction
+    queue_batches: int = 4  # bounded queue: at most ~4 x 5000 records (a few MB) in memory
+    l2_every_s: int = 10  # one stored L2 snapshot per symbol per this many seconds
+    l2_depth: int = 50  # levels per side stored
+    maintain_every_s: float = 3600.0  # native partitions: create ahead / drop expired
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> DbWriterConfig:
+        return cls(
+            group_id=s.get("MD_STORAGE_DB_GROUP", str, f"{s.topic_prefix}.storage-db"),
+            batch_records=s.get("MD_STORAGE_BATCH", int, 5000),
+            l2_every_s=s.get("MD_STORAGE_L2_SNAPSHOT_S", int, 10),
+            l2_depth=s.get("MD_STORAGE_L2_SNAPSHOT_DEPTH", int, 50),
+        )
+
+
+class DbWriter:
+    def __init__(self, settings: Settings, config: DbWriterConfig | None = None) -> None:
+        self.settings = settings
+        self.config = config or DbWriterConfig.from_settings(settings)
+        self.topics = Topics.from_settings(settings)
+        self.builder = RowBuilder(
+            snapshot_topic=self.topics.snapshot,
+            l2_every_s=self.config.l2_every_s,
+            l2_depth=self.config.l2_depth,
+        )
+        self.counters = DbWriterCounters()
+        self.queue: asyncio.Queue[RowBatch] = asyncio.Queue(maxsize=self.config.queue_batches)
+        self.db_ok = False
+        self.last_error: str | None = None
+        self.running = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None
+        self._last_maintain = 0.0
+
+    def queue_size(self) -> int:
+        return self.queue.qsize()
+
+    def health_check(self) -> tuple[bool, object]:
+        return self.db_ok and self.running.is_set(), {
+            "database": "up" if self.db_ok else "down",
+            "last_error": self.last_error,
+            "queued_batches": self.queue.qsize(),
+        }
+
+    # --- database ------------------------------------------------------------------------
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                self.settings.pg_dsn, min_size=0, max_size=2, command_timeout=60
+            )
+        return self._pool
+
+    async def _write_tx(self, conn: asyncpg.Connection, b: RowBatch) -> tuple[int, int, int, int]:
+        t = c = s = y = 0
+        if b.trades:
+            await conn.execute(SQL_STAGE)
+            await conn.copy_records_to_table("trades_stage", records=b.trades, columns=TRADE_COLS)
+            t = _count(await conn.execute(SQL_TRADES))
+        if b.candles:
+            rows = [r for _, r in b.candles.values()]
+            c = _count(await conn.execute(SQL_CANDLES, *_columns(rows, 12)))
+        if b.snapshots:
+            rows = list(b.snapshots.values())
+            s = _count(await conn.execute(SQL_SNAPSHOTS, *_columns(rows, 7)))
+        if b.symbols:
+            rows = [(*r[:7], ",".join(r[7]), r[8]) for _, r in b.symbols.values()]
+            y = _count(await conn.execute(SQL_SYMBOLS, *_columns(rows, 9)))
+        return t, c, s, y
+
+    async def _write_rowwise(
+        self, conn: asyncpg.Connection, b: RowBatch
+    ) -> tuple[int, int, int, int]:
+        """After a permanent error: each row under its own savepoint; bad rows are counted."""
+        t = c = s = y = 0
+        for row in b.trades:
+            try:
+                async with conn.transaction():
+                    t += _count(await conn.execute(SQL_TRADE_ONE, *row))
+            except asyncpg.PostgresError as exc:
+                if is_retriable_db_error(exc):
+                    raise
+                self.counters.rows_rejected += 1
+                log.warning(
+                    "trade rejected by the database", extra={"row": repr(row), "error": repr(exc)}
+                )
+        for _, row in b.candles.values():
+            try:
+                async with conn.transaction():
+                    c += _count(await conn.execute(SQL_CANDLES, *_columns([row], 12)))
+            except asyncpg.PostgresError as exc:
+                if is_retriable_db_error(exc):
+                    raise
+                self.counters.rows_rejected += 1
+        for row in b.snapshots.values():
+            try:
+                async with conn.transaction():
+                    s += _count(await conn.execute(SQL_SNAPSHOTS, *_columns([row], 7)))
+            except asyncpg.PostgresError as exc:
+                if is_retriable_db_error(exc):
+                    raise
+                self.counters.rows_rejected += 1
+        for _, r in b.symbols.values():
+            try:
+                async with conn.transaction():
+                    y += _count(
+                        await conn.execute(
+                            SQL_SYMBOLS, *_columns([(*r[:7], ",".join(r[7]), r[8])], 9)
+                        )
+                    )
+            except asyncpg.PostgresError as exc:
+                if is_retriable_db_error(exc):
+                    raise
+                self.counters.rows_rejected += 1
+        return t, c, s, y
+
+    async def write(self, b: RowBatch, stop: asyncio.Event | None = None) -> bool:
+        """Write one batch, retrying retriable failures until done (True) or stopped (False)."""
+        backoff = Backoff(initial=0.05, maximum=2.0)
+        rowwise = False
+        while True:
+            try:
+                pool = await self._get_pool()
+                async with pool.acquire() as conn, conn.transaction():
+                    if rowwise:
+                        t, c, s, y = await self._write_rowwise(conn, b)
+                    else:
+                        t, c, s, y = await self._write_tx(conn, b)
+            except Exception as exc:
+                if is_retriable_db_error(exc):
+                    self.counters.db_retries += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    if self.db_ok or self.counters.db_retries == 1:
+                        log.warning(
+                            "database unavailable; retrying, Kafka holds the backlog",
+                            extra={"error": self.last_error},
+                        )
+                    self.db_ok = False
+                    delay = backoff.next()
+                    if stop is not None:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), delay)
+                        if stop.is_set():
+                            return False
+                    else:
+                        await asyncio.sleep(delay)
+                    continue
+                if isinstance(exc, asyncpg.PostgresError) and not rowwise:
+                    log.warning("batch rejected; writing it row by row", extra={"error": repr(exc)})
+                    rowwise = True
+                    continue
+                raise
+            break
+        if not self.db_ok:
+            log.info("database writes succeeding", extra={"retries": self.counters.db_retries})
+        self.db_ok = True
+        self.last_error = None
+        self.counters.batches += 1
+        self.counters.trades_inserted += t
+        self.counters.trades_duplicate += len(b.trades) - t
+        self.counters.candles_written += c
+        self.counters.candles_unchanged += len(b.candles) - c
+        self.counters.snapshots_inserted += s
+        self.counters.symbols_written += y
+        return True
+
+    async def _maintain(self) -> None:
+        now = time.monotonic()
+        if now - self._last_maintain < self.config.maintain_every_s:
+            return
+        self._last_maintain = now
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire() as conn:
+                if await recorded_backend(conn) == "native":
+                    await maintain_partitions(conn)
+        except Exception as exc:  # maintenance must never stop the writer; it runs again later
+            self._last_maintain = now - self.config.maintain_every_s + 60
+            log.warning("partition maintenance failed", extra={"error": repr(exc)})
+
+    # --- loops ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        t = self.topics
+        consumer = make_consumer(
+            self.settings,
+            t.stream("trades"),
+            t.stream("candles_1m"),
+            t.stream("status"),
+            t.snapshot,
+            group_id=self.config.group_id,
+            # a long database outage must not make us leave the group (which would rebalance
+            # and re-deliver to whoever joins); the backlog simply waits in Kafka
+            max_poll_interval_ms=3_600_000,
+            session_timeout_ms=30_000,
+            heartbeat_interval_ms=3_000,
+        )
+        await consumer.start()
+        self.running.set()
+        fetcher = asyncio.create_task(self._fetch(consumer, stop), name="db-fetch")
+        try:
+            await self._maintain()
+            while not stop.is_set() or not self.queue.empty():
+                get = asyncio.create_task(self.queue.get())
+                stopper = asyncio.create_task(stop.wait())
+                done, _ = await asyncio.wait({get, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if get not in done:
+                    get.cancel()
+                    break
+                b = get.result()
+                self.counters.records += b.records
+                self.counters.bad_records += b.bad
+                if b.rows() and not await self.write(b, stop):
+                    break  # stopped while the database was down: offsets stay uncommitted
+                await self._commit(consumer, b)
+                await self._maintain()
+        finally:
+            self.running.clear()
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetcher
+            await consumer.stop()
+            if self._pool is not None:
+                await self._pool.close()
+
+    async def _fetch(self, consumer: Any, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=200, max_records=self.config.batch_records
+                )
+            except KafkaError as exc:
+                log.warning("kafka fetch failed", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            if not batch:
+                continue
+            rb = RowBatch()
+            for tp, recs in batch.items():
+                for r in recs:
+                    self.builder.add(rb, tp.topic, tp.partition, r.offset, r.key, r.value)
+            await self.queue.put(rb)  # blocks when full: back-pressure to Kafka
+
+    async def _commit(self, consumer: Any, b: RowBatch) -> None:
+        if not b.offsets:
+            return
+        offsets = {TopicPartition(tp, p): off for (tp, p), off in b.offsets.items()}
+        try:
+            await consumer.commit(offsets)
+            self.counters.commits += 1
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # partitions moved to another member: it re-reads from the last commit and the
+            # natural keys absorb the duplicates
+            self.counters.commit_failures += 1
+            log.warning("offset commit failed", extra={"error": repr(exc)})

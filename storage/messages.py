@@ -1,0 +1,218 @@
+"""Parse the aggregator's data messages (docs/internals.md envelope) into what storage keeps.
+
+Pure functions, no I/O. Malformed records raise :class:`storage.errors.BadRecord`; writers count
+and skip them rather than stall a partition on one bad record. Field names follow
+docs/aggregator.md; a few common aliases are accepted (``id``/``trade_id``, ``qty``/``size``,
+``start``/``bucket``) so a small schema drift upstream shows as data, not as a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from core.channels import CANDLE_INTERVALS
+from core.codec import loads, ns_from_iso
+from core.errors import CodecError
+from storage.errors import BadRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    type: str
+    channel: str
+    symbol: str
+    seq: int
+    epoch: int
+    timestamp: str
+    event_time: str
+    data: Any
+    checksum: int | None
+    raw: bytes
+
+    @property
+    def pos(self) -> tuple[int, int]:
+        """Ordering key: epochs only grow, seq grows inside an epoch."""
+        return (self.epoch, self.seq)
+
+
+def parse_envelope(raw: bytes) -> Envelope:
+    try:
+        m = loads(raw)
+    except CodecError as exc:
+        raise BadRecord(str(exc)) from exc
+    if not isinstance(m, dict):
+        raise BadRecord("message is not a JSON object")
+    try:
+        seq = m.get("seq", 0)
+        epoch = m.get("epoch", 0)
+        if not isinstance(seq, int) or not isinstance(epoch, int):
+            raise BadRecord("seq/epoch must be integers")
+        ck = m.get("checksum")
+        return Envelope(
+            type=str(m["type"]),
+            channel=str(m.get("channel", "")),
+            symbol=str(m["symbol"]),
+            seq=seq,
+            epoch=epoch,
+            timestamp=str(m.get("timestamp", "")),
+            event_time=str(m.get("event_time") or m.get("timestamp") or ""),
+            data=m.get("data"),
+            checksum=ck if isinstance(ck, int) else None,
+            raw=bytes(raw),
+        )
+    except KeyError as exc:
+        raise BadRecord(f"missing field {exc}") from exc
+
+
+def _dec_str(v: object, name: str) -> str:
+    if isinstance(v, bool) or v is None:
+        raise BadRecord(f"{name} missing or not a number")
+    try:
+        d = Decimal(str(v))
+    except InvalidOperation as exc:
+        raise BadRecord(f"{name} not a decimal: {v!r}") from exc
+    if not d.is_finite():
+        raise BadRecord(f"{name} not finite: {v!r}")
+    return str(v)
+
+
+def _ns(text: object, name: str) -> int:
+    if isinstance(text, int) and not isinstance(text, bool):
+        # integers are taken as ns / ms / s since the epoch by magnitude
+        if text > 10**17:
+            return text
+        if text > 10**11:
+            return text * 1_000_000
+        return text * 1_000_000_000
+    if not isinstance(text, str) or not text:
+        raise BadRecord(f"{name} missing")
+    try:
+        return ns_from_iso(text)
+    except CodecError as exc:
+        raise BadRecord(str(exc)) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    symbol: str
+    trade_id: str
+    ts_ns: int
+    time: str  # ISO-8601 as published
+    price: str
+    size: str
+    side: str
+    seq: int
+    epoch: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "trade_id": self.trade_id,
+            "price": self.price,
+            "size": self.size,
+            "side": self.side,
+            "time": self.time,
+            "seq": self.seq,
+        }
+
+
+def trades_of(env: Envelope) -> list[Trade]:
+    """The trades in a ``trades`` message: ``data`` is one trade, a list, or ``{"trades": [...]}``."""
+    d = env.data
+    if isinstance(d, dict) and isinstance(d.get("trades"), list):
+        items = d["trades"]
+    elif isinstance(d, list):
+        items = d
+    elif isinstance(d, dict):
+        items = [d]
+    else:
+        raise BadRecord("trade data is not an object or list")
+    out: list[Trade] = []
+    for it in items:
+        if not isinstance(it, dict):
+            raise BadRecord("trade is not an object")
+        tid = it.get("trade_id", it.get("id"))
+        if tid is None or tid == "":
+            raise BadRecord("trade without trade_id")
+        t = it.get("time") or it.get("timestamp") or env.event_time
+        side = str(it.get("side") or it.get("taker_side") or "")
+        if side not in ("buy", "sell"):
+            raise BadRecord(f"bad trade side {side!r}")
+        ts_ns = _ns(t, "trade time")
+        out.append(
+            Trade(
+                symbol=env.symbol,
+                trade_id=str(tid),
+                ts_ns=ts_ns,
+                time=t if isinstance(t, str) else env.event_time,
+                price=_dec_str(it.get("price"), "price"),
+                size=_dec_str(it.get("size", it.get("qty", it.get("amount"))), "size"),
+                side=side,
+                seq=env.seq,
+                epoch=env.epoch,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    symbol: str
+    interval: str
+    bucket_ns: int
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    trades: int
+    closed: bool
+    seq: int
+    epoch: int
+
+
+def interval_of(env: Envelope) -> str:
+    if env.channel.startswith("candles_"):
+        iv = env.channel.removeprefix("candles_")
+    elif isinstance(env.data, dict):
+        iv = str(env.data.get("interval", ""))
+    else:
+        iv = ""
+    if iv not in CANDLE_INTERVALS:
+        raise BadRecord(f"unknown candle interval {iv!r}")
+    return iv
+
+
+def candle_of(env: Envelope) -> Candle:
+    d = env.data
+    if not isinstance(d, dict):
+        raise BadRecord("candle data is not an object")
+    iv = interval_of(env)
+    start = d.get("start", d.get("bucket", d.get("open_time", d.get("time"))))
+    n = d.get("trades", d.get("count", 0))
+    return Candle(
+        symbol=env.symbol,
+        interval=iv,
+        bucket_ns=_ns(start, "candle start"),
+        open=_dec_str(d.get("open"), "open"),
+        high=_dec_str(d.get("high"), "high"),
+        low=_dec_str(d.get("low"), "low"),
+        close=_dec_str(d.get("close"), "close"),
+        volume=_dec_str(d.get("volume", "0"), "volume"),
+        trades=int(n) if isinstance(n, int) and not isinstance(n, bool) else 0,
+        closed=bool(d.get("closed", False)),
+        seq=env.seq,
+        epoch=env.epoch,
+    )
+
+
+def levels_of(side: object, name: str) -> list[tuple[str, str]]:
+    if not isinstance(side, list):
+        raise BadRecord(f"{name} is not a list")
+    out: list[tuple[str, str]] = []
+    for lv in side:
+        if not isinstance(lv, list | tuple) or len(lv) < 2:
+            raise BadRecord(f"bad {name} level {lv!r}")
+        out.append((str(lv[0]), str(lv[1])))
+    return out

@@ -1,0 +1,73 @@
+"""``python -m storage run``: the cache writer and the database writer in one process, with
+``/health`` and ``/metrics`` on ``MD_STORAGE_HTTP_PORT`` (8012) through core.ops_http.
+
+The two writers are independent: Redis down never stops history being written, and the
+database down never stops the cache. ``MD_STORAGE_WRITERS=cache,db`` (default both) picks them,
+so they can also be scaled as separate deployments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from core.health import Health
+from core.ops_http import start_ops_server
+from core.settings import Settings, parse_list
+from storage.cache_writer import CacheWriter
+from storage.metrics import register_storage_metrics
+
+log = logging.getLogger(__name__)
+
+
+def build_health(cache: CacheWriter | None, db: object | None) -> Health:
+    h = Health("storage")
+    if cache is not None:
+        c = cache
+
+        def cache_check() -> tuple[bool, object]:
+            ok = c.ready.is_set() and c.redis_ok
+            return ok, {
+                "snapshot_loaded": c.ready.is_set(),
+                "redis": "up" if c.redis_ok else "down",
+                "since_flush_s": round(time.monotonic() - c.last_flush_at, 3)
+                if c.last_flush_at
+                else None,
+            }
+
+        h.add("cache_writer", cache_check)
+    if db is not None:
+        h.add("db_writer", db.health_check)  # type: ignore[attr-defined]
+    return h
+
+
+async def main(stop: asyncio.Event) -> None:
+    s = Settings.from_env()
+    which = set(s.get("MD_STORAGE_WRITERS", parse_list, ("cache", "db")))
+    cache = CacheWriter(s) if "cache" in which else None
+    db = None
+    if "db" in which:
+        from storage.db_writer import DbWriter
+
+        db = DbWriter(s)
+    register_storage_metrics(cache, db)
+    host = s.get("MD_STORAGE_HTTP_HOST", str, "127.0.0.1")
+    server = await start_ops_server(build_health(cache, db), host, s.storage_http_port)
+    tasks = [
+        asyncio.create_task(w.run(stop), name=type(w).__name__)
+        for w in (cache, db)
+        if w is not None
+    ]
+    try:
+        done, _ = await asyncio.wait(
+            [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        for t in done:
+            if t in tasks and t.exception() is not None:
+                log.error("writer failed", exc_info=t.exception())
+                stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        server.close()
+        await server.wait_closed()

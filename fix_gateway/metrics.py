@@ -1,0 +1,62 @@
+"""Prometheus metrics of the FIX gateway (``/metrics`` on MD_FIX_HTTP_PORT, default 8014)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_IN = Counter("fix_messages_in_total", "FIX messages received (well framed)")
+MESSAGES_OUT = Counter("fix_messages_out_total", "FIX messages sent, resends excluded")
+GARBLED = Counter(
+    "fix_garbled_total", "Garbled FIX frames dropped (BeginString/BodyLength/MsgType/CheckSum)"
+)
+REJECTS = Counter("fix_rejects_total", "Session-level Reject(3) sent")
+RESENDS = Counter(
+    "fix_resent_total", "Messages resent with PossDupFlag=Y in answer to ResendRequest(2)"
+)
+GAP_FILLS = Counter(
+    "fix_gap_fills_total", "SequenceReset-GapFill(4) sent in answer to ResendRequest(2)"
+)
+RESEND_REQUESTS = Counter(
+    "fix_resend_requests_total", "ResendRequest(2) received and sent", ["direction"]
+)
+SESSION_EVENTS = Counter(
+    "fix_session_events_total", "Logons, refusals, heartbeat timeouts, seq-too-low...", ["event"]
+)
+MD_REJECTS = Counter("fix_md_rejects_total", "MarketDataRequestReject(Y) sent")
+BUSINESS_REJECTS = Counter("fix_business_rejects_total", "BusinessMessageReject(j) sent")
+SLOW_DISCONNECTS = Counter(
+    "fix_slow_consumer_disconnects_total", "Sessions logged out for a full send buffer"
+)
+SESSIONS = Gauge("fix_sessions", "Logged-on FIX sessions")
+CONNECTIONS = Gauge("fix_connections", "Open FIX TCP connections")
+LATENCY = Histogram(
+    "fix_publish_to_send_seconds",
+    "Aggregator publish timestamp to the FIX messages written to the sockets",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+_SESSION_COUNTERS = {
+    "messages_in": MESSAGES_IN,
+    "messages_out": MESSAGES_OUT,
+    "garbled": GARBLED,
+    "rejects_sent": REJECTS,
+    "resent": RESENDS,
+    "gap_fills": GAP_FILLS,
+}
+
+
+def export_session_counters(counters: dict[str, int]) -> None:
+    """Move a session core's counters into Prometheus, then clear them."""
+    for key, n in counters.items():
+        if not n:
+            continue
+        c = _SESSION_COUNTERS.get(key)
+        if c is not None:
+            c.inc(n)
+        elif key == "resend_requests_received":
+            RESEND_REQUESTS.labels("in").inc(n)
+        elif key == "resend_requests_sent":
+            RESEND_REQUESTS.labels("out").inc(n)
+        else:
+            SESSION_EVENTS.labels(key).inc(n)
+    counters.clear()

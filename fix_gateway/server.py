@@ -1,0 +1,289 @@
+"""The thin asyncio acceptor around the sans-I/O session core (uvicorn's protocol shape).
+
+An ``asyncio.Protocol`` owns the transport and a :class:`~fix_gateway.session.FixSession`
+owns the state; after each input it writes ``b"".join(session.data_to_send())``. One timer
+task ticks every session (heartbeats, timeouts). ``core.follower.StreamFollower`` feeds the
+shared :class:`~fix_gateway.marketdata.MarketDataApp` with the l2, trades and status streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from typing import Any
+
+import orjson
+
+from core.codec import ns_from_iso
+from core.follower import Reset, StreamFollower
+from core.health import Health
+from core.ops_http import start_ops_server
+from core.settings import Settings
+from fix_gateway import metrics as M
+from fix_gateway.codec import Body
+from fix_gateway.config import GatewayConfig, SessionConfig
+from fix_gateway.errors import SessionMisuse
+from fix_gateway.marketdata import MarketDataApp
+from fix_gateway.session import AppMessage, Closed, FixSession, LoggedOn, RejectReceived
+from fix_gateway.store import FileStore, Store
+
+log = logging.getLogger(__name__)
+TICK_SECONDS = 0.5
+
+
+class Registry:
+    """Configured sessions, their stores (open for the process lifetime), who is logged on."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.stores: dict[str, Store] = {}
+        self.active: dict[str, Connection] = {}
+
+    def resolver(self, conn: Connection) -> Any:
+        def resolve(peer: str, ours: str) -> tuple[SessionConfig, Store] | str:
+            sc = self.cfg.sessions.get((peer, ours))
+            if sc is None:
+                return "unknown session"
+            other = self.active.get(sc.session_id)
+            if other is not None and other is not conn and not other.session.closed:
+                return "session already logged on"
+            store = self.stores.get(sc.session_id)
+            if store is None:
+                store = self.stores[sc.session_id] = FileStore(self.cfg.store_dir, sc.session_id)
+            self.active[sc.session_id] = conn
+            return sc, store
+
+        return resolve
+
+    def release(self, conn: Connection) -> None:
+        sid = conn.session.session_id
+        if sid and self.active.get(sid) is conn:
+            del self.active[sid]
+
+    def close(self) -> None:
+        for s in self.stores.values():
+            s.close()
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.session = FixSession(resolve=gw.registry.resolver(self))
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.logged_on = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = str(transport.get_extra_info("peername"))
+        self.gw.connections.add(self)
+        M.CONNECTIONS.inc()
+        log.info("FIX connection", extra={"peer": self.peer})
+
+    def data_received(self, data: bytes) -> None:
+        self.session.receive_data(data)
+        self._after()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.connection_lost()
+        self._after()
+        self.gw.connections.discard(self)
+        M.CONNECTIONS.dec()
+        if not self.gw.connections:
+            self.gw._drained.set()
+
+    # application side (marketdata.Sink)
+    def send_app(self, msg_type: str, body: Body) -> None:
+        try:
+            self.session.send(msg_type, body)
+        except SessionMisuse:
+            return
+        self._flush()
+
+    def tick(self) -> None:
+        self.session.tick()
+        self._after()
+
+    # internals
+    def _flush(self) -> None:
+        out = self.session.data_to_send()
+        t = self.transport
+        if out and t is not None and not t.is_closing():
+            t.write(b"".join(out))
+            if t.get_write_buffer_size() > self.gw.cfg.max_buffer and not self.session.closed:
+                M.SLOW_DISCONNECTS.inc()
+                log.warning(
+                    "slow FIX consumer disconnected", extra={"session": self.session.session_id}
+                )
+                self.gw.app.drop_session(self)
+                t.abort()
+        M.export_session_counters(self.session.counters)
+
+    def _after(self) -> None:
+        for ev in self.session.events_received():
+            if isinstance(ev, AppMessage):
+                self.gw.app.on_message(self, ev.msg)
+            elif isinstance(ev, LoggedOn):
+                self.logged_on = True
+                M.SESSIONS.inc()
+            elif isinstance(ev, RejectReceived):
+                log.warning(
+                    "FIX reject received",
+                    extra={
+                        "session": self.session.session_id,
+                        "text": ev.msg.get(58),
+                        "ref_seq": ev.msg.get(45),
+                    },
+                )
+            elif isinstance(ev, Closed):
+                self.gw.app.drop_session(self)
+                if self.logged_on:
+                    self.logged_on = False
+                    M.SESSIONS.dec()
+                self.gw.registry.release(self)
+        self._flush()
+        if self.session.closed and self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class Gateway:
+    def __init__(self, settings: Settings, cfg: GatewayConfig | None = None) -> None:
+        self.settings = settings
+        self.cfg = cfg or GatewayConfig.from_settings(settings)
+        self.registry = Registry(self.cfg)
+        self.app = MarketDataApp(symbols=settings.symbols)
+        self.connections: set[Connection] = set()
+        self.follower = StreamFollower(settings, channels=["l2", "trades", "status"])
+        self.follower.add_callback(self._on_deliver)
+        self.follower.add_reset_callback(self._on_reset)
+        self.server: asyncio.Server | None = None
+        self._drained = asyncio.Event()  # set when the last connection is gone
+
+    # feed
+    def _on_deliver(
+        self, channel: str, symbol: str, seq: int, raw: bytes, parsed: dict[str, Any]
+    ) -> None:
+        data = parsed.get("data") or {}
+        if channel == "l2":
+            if parsed.get("type") == "l2_snapshot":
+                self.app.on_l2_snapshot(symbol, seq, data.get("bids", ()), data.get("asks", ()))
+            else:
+                self.app.on_l2_update(symbol, seq, data.get("changes", ()))
+            self._observe(parsed)
+        elif channel == "trades":
+            if parsed.get("type") == "trade":
+                self.app.on_trade(symbol, seq, data)
+                self._observe(parsed)
+            else:
+                self._trades_state(symbol, seq, parsed)
+        elif channel == "status":
+            self.app.on_status(symbol, data)
+
+    def _observe(self, parsed: dict[str, Any]) -> None:
+        ts = parsed.get("timestamp")
+        if isinstance(ts, str):
+            with contextlib.suppress(Exception):
+                M.LATENCY.observe(max(0.0, (time.time_ns() - ns_from_iso(ts)) / 1e9))
+
+    def _trades_state(self, symbol: str, seq: int, parsed: dict[str, Any]) -> None:
+        data = parsed.get("data") or {}
+        trade = data if parsed.get("type") == "trade" else (data.get("trades") or [None])[-1]
+        if trade:
+            self.app.on_trade(symbol, seq, trade, reset=True)
+
+    def _on_reset(self, r: Reset) -> None:
+        cur = self.follower.current(r.channel, r.symbol)
+        if cur is None or not cur.messages:
+            return
+        parsed = orjson.loads(cur.messages[-1])
+        data = parsed.get("data") or {}
+        if r.channel == "l2":
+            log.info(
+                "l2 book rebased", extra={"symbol": r.symbol, "seq": cur.seq, "reason": r.reason}
+            )
+            self.app.on_l2_snapshot(r.symbol, cur.seq, data.get("bids", ()), data.get("asks", ()))
+        elif r.channel == "trades":
+            self._trades_state(r.symbol, cur.seq, parsed)
+        elif r.channel == "status":
+            self.app.on_status(r.symbol, data)
+
+    # lifecycle
+    async def start(self) -> None:
+        self.cfg.store_dir.mkdir(parents=True, exist_ok=True)
+        await self.follower.start()
+        ctx: ssl.SSLContext | None = None
+        if self.cfg.certfile:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(self.cfg.certfile, self.cfg.keyfile)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: Connection(self), self.cfg.host, self.cfg.port, ssl=ctx
+        )
+        self._ticker = asyncio.create_task(self._tick_loop(), name="fix-ticker")
+        log.info(
+            "FIX acceptor listening",
+            extra={
+                "host": self.cfg.host,
+                "port": self.cfg.port,
+                "tls": bool(ctx),
+                "sessions": sorted(c.session_id for c in self.cfg.sessions.values()),
+            },
+        )
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            for c in list(self.connections):
+                try:
+                    c.tick()
+                except Exception:
+                    log.exception("FIX tick failed", extra={"session": c.session.session_id})
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for c in list(self.connections):
+            c.session.logout("gateway shutting down")
+            c._after()
+        if self.connections:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), 2.0)  # peers answer our Logout(5)
+        for c in list(self.connections):
+            if c.transport is not None:
+                c.transport.close()
+        self._ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._ticker
+        await self.follower.stop()
+        self.registry.close()
+
+    def health(self) -> Health:
+        h = Health("fix_gateway")
+        h.add("kafka_feed", self.follower.health)
+        h.add(
+            "listener",
+            lambda: (
+                self.server is not None and self.server.is_serving(),
+                {"sessions": len(self.registry.active), "connections": len(self.connections)},
+            ),
+        )
+        return h
+
+
+async def serve(stop: asyncio.Event, settings: Settings | None = None) -> None:
+    settings = settings or Settings.from_env()
+    gw = Gateway(settings)
+    ops = await start_ops_server(gw.health(), gw.cfg.host, gw.cfg.http_port)
+    try:
+        await gw.start()
+        await stop.wait()
+    finally:
+        if gw.server is not None:
+            await gw.stop()
+        ops.close()

@@ -1,0 +1,1 @@
+"""WebSocket gateway: subscriptions to ``channel:symbol``, snapshot + updates, fan-out (docs/websocket.md)."""

@@ -1,0 +1,74 @@
+"""``python -m gateway_ws``: ``MD_WS_PROCESSES`` gateway processes (default: one per core) on one port.
+
+With more than one process this process is a supervisor: it starts the workers (the same
+module with ``MD_WS_PROCESSES=1``), each binding the port with ``SO_REUSEPORT`` so the kernel
+spreads connections, restarts a worker that dies (with backoff), and on SIGTERM stops them all
+gracefully. Each worker follows Kafka on its own and serves ``/health`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from core.backoff import Backoff
+from core.service import run
+from core.settings import Settings
+from gateway_ws.config import WsConfig
+from gateway_ws.server import serve_gateway
+
+log = logging.getLogger("gateway_ws")
+
+
+async def _supervise(stop: asyncio.Event, n: int) -> None:
+    env = dict(os.environ, MD_WS_PROCESSES="1")
+    procs: dict[int, asyncio.subprocess.Process] = {}
+    backoff = Backoff(initial=0.5, maximum=10.0)
+
+    async def spawn(i: int) -> None:
+        procs[i] = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway_ws", env={**env, "MD_WS_WORKER": str(i)})
+        log.info("worker started", extra={"worker": i, "pid": procs[i].pid})
+
+    for i in range(n):
+        await spawn(i)
+    while not stop.is_set():
+        waits = {asyncio.ensure_future(p.wait()): i for i, p in procs.items()}
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for f in waits:
+            if not f.done():
+                f.cancel()
+        if stop.is_set():
+            break
+        stopper.cancel()
+        for f in done:
+            if f in waits:
+                i = waits[f]
+                log.error("worker exited, restarting", extra={"worker": i, "code": f.result()})
+                await asyncio.sleep(backoff.next())
+                await spawn(i)
+    for p in procs.values():
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        try:
+            await asyncio.wait_for(p.wait(), 10)
+        except TimeoutError:
+            p.kill()
+
+
+async def _main(stop: asyncio.Event) -> None:
+    cfg = WsConfig.from_settings(Settings.from_env())
+    if cfg.processes > 1:
+        await _supervise(stop, cfg.processes)
+    else:
+        await serve_gateway(stop)
+
+
+if __name__ == "__main__":
+    run(_main, service="gateway_ws")

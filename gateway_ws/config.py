@@ -1,0 +1,137 @@
+"""Gateway settings (``MD_WS_*``), read once at start with the strict casts of core.settings.
+
+Every bound is documented in docs/websocket.md "Configuration" with its reason; the defaults
+let ``make run`` work out of the box (anonymous clients on every channel), the production
+values in the README turn anonymous access down.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from core.errors import ConfigError
+from core.settings import Settings, parse_bool, parse_list
+from gateway_ws.protocol import Limits, Tier
+
+
+def _tiers(raw: str) -> dict[str, Tier]:
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object {tier: {limits}}")
+    out: dict[str, Tier] = {}
+    for name, d in data.items():
+        chans = d.get("channels")
+        out[name] = Tier(name=name, max_subscriptions=int(d.get("max_subscriptions", 50)),
+                         max_connections=int(d.get("max_connections", 20)),
+                         rate=float(d.get("rate", 20)), burst=int(d.get("burst", 40)),
+                         channels=None if chans in (None, "*") else frozenset(chans))
+    return out
+
+
+DEFAULT_TIERS: dict[str, Tier] = {
+    "basic": Tier("basic", max_subscriptions=100, max_connections=10, rate=20, burst=40),
+    "pro": Tier("pro", max_subscriptions=500, max_connections=50, rate=100, burst=200),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WsConfig:
+    host: str = "127.0.0.1"
+    port: int = 8001
+    processes: int = 1
+    # anonymous clients: which channels ("*" = all), their limits, connections per IP
+    anon_channels: frozenset[str] | None = None
+    anon_max_subscriptions: int = 50
+    anon_rate: float = 20.0
+    anon_burst: int = 40
+    max_conn_per_ip: int = 200  # anonymous, per process; SO_REUSEPORT spreads a host's sockets
+    tiers: dict[str, Tier] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    default_tier: str = "basic"  # for tokens without a tier claim
+    # JWT: HS256 secret and/or RS256 public key (PEM text or a path to it)
+    jwt_hs256_secret: str | None = None
+    jwt_rs256_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    # per-connection output: 256 KiB high-water of the socket buffer (10,000 slow clients
+    # would pin 2.5 GiB at worst, a normal one holds ~0); a book subscriber above it is
+    # resynced once it drains below a quarter, any other subscriber is disconnected
+    buffer_high: int = 256 * 1024
+    # resume: at most this many messages replayed from Redis for one subscription
+    resume_max: int = 10_000
+    # live messages held per subscription while its Redis replay runs
+    pending_max: int = 10_000
+    heartbeat_s: float = 5.0
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    idle_s: float = 60.0  # no subscription and no request for this long: close 4002
+    hard_max_frame: int = 1 << 20  # websockets' own limit: above it the library closes (1009)
+    deflate: bool = False  # permessage-deflate offered to clients that ask (CPU per client)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    trades_keep: int = 100
+    limits: Limits = field(default_factory=Limits)
+    max_connections: int = 20_000  # per process: above it new clients get 1013
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> WsConfig:
+        d = cls()
+
+        def g(key: str, cast: Any, default: Any) -> Any:
+            return s.get(key, cast, default)
+
+        anon = g("MD_WS_ANON_CHANNELS", str, "*").strip()
+        tiers = dict(DEFAULT_TIERS)
+        tiers.update(g("MD_WS_TIERS", _tiers, {}))
+        lim = Limits(max_frame=g("MD_WS_MAX_FRAME", int, d.limits.max_frame),
+                     max_violations=g("MD_WS_MAX_VIOLATIONS", int, d.limits.max_violations))
+        cfg = cls(
+            host=s.ws_host, port=s.ws_port,
+            processes=g("MD_WS_PROCESSES", int, os.cpu_count() or 1),
+            anon_channels=None if anon == "*" else frozenset(parse_list(anon)),
+            anon_max_subscriptions=g("MD_WS_ANON_MAX_SUBSCRIPTIONS", int, d.anon_max_subscriptions),
+            anon_rate=g("MD_WS_ANON_RATE", float, d.anon_rate),
+            anon_burst=g("MD_WS_ANON_BURST", int, d.anon_burst),
+            max_conn_per_ip=g("MD_WS_MAX_CONN_PER_IP", int, d.max_conn_per_ip),
+            tiers=tiers,
+            default_tier=g("MD_WS_DEFAULT_TIER", str, d.default_tier),
+            jwt_hs256_secret=g("MD_WS_JWT_HS256_SECRET", str, None),
+            jwt_rs256_public_key=g("MD_WS_JWT_RS256_PUBLIC_KEY", _pem, None),
+            jwt_audience=g("MD_WS_JWT_AUDIENCE", str, None),
+            jwt_issuer=g("MD_WS_JWT_ISSUER", str, None),
+            buffer_high=g("MD_WS_BUFFER_BYTES", int, d.buffer_high),
+            resume_max=g("MD_WS_RESUME_MAX", int, d.resume_max),
+            pending_max=g("MD_WS_PENDING_MAX", int, d.pending_max),
+            heartbeat_s=g("MD_WS_HEARTBEAT_S", float, d.heartbeat_s),
+            ping_interval_s=g("MD_WS_PING_INTERVAL_S", float, d.ping_interval_s),
+            ping_timeout_s=g("MD_WS_PING_TIMEOUT_S", float, d.ping_timeout_s),
+            idle_s=g("MD_WS_IDLE_S", float, d.idle_s),
+            deflate=g("MD_WS_DEFLATE", parse_bool, d.deflate),
+            tls_cert=g("MD_WS_TLS_CERT", str, None),
+            tls_key=g("MD_WS_TLS_KEY", str, None),
+            limits=lim,
+            max_connections=g("MD_WS_MAX_CONNECTIONS", int, d.max_connections),
+        )
+        if cfg.default_tier not in cfg.tiers:
+            raise ConfigError("MD_WS_DEFAULT_TIER", f"unknown tier {cfg.default_tier!r}")
+        if cfg.processes < 1:
+            raise ConfigError("MD_WS_PROCESSES", "must be >= 1")
+        if bool(cfg.tls_cert) != bool(cfg.tls_key):
+            raise ConfigError("MD_WS_TLS_KEY", "MD_WS_TLS_CERT and MD_WS_TLS_KEY go together")
+        return cfg
+
+    @property
+    def anonymous_tier(self) -> Tier:
+        return Tier("anonymous", max_subscriptions=self.anon_max_subscriptions,
+                    max_connections=self.max_conn_per_ip, rate=self.anon_rate,
+                    burst=self.anon_burst, channels=self.anon_channels)
+
+
+def _pem(raw: str) -> str:
+    if raw.lstrip().startswith("-----BEGIN"):
+        return raw
+    with open(raw, encoding="ascii") as fh:
+        return fh.read()

@@ -1,0 +1,639 @@
+"""Fan-out: the follower's messages to every subscribed client, encoded once.
+
+The hub owns the subscriptions of all clients of one process, indexed by ``(channel, symbol)``.
+A stream message arrives from :class:`core.follower.StreamFollower` as the bytes the
+aggregator published; the hub writes those same bytes to every subscriber (msgpack clients
+share one re-encoding per message). Writes are synchronous into each connection's transport,
+like ``websockets.broadcast``: no task per message, no awaiting a slow peer.
+
+Per subscription the hub enforces ``seq == last + 1`` so a client never sees a gap it was
+not told about: every discontinuity becomes a snapshot flagged ``"resync": true``.
+
+Slow consumers: a connection whose transport buffer is above ``buffer_high`` bytes gets no
+more data. Its book subscriptions are paused (``STALE``) and resnapshotted, flagged, once the
+buffer drains below a quarter of the bound; a connection with any other subscription is
+closed with 4001 and a reason. Both are counted (md_ws_slow_resyncs_total,
+md_ws_slow_disconnects_total).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from typing import Any
+
+import msgpack
+import orjson
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State as WsState
+
+from core.codec import iso_from_ns
+from core.follower import Reset, StreamFollower
+from gateway_ws import metrics as m
+from gateway_ws.config import WsConfig
+from gateway_ws.protocol import (
+    BOOK_CHANNELS,
+    CLOSE_IDLE,
+    CLOSE_SLOW,
+    STATUS,
+    Key,
+    Session,
+    SubRequest,
+)
+from gateway_ws.resume import History
+
+log = logging.getLogger(__name__)
+audit = logging.getLogger("gateway_ws.audit")
+
+
+class Mode(Enum):
+    WAIT = "wait"  # no state for the key yet: the first Reset sends the snapshot
+    LIVE = "live"
+    PENDING = "pending"  # resume replay from Redis in progress: live messages are held
+    STALE = "stale"  # slow consumer on a book: paused until the buffer drains
+
+
+@dataclass(eq=False, slots=True)
+class Sub:
+    client: Client
+    req: SubRequest
+    mode: Mode = Mode.WAIT
+    last: int = -1
+    epoch: int | None = None
+    held: deque[tuple[int, bytes, dict[str, Any]]] = field(default_factory=deque)
+    had_data: bool = False
+    group: Conflator | None = None
+
+
+class Client:
+    """One connection: its websockets object, protocol session and subscriptions."""
+
+    __slots__ = ("ws", "session", "ip", "binary", "subs", "closed", "next_hb", "high",
+                 "stale", "connected_at", "conn_id", "user")
+
+    def __init__(self, ws: ServerConnection, session: Session, ip: str, *, binary: bool,
+                 high: int, conn_id: int, user: str | None) -> None:
+        self.ws = ws
+        self.session = session
+        self.ip = ip
+        self.binary = binary
+        self.subs: dict[Key, Sub] = {}
+        self.closed = False
+        self.next_hb = 0.0
+        self.high = high
+        self.stale = False
+        self.connected_at = time.monotonic()
+        self.conn_id = conn_id
+        self.user = user
+
+    def buffered(self) -> int:
+        t = self.ws.transport
+        return t.get_write_buffer_size() if t is not None else 0
+
+    def write(self, payload: bytes, force: bool = False) -> bool:
+        """Queue one WebSocket message now; False when the buffer is over its bound."""
+        if self.closed:
+            return True
+        ws = self.ws
+        if ws.protocol.state is not WsState.OPEN:
+            return True
+        if not force and ws.transport.get_write_buffer_size() > self.high:
+            return False
+        try:
+            if self.binary:
+                ws.protocol.send_binary(payload)
+            else:
+                ws.protocol.send_text(payload)  # our payloads are UTF-8 JSON already
+            ws.send_data()
+        except Exception:  # the peer vanished mid-write: the reader task will clean up
+            self.closed = True
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code, reason), 2)
+        with contextlib.suppress(Exception):
+            self.ws.transport.abort()
+
+
+# ------------------------------------------------------------------------------ conflation
+
+
+class Conflator:
+    """One ``(channel, symbol, interval)``: what changed since the last flush, sent as one message.
+
+    Books merge their changes by level (the last size of each level wins, which is what the
+    book would show); whole-value channels (ticker, stats, candles) keep the latest message and
+    send its original bytes. One encoding per flush serves every subscriber of the group.
+    """
+
+    def __init__(self, key: Key, interval_ms: int) -> None:
+        self.key = key
+        self.interval_ms = interval_ms
+        self.subs: set[Sub] = set()
+        self.changes: dict[tuple[str, str], str] = {}
+        self.latest: tuple[int, bytes, dict[str, Any]] | None = None
+        self.first_seq: int | None = None
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, seq: int, raw: bytes, parsed: dict[str, Any]) -> None:
+        if self.key[0] == "l2":
+            for side, price, size in (parsed.get("data") or {}).get("changes", ()):
+                self.changes[(side, price)] = size
+        if self.first_seq is None:
+            self.first_seq = seq
+        self.latest = (seq, raw, parsed)
+
+    def reset(self) -> None:
+        self.changes.clear()
+        self.latest = None
+        self.first_seq = None
+
+    def take(self) -> tuple[int, bytes, dict[str, Any]] | None:
+        if self.latest is None:
+            return None
+        seq, raw, parsed = self.latest
+        if self.key[0] == "l2":
+            msg = {**parsed, "data": {"changes": [[s, p, q] for (s, p), q in self.changes.items()]},
+                   "conflated": True, "first_seq": self.first_seq}
+            raw = orjson.dumps(msg)
+            parsed = msg
+        self.reset()
+        return seq, raw, parsed
+
+
+# ------------------------------------------------------------------------------ currency
+
+
+_PRICE_FIELDS = ("best_bid", "best_ask", "last_price", "open_24h", "high_24h", "low_24h",
+                 "change_24h", "price", "open", "high", "low", "close")
+
+
+class CrossRates:
+    """Converts a ticker's prices into another quote currency through the tickers we follow.
+
+    The rate from quote ``Q`` to currency ``C`` is the last price of ``Q-C``, or 1 / that of
+    ``C-Q``, or through USD (``Q-USD`` then ``USD-C``); None when no path is known.
+    """
+
+    def __init__(self, follower: StreamFollower) -> None:
+        self.follower = follower
+
+    def _price(self, symbol: str) -> Decimal | None:
+        cur = self.follower.current("ticker", symbol)
+        if cur is None or not cur.messages:
+            return None
+        data = orjson.loads(cur.messages[-1]).get("data") or {}
+        for f in ("last_price", "price", "best_bid"):
+            v = data.get(f)
+            if v:
+                try:
+                    d = Decimal(str(v))
+                except InvalidOperation:
+                    continue
+                if d > 0:
+                    return d
+        return None
+
+    def rate(self, quote: str, currency: str, _depth: int = 0) -> Decimal | None:
+        if quote == currency:
+            return Decimal(1)
+        p = self._price(f"{quote}-{currency}")
+        if p is not None:
+            return p
+        p = self._price(f"{currency}-{quote}")
+        if p is not None:
+            return 1 / p
+        if _depth == 0 and "USD" not in (quote, currency):
+            a, b = self.rate(quote, "USD", 1), self.rate("USD", currency, 1)
+            if a is not None and b is not None:
+                return a * b
+        return None
+
+    def convert(self, parsed: dict[str, Any], currency: str) -> dict[str, Any] | None:
+        quote = parsed["symbol"].split("-")[1]
+        r = self.rate(quote, currency)
+        if r is None:
+            return None
+        data = dict(parsed.get("data") or {})
+        for f in _PRICE_FIELDS:
+            v = data.get(f)
+            if isinstance(v, str):
+                with contextlib.suppress(InvalidOperation):
+                    data[f] = format((Decimal(v) * r).quantize(Decimal("0.00000001")).normalize(), "f")
+        return {**parsed, "data": data, "currency": currency, "rate": format(r.normalize(), "f")}
+
+
+# ------------------------------------------------------------------------------ hub
+
+
+class Hub:
+    def __init__(self, cfg: WsConfig, follower: StreamFollower, history: History | None,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.follower = follower
+        self.history = history
+        self.clock = clock
+        self.index: dict[Key, dict[Sub, None]] = {}
+        self.groups: dict[tuple[Key, int], Conflator] = {}
+        self.clients: set[Client] = set()
+        self.rates = CrossRates(follower)
+        self.feed_ok = True
+        self._tick_task: asyncio.Task[None] | None = None
+        follower.add_callback(self.on_message)
+        follower.add_reset_callback(self.on_reset)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._tick_task = asyncio.get_running_loop().create_task(self._ticker(), name="hub-tick")
+
+    async def stop(self) -> None:
+        if self._tick_task:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        for g in self.groups.values():
+            if g.handle:
+                g.handle.cancel()
+
+    def add_client(self, c: Client) -> None:
+        self.clients.add(c)
+        c.next_hb = self.clock() + self.cfg.heartbeat_s
+        m.CONNECTIONS.set(len(self.clients))
+
+    def remove_client(self, c: Client) -> None:
+        c.closed = True
+        for key in list(c.subs):
+            self._drop(c, key)
+        self.clients.discard(c)
+        m.CONNECTIONS.set(len(self.clients))
+
+    # ----------------------------------------------------------------- encoding
+
+    def _enc(self, c: Client, msg: dict[str, Any]) -> bytes:
+        return msgpack.packb(msg) if c.binary else orjson.dumps(msg)
+
+    def control(self, c: Client, msg: dict[str, Any]) -> None:
+        c.write(self._enc(c, msg), force=True)
+
+    def _payload(self, c: Client, raw: bytes, cache: list[bytes | None]) -> bytes:
+        if not c.binary:
+            return raw
+        packed = cache[0]
+        if packed is None:
+            packed = cache[0] = msgpack.packb(orjson.loads(raw))
+        return packed
+
+    # ----------------------------------------------------------------- subscriptions
+
+    def subscribe(self, c: Client, req: SubRequest) -> None:
+        old = c.subs.get(req.key)
+        if old is not None:
+            self._drop(c, req.key)
+        sub = Sub(c, req)
+        c.subs[req.key] = sub
+        self.index.setdefault(req.key, {})[sub] = None
+        if req.interval_ms:
+            gk = (req.key, req.interval_ms)
+            g = self.groups.get(gk)
+            if g is None:
+                g = self.groups[gk] = Conflator(req.key, req.interval_ms)
+                self._schedule(g)
+            g.subs.add(sub)
+            sub.group = g
+        m.SUBSCRIPTIONS.inc()
+        audit.info("subscribe", extra={"event": "subscribe", "conn": c.conn_id, "ip": c.ip,
+                                       "user": c.user, "target": req.name,
+                                       "since_seq": req.since_seq})
+        if req.channel == STATUS and req.symbol == "*":
+            self._status_snapshot(c, sub)
+            return
+        if (req.since_seq is not None or req.since_ns is not None) and self.history is not None:
+            sub.mode = Mode.PENDING
+            asyncio.get_running_loop().create_task(self._resume(sub))
+            return
+        self._send_snapshot(sub, resync=False)
+
+    def unsubscribe(self, c: Client, keys: Iterable[Key]) -> None:
+        for k in keys:
+            self._drop(c, k)
+            audit.info("unsubscribe", extra={"event": "unsubscribe", "conn": c.conn_id,
+                                             "ip": c.ip, "user": c.user, "target": f"{k[0]}:{k[1]}"})
+
+    def _drop(self, c: Client, key: Key) -> None:
+        sub = c.subs.pop(key, None)
+        if sub is None:
+            return
+        subs = self.index.get(key)
+        if subs is not None:
+            subs.pop(sub, None)
+            if not subs:
+                del self.index[key]
+        if sub.group is not None:
+            g = sub.group
+            g.subs.discard(sub)
+            if not g.subs:
+                if g.handle:
+                    g.handle.cancel()
+                self.groups.pop((g.key, g.interval_ms), None)
+        m.SUBSCRIPTIONS.dec()
+
+    def _send_snapshot(self, sub: Sub, *, resync: bool, reason: str | None = None) -> None:
+        req, c = sub.req, sub.client
+        if req.channel == STATUS and req.symbol == "*":
+            self._status_snapshot(c, sub)
+            return
+        cur = self.follower.current(req.channel, req.symbol, depth=req.depth, resync=resync,
+                                    last=req.limit if req.channel == "trades" else None)
+        if cur is None:
+            sub.mode = Mode.WAIT
+            return
+        if resync and reason:
+            self.control(c, {"type": "resync", "channel": req.channel, "symbol": req.symbol,
+                             "reason": reason, "seq": cur.seq, "epoch": cur.epoch})
+        cache: list[bytes | None] = [None]
+        for raw in cur.messages:
+            cache[0] = None
+            c.write(self._payload(c, raw, cache), force=True)
+        if req.currencies and cur.messages:
+            self._converted(c, req, orjson.loads(cur.messages[-1]))
+        sub.last, sub.epoch, sub.mode, sub.had_data = cur.seq, cur.epoch, Mode.LIVE, True
+
+    def _status_snapshot(self, c: Client, sub: Sub) -> None:
+        """All symbols' status messages, then the gateway's own feed state."""
+        for (ch, _sym), _st in list(self.follower.join.keys.items()):
+            if ch != STATUS:
+                continue
+            cur = self.follower.current(STATUS, _sym)
+            if cur is not None:
+                for raw in cur.messages:
+                    c.write(self._payload(c, raw, [None]), force=True)
+        self.control(c, self._gateway_status())
+        sub.mode, sub.had_data = Mode.LIVE, True
+
+    def _gateway_status(self) -> dict[str, Any]:
+        ok, detail = self.follower.health()
+        return {"type": "gateway_status", "channel": STATUS,
+                "feed": "ok" if self.follower.connected else "lost",
+                "ready": detail["ready"], "timestamp": iso_from_ns(time.time_ns())}
+
+    def _converted(self, c: Client, req: SubRequest, parsed: dict[str, Any]) -> None:
+        for cur in req.currencies:
+            conv = self.rates.convert(parsed, cur)
+            if conv is not None:
+                c.write(self._enc(c, conv))
+
+    # ----------------------------------------------------------------- stream input
+
+    def on_message(self, channel: str, symbol: str, seq: int, raw: bytes, parsed: dict[str, Any]) -> None:
+        """Follower callback: one new in-order message; the hot path of the gateway."""
+        subs = self.index.get((channel, symbol))
+        status_all = self.index.get((STATUS, "*")) if channel == STATUS else None
+        if not subs and not status_all:
+            return
+        cache: list[bytes | None] = [None]
+        slow: list[Sub] = []
+        n = 0
+        for sub in list(subs or ()):
+            mode = sub.mode
+            if mode is Mode.LIVE:
+                if seq != sub.last + 1:
+                    if seq <= sub.last:
+                        continue
+                    self._send_snapshot(sub, resync=True, reason="gap")
+                    continue
+                sub.last = seq
+                if sub.group is not None:
+                    continue  # the group was fed once below
+                c = sub.client
+                if not c.write(self._payload(c, raw, cache)):
+                    slow.append(sub)
+                    continue
+                n += 1
+                if sub.req.currencies:
+                    self._converted(c, sub.req, parsed)
+            elif mode is Mode.PENDING:
+                if len(sub.held) >= self.cfg.pending_max:
+                    sub.held.clear()
+                    sub.mode = Mode.WAIT  # resume will see it and resnapshot
+                else:
+                    sub.held.append((seq, raw, parsed))
+        for sub in list(status_all or ()):
+            if sub.mode is Mode.LIVE and not sub.client.write(self._payload(sub.client, raw, cache)):
+                slow.append(sub)
+        for (key, _iv), g in self.groups.items():
+            if key == (channel, symbol):
+                g.add(seq, raw, parsed)
+        if n:
+            m.SENT.inc(n)
+            m.SENT_BYTES.inc(n * len(raw))
+        for sub in slow:
+            self._slow(sub)
+
+    def on_reset(self, r: Reset) -> None:
+        """The follower rebuilt a key: every subscriber gets a fresh snapshot (flagged)."""
+        m.RESETS.labels(r.reason).inc()
+        for (key, _iv), g in self.groups.items():
+            if key == (r.channel, r.symbol):
+                g.reset()
+        for sub in list(self.index.get((r.channel, r.symbol), ())):
+            if sub.mode is Mode.PENDING:
+                sub.held.clear()
+                sub.mode = Mode.WAIT  # the resume task sees WAIT and falls back to a snapshot
+                continue
+            if sub.mode is Mode.STALE:
+                continue
+            self._send_snapshot(sub, resync=sub.had_data, reason=r.reason if sub.had_data else None)
+
+    # ----------------------------------------------------------------- slow consumers
+
+    def _slow(self, sub: Sub) -> None:
+        c = sub.client
+        if c.closed:
+            return
+        if any(s.req.channel not in BOOK_CHANNELS for s in c.subs.values()):
+            m.SLOW_DISCONNECT.inc()
+            audit.warning("slow consumer disconnected", extra={
+                "event": "slow_disconnect", "conn": c.conn_id, "ip": c.ip, "user": c.user,
+                "buffered": c.buffered()})
+            c.close(CLOSE_SLOW, "slow consumer: send buffer full")
+            return
+        for s in c.subs.values():
+            if s.mode is Mode.LIVE:
+                s.mode = Mode.STALE
+                m.SLOW_RESYNC.inc()
+        c.stale = True
+
+    def _unstale(self, c: Client) -> None:
+        if c.buffered() > c.high // 4:
+            return
+        c.stale = False
+        for s in c.subs.values():
+            if s.mode is Mode.STALE:
+                self._send_snapshot(s, resync=True, reason="slow_consumer")
+
+    # ----------------------------------------------------------------- timers
+
+    def _schedule(self, g: Conflator) -> None:
+        loop = asyncio.get_running_loop()
+        g.handle = loop.call_later(g.interval_ms / 1000, self._flush, g)
+
+    def _flush(self, g: Conflator) -> None:
+        if (g.key, g.interval_ms) not in self.groups:
+            return
+        self._schedule(g)
+        item = g.take()
+        if item is None:
+            return
+        seq, raw, parsed = item
+        cache: list[bytes | None] = [None]
+        slow: list[Sub] = []
+        for sub in list(g.subs):
+            if sub.mode is not Mode.LIVE or sub.client.closed:
+                continue
+            if not sub.client.write(self._payload(sub.client, raw, cache)):
+                slow.append(sub)
+            elif sub.req.currencies:
+                self._converted(sub.client, sub.req, parsed)
+        for sub in slow:
+            self._slow(sub)
+
+    async def _ticker(self) -> None:
+        """Heartbeats, idle closes, drained slow clients and the feed state, twice a second."""
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self._tick()
+            except Exception:
+                log.exception("hub tick failed")
+
+    def _tick(self) -> None:
+        now = self.clock()
+        ok = self.follower.connected
+        m.KAFKA_UP.set(1 if ok else 0)
+        if ok != self.feed_ok:
+            self.feed_ok = ok
+            msg = self._gateway_status()
+            for sub in list(self.index.get((STATUS, "*"), ())):
+                self.control(sub.client, msg)
+        for c in list(self.clients):
+            if c.closed:
+                continue
+            if c.stale:
+                self._unstale(c)
+            if self.cfg.idle_s and not c.subs and now - max(c.session.last_request, c.connected_at) > self.cfg.idle_s:
+                audit.info("idle close", extra={"event": "idle_close", "conn": c.conn_id, "ip": c.ip})
+                c.close(CLOSE_IDLE, "idle: no subscription")
+                continue
+            if self.cfg.heartbeat_s and now >= c.next_hb:
+                c.next_hb = now + self.cfg.heartbeat_s
+                self.control(c, self.heartbeat(c))
+
+    def heartbeat(self, c: Client) -> dict[str, Any]:
+        subs = []
+        for s in c.subs.values():
+            item: dict[str, Any] = {"channel": s.req.channel, "symbol": s.req.symbol,
+                                    "seq": s.last if s.mode is Mode.LIVE else None,
+                                    "epoch": s.epoch}
+            if s.req.channel in BOOK_CHANNELS and s.mode is Mode.LIVE:
+                st = self.follower.seq_of(s.req.channel, s.req.symbol)
+                if st is not None and st[0] == s.last:
+                    item["checksum"] = st[2]
+            subs.append(item)
+        return {"type": "heartbeat", "timestamp": iso_from_ns(time.time_ns()),
+                "feed": "ok" if self.follower.connected else "lost", "subscriptions": subs}
+
+    # ----------------------------------------------------------------- resume
+
+    async def _resume(self, sub: Sub) -> None:
+        """Replay the messages after ``since_seq`` (or ``since``) from Redis, then go live.
+
+        Live messages arriving meanwhile are held (bounded by ``pending_max``) and released in
+        order after the replay; anything that cannot be proven continuous ends in a fresh
+        snapshot flagged ``resync`` with a ``resync`` message naming the reason.
+        """
+        req, c = sub.req, sub.client
+        assert self.history is not None
+        result = "ok"
+        try:
+            cur = self.follower.seq_of(req.channel, req.symbol)
+            since = req.since_seq
+            if since is None and req.since_ns is not None:
+                since = await self.history.seq_at(req.channel, req.symbol, req.since_ns)
+                if since is None:
+                    result = "too_old"
+            if since is not None and result == "ok":
+                if req.epoch is not None and cur is not None and req.epoch != cur[1]:
+                    result = "epoch"
+                elif cur is not None and since > cur[0]:
+                    result = "ahead"
+                else:
+                    result = await self._replay(sub, since)
+        except Exception as exc:
+            log.warning("resume failed", extra={"target": req.name, "error": repr(exc)})
+            result = "error"
+        if sub.client.closed or c.subs.get(req.key) is not sub:
+            return
+        m.RESUMES.labels(result).inc()
+        if result != "ok":
+            sub.held.clear()
+            self._send_snapshot(sub, resync=True, reason=f"resume_{result}")
+
+    async def _replay(self, sub: Sub, since: int) -> str:
+        req, c = sub.req, sub.client
+        assert self.history is not None
+        last = since
+        cur = self.follower.seq_of(req.channel, req.symbol)
+        epoch: int | None = req.epoch if req.epoch is not None else (cur[1] if cur else None)
+        deadline = self.clock() + 1.0
+        while True:
+            entries = await self.history.after(req.channel, req.symbol, last, self.cfg.resume_max)
+            if sub.mode is not Mode.PENDING or c.closed:
+                return "reset"
+            if entries and entries[0][0] != last + 1:
+                return "too_old" if last == since else "gap"
+            cache: list[bytes | None] = [None]
+            for seq, e, raw in entries:
+                if seq != last + 1:
+                    return "gap"
+                if epoch is None:
+                    epoch = e
+                elif e != epoch:
+                    return "epoch"
+                cache[0] = None
+                c.write(self._payload(c, raw, cache), force=True)
+                last = seq
+                if last - since > self.cfg.resume_max:
+                    return "too_far"
+            while sub.held and sub.held[0][0] <= last:
+                sub.held.popleft()
+            cur = self.follower.seq_of(req.channel, req.symbol)
+            if sub.held:
+                caught_up = sub.held[0][0] == last + 1
+            else:
+                caught_up = cur is None or cur[0] <= last
+            if caught_up:
+                break
+            if self.clock() > deadline:  # Redis is behind our follower and does not catch up
+                return "too_old" if last == since else "gap"
+            await asyncio.sleep(0.05)
+        for seq, raw, _parsed in sub.held:
+            c.write(self._payload(c, raw, [None]), force=True)
+            last = seq
+        sub.held.clear()
+        sub.last, sub.epoch, sub.mode, sub.had_data = last, epoch, Mode.LIVE, True
+        return "ok"

@@ -1,0 +1,74 @@
+"""The resume window in Redis (docs/internals.md "Redis"): ``<prefix>:hist:<channel>:<symbol>``.
+
+A capped Redis stream written by the storage cache writer, entry IDs ``<seq>-0``, fields ``m``
+(the message bytes as published) and ``e`` (epoch); the writer deletes the key when the epoch
+changes. Any gateway instance can therefore serve "everything after seq N" to a client that
+reconnects elsewhere. Reads are bounded by ``count`` (``MD_WS_RESUME_MAX``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from core.codec import ns_from_iso
+
+Entry = tuple[int, int, bytes]  # seq, epoch, message bytes
+
+
+def hist_key(prefix: str, channel: str, symbol: str) -> str:
+    return f"{prefix}:hist:{channel}:{symbol}"
+
+
+def _entry(item: Any) -> Entry:
+    eid, fields = item
+    eid = eid.decode() if isinstance(eid, bytes) else eid
+    seq = int(eid.split("-", 1)[0])
+    e = fields.get(b"e", fields.get("e", 0))
+    return seq, int(e), bytes(fields.get(b"m", fields.get("m", b"")))
+
+
+class History:
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=2.0,
+                                             socket_connect_timeout=2.0)
+        self.prefix = prefix
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def after(self, channel: str, symbol: str, seq: int, count: int) -> list[Entry]:
+        """Entries with ``seq`` greater than the given one, oldest first, at most ``count``."""
+        items = await self.redis.xrange(hist_key(self.prefix, channel, symbol),
+                                        min=f"{seq + 1}-0", max="+", count=count)
+        return [_entry(i) for i in items or ()]
+
+    async def seq_at(self, channel: str, symbol: str, since_ns: int) -> int | None:
+        """The last seq published before ``since_ns``: resuming after it gives every message
+        at or after that time. None when the window does not reach back that far."""
+        key = hist_key(self.prefix, channel, symbol)
+        first = await self.redis.xrange(key, count=1)
+        last = await self.redis.xrevrange(key, count=1)
+        if not first or not last:
+            return None
+
+        def ts(e: Entry) -> int:
+            return ns_from_iso(orjson.loads(e[2])["timestamp"])
+
+        f, la = _entry(first[0]), _entry(last[0])
+        if ts(f) >= since_ns:
+            return None
+        if ts(la) < since_ns:
+            return la[0]
+        lo, hi = f[0], la[0]  # invariant: ts(lo) < since <= ts(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            got = await self.redis.xrange(key, min=f"{mid}-0", max="+", count=1)
+            e = _entry(got[0] if got else (f"{mid}-0", {}))  # seqs are contiguous in a window, so e is seq mid
+            if ts(e) < since_ns:
+                lo = max(lo + 1, min(e[0], hi - 1))
+            else:
+                hi = mid
+        return lo

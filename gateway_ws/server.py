@@ -1,0 +1,273 @@
+"""The asyncio transport: websockets server, HTTP ``/health`` and ``/metrics`` on the same port.
+
+Thin by design: each connection's reader feeds the pure :class:`~gateway_ws.protocol.Session`
+and writes what it says; the data path is the :class:`~gateway_ws.hub.Hub`'s. The listener
+sets ``SO_REUSEPORT`` so several processes share the port (the kernel spreads connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import ssl
+import time
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from core.codec import ns_from_iso
+from core.follower import StreamFollower
+from core.health import Health
+from core.settings import Settings
+from gateway_ws import metrics as m
+from gateway_ws.auth import Authenticator
+from gateway_ws.config import WsConfig
+from gateway_ws.hub import Client, Hub
+from gateway_ws.protocol import (
+    CLOSE_TRY_LATER,
+    Authenticated,
+    Close,
+    Principal,
+    ProtocolError,
+    Session,
+    Subscribe,
+    Unsubscribe,
+)
+from gateway_ws.resume import History
+
+log = logging.getLogger(__name__)
+audit = logging.getLogger("gateway_ws.audit")
+
+WS_PATH = "/ws"
+
+
+def _http(status: HTTPStatus, ctype: str, body: bytes) -> Response:
+    headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))),
+                       ("Connection", "close")])
+    return Response(status.value, status.phrase, headers, body)
+
+
+class Gateway:
+    """One gateway process: follower + hub + websockets listener."""
+
+    def __init__(self, settings: Settings, cfg: WsConfig | None = None) -> None:
+        self.settings = settings
+        self.cfg = cfg or WsConfig.from_settings(settings)
+        self.follower = StreamFollower(settings, trades_keep=self.cfg.trades_keep)
+        self.history = History(settings.redis_url, settings.redis_prefix)
+        self.hub = Hub(self.cfg, self.follower, self.history)
+        self.auth = Authenticator(self.cfg)
+        self.health = Health("gateway_ws")
+        self.health.add("kafka", self.follower.health)
+        self.symbols = set(settings.symbols)
+        self.per_ip: dict[str, int] = {}
+        self.per_user: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self.server: Server | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        await self.follower.start()
+        self.hub.start()
+        ssl_ctx = None
+        if self.cfg.tls_cert and self.cfg.tls_key:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
+        self.server = await serve(
+            self._handler, self.cfg.host, self.cfg.port, reuse_port=True, ssl=ssl_ctx,
+            process_request=self._process_request,
+            compression="deflate" if self.cfg.deflate else None,
+            max_size=self.cfg.hard_max_frame, max_queue=16,
+            ping_interval=self.cfg.ping_interval_s or None,
+            ping_timeout=self.cfg.ping_timeout_s or None,
+            close_timeout=2, server_header=None,
+        )
+        log.info("websocket listening", extra={
+            "url": f"{'wss' if ssl_ctx else 'ws'}://{self.cfg.host}:{self.cfg.port}{WS_PATH}"})
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close(close_connections=True)
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+            except TimeoutError:
+                log.warning("connections did not close in time")
+        await self.hub.stop()
+        await self.follower.stop()
+        await self.history.close()
+
+    def is_symbol(self, sym: str) -> bool:
+        return sym in self.symbols or sym in self.follower.join.symbols_seen()
+
+    # ----------------------------------------------------------------- HTTP side
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == "/health":
+            ok, body = self.health.report()
+            body["connections"] = len(self.hub.clients)
+            body["pid"] = os.getpid()
+            return _http(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
+                         "application/json", orjson.dumps(body))
+        if url.path == "/metrics":
+            return _http(HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+        if url.path != WS_PATH:
+            return _http(HTTPStatus.NOT_FOUND, "application/json",
+                         b'{"error":"not found: the WebSocket endpoint is /ws"}')
+        ip = self._ip(conn)
+        if len(self.hub.clients) >= self.cfg.max_connections:
+            m.REJECTS.labels("capacity").inc()
+            return _http(HTTPStatus.SERVICE_UNAVAILABLE, "application/json",
+                         b'{"error":"gateway at capacity, retry later"}')
+        q = parse_qs(url.query)
+        principal = Principal(None, self.cfg.anonymous_tier)
+        token = (q.get("token") or [""])[0]
+        if token:
+            try:
+                principal = self.auth.verify(token)
+            except ProtocolError as exc:
+                m.REJECTS.labels("auth").inc()
+                audit.warning("auth failed", extra={"event": "auth_failed", "ip": ip,
+                                                    "reason": exc.message})
+                return _http(HTTPStatus.UNAUTHORIZED, "application/json",
+                             orjson.dumps({"error": exc.code, "message": exc.message}))
+        if principal.anonymous:
+            if self.per_ip.get(ip, 0) >= self.cfg.max_conn_per_ip:
+                m.REJECTS.labels("per_ip").inc()
+                audit.warning("connection limit", extra={"event": "limit_ip", "ip": ip})
+                return _http(HTTPStatus.TOO_MANY_REQUESTS, "application/json",
+                             b'{"error":"too many connections from this address"}')
+        elif self.per_user.get(principal.user or "", 0) >= principal.tier.max_connections:
+            m.REJECTS.labels("per_user").inc()
+            audit.warning("connection limit", extra={"event": "limit_user", "ip": ip,
+                                                     "user": principal.user})
+            return _http(HTTPStatus.TOO_MANY_REQUESTS, "application/json",
+                         b'{"error":"too many connections for this user"}')
+        enc = (q.get("encoding") or ["json"])[0]
+        if enc not in ("json", "msgpack"):
+            return _http(HTTPStatus.BAD_REQUEST, "application/json",
+                         b'{"error":"encoding is json or msgpack"}')
+        conn.md_principal = principal  # type: ignore[attr-defined]
+        conn.md_binary = enc == "msgpack"  # type: ignore[attr-defined]
+        return None
+
+    @staticmethod
+    def _ip(conn: ServerConnection) -> str:
+        addr = conn.remote_address
+        return str(addr[0]) if addr else "?"
+
+    # ----------------------------------------------------------------- WebSocket side
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        principal: Principal = getattr(ws, "md_principal", Principal(None, self.cfg.anonymous_tier))
+        ip = self._ip(ws)
+        binary = bool(getattr(ws, "md_binary", False))
+        session = Session(
+            principal=principal, is_symbol=self.is_symbol, ns_from_iso=ns_from_iso,
+            encode=_encoder(binary), limits=self.cfg.limits,
+            verify_token=self.auth.verify if self.auth.enabled else None, now=time.monotonic())
+        session.last_request = time.monotonic()
+        client = Client(ws, session, ip, binary=binary, high=self.cfg.buffer_high,
+                        conn_id=next(self._ids), user=principal.user)
+        self._count(principal, +1, ip)
+        self.hub.add_client(client)
+        m.CONNECTS.inc()
+        audit.info("connect", extra={"event": "connect", "conn": client.conn_id, "ip": ip,
+                                     "user": principal.user, "tier": principal.tier.name})
+        reason = "peer closed"
+        try:
+            async for data in ws:
+                session.receive_data(data, time.monotonic())
+                for out in session.data_to_send():
+                    client.write(out, force=True)
+                for ev in session.events_received():
+                    self._on_event(client, ev)
+                if session.closing is not None:
+                    client.closed = True
+                    await ws.close(session.closing.code, session.closing.reason)
+                    break
+                if client.closed:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            if session.closing is not None:
+                reason = session.closing.reason
+            self.hub.remove_client(client)
+            self._count(session.principal, -1, ip)
+            audit.info("disconnect", extra={"event": "disconnect", "conn": client.conn_id,
+                                            "ip": ip, "user": session.principal.user,
+                                            "reason": reason, "code": ws.close_code})
+
+    def _on_event(self, client: Client, ev: Any) -> None:
+        if isinstance(ev, Subscribe):
+            for req in ev.requests:
+                self.hub.subscribe(client, req)
+        elif isinstance(ev, Unsubscribe):
+            self.hub.unsubscribe(client, ev.keys)
+        elif isinstance(ev, Authenticated):
+            old = client.user
+            if ev.principal.user and self.per_user.get(ev.principal.user, 0) >= \
+                    ev.principal.tier.max_connections:
+                client.write(_encoder(client.binary)({"type": "error", "code": "too_many_connections",
+                                                      "message": "connection limit of this user reached"}),
+                             force=True)
+                client.close(CLOSE_TRY_LATER, "too many connections for this user")
+                return
+            if old is None:
+                self.per_ip[client.ip] = max(0, self.per_ip.get(client.ip, 1) - 1)
+            else:
+                self.per_user[old] = max(0, self.per_user.get(old, 1) - 1)
+            if ev.principal.user:
+                self.per_user[ev.principal.user] = self.per_user.get(ev.principal.user, 0) + 1
+            client.user = ev.principal.user
+            audit.info("authenticated", extra={"event": "auth", "conn": client.conn_id,
+                                               "ip": client.ip, "user": client.user,
+                                               "tier": ev.principal.tier.name})
+        elif isinstance(ev, Close):
+            m.ABUSE_CLOSE.inc()
+            audit.warning("abusive client closed", extra={
+                "event": "abuse_close", "conn": client.conn_id, "ip": client.ip,
+                "user": client.user, "reason": ev.reason})
+            # the reader loop closes with ev.code once this request's replies are written
+
+    def _count(self, p: Principal, delta: int, ip: str) -> None:
+        if delta == 0:
+            return
+        if p.anonymous:
+            self.per_ip[ip] = max(0, self.per_ip.get(ip, 0) + delta)
+            if not self.per_ip[ip]:
+                del self.per_ip[ip]
+        else:
+            u = p.user or ""
+            self.per_user[u] = max(0, self.per_user.get(u, 0) + delta)
+            if not self.per_user[u]:
+                del self.per_user[u]
+
+
+def _encoder(binary: bool) -> Any:
+    if binary:
+        import msgpack
+
+        return msgpack.packb
+    return orjson.dumps
+
+
+async def serve_gateway(stop: asyncio.Event, settings: Settings | None = None) -> None:
+    """Run one gateway process until ``stop`` is set (``core.service.run`` entry)."""
+    gw = Gateway(settings or Settings.from_env())
+    await gw.start()
+    try:
+        await stop.wait()
+    finally:
+        await gw.stop()

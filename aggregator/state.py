@@ -225,6 +225,7 @@ class SymbolState:
 
     def _book_changed(self) -> None:
         self._book_dirty = True
+        self._top_dirty = True  # sizes at the top may have changed (ticker), even with a side empty
         bids, asks = self.book.bids, self.book.asks
         if not bids or not asks:
             return
@@ -237,7 +238,6 @@ class SymbolState:
                 self.mid_sum -= self.mids[0][0]
             self.mids.append((mid, ba - bb))
             self.mid_sum += mid
-        self._top_dirty = True
 
     def _trade(self, trade_id: str, side: str, price: str, px: Decimal, size: str, qty: Decimal, ts: int,
                maker: str | None, taker: str | None) -> None:

@@ -95,7 +95,8 @@ class CandleEntry(BaseModel):
     close: str
     volume: str
     trades: int
-    closed: bool
+    closed: bool = Field(description="true once the bucket is final")
+    vwap: str | None = None
 
 
 class CandlesResponse(Positioned):

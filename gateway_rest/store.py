@@ -320,7 +320,7 @@ class MarketStore:
         db_error: Unavailable | None = None
         try:
             rows = await self.db(
-                f"SELECT bucket, open, high, low, close, volume, trades, closed, seq, epoch FROM candles "
+                f"SELECT bucket, open, high, low, close, volume, trades, closed, seq, epoch, vwap FROM candles "
                 f"WHERE {' AND '.join(conds)} ORDER BY {order} LIMIT ${len(args)}",
                 *args,
             )
@@ -338,6 +338,7 @@ class MarketStore:
                 "volume": str(r["volume"]),
                 "trades": r["trades"],
                 "closed": r["closed"],
+                "vwap": None if r["vwap"] is None else str(r["vwap"]),
             }
             out[c["start"]] = c
             if (r["epoch"], r["seq"]) > (epoch, seq):
@@ -357,8 +358,18 @@ class MarketStore:
                 in_range = (start_ns is None or t >= start_ns) and (end_ns is None or t < end_ns)
             if in_range:
                 out[current["start"]] = {
-                    k: current[k]
-                    for k in ("start", "open", "high", "low", "close", "volume", "trades", "closed")
+                    k: current.get(k)
+                    for k in (
+                        "start",
+                        "open",
+                        "high",
+                        "low",
+                        "close",
+                        "volume",
+                        "trades",
+                        "closed",
+                        "vwap",
+                    )
                 }
                 if (current["epoch"], current["seq"]) > (epoch, seq):
                     epoch, seq = current["epoch"], current["seq"]

@@ -75,6 +75,7 @@ class Writes:
     symbols: dict[str, bytes] = field(default_factory=dict)  # symbol -> catalogue JSON
     trades: dict[str, list[bytes]] = field(default_factory=dict)  # symbol -> new, oldest first
     trades_pos: dict[str, Pos] = field(default_factory=dict)
+    trades_replace: set[str] = field(default_factory=set)  # symbols whose list is rewritten whole
     hist: list[tuple[str, str, int, int, bytes]] = field(
         default_factory=list
     )  # ch, sym, epoch, seq, raw
@@ -177,6 +178,10 @@ class CacheModel:
                 "trades": c.trades,
                 "closed": c.closed,
             }
+            if isinstance(env.data, dict) and "end" in env.data:
+                body["end"] = env.data["end"]
+            if isinstance(env.data, dict) and "vwap" in env.data:
+                body["vwap"] = env.data["vwap"]
             self._latest(f"candle:{c.interval}:{env.symbol}", env, body)
         elif ch == "trades":
             self._on_trades(env)
@@ -202,12 +207,26 @@ class CacheModel:
         if not _newer(env.pos, cur[0] if cur else None):
             self.counters.stale_dropped += 1
             return
-        body = orjson.dumps({**info.to_dict(), "seq": env.seq})
+        body = orjson.dumps({**info.to_dict(), "state": env.data.get("state"), "seq": env.seq})
         self.catalogue[info.symbol] = (env.pos, body)
         self._pending.symbols[info.symbol] = body
 
     def _on_trades(self, env: Envelope) -> None:
         cur = self.trades_pos.get(env.symbol)
+        if env.type == "trades_snapshot":
+            # The last N trades as of ``seq``. Appending it to a list the stream already fed
+            # would duplicate trades (snapshot and stream topics are not ordered with each other),
+            # so it only seeds a symbol we know nothing of, or replaces a retired epoch's list.
+            if cur is not None and env.epoch <= cur[0]:
+                self.counters.stale_dropped += 1
+                return
+            new = [orjson.dumps(t.to_dict()) for t in trades_of(env)]
+            self.trades_pos[env.symbol] = env.pos
+            self.recent[env.symbol] = deque(new, maxlen=self.trades_len)
+            self._pending.trades_replace.add(env.symbol)
+            self._pending.trades[env.symbol] = list(self.recent[env.symbol])
+            self._pending.trades_pos[env.symbol] = env.pos
+            return
         if not _newer(env.pos, cur):
             self.counters.stale_dropped += 1
             return
@@ -297,4 +316,5 @@ class CacheModel:
         for sym, dq in self.recent.items():
             w.trades[sym] = list(dq)
             w.trades_pos[sym] = self.trades_pos[sym]
+            w.trades_replace.add(sym)
         return w

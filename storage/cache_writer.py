@@ -168,7 +168,7 @@ class CacheWriter:
             pipe.hset(k.symbols, mapping=w.symbols)  # type: ignore[arg-type]
         for sym, entries in w.trades.items():
             key = k.trades(sym)
-            if full:
+            if full or sym in w.trades_replace:
                 pipe.delete(key)
             if entries:
                 pipe.lpush(key, *entries)

@@ -122,6 +122,7 @@ class RowBuilder:
             c.closed,
             c.seq,
             c.epoch,
+            Decimal(c.vwap) if c.vwap is not None else None,
         )
         k = (c.symbol, c.interval, bucket)
         cur = b.candles.get(k)

@@ -47,13 +47,15 @@ SQL_STAGE = "CREATE TEMP TABLE IF NOT EXISTS trades_stage (LIKE trades) ON COMMI
 SQL_TRADES = f"INSERT INTO trades ({', '.join(TRADE_COLS)}) SELECT {', '.join(TRADE_COLS)} FROM trades_stage ON CONFLICT DO NOTHING"
 SQL_TRADE_ONE = f"INSERT INTO trades ({', '.join(TRADE_COLS)}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING"
 SQL_CANDLES = """
-INSERT INTO candles AS c (symbol, interval, bucket, open, high, low, close, volume, trades, closed, seq, epoch)
+INSERT INTO candles AS c (symbol, interval, bucket, open, high, low, close, volume, trades, closed, seq, epoch,
+                          vwap)
 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::numeric[], $5::numeric[], $6::numeric[],
-                     $7::numeric[], $8::numeric[], $9::int[], $10::bool[], $11::bigint[], $12::bigint[])
+                     $7::numeric[], $8::numeric[], $9::int[], $10::bool[], $11::bigint[], $12::bigint[],
+                     $13::numeric[])
 ON CONFLICT (symbol, interval, bucket) DO UPDATE SET
   open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
   volume = EXCLUDED.volume, trades = EXCLUDED.trades, closed = EXCLUDED.closed,
-  seq = EXCLUDED.seq, epoch = EXCLUDED.epoch
+  seq = EXCLUDED.seq, epoch = EXCLUDED.epoch, vwap = EXCLUDED.vwap
 WHERE (c.epoch, c.seq) < (EXCLUDED.epoch, EXCLUDED.seq)"""
 SQL_SNAPSHOTS = """
 INSERT INTO l2_snapshots (symbol, ts, seq, epoch, checksum, bids, asks)
@@ -164,7 +166,7 @@ class DbWriter:
             t = _count(await conn.execute(SQL_TRADES))
         if b.candles:
             rows = [r for _, r in b.candles.values()]
-            c = _count(await conn.execute(SQL_CANDLES, *_columns(rows, 12)))
+            c = _count(await conn.execute(SQL_CANDLES, *_columns(rows, 13)))
         if b.snapshots:
             rows = list(b.snapshots.values())
             s = _count(await conn.execute(SQL_SNAPSHOTS, *_columns(rows, 7)))
@@ -192,7 +194,7 @@ class DbWriter:
         for _, row in b.candles.values():
             try:
                 async with conn.transaction():
-                    c += _count(await conn.execute(SQL_CANDLES, *_columns([row], 12)))
+                    c += _count(await conn.execute(SQL_CANDLES, *_columns([row], 13)))
             except asyncpg.PostgresError as exc:
                 if is_retriable_db_error(exc):
                     raise

@@ -170,6 +170,7 @@ class Candle:
     closed: bool
     seq: int
     epoch: int
+    vwap: str | None = None
 
 
 def interval_of(env: Envelope) -> str:
@@ -204,6 +205,7 @@ def candle_of(env: Envelope) -> Candle:
         closed=bool(d.get("closed", False)),
         seq=env.seq,
         epoch=env.epoch,
+        vwap=_dec_str(d["vwap"], "vwap") if d.get("vwap") is not None else None,
     )
 
 

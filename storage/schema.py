@@ -179,6 +179,7 @@ def migrations(backend: Backend) -> tuple[Migration, ...]:
             "candle lookup by interval and time",
             ("CREATE INDEX IF NOT EXISTS candles_interval_bucket ON candles (interval, bucket)",),
         ),
+        Migration(4, "candle vwap", ("ALTER TABLE candles ADD COLUMN IF NOT EXISTS vwap numeric",)),
     )
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 async def test_migrate_twice_is_idempotent(pg_dsn: str) -> None:
     first = await migrate(pg_dsn, mode="auto", today=date(2026, 11, 24))
     assert first.backend == "native"
-    assert first.applied == [1, 2, 3]
+    assert first.applied == [1, 2, 3, 4]
     assert "trades_p20261124" in first.partitions_created
     second = await migrate(pg_dsn, mode="auto", today=date(2026, 11, 24))
     assert second.applied == [] and second.partitions_created == [] and second.backend == "native"
@@ -26,7 +26,7 @@ async def test_migrate_twice_is_idempotent(pg_dsn: str) -> None:
     try:
         parts = await existing_partitions(conn, "trades")
         assert {"trades_default", "trades_p20261122", "trades_p20261127"} <= set(parts)
-        assert await conn.fetchval("SELECT count(*) FROM md_schema_migrations") == 3
+        assert await conn.fetchval("SELECT count(*) FROM md_schema_migrations") == 4
     finally:
         await conn.close()
 

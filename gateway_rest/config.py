@@ -17,8 +17,8 @@ from core.settings import Settings, parse_bool
 @dataclass(frozen=True)
 class Tier:
     name: str
-    rps: int  # requests per second per key (per IP for anonymous); 0 = unlimited
-    burst_window_s: int = 1  # fixed window length
+    limit: int  # requests per window per key (per IP for anonymous); 0 = unlimited
+    window_s: int = 1  # fixed window length in seconds
     max_depth: int = 1000  # orderbook depth cap
     level3: bool = True  # may read the order-by-order book
 
@@ -26,10 +26,10 @@ class Tier:
 # anonymous: generous per IP for local use and a browser UI (a page polling a few endpoints at
 # 10 Hz uses ~50 req/s); basic/pro: per key, for programs; internal: unlimited (ops, load tests)
 DEFAULT_TIERS: dict[str, Tier] = {
-    "anonymous": Tier("anonymous", rps=200, max_depth=1000, level3=True),
-    "basic": Tier("basic", rps=50, max_depth=100, level3=False),
-    "pro": Tier("pro", rps=1000, max_depth=1000, level3=True),
-    "internal": Tier("internal", rps=0, max_depth=1000, level3=True),
+    "anonymous": Tier("anonymous", limit=200, max_depth=1000, level3=True),
+    "basic": Tier("basic", limit=50, max_depth=100, level3=False),
+    "pro": Tier("pro", limit=1000, max_depth=1000, level3=True),
+    "internal": Tier("internal", limit=0, max_depth=1000, level3=True),
 }
 
 
@@ -60,19 +60,18 @@ class RestConfig:
     @classmethod
     def from_settings(cls, s: Settings) -> RestConfig:
         tiers = dict(DEFAULT_TIERS)
-        anon = s.get("MD_REST_ANON_RPS", int, tiers["anonymous"].rps)
+        anon = s.get("MD_REST_ANON_RPS", int, tiers["anonymous"].limit)
         if anon < 0:
             raise ConfigError("MD_REST_ANON_RPS", "must be >= 0")
         tiers["anonymous"] = Tier(
             "anonymous",
-            rps=anon,
+            limit=anon,
             max_depth=tiers["anonymous"].max_depth,
             level3=s.get("MD_REST_ANON_L3", parse_bool, True),
         )
         if s.get("MD_REST_RATE_LIMIT", parse_bool, True) is False:
             tiers = {
-                k: Tier(t.name, 0, t.burst_window_s, t.max_depth, t.level3)
-                for k, t in tiers.items()
+                k: Tier(t.name, 0, t.window_s, t.max_depth, t.level3) for k, t in tiers.items()
             }
         return cls(
             book_depth=s.redis_book_depth,

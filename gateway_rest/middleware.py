@@ -136,10 +136,10 @@ class GatewayMiddleware:
             tier = self.config.tiers["anonymous"]
             who = f"ip:{self._client(scope)}"
         scope.setdefault("state", {})["tier"] = tier
-        if tier.rps <= 0:
+        if tier.limit <= 0:
             return None
         d: Decision = await self.limiter.hit(
-            who, tier.rps, tier.burst_window_s, use_redis=self.store.redis_available()
+            who, tier.limit, tier.window_s, use_redis=self.store.redis_available()
         )
         if self.limiter.last_error is not None:
             self.store.trip(self.limiter.last_error)
@@ -151,7 +151,7 @@ class GatewayMiddleware:
             429,
             {
                 "error": "rate_limited",
-                "message": f"rate limit of {tier.rps} requests per {tier.burst_window_s}s "
+                "message": f"rate limit of {tier.limit} requests per {tier.window_s}s "
                 f"exceeded for tier {tier.name}; retry after the Retry-After seconds",
                 "parameter": None,
             },

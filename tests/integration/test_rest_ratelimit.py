@@ -1,0 +1,97 @@
+"""API keys, tiers and rate limits shared by two gateway instances through the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from core.cache_keys import CacheKeys
+from core.settings import Settings
+from gateway_rest.app import create_app
+from gateway_rest.config import DEFAULT_TIERS, RestConfig, Tier
+
+pytestmark = pytest.mark.integration
+SYM = "RL-USD"
+INFO = b'{"symbol":"RL-USD","base":"RL","quote":"USD","tick_size":"0.01","min_size":"0.1","status":"online","source":"simulator","channels":["l2","l3"],"seq":1}'
+
+
+def _cfg(**kw: object) -> RestConfig:
+    tiers = dict(DEFAULT_TIERS)
+    tiers["anonymous"] = Tier("anonymous", limit=5, window_s=60)
+    tiers["basic"] = Tier("basic", limit=3, window_s=60, max_depth=1, level3=False)
+    return RestConfig(tiers=tiers, api_keys={"kb": "basic", "kp": "pro"}, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def seeded(settings: Settings) -> AsyncIterator[Settings]:
+    r = aioredis.Redis.from_url(settings.redis_url)
+    k = CacheKeys(settings.redis_prefix)
+    book = b'{"symbol":"RL-USD","seq":1,"epoch":1,"timestamp":"","checksum":0,"depth":%d,"bids":[["1","1"],["0.9","1"]],"asks":[]}'
+    await r.hset(k.symbols, SYM, INFO)
+    await r.hset(k.book(SYM), mapping={f"d{d}": book % d for d in (1, 5, 10, 20, 50, 100)})
+    await r.set(
+        k.l3(SYM),
+        b'{"symbol":"RL-USD","seq":1,"epoch":1,"timestamp":"","level":3,"bids":[],"asks":[]}',
+    )
+    await r.aclose()
+    # keep the fixed 60 s window from rolling over in the middle of a test
+    if time.time() % 60 > 50:
+        await asyncio.sleep(60 - time.time() % 60 + 0.1)
+    yield settings
+
+
+def _client(app: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")  # type: ignore[arg-type]
+
+
+async def test_per_ip_limit_is_shared_across_instances(seeded: Settings) -> None:
+    a, b = create_app(seeded, config=_cfg()), create_app(seeded, config=_cfg())
+    url = f"/api/v1/market/{SYM}/orderbook"
+    async with _client(a) as ca, _client(b) as cb:
+        seen = []
+        for c in (ca, ca, ca, cb, cb):
+            r = await c.get(url)
+            assert r.status_code == 200
+            assert r.headers["x-ratelimit-limit"] == "5"
+            seen.append(int(r.headers["x-ratelimit-remaining"]))
+        assert seen == [4, 3, 2, 1, 0]
+        r = await cb.get(url)
+        assert r.status_code == 429 and r.json()["error"] == "rate_limited"
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert r.headers["x-ratelimit-remaining"] == "0"
+        r = await ca.get(url)
+        assert r.status_code == 429
+        # ops endpoints are never limited
+        assert (await ca.get("/metrics")).status_code == 200
+        assert "md_rest_rate_limited_total" in (await ca.get("/metrics")).text
+        # a key has its own budget, independent of the IP's
+        r = await ca.get(url, headers={"X-API-Key": "kp"})
+        assert r.status_code == 200 and r.headers["x-ratelimit-limit"] == "1000"
+
+
+async def test_keys_and_tiers(seeded: Settings) -> None:
+    app = create_app(seeded, config=_cfg())
+    url = f"/api/v1/market/{SYM}/orderbook"
+    async with _client(app) as c:
+        r = await c.get(url, headers={"X-API-Key": "nope"})
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+        r = await c.get(url + "?depth=50", headers={"X-API-Key": "kb"})
+        assert r.status_code == 200 and r.json()["depth"] == 1  # tier cap
+        r = await c.get(url + "?level=3", headers={"X-API-Key": "kb"})
+        assert r.status_code == 403 and r.json()["parameter"] == "level"
+        assert (await c.get(url, headers={"X-API-Key": "kb"})).status_code == 200
+        r = await c.get(url + "?level=3", headers={"X-API-Key": "kb"})
+        assert r.status_code == 429  # 3 per window for basic (the 401 did not count)
+        r = await c.get(url + "?level=3", headers={"X-API-Key": "kp"})
+        assert r.status_code == 200 and r.json()["level"] == 3
+    strict = create_app(seeded, config=_cfg(require_key=True))
+    async with _client(strict) as c:
+        r = await c.get(url)
+        assert r.status_code == 401 and "X-API-Key" in r.json()["message"]
+        assert (await c.get(url, headers={"X-API-Key": "kp"})).status_code == 200
+        assert (await c.get("/health")).status_code in (200, 503)  # never asks for a key

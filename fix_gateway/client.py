@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import cast
 
 from fix_gateway.codec import Message, Value
 from fix_gateway.session import AppMessage, Closed, FixSession, LoggedOn, initiator
@@ -63,8 +64,9 @@ class FixClient(asyncio.Protocol):
         self.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(
+            asyncio.Transport, transport
+        )  # uvloop's is no asyncio.Transport subclass
         self.session.connect()
         self._flush()
         self._ticker = asyncio.get_running_loop().create_task(self._tick())

@@ -168,8 +168,9 @@ class MarketDataApp:
                 )
                 continue
             if sz == 0:
-                if present:
-                    full.append((T.ACTION_DELETE, etype, price, "0"))
+                # sent even when the level was absent (a no-op for the client), so that a
+                # full-depth subscriber sees RptSeq(83) advance by exactly 1 per l2 message
+                full.append((T.ACTION_DELETE, etype, price, "0"))
             else:
                 full.append((T.ACTION_CHANGE if present else T.ACTION_NEW, etype, price, size))
         s.l2_seq = seq

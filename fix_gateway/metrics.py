@@ -24,6 +24,7 @@ SESSION_EVENTS = Counter(
 )
 MD_REJECTS = Counter("fix_md_rejects_total", "MarketDataRequestReject(Y) sent")
 BUSINESS_REJECTS = Counter("fix_business_rejects_total", "BusinessMessageReject(j) sent")
+MD_MESSAGES = Counter("fix_md_messages_total", "Market-data messages sent", ["msg_type"])
 SLOW_DISCONNECTS = Counter(
     "fix_slow_consumer_disconnects_total", "Sessions logged out for a full send buffer"
 )
@@ -60,3 +61,19 @@ def export_session_counters(counters: dict[str, int]) -> None:
         else:
             SESSION_EVENTS.labels(key).inc(n)
     counters.clear()
+
+
+def export_app_counters(counters: dict[str, int]) -> None:
+    """Move the market-data application's counters into Prometheus, then zero them."""
+    for key, n in counters.items():
+        if not n:
+            continue
+        if key == "md_rejects":
+            MD_REJECTS.inc(n)
+        elif key == "business_rejects":
+            BUSINESS_REJECTS.inc(n)
+        elif key == "snapshots":
+            MD_MESSAGES.labels("W").inc(n)
+        elif key == "incrementals":
+            MD_MESSAGES.labels("X").inc(n)
+        counters[key] = 0

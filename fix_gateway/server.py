@@ -13,7 +13,7 @@ import contextlib
 import logging
 import ssl
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -78,8 +78,9 @@ class Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(
+            asyncio.Transport, transport
+        )  # uvloop's is no asyncio.Transport subclass
         self.peer = str(transport.get_extra_info("peername"))
         self.gw.connections.add(self)
         M.CONNECTIONS.inc()
@@ -123,6 +124,7 @@ class Connection(asyncio.Protocol):
                 self.gw.app.drop_session(self)
                 t.abort()
         M.export_session_counters(self.session.counters)
+        M.export_app_counters(self.gw.app.counters)
 
     def _after(self) -> None:
         for ev in self.session.events_received():
@@ -191,10 +193,16 @@ class Gateway:
                 M.LATENCY.observe(max(0.0, (time.time_ns() - ns_from_iso(ts)) / 1e9))
 
     def _trades_state(self, symbol: str, seq: int, parsed: dict[str, Any]) -> None:
+        """A trades Reset: a ``trades_snapshot`` only sets the state; a ``trade`` the follower
+        rebased on (first message, gap, new epoch) is also news for the subscribers."""
         data = parsed.get("data") or {}
-        trade = data if parsed.get("type") == "trade" else (data.get("trades") or [None])[-1]
-        if trade:
-            self.app.on_trade(symbol, seq, trade, reset=True)
+        if parsed.get("type") == "trade":
+            known = self.app.syms.get(symbol)
+            self.app.on_trade(symbol, seq, data, reset=known is not None and seq <= known.trade_seq)
+            return
+        trades = data.get("trades") or []
+        if trades:
+            self.app.on_trade(symbol, seq, trades[-1], reset=True)
 
     def _on_reset(self, r: Reset) -> None:
         cur = self.follower.current(r.channel, r.symbol)

@@ -1,0 +1,250 @@
+"""``python -m fix_gateway`` on the real Kafka, driven by the Python initiator and raw sockets.
+
+The independent-engine proof (QuickFIX/J) is ``test_fix_quickfixj.py``; this file covers what is
+easier to force from our own client: heartbeat timeout, garbled bytes on the wire, restart with
+persisted sequence numbers, and the book rebuilt from FIX against the platform's book.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from pathlib import Path
+
+import pytest
+
+from core.book import L2Book
+from core.settings import Settings
+from fix_gateway.client import FixClient
+from fix_gateway.codec import Message, Parser, encode, utc_timestamp
+from fix_gateway.store import MemoryStore
+from fix_gateway.testing import Platform, Publisher, gateway, metric
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+ENTRY = frozenset({279, 269, 55, 270, 271, 83})
+
+
+def md_request(
+    req: str, symbols: list[str], types: list[str], depth: int = 0
+) -> list[tuple[int, object]]:
+    f: list[tuple[int, object]] = [
+        (262, req),
+        (263, "1"),
+        (264, depth),
+        (265, "1"),
+        (267, len(types)),
+    ]
+    f += [(269, t) for t in types]
+    f.append((146, len(symbols)))
+    f += [(55, s) for s in symbols]
+    return f
+
+
+class FixBook:
+    """A FIX client's view: W loads, X applies; RptSeq per symbol."""
+
+    def __init__(self) -> None:
+        self.books: dict[str, L2Book] = {}
+        self.seq: dict[str, int] = {}
+        self.trades: list[tuple[str, str, str, int]] = []
+
+    def apply(self, m: Message) -> None:
+        if m.msg_type == "W":
+            sym = m.get(55) or ""
+            b = self.books.setdefault(sym, L2Book())
+            b.clear()
+            for e in m.group(268, frozenset({269, 270, 271})):
+                if e[269] in ("0", "1"):
+                    b.set("buy" if e[269] == "0" else "sell", e[270], e[271])
+            self.seq[sym] = int(m.get(83) or 0)
+        elif m.msg_type == "X":
+            for e in m.group(268, ENTRY):
+                sym = e[55]
+                if e[269] == "2":
+                    self.trades.append((sym, e[270], e[271], int(e[83])))
+                    continue
+                assert int(e[83]) == self.seq[sym] + 1 or int(e[83]) == self.seq[sym], "RptSeq gap"
+                self.books[sym].set(
+                    "buy" if e[269] == "0" else "sell", e[270], "0" if e[279] == "2" else e[271]
+                )
+                self.seq[sym] = int(e[83])
+
+
+async def until(cond, limit: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(limit):
+        while not cond():  # noqa: ASYNC110 - polling a plain predicate
+            await asyncio.sleep(0.02)
+
+
+async def test_subscribe_and_rebuild_book_equal_to_platform(
+    settings: Settings, env_for: dict[str, str], tmp_path: Path
+) -> None:
+    btc, eth = Platform("BTC-USD"), Platform("ETH-USD")
+    async with Publisher(settings) as pub:
+        await pub.seed(btc)
+        await pub.seed(eth)
+        http = free_port()
+        async with gateway(env_for, free_port(), http, tmp_path / "store") as gw:
+            view = FixBook()
+            c = await FixClient.connect("127.0.0.1", gw.fix_port, on_app=None)
+            await c.logged_on()
+            c.send("x", [(320, "sl1"), (559, 4)])
+            y = await c.next_app()
+            assert y.msg_type == "y" and y.get(560) == "0"
+            assert {r[55] for r in y.group(146, frozenset({55, 107, 15, 562, 58}))} == {
+                "BTC-USD",
+                "ETH-USD",
+            }
+            c.send("V", md_request("md1", ["BTC/USD", "eth-usd"], ["0", "1", "2"]))
+            for _ in range(2):
+                view.apply(await c.next_app())
+            assert (
+                view.books["BTC-USD"].snapshot() == btc.book.snapshot()
+                and view.seq["BTC-USD"] == btc.seq
+            )
+            rng = random.Random(11)
+            for i in range(60):
+                p = btc if i % 3 else eth
+                side = rng.choice(["buy", "sell"])
+                px = f"{(95 if side == 'buy' else 101) + rng.randint(0, 8)}.00"
+                await pub.l2(p, [[side, px, rng.choice(["0", "0.5", "3"])]])
+                if i % 10 == 0:
+                    await pub.trade(btc, "100.00", "0.25")
+
+            def drain() -> bool:
+                while not c.app.empty():
+                    view.apply(c.app.get_nowait())
+                return (
+                    view.seq.get("BTC-USD") == btc.seq
+                    and view.seq.get("ETH-USD") == eth.seq
+                    and len(view.trades) == 6
+                )
+
+            await until(drain)
+            assert view.books["BTC-USD"].snapshot() == btc.book.snapshot()
+            assert view.books["ETH-USD"].snapshot() == eth.book.snapshot()
+            assert [t[3] for t in view.trades] == [1, 2, 3, 4, 5, 6]
+            # bad requests get MarketDataRequestReject(Y), the session stays up
+            c.send("V", md_request("md2", ["NOPE-USD"], ["0"]))
+            c.send("V", md_request("md1", ["BTC-USD"], ["0"]))
+            rejects = []
+            while len(rejects) < 2:
+                m = await c.next_app()
+                if m.msg_type == "Y":
+                    rejects.append((m.get(262), m.get(281)))
+            assert rejects == [("md2", "0"), ("md1", "1")]
+            assert metric(http, "fix_md_rejects_total") == 2
+            assert metric(http, "fix_messages_out_total") > 20
+            await c.logout()
+            assert c.session.closed and c.close_reason and "logout" in c.close_reason
+
+
+def recv_msgs(s: socket.socket, parser: Parser, want: int, limit: float = 8.0) -> list[Message]:
+    s.settimeout(limit)
+    out: list[Message] = []
+    while len(out) < want:
+        data = s.recv(65536)
+        if not data:
+            break
+        parser.receive_data(data)
+        out += [m for m in parser.events_received() if isinstance(m, Message)]
+    return out
+
+
+async def test_heartbeat_timeout_garbled_and_unknown_session(
+    settings: Settings, env_for: dict[str, str], tmp_path: Path
+) -> None:
+    async with Publisher(settings) as pub:
+        await pub.seed(Platform("BTC-USD"))
+    http = free_port()
+    async with gateway(env_for, free_port(), http, tmp_path / "store") as gw:
+
+        def scenario() -> tuple[list[Message], bool, bytes]:
+            with socket.create_connection(("127.0.0.1", gw.fix_port)) as s:
+                s.sendall(
+                    encode(
+                        "A",
+                        [
+                            (49, "CLIENT1"),
+                            (56, "MDGW"),
+                            (34, 1),
+                            (52, utc_timestamp()),
+                            (98, 0),
+                            (108, 1),
+                            (141, "Y"),
+                        ],
+                    )
+                )
+                p = Parser()
+                got = recv_msgs(s, p, 1)
+                s.sendall(b"8=FIX.4.4\x019=5\x0135=0\x0110=000\x01")  # garbled: dropped, counted
+                got += recv_msgs(
+                    s, p, 10, limit=8
+                )  # heartbeats, a TestRequest, then the disconnect
+                s.settimeout(1)
+                try:
+                    closed = s.recv(1) == b""
+                except OSError:
+                    closed = True
+            with socket.create_connection(("127.0.0.1", gw.fix_port)) as s2:
+                s2.sendall(
+                    encode(
+                        "A",
+                        [
+                            (49, "STRANGER"),
+                            (56, "MDGW"),
+                            (34, 1),
+                            (52, utc_timestamp()),
+                            (98, 0),
+                            (108, 30),
+                        ],
+                    )
+                )
+                s2.settimeout(5)
+                unknown = s2.recv(100)
+            return got, closed, unknown
+
+        got, closed, unknown = await asyncio.to_thread(scenario)
+        types = [m.msg_type for m in got]
+        assert types[0] == "A" and "1" in types, types
+        assert closed
+        assert unknown == b""  # unknown CompID: disconnected without an answer
+        assert metric(http, "fix_garbled_total") == 1
+        assert metric(http, 'fix_session_events_total{event="heartbeat_timeouts"}') == 1
+
+
+async def test_restart_continues_sequence_numbers_and_resends(
+    settings: Settings, env_for: dict[str, str], tmp_path: Path
+) -> None:
+    async with Publisher(settings) as pub:
+        await pub.seed(Platform("BTC-USD"))
+    store_dir, client_store = tmp_path / "store", MemoryStore()
+    fix_port = free_port()
+    async with gateway(env_for, fix_port, free_port(), store_dir):
+        c = await FixClient.connect("127.0.0.1", fix_port, store=client_store, reset=True)
+        await c.logged_on()
+        c.send("x", [(320, "before"), (559, 4)])
+        y = await c.next_app()
+        assert y.get(34) == "2"
+        await c.logout()
+    assert client_store.next_target_seq == 4  # Logon 1, SecurityList 2, Logout 3
+    async with gateway(env_for, fix_port, free_port(), store_dir):
+        c = await FixClient.connect("127.0.0.1", fix_port, store=client_store, reset=False)
+        c.keep_raw = True
+        await c.logged_on()
+        assert client_store.next_target_seq == 5  # the gateway's Logon continued at 4
+        c.send("2", [(7, 1), (16, 0)])  # ask for everything again
+
+        def parsed() -> list[Message]:
+            p = Parser()
+            p.receive_data(b"".join(c.raw_in))
+            return [m for m in p.events_received() if isinstance(m, Message)]
+
+        await until(lambda: len(parsed()) >= 4)
+        msgs = parsed()
+        resent = [(m.msg_type, m.get(34), m.get(43)) for m in msgs[1:]]
+        assert resent[:3] == [("4", "1", "Y"), ("y", "2", "Y"), ("4", "3", "Y")]
+        assert msgs[2].get(320) == "before" and msgs[2].get(122)
+        await c.logout()

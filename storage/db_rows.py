@@ -73,7 +73,8 @@ class RowBuilder:
         value: bytes | None,
     ) -> None:
         b.records += 1
-        b.offsets[(topic, partition)] = offset + 1
+        k = (topic, partition)
+        b.offsets[k] = max(b.offsets.get(k, 0), offset + 1)
         if value is None:
             return
         try:

@@ -19,19 +19,29 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
         "Latency",
         [
             (
-                "WebSocket delivery latency (aggregator publish -> client send)",
+                "WebSocket publish-to-send lag (sampled; aggregator publish -> fan-out)",
                 "s",
                 [
-                    (f"p{q}", f"histogram_quantile({v}, sum by (le) (rate(md_ws_delivery_latency_seconds_bucket[1m])))")
+                    ("p50", "quantile_over_time(0.5, max(md_ws_last_publish_lag_seconds)[5m:15s])"),
+                    ("p99", "quantile_over_time(0.99, max(md_ws_last_publish_lag_seconds)[5m:15s])"),
+                    ("last {{instance}}", "md_ws_last_publish_lag_seconds"),
+                ],
+            ),
+            (
+                "FIX publish-to-send latency",
+                "s",
+                [
+                    (f"p{q}", f"histogram_quantile({v}, sum by (le) (rate(fix_publish_to_send_seconds_bucket[1m])))")
                     for q, v in (("50", "0.5"), ("95", "0.95"), ("99", "0.99"), ("99.9", "0.999"))
                 ],
             ),
             (
-                "REST latency by route",
+                "REST latency percentiles by route",
                 "s",
                 [
-                    ("p50 {{route}}", "histogram_quantile(0.5, sum by (le, route) (rate(md_rest_request_duration_seconds_bucket[1m])))"),
-                    ("p99 {{route}}", "histogram_quantile(0.99, sum by (le, route) (rate(md_rest_request_duration_seconds_bucket[1m])))"),
+                    ("p50 {{route}}", "histogram_quantile(0.5, sum by (le, route) (rate(md_rest_request_seconds_bucket[1m])))"),
+                    ("p95 {{route}}", "histogram_quantile(0.95, sum by (le, route) (rate(md_rest_request_seconds_bucket[1m])))"),
+                    ("p99 {{route}}", "histogram_quantile(0.99, sum by (le, route) (rate(md_rest_request_seconds_bucket[1m])))"),
                 ],
             ),
         ],
@@ -40,24 +50,31 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
         "Throughput",
         [
             (
-                "Aggregator output per message type",
+                "Aggregator output per message type (channel)",
                 "ops",
-                [("{{type}}", "sum by (type) (rate(md_aggregator_messages_total[1m]))")],
+                [("{{channel}}", "sum by (channel) (rate(md_agg_messages_out_total[1m]))")],
             ),
             (
-                "WebSocket messages delivered per channel",
+                "Input events per type",
                 "ops",
-                [("{{channel}}", "sum by (channel) (rate(md_ws_messages_sent_total[1m]))")],
+                [
+                    ("{{type}}", "sum by (type) (rate(md_agg_events_in_total[1m]))"),
+                    ("published by sources", "sum(rate(md_source_events_published_total[1m]))"),
+                ],
             ),
             (
-                "REST requests per route",
-                "reqps",
-                [("{{route}}", "sum by (route) (rate(md_rest_requests_total[1m]))")],
+                "Delivered to clients",
+                "ops",
+                [
+                    ("WebSocket messages", "sum(rate(md_ws_messages_sent_total[1m]))"),
+                    ("FIX {{msg_type}}", "sum by (msg_type) (rate(fix_md_messages_total[1m]))"),
+                    ("REST {{route}}", "sum by (route) (rate(md_rest_requests_total[1m]))"),
+                ],
             ),
             (
-                "Rows written by storage",
-                "ops",
-                [("{{table}}", "sum by (table) (rate(md_storage_rows_written_total[1m]))")],
+                "WebSocket bytes out",
+                "Bps",
+                [("bytes/s", "sum(rate(md_ws_bytes_sent_total[1m]))")],
             ),
         ],
     ),
@@ -68,16 +85,18 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 "Active connections",
                 "short",
                 [
-                    ("WebSocket", "sum(md_ws_connections_active)"),
-                    ("FIX sessions", "sum(md_fix_sessions_active)"),
+                    ("WebSocket {{instance}}", "sum by (instance) (md_ws_connections)"),
+                    ("WebSocket subscriptions", "sum(md_ws_subscriptions)"),
+                    ("FIX TCP", "sum(fix_connections)"),
+                    ("FIX sessions", "sum(fix_sessions)"),
                 ],
             ),
             (
                 "Connection failure ratio",
                 "percentunit",
                 [
-                    ("WebSocket", "sum(rate(md_ws_connection_failures_total[5m])) / clamp_min(sum(rate(md_ws_connections_total[5m])), 1e-9)"),
-                    ("FIX", "sum(rate(md_fix_session_failures_total[5m])) / clamp_min(sum(rate(md_fix_sessions_total[5m])), 1e-9)"),
+                    ("WebSocket refused", "sum(rate(md_ws_rejects_total[5m])) / clamp_min(sum(rate(md_ws_connects_total[5m])) + sum(rate(md_ws_rejects_total[5m])), 1e-9)"),
+                    ("FIX refused/timed out", 'sum(rate(fix_session_events_total{event=~"logons_refused|auth_failures|heartbeat_timeouts"}[5m])) / clamp_min(sum(rate(fix_session_events_total{event=~"logons|logons_refused"}[5m])), 1e-9)'),
                 ],
             ),
         ],
@@ -91,16 +110,31 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 [
                     ("REST 5xx", 'sum(rate(md_rest_requests_total{status=~"5.."}[1m]))'),
                     ("REST 4xx", 'sum(rate(md_rest_requests_total{status=~"4.."}[1m]))'),
-                    ("WS errors {{code}}", "sum by (code) (rate(md_ws_errors_total[1m]))"),
-                    ("WS slow-consumer {{action}}", "sum by (action) (rate(md_ws_slow_consumer_total[1m]))"),
+                    ("REST 429", "sum(rate(md_rest_rate_limited_total[1m]))"),
+                    ("WS error replies {{code}}", "sum by (code) (rate(md_ws_client_errors_total[1m]))"),
+                    ("WS refused {{reason}}", "sum by (reason) (rate(md_ws_rejects_total[1m]))"),
+                    ("WS slow disconnects", "sum(rate(md_ws_slow_disconnects_total[1m]))"),
+                    ("WS slow resyncs", "sum(rate(md_ws_slow_resyncs_total[1m]))"),
+                    ("FIX rejects", "sum(rate(fix_rejects_total[1m])) + sum(rate(fix_md_rejects_total[1m]))"),
+                    ("malformed input", "sum(rate(md_agg_malformed_input_total[1m]))"),
                 ],
             ),
             (
                 "Queue depth and consumer lag",
                 "short",
                 [
-                    ("{{job}} {{queue}}", "max by (job, queue) (md_queue_depth)"),
-                    ("lag {{group}} {{topic}}", "max by (group, topic) (md_kafka_consumer_lag)"),
+                    ("storage db queue {{instance}}", "max by (instance) (md_storage_db_queue)"),
+                    ("lag {{consumergroup}} {{topic}}", "sum by (consumergroup, topic) (kafka_consumergroup_lag)"),
+                ],
+            ),
+            (
+                "Dependencies up",
+                "short",
+                [
+                    ("storage -> database", "min(md_storage_db_up)"),
+                    ("storage -> Redis", "min(md_storage_cache_redis_up)"),
+                    ("gateway_ws -> Kafka", "min(md_ws_kafka_connected)"),
+                    ("scrape {{job}}", "up"),
                 ],
             ),
             (
@@ -108,7 +142,6 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 "percentunit",
                 [("{{mountpoint}}", 'min by (mountpoint) (node_filesystem_avail_bytes{fstype!~"tmpfs|overlay|squashfs"} / node_filesystem_size_bytes{fstype!~"tmpfs|overlay|squashfs"})')],
             ),
-            ("Targets up", "short", [("{{job}}", "up")]),
         ],
     ),
 ]

@@ -67,10 +67,13 @@ def k8s_problems(res: list[dict[str, Any]], conf: list[ConfService]) -> list[str
             continue
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
         for probe in ("readinessProbe", "livenessProbe"):
-            get = (c.get(probe) or {}).get("httpGet") or {}
+            p = c.get(probe) or {}
+            get = p.get("httpGet") or {}
             port = ports.get(get.get("port"), get.get("port"))
-            if get.get("path") != "/health" or port != cs.port:
-                problems.append(f"{cs.name}: {probe} is not GET /health on {cs.port} ({get})")
+            # exec: for the services whose /health listens on 127.0.0.1 only (the probe runs inside)
+            exec_ok = cs.health_url is not None and cs.health_url in " ".join((p.get("exec") or {}).get("command", []))
+            if not exec_ok and (get.get("path") != "/health" or port != cs.port):
+                problems.append(f"{cs.name}: {probe} is not GET /health on {cs.port} ({p})")
         if cs.name in GATEWAYS:
             h = hpas.get(name)
             if h is None or h["spec"]["scaleTargetRef"] != {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}:
@@ -137,6 +140,8 @@ def _edit(kind: str, name: str, fn):
             "livenessProbe")), id="liveness-removed"),
         pytest.param(_edit("Deployment", "gateway-ws", lambda r: r["spec"]["template"]["spec"]["containers"][0][
             "ports"][0].update(containerPort=9001)), id="probe-port-changed"),
+        pytest.param(_edit("Deployment", "simulator", lambda r: r["spec"]["template"]["spec"]["containers"][0][
+            "readinessProbe"]["exec"].update(command=["true"])), id="exec-probe-wrong-url"),
     ],
 )
 def test_checker_catches_drift(mutate) -> None:

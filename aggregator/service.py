@@ -117,6 +117,9 @@ class Worker:
         self.last_checkpoint: dict[str, float] = {}
         self.last_snapshot: dict[str, float] = {}
         self.status_changed: set[str] = set()
+        # changed since their last public snapshot: written once due, even if the symbol then
+        # goes quiet (otherwise md.snapshot would keep a stale ticker/book forever)
+        self.snap_pending: set[str] = set()
 
 
 class Aggregator:
@@ -224,11 +227,18 @@ class Aggregator:
                 if channel == "status":
                     w.status_changed.add(sym)
             w.dirty.add(sym)
+            w.snap_pending.add(sym)
 
     async def _commit_all(self) -> None:
+        now_m = time.monotonic()
         for w in list(self.workers.values()):
+            if not w.txn_open and any(self._snapshot_due(w, sym, now_m) for sym in w.snap_pending):
+                await self._begin(w)  # a quiet symbol's pending snapshot still gets written
             if w.txn_open:
                 await self._commit(w)
+
+    def _snapshot_due(self, w: Worker, sym: str, now_m: float) -> bool:
+        return sym in w.new or now_m - w.last_snapshot.get(sym, 0) >= self.cfg.snapshot_ms / 1000
 
     async def _commit(self, w: Worker) -> None:
         try:
@@ -267,8 +277,16 @@ class Aggregator:
         snap_topic = self.topics.snapshot
         part = w.partition % self._snapshot_partitions
         last = w.next_offset - 1
-        for sym in w.dirty | w.new:
+        for sym in w.dirty | w.new | w.snap_pending:
             st = w.symbols[sym]
+            if sym in w.snap_pending and self._snapshot_due(w, sym, now_m):
+                for key, msg in st.snapshots(now):
+                    await w.producer.send(snap_topic, key=key.encode(), value=orjson.dumps(msg))
+                w.last_snapshot[sym] = now_m
+                w.snap_pending.discard(sym)
+                SNAPSHOTS_OUT.labels("public").inc()
+            if sym not in w.dirty and sym not in w.new:
+                continue
             key_seq = f"agg:seq:{sym}".encode()
             await w.producer.send(snap_topic, key=key_seq, partition=part, value=orjson.dumps(
                 {"symbol": sym, "partition": w.partition, "epoch": st.epoch, "seq": st.seq, "offset": last}))
@@ -280,11 +298,6 @@ class Aggregator:
                                       value=orjson.dumps(state))
                 w.last_checkpoint[sym] = now_m
                 SNAPSHOTS_OUT.labels("agg_state").inc()
-            if sym in w.new or now_m - w.last_snapshot.get(sym, 0) >= self.cfg.snapshot_ms / 1000:
-                for key, msg in st.snapshots(now):
-                    await w.producer.send(snap_topic, key=key.encode(), value=orjson.dumps(msg))
-                w.last_snapshot[sym] = now_m
-                SNAPSHOTS_OUT.labels("public").inc()
             if sym in w.new or sym in w.status_changed:
                 key, msg = st.status_snapshot(now)
                 await w.producer.send(snap_topic, key=key.encode(), value=orjson.dumps(msg))
@@ -310,6 +323,7 @@ class Aggregator:
         w.symbols = states
         w.new = set(states)  # publish fresh snapshots + status on takeover
         w.dirty = set(states)
+        w.snap_pending = set(states)
         w.next_offset = committed or 0
         if committed is not None:
             self.consumer.seek(tp, committed)

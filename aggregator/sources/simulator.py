@@ -6,6 +6,10 @@ Settings: ``MD_SYMBOLS`` (default BTC-USD,ETH-USD,LTC-USD), ``MD_SIM_RATE`` (ord
 second per symbol; each action yields 1..n events), ``MD_SIM_SEED``; ``/health`` and ``/metrics``
 on ``MD_SIMULATOR_HTTP_PORT`` (8013). On start it publishes each symbol's ``symbol_info`` and a
 ``reset`` (a restarted simulator starts a new book, and the aggregator must drop the old one).
+
+``MD_SOURCE=recording`` makes this process (the source slot of ``deploy/local/services.conf``)
+play a Coinbase recording through the mock feed and the real connector instead
+(``aggregator/sources/recording.py``; ``make run-recording``).
 """
 
 from __future__ import annotations
@@ -88,7 +92,16 @@ def main() -> None:
     args = ap.parse_args()
 
     async def _main(stop: asyncio.Event) -> None:
-        await run_simulator(Settings.from_env(), stop, capture=args.capture, steps=args.steps)
+        s = Settings.from_env()
+        source = s.get("MD_SOURCE", str, "simulator")
+        if source == "recording":  # `make run-recording`: this slot plays a Coinbase recording
+            from aggregator.sources.recording import run_recording
+
+            await run_recording(s, stop, capture=args.capture)
+        elif source == "simulator":
+            await run_simulator(s, stop, capture=args.capture, steps=args.steps)
+        else:
+            raise SystemExit(f"MD_SOURCE: unknown source {source!r} (simulator|recording)")
 
     run(_main, service="simulator")
 

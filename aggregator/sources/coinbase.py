@@ -1,0 +1,494 @@
+"""Coinbase Exchange WebSocket connector, in three layers (nautilus_trader's adapter shape).
+
+1. **Wire schemas** (``Wire*`` TypedDicts): the feed's JSON as documented by Coinbase
+   (``subscribe`` -> ``subscriptions``; ``snapshot``/``l2update`` on ``level2``,
+   ``level2_batch``, ``level2_50``; ``match``/``last_match`` on ``matches``; the ``full`` channel's
+   ``received``/``open``/``change``/``done``/``match``; ``ticker``; ``heartbeat``; ``error``).
+2. **Pure parser** (:class:`CoinbaseParser`, sans-I/O: ``receive(raw, recv_ns)`` -> events): turns
+   wire messages into :mod:`aggregator.events`, detects loss and asks for a resync.
+3. **I/O client** (:class:`CoinbaseClient`): websockets connection, subscribe, reconnect with
+   exponential backoff and full jitter (core.backoff), resubscribe, stall detection, publish.
+
+Loss detection and resync. On ``level2`` the ``l2update`` messages carry no sequence, so loss is
+inferred from what does: ``match`` ``trade_id`` is contiguous per product and ``sequence``
+increases; ``heartbeat`` carries ``last_trade_id``. A jump means messages were lost on this
+connection, so the product's book may be wrong too: the parser drops that product's updates and
+asks for a resync, which the client performs by unsubscribing and resubscribing the product
+(Coinbase answers a ``level2`` subscribe with a fresh ``snapshot``; the aggregator publishes the
+difference, so clients see an ordinary ``l2_update``, no epoch change). Older or repeated
+matches (``trade_id <= last``, out of order or replayed after a reconnect) are dropped. On the
+``full`` channel every message of a product carries a contiguous ``sequence``; a gap emits a
+``reset`` for the product and a resync (a full-channel book needs the REST level-3 snapshot to
+be complete; without it the book rebuilds from the orders opened after the resync - see
+docs/aggregator.md "Coinbase"). Malformed messages are counted and skipped; nothing the feed
+sends can raise out of :meth:`CoinbaseParser.receive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, NotRequired, TypedDict
+
+import orjson
+from prometheus_client import Counter
+
+from aggregator import events as ev
+from aggregator.sources.publish import EventPublisher
+from core.backoff import Backoff
+from core.codec import CodecError, now_ns, ns_from_iso
+from core.symbols import SymbolInfo, normalize_symbol
+
+log = logging.getLogger("aggregator.coinbase")
+
+FEED_MESSAGES = Counter("md_coinbase_messages_total", "feed messages received", ["type"])
+FEED_MALFORMED = Counter("md_coinbase_malformed_total", "feed messages dropped as malformed")
+FEED_STALE = Counter("md_coinbase_stale_total", "out-of-order or repeated messages dropped")
+FEED_GAPS = Counter("md_coinbase_gaps_total", "sequence/trade_id gaps detected", ["product"])
+FEED_RESYNCS = Counter("md_coinbase_resyncs_total", "product resyncs requested", ["product"])
+FEED_RECONNECTS = Counter("md_coinbase_reconnects_total", "connections (re)established")
+FEED_DISCONNECTS = Counter("md_coinbase_disconnects_total", "connections lost", ["reason"])
+
+# ----------------------------------------------------------------------------- 1. wire schemas
+
+Level = list[str]  # [price, size]
+
+
+class WireSubscribe(TypedDict):
+    type: Literal["subscribe", "unsubscribe"]
+    product_ids: list[str]
+    channels: list[str]
+
+
+class WireSnapshot(TypedDict):
+    type: Literal["snapshot"]
+    product_id: str
+    bids: list[Level]
+    asks: list[Level]
+
+
+class WireL2Update(TypedDict):
+    type: Literal["l2update"]
+    product_id: str
+    changes: list[list[str]]  # [side, price, size]
+    time: str
+
+
+class WireMatch(TypedDict):
+    type: Literal["match", "last_match"]
+    trade_id: int
+    maker_order_id: str
+    taker_order_id: str
+    side: str  # the MAKER's side
+    size: str
+    price: str
+    product_id: str
+    sequence: int
+    time: str
+
+
+class WireOpen(TypedDict):
+    type: Literal["open"]
+    order_id: str
+    price: str
+    remaining_size: str
+    side: str
+    product_id: str
+    sequence: int
+    time: str
+
+
+class WireChange(TypedDict):
+    type: Literal["change"]
+    order_id: str
+    new_size: str
+    price: NotRequired[str]
+    side: str
+    product_id: str
+    sequence: int
+    time: str
+
+
+class WireDone(TypedDict):
+    type: Literal["done"]
+    order_id: str
+    reason: str
+    price: NotRequired[str]
+    remaining_size: NotRequired[str]
+    side: str
+    product_id: str
+    sequence: int
+    time: str
+
+
+class WireHeartbeat(TypedDict):
+    type: Literal["heartbeat"]
+    sequence: int
+    last_trade_id: int
+    product_id: str
+    time: str
+
+
+# ----------------------------------------------------------------------------- 2. pure parser
+
+L2_CHANNELS = frozenset(("level2", "level2_batch", "level2_50"))
+OPPOSITE = {"buy": "sell", "sell": "buy"}
+
+
+@dataclass
+class ProductFeed:
+    """What the parser knows about one product on the current connection."""
+
+    have_snapshot: bool = False
+    last_trade_id: int | None = None
+    last_sequence: int | None = None  # full channel only
+
+
+@dataclass
+class CoinbaseParser:
+    products: Iterable[str]
+    full: bool = False  # True: order-level ``full`` channel; False: ``level2*`` + ``matches``
+    source: str = "coinbase"
+    feeds: dict[str, ProductFeed] = field(default_factory=dict)
+    resync: set[str] = field(default_factory=set)  # products the client must resubscribe
+    counts: dict[str, int] = field(default_factory=lambda: {"malformed": 0, "stale": 0, "gaps": 0, "ignored": 0})
+
+    def __post_init__(self) -> None:
+        self.products = tuple(self.products)
+        for p in self.products:
+            self.feeds[p] = ProductFeed()
+
+    def on_connect(self) -> None:
+        """A new connection: every book needs its snapshot again; trade ids persist (dedupe)."""
+        for f in self.feeds.values():
+            f.have_snapshot = False
+            f.last_sequence = None
+        self.resync.clear()
+
+    def take_resync(self) -> set[str]:
+        out, self.resync = self.resync, set()
+        for p in out:
+            self.feeds[p].have_snapshot = False
+            self.feeds[p].last_sequence = None
+        return out
+
+    def _bad(self, why: str, raw: object) -> list[ev.AnyEvent]:
+        self.counts["malformed"] += 1
+        FEED_MALFORMED.inc()
+        log.warning("malformed feed message", extra={"reason": why, "raw": repr(raw)[:200]})
+        return []
+
+    def _gap(self, product: str, what: str, expected: int, got: int) -> None:
+        self.counts["gaps"] += 1
+        FEED_GAPS.labels(product).inc()
+        FEED_RESYNCS.labels(product).inc()
+        log.warning("feed gap, resyncing product", extra={"product": product, "field": what,
+                                                           "expected": expected, "got": got})
+        self.resync.add(product)
+        self.feeds[product].have_snapshot = False
+
+    def receive(self, raw: bytes | str, recv_ns: int) -> list[ev.AnyEvent]:
+        """Events for one raw feed message (possibly none). Never raises on feed content."""
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return self._bad("not JSON", raw)
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            return self._bad("not a typed object", raw)
+        t = msg["type"]
+        FEED_MESSAGES.labels(t if t in _KNOWN else "other").inc()
+        try:
+            return self._dispatch(t, msg, recv_ns)
+        except ev.EventError as exc:
+            return self._bad(str(exc), msg)
+        except (KeyError, TypeError, ValueError, AttributeError, CodecError) as exc:
+            return self._bad(f"{type(exc).__name__}: {exc}", msg)
+
+    def _product(self, msg: dict[str, Any]) -> str | None:
+        p = msg.get("product_id")
+        if not isinstance(p, str):
+            raise ValueError("product_id missing")
+        sym = normalize_symbol(p)
+        return sym if sym in self.feeds else None
+
+    def _ts(self, msg: dict[str, Any], recv_ns: int) -> int:
+        t = msg.get("time")
+        return ns_from_iso(t) if isinstance(t, str) else recv_ns
+
+    def _dispatch(self, t: str, msg: dict[str, Any], recv_ns: int) -> list[ev.AnyEvent]:
+        if t in ("subscriptions", "ticker", "received", "activate", "status"):
+            self.counts["ignored"] += 1
+            return []
+        if t == "error":
+            log.error("feed error", extra={"message": msg.get("message"), "reason": msg.get("reason")})
+            return []
+        sym = self._product(msg)
+        if sym is None:
+            self.counts["ignored"] += 1
+            return []
+        f = self.feeds[sym]
+        ts = self._ts(msg, recv_ns)
+        src = self.source
+        if t == "snapshot":
+            e = ev.book_snapshot(sym, ts, msg["bids"], msg["asks"], source=src)
+            f.have_snapshot = True
+            return [e]
+        if t == "l2update":
+            if not f.have_snapshot:
+                self.counts["stale"] += 1
+                FEED_STALE.inc()
+                return []  # before the (re)subscription's snapshot: covered by it
+            return [ev.book_update(sym, ts, msg["changes"], source=src)]
+        if t == "heartbeat":
+            last = int(msg["last_trade_id"])
+            if f.last_trade_id is not None and last > f.last_trade_id and f.have_snapshot and not self.full:
+                self._gap(sym, "last_trade_id", f.last_trade_id, last)
+            return []
+        if t in ("match", "last_match"):
+            return self._match(sym, f, t, msg, ts)
+        if t in ("open", "change", "done"):
+            if not self.full:
+                self.counts["ignored"] += 1
+                return []
+            return self._full(sym, f, t, msg, ts)
+        self.counts["ignored"] += 1
+        return []
+
+    def _match(self, sym: str, f: ProductFeed, t: str, msg: dict[str, Any], ts: int) -> list[ev.AnyEvent]:
+        tid = int(msg["trade_id"])
+        maker_side = msg["side"]
+        if maker_side not in OPPOSITE:
+            raise ValueError("bad side")
+        out: list[ev.AnyEvent] = []
+        if self.full and t == "match":
+            try:
+                out.extend(self._sequence(sym, f, msg))
+            except _Stale:
+                return []
+            if f.last_sequence is None:
+                return out
+        if f.last_trade_id is not None and tid <= f.last_trade_id:
+            self.counts["stale"] += 1
+            FEED_STALE.inc()
+            return out
+        if f.last_trade_id is not None and tid != f.last_trade_id + 1 and t == "match" and not self.full:
+            self._gap(sym, "trade_id", f.last_trade_id + 1, tid)
+        f.last_trade_id = tid
+        src = self.source
+        taker_side = OPPOSITE[maker_side]
+        if self.full and t == "match":
+            out.append(ev.match(sym, ts, str(tid), msg["maker_order_id"], msg["taker_order_id"], taker_side,
+                                msg["price"], msg["size"], source=src, src_seq=int(msg["sequence"])))
+        else:
+            out.append(ev.trade(sym, ts, str(tid), taker_side, msg["price"], msg["size"], source=src,
+                                src_seq=msg.get("sequence") if isinstance(msg.get("sequence"), int) else None))
+        return out
+
+    def _sequence(self, sym: str, f: ProductFeed, msg: dict[str, Any]) -> list[ev.AnyEvent]:
+        """Full channel: contiguous ``sequence`` per product, else reset + resync."""
+        seq = int(msg["sequence"])
+        if f.last_sequence is None:
+            f.last_sequence = seq
+            return []
+        if seq <= f.last_sequence:
+            self.counts["stale"] += 1
+            FEED_STALE.inc()
+            raise _Stale
+        if seq != f.last_sequence + 1:
+            self._gap(sym, "sequence", f.last_sequence + 1, seq)
+            f.last_sequence = None
+            return [ev.reset(sym, self._ts(msg, now_ns()), "coinbase sequence gap", source=self.source)]
+        f.last_sequence = seq
+        return []
+
+    def _full(self, sym: str, f: ProductFeed, t: str, msg: dict[str, Any], ts: int) -> list[ev.AnyEvent]:
+        try:
+            out = self._sequence(sym, f, msg)
+        except _Stale:
+            return []
+        if f.last_sequence is None:
+            return out
+        src, seq = self.source, int(msg["sequence"])
+        if t == "open":
+            out.append(ev.open_(sym, ts, msg["order_id"], msg["side"], msg["price"], msg["remaining_size"],
+                                source=src, src_seq=seq))
+        elif t == "change":
+            if "new_size" in msg:
+                out.append(ev.change(sym, ts, msg["order_id"], msg["side"], msg["new_size"],
+                                     price=msg.get("price"), source=src, src_seq=seq))
+        elif t == "done":
+            out.append(ev.done(sym, ts, msg["order_id"], msg["side"], msg["reason"], price=msg.get("price"),
+                               remaining_size=msg.get("remaining_size"), source=src, src_seq=seq))
+        return out
+
+
+class _Stale(Exception):
+    pass
+
+
+_KNOWN = frozenset(("subscriptions", "snapshot", "l2update", "match", "last_match", "ticker", "heartbeat",
+                    "open", "change", "done", "received", "activate", "error"))
+
+
+def load_catalogue(path: Path | None, products: Iterable[str], *, full: bool) -> dict[str, SymbolInfo]:
+    """SymbolInfo per product from a ``/products`` JSON dump (tick = quote_increment)."""
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None and path.exists():
+        for p in orjson.loads(path.read_bytes()):
+            raw[normalize_symbol(p["id"])] = p
+    channels = ("ticker", "l2", "l3", "trades", "candles", "stats") if full else (
+        "ticker", "l2", "trades", "candles", "stats")
+    out: dict[str, SymbolInfo] = {}
+    for sym in products:
+        p = raw.get(sym, {})
+        base, quote = sym.split("-")
+        status = "halted" if p.get("trading_disabled") else ("online" if p.get("status", "online") == "online"
+                                                             else "maintenance")
+        out[sym] = SymbolInfo(sym, base, quote, Decimal(str(p.get("quote_increment", "0.00000001"))),
+                              Decimal(str(p.get("base_min_size", "0.00000001"))), status=status,
+                              source="coinbase", channels=channels)
+    return out
+
+
+# ----------------------------------------------------------------------------- 3. I/O client
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoinbaseConfig:
+    url: str = "wss://ws-feed.exchange.coinbase.com"
+    products: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ("level2", "matches", "heartbeat")
+    stall_s: float = 15.0  # no message for this long (heartbeats are 1/s): reconnect
+    catalogue: Path | None = None
+    max_message: int = 16 << 20  # a level2 snapshot of a deep book is several MB
+
+
+class CoinbaseClient:
+    def __init__(self, cfg: CoinbaseConfig, publisher: EventPublisher) -> None:
+        self.cfg = cfg
+        self.pub = publisher
+        self.full = "full" in cfg.channels
+        self.parser = CoinbaseParser(cfg.products, full=self.full)
+        self.backoff = Backoff(initial=0.2, maximum=10.0)
+        self.connected = False
+        self.last_message = time.monotonic()
+        self.infos = load_catalogue(cfg.catalogue, cfg.products, full=self.full)
+
+    def _sub(self, kind: str, products: Iterable[str]) -> bytes:
+        msg: WireSubscribe = {"type": kind, "product_ids": list(products), "channels": list(self.cfg.channels)}  # type: ignore[typeddict-item]
+        return orjson.dumps(msg)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        import websockets
+
+        ts = now_ns()
+        for info in self.infos.values():
+            await self.pub.publish(ev.symbol_info(info, ts))
+        while not stop.is_set():
+            reason = "closed"
+            try:
+                async with websockets.connect(self.cfg.url, max_size=self.cfg.max_message, open_timeout=10,
+                                              ping_interval=20, close_timeout=2) as ws:
+                    FEED_RECONNECTS.inc()
+                    self.connected = True
+                    self.parser.on_connect()
+                    await ws.send(self._sub("subscribe", self.cfg.products))
+                    log.info("coinbase connected", extra={"url": self.cfg.url, "products": list(self.cfg.products)})
+                    await self._read(ws, stop)
+            except TimeoutError:
+                reason = "stalled"
+            except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+                reason = type(exc).__name__
+            finally:
+                self.connected = False
+            if stop.is_set():
+                break
+            FEED_DISCONNECTS.labels(reason).inc()
+            delay = self.backoff.next()
+            log.warning("coinbase disconnected, reconnecting", extra={"reason": reason, "delay_s": round(delay, 3)})
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+        await self.pub.flush()
+
+    async def _read(self, ws: Any, stop: asyncio.Event) -> None:
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                recv = asyncio.ensure_future(ws.recv())
+                done, _ = await asyncio.wait({recv, stop_wait}, timeout=self.cfg.stall_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if recv not in done:
+                    recv.cancel()
+                    if stop.is_set():
+                        return
+                    raise TimeoutError("feed stalled")
+                raw = recv.result()
+                rn = now_ns()
+                self.last_message = time.monotonic()
+                for e in self.parser.receive(raw, rn):
+                    await self.pub.publish(e, recv_ns=rn)
+                    if isinstance(e, ev.BookSnapshot):
+                        self.backoff.reset()
+                again = self.parser.take_resync()
+                if again:
+                    await self.pub.flush()
+                    await ws.send(self._sub("unsubscribe", sorted(again)))
+                    await ws.send(self._sub("subscribe", sorted(again)))
+                    log.info("resubscribed for resync", extra={"products": sorted(again)})
+        finally:
+            stop_wait.cancel()
+            await self.pub.flush()
+
+
+def config_from_settings(s: Any) -> CoinbaseConfig:
+    from core.settings import parse_list
+
+    products = s.get("MD_COINBASE_PRODUCTS", parse_list, ()) or s.symbols
+    cat = s.get("MD_COINBASE_CATALOGUE", str, "")
+    return CoinbaseConfig(
+        url=s.get("MD_COINBASE_URL", str, CoinbaseConfig.url),
+        products=tuple(normalize_symbol(p) for p in products),
+        channels=s.get("MD_COINBASE_CHANNELS", parse_list, CoinbaseConfig.channels),
+        stall_s=s.get("MD_COINBASE_STALL_S", float, 15.0),
+        catalogue=Path(cat) if cat else None,
+    )
+
+
+def main() -> None:
+    import argparse
+
+    from core.health import Health
+    from core.ops_http import start_ops_server
+    from core.service import run
+    from core.settings import Settings
+
+    ap = argparse.ArgumentParser(description="Coinbase Exchange WebSocket source -> md.in")
+    ap.add_argument("--capture", type=Path, help="also append every event to this capture file")
+    args = ap.parse_args()
+
+    async def _main(stop: asyncio.Event) -> None:
+        s = Settings.from_env()
+        pub = EventPublisher(s, "coinbase", capture=args.capture)
+        await pub.start()
+        client = CoinbaseClient(config_from_settings(s), pub)
+        health = Health("coinbase")
+        health.add("feed", lambda: (client.connected, {"last_message_s": round(time.monotonic() - client.last_message, 2)}))
+        server = await start_ops_server(health, "127.0.0.1", s.get("MD_COINBASE_HTTP_PORT", int, 8015))
+        try:
+            await client.run(stop)
+        finally:
+            server.close()
+            await pub.stop()
+
+    run(_main, service="coinbase")
+
+
+if __name__ == "__main__":
+    main()

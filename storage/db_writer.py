@@ -271,6 +271,17 @@ class DbWriter:
         self.counters.symbols_written += y
         return True
 
+    async def _probe(self) -> None:
+        try:
+            pool = await self._get_pool()
+            await pool.fetchval("SELECT 1", timeout=2)
+        except Exception as exc:  # any failure means "not ready"; classified for the log only
+            self.db_ok = False
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return
+        self.db_ok = True
+        self.last_error = None
+
     async def _maintain(self) -> None:
         now = time.monotonic()
         if now - self._last_maintain < self.config.maintain_every_s:
@@ -306,15 +317,22 @@ class DbWriter:
         self.running.set()
         fetcher = asyncio.create_task(self._fetch(consumer, stop), name="db-fetch")
         try:
+            await self._probe()
             await self._maintain()
             while not stop.is_set() or not self.queue.empty():
                 get = asyncio.create_task(self.queue.get())
                 stopper = asyncio.create_task(stop.wait())
-                done, _ = await asyncio.wait({get, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {get, stopper}, timeout=2.0, return_when=asyncio.FIRST_COMPLETED
+                )
                 stopper.cancel()
                 if get not in done:
                     get.cancel()
-                    break
+                    if stop.is_set():
+                        break
+                    await self._probe()  # idle: keep health honest
+                    await self._maintain()
+                    continue
                 b = get.result()
                 self.counters.records += b.records
                 self.counters.bad_records += b.bad

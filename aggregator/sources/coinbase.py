@@ -41,7 +41,8 @@ from prometheus_client import Counter
 from aggregator import events as ev
 from aggregator.sources.publish import EventPublisher
 from core.backoff import Backoff
-from core.codec import CodecError, now_ns, ns_from_iso
+from core.codec import now_ns, ns_from_iso
+from core.errors import MarketDataError
 from core.symbols import SymbolInfo, normalize_symbol
 
 log = logging.getLogger("aggregator.coinbase")
@@ -206,7 +207,7 @@ class CoinbaseParser:
             return self._dispatch(t, msg, recv_ns)
         except ev.EventError as exc:
             return self._bad(str(exc), msg)
-        except (KeyError, TypeError, ValueError, AttributeError, CodecError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError, MarketDataError) as exc:
             return self._bad(f"{type(exc).__name__}: {exc}", msg)
 
     def _product(self, msg: dict[str, Any]) -> str | None:

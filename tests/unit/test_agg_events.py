@@ -67,7 +67,7 @@ def test_garbage_never_raises_anything_else(data: bytes) -> None:
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.dictionaries(st.sampled_from(["type", "symbol", "ts", "order_id", "side", "price", "size",
                                          "changes", "bids", "asks", "info", "trade_id", "taker_side"]),
-                       st.one_of(st.none(), st.integers(), st.text(max_size=8), st.lists(st.text(max_size=4)),
+                       st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8), st.lists(st.text(max_size=4)),
                                  st.sampled_from(["open", "match", "book_update", "BTC-USD", "buy", "1.5"]))))
 def test_fuzzed_objects_never_crash_the_state(d: dict) -> None:
     s = SymbolState("BTC-USD", 1)

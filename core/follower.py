@@ -554,6 +554,7 @@ class StreamFollower:
         names = chans or ["l2", "l3", "ticker", "trades", "stats", "candles_1m", "status"]
         self.stream_topics = sorted({self.topics.stream(c) for c in names})
         self.lookback_ms = lookback_ms
+        self.yield_every = 100
         self.watchdog_s = watchdog_s
         self.ready = asyncio.Event()
         self.connected = True
@@ -711,10 +712,16 @@ class StreamFollower:
             batch = await tc.getmany(timeout_ms=200, max_records=2000)
             if batch:
                 self.last_record_at = time.monotonic()
+            n = 0
             for tp, recs in batch.items():
                 for r in recs:
                     if r.value is not None:
                         run(join.on_stream(r.value, tp.topic, tp.partition))
+                    n += 1
+                    if n % self.yield_every == 0:
+                        # let transports flush and clients read between slices of a big
+                        # batch, so a catch-up burst does not look like a slow consumer
+                        await asyncio.sleep(0)
             if not self.ready.is_set():
                 done = True
                 for tp, end in self._end_at_start.items():

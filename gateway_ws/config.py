@@ -60,6 +60,9 @@ class WsConfig:
     # would pin 2.5 GiB at worst, a normal one holds ~0); a book subscriber above it is
     # resynced once it drains below a quarter, any other subscriber is disconnected
     buffer_high: int = 256 * 1024
+    # kernel send buffer per socket (SO_SNDBUF); 0 = the kernel's autotuning. Bounding it
+    # bounds kernel memory per client and makes a stalled client visible to buffer_high sooner
+    sndbuf: int = 0
     # resume: at most this many messages replayed from Redis for one subscription
     resume_max: int = 10_000
     # live messages held per subscription while its Redis replay runs
@@ -103,6 +106,7 @@ class WsConfig:
             jwt_audience=g("MD_WS_JWT_AUDIENCE", str, None),
             jwt_issuer=g("MD_WS_JWT_ISSUER", str, None),
             buffer_high=g("MD_WS_BUFFER_BYTES", int, d.buffer_high),
+            sndbuf=g("MD_WS_SNDBUF", int, d.sndbuf),
             resume_max=g("MD_WS_RESUME_MAX", int, d.resume_max),
             pending_max=g("MD_WS_PENDING_MAX", int, d.pending_max),
             heartbeat_s=g("MD_WS_HEARTBEAT_S", float, d.heartbeat_s),

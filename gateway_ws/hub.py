@@ -249,6 +249,7 @@ class Hub:
         self.clock = clock
         self.index: dict[Key, dict[Sub, None]] = {}
         self.groups: dict[tuple[Key, int], Conflator] = {}
+        self.groups_by_key: dict[Key, list[Conflator]] = {}
         self.clients: set[Client] = set()
         self.rates = CrossRates(follower)
         self.feed_ok = True
@@ -312,6 +313,7 @@ class Hub:
             g = self.groups.get(gk)
             if g is None:
                 g = self.groups[gk] = Conflator(req.key, req.interval_ms)
+                self.groups_by_key.setdefault(req.key, []).append(g)
                 self._schedule(g)
             g.subs.add(sub)
             sub.group = g
@@ -350,6 +352,11 @@ class Hub:
                 if g.handle:
                     g.handle.cancel()
                 self.groups.pop((g.key, g.interval_ms), None)
+                lst = self.groups_by_key.get(g.key, [])
+                if g in lst:
+                    lst.remove(g)
+                if not lst:
+                    self.groups_by_key.pop(g.key, None)
         m.SUBSCRIPTIONS.dec()
 
     def _send_snapshot(self, sub: Sub, *, resync: bool, reason: str | None = None) -> None:
@@ -435,9 +442,8 @@ class Hub:
         for sub in list(status_all or ()):
             if sub.mode is Mode.LIVE and not sub.client.write(self._payload(sub.client, raw, cache)):
                 slow.append(sub)
-        for (key, _iv), g in self.groups.items():
-            if key == (channel, symbol):
-                g.add(seq, raw, parsed)
+        for g in self.groups_by_key.get((channel, symbol), ()):
+            g.add(seq, raw, parsed)
         if n:
             m.SENT.inc(n)
             m.SENT_BYTES.inc(n * len(raw))
@@ -447,9 +453,8 @@ class Hub:
     def on_reset(self, r: Reset) -> None:
         """The follower rebuilt a key: every subscriber gets a fresh snapshot (flagged)."""
         m.RESETS.labels(r.reason).inc()
-        for (key, _iv), g in self.groups.items():
-            if key == (r.channel, r.symbol):
-                g.reset()
+        for g in self.groups_by_key.get((r.channel, r.symbol), ()):
+            g.reset()
         for sub in list(self.index.get((r.channel, r.symbol), ())):
             if sub.mode is Mode.PENDING:
                 sub.held.clear()

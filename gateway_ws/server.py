@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import ssl
 import time
 from http import HTTPStatus
@@ -170,6 +171,10 @@ class Gateway:
 
     async def _handler(self, ws: ServerConnection) -> None:
         principal: Principal = getattr(ws, "md_principal", Principal(None, self.cfg.anonymous_tier))
+        if self.cfg.sndbuf:
+            sock = ws.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.cfg.sndbuf)
         ip = self._ip(ws)
         binary = bool(getattr(ws, "md_binary", False))
         session = Session(

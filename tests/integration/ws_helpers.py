@@ -73,10 +73,10 @@ class Feed:
     async def __aexit__(self, *exc: object) -> None:
         await self.prod.stop()
 
-    def book(self, symbol: str, epoch: int = 1) -> Producer:
+    def book(self, symbol: str, epoch: int | None = None) -> Producer:
         p = self.books.get(symbol)
-        if p is None or p.epoch != epoch:
-            p = self.books[symbol] = Producer(symbol, epoch)
+        if p is None or (epoch is not None and p.epoch != epoch):
+            p = self.books[symbol] = Producer(symbol, epoch or 1)
         return p
 
     async def snapshot(self, symbol: str) -> None:

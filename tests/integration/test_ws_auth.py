@@ -1,0 +1,89 @@
+"""JWT auth, tiers and limits on a real gateway."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from core.settings import Settings
+from gateway_ws.protocol import Tier
+from tests.integration.ws_helpers import recv, recv_until, running_gateway, send, url
+
+pytestmark = pytest.mark.integration
+
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+
+def hs(sub: str, tier: str = "pro", exp: float | None = None) -> str:
+    return jwt.encode({"sub": sub, "tier": tier, "exp": int(exp or time.time() + 60)}, SECRET, "HS256")
+
+
+async def test_jwt_tiers_restricted_anonymous_channels_and_limits(settings: Settings) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    tiers = {"pro": Tier("pro", max_subscriptions=10, max_connections=1),
+             "basic": Tier("basic", max_subscriptions=2, max_connections=5)}
+    async with running_gateway(settings, jwt_hs256_secret=SECRET, jwt_rs256_public_key=pub,
+                               anon_channels=frozenset({"ticker"}), tiers=tiers,
+                               max_conn_per_ip=3) as gw:
+        # anonymous: ticker yes, l3 no
+        async with connect(url(gw)) as ws:
+            await send(ws, {"type": "subscribe", "channels": ["ticker:BTC-USD", "l3:BTC-USD"]})
+            msgs = [await recv(ws), await recv(ws)]
+            err = next(m for m in msgs if m["type"] == "error")
+            assert err["code"] == "auth_required" and err["target"] == "l3:BTC-USD"
+            # a bad token in a message: error, session open; then RS256 upgrades the tier
+            await send(ws, {"type": "auth", "token": "not.a.jwt"})
+            assert (await recv_until(ws, lambda m: m["type"] == "error"))["code"] == "auth_failed"
+            forged = jwt.encode({"sub": "eve", "exp": int(time.time() + 60)}, "wrong-secret-wrong-secret-wrong!", "HS256")
+            await send(ws, {"type": "auth", "token": forged})
+            assert (await recv_until(ws, lambda m: m["type"] == "error"))["code"] == "auth_failed"
+            rs = jwt.encode({"sub": "bob", "tier": "basic", "exp": int(time.time() + 60)}, key, "RS256")
+            await send(ws, {"type": "auth", "token": rs})
+            ok = await recv_until(ws, lambda m: m["type"] == "authenticated")
+            assert (ok["user"], ok["tier"]) == ("bob", "basic")
+            await send(ws, {"type": "subscribe", "channels": ["l3:BTC-USD", "l2:BTC-USD"]})
+            msgs = [await recv_until(ws, lambda m: m["type"] in ("error", "subscribed")) for _ in range(2)]
+            assert {m["type"] for m in msgs} == {"error", "subscribed"}
+            assert next(m for m in msgs if m["type"] == "error")["code"] == "too_many_subscriptions"
+
+        # token in the query string; expired token refused at the upgrade with 401
+        async with connect(url(gw, f"token={hs('alice')}")) as ws:
+            await send(ws, {"type": "subscribe", "channel": "l3", "symbol": "BTC-USD"})
+            assert (await recv(ws))["type"] == "subscribed"
+            # pro allows one connection per user
+            with pytest.raises(InvalidStatus) as exc:
+                async with connect(url(gw, f"token={hs('alice')}")):
+                    pass
+            assert exc.value.response.status_code == 429
+        with pytest.raises(InvalidStatus) as exc:
+            async with connect(url(gw, f"token={hs('alice', exp=time.time() - 10)}")):
+                pass
+        assert exc.value.response.status_code == 401
+        assert b"expired" in exc.value.response.body
+
+        # anonymous connections per IP
+        conns = [await connect(url(gw)) for _ in range(3)]
+        try:
+            with pytest.raises(InvalidStatus) as exc:
+                async with connect(url(gw)):
+                    pass
+            assert exc.value.response.status_code == 429
+        finally:
+            for c in conns:
+                await c.close()
+
+
+async def test_idle_connection_is_closed(settings: Settings) -> None:
+    async with running_gateway(settings, idle_s=0.5) as gw, connect(url(gw)) as ws:
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await recv(ws, 5)
+        assert ws.close_code == 4002

@@ -1,0 +1,359 @@
+"""Fan-out benchmark of the WebSocket gateway: many connections, end-to-end latency, msgs/s.
+
+    .venv/bin/python -m loadtests.fanout --connections 1000 --rate 100 --duration 20
+
+What it does, all on an isolated topic prefix beside any running stack:
+
+1. creates the topics and starts ``python -m gateway_ws`` (``--gw-processes`` workers) on a free port;
+2. opens ``--connections`` WebSocket connections from ``--client-procs`` client processes, each
+   subscribed to ``l2:<symbol>`` (symbols round-robin), and checks every ``seq`` is gapless;
+3. publishes contract-conforming ``l2_update`` messages straight to Kafka at ``--rate`` messages
+   per second per symbol, each stamped with its publish time (the aggregator's ``timestamp``);
+4. every client stamps the receive time against the message's own ``timestamp``: the latency
+   is aggregator publish -> Kafka -> gateway -> client, the whole path;
+5. prints (and with ``--json`` emits) delivered messages/s, p50/p99/p99.9/max latency, gaps,
+   resyncs and the gateway's resident memory per connection.
+
+Everything runs on the same machine (the clients and Kafka compete with the gateway for the
+CPU), so the numbers are a floor, not a ceiling. Bounded: ``--duration`` seconds of measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.request
+import uuid
+from array import array
+from typing import Any
+
+import orjson
+
+from core.book import L2Book
+from core.channels import data_message
+from core.kafka import ensure_topics, make_producer
+from core.settings import Settings
+from core.topics import Topics
+from loadtests.fanout_stats import cpu_seconds, load_average, percentiles, rss_kib
+
+_TS = b'"timestamp":"'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------ clients
+
+
+def _epoch_of_day_cache() -> dict[bytes, int]:
+    return {}
+
+
+def _ts_ns(raw: bytes, cache: dict[bytes, int]) -> int:
+    """The message's ``timestamp`` in ns, cheaply: the minute prefix is cached."""
+    i = raw.find(_TS)
+    if i < 0:
+        return 0
+    i += len(_TS)
+    minute = raw[i:i + 16]  # 2026-11-24T06:51
+    base = cache.get(minute)
+    if base is None:
+        import datetime as dt
+
+        d = dt.datetime.fromisoformat(minute.decode() + ":00+00:00")
+        base = cache[minute] = int(d.timestamp()) * 1_000_000_000
+        if len(cache) > 100:
+            cache.clear()
+    sec = raw[i + 17:i + 26]  # 12.123456
+    return base + int(sec[:2]) * 1_000_000_000 + int(sec[3:9]) * 1000
+
+
+async def _client_main(url: str, subs: list[str], ready: Any, go: Any, stop_at: Any,
+                       out: Any, idx: int) -> None:
+    from websockets.asyncio.client import connect
+
+    lat = array("q")
+    cap = 3_000_000
+    counts = {"msgs": 0, "gaps": 0, "resyncs": 0, "closed": 0, "measured": 0}
+    cache = _epoch_of_day_cache()
+    conns: list[Any] = []
+
+    async def one(sub: str) -> None:
+        ch, sym = sub.split(":")
+        for attempt in range(5):
+            try:
+                ws = await connect(url, compression=None, max_size=None, ping_interval=None,
+                                   open_timeout=30)
+                break
+            except OSError:
+                await asyncio.sleep(0.2 * (attempt + 1))
+        else:
+            counts["closed"] += 1
+            return
+        conns.append(ws)
+        await ws.send(orjson.dumps({"type": "subscribe", "channel": ch, "symbol": sym}).decode())
+        last = -1
+        try:
+            async for raw in ws:
+                if isinstance(raw, str):
+                    raw = raw.encode()
+                if raw[2:6] != b"type":
+                    continue
+                if raw.startswith(b'{"type":"l2_update"'):
+                    j = raw.find(b'"seq":') + 6
+                    k = raw.find(b",", j)
+                    seq = int(raw[j:k])
+                    if last >= 0 and seq != last + 1:
+                        counts["gaps"] += 1
+                    last = seq
+                    counts["msgs"] += 1
+                    if measuring and len(lat) < cap:
+                        lat.append(time.time_ns() - _ts_ns(raw, cache))
+                        counts["measured"] += 1
+                elif raw.startswith(b'{"type":"l2_snapshot"'):
+                    d = orjson.loads(raw)
+                    if d.get("resync"):
+                        counts["resyncs"] += 1
+                    last = d["seq"]
+        except Exception:
+            counts["closed"] += 1
+
+    measuring = False
+    tasks = []
+    for i in range(0, len(subs), 100):  # connect in waves: a SYN flood helps nobody
+        tasks += [asyncio.create_task(one(s)) for s in subs[i:i + 100]]
+        await asyncio.sleep(0.05)
+    while len(conns) + counts["closed"] < len(subs):  # noqa: ASYNC110 - counters, no event
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # snapshots delivered
+    ready.put(idx)
+    while not go.is_set():  # noqa: ASYNC110 - a multiprocessing event
+        await asyncio.sleep(0.05)
+    counts["msgs"] = 0
+    measuring = True
+    t0 = time.monotonic()
+    while time.time() < stop_at.value:  # noqa: ASYNC110 - a shared deadline
+        await asyncio.sleep(0.1)
+    measuring = False
+    elapsed = time.monotonic() - t0
+    msgs = counts["msgs"]
+    out.put({"idx": idx, "msgs": msgs, "elapsed": elapsed, "lat": lat.tobytes(),
+             "gaps": counts["gaps"], "resyncs": counts["resyncs"], "closed": counts["closed"],
+             "conns": len(conns)})
+    for ws in conns:
+        with contextlib.suppress(Exception):
+            ws.transport.abort()
+    for t in tasks:
+        t.cancel()
+
+
+def _client_proc(url: str, subs: list[str], ready: Any, go: Any, stop_at: Any, out: Any, idx: int) -> None:
+    import uvloop
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    uvloop.run(_client_main(url, subs, ready, go, stop_at, out, idx))
+
+
+# ------------------------------------------------------------------------------ publisher
+
+
+async def _publish(s: Settings, symbols: list[str], rate: float, until: float, levels: int) -> int:
+    t = Topics.from_settings(s)
+    prod = make_producer(s, linger_ms=1)
+    await prod.start()
+    books = {sym: L2Book() for sym in symbols}
+    seqs = dict.fromkeys(symbols, 0)
+    n = 0
+    try:
+        for sym in symbols:
+            b = books[sym]
+            for i in range(levels):
+                b.set("buy", f"{1000 - i}.00", "1.5")
+                b.set("sell", f"{1001 + i}.00", "1.5")
+            now = time.time_ns()
+            snap = data_message(type="l2_snapshot", channel="l2", symbol=sym, seq=0, epoch=1,
+                                publish_ns=now, event_ns=now, data=b.snapshot(), checksum=b.checksum())
+            await prod.send_and_wait(t.snapshot, orjson.dumps(snap), key=f"l2:{sym}".encode())
+        interval = 1.0 / rate
+        nxt = time.monotonic()
+        i = 0
+        while time.time() < until:
+            for sym in symbols:
+                b = books[sym]
+                seqs[sym] += 1
+                i += 1
+                side = "buy" if i % 2 else "sell"
+                px = f"{(1000 - i % levels) if side == 'buy' else (1001 + i % levels)}.00"
+                ch = [[side, px, f"{1 + i % 7}.25"]]
+                b.apply(ch)
+                now = time.time_ns()
+                msg = data_message(type="l2_update", channel="l2", symbol=sym, seq=seqs[sym], epoch=1,
+                                   publish_ns=now, event_ns=now, data={"changes": ch},
+                                   checksum=b.checksum())
+                await prod.send(t.stream("l2"), orjson.dumps(msg), key=sym.encode())
+                n += 1
+            nxt += interval
+            delay = nxt - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await prod.flush()
+    finally:
+        await prod.stop()
+    return n
+
+
+# ------------------------------------------------------------------------------ orchestration
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(x) for x in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _gateway_rss(pid: int) -> int:
+    kids = _children(pid)
+    return sum(rss_kib(p) for p in kids) if kids else rss_kib(pid)
+
+
+def _gateway_cpu(pid: int) -> float:
+    kids = _children(pid)
+    return sum(cpu_seconds(p) for p in kids) if kids else cpu_seconds(pid)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    base = Settings.from_env()
+    tag = uuid.uuid4().hex[:8]
+    import dataclasses
+
+    s = dataclasses.replace(base, topic_prefix=f"bench.fanout.{tag}", redis_prefix=f"bench:fanout:{tag}")
+    await ensure_topics(s, partitions=3)
+    port = _free_port()
+    env = dict(os.environ, MD_TOPIC_PREFIX=s.topic_prefix, MD_REDIS_PREFIX=s.redis_prefix,
+               MD_WS_PORT=str(port), MD_WS_PROCESSES=str(args.gw_processes), MD_LOG_LEVEL="WARNING",
+               MD_WS_MAX_CONN_PER_IP="1000000", MD_WS_HEARTBEAT_S="0", MD_WS_IDLE_S="0",
+               MD_WS_MAX_CONNECTIONS="1000000", MD_SYMBOLS=",".join(args.symbols))
+    gw = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway_ws", env=env)
+    url = f"ws://127.0.0.1:{port}/ws"
+    try:
+        loop = asyncio.get_running_loop()
+        for _ in range(200):
+            if await loop.run_in_executor(None, _healthy, port):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError("gateway did not become healthy")
+        await asyncio.sleep(0.5)
+        rss0 = _gateway_rss(gw.pid)
+        subs = [f"l2:{args.symbols[i % len(args.symbols)]}" for i in range(args.connections)]
+        ctx = mp.get_context("spawn")
+        ready, out = ctx.Queue(), ctx.Queue()
+        go = ctx.Event()
+        stop_at = ctx.Value("d", 0.0)
+        procs = []
+        k = args.client_procs
+        for i in range(k):
+            p = ctx.Process(target=_client_proc, args=(url, subs[i::k], ready, go, stop_at, out, i))
+            p.start()
+            procs.append(p)
+        t_conn = time.monotonic()
+        for _ in range(k):
+            await asyncio.get_running_loop().run_in_executor(None, ready.get, True, 600)
+        connect_s = time.monotonic() - t_conn
+        rss1 = _gateway_rss(gw.pid)
+        # warm up, then measure
+        start = time.time() + args.warmup
+        stop_at.value = start + args.duration
+        pub = asyncio.create_task(_publish(s, args.symbols, args.rate, stop_at.value + 0.5, args.levels))
+        await asyncio.sleep(args.warmup)
+        go.set()
+        cpu0, load0 = _gateway_cpu(gw.pid), load_average()
+        await asyncio.sleep(args.duration)
+        cpu1, load1 = _gateway_cpu(gw.pid), load_average()
+        published = await pub
+        results = [await asyncio.get_running_loop().run_in_executor(None, out.get, True, 120)
+                   for _ in range(k)]
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+        lat = array("q")
+        for r in results:
+            a = array("q")
+            a.frombytes(r["lat"])
+            lat.extend(a)
+        msgs = sum(r["msgs"] for r in results)
+        elapsed = max(r["elapsed"] for r in results)
+        pct = percentiles(lat, (50, 99, 99.9, 100))
+        res = {
+            "connections": args.connections, "connected": sum(r["conns"] for r in results),
+            "gateway_processes": args.gw_processes, "client_processes": k,
+            "symbols": len(args.symbols), "rate_per_symbol": args.rate,
+            "published": published, "delivered": msgs, "seconds": round(elapsed, 2),
+            "delivered_per_s": round(msgs / elapsed) if elapsed else 0,
+            "expected_per_s": round(args.rate * args.connections),
+            "latency_ms": {k2: round(v / 1e6, 2) for k2, v in pct.items()},
+            "samples": len(lat),
+            "gaps": sum(r["gaps"] for r in results), "resyncs": sum(r["resyncs"] for r in results),
+            "closed": sum(r["closed"] for r in results),
+            "connect_s": round(connect_s, 1),
+            "gateway_cpu_s": round(cpu1 - cpu0, 2),
+            "gateway_cpu_us_per_msg": round((cpu1 - cpu0) * 1e6 / max(1, msgs), 2),
+            "machine_load_avg": [load0, load1],
+            "gateway_rss_mib": round(rss1 / 1024, 1),
+            "rss_per_connection_kib": round((rss1 - rss0) / max(1, args.connections), 1),
+        }
+        return res
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            gw.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(gw.wait(), 15)
+        except TimeoutError:
+            gw.kill()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--connections", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=100.0, help="l2 updates per second per symbol")
+    ap.add_argument("--symbols", type=lambda v: v.split(","), default=["BTC-USD", "ETH-USD", "LTC-USD"])
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--gw-processes", type=int, default=1)
+    ap.add_argument("--client-procs", type=int, default=2)
+    ap.add_argument("--levels", type=int, default=50)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    import uvloop
+
+    res = uvloop.run(run(args))
+    if args.json:
+        print(orjson.dumps(res).decode())
+    else:
+        for k, v in res.items():
+            print(f"{k:>24}: {v}")
+
+
+if __name__ == "__main__":
+    main()

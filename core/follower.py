@@ -609,8 +609,17 @@ class StreamFollower:
     async def _start(self, sc: AIOKafkaConsumer, tc: AIOKafkaConsumer) -> None:
         await sc.start()
         await tc.start()
-        # consumer.topics() does not feed partitions_for_topic(); the fetched cluster does
-        cluster = await sc._client.fetch_all_metadata()
+        # consumer.topics() does not feed partitions_for_topic(); the fetched cluster does.
+        # Topics created a moment ago may not be in the metadata yet: retry for a while.
+        wanted = [self.topics.snapshot, *self.stream_topics]
+        for attempt in range(50):
+            cluster = await sc._client.fetch_all_metadata()
+            if all(cluster.partitions_for_topic(t) for t in wanted):
+                break
+            if attempt == 49:
+                missing = [t for t in wanted if not cluster.partitions_for_topic(t)]
+                raise RuntimeError(f"topics missing in Kafka: {missing} (run python -m core.bootstrap)")
+            await asyncio.sleep(0.2)
         snap_tps = [TopicPartition(self.topics.snapshot, p)
                     for p in sorted(cluster.partitions_for_topic(self.topics.snapshot) or ())]
         sc.assign(snap_tps)

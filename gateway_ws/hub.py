@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -72,11 +73,34 @@ class Sub:
     group: Conflator | None = None
 
 
+def frame(payload: bytes, binary: bool) -> bytes:
+    """An unmasked, unfragmented WebSocket data frame (RFC 6455 §5.2): FIN + opcode, length.
+
+    A server never masks (§5.1), so one message has the same frame bytes on every
+    uncompressed connection: the hub builds it once per message and encoding.
+    """
+    b0 = 0x82 if binary else 0x81
+    n = len(payload)
+    if n < 126:
+        head = bytes((b0, n))
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", b0, 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, 127, n)
+    return head + payload
+
+
 class Client:
-    """One connection: its websockets object, protocol session and subscriptions."""
+    """One connection: its websockets object, protocol session and subscriptions.
+
+    Data frames are appended to ``out`` and written with one ``transport.write`` per loop turn
+    (``Hub.flush``), so a burst costs one syscall per connection, not one per message. A
+    connection that negotiated permessage-deflate compresses per connection and goes through
+    the websockets protocol object instead.
+    """
 
     __slots__ = ("ws", "session", "ip", "binary", "subs", "closed", "next_hb", "high",
-                 "stale", "connected_at", "conn_id", "user")
+                 "stale", "connected_at", "conn_id", "user", "out", "out_bytes", "raw_ok", "hub")
 
     def __init__(self, ws: ServerConnection, session: Session, ip: str, *, binary: bool,
                  high: int, conn_id: int, user: str | None) -> None:
@@ -92,20 +116,32 @@ class Client:
         self.connected_at = time.monotonic()
         self.conn_id = conn_id
         self.user = user
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.raw_ok = not ws.protocol.extensions  # no per-connection transform of frames
+        self.hub: Hub | None = None
 
     def buffered(self) -> int:
         t = self.ws.transport
-        return t.get_write_buffer_size() if t is not None else 0
+        return (t.get_write_buffer_size() if t is not None else 0) + self.out_bytes
 
-    def write(self, payload: bytes, force: bool = False) -> bool:
-        """Queue one WebSocket message now; False when the buffer is over its bound."""
+    def write(self, payload: bytes, force: bool = False, framed: bytes | None = None) -> bool:
+        """Queue one WebSocket message; False (and nothing queued) when over the bound."""
         if self.closed:
             return True
         ws = self.ws
         if ws.protocol.state is not WsState.OPEN:
             return True
-        if not force and ws.transport.get_write_buffer_size() > self.high:
+        if not force and ws.transport.get_write_buffer_size() + self.out_bytes > self.high:
             return False
+        if self.raw_ok:
+            f = framed if framed is not None else frame(payload, self.binary)
+            if not self.out and self.hub is not None:
+                self.hub.dirty.append(self)
+                self.hub.schedule_flush()
+            self.out.append(f)
+            self.out_bytes += len(f)
+            return True
         try:
             if self.binary:
                 ws.protocol.send_binary(payload)
@@ -116,9 +152,24 @@ class Client:
             self.closed = True
         return True
 
+    def flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        self.out = []
+        self.out_bytes = 0
+        ws = self.ws
+        if self.closed or ws.protocol.state is not WsState.OPEN:
+            return  # never a data frame after a close frame (RFC 6455 §5.5.1)
+        try:
+            ws.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        except Exception:
+            self.closed = True
+
     def close(self, code: int, reason: str) -> None:
         if self.closed:
             return
+        self.flush()
         self.closed = True
         asyncio.get_running_loop().create_task(self._close(code, reason))
 
@@ -253,6 +304,8 @@ class Hub:
         self.clients: set[Client] = set()
         self.rates = CrossRates(follower)
         self.feed_ok = True
+        self.dirty: list[Client] = []
+        self._flush_scheduled = False
         self._tick_task: asyncio.Task[None] | None = None
         follower.add_callback(self.on_message)
         follower.add_reset_callback(self.on_reset)
@@ -271,7 +324,20 @@ class Hub:
             if g.handle:
                 g.handle.cancel()
 
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every connection's queued frames: once per loop turn, one syscall each."""
+        self._flush_scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for c in dirty:
+            c.flush()
+
     def add_client(self, c: Client) -> None:
+        c.hub = self
         self.clients.add(c)
         c.next_hb = self.clock() + self.cfg.heartbeat_s
         m.CONNECTIONS.set(len(self.clients))
@@ -298,6 +364,19 @@ class Hub:
         if packed is None:
             packed = cache[0] = msgpack.packb(orjson.loads(raw))
         return packed
+
+    def _send(self, c: Client, raw: bytes, cache: list[bytes | None], force: bool = False) -> bool:
+        """Write one data message, its payload and frame built once per message and encoding.
+
+        ``cache`` is ``[msgpack payload, json frame, msgpack frame]`` for the current message.
+        """
+        if not c.raw_ok:
+            return c.write(self._payload(c, raw, cache), force)
+        i = 2 if c.binary else 1
+        f = cache[i]
+        if f is None:
+            f = cache[i] = frame(self._payload(c, raw, cache), c.binary)
+        return c.write(b"", force, framed=f)
 
     # ----------------------------------------------------------------- subscriptions
 
@@ -372,10 +451,10 @@ class Hub:
         if resync and reason:
             self.control(c, {"type": "resync", "channel": req.channel, "symbol": req.symbol,
                              "reason": reason, "seq": cur.seq, "epoch": cur.epoch})
-        cache: list[bytes | None] = [None]
+        cache: list[bytes | None] = [None, None, None]
         for raw in cur.messages:
-            cache[0] = None
-            c.write(self._payload(c, raw, cache), force=True)
+            cache = [None, None, None]
+            self._send(c, raw, cache, force=True)
         if req.currencies and cur.messages:
             self._converted(c, req, orjson.loads(cur.messages[-1]))
         sub.last, sub.epoch, sub.mode, sub.had_data = cur.seq, cur.epoch, Mode.LIVE, True
@@ -388,7 +467,7 @@ class Hub:
             cur = self.follower.current(STATUS, _sym)
             if cur is not None:
                 for raw in cur.messages:
-                    c.write(self._payload(c, raw, [None]), force=True)
+                    self._send(c, raw, [None, None, None], force=True)
         self.control(c, self._gateway_status())
         sub.mode, sub.had_data = Mode.LIVE, True
 
@@ -412,7 +491,7 @@ class Hub:
         status_all = self.index.get((STATUS, "*")) if channel == STATUS else None
         if not subs and not status_all:
             return
-        cache: list[bytes | None] = [None]
+        cache: list[bytes | None] = [None, None, None]
         slow: list[Sub] = []
         n = 0
         for sub in list(subs or ()):
@@ -427,7 +506,7 @@ class Hub:
                 if sub.group is not None:
                     continue  # the group was fed once below
                 c = sub.client
-                if not c.write(self._payload(c, raw, cache)):
+                if not self._send(c, raw, cache):
                     slow.append(sub)
                     continue
                 n += 1
@@ -440,7 +519,7 @@ class Hub:
                 else:
                     sub.held.append((seq, raw, parsed))
         for sub in list(status_all or ()):
-            if sub.mode is Mode.LIVE and not sub.client.write(self._payload(sub.client, raw, cache)):
+            if sub.mode is Mode.LIVE and not self._send(sub.client, raw, cache):
                 slow.append(sub)
         for g in self.groups_by_key.get((channel, symbol), ()):
             g.add(seq, raw, parsed)
@@ -505,12 +584,12 @@ class Hub:
         if item is None:
             return
         seq, raw, parsed = item
-        cache: list[bytes | None] = [None]
+        cache: list[bytes | None] = [None, None, None]
         slow: list[Sub] = []
         for sub in list(g.subs):
             if sub.mode is not Mode.LIVE or sub.client.closed:
                 continue
-            if not sub.client.write(self._payload(sub.client, raw, cache)):
+            if not self._send(sub.client, raw, cache):
                 slow.append(sub)
             elif sub.req.currencies:
                 self._converted(sub.client, sub.req, parsed)
@@ -611,7 +690,7 @@ class Hub:
                 return "reset"
             if entries and entries[0][0] != last + 1:
                 return "too_old" if last == since else "gap"
-            cache: list[bytes | None] = [None]
+            cache: list[bytes | None] = [None, None, None]
             for seq, e, raw in entries:
                 if seq != last + 1:
                     return "gap"
@@ -619,8 +698,8 @@ class Hub:
                     epoch = e
                 elif e != epoch:
                     return "epoch"
-                cache[0] = None
-                c.write(self._payload(c, raw, cache), force=True)
+                cache = [None, None, None]
+                self._send(c, raw, cache, force=True)
                 last = seq
                 if last - since > self.cfg.resume_max:
                     return "too_far"
@@ -637,7 +716,7 @@ class Hub:
                 return "too_old" if last == since else "gap"
             await asyncio.sleep(0.05)
         for seq, raw, _parsed in sub.held:
-            c.write(self._payload(c, raw, [None]), force=True)
+            self._send(c, raw, [None, None, None], force=True)
             last = seq
         sub.held.clear()
         sub.last, sub.epoch, sub.mode, sub.had_data = last, epoch, Mode.LIVE, True

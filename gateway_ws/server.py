@@ -198,6 +198,7 @@ class Gateway:
                 for ev in session.events_received():
                     self._on_event(client, ev)
                 if session.closing is not None:
+                    client.flush()
                     client.closed = True
                     await ws.close(session.closing.code, session.closing.reason)
                     break

@@ -33,10 +33,16 @@ class StreamChecker:
     ``observe(msg)`` returns ``None`` for a message that continues its stream (or starts it),
     or a string describing the gap/duplicate. A snapshot (``*_snapshot`` type), a message flagged
     ``resync``, a stream seen for the first time or a changed ``epoch`` restarts the count.
+
+    Subscription churn: after ``expect(key)`` (a subscribe was sent), messages of that stream
+    still in flight from an earlier subscription are ignored until the server's ``subscribed``
+    ack names it; the next message (the snapshot) then starts the count. A ``resync`` control
+    message restarts its stream too.
     """
 
     def __init__(self) -> None:
         self.last: dict[tuple[str, str], tuple[Any, int]] = {}
+        self.pending: set[tuple[str, str]] = set()
         self.gaps = 0
         self.duplicates = 0
         self.missed = 0
@@ -44,12 +50,36 @@ class StreamChecker:
     def forget(self, channel: str, symbol: str) -> None:
         self.last.pop((channel, symbol), None)
 
+    def expect(self, channel: str, symbol: str) -> None:
+        self.pending.add((channel, symbol))
+        self.last.pop((channel, symbol), None)
+
+    def reset(self) -> None:
+        self.last.clear()
+        self.pending.clear()
+
+    def _control(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind in ("subscribed", "unsubscribed"):
+            for name in msg.get("changed") or msg.get("channels") or []:
+                ch, _, sym = str(name).partition(":")
+                key = (ch, sym.split("@")[0].split("?")[0])
+                self.pending.discard(key)
+                self.last.pop(key, None)
+        elif kind == "resync":
+            self.forget(str(msg.get("channel")), str(msg.get("symbol")))
+
     def observe(self, msg: dict[str, Any]) -> str | None:
         seq = msg.get("seq")
         channel, symbol = msg.get("channel"), msg.get("symbol")
+        if msg.get("type") in ("subscribed", "unsubscribed", "resync"):
+            self._control(msg)
+            return None
         if not isinstance(seq, int) or not channel or not symbol:
             return None
         key = (channel, symbol)
+        if key in self.pending:  # in flight from before the (re)subscribe: not this subscription's
+            return None
         epoch = msg.get("epoch")
         prev = self.last.get(key)
         self.last[key] = (epoch, seq)

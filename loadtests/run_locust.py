@@ -127,7 +127,9 @@ SECTION_INTRO = f"""{SECTION}
 Written by `python -m loadtests.run_locust rest|ws` (`make load-rest-headless`, `make load-ws-headless`);
 one row per scenario and user count, the latest run replacing the previous one; every run's CSV
 files and HTML report are in `var/loadtests/<scenario>-<time>/` and all summaries in
-`var/loadtests/history.jsonl`. `rest`: requests per second and response time of the weighted
+`var/loadtests/history.jsonl`. "machine" ends with the 1-minute load average when the run
+started: on this shared 2-core machine other work competes with the run, and a load far above
+2 means the numbers measure contention more than the platform. `rest`: requests per second and response time of the weighted
 endpoint mix of `loadtests/locust_rest.py`. `ws`: data messages delivered per second to all
 clients and latency from each message's `timestamp` (aggregator publish) to receipt by the
 locust client, snapshots excluded; "seq gaps" counts breaks of `seq` continuity seen by clients.
@@ -148,6 +150,7 @@ def update_section(text: str, row: str, key: tuple[str, str]) -> str:
     section = text[start:end]
     if TABLE_START not in section:
         section = section.rstrip("\n") + f"\n\n{TABLE_START}\n{HEADER}\n{TABLE_END}\n"
+    section = SECTION_INTRO + "\n" + section[section.index(TABLE_START):]  # intro: always the current text
     t0 = section.index(TABLE_START) + len(TABLE_START)
     t1 = section.index(TABLE_END)
     rows = [r for r in section[t0:t1].strip().splitlines() if r.startswith("| ") and not r.startswith("| scenario")
@@ -184,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[load] {problem}", file=sys.stderr)
         return 2
     when = datetime.now(UTC)
+    load_at_start = os.getloadavg()[0]  # other work on the machine skews every number: recorded
     run_dir = OUT / f"{args.scenario}-{when:%Y%m%dT%H%M%SZ}"
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_file = run_dir / "summary.json"
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[load] locust exited {proc.returncode} without a summary (see output above)", file=sys.stderr)
         return proc.returncode or 1
     s = json.loads(summary_file.read_text())
-    sha, mach = commit(), machine()
+    sha, mach = commit(), f"{machine()}, load {load_at_start:.1f}"
     record = {"scenario": args.scenario, "users": users, "run_time": args.run_time, "host": host,
               "when": when.isoformat(), "commit": sha, "machine": mach, "wall_s": round(time.monotonic() - t0, 1), **s}
     with (OUT / "history.jsonl").open("a") as f:

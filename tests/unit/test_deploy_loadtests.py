@@ -63,6 +63,29 @@ def test_streams_are_independent_per_channel_and_symbol() -> None:
     assert c.observe(msg(50, channel="trades", type_="trade")) is None  # resubscribed: new baseline
 
 
+def test_resubscribe_ignores_in_flight_messages_until_the_ack() -> None:
+    c = StreamChecker()
+    t = {"channel": "ticker", "type_": "ticker", "symbol": "LTC-USD"}
+    assert c.observe(msg(7000, **t)) is None
+    c.forget("ticker", "LTC-USD")  # unsubscribed
+    assert c.observe(msg(7001, **t)) is None  # in flight: becomes the baseline...
+    c.expect("ticker", "LTC-USD")  # ...until subscribed again
+    assert c.observe(msg(7002, **t)) is None  # still in flight from the old subscription: ignored
+    c.observe({"type": "subscribed", "changed": ["ticker:LTC-USD"], "subscriptions": ["ticker:LTC-USD"]})
+    assert c.observe(msg(7398, **t)) is None  # the snapshot (a plain ticker) starts the count
+    assert c.observe(msg(7399, **t)) is None
+    assert c.observe(msg(7401, **t))  # a real gap is still caught
+    assert c.gaps == 1
+
+
+def test_resync_control_message_restarts_its_stream() -> None:
+    c = StreamChecker()
+    c.observe(msg(1, channel="trades", type_="trade"))
+    c.observe({"type": "resync", "channel": "trades", "symbol": "BTC-USD", "reason": "gap", "seq": 90})
+    assert c.observe(msg(90, channel="trades", type_="trade")) is None
+    assert c.gaps == 0
+
+
 def test_non_data_messages_are_ignored() -> None:
     c = StreamChecker()
     assert c.observe({"type": "subscribed", "channels": ["l2:BTC-USD"]}) is None
@@ -120,3 +143,10 @@ def test_row_replaced_per_scenario_and_users_other_sections_untouched() -> None:
 def test_empty_file_gets_a_title() -> None:
     out = update_section("", _row("ws", 5), ("ws", "5"))
     assert out.startswith("# Benchmarks\n")
+
+
+def test_notes_after_the_table_are_kept_and_the_intro_refreshed() -> None:
+    doc = update_section("# Benchmarks\n", _row("ws", 5), ("ws", "5"))
+    doc = doc.replace("Written by", "OLD INTRO Written by") + "\nA note under the table.\n"
+    doc = update_section(doc, _row("ws", 5, p99=7), ("ws", "5"))
+    assert "OLD INTRO" not in doc and "A note under the table." in doc

@@ -56,6 +56,10 @@ class RestConfig:
     tiers: dict[str, Tier] = field(default_factory=lambda: dict(DEFAULT_TIERS))
     catalogue_ttl_s: float = 1.0  # in-process catalogue cache: /symbols and 404 checks
     key_header: str = "X-API-Key"
+    # serve a cached orderbook/ticker body again for this long without asking Redis (0 = off);
+    # the body still carries its seq, so a client sees exactly how fresh it is
+    microcache_ms: int = 0
+    fast_path: bool = True
 
     @classmethod
     def from_settings(cls, s: Settings) -> RestConfig:
@@ -78,4 +82,6 @@ class RestConfig:
             require_key=s.get("MD_REST_REQUIRE_KEY", parse_bool, False),
             api_keys=s.get("MD_REST_API_KEYS", _keys, {}),
             tiers=tiers,
+            microcache_ms=s.get("MD_REST_MICROCACHE_MS", int, 10),
+            fast_path=s.get("MD_REST_FAST_PATH", parse_bool, True),
         )

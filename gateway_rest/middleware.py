@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_rest.config import RestConfig, Tier
+from gateway_rest.fastpath import ROUTES, FastPath
 from gateway_rest.ratelimit import Decision, RateLimiter
 from gateway_rest.store import MarketStore
 
@@ -62,6 +63,7 @@ class GatewayMiddleware:
         self.limiter = limiter
         self.store = store
         self._key_header = config.key_header.lower().encode()
+        self.fast = FastPath(config, store) if config.fast_path else None
 
     def _client(self, scope: Scope) -> str:
         client = scope.get("client")
@@ -73,6 +75,7 @@ class GatewayMiddleware:
             return
         t0 = time.perf_counter()
         status_box = [500]
+        fast_route: str | None = None
         path: str = scope.get("path", "")
         rl_headers: list[tuple[bytes, bytes]] = []
         try:
@@ -83,6 +86,29 @@ class GatewayMiddleware:
                     await send(denied[0])
                     await send(denied[1])
                     return
+                if self.fast is not None and scope.get("method") == "GET":
+                    m = self.fast.match(path)
+                    if m is not None:
+                        tier = scope["state"]["tier"]
+                        body = await self.fast.answer(
+                            m[1], m[0], scope.get("query_string", b""), tier
+                        )
+                        if body is not None:
+                            fast_route = ROUTES[m[1]]
+                            status_box[0] = 200
+                            await send(
+                                {
+                                    "type": "http.response.start",
+                                    "status": 200,
+                                    "headers": [
+                                        (b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()),
+                                        *rl_headers,
+                                    ],
+                                }
+                            )
+                            await send({"type": "http.response.body", "body": body})
+                            return
 
             async def send_wrapper(message: Message) -> None:
                 if message["type"] == "http.response.start":
@@ -96,7 +122,7 @@ class GatewayMiddleware:
             # the route template (``/api/v1/market/{symbol}/orderbook``), never the raw path:
             # label cardinality stays bounded whatever clients send
             route = scope.get("route")
-            name = str(getattr(route, "path", "unmatched")).replace(":path}", "}")
+            name = fast_route or str(getattr(route, "path", "unmatched")).replace(":path}", "}")
             REQUESTS.labels(name, scope.get("method", ""), str(status_box[0])).inc()
             LATENCY.labels(name).observe(time.perf_counter() - t0)
 

@@ -1,0 +1,95 @@
+"""Fast path for the two hottest reads, ``/{symbol}/orderbook`` and ``/{symbol}/ticker``.
+
+FastAPI's per-request dependency solving and routing cost more than the Redis read itself
+(docs/benchmarks.md). For the well-formed common case (a known symbol, ``depth`` a plain
+integer, ``level`` absent or 2, data cached) this answers directly with the cached bytes. Every
+other case (a bad parameter, unknown symbol, no data, Redis down, level=3) returns ``None`` and
+the request falls through to the FastAPI route, which produces the documented answer or error,
+so the API, its errors and its OpenAPI document stay exactly those of :mod:`gateway_rest.app`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from urllib.parse import unquote
+
+from core.cache_keys import book_depths
+from core.errors import SymbolError
+from core.symbols import normalize_symbol
+from gateway_rest.config import RestConfig, Tier
+from gateway_rest.store import MarketStore, NotCached, Unavailable
+
+_PATH = re.compile(r"^/api/v1/market/(.+)/(orderbook|ticker)$")
+ROUTES = {
+    "orderbook": "/api/v1/market/{symbol}/orderbook",
+    "ticker": "/api/v1/market/{symbol}/ticker",
+}
+
+
+class FastPath:
+    def __init__(self, config: RestConfig, store: MarketStore) -> None:
+        self.config = config
+        self.store = store
+        self.depths = book_depths(config.book_depth)
+        self._micro: dict[tuple[str, int], tuple[float, bytes]] = {}
+        self.micro_s = config.microcache_ms / 1000.0
+
+    def match(self, path: str) -> tuple[str, str] | None:
+        m = _PATH.match(path)
+        return (m[1], m[2]) if m else None
+
+    def _depth(self, qs: bytes) -> int | None:
+        """``depth`` from a query string with nothing else of interest; None = not for us."""
+        depth = 20
+        if not qs:
+            return depth
+        for part in qs.split(b"&"):
+            k, _, v = part.partition(b"=")
+            if k == b"depth" and v.isdigit() and len(v) < 9 and int(v) >= 1:
+                depth = int(v)
+            elif k == b"level" and v == b"2":
+                continue
+            else:
+                return None
+        return depth
+
+    async def answer(self, kind: str, raw_symbol: str, qs: bytes, tier: Tier) -> bytes | None:
+        try:
+            sym = normalize_symbol(unquote(raw_symbol))
+        except SymbolError:
+            return None
+        try:
+            cat = await self.store.catalogue()
+        except Unavailable:
+            return None
+        if sym not in cat:
+            return None
+        if kind == "orderbook":
+            depth = self._depth(qs)
+            if depth is None:
+                return None
+            depth = min(depth, self.config.book_depth, tier.max_depth)
+        elif qs:
+            return None
+        else:
+            depth = 0
+        key = (sym if kind == "orderbook" else "t:" + sym, depth)
+        if self.micro_s > 0:
+            hit = self._micro.get(key)
+            if hit is not None and time.monotonic() - hit[0] < self.micro_s:
+                return hit[1]
+        try:
+            if kind == "orderbook":
+                if not self.store.redis_available():
+                    return None  # the route answers from the database
+                body = await self.store.book(sym, depth, self.depths)
+            else:
+                body = await self.store.string(self.store.keys.ticker(sym), "ticker")
+        except (NotCached, Unavailable):
+            return None
+        if self.micro_s > 0:
+            if len(self._micro) > 10_000:  # bound: symbols x depths actually requested
+                self._micro.clear()
+            self._micro[key] = (time.monotonic(), body)
+        return body

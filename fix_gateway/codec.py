@@ -17,6 +17,7 @@ Frames may arrive split or joined across TCP reads in any way.
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -173,28 +174,39 @@ def encode(
     return frame(msg_type, b"", encode_fields(fields), begin_string=begin_string)
 
 
+_ts_cache: tuple[int, str] = (-1, "")
+
+
 def utc_timestamp(ns: int | None = None) -> str:
-    """UTCTimestamp (FIX 4.4 Vol. 1) with milliseconds: ``YYYYMMDD-HH:MM:SS.sss``."""
+    """UTCTimestamp (FIX 4.4 Vol. 1) with milliseconds: ``YYYYMMDD-HH:MM:SS.sss``.
+
+    The seconds part is formatted once per second (this runs once per message sent)."""
+    global _ts_cache
     if ns is None:
         ns = time.time_ns()
     s, rem = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y%m%d-%H:%M:%S", time.gmtime(s)) + f".{rem // 1_000_000:03d}"
+    if _ts_cache[0] != s:
+        _ts_cache = (s, time.strftime("%Y%m%d-%H:%M:%S", time.gmtime(s)))
+    return f"{_ts_cache[1]}.{rem // 1_000_000:03d}"
 
 
 def parse_utc_timestamp(text: str) -> int:
     """Nanoseconds since the epoch from ``YYYYMMDD-HH:MM:SS[.sss[sss]]``; ValueError if malformed."""
     if len(text) < 17 or text[8] != "-" or text[11] != ":" or text[14] != ":":
         raise ValueError(f"not a UTCTimestamp: {text!r}")
-    base = time.strptime(text[:17], "%Y%m%d-%H:%M:%S")
+    d, hh, mm, ss = text[:8], text[9:11], text[12:14], text[15:17]
+    if not (d.isdigit() and hh.isdigit() and mm.isdigit() and ss.isdigit()):
+        raise ValueError(f"not a UTCTimestamp: {text!r}")
+    y, mo, day, h, mi, sec = int(d[:4]), int(d[4:6]), int(d[6:]), int(hh), int(mm), int(ss)
+    if not (1 <= mo <= 12 and 1 <= day <= 31 and h < 24 and mi < 60 and sec <= 60):
+        raise ValueError(f"not a UTCTimestamp: {text!r}")
     frac = 0
     if len(text) > 17:
-        if text[17] != "." or not text[18:].isdigit() or len(text) > 27:
-            raise ValueError(f"not a UTCTimestamp: {text!r}")
         digits = text[18:]
+        if text[17] != "." or not digits.isdigit() or len(digits) > 9:
+            raise ValueError(f"not a UTCTimestamp: {text!r}")
         frac = int(digits.ljust(9, "0"))
-    import calendar
-
-    return calendar.timegm(base) * 1_000_000_000 + frac
+    return calendar.timegm((y, mo, day, h, mi, sec, 0, 0, 0)) * 1_000_000_000 + frac
 
 
 def _split_body(body: bytes) -> tuple[Fields, FieldError | None]:

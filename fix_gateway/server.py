@@ -75,6 +75,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.logged_on = False
+        self._flush_scheduled = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -100,11 +101,15 @@ class Connection(asyncio.Protocol):
 
     # application side (marketdata.Sink)
     def send_app(self, msg_type: str, body: Body) -> None:
+        """Queue an application message; the bytes go out once per event-loop pass (one store
+        flush and one socket write for all the messages a Kafka batch produced)."""
         try:
             self.session.send(msg_type, body)
         except SessionMisuse:
             return
-        self._flush()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def tick(self) -> None:
         self.session.tick()
@@ -112,6 +117,7 @@ class Connection(asyncio.Protocol):
 
     # internals
     def _flush(self) -> None:
+        self._flush_scheduled = False
         out = self.session.data_to_send()
         t = self.transport
         if out and t is not None and not t.is_closing():

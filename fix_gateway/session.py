@@ -165,7 +165,10 @@ class FixSession:
         return self.state is State.CLOSED
 
     def data_to_send(self) -> list[bytes]:
+        """Bytes to write, in order. The store has the sent messages flushed before they are returned."""
         out, self._out = self._out, []
+        if out and self.store is not None:
+            self.store.flush()
         return out
 
     def events_received(self) -> list[SessionEvent]:

@@ -8,8 +8,10 @@ answered with the original sequence numbers.
 
 - ``messages.log``: one record per sent message, ``<seq> <msgtype> <SendingTime> <len>\\n`` then
   the body bytes (the fields after 52, before 10) and ``\\n``; the next sender seq is the last
-  record's seq + 1. Appends are flushed to the OS at once (a process crash loses nothing; a
-  power loss may lose the tail, which a peer heals with a ResendRequest or a reset).
+  record's seq + 1. Appends are buffered and flushed to the OS (``flush()``) before the
+  transport writes the same messages to the socket, once per event-loop pass: a process crash
+  loses nothing a peer has seen; a power loss may lose the tail (no fsync), which a peer heals
+  with a ResendRequest or a reset.
 - ``target_seq``: the next MsgSeqNum expected from the peer, replaced atomically.
 - ``created``: when the sequence was (re)started, for the reset schedule.
 """
@@ -37,6 +39,7 @@ class Store(Protocol):
     created_ns: int
 
     def save(self, seq: int, msg_type: str, sending_time: str, body: bytes) -> None: ...
+    def flush(self) -> None: ...
     def set_next_target(self, seq: int) -> None: ...
     def set_next_sender(self, seq: int) -> None: ...
     def get(self, begin: int, end: int) -> list[Stored]: ...
@@ -56,6 +59,9 @@ class MemoryStore:
     def save(self, seq: int, msg_type: str, sending_time: str, body: bytes) -> None:
         self.messages[seq] = Stored(seq, msg_type, sending_time, body)
         self.next_sender_seq = seq + 1
+
+    def flush(self) -> None:
+        pass
 
     def set_next_target(self, seq: int) -> None:
         self.next_target_seq = seq
@@ -133,9 +139,13 @@ class FileStore:
             b"%d %s %s %d\n" % (seq, msg_type.encode(), sending_time.encode(), len(body))
         )
         self._log.write(body + b"\n")
-        self._log.flush()
         self._index[seq] = offset
         self.next_sender_seq = seq + 1
+
+    def flush(self) -> None:
+        """Hand buffered records to the OS. The transport calls it before writing the same
+        messages to the socket, so a peer never sees a message a restart would not know."""
+        self._log.flush()
 
     def set_next_target(self, seq: int) -> None:
         self.next_target_seq = seq
@@ -145,6 +155,7 @@ class FileStore:
         self.next_sender_seq = seq
 
     def get(self, begin: int, end: int) -> list[Stored]:
+        self._log.flush()
         out: list[Stored] = []
         with open(self._log_path, "rb") as f:
             for seq in range(begin, end + 1):

@@ -50,8 +50,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "ws": {
         "file": "loadtests/locust_ws.py",
         "host": f"ws://127.0.0.1:{os.environ.get('MD_WS_PORT', '8001')}",
-        "users": 50,
-        "spawn_rate": 25,
+        "users": 20,
+        "spawn_rate": 10,
         "unit": "msg/s",
     },
 }

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install infra infra-down run up stop logs test test-unit test-integration lint format typecheck clean \
+.PHONY: install infra infra-down run up stop stop-services logs test test-unit test-integration lint format typecheck clean \
         bench bench-aggregator bench-fanout bench-rest load-rest load-ws load-rest-headless load-ws-headless
 
 install:            ## install what is missing (Debian packages, .venv, Kafka jars)
@@ -23,6 +23,9 @@ up: install         ## the whole platform in the background; returns when every 
 
 stop:               ## stop what `make up` started
 	@deploy/local/stack.sh stop
+
+stop-services:      ## stop the services, keep Kafka, PostgreSQL and Redis running
+	@deploy/local/stack.sh stop-services
 
 logs:
 	@deploy/local/stack.sh logs

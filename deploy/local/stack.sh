@@ -3,6 +3,7 @@
 #   stack.sh run    infra + every service in the foreground; Ctrl-C / SIGTERM stops all cleanly
 #   stack.sh up     the same in the background; returns once every service answers /health
 #   stack.sh stop   stops what `up` started (services, then Kafka, PostgreSQL, Redis)
+#   stack.sh stop-services   stops the services only, keeps Kafka, PostgreSQL and Redis
 #   stack.sh logs   where the logs are
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 HERE="$ROOT/deploy/local"
@@ -11,10 +12,11 @@ SVC_LOG="$VAR/log/services"
 mkdir -p "$SVC_RUN" "$SVC_LOG"
 
 services() { grep -v '^\s*#' "$HERE/services.conf" | grep -v '^\s*$'; }
-field() { echo "$1" | cut -d'|' -f"$2" | sed 's/^ *//;s/ *$//'; }
+# fields may name ${MD_...:-default} variables so ports follow the environment
+field() { eval "echo \"$(echo "$1" | cut -d'|' -f"$2" | sed 's/^ *//;s/ *$//')\""; }
 
-start_one() {  # name cmd [instance]
-  local name=$1 cmd=$2 tag=${3:-$1}
+start_one() {  # name cmd
+  local name=$1 cmd=$2 tag=$1
   if pid_alive "$SVC_RUN/$tag.pid"; then log "$tag already running"; return; fi
   # shellcheck disable=SC2086
   (cd "$ROOT" && exec setsid "$ROOT/.venv/bin/"$cmd >>"$SVC_LOG/$tag.log" 2>&1) &
@@ -38,7 +40,7 @@ PY
 
 start_all() {
   "$HERE/infra.sh" up
-  local line name url cmd n i
+  local line name url cmd n
   n="${MD_WS_PROCESSES:-$(nproc)}"
   while IFS= read -r line; do
     name=$(field "$line" 1); url=$(field "$line" 2); cmd=$(field "$line" 3)
@@ -47,11 +49,7 @@ start_all() {
       (cd "$ROOT" && "$ROOT/.venv/bin/"$cmd >>"$SVC_LOG/$name.log" 2>&1) || die "$name failed (see $SVC_LOG/$name.log)"
       continue
     fi
-    if [[ "$name" == gateway_ws ]]; then
-      for ((i = 1; i <= n; i++)); do start_one "$name" "$cmd" "$name-$i"; done
-    else
-      start_one "$name" "$cmd"
-    fi
+    start_one "$name" "$cmd"
   done < <(services)
   while IFS= read -r line; do
     name=$(field "$line" 1); url=$(field "$line" 2)
@@ -64,7 +62,7 @@ start_all() {
   WebSocket   ws://127.0.0.1:${MD_WS_PORT:-8001}/ws   ($n processes)
   FIX 4.4     127.0.0.1:${MD_FIX_PORT:-9876}  SenderCompID=CLIENT1 TargetCompID=MDGW
   Kafka       127.0.0.1:$KAFKA_PORT   PostgreSQL 127.0.0.1:$PG_PORT   Redis 127.0.0.1:$REDIS_PORT
-  metrics     aggregator :8011  storage :8012  simulator :8013  fix :8014  (/metrics, /health)
+  metrics     aggregator :${MD_AGGREGATOR_HTTP_PORT:-8011}  storage :${MD_STORAGE_HTTP_PORT:-8012}  simulator :${MD_SIMULATOR_HTTP_PORT:-8013}  fix :${MD_FIX_HTTP_PORT:-8014}  (/metrics, /health)
   logs        $SVC_LOG/
 MSG
 }
@@ -98,9 +96,10 @@ case "${1:-}" in
     ;;
   up) start_all ;;
   stop) stop_services; "$HERE/infra.sh" down ;;
+  stop-services) stop_services ;;
   logs)
     echo "service logs (JSON lines): $SVC_LOG/"; ls -1 "$SVC_LOG" 2>/dev/null | sed 's/^/  /'
     echo "Kafka: $VAR/log/kafka/server.log  PostgreSQL: $VAR/log/postgres.log  Redis: $VAR/log/redis.log"
     echo "follow all: tail -F $SVC_LOG/*.log" ;;
-  *) die "usage: stack.sh run|up|stop|logs" ;;
+  *) die "usage: stack.sh run|up|stop|stop-services|logs" ;;
 esac

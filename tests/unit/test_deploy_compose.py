@@ -63,6 +63,7 @@ def load_services_conf(path: Path = SERVICES_CONF) -> list[ConfService]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, url, cmd = (p.strip() for p in line.split("|"))
+        url = re.sub(r"\$\{MD_[A-Z0-9_]+:-([^}]*)\}", r"\1", url)  # ${MD_X_PORT:-8011} -> its default
         out.append(ConfService(name, None if url == "-" else url, tuple(shlex.split(cmd))))
     assert out, f"no services in {path}"
     return out

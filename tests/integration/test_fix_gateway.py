@@ -248,3 +248,87 @@ async def test_restart_continues_sequence_numbers_and_resends(
         assert resent[:3] == [("4", "1", "Y"), ("y", "2", "Y"), ("4", "3", "Y")]
         assert msgs[2].get(320) == "before" and msgs[2].get(122)
         await c.logout()
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_tls_and_configured_password_session(
+    settings: Settings, env_for: dict[str, str], tmp_path: Path
+) -> None:
+    import ssl
+
+    async with Publisher(settings) as pub:
+        await pub.seed(Platform("BTC-USD"))
+    cert, key = self_signed(tmp_path)
+    sessions = tmp_path / "sessions.toml"
+    sessions.write_text('[[session]]\nsender_comp_id = "FUND7"\npassword = "s3cret"\n')
+    env = {
+        **env_for,
+        "MD_FIX_TLS_CERT": str(cert),
+        "MD_FIX_TLS_KEY": str(key),
+        "MD_FIX_SESSIONS_FILE": str(sessions),
+    }
+    async with gateway(env, free_port(), free_port(), tmp_path / "store") as gw:
+
+        def logon(password: str, use_tls: bool = True) -> list[Message]:
+            ctx = ssl.create_default_context(cafile=str(cert))
+            with socket.create_connection(("127.0.0.1", gw.fix_port)) as raw_sock:
+                s = ctx.wrap_socket(raw_sock, server_hostname="localhost") if use_tls else raw_sock
+                s.sendall(
+                    encode(
+                        "A",
+                        [
+                            (49, "FUND7"),
+                            (56, "MDGW"),
+                            (34, 1),
+                            (52, utc_timestamp()),
+                            (98, 0),
+                            (108, 30),
+                            (141, "Y"),
+                            (554, password),
+                        ],
+                    )
+                )
+                try:
+                    return recv_msgs(s, Parser(), 1, limit=3)
+                except OSError:
+                    return []
+
+        ok = await asyncio.to_thread(logon, "s3cret")
+        assert [m.msg_type for m in ok] == ["A"]
+        bad = await asyncio.to_thread(logon, "wrong")
+        assert [m.msg_type for m in bad] == ["5"] and "Password" in (bad[0].get(58) or "")
+        plain_tcp = await asyncio.to_thread(logon, "s3cret", False)
+        assert plain_tcp == []  # TLS only: a plaintext Logon gets nothing

@@ -486,3 +486,36 @@ def test_reset_schedule_resets_sequence_at_logon() -> None:
     acc2.receive_data(raw("A", 1, clock, (98, 0), (108, 30)))
     out = decode(acc2.data_to_send())
     assert out[0].msg_type == "A" and out[0].get(34) == "1"
+
+
+# --- configuration --------------------------------------------------------------------------------------
+def test_sessions_file(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+    from fix_gateway.config import GatewayConfig, load_sessions
+
+    f = tmp_path / "s.toml"
+    f.write_text(
+        '[defaults]\nreset_time = "17:30"\n'
+        '[[session]]\nsender_comp_id = "FUND7"\npassword = "pw"\n'
+        '[[session]]\nsender_comp_id = "FUND8"\ntarget_comp_id = "MDGW2"\nhmac_key = "a2V5"\nreset_time = ""\n'
+    )
+    s = load_sessions(f)
+    assert s[("FUND7", "MDGW")].password == "pw" and s[("FUND7", "MDGW")].reset_time == (17, 30)
+    assert s[("FUND8", "MDGW2")].hmac_key == b"key" and s[("FUND8", "MDGW2")].reset_time is None
+    f.write_text('[[session]]\nsender_comp_id = "X"\nreset_time = "25:00"\n')
+    with pytest.raises(ConfigError) as e:
+        load_sessions(f)
+    assert "reset_time" in e.value.key
+    f.write_text("[defaults]\n")
+    with pytest.raises(ConfigError):
+        load_sessions(f)
+    from core.settings import Settings
+
+    cfg = GatewayConfig.from_settings(Settings.from_env({}))
+    assert (
+        list(cfg.sessions) == [("CLIENT1", "MDGW")]
+        and cfg.sessions[("CLIENT1", "MDGW")].password is None
+    )
+    with pytest.raises(ConfigError) as e:
+        GatewayConfig.from_settings(Settings.from_env({"MD_FIX_TLS_KEY": "k.pem"}))
+    assert e.value.key == "MD_FIX_TLS_CERT"

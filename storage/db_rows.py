@@ -30,7 +30,9 @@ def dt_from_ns(ns: int) -> datetime:
     return datetime.fromtimestamp(s, UTC).replace(microsecond=rem // 1000)
 
 
-TradeRow = tuple[str, str, datetime, Decimal, Decimal, str, int, int]
+# trades travel as (symbol, trade_id, time in µs since the epoch, price, size, side, seq, epoch):
+# text and integers are what asyncpg's COPY encodes fastest; the database casts them once
+TradeRow = tuple[str, str, int, str, str, str, int, int]
 CandleRow = tuple[
     str, str, datetime, Decimal, Decimal, Decimal, Decimal, Decimal, int, bool, int, int
 ]
@@ -62,6 +64,7 @@ class RowBuilder:
         self.l2_every_ns = max(1, l2_every_s) * 1_000_000_000
         self.l2_depth = l2_depth
         self._l2_bucket: dict[str, int] = {}  # symbol -> last sampled bucket
+        self._sec_cache: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch seconds
 
     def add(
         self,
@@ -85,6 +88,8 @@ class RowBuilder:
                 elif k.startswith("status:"):
                     self._status(b, parse_envelope(value))
                 return  # other snapshot keys: the streams carry them
+            if self._trade_fast(b, value):
+                return
             env = parse_envelope(value)
             if env.channel == "trades":
                 for t in trades_of(env):
@@ -92,9 +97,9 @@ class RowBuilder:
                         (
                             t.symbol,
                             t.trade_id,
-                            dt_from_ns(t.ts_ns),
-                            Decimal(t.price),
-                            Decimal(t.size),
+                            t.ts_ns // 1000,
+                            t.price,
+                            t.size,
                             t.side,
                             t.seq,
                             t.epoch,
@@ -106,6 +111,54 @@ class RowBuilder:
                 self._status(b, env)
         except (BadRecord, CodecError, ValueError, KeyError, TypeError, ArithmeticError):
             b.bad += 1
+
+    def _trade_fast(self, b: RowBatch, value: bytes) -> bool:
+        """The hot case, one ``trade`` message, without building an Envelope (about 3x cheaper).
+        Returns False for anything else, which then takes the general path."""
+        m = orjson.loads(value)
+        if not isinstance(m, dict) or m.get("type") != "trade" or m.get("channel") != "trades":
+            return False
+        d = m.get("data")
+        if not isinstance(d, dict):
+            return False
+        tid, price, size, side, t = (
+            d.get("trade_id"),
+            d.get("price"),
+            d.get("size"),
+            d.get("side"),
+            d.get("time"),
+        )
+        seq, epoch, sym = m.get("seq"), m.get("epoch"), m.get("symbol")
+        if not (
+            isinstance(tid, str)
+            and tid
+            and isinstance(price, str)
+            and isinstance(size, str)
+            and side in ("buy", "sell")
+            and isinstance(t, str)
+            and type(seq) is int
+            and type(epoch) is int
+            and isinstance(sym, str)
+        ):
+            return False  # the general path validates and counts it
+        p, q = Decimal(price), Decimal(size)  # raises on garbage: counted as bad
+        if not (p.is_finite() and q.is_finite()):
+            raise BadRecord("price/size not finite")
+        b.trades.append((sym, tid, self._us(t), price, size, side, seq, epoch))
+        return True
+
+    def _us(self, t: str) -> int:
+        """µs since the epoch of ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; the seconds part is cached
+        (a batch's trades share few seconds), other spellings take the general parser."""
+        if len(t) == 27 and t[19] == "." and t[26] == "Z" and t[20:26].isdigit():
+            sec = self._sec_cache.get(t[:19])
+            if sec is None:
+                if len(self._sec_cache) > 4096:
+                    self._sec_cache.clear()
+                sec = ns_from_iso(t[:19] + "Z") // 1_000_000_000
+                self._sec_cache[t[:19]] = sec
+            return sec * 1_000_000 + int(t[20:26])
+        return ns_from_iso(t) // 1000
 
     def _candle(self, b: RowBatch, env: Envelope) -> None:
         c = candle_of(env)

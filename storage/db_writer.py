@@ -43,9 +43,22 @@ log = logging.getLogger(__name__)
 
 TRADE_COLS = ["symbol", "trade_id", "ts", "price", "size", "side", "seq", "epoch"]
 
-SQL_STAGE = "CREATE TEMP TABLE IF NOT EXISTS trades_stage (LIKE trades) ON COMMIT DELETE ROWS"
-SQL_TRADES = f"INSERT INTO trades ({', '.join(TRADE_COLS)}) SELECT {', '.join(TRADE_COLS)} FROM trades_stage ON CONFLICT DO NOTHING"
-SQL_TRADE_ONE = f"INSERT INTO trades ({', '.join(TRADE_COLS)}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING"
+# staging columns are text / bigint (cheapest for COPY to encode); the INSERT casts once, in C
+STAGE_COLS = ["symbol", "trade_id", "ts_us", "price", "size", "side", "seq", "epoch"]
+SQL_STAGE = """CREATE TEMP TABLE IF NOT EXISTS trades_stage (
+  symbol text, trade_id text, ts_us bigint, price text, size text, side text, seq bigint, epoch bigint
+) ON COMMIT DELETE ROWS"""
+_TS = "timestamptz 'epoch' + {} * interval '1 microsecond'"
+SQL_TRADES = (
+    f"INSERT INTO trades ({', '.join(TRADE_COLS)}) "
+    f"SELECT symbol, trade_id, {_TS.format('ts_us')}, price::numeric, size::numeric, side, seq, epoch "
+    "FROM trades_stage ON CONFLICT DO NOTHING"
+)
+SQL_TRADE_ONE = (
+    f"INSERT INTO trades ({', '.join(TRADE_COLS)}) "
+    f"VALUES ($1, $2, {_TS.format('$3::bigint')}, $4::text::numeric, $5::text::numeric, $6, $7, $8) "
+    "ON CONFLICT DO NOTHING"
+)
 SQL_CANDLES = """
 INSERT INTO candles AS c (symbol, interval, bucket, open, high, low, close, volume, trades, closed, seq, epoch,
                           vwap)
@@ -162,7 +175,7 @@ class DbWriter:
         t = c = s = y = 0
         if b.trades:
             await conn.execute(SQL_STAGE)
-            await conn.copy_records_to_table("trades_stage", records=b.trades, columns=TRADE_COLS)
+            await conn.copy_records_to_table("trades_stage", records=b.trades, columns=STAGE_COLS)
             t = _count(await conn.execute(SQL_TRADES))
         if b.candles:
             rows = [r for _, r in b.candles.values()]

@@ -190,3 +190,46 @@ def test_row_builder_merges_candles_and_samples_snapshots() -> None:
         ("p.snapshot", 1): 21,
         ("p.trades", 2): 8,
     }
+
+
+def test_trade_rows_fast_path_matches_general_parser() -> None:
+    from core.codec import ns_from_iso
+
+    rb = RowBuilder(snapshot_topic="p.snapshot")
+    for t in ("2026-11-24T06:51:12.123456Z", "1970-01-01T00:00:00.000001Z", "2026-11-24T06:51:12Z"):
+        assert rb._us(t) == rb._us(t) == ns_from_iso(t) // 1000
+    b = RowBatch()
+    good = T.trade(S, 5, "abc", "100.10", "0.5000", "sell", ts_ns=1_795_503_072_123_456_000)
+    rb.add(b, "p.trades", 0, 0, None, good)
+    assert b.trades == [(S, "abc", 1_795_503_072_123_456, "100.10", "0.5000", "sell", 5, T.EPOCH)]
+    for bad in (
+        T.trade(S, 6, "x", "NaN", "1"),
+        T.trade(S, 7, "y", "1e", "1"),
+        T.trade(S, 8, "", "1", "1"),
+    ):
+        rb.add(b, "p.trades", 0, 1, None, bad)
+    assert b.bad == 3 and len(b.trades) == 1
+    # a list of trades in one message takes the general path
+    rb.add(
+        b,
+        "p.trades",
+        0,
+        2,
+        None,
+        T.msg(
+            "trade",
+            "trades",
+            S,
+            9,
+            [
+                {
+                    "trade_id": "l1",
+                    "price": "1",
+                    "size": "1",
+                    "side": "buy",
+                    "time": "2026-11-24T00:00:00.000000Z",
+                }
+            ],
+        ),
+    )
+    assert b.trades[-1][1] == "l1" and b.bad == 3

@@ -94,6 +94,8 @@ class MarketDataApp:
         self.syms: dict[str, _Symbol] = {}
         self.subs: dict[Sink, dict[str, Subscription]] = {}
         self.by_symbol: dict[str, dict[tuple[Sink, str], Subscription]] = {}
+        # snapshot-only requests (263=0) for a symbol whose book is not synced yet
+        self.pending: dict[str, list[tuple[Sink, Subscription]]] = {}
         self.security_list_id = 0
         self.counters: dict[str, int] = {
             "md_rejects": 0,
@@ -132,6 +134,9 @@ class MarketDataApp:
         s.w_cache.clear()
         for (sink, _), sub in list(self.by_symbol.get(symbol, {}).items()):
             if sub.types & BOOK_TYPES or not sub.incremental:
+                self._send_w(sink, sub, symbol)
+        for sink, sub in self.pending.pop(symbol, []):
+            if sink in self.subs:
                 self._send_w(sink, sub, symbol)
 
     def on_l2_update(self, symbol: str, seq: int, changes: Iterable[Iterable[str]]) -> None:
@@ -310,6 +315,8 @@ class MarketDataApp:
 
     # ------------------------------------------------------------------ session side
     def drop_session(self, sink: Sink) -> None:
+        for sym, waiting in list(self.pending.items()):
+            self.pending[sym] = [(k, s) for k, s in waiting if k is not sink]
         for req_id, sub in self.subs.pop(sink, {}).items():
             for sym in sub.symbols:
                 self.by_symbol.get(sym, {}).pop((sink, req_id), None)
@@ -427,6 +434,8 @@ class MarketDataApp:
         for sym in symbols:
             if self.ready(sym, sub.types):
                 self._send_w(sink, sub, sym)
+            elif srt == "0":
+                self.pending.setdefault(sym, []).append((sink, sub))
             # else: the W goes out from on_l2_snapshot when the book is first synced
 
     def _on_security_list_request(self, sink: Sink, msg: Message) -> None:

@@ -40,8 +40,8 @@ def fixclient_jar() -> Path:
     if JAR.exists() and all(JAR.stat().st_mtime >= s.stat().st_mtime for s in sources):
         return JAR
     mvn = shutil.which("mvn")
-    if mvn is None or shutil.which("java") is None:
-        pytest.fail("the QuickFIX/J harness needs Java 17 and Maven (deploy/local/install.sh)")
+    if mvn is None or shutil.which("java") is None or shutil.which("javac") is None:
+        pytest.fail("the QuickFIX/J harness needs a Java 17 JDK (javac) and Maven (Debian: openjdk-17-jdk-headless maven)")
     r = subprocess.run(
         [mvn, "-B", "-q", "package", "-DskipTests"],
         cwd=FIXCLIENT,

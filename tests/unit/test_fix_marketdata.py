@@ -253,6 +253,11 @@ def test_subscription_before_book_sync_gets_snapshot_when_synced() -> None:
     app, sink = MarketDataApp(symbols=["LTC-USD"]), Sink()
     app.on_message(sink, md_request("late", "1", 0, ["0", "1"], ["LTC-USD"]))
     assert sink.take() == []
-    app.on_l2_snapshot("LTC-USD", 3, [["50.00", "1"]], [])
-    (w,) = sink.take()
-    assert w.msg_type == "W" and w.get(83) == "3"
+    app.on_message(sink, md_request("once", "0", 1, ["0"], ["LTC-USD"]))
+    assert sink.take() == []
+    app.on_l2_snapshot("LTC-USD", 3, [["50.00", "1"], ["49.00", "1"]], [])
+    ws = sink.take()
+    assert [(w.msg_type, w.get(262), w.get(83)) for w in ws] == [("W", "late", "3"), ("W", "once", "3")]
+    assert len(ws[1].group(268, frozenset({269, 270, 271}))) == 1
+    app.on_l2_snapshot("LTC-USD", 9, [["50.00", "1"]], [])
+    assert [w.get(262) for w in sink.take()] == ["late"]  # the one-shot request was answered once

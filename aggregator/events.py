@@ -349,58 +349,112 @@ def encode(ev: Event) -> bytes:
     return orjson.dumps(ev.to_dict())
 
 
+_SYMBOL_CACHE: dict[str, str] = {}
+_SYMBOL_CACHE_MAX = 100_000  # bounded: a feed sending random symbols cannot grow it forever
+
+
+def _symbol(raw: object) -> str:
+    """``normalize_symbol`` memoized: the same few strings arrive millions of times."""
+    if isinstance(raw, str):
+        sym = _SYMBOL_CACHE.get(raw)
+        if sym is not None:
+            return sym
+    try:
+        sym = normalize_symbol(raw)
+    except SymbolError as exc:
+        raise EventError(f"bad symbol ({exc.reason})", raw) from None
+    if len(_SYMBOL_CACHE) < _SYMBOL_CACHE_MAX:
+        _SYMBOL_CACHE[raw] = sym  # type: ignore[index]
+    return sym
+
+
+def _p_open(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> Open:
+    p, px = _price(d.get("price"), "price")
+    s, q = _size(d.get("size"), "size", allow_zero=False)
+    return Open(sym, ts, src, sq, _id(d.get("order_id"), "order_id"), _side(d.get("side")), p, px, s, q)
+
+
+def _p_change(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> Change:
+    return change(sym, ts, d.get("order_id"), d.get("side"), d.get("new_size"),  # type: ignore[arg-type]
+                  price=d.get("price"), source=src, src_seq=sq)
+
+
+def _p_done(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> Done:
+    reason = d.get("reason")
+    if reason not in DONE_REASONS:
+        raise EventError("reason must be filled or canceled", reason)
+    price, rest = d.get("price"), d.get("remaining_size")
+    if (price is not None and not isinstance(price, str)) or (rest is not None and not isinstance(rest, str)):
+        raise EventError("price/remaining_size must be strings", d)
+    return Done(sym, ts, src, sq, _id(d.get("order_id"), "order_id"), _side(d.get("side")), reason,  # type: ignore[arg-type]
+                price, rest)
+
+
+def _p_match(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> Match:
+    p, px = _price(d.get("price"), "price")
+    s, q = _size(d.get("size"), "size", allow_zero=False)
+    return Match(sym, ts, src, sq, _id(d.get("trade_id"), "trade_id"), _id(d.get("maker_order_id"), "maker_order_id"),
+                 _id(d.get("taker_order_id"), "taker_order_id"), _side(d.get("taker_side"), "taker_side"), p, px, s, q)
+
+
+def _p_book_snapshot(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> BookSnapshot:
+    return book_snapshot(sym, ts, d.get("bids"), d.get("asks"), source=src, src_seq=sq)  # type: ignore[arg-type]
+
+
+def _p_book_update(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> BookUpdate:
+    return book_update(sym, ts, d.get("changes"), source=src, src_seq=sq)  # type: ignore[arg-type]
+
+
+def _p_trade(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> Trade:
+    return trade(sym, ts, d.get("trade_id"), d.get("taker_side"), d.get("price"), d.get("size"),  # type: ignore[arg-type]
+                 source=src, src_seq=sq)
+
+
+def _p_symbol_info(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> SymbolInfoEvent:
+    raw = d.get("info")
+    if not isinstance(raw, dict):
+        raise EventError("info must be an object", raw)
+    info = SymbolInfo.from_dict(raw)
+    if normalize_symbol(info.symbol) != sym:
+        raise EventError("info.symbol differs from symbol", raw)
+    return symbol_info(info, ts, source=src, src_seq=sq)
+
+
+def _p_reset(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> Reset:
+    return reset(sym, ts, str(d.get("reason", "")), source=src, src_seq=sq)
+
+
+_PARSERS: dict[str, Any] = {
+    "open": _p_open, "change": _p_change, "done": _p_done, "match": _p_match,
+    "book_snapshot": _p_book_snapshot, "book_update": _p_book_update, "trade": _p_trade,
+    "symbol_info": _p_symbol_info, "reset": _p_reset,
+}
+
+
 def from_dict(d: Any) -> AnyEvent:
     """Validate a decoded JSON object into an event; raises :class:`EventError`."""
-    if not isinstance(d, dict):
+    if type(d) is not dict:
         raise EventError("event must be a JSON object", d)
-    try:
-        symbol = normalize_symbol(d.get("symbol"))
-    except SymbolError as exc:
-        raise EventError(f"bad symbol ({exc.reason})", d.get("symbol")) from None
+    symbol = _symbol(d.get("symbol"))
     ts = d.get("ts")
-    if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+    if type(ts) is not int or ts < 0:
         raise EventError("ts must be an integer (ns since epoch)", ts)
     source = d.get("source") or "unknown"
-    if not isinstance(source, str):
+    if type(source) is not str:
         raise EventError("source must be a string", source)
     src_seq = d.get("src_seq")
-    if src_seq is not None and (not isinstance(src_seq, int) or isinstance(src_seq, bool)):
+    if src_seq is not None and type(src_seq) is not int:
         raise EventError("src_seq must be an integer or null", src_seq)
-    kw = {"source": source, "src_seq": src_seq}
     t = d.get("type")
+    parse = _PARSERS.get(t) if isinstance(t, str) else None
+    if parse is None:
+        raise EventError("unknown event type", t)
     try:
-        if t == "open":
-            return open_(symbol, ts, d.get("order_id"), d.get("side"), d.get("price"), d.get("size"), **kw)  # type: ignore[arg-type]
-        if t == "change":
-            return change(symbol, ts, d.get("order_id"), d.get("side"), d.get("new_size"),  # type: ignore[arg-type]
-                          price=d.get("price"), **kw)
-        if t == "done":
-            return done(symbol, ts, d.get("order_id"), d.get("side"), d.get("reason"),  # type: ignore[arg-type]
-                        price=d.get("price"), remaining_size=d.get("remaining_size"), **kw)
-        if t == "match":
-            return match(symbol, ts, d.get("trade_id"), d.get("maker_order_id"), d.get("taker_order_id"),  # type: ignore[arg-type]
-                         d.get("taker_side"), d.get("price"), d.get("size"), **kw)
-        if t == "book_snapshot":
-            return book_snapshot(symbol, ts, d.get("bids"), d.get("asks"), **kw)  # type: ignore[arg-type]
-        if t == "book_update":
-            return book_update(symbol, ts, d.get("changes"), **kw)  # type: ignore[arg-type]
-        if t == "trade":
-            return trade(symbol, ts, d.get("trade_id"), d.get("taker_side"), d.get("price"), d.get("size"), **kw)  # type: ignore[arg-type]
-        if t == "symbol_info":
-            raw = d.get("info")
-            if not isinstance(raw, dict):
-                raise EventError("info must be an object", raw)
-            info = SymbolInfo.from_dict(raw)
-            if normalize_symbol(info.symbol) != symbol:
-                raise EventError("info.symbol differs from symbol", raw)
-            return symbol_info(info, ts, **kw)  # type: ignore[arg-type]
-        if t == "reset":
-            return reset(symbol, ts, str(d.get("reason", "")), **kw)  # type: ignore[arg-type]
+        return parse(d, symbol, ts, source, src_seq)  # type: ignore[no-any-return]
     except EventError:
         raise
     except (KeyError, TypeError, ValueError, ArithmeticError, SymbolError) as exc:
         raise EventError(f"bad {t} event: {exc}", d) from None
-    raise EventError("unknown event type", t)
 
 
 def decode(data: bytes | bytearray | memoryview | str) -> AnyEvent:

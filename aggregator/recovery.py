@@ -15,6 +15,7 @@ events; ``seq`` depends on the batching, which is why ``agg:seq`` is written in 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -30,6 +31,14 @@ from core.topics import Topics
 
 log = logging.getLogger("aggregator.recovery")
 READ_TIMEOUT_S = 120.0
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``stop()`` a group-less consumer safely: aiokafka 0.14 cancels its internal
+    ``_reset_committed_routine`` task on close and re-raises ``CancelledError`` if that task never
+    got to run (a consumer stopped right after ``start()``); one loop turn lets it start."""
+    await asyncio.sleep(0)
+    await consumer.stop()
 
 
 class RecoveryError(Exception):
@@ -139,4 +148,4 @@ async def recover_partition(settings: Settings, topics: Topics, partition: int, 
                 st.seq = {k: int(v) for k, v in sq["seq"].items()}
         return states, replayed
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)

@@ -134,6 +134,7 @@ class SymbolState:
         self.day_low: Decimal | None = None
         # candles: interval -> current bucket
         self.candles: dict[str, Candle] = {}
+        self._next_close = 0  # smallest end of an open candle (0: none open), one compare per event
         # stats windows
         self.last_top: tuple[Decimal, Decimal] | None = None
         self.mids: deque[tuple[Decimal, Decimal]] = deque(maxlen=self.cfg.stats_mid_window)  # (mid, spread)
@@ -149,67 +150,84 @@ class SymbolState:
     # ------------------------------------------------------------------ input
     def apply(self, e: ev.AnyEvent) -> None:
         """Apply one validated event. Inconsistent events (unknown order ids) are no-ops."""
-        if e.ts > self.last_ts:
-            self.last_ts = e.ts
-        self._close_candles(e.ts)
-        book = self.book
-        if isinstance(e, ev.Open):
-            if book.add(e.order_id, e.side, e.price, e.px, e.qty):
-                self._l3({"op": "add", "order_id": e.order_id, "side": e.side, "price": e.price, "size": e.size})
-                self._book_changed()
-        elif isinstance(e, ev.Match):
-            o = book.fill(e.maker_order_id, e.qty)
-            if o is not None:
-                self._l3({"op": "fill", "order_id": o.order_id, "side": o.side, "price": o.price,
-                          "size": e.size, "remaining": fmt(o.size), "trade_id": e.trade_id})
-                self._book_changed()
-            self._trade(e.trade_id, e.taker_side, e.price, e.px, e.size, e.qty, e.ts,
-                        e.maker_order_id, e.taker_order_id)
-        elif isinstance(e, ev.Done):
-            o = book.remove(e.order_id)
-            if o is not None:
+        ts = e.ts
+        if ts > self.last_ts:
+            self.last_ts = ts
+        if self._next_close and ts >= self._next_close:
+            self._close_candles(ts)
+        _APPLY[type(e)](self, e)
+
+    def _on_open(self, e: ev.Open) -> None:
+        if self.book.add(e.order_id, e.side, e.price, e.px, e.qty):
+            if not self.l2_only:
+                self._l3_ops.append({"op": "add", "order_id": e.order_id, "side": e.side, "price": e.price,
+                                     "size": e.size})
+            self._book_changed()
+
+    def _on_match(self, e: ev.Match) -> None:
+        o = self.book.fill(e.maker_order_id, e.qty)
+        if o is not None:
+            self._l3({"op": "fill", "order_id": o.order_id, "side": o.side, "price": o.price,
+                      "size": e.size, "remaining": fmt(o.size), "trade_id": e.trade_id})
+            self._book_changed()
+        self._trade(e.trade_id, e.taker_side, e.price, e.px, e.size, e.qty, e.ts,
+                    e.maker_order_id, e.taker_order_id)
+
+    def _on_done(self, e: ev.Done) -> None:
+        o = self.book.remove(e.order_id)
+        if o is not None:
+            if not self.l2_only:
+                self._l3_ops.append({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
+                                     "reason": e.reason})
+            self._book_changed()
+
+    def _on_change(self, e: ev.Change) -> None:
+        o = self.book.set_size(e.order_id, e.qty)
+        if o is not None:
+            if e.qty > 0:
+                self._l3({"op": "change", "order_id": o.order_id, "side": o.side, "price": o.price,
+                          "size": fmt(o.size)})
+            else:
                 self._l3({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
-                          "reason": e.reason})
-                self._book_changed()
-        elif isinstance(e, ev.Change):
-            o = book.set_size(e.order_id, e.qty)
-            if o is not None:
-                if e.qty > 0:
-                    self._l3({"op": "change", "order_id": o.order_id, "side": o.side, "price": o.price,
-                              "size": fmt(o.size)})
-                else:
-                    self._l3({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
-                              "reason": "canceled"})
-                self._book_changed()
-        elif isinstance(e, ev.BookUpdate):
-            self._go_l2_only()
-            for side, price, px, _s, qty in e.changes:
-                book.set_level(side, price, px, qty)
+                          "reason": "canceled"})
             self._book_changed()
-        elif isinstance(e, ev.BookSnapshot):
-            self._go_l2_only()
+
+    def _on_book_update(self, e: ev.BookUpdate) -> None:
+        self._go_l2_only()
+        book = self.book
+        for side, price, px, _s, qty in e.changes:
+            book.set_level(side, price, px, qty)
+        self._book_changed()
+
+    def _on_book_snapshot(self, e: ev.BookSnapshot) -> None:
+        self._go_l2_only()
+        book = self.book
+        book.clear()
+        for price, px, _s, qty in e.bids:
+            book.set_level("buy", price, px, qty)
+        for price, px, _s, qty in e.asks:
+            book.set_level("sell", price, px, qty)
+        self._book_changed()
+
+    def _on_trade(self, e: ev.Trade) -> None:
+        self._trade(e.trade_id, e.taker_side, e.price, e.px, e.size, e.qty, e.ts, None, None)
+
+    def _on_symbol_info(self, e: ev.SymbolInfoEvent) -> None:
+        info = e.info
+        if self.l2_only and "l3" in info.channels:
+            info = _without_l3(info)
+        if info != self.info:
+            self.info = info
+            self._status_dirty = True
+
+    def _on_reset(self, e: ev.Reset) -> None:
+        book = self.book
+        if book.orders or book.bids or book.asks:
+            for o in list(book.orders.values()):
+                self._l3({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
+                          "reason": "reset"})
             book.clear()
-            for price, px, _s, qty in e.bids:
-                book.set_level("buy", price, px, qty)
-            for price, px, _s, qty in e.asks:
-                book.set_level("sell", price, px, qty)
             self._book_changed()
-        elif isinstance(e, ev.Trade):
-            self._trade(e.trade_id, e.taker_side, e.price, e.px, e.size, e.qty, e.ts, None, None)
-        elif isinstance(e, ev.SymbolInfoEvent):
-            info = e.info
-            if self.l2_only and "l3" in info.channels:
-                info = _without_l3(info)
-            if info != self.info:
-                self.info = info
-                self._status_dirty = True
-        elif isinstance(e, ev.Reset):
-            if book.orders or book.bids or book.asks:
-                for o in list(book.orders.values()):
-                    self._l3({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
-                              "reason": "reset"})
-                book.clear()
-                self._book_changed()
 
     def _l3(self, op: dict[str, Any]) -> None:
         if not self.l2_only:
@@ -229,7 +247,8 @@ class SymbolState:
         bids, asks = self.book.bids, self.book.asks
         if not bids or not asks:
             return
-        top = (-bids.peekitem(0)[0], asks.peekitem(0)[0])
+        # first keys without SortedDict.peekitem's bounds/index machinery (hot path)
+        top = (-bids._list._lists[0][0], asks._list._lists[0][0])
         if top != self.last_top:
             self.last_top = top
             bb, ba = top
@@ -273,6 +292,9 @@ class SymbolState:
             c = self.candles.get(name)
             if c is None or start > c.start:
                 self.candles[name] = Candle(start, px, qty)
+                end = start + secs * NS
+                if not self._next_close or end < self._next_close:
+                    self._next_close = end
             else:  # same bucket, or a late trade (event time before the open bucket): counted in it
                 c.add(px, qty)
             self._candle_dirty.add(name)
@@ -309,6 +331,7 @@ class SymbolState:
                 self._closed_candles.append((name, c.data(name, secs, True), c.start + secs * NS))
                 del self.candles[name]
                 self._candle_dirty.discard(name)
+        self._next_close = min((c.start + CANDLE_INTERVALS[n] * NS for n, c in self.candles.items()), default=0)
 
     # ------------------------------------------------------------------ output
     def _next(self, channel: str) -> int:
@@ -489,6 +512,7 @@ class SymbolState:
         if s.recent_trades:
             s.vw_last = Decimal(s.recent_trades[-1]["price"])
         s.candles = {k: Candle.from_state(v) for k, v in st["candles"].items()}
+        s._next_close = min((c.start + CANDLE_INTERVALS[n] * NS for n, c in s.candles.items()), default=0)
         s.last_top = (Decimal(st["last_top"][0]), Decimal(st["last_top"][1])) if st.get("last_top") else None
         for m, sp in st["mids"]:
             s.mids.append((Decimal(m), Decimal(sp)))
@@ -500,6 +524,19 @@ class SymbolState:
         s.last_ticker = st.get("last_ticker")
         s.last_stats = st.get("last_stats")
         return s
+
+
+_APPLY: dict[type, Any] = {
+    ev.Open: SymbolState._on_open,
+    ev.Match: SymbolState._on_match,
+    ev.Done: SymbolState._on_done,
+    ev.Change: SymbolState._on_change,
+    ev.BookUpdate: SymbolState._on_book_update,
+    ev.BookSnapshot: SymbolState._on_book_snapshot,
+    ev.Trade: SymbolState._on_trade,
+    ev.SymbolInfoEvent: SymbolState._on_symbol_info,
+    ev.Reset: SymbolState._on_reset,
+}
 
 
 def _without_l3(info: SymbolInfo) -> SymbolInfo:

@@ -17,6 +17,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from aggregator import events as ev
+from aggregator.recovery import stop_consumer
 from core.book import L2Book
 from core.kafka import make_consumer
 from core.settings import Settings
@@ -48,7 +49,7 @@ async def read_topic(settings: Settings, topic: str, *, limit_s: float = 30.0) -
                 out.extend(r for r in recs if r.offset < ends[tp])
         return out
     finally:
-        await c.stop()
+        await stop_consumer(c)
 
 
 def reference_books(records: list[Any]) -> dict[str, dict[str, dict[Decimal, Decimal]]]:

@@ -1,0 +1,201 @@
+"""Aggregator throughput: book events per second, in process and end to end through Kafka.
+
+``python -m loadtests.bench_aggregator [--events N] [--symbols K] [--skip-kafka]``
+(``make bench-aggregator``). Numbers go to docs/benchmarks.md "## Aggregator".
+
+In-process rates are per CPU-second of this process (``time.process_time``), because the 2-core
+machine is shared with the broker and other services; the Kafka rate is wall clock *and* per
+CPU-second of the aggregator process (from /proc), so contention is visible, not hidden.
+
+1. **state**: pre-decoded simulator events applied to ``SymbolState`` with a flush (message
+   building) every ``--batch`` events: the derivation alone.
+2. **in process**: the aggregator's whole per-record path without the network: decode the md.in
+   bytes, apply, flush, encode every output message with orjson.
+3. **through Kafka**: the events are first written to a fresh ``bench.<id>.in`` topic (not timed),
+   then one ``python -m aggregator`` process (transactional, exactly once) consumes them from
+   the start; the rate is events / time from its first committed offset to the committed offset
+   reaching the end of the input (group join and recovery excluded, reported separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from aggregator import events as ev
+from aggregator.recovery import stop_consumer
+from aggregator.sources.flow import OrderFlow
+from aggregator.state import SymbolState
+from core.kafka import ensure_topics, make_producer
+from core.settings import Settings
+from core.topics import Topics
+
+ROOT = Path(__file__).resolve().parents[1]
+SYMS = ["BTC-USD", "ETH-USD", "LTC-USD", "SOL-USD", "ADA-USD", "XRP-USD", "DOT-USD", "AVAX-USD"]
+T0 = 1_795_500_000_000_000_000
+
+
+def generate(n: int, k: int) -> list[ev.AnyEvent]:
+    flows = [OrderFlow(s, 42) for s in SYMS[:k]]
+    out: list[ev.AnyEvent] = []
+    i = 0
+    while len(out) < n:
+        for f in flows:
+            out.extend(f.step(T0 + i * 1_000_000))
+        i += 1
+    return out[:n]
+
+
+def bench_state(events: list[ev.AnyEvent], batch: int) -> float:
+    states = {e.symbol: SymbolState(e.symbol, 1) for e in events}
+    t = time.process_time()
+    for i, e in enumerate(events, 1):
+        states[e.symbol].apply(e)
+        if i % batch == 0:
+            for s in states.values():
+                s.flush(0)
+    for s in states.values():
+        s.flush(0)
+    return len(events) / (time.process_time() - t)
+
+
+def bench_in_process(raw: list[bytes], batch: int) -> tuple[float, int]:
+    states: dict[str, SymbolState] = {}
+    out_msgs = 0
+    dumps = orjson.dumps
+    t = time.process_time()
+    touched: set[str] = set()
+    for i, b in enumerate(raw, 1):
+        e = ev.decode(b)
+        s = states.get(e.symbol)
+        if s is None:
+            s = states[e.symbol] = SymbolState(e.symbol, 1)
+        s.apply(e)
+        touched.add(e.symbol)
+        if i % batch == 0:
+            for sym in touched:
+                for _ch, m in states[sym].flush(0):
+                    dumps(m)
+                    out_msgs += 1
+            touched.clear()
+    return len(raw) / (time.process_time() - t), out_msgs
+
+
+async def bench_kafka(raw: list[tuple[str, bytes]]) -> dict[str, float]:
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    base = Settings.from_env()
+    s = dataclasses.replace(base, topic_prefix=f"bench.{uuid.uuid4().hex[:8]}")
+    await ensure_topics(s)
+    t = Topics.from_settings(s)
+    prod = make_producer(s, linger_ms=20)
+    await prod.start()
+    futs = []
+    for sym, b in raw:
+        futs.append(await prod.send(t.input, value=b, key=sym.encode()))
+    await asyncio.gather(*futs)
+    await prod.stop()
+
+    env = dict(
+        os.environ,
+        MD_TOPIC_PREFIX=s.topic_prefix,
+        MD_AGGREGATOR_HTTP_PORT="18911",
+        MD_LOG_LEVEL="WARNING",
+    )
+    group = f"{s.topic_prefix}.aggregator"
+    t_start = time.monotonic()
+    proc = _start_aggregator(env)
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    await admin.start()
+    try:
+        from core.kafka import make_consumer
+
+        c = make_consumer(s)
+        await c.start()
+        await c._client.force_metadata_update()  # noqa: SLF001 - the topic is new to this client
+        parts = c._client.cluster.partitions_for_topic(t.input) or set()  # noqa: SLF001
+        tps = [TopicPartition(t.input, p) for p in parts]
+        c.assign(tps)
+        ends = await c.end_offsets(tps)
+        await stop_consumer(c)
+        total_end = sum(ends.values())
+        assert total_end >= len(raw), (total_end, len(raw))
+        t_first = None
+        done0 = 0
+        cpu0 = 0.0
+        while True:
+            offs = await admin.list_consumer_group_offsets(group)
+            done = sum(o.offset for tp, o in offs.items() if tp.topic == t.input)
+            now = time.monotonic()
+            if done > 0 and t_first is None:
+                t_first, done0, cpu0 = now, done, _cpu_s(proc.pid)
+            if done >= total_end:
+                break
+            if now - t_start > 600:
+                raise TimeoutError("aggregator did not catch up")
+            await asyncio.sleep(0.05)
+        t_end = time.monotonic()
+        cpu = _cpu_s(proc.pid) - cpu0
+    finally:
+        await admin.close()
+        proc.terminate()
+        proc.wait(30)
+    assert t_first is not None
+    return {
+        "events": float(total_end),
+        "join_s": t_first - t_start,
+        "run_s": t_end - t_first,
+        "rate": (total_end - done0) / max(t_end - t_first, 1e-9),
+        "cpu_rate": (total_end - done0) / max(cpu, 1e-9),
+    }
+
+
+def _start_aggregator(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "aggregator"], cwd=ROOT, env=env)
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process in seconds (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--symbols", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=500, help="events per flush (a consumed batch)")
+    ap.add_argument("--skip-kafka", action="store_true")
+    a = ap.parse_args()
+    events = generate(a.events, a.symbols)
+    raw = [ev.encode(e) for e in events]
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}")
+    print(f"events: {len(events)} over {a.symbols} symbols, flush every {a.batch}")
+    r1 = bench_state(events, a.batch)
+    print(f"state (apply+flush):                 {r1:,.0f} events per CPU-second")
+    r2, outs = bench_in_process(raw, a.batch)
+    print(
+        f"in process (decode+apply+encode):    {r2:,.0f} events per CPU-second  ({outs} messages)"
+    )
+    if not a.skip_kafka:
+        res = asyncio.run(bench_kafka([(e.symbol, b) for e, b in zip(events, raw, strict=True)]))
+        print(
+            f"through Kafka (1 aggregator process): {res['rate']:,.0f} events/s wall, "
+            f"{res['cpu_rate']:,.0f} events per aggregator CPU-second "
+            f"({res['events']:.0f} events in {res['run_s']:.2f} s; group join + recovery {res['join_s']:.2f} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()

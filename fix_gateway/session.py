@@ -150,6 +150,7 @@ class FixSession:
         self._logout_at = 0
         self._resend_until: int | None = None  # our pending ResendRequest covers up to this seq
         self.close_reason: str | None = None
+        self._fixed: dict[str, tuple[bytes, int]] = {}  # MsgType -> constant header part, byte sum
         if role is Role.INITIATOR and (config is None or store is None):
             raise SessionMisuse("an initiator needs config and store")
         if role is Role.ACCEPTOR and resolve is None:
@@ -281,15 +282,36 @@ class FixSession:
         return h.encode("latin-1")
 
     def _send(self, msg_type: str, body: Body) -> int:
+        """Frame, store and queue one message with the next MsgSeqNum(34).
+
+        Hot path (once per message per session): the constant part of the header
+        (``35=..|49=..|56=..|34=``) and its byte sum are cached per MsgType, so only the seq,
+        SendingTime(52) and BodyLength(9) digits are summed here; the body's sum is cached in
+        :class:`~fix_gateway.codec.Body`."""
         assert self.store is not None
         seq = self.store.next_sender_seq
         now = self.clock()
         st = utc_timestamp(now)
-        self._out.append(frame(msg_type, self._header(seq, st), body))
+        fixed = self._fixed.get(msg_type)
+        if fixed is None:
+            fixed = self._fixed_header(msg_type)
+        head, head_sum = fixed
+        var = b"%d\x0152=%s\x01" % (seq, st.encode())
+        start = b"8=FIX.4.4\x019=%d\x01" % (len(head) + len(var) + len(body.data))
+        cs = (sum(start) + head_sum + sum(var) + body.byte_sum) & 0xFF
+        self._out.append(b"".join((start, head, var, body.data, b"10=%03d\x01" % cs)))
         self.store.save(seq, msg_type, st, body.data)
         self._last_sent = now
         self.counters["messages_out"] += 1
         return seq
+
+    def _fixed_header(self, msg_type: str) -> tuple[bytes, int]:
+        assert self.config is not None
+        head = f"35={msg_type}\x0149={self.config.our_comp_id}\x0156={self.config.peer_comp_id}\x0134=".encode(
+            "latin-1"
+        )
+        self._fixed[msg_type] = (head, sum(head))
+        return self._fixed[msg_type]
 
     def _send_admin(self, msg_type: str, fields: Iterable[tuple[int, Value]]) -> int:
         return self._send(msg_type, Body.from_fields(fields))

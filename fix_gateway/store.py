@@ -96,6 +96,7 @@ class FileStore:
         self.created_ns = 0
         self._load()
         self._log: IO[bytes] = open(self._log_path, "ab")  # noqa: SIM115 - closed in close()
+        self._offset = self._log.tell()
 
     def _load(self) -> None:
         if not self._created_path.exists():
@@ -134,12 +135,16 @@ class FileStore:
         os.replace(tmp, path)
 
     def save(self, seq: int, msg_type: str, sending_time: str, body: bytes) -> None:
-        offset = self._log.tell()
-        self._log.write(
-            b"%d %s %s %d\n" % (seq, msg_type.encode(), sending_time.encode(), len(body))
+        self._index[seq] = self._offset
+        rec = b"%d %s %s %d\n%s\n" % (
+            seq,
+            msg_type.encode(),
+            sending_time.encode(),
+            len(body),
+            body,
         )
-        self._log.write(body + b"\n")
-        self._index[seq] = offset
+        self._log.write(rec)
+        self._offset += len(rec)
         self.next_sender_seq = seq + 1
 
     def flush(self) -> None:
@@ -171,6 +176,7 @@ class FileStore:
     def reset(self, now_ns: int | None = None) -> None:
         self._log.close()
         self._log = open(self._log_path, "wb")  # noqa: SIM115
+        self._offset = 0
         self._index.clear()
         self.next_sender_seq = 1
         self.set_next_target(1)

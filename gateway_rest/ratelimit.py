@@ -1,7 +1,9 @@
 """Rate limits per API key and per client IP, shared by every gateway instance through Redis.
 
-Fixed one-second windows counted with one ``INCR`` (+ ``PEXPIRE`` on the first hit) in a Lua
-script: a single round trip per request, atomic across instances, and the key expires by itself.
+Fixed one-second windows counted with ``INCRBY`` (+ ``PEXPIRE`` on the first hit) in a Lua
+script: atomic across instances, and the key expires by itself. For small limits every request
+is one round trip (exact); for large limits a process reserves a few tokens per round trip
+(:func:`chunk_for`), which bounds both the Redis load and the possible overshoot.
 A fixed window can let up to 2x the limit through across a window edge; that is accepted for a
 market-data read API (the cost of a sliding log would be a sorted set per client).
 
@@ -21,10 +23,17 @@ from redis.exceptions import RedisError
 from core.cache_keys import CacheKeys
 
 _LUA = """
-local c = redis.call('INCR', KEYS[1])
-if c == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local c = redis.call('INCRBY', KEYS[1], ARGV[2])
+if c == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return c
 """
+
+
+def chunk_for(limit: int) -> int:
+    """Tokens a process reserves per Redis call: 1 (exact) for small limits; for large ones up
+    to 2% of the limit, at most 100, so a busy client costs one Redis call per ~100 requests
+    and the limit is exceeded by at most ``chunk x processes`` per window."""
+    return max(1, min(limit // 50, 100))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,8 @@ class RateLimiter:
         self.keys = keys
         self._script = redis.register_script(_LUA)
         self._local: dict[tuple[str, int], int] = {}
+        # (who, window) -> [count in Redis after our last reservation, tokens left locally]
+        self._reserved: dict[tuple[str, int], list[int]] = {}
         self.redis_failures = 0
         self.last_error: str | None = None
 
@@ -68,12 +79,21 @@ class RateLimiter:
         count: int | None = None
         self.last_error = None
         if use_redis:
+            res = self._reserved.get((who, idx))
+            if res is not None and res[1] > 0:
+                res[1] -= 1
+                return decide(res[0] - res[1], limit, now, window_s)
+            n = chunk_for(limit)
             try:
-                count = int(
+                total = int(
                     await self._script(
-                        keys=[self.keys.ratelimit(who, idx)], args=[window_s * 1000 + 1000]
+                        keys=[self.keys.ratelimit(who, idx)], args=[window_s * 1000 + 1000, n]
                     )
                 )
+                if len(self._reserved) > 100_000:  # bound: one entry per client per window
+                    self._reserved = {k: v for k, v in self._reserved.items() if k[1] >= idx}
+                self._reserved[(who, idx)] = [total, n - 1]
+                count = total - (n - 1)
             except (RedisError, OSError) as exc:
                 self.redis_failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"

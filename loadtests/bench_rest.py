@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument(
         "--microcache-ms",
         type=int,
-        default=20,
+        default=10,
         help="also run with MD_REST_MICROCACHE_MS=this (0: skip)",
     )
     args = ap.parse_args()

@@ -88,7 +88,7 @@ class CacheWriter:
     # --- start-up --------------------------------------------------------------------------
 
     async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-        for _ in range(100):
+        for _ in range(600):  # a minute: `python -m core.bootstrap` may still be creating topics
             # consumer.topics() does not feed partitions_for_topic(); the fetched cluster does
             cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
             parts = cluster.partitions_for_topic(topic)

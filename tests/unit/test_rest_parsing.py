@@ -54,3 +54,9 @@ def test_config_from_env() -> None:
     with pytest.raises(ConfigError) as e:
         RestConfig.from_settings(Settings.from_env({"MD_REST_API_KEYS": "a:gold"}))
     assert e.value.key == "MD_REST_API_KEYS"
+
+
+def test_chunk_for_is_exact_for_small_limits() -> None:
+    from gateway_rest.ratelimit import chunk_for
+
+    assert chunk_for(5) == 1 and chunk_for(200) == 4 and chunk_for(10**9) == 100

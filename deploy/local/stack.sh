@@ -88,10 +88,12 @@ stop_services() {
 
 case "${1:-}" in
   run)
-    trap 'echo; log "stopping"; stop_services; "$HERE/infra.sh" down; exit 0' INT TERM
+    TAIL_PID=""
+    trap 'set +e; echo; log "stopping"; [[ -n "$TAIL_PID" ]] && kill "$TAIL_PID" 2>/dev/null; stop_services; "$HERE/infra.sh" down; exit 0' INT TERM
     start_all
     log "running; Ctrl-C stops everything (logs: make logs)"
     tail -n0 -q -F "$SVC_LOG"/*.log &
+    TAIL_PID=$!
     wait
     ;;
   up) start_all ;;

@@ -41,9 +41,8 @@ from core.channels import data_message
 from core.kafka import ensure_topics, make_producer
 from core.settings import Settings
 from core.topics import Topics
+from loadtests.fanout_client import FanoutClient, Stats, open_client
 from loadtests.fanout_stats import cpu_seconds, load_average, percentiles, rss_kib
-
-_TS = b'"timestamp":"'
 
 
 def _free_port() -> int:
@@ -55,113 +54,66 @@ def _free_port() -> int:
 # ------------------------------------------------------------------------------ clients
 
 
-def _epoch_of_day_cache() -> dict[bytes, int]:
-    return {}
-
-
-def _ts_ns(raw: bytes, cache: dict[bytes, int]) -> int:
-    """The message's ``timestamp`` in ns, cheaply: the minute prefix is cached."""
-    i = raw.find(_TS)
-    if i < 0:
-        return 0
-    i += len(_TS)
-    minute = raw[i:i + 16]  # 2026-11-24T06:51
-    base = cache.get(minute)
-    if base is None:
-        import datetime as dt
-
-        d = dt.datetime.fromisoformat(minute.decode() + ":00+00:00")
-        base = cache[minute] = int(d.timestamp()) * 1_000_000_000
-        if len(cache) > 100:
-            cache.clear()
-    sec = raw[i + 17:i + 26]  # 12.123456
-    return base + int(sec[:2]) * 1_000_000_000 + int(sec[3:9]) * 1000
-
-
-async def _client_main(url: str, subs: list[str], ready: Any, go: Any, stop_at: Any,
-                       out: Any, idx: int) -> None:
-    from websockets.asyncio.client import connect
-
-    lat = array("q")
-    cap = 3_000_000
-    counts = {"msgs": 0, "gaps": 0, "resyncs": 0, "closed": 0, "measured": 0}
-    cache = _epoch_of_day_cache()
-    conns: list[Any] = []
+async def _client_main(
+    port: int, subs: list[str], ready: Any, go: Any, stop_at: Any, out: Any, idx: int
+) -> None:
+    stats = Stats()
+    conns: list[FanoutClient] = []
 
     async def one(sub: str) -> None:
         ch, sym = sub.split(":")
         for attempt in range(5):
             try:
-                ws = await connect(url, compression=None, max_size=None, ping_interval=None,
-                                   open_timeout=30)
-                break
-            except OSError:
+                conns.append(
+                    await open_client(
+                        "127.0.0.1",
+                        port,
+                        "/ws",
+                        {"type": "subscribe", "channel": ch, "symbol": sym},
+                        stats,
+                    )
+                )
+                return
+            except (OSError, TimeoutError, ConnectionError):
                 await asyncio.sleep(0.2 * (attempt + 1))
-        else:
-            counts["closed"] += 1
-            return
-        conns.append(ws)
-        await ws.send(orjson.dumps({"type": "subscribe", "channel": ch, "symbol": sym}).decode())
-        last = -1
-        try:
-            async for raw in ws:
-                if isinstance(raw, str):
-                    raw = raw.encode()
-                if raw[2:6] != b"type":
-                    continue
-                if raw.startswith(b'{"type":"l2_update"'):
-                    j = raw.find(b'"seq":') + 6
-                    k = raw.find(b",", j)
-                    seq = int(raw[j:k])
-                    if last >= 0 and seq != last + 1:
-                        counts["gaps"] += 1
-                    last = seq
-                    counts["msgs"] += 1
-                    if measuring and len(lat) < cap:
-                        lat.append(time.time_ns() - _ts_ns(raw, cache))
-                        counts["measured"] += 1
-                elif raw.startswith(b'{"type":"l2_snapshot"'):
-                    d = orjson.loads(raw)
-                    if d.get("resync"):
-                        counts["resyncs"] += 1
-                    last = d["seq"]
-        except Exception:
-            counts["closed"] += 1
 
-    measuring = False
-    tasks = []
-    for i in range(0, len(subs), 100):  # connect in waves: a SYN flood helps nobody
-        tasks += [asyncio.create_task(one(s)) for s in subs[i:i + 100]]
-        await asyncio.sleep(0.05)
-    while len(conns) + counts["closed"] < len(subs):  # noqa: ASYNC110 - counters, no event
-        await asyncio.sleep(0.1)
+    for i in range(0, len(subs), 200):  # connect in waves: a SYN flood helps nobody
+        await asyncio.gather(*(one(s) for s in subs[i : i + 200]))
     await asyncio.sleep(1.0)  # snapshots delivered
     ready.put(idx)
     while not go.is_set():  # noqa: ASYNC110 - a multiprocessing event
         await asyncio.sleep(0.05)
-    counts["msgs"] = 0
-    measuring = True
+    stats.msgs = 0
+    stats.measuring = True
     t0 = time.monotonic()
     while time.time() < stop_at.value:  # noqa: ASYNC110 - a shared deadline
         await asyncio.sleep(0.1)
-    measuring = False
+    stats.measuring = False
     elapsed = time.monotonic() - t0
-    msgs = counts["msgs"]
-    out.put({"idx": idx, "msgs": msgs, "elapsed": elapsed, "lat": lat.tobytes(),
-             "gaps": counts["gaps"], "resyncs": counts["resyncs"], "closed": counts["closed"],
-             "conns": len(conns)})
-    for ws in conns:
-        with contextlib.suppress(Exception):
-            ws.transport.abort()
-    for t in tasks:
-        t.cancel()
+    out.put(
+        {
+            "idx": idx,
+            "msgs": stats.msgs,
+            "elapsed": elapsed,
+            "lat": stats.lat.tobytes(),
+            "gaps": stats.gaps,
+            "resyncs": stats.resyncs,
+            "closed": stats.closed,
+            "conns": len(conns),
+        }
+    )
+    for c in conns:
+        if c.transport is not None:
+            c.transport.abort()
 
 
-def _client_proc(url: str, subs: list[str], ready: Any, go: Any, stop_at: Any, out: Any, idx: int) -> None:
+def _client_proc(
+    port: int, subs: list[str], ready: Any, go: Any, stop_at: Any, out: Any, idx: int
+) -> None:
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    uvloop.run(_client_main(url, subs, ready, go, stop_at, out, idx))
+    uvloop.run(_client_main(port, subs, ready, go, stop_at, out, idx))
 
 
 # ------------------------------------------------------------------------------ publisher
@@ -181,8 +133,17 @@ async def _publish(s: Settings, symbols: list[str], rate: float, until: float, l
                 b.set("buy", f"{1000 - i}.00", "1.5")
                 b.set("sell", f"{1001 + i}.00", "1.5")
             now = time.time_ns()
-            snap = data_message(type="l2_snapshot", channel="l2", symbol=sym, seq=0, epoch=1,
-                                publish_ns=now, event_ns=now, data=b.snapshot(), checksum=b.checksum())
+            snap = data_message(
+                type="l2_snapshot",
+                channel="l2",
+                symbol=sym,
+                seq=0,
+                epoch=1,
+                publish_ns=now,
+                event_ns=now,
+                data=b.snapshot(),
+                checksum=b.checksum(),
+            )
             await prod.send_and_wait(t.snapshot, orjson.dumps(snap), key=f"l2:{sym}".encode())
         interval = 1.0 / rate
         nxt = time.monotonic()
@@ -197,9 +158,17 @@ async def _publish(s: Settings, symbols: list[str], rate: float, until: float, l
                 ch = [[side, px, f"{1 + i % 7}.25"]]
                 b.apply(ch)
                 now = time.time_ns()
-                msg = data_message(type="l2_update", channel="l2", symbol=sym, seq=seqs[sym], epoch=1,
-                                   publish_ns=now, event_ns=now, data={"changes": ch},
-                                   checksum=b.checksum())
+                msg = data_message(
+                    type="l2_update",
+                    channel="l2",
+                    symbol=sym,
+                    seq=seqs[sym],
+                    epoch=1,
+                    publish_ns=now,
+                    event_ns=now,
+                    data={"changes": ch},
+                    checksum=b.checksum(),
+                )
                 await prod.send(t.stream("l2"), orjson.dumps(msg), key=sym.encode())
                 n += 1
             nxt += interval
@@ -246,15 +215,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     import dataclasses
 
-    s = dataclasses.replace(base, topic_prefix=f"bench.fanout.{tag}", redis_prefix=f"bench:fanout:{tag}")
+    s = dataclasses.replace(
+        base, topic_prefix=f"bench.fanout.{tag}", redis_prefix=f"bench:fanout:{tag}"
+    )
     await ensure_topics(s, partitions=3)
     port = _free_port()
-    env = dict(os.environ, MD_TOPIC_PREFIX=s.topic_prefix, MD_REDIS_PREFIX=s.redis_prefix,
-               MD_WS_PORT=str(port), MD_WS_PROCESSES=str(args.gw_processes), MD_LOG_LEVEL="WARNING",
-               MD_WS_MAX_CONN_PER_IP="1000000", MD_WS_HEARTBEAT_S="0", MD_WS_IDLE_S="0",
-               MD_WS_MAX_CONNECTIONS="1000000", MD_SYMBOLS=",".join(args.symbols))
+    env = dict(
+        os.environ,
+        MD_TOPIC_PREFIX=s.topic_prefix,
+        MD_REDIS_PREFIX=s.redis_prefix,
+        MD_WS_PORT=str(port),
+        MD_WS_PROCESSES=str(args.gw_processes),
+        MD_LOG_LEVEL="WARNING",
+        MD_WS_MAX_CONN_PER_IP="1000000",
+        MD_WS_HEARTBEAT_S="0",
+        MD_WS_IDLE_S="0",
+        MD_WS_MAX_CONNECTIONS="1000000",
+        MD_SYMBOLS=",".join(args.symbols),
+    )
     gw = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway_ws", env=env)
-    url = f"ws://127.0.0.1:{port}/ws"
     try:
         loop = asyncio.get_running_loop()
         for _ in range(200):
@@ -273,7 +252,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         procs = []
         k = args.client_procs
         for i in range(k):
-            p = ctx.Process(target=_client_proc, args=(url, subs[i::k], ready, go, stop_at, out, i))
+            p = ctx.Process(
+                target=_client_proc, args=(port, subs[i::k], ready, go, stop_at, out, i, args.sample_every)
+            )
             p.start()
             procs.append(p)
         t_conn = time.monotonic()
@@ -284,15 +265,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # warm up, then measure
         start = time.time() + args.warmup
         stop_at.value = start + args.duration
-        pub = asyncio.create_task(_publish(s, args.symbols, args.rate, stop_at.value + 0.5, args.levels))
+        pub = asyncio.create_task(
+            _publish(s, args.symbols, args.rate, stop_at.value + 0.5, args.levels)
+        )
         await asyncio.sleep(args.warmup)
         go.set()
         cpu0, load0 = _gateway_cpu(gw.pid), load_average()
         await asyncio.sleep(args.duration)
         cpu1, load1 = _gateway_cpu(gw.pid), load_average()
         published = await pub
-        results = [await asyncio.get_running_loop().run_in_executor(None, out.get, True, 120)
-                   for _ in range(k)]
+        results = [
+            await asyncio.get_running_loop().run_in_executor(None, out.get, True, 120)
+            for _ in range(k)
+        ]
         for p in procs:
             p.join(10)
             if p.is_alive():
@@ -306,15 +291,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = max(r["elapsed"] for r in results)
         pct = percentiles(lat, (50, 99, 99.9, 100))
         res = {
-            "connections": args.connections, "connected": sum(r["conns"] for r in results),
-            "gateway_processes": args.gw_processes, "client_processes": k,
-            "symbols": len(args.symbols), "rate_per_symbol": args.rate,
-            "published": published, "delivered": msgs, "seconds": round(elapsed, 2),
+            "connections": args.connections,
+            "connected": sum(r["conns"] for r in results),
+            "gateway_processes": args.gw_processes,
+            "client_processes": k,
+            "symbols": len(args.symbols),
+            "rate_per_symbol": args.rate,
+            "published": published,
+            "delivered": msgs,
+            "seconds": round(elapsed, 2),
             "delivered_per_s": round(msgs / elapsed) if elapsed else 0,
             "expected_per_s": round(args.rate * args.connections),
             "latency_ms": {k2: round(v / 1e6, 2) for k2, v in pct.items()},
             "samples": len(lat),
-            "gaps": sum(r["gaps"] for r in results), "resyncs": sum(r["resyncs"] for r in results),
+            "gaps": sum(r["gaps"] for r in results),
+            "resyncs": sum(r["resyncs"] for r in results),
             "closed": sum(r["closed"] for r in results),
             "connect_s": round(connect_s, 1),
             "gateway_cpu_s": round(cpu1 - cpu0, 2),
@@ -334,15 +325,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--connections", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=100.0, help="l2 updates per second per symbol")
-    ap.add_argument("--symbols", type=lambda v: v.split(","), default=["BTC-USD", "ETH-USD", "LTC-USD"])
+    ap.add_argument(
+        "--symbols", type=lambda v: v.split(","), default=["BTC-USD", "ETH-USD", "LTC-USD"]
+    )
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--gw-processes", type=int, default=1)
     ap.add_argument("--client-procs", type=int, default=2)
     ap.add_argument("--levels", type=int, default=50)
+    ap.add_argument("--sample-every", type=int, default=10,
+                    help="latency sample on messages whose seq is a multiple of this")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     import uvloop

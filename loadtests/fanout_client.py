@@ -1,0 +1,174 @@
+"""A lean WebSocket client for the fan-out benchmark: thousands of connections per process.
+
+A full client library spends tens of microseconds per message in Python, so the load generator
+would measure itself. This one is an ``asyncio.Protocol`` that does the RFC 6455 minimum:
+an HTTP/1.1 upgrade, masked client frames (§5.3; a zero masking key is a valid key), unmasked
+server frames parsed by their 2/4/10-byte headers (§5.2), pong replies to pings (§5.5.2).
+Per message it finds ``seq`` by byte search (no JSON parsing) and counts gaps; for messages
+whose ``seq`` is a multiple of ``sample_every`` it takes receive time minus the message's own
+``timestamp`` as a latency sample (every connection samples the same messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import os
+import struct
+import time
+from array import array
+from typing import Any
+
+_TS = b'"timestamp":"'
+_SEQ = b'"seq":'
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A masked client frame with the all-zero key: the payload is unchanged by masking."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return head + b"\x00\x00\x00\x00" + payload
+
+
+class Stats:
+    """Shared by every connection of a process."""
+
+    def __init__(self, cap: int = 3_000_000) -> None:
+        self.lat = array("q")
+        self.cap = cap
+        self.measuring = False
+        self.sample_every = 1  # latency of messages whose seq is a multiple (all by default)
+        self.msgs = 0
+        self.gaps = 0
+        self.resyncs = 0
+        self.closed = 0
+        self.connected = 0
+        self._minute: dict[bytes, int] = {}
+
+    def ts_ns(self, raw: bytes, i: int) -> int:
+        i += len(_TS)
+        minute = raw[i : i + 16]
+        base = self._minute.get(minute)
+        if base is None:
+            d = dt.datetime.fromisoformat(minute.decode() + ":00+00:00")
+            base = self._minute[minute] = int(d.timestamp()) * 1_000_000_000
+        return base + int(raw[i + 17 : i + 19]) * 1_000_000_000 + int(raw[i + 20 : i + 26]) * 1000
+
+
+class FanoutClient(asyncio.Protocol):
+    def __init__(self, host: str, port: int, path: str, subscribe: bytes, stats: Stats) -> None:
+        self.host, self.port, self.path = host, port, path
+        self.subscribe = subscribe
+        self.stats = stats
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.upgraded = False
+        self.last = -1
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(
+            (
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stats.closed += 1
+        if not self.done.done():
+            self.done.set_result(None)
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("closed before upgrade"))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.upgraded = True
+            buf = buf[end + 4 :]
+            assert self.transport is not None
+            self.transport.write(client_frame(self.subscribe))
+            self.stats.connected += 1
+            self.ready.set_result(None)
+        i, n = 0, len(buf)
+        st = self.stats
+        while n - i >= 2:
+            b0, b1 = buf[i], buf[i + 1]
+            ln = b1 & 0x7F
+            hl = 2
+            if ln == 126:
+                if n - i < 4:
+                    break
+                ln = struct.unpack_from("!H", buf, i + 2)[0]
+                hl = 4
+            elif ln == 127:
+                if n - i < 10:
+                    break
+                ln = struct.unpack_from("!Q", buf, i + 2)[0]
+                hl = 10
+            if n - i < hl + ln:
+                break
+            payload = buf[i + hl : i + hl + ln]
+            i += hl + ln
+            op = b0 & 0x0F
+            if op == 0x1 or op == 0x2:
+                self._message(payload, st)
+            elif op == 0x9:  # ping -> pong with the same payload
+                assert self.transport is not None
+                self.transport.write(client_frame(payload, 0xA))
+            elif op == 0x8:
+                assert self.transport is not None
+                self.transport.close()
+                return
+        self.buf = buf[i:]
+
+    def _message(self, raw: bytes, st: Stats) -> None:
+        if raw.startswith(b'{"type":"l2_update"'):
+            j = raw.find(_SEQ, 20) + 6
+            seq = int(raw[j : raw.find(b",", j)])
+            if self.last >= 0 and seq != self.last + 1:
+                st.gaps += 1
+            self.last = seq
+            if st.measuring:
+                st.msgs += 1
+                if seq % st.sample_every == 0 and len(st.lat) < st.cap:
+                    k = raw.find(_TS)
+                    if k > 0:
+                        st.lat.append(time.time_ns() - st.ts_ns(raw, k))
+        elif raw.startswith(b'{"type":"l2_snapshot"'):
+            if b'"resync":true' in raw:
+                st.resyncs += 1
+            j = raw.find(_SEQ) + 6
+            self.last = int(raw[j : raw.find(b",", j)])
+
+
+async def open_client(
+    host: str, port: int, path: str, subscribe: dict[str, Any], stats: Stats
+) -> FanoutClient:
+    import orjson
+
+    loop = asyncio.get_running_loop()
+    body = orjson.dumps(subscribe)
+    _, proto = await loop.create_connection(
+        lambda: FanoutClient(host, port, path, body, stats), host, port
+    )
+    await asyncio.wait_for(proto.ready, 30)
+    return proto

@@ -103,3 +103,15 @@ def transition(state: State, event: Event) -> State:
 class ParserState(Enum):
     READING = "reading"
     DISCARDING = "discarding"  # after a garbled frame: drop bytes until the next "8=FIX"
+
+
+def mermaid() -> str:
+    """The session table as a Mermaid state diagram (docs/fix.md embeds it; a test keeps it in sync)."""
+    lines = ["stateDiagram-v2", "    [*] --> awaiting_logon"]
+    for src, edges in TRANSITIONS.items():
+        for event, dst in edges.items():
+            if src is not dst:
+                lines.append(f"    {src.value} --> {dst.value}: {event.value}")
+    lines.append("    note right of closed: from any state on " + ", ".join(e.value for e in ALWAYS))
+    lines.append("    closed --> [*]")
+    return "\n".join(lines)

@@ -519,3 +519,10 @@ def test_sessions_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         GatewayConfig.from_settings(Settings.from_env({"MD_FIX_TLS_KEY": "k.pem"}))
     assert e.value.key == "MD_FIX_TLS_CERT"
+
+
+def test_docs_state_diagram_is_generated_from_the_table() -> None:
+    from fix_gateway.states import mermaid
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "fix.md").read_text()
+    assert f"```mermaid\n{mermaid()}\n```" in doc

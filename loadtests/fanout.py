@@ -107,13 +107,12 @@ async def _client_main(
             c.transport.abort()
 
 
-def _client_proc(
-    port: int, subs: list[str], ready: Any, go: Any, stop_at: Any, out: Any, idx: int
-) -> None:
+def _client_proc(port: int, subs: list[str], ready: Any, go: Any, stop_at: Any, out: Any, idx: int,
+                 sample_every: int) -> None:
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    uvloop.run(_client_main(port, subs, ready, go, stop_at, out, idx))
+    uvloop.run(_client_main(port, subs, ready, go, stop_at, out, idx, sample_every))
 
 
 # ------------------------------------------------------------------------------ publisher
@@ -234,6 +233,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         MD_SYMBOLS=",".join(args.symbols),
     )
     gw = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway_ws", env=env)
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # clean up on kill
+    procs: list[Any] = []
     try:
         loop = asyncio.get_running_loop()
         for _ in range(200):
@@ -249,7 +252,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ready, out = ctx.Queue(), ctx.Queue()
         go = ctx.Event()
         stop_at = ctx.Value("d", 0.0)
-        procs = []
         k = args.client_procs
         for i in range(k):
             p = ctx.Process(
@@ -259,7 +261,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             procs.append(p)
         t_conn = time.monotonic()
         for _ in range(k):
-            await asyncio.get_running_loop().run_in_executor(None, ready.get, True, 600)
+            await asyncio.get_running_loop().run_in_executor(None, ready.get, True, 300)
         connect_s = time.monotonic() - t_conn
         rss1 = _gateway_rss(gw.pid)
         # warm up, then measure
@@ -316,6 +318,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         return res
     finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
         with contextlib.suppress(ProcessLookupError):
             gw.send_signal(signal.SIGTERM)
         try:

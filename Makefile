@@ -21,6 +21,16 @@ run: install        ## the whole platform in the foreground; Ctrl-C stops it
 up: install         ## the whole platform in the background; returns when every service answers
 	@deploy/local/stack.sh up
 
+# `make run` on a recorded Coinbase feed instead of the simulator (docs/aggregator.md "Coinbase"):
+# the source slot plays RECORDING through the mock feed and the real connector; own topic/Redis prefix.
+.PHONY: run-recording
+RECORDING ?= ../shared/data/coinbase-ws-2021-04-17.ndjson
+run-recording: install  ## the whole platform on a Coinbase recording (RECORDING=file, SPEED=1)
+	@MD_SOURCE=recording MD_RECORDING_FILE="$(abspath $(RECORDING))" MD_RECORDING_SPEED="$(or $(SPEED),1)" \
+	  MD_TOPIC_PREFIX=rec MD_REDIS_PREFIX=rec \
+	  MD_SYMBOLS="$$($(PY) -m aggregator.sources.recording --list-products "$(abspath $(RECORDING))")" \
+	  deploy/local/stack.sh run
+
 stop:               ## stop what `make up` started
 	@deploy/local/stack.sh stop
 

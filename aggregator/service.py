@@ -57,7 +57,7 @@ from aggregator import events as ev
 from aggregator.state import AggConfig, SymbolState
 from core.codec import now_ns
 from core.health import Health
-from core.kafka import make_consumer, make_producer
+from core.kafka import ensure_topics, make_consumer, make_producer
 from core.settings import Settings
 from core.topics import Topics
 
@@ -148,6 +148,7 @@ class Aggregator:
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
+        await ensure_topics(s)  # idempotent; a fresh prefix (tests, `make run-recording`) just works
         self.consumer = make_consumer(
             s, group_id=self.cfg.group, session_timeout_ms=s.get("MD_AGG_SESSION_MS", int, 6000),
             heartbeat_interval_ms=1000, max_poll_interval_ms=300_000)

@@ -18,7 +18,7 @@ import orjson
 from prometheus_client import Counter
 
 from aggregator import events as ev
-from core.kafka import make_producer
+from core.kafka import ensure_topics, make_producer
 from core.settings import Settings
 from core.topics import Topics
 
@@ -43,6 +43,7 @@ class EventPublisher:
         self._capture: IO[bytes] | None = None
 
     async def start(self) -> None:
+        await ensure_topics(self.settings)  # idempotent: never let auto-creation pick the layout
         await self.producer.start()
         if self._capture_path is not None:
             self._capture = self._capture_path.open("ab")

@@ -56,6 +56,12 @@ async def run_recording(settings: Settings, stop: asyncio.Event, path: Path | No
 def main() -> None:
     from core.service import run
 
+    if len(sys.argv) > 2 and sys.argv[1] == "--list-products":  # for `make run-recording`
+        from aggregator.sources.coinbase_mock import load_recording
+
+        prods = {m["product_id"] for _, m in load_recording(Path(sys.argv[2])) if isinstance(m.get("product_id"), str)}
+        print(",".join(sorted(prods)))
+        return
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else None
 
     async def _main(stop: asyncio.Event) -> None:

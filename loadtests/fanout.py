@@ -55,9 +55,11 @@ def _free_port() -> int:
 
 
 async def _client_main(
-    port: int, subs: list[str], ready: Any, go: Any, stop_at: Any, out: Any, idx: int
+    port: int, subs: list[str], ready: Any, go: Any, stop_at: Any, out: Any, idx: int,
+    sample_every: int,
 ) -> None:
     stats = Stats()
+    stats.sample_every = sample_every
     conns: list[FanoutClient] = []
 
     async def one(sub: str) -> None:

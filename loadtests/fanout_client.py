@@ -76,7 +76,7 @@ class FanoutClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(
+        transport.write(  # type: ignore[attr-defined]
             (
                 f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                 "Upgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -72,6 +72,11 @@ class Message:
             raise FieldError(T.REJ_INCORRECT_FORMAT, tag, f"tag {tag} must be an integer")
         return int(v)
 
+    def get_int_or_none(self, tag: int) -> int | None:
+        """An int field, or None when absent or malformed."""
+        v = self.get(tag)
+        return int(v) if v is not None and v.isdigit() else None
+
     def require(self, tag: int) -> str:
         v = self.get(tag)
         if v is None:

@@ -5,7 +5,8 @@ Feed side (called by the server with what ``core.follower`` delivers): the catal
 ``l2_snapshot`` / ``l2_update`` messages and the last trade from ``trade`` messages. Session
 side: SecurityListRequest(x) -> SecurityList(y); MarketDataRequest(V) -> MarketDataSnapshot-
 FullRefresh(W), MarketDataIncrementalRefresh(X) or MarketDataRequestReject(Y); any other
-application message -> BusinessMessageReject(j) with BusinessRejectReason(380)=3.
+application message -> BusinessMessageReject(j) with BusinessRejectReason(380)=3; a request
+missing a required tag or with a wrong NumInGroup -> session Reject(3) with its 373 reason.
 
 Serialize once, send many: the repeating-group bytes of a W or X are built once per update and
 per distinct (MarketDepth, MDEntryTypes) and framed for each session with its own MDReqID(262)
@@ -50,6 +51,10 @@ class Sink(Protocol):
     """Where the application sends: a logged-on session (the server's connection)."""
 
     def send_app(self, msg_type: str, body: Body) -> None: ...
+
+    def reject_message(self, msg: Message, error: FieldError) -> None:
+        """Session-level Reject(3) of ``msg`` (a required tag missing, a bad NumInGroup...)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,9 +335,8 @@ class MarketDataApp:
             else:
                 self._business_reject(sink, msg, 3, f"unsupported message type {msg.msg_type}")
         except FieldError as e:
-            self._business_reject(
-                sink, msg, 5 if e.reason == T.REJ_REQUIRED_TAG_MISSING else 0, e.text
-            )
+            # what a dictionary-validating engine rejects at the session level (FIX 4.4 Vol. 2)
+            sink.reject_message(msg, e)
 
     def _business_reject(self, sink: Sink, msg: Message, reason: int, text: str) -> None:
         fields: list[tuple[int, str | int]] = [

@@ -23,9 +23,9 @@ from core.health import Health
 from core.ops_http import start_ops_server
 from core.settings import Settings
 from fix_gateway import metrics as M
-from fix_gateway.codec import Body
+from fix_gateway.codec import Body, Message
 from fix_gateway.config import GatewayConfig, SessionConfig
-from fix_gateway.errors import SessionMisuse
+from fix_gateway.errors import FieldError, SessionMisuse
 from fix_gateway.marketdata import MarketDataApp
 from fix_gateway.session import AppMessage, Closed, FixSession, LoggedOn, RejectReceived
 from fix_gateway.store import FileStore, Store
@@ -110,6 +110,10 @@ class Connection(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def reject_message(self, msg: Message, error: FieldError) -> None:
+        self.session.reject(msg, error)
+        self._flush()
 
     def tick(self) -> None:
         self.session.tick()

@@ -215,6 +215,11 @@ class FixSession:
             body = Body.from_fields(body)
         return self._send(msg_type, body)
 
+    def reject(self, msg: Message, error: FieldError) -> None:
+        """Reject(3) an application message the application found malformed (373 from ``error``)."""
+        if self.state in (State.ACTIVE, State.LOGOUT_SENT):
+            self._reject(msg, msg.get_int_or_none(T.MsgSeqNum), error.reason, error.tag, error.text)
+
     def logout(self, text: str = "") -> None:
         """Start a Logout(5) handshake (FIX 4.4 Vol. 2 "Logout")."""
         if self.state in (State.ACTIVE, State.LOGON_SENT):

@@ -112,6 +112,8 @@ def mermaid() -> str:
         for event, dst in edges.items():
             if src is not dst:
                 lines.append(f"    {src.value} --> {dst.value}: {event.value}")
-    lines.append("    note right of closed: from any state on " + ", ".join(e.value for e in ALWAYS))
+    lines.append(
+        "    note right of closed: from any state on " + ", ".join(e.value for e in ALWAYS)
+    )
     lines.append("    closed --> [*]")
     return "\n".join(lines)

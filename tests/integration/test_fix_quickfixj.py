@@ -41,7 +41,9 @@ def fixclient_jar() -> Path:
         return JAR
     mvn = shutil.which("mvn")
     if mvn is None or shutil.which("java") is None or shutil.which("javac") is None:
-        pytest.fail("the QuickFIX/J harness needs a Java 17 JDK (javac) and Maven (Debian: openjdk-17-jdk-headless maven)")
+        pytest.fail(
+            "the QuickFIX/J harness needs a Java 17 JDK (javac) and Maven (Debian: openjdk-17-jdk-headless maven)"
+        )
     r = subprocess.run(
         [mvn, "-B", "-q", "package", "-DskipTests"],
         cwd=FIXCLIENT,

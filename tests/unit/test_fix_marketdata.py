@@ -9,6 +9,7 @@ import pytest
 from core.book import L2Book
 from fix_gateway import tags as T
 from fix_gateway.codec import Body, Message, Parser, frame
+from fix_gateway.errors import FieldError
 from fix_gateway.marketdata import MarketDataApp
 
 ENTRY = frozenset({279, 269, 55, 270, 271, 83})
@@ -17,6 +18,7 @@ ENTRY = frozenset({279, 269, 55, 270, 271, 83})
 class Sink:
     def __init__(self) -> None:
         self.out: list[Message] = []
+        self.rejected: list[tuple[str, int, int | None]] = []
 
     def send_app(self, msg_type: str, body: Body) -> None:
         # frame it as a session would, and parse it back
@@ -27,6 +29,9 @@ class Sink:
         (m,) = p.events_received()
         assert isinstance(m, Message) and m.error is None
         self.out.append(m)
+
+    def reject_message(self, msg: Message, error: FieldError) -> None:
+        self.rejected.append((msg.msg_type, error.reason, error.tag))
 
     def take(self) -> list[Message]:
         out, self.out = self.out, []
@@ -257,7 +262,22 @@ def test_subscription_before_book_sync_gets_snapshot_when_synced() -> None:
     assert sink.take() == []
     app.on_l2_snapshot("LTC-USD", 3, [["50.00", "1"], ["49.00", "1"]], [])
     ws = sink.take()
-    assert [(w.msg_type, w.get(262), w.get(83)) for w in ws] == [("W", "late", "3"), ("W", "once", "3")]
+    assert [(w.msg_type, w.get(262), w.get(83)) for w in ws] == [
+        ("W", "late", "3"),
+        ("W", "once", "3"),
+    ]
     assert len(ws[1].group(268, frozenset({269, 270, 271}))) == 1
     app.on_l2_snapshot("LTC-USD", 9, [["50.00", "1"]], [])
     assert [w.get(262) for w in sink.take()] == ["late"]  # the one-shot request was answered once
+
+
+def test_malformed_request_is_a_session_reject() -> None:
+    app, sink = app_with_book(), Sink()
+    app.on_message(sink, Message("V", [(263, "1"), (264, "0")]))  # no MDReqID(262)
+    bad_count = Message(
+        "V",
+        [(262, "r"), (263, "1"), (264, "0"), (267, "3"), (269, "0"), (146, "1"), (55, "BTC-USD")],
+    )
+    app.on_message(sink, bad_count)
+    assert sink.rejected == [("V", T.REJ_REQUIRED_TAG_MISSING, 262), ("V", T.REJ_GROUP_COUNT, 267)]
+    assert sink.take() == []

@@ -54,7 +54,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Gauge
 
 from aggregator import events as ev
+from aggregator.recovery import RecoveryError, recover_partition
 from aggregator.state import AggConfig, SymbolState
+from core.backoff import Backoff
 from core.codec import now_ns
 from core.health import Health
 from core.kafka import ensure_topics, make_consumer, make_producer
@@ -121,6 +123,7 @@ class Worker:
         # changed since their last public snapshot: written once due, even if the symbol then
         # goes quiet (otherwise md.snapshot would keep a stale ticker/book forever)
         self.snap_pending: set[str] = set()
+        self.ckpt_pending: set[str] = set()  # changed since their last agg:state checkpoint
 
 
 class Aggregator:
@@ -139,10 +142,11 @@ class Aggregator:
         self._partitioner = DefaultPartitioner()
         self._partition_cache: dict[tuple[str, bytes], int] = {}
         self._events_in: dict[str, int] = {}
+        self.fatal: str | None = None
 
     def _health_consumer(self) -> tuple[bool, Any]:
         age = time.monotonic() - self._last_poll
-        return age < 30, {"last_poll_s": round(age, 2), "partitions": sorted(self.workers),
+        return age < 30 and not self.fatal, {"last_poll_s": round(age, 2), "partitions": sorted(self.workers),
                           "symbols": sum(len(w.symbols) for w in self.workers.values())}
 
     # ------------------------------------------------------------------ lifecycle
@@ -162,6 +166,8 @@ class Aggregator:
         log.info("aggregator consuming", extra={"topic": self.topics.input, "group": self.cfg.group})
         try:
             while not stop.is_set():
+                if self.fatal:
+                    raise RuntimeError(self.fatal)  # exit non-zero: the supervisor restarts us
                 batch = await self.consumer.getmany(timeout_ms=self.cfg.txn_ms, max_records=self.cfg.max_batch)
                 self._last_poll = time.monotonic()
                 async with self.lock:
@@ -258,6 +264,7 @@ class Aggregator:
                     w.status_changed.add(sym)
             w.dirty.add(sym)
             w.snap_pending.add(sym)
+            w.ckpt_pending.add(sym)
         for (topic, part), b in builders.items():
             await producer.send_batch(b, topic, partition=part)
         for channel, n in sent.items():
@@ -279,10 +286,14 @@ class Aggregator:
     async def _commit_all(self) -> None:
         now_m = time.monotonic()
         for w in list(self.workers.values()):
-            if not w.txn_open and any(self._snapshot_due(w, sym, now_m) for sym in w.snap_pending):
-                await self._begin(w)  # a quiet symbol's pending snapshot still gets written
+            if not w.txn_open and (any(self._snapshot_due(w, sym, now_m) for sym in w.snap_pending)
+                                   or any(self._checkpoint_due(w, sym, now_m) for sym in w.ckpt_pending)):
+                await self._begin(w)  # a quiet symbol's pending snapshot/checkpoint still gets written
             if w.txn_open:
                 await self._commit(w)
+
+    def _checkpoint_due(self, w: Worker, sym: str, now_m: float) -> bool:
+        return sym in w.new or now_m - w.last_checkpoint.get(sym, 0) >= self.cfg.checkpoint_ms / 1000
 
     def _snapshot_due(self, w: Worker, sym: str, now_m: float) -> bool:
         return sym in w.new or now_m - w.last_snapshot.get(sym, 0) >= self.cfg.snapshot_ms / 1000
@@ -324,7 +335,7 @@ class Aggregator:
         snap_topic = self.topics.snapshot
         part = w.partition % self._snapshot_partitions
         last = w.next_offset - 1
-        for sym in w.dirty | w.new | w.snap_pending:
+        for sym in w.dirty | w.new | w.snap_pending | w.ckpt_pending:
             st = w.symbols[sym]
             if sym in w.snap_pending and self._snapshot_due(w, sym, now_m):
                 for key, msg in st.snapshots(now):
@@ -332,18 +343,18 @@ class Aggregator:
                 w.last_snapshot[sym] = now_m
                 w.snap_pending.discard(sym)
                 SNAPSHOTS_OUT.labels("public").inc()
-            if sym not in w.dirty and sym not in w.new:
-                continue
-            key_seq = f"agg:seq:{sym}".encode()
-            await w.producer.send(snap_topic, key=key_seq, partition=part, value=orjson.dumps(
-                {"symbol": sym, "partition": w.partition, "epoch": st.epoch, "seq": st.seq, "offset": last}))
-            if sym in w.new or now_m - w.last_checkpoint.get(sym, 0) >= self.cfg.checkpoint_ms / 1000:
+            if sym in w.dirty or sym in w.new:
+                await w.producer.send(snap_topic, key=f"agg:seq:{sym}".encode(), partition=part, value=orjson.dumps(
+                    {"symbol": sym, "partition": w.partition, "epoch": st.epoch, "seq": st.seq, "offset": last}))
+            if (sym in w.ckpt_pending or sym in w.new) and self._checkpoint_due(w, sym, now_m):
+                # a quiet symbol's last checkpoint covers all its events: its takeover replays nothing
                 state = st.to_state()
                 state["offset"] = last
                 state["partition"] = w.partition
                 await w.producer.send(snap_topic, key=f"agg:state:{sym}".encode(), partition=part,
                                       value=orjson.dumps(state))
                 w.last_checkpoint[sym] = now_m
+                w.ckpt_pending.discard(sym)
                 SNAPSHOTS_OUT.labels("agg_state").inc()
             if sym in w.new or sym in w.status_changed:
                 key, msg = st.status_snapshot(now)
@@ -363,14 +374,13 @@ class Aggregator:
         assert self.consumer is not None
         tp = TopicPartition(self.topics.input, partition)
         committed = await self.consumer.committed(tp)
-        from aggregator.recovery import recover_partition
-
         states, replayed = await recover_partition(
             s, self.topics, partition, self._snapshot_partitions, committed, self.cfg.agg)
         w.symbols = states
         w.new = set(states)  # publish fresh snapshots + status on takeover
         w.dirty = set(states)
         w.snap_pending = set(states)
+        w.ckpt_pending = set(states)
         w.next_offset = committed or 0
         if committed is not None:
             self.consumer.seek(tp, committed)
@@ -411,7 +421,21 @@ class Aggregator:
         async with self.lock:
             for tp in sorted(tps):
                 if tp.topic == self.topics.input and tp.partition not in self.workers:
-                    await self._assign(tp.partition)
+                    await self._assign_with_retry(tp.partition)
+
+    async def _assign_with_retry(self, partition: int) -> None:
+        """Recovery may meet a slow broker; retry, and if it keeps failing stop the process
+        (``fatal``) rather than own a partition whose records would be skipped."""
+        backoff = Backoff(initial=0.5, maximum=5.0)
+        for attempt in range(1, 6):
+            try:
+                await self._assign(partition)
+                return
+            except (KafkaError, RecoveryError, OSError) as exc:
+                log.error("partition takeover failed", extra={"partition": partition, "attempt": attempt,
+                                                               "error": repr(exc)})
+                await asyncio.sleep(backoff.next())
+        self.fatal = f"cannot take over partition {partition}"
 
 
 class _Listener(ConsumerRebalanceListener):

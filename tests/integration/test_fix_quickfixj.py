@@ -2,7 +2,8 @@
 
 One JVM run does every scenario in order, so the suite pays one JVM start-up: logon, security
 list, snapshot + incremental subscription with the book rebuilt by QuickFIX/J equal to the
-platform's book at the same seq, a forced sequence gap answered by a correct resend, a heartbeat
+platform's book and to the REST book (storage cache writer -> Redis -> gateway_rest, in-process)
+at the same seq, a forced sequence gap answered by a correct resend, a heartbeat
 timeout (the gateway frozen with SIGSTOP: QuickFIX/J's own timer detects it), a gateway restart
 with sequence numbers continued from the file store, logout -- and not a single reject either
 way, with QuickFIX/J validating every message against the FIX 4.4 dictionary.
@@ -20,14 +21,36 @@ import re
 import shutil
 import signal
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
 from core.settings import Settings
 from fix_gateway.testing import GatewayProcess, Platform, Publisher, metric
 from tests.conftest import free_port
+
+
+@pytest.fixture
+async def rest(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The platform's REST view of the same topics: cache writer + gateway_rest, in-process."""
+    from gateway_rest.app import create_app
+    from storage.cache_writer import CacheWriter
+
+    w = CacheWriter(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.run(stop))
+    await asyncio.wait_for(w.ready.wait(), 20)
+    app = create_app(settings)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://rest"
+    ) as c:
+        yield c
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
 
 pytestmark = pytest.mark.integration
 FIXCLIENT = Path(__file__).resolve().parents[1] / "fixclient"
@@ -156,6 +179,22 @@ async def book_equal(h: Harness, p: Platform, limit: float = 15.0) -> None:
             await asyncio.sleep(0.1)
 
 
+async def rest_book_equal(
+    h: Harness, rest: httpx.AsyncClient, p: Platform, limit: float = 15.0
+) -> None:
+    """QuickFIX/J's book equals what REST serves for the same seq."""
+    async with asyncio.timeout(limit):
+        while True:
+            r = await rest.get(f"/api/v1/market/{p.symbol}/orderbook", params={"depth": 100})
+            if r.status_code == 200 and r.json()["seq"] == p.seq:
+                break
+            await asyncio.sleep(0.1)
+    body = r.json()
+    seq, book = await h.book(p.symbol)
+    assert seq == body["seq"]
+    assert plain(book) == plain({"bids": body["bids"], "asks": body["asks"]})
+
+
 async def churn(pub: Publisher, rng: random.Random, platforms: list[Platform], n: int) -> None:
     for i in range(n):
         p = platforms[i % len(platforms)]
@@ -167,7 +206,11 @@ async def churn(pub: Publisher, rng: random.Random, platforms: list[Platform], n
 
 
 async def test_quickfixj_full_session(
-    settings: Settings, env_for: dict[str, str], tmp_path: Path, fixclient_jar: Path
+    settings: Settings,
+    env_for: dict[str, str],
+    tmp_path: Path,
+    fixclient_jar: Path,
+    rest: httpx.AsyncClient,
 ) -> None:
     btc, eth = Platform("BTC-USD"), Platform("ETH-USD")
     rng = random.Random(42)
@@ -191,6 +234,8 @@ async def test_quickfixj_full_session(
             await churn(pub, rng, [btc, eth], 40)
             await book_equal(h, btc)
             await book_equal(h, eth)
+            await rest_book_equal(h, rest, btc)
+            await rest_book_equal(h, rest, eth)
             st = await h.stats()
             assert st["snapshots"] == 2 and st["incrementals"] >= 40 and st["trades"] >= 5
 

@@ -332,3 +332,89 @@ async def test_tls_and_configured_password_session(
         assert [m.msg_type for m in bad] == ["5"] and "Password" in (bad[0].get(58) or "")
         plain_tcp = await asyncio.to_thread(logon, "s3cret", False)
         assert plain_tcp == []  # TLS only: a plaintext Logon gets nothing
+
+
+async def test_new_epoch_resnapshots_and_slow_consumer_is_cut(
+    settings: Settings, env_for: dict[str, str], tmp_path: Path
+) -> None:
+    btc = Platform("BTC-USD")
+    async with Publisher(settings) as pub:
+        await pub.seed(btc)
+        http = free_port()
+        env = {**env_for, "MD_FIX_MAX_BUFFER": "20000"}
+        async with gateway(env, free_port(), http, tmp_path / "store") as gw:
+            c = await FixClient.connect("127.0.0.1", gw.fix_port)
+            await c.logged_on()
+            c.send("V", md_request("md1", ["BTC-USD"], ["0", "1"]))
+            view = FixBook()
+            view.apply(await c.next_app())
+            # the aggregator lost its state: a new epoch, seq restarting, a snapshot of the new epoch
+            fresh = Platform("BTC-USD", epoch=2)
+            fresh.book.load([("90.00", "1")], [("91.00", "1")])
+            await pub.prod.send_and_wait(pub.t.snapshot, fresh.snapshot(), key=b"l2:BTC-USD")
+            await pub.l2(fresh, [["buy", "89.00", "2"]])
+            w = await c.next_app()
+            while w.msg_type != "W":
+                w = await c.next_app()
+            view.apply(w)
+            await until(
+                lambda: (
+                    (c.app.empty() or view.apply(c.app.get_nowait()) or True)
+                    and view.seq["BTC-USD"] == fresh.seq
+                )
+            )
+            assert view.books["BTC-USD"].snapshot() == fresh.book.snapshot()
+
+            # a client that stops reading: its buffer passes MD_FIX_MAX_BUFFER and it is cut, counted.
+            # Full refreshes of a 200-level book (~5 KiB each) fill the kernel buffers quickly.
+            deep = [["buy", f"{80 - i * 0.25:.2f}", "1"] for i in range(100)] + [
+                ["sell", f"{92 + i * 0.25:.2f}", "1"] for i in range(100)
+            ]
+            await pub.l2(fresh, deep)
+
+            def silent_client() -> socket.socket:
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.connect(("127.0.0.1", gw.fix_port))
+                s.sendall(
+                    encode(
+                        "A",
+                        [
+                            (49, "CLIENT1"),
+                            (56, "MDGW"),
+                            (34, 1),
+                            (52, utc_timestamp()),
+                            (98, 0),
+                            (108, 30),
+                            (141, "Y"),
+                        ],
+                    )
+                )
+                return s
+
+            await c.logout()
+            s = await asyncio.to_thread(silent_client)
+            try:
+                await asyncio.sleep(0.5)
+                req = [f for f in md_request("slow", ["BTC-USD"], ["0", "1"]) if f[0] != 265] + [
+                    (265, "0")
+                ]
+                s.sendall(
+                    encode(
+                        "V", [(49, "CLIENT1"), (56, "MDGW"), (34, 2), (52, utc_timestamp()), *req]
+                    )
+                )
+                for _batch in range(20):
+                    for i in range(200):
+                        await pub.prod.send(
+                            pub.t.stream("l2"),
+                            fresh.update([["sell", "200.00", str(1 + i % 7)]]),
+                            key=b"BTC-USD",
+                        )
+                    await pub.prod.flush()
+                    await asyncio.sleep(0.2)
+                    if metric(http, "fix_slow_consumer_disconnects_total") >= 1:
+                        break
+                assert metric(http, "fix_slow_consumer_disconnects_total") == 1
+            finally:
+                s.close()

@@ -526,3 +526,25 @@ def test_docs_state_diagram_is_generated_from_the_table() -> None:
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "fix.md").read_text()
     assert f"```mermaid\n{mermaid()}\n```" in doc
+
+
+def test_file_store_drops_a_torn_tail_and_resets(tmp_path: Path) -> None:
+    st = FileStore(tmp_path, "S")
+    st.save(1, "A", "20260101-00:00:00.000", b"98=0\x01108=30\x01")
+    st.save(2, "W", "20260101-00:00:01.000", b"262=x\x01")
+    st.set_next_target(7)
+    st.close()
+    log = tmp_path / "S" / "messages.log"
+    log.write_bytes(log.read_bytes() + b"3 X 20260101-00:00:02.000 50\n262=")  # crash mid-record
+    st2 = FileStore(tmp_path, "S")
+    assert (st2.next_sender_seq, st2.next_target_seq) == (3, 7)
+    assert [m.seq for m in st2.get(1, 10)] == [1, 2] and st2.get(2, 2)[0].body == b"262=x\x01"
+    st2.save(3, "X", "20260101-00:00:03.000", b"262=y\x01")
+    assert st2.get(3, 3)[0].body == b"262=y\x01"
+    st2.reset()
+    assert (st2.next_sender_seq, st2.next_target_seq, st2.get(1, 10)) == (1, 1, [])
+    st2.save(1, "A", "20260101-00:00:04.000", b"98=0\x01")
+    st2.close()
+    st3 = FileStore(tmp_path, "S")
+    assert st3.next_sender_seq == 2 and st3.get(1, 1)[0].sending_time == "20260101-00:00:04.000"
+    st3.close()

@@ -7,12 +7,13 @@ Redis/PostgreSQL connections and its own /metrics. SIGTERM drains in-flight requ
 from __future__ import annotations
 
 import uvicorn
+from fastapi import FastAPI
 
 from core.logs import setup_logging
 from core.settings import Settings
 
 
-def factory():  # type: ignore[no-untyped-def]
+def factory() -> FastAPI:
     """Import-string factory so every worker process builds its own app (and connections)."""
     from gateway_rest.app import create_app
 

@@ -198,8 +198,6 @@ def create_app(
         t: Tier | None = getattr(request.state, "tier", None)
         return t or cfg.tiers["anonymous"]
 
-    ok = {"content": {JSON: {}}}
-
     @app.get(
         f"{PREFIX}/symbols",
         response_model=SymbolsResponse,
@@ -356,5 +354,4 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    del ok
     return app

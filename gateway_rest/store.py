@@ -30,6 +30,11 @@ T = TypeVar("T")
 REDIS_RETRY_S = 1.0
 
 
+def _b(v: bytes | str) -> bytes:
+    """redis-py is typed for both; this client never decodes, so values are bytes."""
+    return v if isinstance(v, bytes) else v.encode()
+
+
 class Unavailable(Exception):
     """A dependency needed for this answer is down: 503 with ``reason``."""
 
@@ -93,8 +98,9 @@ class MarketStore:
         try:
             out = await fn(self.redis)
         except (RedisError, OSError) as exc:
-            self.trip(f"{type(exc).__name__}: {exc}")
-            raise Unavailable("redis", self.redis_last_error) from exc
+            reason = f"{type(exc).__name__}: {exc}"
+            self.trip(reason)
+            raise Unavailable("redis", reason) from exc
         self.redis_last_error = None
         return out
 
@@ -153,7 +159,7 @@ class MarketStore:
             return self._catalogue
         try:
             raw = await self.r(lambda r: r.hgetall(self.keys.symbols))
-            cat = {k.decode(): orjson.loads(v) for k, v in raw.items()}
+            cat = {_b(k).decode(): orjson.loads(v) for k, v in raw.items()}
         except Unavailable:
             rows = await self.db(
                 "SELECT symbol, base, quote, tick_size, min_size, status, source, channels, seq FROM symbols"
@@ -187,7 +193,7 @@ class MarketStore:
         if body is None:
             raise NotCached("no order book cached yet for this symbol")
         if field == depth:
-            return bytes(body)
+            return _b(body)
         b = orjson.loads(body)
         b["bids"], b["asks"], b["depth"] = b["bids"][:depth], b["asks"][:depth], depth
         return orjson.dumps(b)
@@ -222,7 +228,7 @@ class MarketStore:
         body = await self.r(lambda r: r.get(key))
         if body is None:
             raise NotCached(f"no {what} cached yet for this symbol")
-        return bytes(body)
+        return _b(body)
 
     async def recent_trades(self, symbol: str, limit: int) -> bytes:
         async def q(r: aioredis.Redis) -> list[Any]:

@@ -33,8 +33,21 @@ def dt_from_ns(ns: int) -> datetime:
 # trades travel as (symbol, trade_id, time in µs since the epoch, price, size, side, seq, epoch):
 # text and integers are what asyncpg's COPY encodes fastest; the database casts them once
 TradeRow = tuple[str, str, int, str, str, str, int, int]
+# symbol, interval, bucket, open, high, low, close, volume, trades, closed, seq, epoch, vwap
 CandleRow = tuple[
-    str, str, datetime, Decimal, Decimal, Decimal, Decimal, Decimal, int, bool, int, int
+    str,
+    str,
+    datetime,
+    Decimal,
+    Decimal,
+    Decimal,
+    Decimal,
+    Decimal,
+    int,
+    bool,
+    int,
+    int,
+    Decimal | None,
 ]
 SnapshotRow = tuple[str, datetime, int, int, int | None, str, str]
 SymbolRow = tuple[str, str, str, Decimal, Decimal, str, str, list[str], int]
@@ -82,10 +95,10 @@ class RowBuilder:
             return
         try:
             if topic == self.snapshot_topic:
-                k = (key or b"").decode("utf-8", "replace")
-                if k.startswith("l2:"):
+                skey = (key or b"").decode("utf-8", "replace")
+                if skey.startswith("l2:"):
                     self._snapshot(b, parse_envelope(value))
-                elif k.startswith("status:"):
+                elif skey.startswith("status:"):
                     self._status(b, parse_envelope(value))
                 return  # other snapshot keys: the streams carry them
             if self._trade_fast(b, value):

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +95,7 @@ def _count(status: str) -> int:
         return 0
 
 
-def _columns(rows: list[tuple[Any, ...]], n: int) -> list[list[Any]]:
+def _columns(rows: Sequence[tuple[Any, ...]], n: int) -> list[list[Any]]:
     return [[r[i] for r in rows] for i in range(n)]
 
 
@@ -178,14 +179,14 @@ class DbWriter:
             await conn.copy_records_to_table("trades_stage", records=b.trades, columns=STAGE_COLS)
             t = _count(await conn.execute(SQL_TRADES))
         if b.candles:
-            rows = [r for _, r in b.candles.values()]
-            c = _count(await conn.execute(SQL_CANDLES, *_columns(rows, 13)))
+            candles = [r for _, r in b.candles.values()]
+            c = _count(await conn.execute(SQL_CANDLES, *_columns(candles, 13)))
         if b.snapshots:
-            rows = list(b.snapshots.values())
-            s = _count(await conn.execute(SQL_SNAPSHOTS, *_columns(rows, 7)))
+            snaps = list(b.snapshots.values())
+            s = _count(await conn.execute(SQL_SNAPSHOTS, *_columns(snaps, 7)))
         if b.symbols:
-            rows = [(*r[:7], ",".join(r[7]), r[8]) for _, r in b.symbols.values()]
-            y = _count(await conn.execute(SQL_SYMBOLS, *_columns(rows, 9)))
+            syms = [(*r[:7], ",".join(r[7]), r[8]) for _, r in b.symbols.values()]
+            y = _count(await conn.execute(SQL_SYMBOLS, *_columns(syms, 9)))
         return t, c, s, y
 
     async def _write_rowwise(
@@ -204,18 +205,18 @@ class DbWriter:
                 log.warning(
                     "trade rejected by the database", extra={"row": repr(row), "error": repr(exc)}
                 )
-        for _, row in b.candles.values():
+        for _, crow in b.candles.values():
             try:
                 async with conn.transaction():
-                    c += _count(await conn.execute(SQL_CANDLES, *_columns([row], 13)))
+                    c += _count(await conn.execute(SQL_CANDLES, *_columns([crow], 13)))
             except asyncpg.PostgresError as exc:
                 if is_retriable_db_error(exc):
                     raise
                 self.counters.rows_rejected += 1
-        for row in b.snapshots.values():
+        for srow in b.snapshots.values():
             try:
                 async with conn.transaction():
-                    s += _count(await conn.execute(SQL_SNAPSHOTS, *_columns([row], 7)))
+                    s += _count(await conn.execute(SQL_SNAPSHOTS, *_columns([srow], 7)))
             except asyncpg.PostgresError as exc:
                 if is_retriable_db_error(exc):
                     raise

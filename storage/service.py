@@ -44,7 +44,8 @@ def build_health(cache: CacheWriter | None, db: object | None) -> Health:
 
 async def main(stop: asyncio.Event) -> None:
     s = Settings.from_env()
-    which = set(s.get("MD_STORAGE_WRITERS", parse_list, ("cache", "db")))
+    default: tuple[str, ...] = ("cache", "db")
+    which = set(s.get("MD_STORAGE_WRITERS", parse_list, default))
     cache = CacheWriter(s) if "cache" in which else None
     db = None
     if "db" in which:

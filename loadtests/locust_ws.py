@@ -65,9 +65,11 @@ class WebSocketUser(User):
         self.ws: websocket.WebSocket | None = None
         self.subs: list[str] = []
         self.receiver: gevent.Greenlet | None = None
+        self.stopping = False
         self._connect()
 
     def on_stop(self) -> None:
+        self.stopping = True  # the close below is ours: not a disconnect to report
         if self.receiver is not None:
             self.receiver.kill(block=False)
         if self.ws is not None:
@@ -122,6 +124,8 @@ class WebSocketUser(User):
             try:
                 raw = ws.recv()
             except Exception as exc:  # closed by the server or the network
+                if self.stopping:
+                    return
                 self._fire("WS", "disconnect", 0, exc=exc)
                 self.ws = None
                 gevent.sleep(1 + self.rng.random())

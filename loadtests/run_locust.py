@@ -129,8 +129,8 @@ one row per scenario and user count, the latest run replacing the previous one; 
 files and HTML report are in `var/loadtests/<scenario>-<time>/` and all summaries in
 `var/loadtests/history.jsonl`. "machine" ends with the 1-minute load average when the run
 started: on this shared 2-core machine other work competes with the run, and a load far above
-2 means the numbers measure contention more than the platform. `rest`: requests per second and response time of the weighted
-endpoint mix of `loadtests/locust_rest.py`. `ws`: data messages delivered per second to all
+2 means the numbers measure contention more than the platform. `rest`: requests per second and
+response time of the weighted endpoint mix of `loadtests/locust_rest.py`. `ws`: data messages delivered per second to all
 clients and latency from each message's `timestamp` (aggregator publish) to receipt by the
 locust client, snapshots excluded; "seq gaps" counts breaks of `seq` continuity seen by clients.
 Locust itself shares the 2 cores with the platform on this machine, so these numbers are a floor

@@ -124,18 +124,22 @@ def table_row(scenario: str, users: int, run_time: str, s: dict[str, Any], unit:
 
 SECTION_INTRO = f"""{SECTION}
 
-Written by `python -m loadtests.run_locust rest|ws` (`make load-rest-headless`, `make load-ws-headless`);
-one row per scenario and user count, the latest run replacing the previous one; every run's CSV
-files and HTML report are in `var/loadtests/<scenario>-<time>/` and all summaries in
-`var/loadtests/history.jsonl`. "machine" ends with the 1-minute load average when the run
-started: on this shared 2-core machine other work competes with the run, and a load far above
-2 means the numbers measure contention more than the platform. `rest`: requests per second and
-response time of the weighted endpoint mix of `loadtests/locust_rest.py`. `ws`: data messages delivered per second to all
-clients and latency from each message's `timestamp` (aggregator publish) to receipt by the
-locust client, snapshots excluded; "seq gaps" counts breaks of `seq` continuity seen by clients.
-Locust itself shares the 2 cores with the platform on this machine, so these numbers are a floor
-for the platform and a ceiling for what one locust process can offer; the raw benchmarks of the
-gateways' own sections measure the ceilings.
+Written by `python -m loadtests.run_locust rest|ws` (`make load-rest-headless`,
+`make load-ws-headless`); one row per scenario and user count, the latest run replacing the
+previous one; every run's CSV files and HTML report are in `var/loadtests/<scenario>-<time>/` and
+all summaries in `var/loadtests/history.jsonl`. "machine" ends with the 1-minute load average
+when the run started: on this shared 2-core machine other work competes with the run, and a load
+far above 2 means the numbers measure contention more than the platform.
+
+- `rest`: requests per second and response time of the weighted endpoint mix of
+  `loadtests/locust_rest.py`.
+- `ws`: data messages delivered per second to all clients, and latency from each message's
+  `timestamp` (aggregator publish) to receipt by the locust client, snapshots excluded; "seq
+  gaps" counts breaks of `seq` continuity seen by clients.
+
+Locust shares the 2 cores with the platform here, so these numbers are a floor for the platform
+and a ceiling for what one locust process can offer; the raw benchmarks in the gateways'
+sections measure the ceilings.
 """
 
 

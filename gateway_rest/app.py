@@ -224,8 +224,8 @@ def create_app(
             int,
             Query(
                 ge=1,
-                description="levels per side; capped at the cached "
-                "depth (MD_REDIS_BOOK_DEPTH, default 100)",
+                description="price levels per side (level=3: every order at those levels); "
+                "capped at the cached depth (MD_REDIS_BOOK_DEPTH, default 100) and the tier's cap",
             ),
         ] = 20,
         level: Annotated[
@@ -252,7 +252,8 @@ def create_app(
                 raise ApiError(
                     403, "forbidden", f"level: tier {tier.name} may not read level=3", "level"
                 )
-            return Response(await st.string(st.keys.l3(sym), "level-3 book"), media_type=JSON)
+            d3 = min(depth, tier.max_depth)
+            return Response(await st.l3_book(sym, d3), media_type=JSON)
         d = min(depth, cfg.book_depth, tier.max_depth)
         return Response(await st.book(sym, d, depths), media_type=JSON)
 

@@ -60,6 +60,13 @@ class OrderBook(Positioned):
 class OrderBookL3(Positioned):
     level: int = 3
     timestamp: str
+    depth: int = Field(description="price levels per side included")
+    bids: list[list[str]] = Field(
+        description="[price, size, order_id], best price first, time priority"
+    )
+    asks: list[list[str]] = Field(
+        description="[price, size, order_id], best price first, time priority"
+    )
 
 
 class Ticker(Positioned):

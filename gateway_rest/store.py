@@ -224,6 +224,24 @@ class MarketStore:
             }
         )
 
+    async def l3_book(self, symbol: str, depth: int) -> bytes:
+        """The cached ``l3_snapshot`` cut to its best ``depth`` price levels per side (every
+        order at those prices, in time priority)."""
+        b = orjson.loads(await self.string(self.keys.l3(symbol), "level-3 book"))
+        for side in ("bids", "asks"):
+            orders = b.get(side) or []
+            prices: set[str] = set()
+            cut = len(orders)
+            for i, o in enumerate(orders):
+                if o[0] not in prices:
+                    if len(prices) == depth:
+                        cut = i
+                        break
+                    prices.add(o[0])
+            b[side] = orders[:cut]
+        b["depth"] = depth
+        return orjson.dumps(b)
+
     async def string(self, key: str, what: str) -> bytes:
         body = await self.r(lambda r: r.get(key))
         if body is None:

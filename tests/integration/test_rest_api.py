@@ -167,7 +167,9 @@ async def test_every_endpoint(pipeline: tuple[Settings, datetime]) -> None:
         l3 = OrderBookL3.model_validate(
             (await c.get(f"/api/v1/market/{SYM}/orderbook?level=3")).json()
         )
-        assert l3.seq == 3 and l3.model_extra and l3.model_extra["bids"] == [["100.0", "1", "o1"]]
+        assert (
+            l3.seq == 3 and l3.bids == [["100.0", "1", "o1"]] and l3.asks == [["101.0", "1", "o2"]]
+        )
         r = await c.get(f"/api/v1/market/{L2ONLY}/orderbook?level=3")
         assert r.status_code == 422 and r.json()["parameter"] == "level"
 

@@ -60,3 +60,29 @@ def test_chunk_for_is_exact_for_small_limits() -> None:
     from gateway_rest.ratelimit import chunk_for
 
     assert chunk_for(5) == 1 and chunk_for(200) == 4 and chunk_for(10**9) == 100
+
+
+async def test_l3_depth_keeps_whole_price_levels() -> None:
+    import orjson
+
+    from gateway_rest.store import MarketStore
+
+    class Fake(MarketStore):
+        async def string(self, key: str, what: str) -> bytes:
+            return orjson.dumps(
+                {
+                    "symbol": "X-Y",
+                    "seq": 1,
+                    "epoch": 1,
+                    "timestamp": "",
+                    "level": 3,
+                    "bids": [["10", "1", "a"], ["10", "2", "b"], ["9", "1", "c"], ["8", "1", "d"]],
+                    "asks": [["11", "1", "e"]],
+                }
+            )
+
+    st = Fake(Settings())
+    b = orjson.loads(await st.l3_book("X-Y", 2))
+    assert [o[2] for o in b["bids"]] == ["a", "b", "c"] and [o[2] for o in b["asks"]] == ["e"]
+    assert b["depth"] == 2
+    await st.close()

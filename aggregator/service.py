@@ -41,6 +41,7 @@ group moves on. As a last line, ``seq`` is deterministic per stream, so consumer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -49,12 +50,12 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import ProducerFenced
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Gauge
 
 from aggregator import events as ev
-from aggregator.recovery import RecoveryError, recover_partition
+from aggregator.recovery import recover_partition
 from aggregator.state import AggConfig, SymbolState
 from core.backoff import Backoff
 from core.codec import now_ns
@@ -86,6 +87,7 @@ class ServiceConfig:
     checkpoint_ms: int = 5000  # full agg:state per symbol at most this often (bounds replay)
     snapshot_ms: int = 500  # public snapshots per symbol at most this often
     max_batch: int = 5000  # records per poll: bounds memory and per-batch latency
+    retake_s: float = 9.0  # after being fenced, take a still-assigned partition back after this
     agg: AggConfig = field(default_factory=AggConfig)
 
     @classmethod
@@ -96,6 +98,7 @@ class ServiceConfig:
             checkpoint_ms=s.get("MD_AGG_CHECKPOINT_MS", int, 5000),
             snapshot_ms=s.get("MD_AGG_SNAPSHOT_MS", int, 500),
             max_batch=s.get("MD_AGG_MAX_BATCH", int, 5000),
+            retake_s=1.5 * s.get("MD_AGG_SESSION_MS", int, 6000) / 1000,
             agg=AggConfig(
                 checksum_depth=s.book_checksum_depth,
                 trades_snapshot_n=s.get("MD_AGG_TRADES_SNAPSHOT", int, 100),
@@ -143,6 +146,7 @@ class Aggregator:
         self._partition_cache: dict[tuple[str, bytes], int] = {}
         self._events_in: dict[str, int] = {}
         self.fatal: str | None = None
+        self._retakes: set[asyncio.Task[None]] = set()
 
     def _health_consumer(self) -> tuple[bool, Any]:
         age = time.monotonic() - self._last_poll
@@ -178,6 +182,8 @@ class Aggregator:
             async with self.lock:
                 await self._commit_all()
         finally:
+            for task in self._retakes:
+                task.cancel()
             async with self.lock:
                 for w in list(self.workers.values()):
                     await self._drop(w, commit=False)
@@ -198,7 +204,10 @@ class Aggregator:
                 self._apply_record(w, r.value, touched)
             if touched:
                 w.txn_events += len(recs)
-                await self._emit(w, touched, now)
+                try:
+                    await self._emit(w, touched, now)
+                except Exception as exc:  # noqa: BLE001 - e.g. fenced while sending
+                    await self._txn_failed(w, exc, revoking=False)
         # metrics once per batch, not per event: labels().inc() costs ~10% of the hot path
         for t, n in self._events_in.items():
             EVENTS_IN.labels(t).inc(n)
@@ -286,10 +295,9 @@ class Aggregator:
     async def _commit_all(self) -> None:
         now_m = time.monotonic()
         for w in list(self.workers.values()):
-            if not w.txn_open and (any(self._snapshot_due(w, sym, now_m) for sym in w.snap_pending)
-                                   or any(self._checkpoint_due(w, sym, now_m) for sym in w.ckpt_pending)):
-                await self._begin(w)  # a quiet symbol's pending snapshot/checkpoint still gets written
-            if w.txn_open:
+            # a quiet symbol's pending snapshot/checkpoint still gets written (in its own transaction)
+            if w.txn_open or any(self._snapshot_due(w, sym, now_m) for sym in w.snap_pending) \
+                    or any(self._checkpoint_due(w, sym, now_m) for sym in w.ckpt_pending):
                 await self._commit(w)
 
     def _checkpoint_due(self, w: Worker, sym: str, now_m: float) -> bool:
@@ -298,36 +306,52 @@ class Aggregator:
     def _snapshot_due(self, w: Worker, sym: str, now_m: float) -> bool:
         return sym in w.new or now_m - w.last_snapshot.get(sym, 0) >= self.cfg.snapshot_ms / 1000
 
-    async def _commit(self, w: Worker) -> None:
+    async def _commit(self, w: Worker, *, revoking: bool = False) -> bool:
         try:
+            if not w.txn_open:
+                await self._begin(w)
             await self._add_recovery_and_snapshots(w)
             tp = TopicPartition(self.topics.input, w.partition)
             await w.producer.send_offsets_to_transaction({tp: w.next_offset}, self.cfg.group)
             await w.producer.commit_transaction()
             TXN_COMMITTED.inc()
-        except ProducerFenced:
-            FENCED.inc()
-            log.warning("fenced by a newer owner, dropping partition", extra={"partition": w.partition})
-            w.txn_open = False
-            await self._drop(w, commit=False)
-            return
-        except KafkaError as exc:
-            TXN_ABORTED.inc()
-            log.error("transaction failed, rebuilding partition state", extra={"partition": w.partition,
-                                                                              "error": repr(exc)})
-            try:
-                await w.producer.abort_transaction()
-            except KafkaError:
-                pass
-            w.txn_open = False
-            await self._drop(w, commit=False)
-            await self._assign(w.partition)
-            return
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the transaction unusable
+            await self._txn_failed(w, exc, revoking=revoking)
+            return False
         w.txn_open = False
         w.txn_events = 0
         w.dirty.clear()
         w.new.clear()
         w.status_changed.clear()
+        return True
+
+    async def _txn_failed(self, w: Worker, exc: BaseException, *, revoking: bool) -> None:
+        """The open transaction of ``w`` cannot commit: its outputs will never be visible, so the
+        in-memory state (which includes them) is dropped and rebuilt from Kafka.
+
+        Fenced (``ProducerFenced``, or aiokafka's transaction manager in its fatal state, which
+        is how a fence seen by the background sender surfaces): by a new owner, and our consumer
+        will be revoked ``p`` at its next heartbeat; or by the broker's transaction timeout after
+        a long stall, and nobody else owns ``p`` - so it is taken back, from Kafka, once the group
+        has had ``retake_s`` to tell us otherwise. Any other error: abort and recover at once.
+        """
+        tm = getattr(w.producer, "_txn_manager", None)
+        fenced = isinstance(exc, ProducerFenced) or (tm is not None and tm.is_fatal_error())
+        if fenced:
+            FENCED.inc()
+            log.warning("transactional producer fenced, dropping partition",
+                        extra={"partition": w.partition, "error": repr(exc)})
+        else:
+            TXN_ABORTED.inc()
+            log.error("transaction failed, rebuilding partition state",
+                      extra={"partition": w.partition, "error": repr(exc)})
+        await self._drop(w, commit=False)
+        if revoking:
+            return
+        if fenced:
+            self._retakes.add(asyncio.create_task(self._retake_later(w.partition)))
+        else:
+            await self._assign_with_retry(w.partition)
 
     async def _add_recovery_and_snapshots(self, w: Worker) -> None:
         now_m = time.monotonic()
@@ -368,14 +392,19 @@ class Aggregator:
         producer = make_producer(s, transactional_id=txid, transaction_timeout_ms=60_000)
         await producer.start()
         w = Worker(partition, producer)
-        # InitProducerId happens here: from now on the previous owner can commit nothing.
-        await producer.begin_transaction()
-        w.txn_open = True
         assert self.consumer is not None
         tp = TopicPartition(self.topics.input, partition)
-        committed = await self.consumer.committed(tp)
-        states, replayed = await recover_partition(
-            s, self.topics, partition, self._snapshot_partitions, committed, self.cfg.agg)
+        try:
+            # InitProducerId happens here: from now on the previous owner can commit nothing.
+            await producer.begin_transaction()
+            w.txn_open = True
+            committed = await self.consumer.committed(tp)
+            states, replayed = await recover_partition(
+                s, self.topics, partition, self._snapshot_partitions, committed, self.cfg.agg)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
         w.symbols = states
         w.new = set(states)  # publish fresh snapshots + status on takeover
         w.dirty = set(states)
@@ -396,18 +425,19 @@ class Aggregator:
 
     async def _drop(self, w: Worker, *, commit: bool) -> None:
         if commit and w.txn_open:
-            await self._commit(w)
-            if self.workers.get(w.partition) is not w:
-                return  # _commit already dropped or replaced it
-        self.workers.pop(w.partition, None)
-        PARTITIONS.set(len(self.workers))
-        SYMBOLS.dec(len(w.symbols))
-        try:
-            if w.txn_open:
+            if not await self._commit(w, revoking=True):
+                return  # _commit failed and already dropped it
+        if self.workers.get(w.partition) is w:
+            self.workers.pop(w.partition)
+            PARTITIONS.set(len(self.workers))
+            SYMBOLS.dec(len(w.symbols))
+        tm = getattr(w.producer, "_txn_manager", None)
+        if w.txn_open and not (tm is not None and tm.is_fatal_error()):
+            with contextlib.suppress(Exception):  # best effort: the broker aborts it on timeout anyway
                 await w.producer.abort_transaction()
-        except KafkaError:
-            pass
-        await w.producer.stop()
+        w.txn_open = False
+        with contextlib.suppress(Exception):
+            await w.producer.stop()
 
     async def on_revoked(self, tps: list[TopicPartition]) -> None:
         async with self.lock:
@@ -423,6 +453,16 @@ class Aggregator:
                 if tp.topic == self.topics.input and tp.partition not in self.workers:
                     await self._assign_with_retry(tp.partition)
 
+    async def _retake_later(self, partition: int) -> None:
+        await asyncio.sleep(self.cfg.retake_s)
+        async with self.lock:
+            assert self.consumer is not None
+            tp = TopicPartition(self.topics.input, partition)
+            if tp in self.consumer.assignment() and partition not in self.workers:
+                log.warning("still assigned after being fenced: taking the partition back",
+                            extra={"partition": partition})
+                await self._assign_with_retry(partition)
+
     async def _assign_with_retry(self, partition: int) -> None:
         """Recovery may meet a slow broker; retry, and if it keeps failing stop the process
         (``fatal``) rather than own a partition whose records would be skipped."""
@@ -431,7 +471,7 @@ class Aggregator:
             try:
                 await self._assign(partition)
                 return
-            except (KafkaError, RecoveryError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - KafkaError, RecoveryError, OSError, aiokafka asserts
                 log.error("partition takeover failed", extra={"partition": partition, "attempt": attempt,
                                                                "error": repr(exc)})
                 await asyncio.sleep(backoff.next())

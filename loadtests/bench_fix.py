@@ -256,6 +256,8 @@ async def main() -> None:
                 first.append(time.perf_counter())
 
             watcher = asyncio.create_task(watch())
+            assert gw.proc is not None
+            cpu0 = _cpu_seconds(gw.proc.pid)
             t_prod = time.perf_counter()
             futs = []
             for i in range(args.updates):
@@ -269,6 +271,7 @@ async def main() -> None:
             want = args.updates * args.sessions
             await _until(lambda: delivered() >= want, 300)
             burst_s = time.perf_counter() - first[0]
+            gw_cpu = _cpu_seconds(gw.proc.pid) - cpu0
             await watcher
             out_total = metric(gw.http_port, "fix_messages_out_total")
         finally:
@@ -297,8 +300,17 @@ async def main() -> None:
         f"phase 2 (throughput): {args.updates} l2 updates produced in {prod_s:.2f}s -> {want} X messages in {burst_s:.2f}s "
         f"= {want / burst_s:,.0f} msg/s to {args.sessions} sessions ({args.updates / burst_s:,.0f} updates/s)"
     )
+    print(
+        f"gateway CPU during phase 2: {gw_cpu:.2f} s -> {want / gw_cpu:,.0f} X messages per gateway CPU-second"
+    )
     print(f"gateway fix_messages_out_total: {out_total:,.0f}")
     print(f"mean send latency {statistics.fmean(lat_send) if lat_send else float('nan'):.1f} ms")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_name() -> str:

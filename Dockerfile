@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # One image for every service of the platform; docker-compose.yml and deploy/k8s run it with a
 # different command per service (the commands of deploy/local/services.conf).
 #

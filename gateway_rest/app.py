@@ -76,6 +76,10 @@ def error_response(
     return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
 
 
+# 9999-12-31: beyond it neither Python's datetime nor PostgreSQL's timestamptz can follow
+MAX_NS = 253_402_300_799 * 1_000_000_000
+
+
 def parse_time(raw: str | None, name: str) -> int | None:
     """ISO-8601 (``2026-11-24T06:00:00Z``) or Unix time in seconds or milliseconds -> ns."""
     if raw is None or raw == "":
@@ -86,8 +90,12 @@ def parse_time(raw: str | None, name: str) -> int | None:
             v = int(text)
             if v < 0:
                 raise ValueError
-            return v * 1_000_000 if v > 10**11 else v * 1_000_000_000
-        return ns_from_iso(text)
+            ns = v * 1_000_000 if v > 10**11 else v * 1_000_000_000
+        else:
+            ns = ns_from_iso(text)
+        if not 0 <= ns < MAX_NS:
+            raise ValueError
+        return ns
     except (ValueError, CodecError, OverflowError):
         raise ApiError(
             422,
@@ -108,7 +116,7 @@ def parse_cursor(raw: str | None) -> tuple[int, str] | None:
     if not raw:
         return None
     ns, sep, tid = raw.partition(":")
-    if not sep or not ns.isdigit() or not tid:
+    if not sep or not ns.isdigit() or not tid or int(ns) >= MAX_NS or "\x00" in tid:
         raise ApiError(
             422, "invalid_parameter", "cursor: not a cursor returned by this API", "cursor"
         )
@@ -178,6 +186,12 @@ def create_app(
             f"{exc.dependency} unavailable: {exc.reason}",
             headers={"Retry-After": "1"},
         )
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> Response:
+        # a bug, never bad input (that is 404/422 above): log it whole, answer JSON
+        log.error("unhandled error", exc_info=exc)
+        return error_response(500, "internal", "internal error (logged)")
 
     @app.exception_handler(NotCached)
     async def _not_cached(_: Request, exc: NotCached) -> Response:

@@ -524,6 +524,9 @@ class FixSession:
         if mt == T.LOGON:
             self._logout_and_close("Logon(A) received on an active session")
             return
+        if mt not in T.FIX44_TYPES:
+            self._reject(msg, seq, T.REJ_INVALID_MSGTYPE, T.MsgType, f"invalid MsgType {mt}")
+            return
         self._events.append(AppMessage(msg, msg.get(T.PossDupFlag) == "Y"))
 
     def _on_logout(self, msg: Message) -> None:

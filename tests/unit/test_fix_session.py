@@ -548,3 +548,17 @@ def test_file_store_drops_a_torn_tail_and_resets(tmp_path: Path) -> None:
     st3 = FileStore(tmp_path, "S")
     assert st3.next_sender_seq == 2 and st3.get(1, 1)[0].sending_time == "20260101-00:00:04.000"
     st3.close()
+
+
+def test_invalid_msg_type_is_a_session_reject_and_unsupported_goes_to_the_app() -> None:
+    acc, cli, clock = logged_on()
+    acc.receive_data(raw("ZZ", 2, clock))
+    out = decode(acc.data_to_send())
+    assert out[0].msg_type == "3" and (out[0].get(373), out[0].get(371), out[0].get(45)) == (
+        "11",
+        "35",
+        "2",
+    )
+    acc.receive_data(raw("D", 3, clock, (11, "o1")))
+    assert [type(e).__name__ for e in acc.events_received()] == ["AppMessage"]
+    assert acc.store is not None and acc.store.next_target_seq == 4

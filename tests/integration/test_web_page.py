@@ -7,7 +7,8 @@ this test's own topic prefix, Redis prefix and database, beside any running stac
 Headless Debian Chromium (``/usr/bin/chromium``; installed with apt-get when missing) is driven
 by Playwright (npm ``playwright-core``) through ``web/test/e2e.mjs``: the book ladder renders,
 updates arrive with matching checksums, and after the test restarts gateway_ws the page
-reconnects on its own and receives updates again. Screenshots go to ``test-artifacts/``.
+reconnects on its own and receives updates again; the symbol picker switches the page to another
+symbol. Screenshots go to ``test-artifacts/``.
 ``npm ci`` and the esbuild bundle are run here, so a fresh clone needs only Node.js and npm.
 
 gateway_rest is started as ``python -m gateway_rest`` does, through its app factory; if that app
@@ -217,4 +218,7 @@ def test_live_page_renders_updates_and_reconnects(stack: tuple[Stack, dict[str, 
     assert back["reconnects"] >= 1 and back["conn"] == "live"
     assert back["l2Updates"] >= live["l2Updates"] + 3  # updates arrive again after the restart
     assert back["checksumBad"] == 0
+    switched = by["switched"]  # the symbol picker lists the REST catalogue and switches every panel
+    assert len(switched["options"]) >= 2 and switched["symbol"] != "BTC-USD"
+    assert f"symbol={switched['symbol']}" in switched["url"] and switched["bids"] > 0
     assert (ARTIFACTS / "web-live-market.png").stat().st_size > 10_000

@@ -62,6 +62,20 @@ try {
   const after = await md();
   out({ step: "reconnected", sawState: down.connText, ...after });
   await page.screenshot({ path: join(shots, "web-live-market-reconnected.png"), fullPage: true });
+
+  // 3. the symbol picker switches every panel to another symbol
+  const options = await page.$$eval("#symbol option", (els) => els.map((e) => e.value));
+  const other = options.find((o) => o !== after.symbol);
+  if (other) {
+    const before = after.l2Updates;
+    await page.selectOption("#symbol", other);
+    await page.waitForFunction((sym) => window.__md.symbol === sym && window.__md.bookSeq !== null
+      && document.querySelectorAll("#bids tr").length > 0, other, { timeout: STEP_MS });
+    await page.waitForFunction((n) => window.__md.l2Updates >= n + 2, before, { timeout: STEP_MS });
+    const switched = await md();
+    out({ step: "switched", options, ...switched, url: page.url() });
+    if (switched.checksumBad > 0) throw new Error(`checksum mismatches after switching: ${switched.checksumBad}`);
+  }
   if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join(" | ")}`);
   out({ step: "done" });
 } catch (e) {

@@ -135,6 +135,8 @@ class SymbolState:
         # candles: interval -> current bucket
         self.candles: dict[str, Candle] = {}
         self._next_close = 0  # smallest end of an open candle (0: none open), one compare per event
+        # final record of the last closed bucket per interval: the snapshot when none is open
+        self.last_closed: dict[str, dict[str, Any]] = {}
         # stats windows
         self.last_top: tuple[Decimal, Decimal] | None = None
         self.mids: deque[tuple[Decimal, Decimal]] = deque(maxlen=self.cfg.stats_mid_window)  # (mid, spread)
@@ -328,7 +330,9 @@ class SymbolState:
         for name, c in list(self.candles.items()):
             secs = CANDLE_INTERVALS[name]
             if ts >= c.start + secs * NS:
-                self._closed_candles.append((name, c.data(name, secs, True), c.start + secs * NS))
+                final = c.data(name, secs, True)
+                self._closed_candles.append((name, final, c.start + secs * NS))
+                self.last_closed[name] = final
                 del self.candles[name]
                 self._candle_dirty.discard(name)
         self._next_close = min((c.start + CANDLE_INTERVALS[n] * NS for n, c in self.candles.items()), default=0)
@@ -469,6 +473,8 @@ class SymbolState:
             c = self.candles.get(name)
             if c is not None:
                 out.append((f"candles_{name}:{sym}", snap("candle", f"candles_{name}", c.data(name, secs, False))))
+            elif name in self.last_closed:
+                out.append((f"candles_{name}:{sym}", snap("candle", f"candles_{name}", self.last_closed[name])))
         return out
 
     def status_snapshot(self, now: int) -> tuple[str, dict[str, Any]]:
@@ -490,6 +496,7 @@ class SymbolState:
             "recent_trades": list(self.recent_trades),
             "day": [[m, *map(fmt, b)] for m, b in sorted(self.day.items())],
             "candles": {k: c.to_state() for k, c in self.candles.items()},
+            "last_closed": self.last_closed,
             "last_top": [fmt(x) for x in self.last_top] if self.last_top else None,
             "mids": [[fmt(m), fmt(s)] for m, s in self.mids],
             "vw": [[fmt(pq), fmt(q)] for pq, q in self.vw],
@@ -512,6 +519,7 @@ class SymbolState:
         if s.recent_trades:
             s.vw_last = Decimal(s.recent_trades[-1]["price"])
         s.candles = {k: Candle.from_state(v) for k, v in st["candles"].items()}
+        s.last_closed = dict(st.get("last_closed") or {})
         s._next_close = min((c.start + CANDLE_INTERVALS[n] * NS for n, c in s.candles.items()), default=0)
         s.last_top = (Decimal(st["last_top"][0]), Decimal(st["last_top"][1])) if st.get("last_top") else None
         for m, sp in st["mids"]:

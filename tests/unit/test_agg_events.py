@@ -111,6 +111,9 @@ def test_candles_close_on_event_time_and_l2_only_drops_l3() -> None:
     finals = [m["data"] for c, m in out if c == "candles_1m"]
     assert len(finals) == 1 and finals[0]["closed"] is True and finals[0]["trades"] == 2
     assert not [m for c, m in s.flush(3) if c == "candles_1m"]
+    snaps = dict(s.snapshots(4))
+    assert snaps["candles_1m:SKL-USD"]["data"] == finals[0]  # no open bucket: the final record
+    assert "l3:SKL-USD" not in snaps
 
 
 def test_ticker_and_stats_values() -> None:

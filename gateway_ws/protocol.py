@@ -22,7 +22,6 @@ Rules, all here:
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,7 +155,7 @@ def parse_interval(raw: object) -> int:
     raise ValueError("interval must be a string like '5s' or '250ms', or a number of seconds")
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
     """One client's protocol state; see the module docstring."""
 
@@ -168,7 +167,7 @@ class Session:
     verify_token: Callable[[str], Principal] | None = None
     now: float = 0.0
     subscriptions: dict[Key, SubRequest] = field(default_factory=dict)
-    violations: deque[float] = field(default_factory=deque)
+    violations: list[float] = field(default_factory=list)  # at most max_violations
     closing: Close | None = None
     last_request: float = 0.0
     _tokens: float = -1.0
@@ -242,8 +241,9 @@ class Session:
     def _violation(self) -> None:
         now = self.now
         self.violations.append(now)
-        while self.violations and self.violations[0] < now - self.limits.violation_window:
-            self.violations.popleft()
+        cutoff = now - self.limits.violation_window
+        if self.violations[0] < cutoff:
+            self.violations[:] = [t for t in self.violations if t >= cutoff]
         if len(self.violations) >= self.limits.max_violations and self.closing is None:
             self.closing = Close(CLOSE_POLICY, "too many invalid requests")
             self._events.append(self.closing)

@@ -177,6 +177,11 @@ class Gateway:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.cfg.sndbuf)
         ip = self._ip(ws)
         binary = bool(getattr(ws, "md_binary", False))
+        # the handshake is done: its headers (~2 KiB per client) are not needed any more
+        # (the request object itself is, websockets reads it as "handshake received")
+        for msg in (ws.request, ws.response):
+            if msg is not None:
+                msg.headers = Headers()
         session = Session(
             principal=principal, is_symbol=self.is_symbol, ns_from_iso=ns_from_iso,
             encode=_encoder(binary), limits=self.cfg.limits,

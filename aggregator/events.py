@@ -102,7 +102,7 @@ def _size(v: object, field: str, *, allow_zero: bool) -> tuple[str, Decimal]:
 def _side(v: object, field: str = "side") -> str:
     if v not in SIDES:
         raise EventError(f"{field} must be buy or sell", v)
-    return v  # type: ignore[return-value]
+    return v
 
 
 def _id(v: object, field: str) -> str:
@@ -386,7 +386,7 @@ def _p_done(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> D
     price, rest = d.get("price"), d.get("remaining_size")
     if (price is not None and not isinstance(price, str)) or (rest is not None and not isinstance(rest, str)):
         raise EventError("price/remaining_size must be strings", d)
-    return Done(sym, ts, src, sq, _id(d.get("order_id"), "order_id"), _side(d.get("side")), reason,  # type: ignore[arg-type]
+    return Done(sym, ts, src, sq, _id(d.get("order_id"), "order_id"), _side(d.get("side")), reason,
                 price, rest)
 
 
@@ -450,7 +450,7 @@ def from_dict(d: Any) -> AnyEvent:
     if parse is None:
         raise EventError("unknown event type", t)
     try:
-        return parse(d, symbol, ts, source, src_seq)  # type: ignore[no-any-return]
+        return parse(d, symbol, ts, source, src_seq)
     except EventError:
         raise
     except (KeyError, TypeError, ValueError, ArithmeticError, SymbolError) as exc:

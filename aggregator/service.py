@@ -482,8 +482,8 @@ class _Listener(ConsumerRebalanceListener):
     def __init__(self, agg: Aggregator) -> None:
         self.agg = agg
 
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:  # type: ignore[override]
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self.agg.on_revoked(list(revoked))
 
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:  # type: ignore[override]
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.agg.on_assigned(list(assigned))

@@ -250,7 +250,7 @@ class SymbolState:
         if not bids or not asks:
             return
         # first keys without SortedDict.peekitem's bounds/index machinery (hot path)
-        top = (-bids._list._lists[0][0], asks._list._lists[0][0])
+        top = (-bids._list._lists[0][0], asks._list._lists[0][0])  # type: ignore[attr-defined]
         if top != self.last_top:
             self.last_top = top
             bb, ba = top

@@ -290,7 +290,9 @@ class CacheWriter:
     async def _check_alive(self) -> None:
         """When idle, notice a Redis that restarted empty even if no record arrives."""
         try:
-            if not await self.redis.exists(self.keys.sentinel):
+            alive = await self.redis.exists(self.keys.sentinel)
+            self.last_flush_at = time.monotonic()
+            if not alive:
                 log.warning("redis lost the cache; re-writing it from memory")
                 self._need_full = True
                 await self.flush()

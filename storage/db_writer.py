@@ -334,6 +334,9 @@ class DbWriter:
             await self._probe()
             await self._maintain()
             while not stop.is_set() or not self.queue.empty():
+                if fetcher.done() and self.queue.empty():
+                    fetcher.result()  # the fetch loop died: surface its error, do not idle healthy
+                    break
                 get = asyncio.create_task(self.queue.get())
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait(

@@ -562,3 +562,53 @@ def test_invalid_msg_type_is_a_session_reject_and_unsupported_goes_to_the_app() 
     acc.receive_data(raw("D", 3, clock, (11, "o1")))
     assert [type(e).__name__ for e in acc.events_received()] == ["AppMessage"]
     assert acc.store is not None and acc.store.next_target_seq == 4
+
+
+# --- fuzz: whatever a logged-on peer sends, the session core never raises --------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_values = st.one_of(
+    st.integers(min_value=-3, max_value=40).map(str),
+    st.sampled_from(["Y", "N", "", "abc", "20261124-06:51:12.000", "99999999999999999999"]),
+)
+_fields = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [7, 16, 36, 43, 45, 58, 108, 112, 122, 123, 141, 262, 263, 267, 269, 146, 55, 999]
+        ),
+        _values,
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["0", "1", "2", "3", "4", "5", "A", "V", "ZZ", "x"]),
+            st.integers(min_value=-1, max_value=4),
+            _fields,
+        ),
+        max_size=12,
+    )
+)
+def test_fuzz_session_never_raises(msgs: list[tuple[str, int, list[tuple[int, str]]]]) -> None:
+    acc, cli, clock = logged_on()
+    for mt, seq_delta, fields in msgs:
+        if acc.closed:
+            break
+        assert acc.store is not None
+        seq = max(1, acc.store.next_target_seq + seq_delta)
+        from fix_gateway.codec import frame
+
+        body = "".join(f"{t}={v}\x01" for t, v in fields if v != "").encode()
+        head = f"49=CLIENT1\x0156=MDGW\x0134={seq}\x0152={utc_timestamp(clock())}\x01".encode()
+        acc.receive_data(frame(mt, head, body))
+        acc.tick()
+        for m in decode(acc.data_to_send()):
+            assert m.get(34) and m.get(49) == "MDGW"
+        acc.events_received()
+        clock.advance(0.3)
+    assert acc.state in set(State)

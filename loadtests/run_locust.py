@@ -66,7 +66,7 @@ def check_up(host: str) -> str | None:
         urllib.request.urlopen(health_url(host), timeout=3)
         return None
     except Exception as exc:  # noqa: BLE001 - any failure means "not up"
-        return f"{health_url(host)} does not answer ({exc}); start the platform first: make up"
+        return f"{health_url(host)} is not healthy ({exc}); start the platform first (make up) or wait for it"
 
 
 def machine() -> str:

@@ -205,6 +205,7 @@ async def churn(pub: Publisher, rng: random.Random, platforms: list[Platform], n
             await pub.trade(p, "100.00", "0.1")
 
 
+@pytest.mark.timeout(420)  # a first run builds the harness with Maven (resolves QuickFIX/J once)
 async def test_quickfixj_full_session(
     settings: Settings,
     env_for: dict[str, str],

@@ -83,7 +83,11 @@ class StreamChecker:
         epoch = msg.get("epoch")
         prev = self.last.get(key)
         self.last[key] = (epoch, seq)
-        restart = str(msg.get("type", "")).endswith("_snapshot") or msg.get("resync") or msg.get("snapshot")
+        restart = (
+            str(msg.get("type", "")).endswith("_snapshot")
+            or msg.get("resync")
+            or msg.get("snapshot")
+        )
         if prev is None or restart or prev[0] != epoch:
             return None
         expected = prev[1] + 1
@@ -109,4 +113,6 @@ def pick_subscriptions(rng: random.Random, symbols: list[str]) -> list[str]:
 
 
 def is_data_message(msg: dict[str, Any]) -> bool:
-    return isinstance(msg.get("seq"), int) and "channel" in msg and "symbol" in msg and "data" in msg
+    return (
+        isinstance(msg.get("seq"), int) and "channel" in msg and "symbol" in msg and "data" in msg
+    )

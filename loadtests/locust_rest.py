@@ -26,7 +26,9 @@ import orjson
 from locust import FastHttpUser, between, events, task
 
 API = "/api/v1/market"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # locust puts only loadtests/ on the path
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # locust puts only loadtests/ on the path
 from loadtests.locust_common import symbols_from_env  # noqa: E402
 
 
@@ -35,7 +37,10 @@ def _iso(t: datetime) -> str:
 
 
 class MarketDataApiUser(FastHttpUser):
-    wait_time = between(float(os.environ.get("LOCUST_WAIT_MIN", "0.1")), float(os.environ.get("LOCUST_WAIT_MAX", "0.5")))
+    wait_time = between(
+        float(os.environ.get("LOCUST_WAIT_MIN", "0.1")),
+        float(os.environ.get("LOCUST_WAIT_MAX", "0.5")),
+    )
 
     def on_start(self) -> None:
         self.rng = random.Random()
@@ -43,7 +48,9 @@ class MarketDataApiUser(FastHttpUser):
         self.headers = {os.environ.get("LOCUST_API_KEY_HEADER", "X-API-Key"): key} if key else {}
         self.symbols = symbols_from_env()
         # discover the catalogue once per user, as a real client would
-        with self.client.get(f"{API}/symbols", name=f"{API}/symbols", headers=self.headers, catch_response=True) as r:
+        with self.client.get(
+            f"{API}/symbols", name=f"{API}/symbols", headers=self.headers, catch_response=True
+        ) as r:
             if self._check(r):
                 found = _symbol_names(r.json())
                 if found:
@@ -77,7 +84,11 @@ class MarketDataApiUser(FastHttpUser):
     @task(35)
     def orderbook(self) -> None:
         depth = self.rng.choices((20, 5, 50, 100), weights=(70, 15, 10, 5))[0]
-        self._get(f"{API}/{self._sym()}/orderbook?depth={depth}", f"{API}/{{symbol}}/orderbook?depth={depth}", "bids")
+        self._get(
+            f"{API}/{self._sym()}/orderbook?depth={depth}",
+            f"{API}/{{symbol}}/orderbook?depth={depth}",
+            "bids",
+        )
 
     @task(25)
     def ticker(self) -> None:
@@ -91,11 +102,19 @@ class MarketDataApiUser(FastHttpUser):
     @task(10)
     def candles(self) -> None:
         now = datetime.now(UTC)
-        interval, span = self.rng.choices((("1m", timedelta(hours=1)), ("5m", timedelta(hours=6)),
-                                           ("15m", timedelta(days=1)), ("1h", timedelta(days=1))),
-                                          weights=(60, 15, 15, 10))[0]
+        interval, span = self.rng.choices(
+            (
+                ("1m", timedelta(hours=1)),
+                ("5m", timedelta(hours=6)),
+                ("15m", timedelta(days=1)),
+                ("1h", timedelta(days=1)),
+            ),
+            weights=(60, 15, 15, 10),
+        )[0]
         q = f"interval={interval}&start={_iso(now - span)}&end={_iso(now)}"
-        self._get(f"{API}/{self._sym()}/candles?{q}", f"{API}/{{symbol}}/candles?interval={interval}")
+        self._get(
+            f"{API}/{self._sym()}/candles?{q}", f"{API}/{{symbol}}/candles?interval={interval}"
+        )
 
     @task(7)
     def stats(self) -> None:
@@ -150,7 +169,11 @@ def _write_summary(environment: Any, **_kw: Any) -> None:
         "p95_ms": t.get_response_time_percentile(0.95),
         "p99_ms": t.get_response_time_percentile(0.99),
         "failures": t.num_failures,
-        "rate_limited": sum(n for (err, n) in ((e.error, e.occurrences) for e in environment.stats.errors.values()) if "429" in str(err)),
+        "rate_limited": sum(
+            n
+            for (err, n) in ((e.error, e.occurrences) for e in environment.stats.errors.values())
+            if "429" in str(err)
+        ),
     }
     with open(path, "wb") as f:
         f.write(orjson.dumps(out))

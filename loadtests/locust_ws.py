@@ -40,7 +40,9 @@ import orjson
 import websocket  # websocket-client: blocking sockets, cooperative under locust's gevent
 from locust import User, between, events, task
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # locust puts only loadtests/ on the path
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # locust puts only loadtests/ on the path
 from loadtests.locust_common import (  # noqa: E402
     SeqGap,
     StreamChecker,
@@ -87,18 +89,30 @@ class WebSocketUser(User):
             url += ("&" if "?" in url else "?") + urlencode({"token": token})
         return url
 
-    def _fire(self, rtype: str, name: str, ms: float, length: int = 0, exc: Exception | None = None) -> None:
-        self.environment.events.request.fire(request_type=rtype, name=name, response_time=ms,
-                                             response_length=length, exception=exc, context={})
+    def _fire(
+        self, rtype: str, name: str, ms: float, length: int = 0, exc: Exception | None = None
+    ) -> None:
+        self.environment.events.request.fire(
+            request_type=rtype,
+            name=name,
+            response_time=ms,
+            response_length=length,
+            exception=exc,
+            context={},
+        )
 
     def _connect(self) -> None:
         t0 = time.perf_counter()
         try:
             # skip_utf8_validation: websocket-client validates UTF-8 in pure Python, which costs more
             # than the rest of the per-message work; orjson rejects invalid UTF-8 anyway
-            self.ws = websocket.create_connection(self._url(), timeout=10, enable_multithread=True,
-                                                  skip_utf8_validation=True,
-                                                  sslopt={"cert_reqs": ssl.CERT_NONE})
+            self.ws = websocket.create_connection(
+                self._url(),
+                timeout=10,
+                enable_multithread=True,
+                skip_utf8_validation=True,
+                sslopt={"cert_reqs": ssl.CERT_NONE},
+            )
         except Exception as exc:
             self._fire("WS", "connect", (time.perf_counter() - t0) * 1000, exc=exc)
             self.ws = None
@@ -144,7 +158,9 @@ class WebSocketUser(User):
     def on_message(self, msg: dict[str, Any], now: float, size: int) -> None:
         mtype = msg.get("type")
         if mtype == "error":
-            self._fire("WS", f"error {msg.get('code')}", 0, exc=RuntimeError(str(msg.get("message"))))
+            self._fire(
+                "WS", f"error {msg.get('code')}", 0, exc=RuntimeError(str(msg.get("message")))
+            )
             return
         if mtype in ("subscribed", "unsubscribed", "resync"):
             self.checker.observe(msg)

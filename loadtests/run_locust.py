@@ -36,8 +36,10 @@ DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Load runs (locust)"
 TABLE_START = "<!-- locust-table:start (rows written by loadtests/run_locust.py) -->"
 TABLE_END = "<!-- locust-table:end -->"
-HEADER = ("| scenario | users | duration | throughput | p50 ms | p95 ms | p99 ms | failures | when (UTC) | commit | machine |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |")
+HEADER = (
+    "| scenario | users | duration | throughput | p50 ms | p95 ms | p99 ms | failures | when (UTC) | commit | machine |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"
+)
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "rest": {
@@ -89,10 +91,19 @@ def machine() -> str:
 
 def commit() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -106,8 +117,16 @@ def _fmt(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def table_row(scenario: str, users: int, run_time: str, s: dict[str, Any], unit: str, when: str,
-              sha: str, mach: str) -> str:
+def table_row(
+    scenario: str,
+    users: int,
+    run_time: str,
+    s: dict[str, Any],
+    unit: str,
+    when: str,
+    sha: str,
+    mach: str,
+) -> str:
     rate = s.get("messages_per_s", s.get("requests_per_s"))
     total = s.get("messages", s.get("requests"))
     fails = s.get("failures", 0)
@@ -117,8 +136,19 @@ def table_row(scenario: str, users: int, run_time: str, s: dict[str, Any], unit:
     if s.get("rate_limited"):
         extra.append(f"{s['rate_limited']} 429s")
     failures = f"{fails} of {_fmt(total)}" + (f" ({', '.join(extra)})" if extra else "")
-    cells = [scenario, str(users), run_time, f"{_fmt(rate)} {unit}", _fmt(s.get("p50_ms")), _fmt(s.get("p95_ms")),
-             _fmt(s.get("p99_ms")), failures, when, sha, mach]
+    cells = [
+        scenario,
+        str(users),
+        run_time,
+        f"{_fmt(rate)} {unit}",
+        _fmt(s.get("p50_ms")),
+        _fmt(s.get("p95_ms")),
+        _fmt(s.get("p99_ms")),
+        failures,
+        when,
+        sha,
+        mach,
+    ]
     return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
 
 
@@ -147,18 +177,25 @@ def update_section(text: str, row: str, key: tuple[str, str]) -> str:
     """Insert or replace the row for ``key`` (scenario, users) in our section; nothing else changes."""
     if SECTION not in text:
         base = text if text.strip() else "# Benchmarks\n"
-        text = base.rstrip("\n") + "\n\n" + SECTION_INTRO + f"\n{TABLE_START}\n{HEADER}\n{TABLE_END}\n"
+        text = (
+            base.rstrip("\n") + "\n\n" + SECTION_INTRO + f"\n{TABLE_START}\n{HEADER}\n{TABLE_END}\n"
+        )
     start = text.index(SECTION)
-    nxt = re.search(r"^## ", text[start + len(SECTION):], re.M)
+    nxt = re.search(r"^## ", text[start + len(SECTION) :], re.M)
     end = start + len(SECTION) + nxt.start() if nxt else len(text)
     section = text[start:end]
     if TABLE_START not in section:
         section = section.rstrip("\n") + f"\n\n{TABLE_START}\n{HEADER}\n{TABLE_END}\n"
-    section = SECTION_INTRO + "\n" + section[section.index(TABLE_START):]  # intro: always the current text
+    section = (
+        SECTION_INTRO + "\n" + section[section.index(TABLE_START) :]
+    )  # intro: always the current text
     t0 = section.index(TABLE_START) + len(TABLE_START)
     t1 = section.index(TABLE_END)
-    rows = [r for r in section[t0:t1].strip().splitlines() if r.startswith("| ") and not r.startswith("| scenario")
-            and not r.startswith("| ---")]
+    rows = [
+        r
+        for r in section[t0:t1].strip().splitlines()
+        if r.startswith("| ") and not r.startswith("| scenario") and not r.startswith("| ---")
+    ]
     rows = [r for r in rows if tuple(c.strip() for c in r.strip("|").split("|")[:2]) != key]
     rows.append(row)
     rows.sort(key=lambda r: tuple(c.strip() for c in r.strip("|").split("|")[:2]))
@@ -173,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
-    ap = argparse.ArgumentParser(prog="python -m loadtests.run_locust", description=__doc__.split("\n\n")[0])
+        argv, extra = argv[:i], argv[i + 1 :]
+    ap = argparse.ArgumentParser(
+        prog="python -m loadtests.run_locust", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("scenario", choices=sorted(SCENARIOS))
     ap.add_argument("--users", "-u", type=int)
     ap.add_argument("--spawn-rate", "-r", type=float)
@@ -195,24 +234,59 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = OUT / f"{args.scenario}-{when:%Y%m%dT%H%M%SZ}"
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_file = run_dir / "summary.json"
-    cmd = [str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / sc["file"]), "--host", host, "--headless",
-           "-u", str(users), "-r", str(spawn), "-t", args.run_time, "--stop-timeout", "5",
-           "--csv", str(run_dir / args.scenario), "--csv-full-history", "--html", str(run_dir / "report.html"),
-           "--only-summary", "--loglevel", "WARNING", *extra]
+    cmd = [
+        str(Path(sys.executable).parent / "locust"),
+        "-f",
+        str(ROOT / sc["file"]),
+        "--host",
+        host,
+        "--headless",
+        "-u",
+        str(users),
+        "-r",
+        str(spawn),
+        "-t",
+        args.run_time,
+        "--stop-timeout",
+        "5",
+        "--csv",
+        str(run_dir / args.scenario),
+        "--csv-full-history",
+        "--html",
+        str(run_dir / "report.html"),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        *extra,
+    ]
     env = dict(os.environ, LOCUST_SUMMARY_JSON=str(summary_file))
     print(f"[load] {' '.join(cmd)}", file=sys.stderr)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=_seconds(args.run_time) + 120)
     if not summary_file.exists():
-        print(f"[load] locust exited {proc.returncode} without a summary (see output above)", file=sys.stderr)
+        print(
+            f"[load] locust exited {proc.returncode} without a summary (see output above)",
+            file=sys.stderr,
+        )
         return proc.returncode or 1
     s = json.loads(summary_file.read_text())
     sha, mach = commit(), f"{machine()}, load {load_at_start:.1f}"
-    record = {"scenario": args.scenario, "users": users, "run_time": args.run_time, "host": host,
-              "when": when.isoformat(), "commit": sha, "machine": mach, "wall_s": round(time.monotonic() - t0, 1), **s}
+    record = {
+        "scenario": args.scenario,
+        "users": users,
+        "run_time": args.run_time,
+        "host": host,
+        "when": when.isoformat(),
+        "commit": sha,
+        "machine": mach,
+        "wall_s": round(time.monotonic() - t0, 1),
+        **s,
+    }
     with (OUT / "history.jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")
-    row = table_row(args.scenario, users, args.run_time, s, sc["unit"], f"{when:%Y-%m-%d %H:%M}", sha, mach)
+    row = table_row(
+        args.scenario, users, args.run_time, s, sc["unit"], f"{when:%Y-%m-%d %H:%M}", sha, mach
+    )
     print(HEADER + "\n" + row)
     print(f"[load] report: {run_dir / 'report.html'}", file=sys.stderr)
     if not args.no_docs:

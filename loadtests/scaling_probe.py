@@ -87,7 +87,9 @@ def stack_pids() -> dict[str, list[int]]:
         stem = f.stem
         name = stem.rsplit("-", 1)[0] if stem.rsplit("-", 1)[-1].isdigit() else stem
         pid = int(f.read_text().split()[0])
-        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        kids = subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True
+        ).stdout.split()
         out.setdefault(name, []).extend([pid, *map(int, kids)])
     return out
 

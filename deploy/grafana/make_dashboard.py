@@ -23,7 +23,10 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 "s",
                 [
                     ("p50", "quantile_over_time(0.5, max(md_ws_last_publish_lag_seconds)[5m:15s])"),
-                    ("p99", "quantile_over_time(0.99, max(md_ws_last_publish_lag_seconds)[5m:15s])"),
+                    (
+                        "p99",
+                        "quantile_over_time(0.99, max(md_ws_last_publish_lag_seconds)[5m:15s])",
+                    ),
                     ("last {{instance}}", "md_ws_last_publish_lag_seconds"),
                 ],
             ),
@@ -31,7 +34,10 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 "FIX publish-to-send latency",
                 "s",
                 [
-                    (f"p{q}", f"histogram_quantile({v}, sum by (le) (rate(fix_publish_to_send_seconds_bucket[1m])))")
+                    (
+                        f"p{q}",
+                        f"histogram_quantile({v}, sum by (le) (rate(fix_publish_to_send_seconds_bucket[1m])))",
+                    )
                     for q, v in (("50", "0.5"), ("95", "0.95"), ("99", "0.99"), ("99.9", "0.999"))
                 ],
             ),
@@ -39,9 +45,18 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 "REST latency percentiles by route",
                 "s",
                 [
-                    ("p50 {{route}}", "histogram_quantile(0.5, sum by (le, route) (rate(md_rest_request_seconds_bucket[1m])))"),
-                    ("p95 {{route}}", "histogram_quantile(0.95, sum by (le, route) (rate(md_rest_request_seconds_bucket[1m])))"),
-                    ("p99 {{route}}", "histogram_quantile(0.99, sum by (le, route) (rate(md_rest_request_seconds_bucket[1m])))"),
+                    (
+                        "p50 {{route}}",
+                        "histogram_quantile(0.5, sum by (le, route) (rate(md_rest_request_seconds_bucket[1m])))",
+                    ),
+                    (
+                        "p95 {{route}}",
+                        "histogram_quantile(0.95, sum by (le, route) (rate(md_rest_request_seconds_bucket[1m])))",
+                    ),
+                    (
+                        "p99 {{route}}",
+                        "histogram_quantile(0.99, sum by (le, route) (rate(md_rest_request_seconds_bucket[1m])))",
+                    ),
                 ],
             ),
         ],
@@ -95,8 +110,14 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 "Connection failure ratio",
                 "percentunit",
                 [
-                    ("WebSocket refused", "sum(rate(md_ws_rejects_total[5m])) / clamp_min(sum(rate(md_ws_connects_total[5m])) + sum(rate(md_ws_rejects_total[5m])), 1e-9)"),
-                    ("FIX refused/timed out", 'sum(rate(fix_session_events_total{event=~"logons_refused|auth_failures|heartbeat_timeouts"}[5m])) / clamp_min(sum(rate(fix_session_events_total{event=~"logons|logons_refused"}[5m])), 1e-9)'),
+                    (
+                        "WebSocket refused",
+                        "sum(rate(md_ws_rejects_total[5m])) / clamp_min(sum(rate(md_ws_connects_total[5m])) + sum(rate(md_ws_rejects_total[5m])), 1e-9)",
+                    ),
+                    (
+                        "FIX refused/timed out",
+                        'sum(rate(fix_session_events_total{event=~"logons_refused|auth_failures|heartbeat_timeouts"}[5m])) / clamp_min(sum(rate(fix_session_events_total{event=~"logons|logons_refused"}[5m])), 1e-9)',
+                    ),
                 ],
             ),
         ],
@@ -111,11 +132,17 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                     ("REST 5xx", 'sum(rate(md_rest_requests_total{status=~"5.."}[1m]))'),
                     ("REST 4xx", 'sum(rate(md_rest_requests_total{status=~"4.."}[1m]))'),
                     ("REST 429", "sum(rate(md_rest_rate_limited_total[1m]))"),
-                    ("WS error replies {{code}}", "sum by (code) (rate(md_ws_client_errors_total[1m]))"),
+                    (
+                        "WS error replies {{code}}",
+                        "sum by (code) (rate(md_ws_client_errors_total[1m]))",
+                    ),
                     ("WS refused {{reason}}", "sum by (reason) (rate(md_ws_rejects_total[1m]))"),
                     ("WS slow disconnects", "sum(rate(md_ws_slow_disconnects_total[1m]))"),
                     ("WS slow resyncs", "sum(rate(md_ws_slow_resyncs_total[1m]))"),
-                    ("FIX rejects", "sum(rate(fix_rejects_total[1m])) + sum(rate(fix_md_rejects_total[1m]))"),
+                    (
+                        "FIX rejects",
+                        "sum(rate(fix_rejects_total[1m])) + sum(rate(fix_md_rejects_total[1m]))",
+                    ),
                     ("malformed input", "sum(rate(md_agg_malformed_input_total[1m]))"),
                 ],
             ),
@@ -124,7 +151,10 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 "short",
                 [
                     ("storage db queue {{instance}}", "max by (instance) (md_storage_db_queue)"),
-                    ("lag {{consumergroup}} {{topic}}", "sum by (consumergroup, topic) (kafka_consumergroup_lag)"),
+                    (
+                        "lag {{consumergroup}} {{topic}}",
+                        "sum by (consumergroup, topic) (kafka_consumergroup_lag)",
+                    ),
                 ],
             ),
             (
@@ -140,7 +170,12 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
             (
                 "Free space on data volumes",
                 "percentunit",
-                [("{{mountpoint}}", 'min by (mountpoint) (node_filesystem_avail_bytes{fstype!~"tmpfs|overlay|squashfs"} / node_filesystem_size_bytes{fstype!~"tmpfs|overlay|squashfs"})')],
+                [
+                    (
+                        "{{mountpoint}}",
+                        'min by (mountpoint) (node_filesystem_avail_bytes{fstype!~"tmpfs|overlay|squashfs"} / node_filesystem_size_bytes{fstype!~"tmpfs|overlay|squashfs"})',
+                    )
+                ],
             ),
         ],
     ),
@@ -152,26 +187,43 @@ def build() -> dict[str, Any]:
     pid = 1
     y = 0
     for row_title, row in ROWS:
-        panels.append({"id": pid, "type": "row", "title": row_title, "collapsed": False,
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        panels.append(
+            {
+                "id": pid,
+                "type": "row",
+                "title": row_title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
         pid += 1
         y += 1
         width = 24 // min(len(row), 2)
         for i, (title, unit, targets) in enumerate(row):
-            panels.append({
-                "id": pid,
-                "type": "timeseries",
-                "title": title,
-                "datasource": DS,
-                "gridPos": {"h": 8, "w": width, "x": (i % 2) * width, "y": y + (i // 2) * 8},
-                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-                "options": {"legend": {"displayMode": "list", "placement": "bottom"},
-                            "tooltip": {"mode": "multi"}},
-                "targets": [
-                    {"refId": chr(ord("A") + j), "datasource": DS, "expr": expr, "legendFormat": legend}
-                    for j, (legend, expr) in enumerate(targets)
-                ],
-            })
+            panels.append(
+                {
+                    "id": pid,
+                    "type": "timeseries",
+                    "title": title,
+                    "datasource": DS,
+                    "gridPos": {"h": 8, "w": width, "x": (i % 2) * width, "y": y + (i // 2) * 8},
+                    "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                    "options": {
+                        "legend": {"displayMode": "list", "placement": "bottom"},
+                        "tooltip": {"mode": "multi"},
+                    },
+                    "targets": [
+                        {
+                            "refId": chr(ord("A") + j),
+                            "datasource": DS,
+                            "expr": expr,
+                            "legendFormat": legend,
+                        }
+                        for j, (legend, expr) in enumerate(targets)
+                    ],
+                }
+            )
             pid += 1
         y += 8 * ((len(row) + 1) // 2)
     return {

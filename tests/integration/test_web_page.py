@@ -59,13 +59,17 @@ uvicorn.run(app, host=s.rest_host, port=s.rest_port, log_config=None, access_log
 # ---------------------------------------------------------------- build tooling (also used by test_web_protocol)
 def run(cmd: list[str], timeout: float, cwd: Path = WEB) -> None:
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    assert r.returncode == 0, (
+        f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    )
 
 
 def ensure_node_modules() -> None:
     """``npm ci`` from the committed package-lock.json when node_modules is missing or stale."""
     if not shutil.which("npm") or not shutil.which("node"):
-        pytest.fail("Node.js and npm are required for the live market page (Debian: apt-get install nodejs npm)")
+        pytest.fail(
+            "Node.js and npm are required for the live market page (Debian: apt-get install nodejs npm)"
+        )
     stamp = WEB / "node_modules" / ".package-lock.json"
     lock = WEB / "package-lock.json"
     if not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
@@ -86,21 +90,32 @@ def ensure_chromium() -> Path:
     if shutil.which("apt-get") and os.geteuid() == 0:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        r = subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, capture_output=True, text=True,
-                           timeout=900)
+        r = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert r.returncode == 0, f"apt-get install chromium failed:\n{r.stderr[-2000:]}"
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (or set CHROMIUM=/path/to/chromium)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: apt-get install chromium (or set CHROMIUM=/path/to/chromium)"
+        )
     return CHROMIUM
 
 
 # ---------------------------------------------------------------- the stack
-def _wait_http(url: str, procs: dict[str, subprocess.Popen[bytes]], logs: Path, within: float = 60.0) -> None:
+def _wait_http(
+    url: str, procs: dict[str, subprocess.Popen[bytes]], logs: Path, within: float = 60.0
+) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         for name, p in procs.items():
             if p.poll() is not None:
-                raise AssertionError(f"{name} exited with {p.returncode}:\n{(logs / f'{name}.log').read_text()[-3000:]}")
+                raise AssertionError(
+                    f"{name} exited with {p.returncode}:\n{(logs / f'{name}.log').read_text()[-3000:]}"
+                )
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -118,8 +133,14 @@ class Stack:
 
     def start(self, name: str, args: list[str]) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        self.procs[name] = subprocess.Popen([sys.executable, *args], env=self.env, cwd=ROOT, stdout=log,
-                                            stderr=log, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
 
     def stop(self, name: str, timeout: float = 20) -> None:
         p = self.procs.pop(name)
@@ -137,7 +158,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack(env_for: dict[str, str], pg_dsn: str, tmp_path: Path) -> Iterator[tuple[Stack, dict[str, int]]]:
+def stack(
+    env_for: dict[str, str], pg_dsn: str, tmp_path: Path
+) -> Iterator[tuple[Stack, dict[str, int]]]:
     ports = {k: free_port() for k in ("rest", "ws", "agg", "storage", "sim")}
     env = dict(env_for)
     env.update(
@@ -151,8 +174,14 @@ def stack(env_for: dict[str, str], pg_dsn: str, tmp_path: Path) -> Iterator[tupl
         MD_SIM_RATE="20",
         MD_LOG_LEVEL="WARNING",
     )
-    subprocess.run([sys.executable, "-m", "storage", "migrate"], env=env, cwd=ROOT, check=True, capture_output=True,
-                   timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "storage", "migrate"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     st = Stack(env, tmp_path)
     try:
         st.start("simulator", ["-m", "aggregator.sources.simulator"])
@@ -168,7 +197,9 @@ def stack(env_for: dict[str, str], pg_dsn: str, tmp_path: Path) -> Iterator[tupl
 
 
 # ---------------------------------------------------------------- the test
-def test_live_page_renders_updates_and_reconnects(stack: tuple[Stack, dict[str, int]], tmp_path: Path) -> None:
+def test_live_page_renders_updates_and_reconnects(
+    stack: tuple[Stack, dict[str, int]], tmp_path: Path
+) -> None:
     st, ports = stack
     build_web()
     chromium = ensure_chromium()
@@ -183,7 +214,11 @@ def test_live_page_renders_updates_and_reconnects(stack: tuple[Stack, dict[str, 
 
     e2e = subprocess.Popen(
         ["node", str(WEB / "test" / "e2e.mjs"), f"{base}/?symbol=BTC-USD", str(ARTIFACTS)],
-        cwd=WEB, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=WEB,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env=dict(os.environ, CHROMIUM=str(chromium), E2E_STEP_MS="30000"),
     )
     assert e2e.stdin and e2e.stdout

@@ -29,19 +29,46 @@ def _vectors() -> list[dict]:
     out = []
     for n in (0, 1, 3, 10, 25):
         mid = rng.uniform(0.01, 90000)
-        asks = [(f"{mid + i * 0.5 + 0.5:.2f}", f"{rng.uniform(0.00000001, 50):.8f}") for i in range(n)]
-        bids = [(f"{mid - i * 0.5:.2f}", f"{rng.uniform(0.001, 5):.4f}".rstrip("0")) for i in range(n)]
-        out.append({"asks": asks, "bids": bids, "string": checksum_string(asks, bids), "checksum": book_checksum(asks, bids)})
-    ex_a, ex_b = [("0.05005", "0.00000500")], [("0.05004", "1.2")]  # the core/checksum.py docstring example
-    out.append({"asks": ex_a, "bids": ex_b, "string": checksum_string(ex_a, ex_b), "checksum": book_checksum(ex_a, ex_b)})
+        asks = [
+            (f"{mid + i * 0.5 + 0.5:.2f}", f"{rng.uniform(0.00000001, 50):.8f}") for i in range(n)
+        ]
+        bids = [
+            (f"{mid - i * 0.5:.2f}", f"{rng.uniform(0.001, 5):.4f}".rstrip("0")) for i in range(n)
+        ]
+        out.append(
+            {
+                "asks": asks,
+                "bids": bids,
+                "string": checksum_string(asks, bids),
+                "checksum": book_checksum(asks, bids),
+            }
+        )
+    ex_a, ex_b = (
+        [("0.05005", "0.00000500")],
+        [("0.05004", "1.2")],
+    )  # the core/checksum.py docstring example
+    out.append(
+        {
+            "asks": ex_a,
+            "bids": ex_b,
+            "string": checksum_string(ex_a, ex_b),
+            "checksum": book_checksum(ex_a, ex_b),
+        }
+    )
     return out
 
 
 def test_page_protocol_code_agrees_with_core_checksum() -> None:
     ensure_node_modules()
     env = dict(os.environ, CHECKSUM_VECTORS=json.dumps(_vectors()))
-    r = subprocess.run(["node", "--test", "test/protocol.test.mjs"], cwd=WEB, env=env, capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        ["node", "--test", "test/protocol.test.mjs"],
+        cwd=WEB,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "# fail 0" in r.stdout
 
@@ -51,8 +78,14 @@ def test_protocol_tests_fail_on_a_wrong_vector() -> None:
     bad = _vectors()
     bad[1]["checksum"] ^= 1
     env = dict(os.environ, CHECKSUM_VECTORS=json.dumps(bad))
-    r = subprocess.run(["node", "--test", "test/protocol.test.mjs"], cwd=WEB, env=env, capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        ["node", "--test", "test/protocol.test.mjs"],
+        cwd=WEB,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0
 
 
@@ -61,7 +94,9 @@ def dist() -> Path:
     return build_web()
 
 
-def test_mount_web_serves_the_page_and_its_config(dist: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mount_web_serves_the_page_and_its_config(
+    dist: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("MD_WEB_DIR", raising=False)
     app = FastAPI()
 
@@ -79,7 +114,12 @@ def test_mount_web_serves_the_page_and_its_config(dist: Path, monkeypatch: pytes
     assert "unpkg" not in js.text and "cdn.jsdelivr" not in js.text
     assert c.get("/web/app.css").status_code == 200
     assert c.get("/web/../../pyproject.toml").status_code == 404
-    assert c.get("/web-config.json").json() == {"ws_url": None, "ws_port": 9123, "ws_path": "/ws", "checksum_depth": 25}
+    assert c.get("/web-config.json").json() == {
+        "ws_url": None,
+        "ws_port": 9123,
+        "ws_path": "/ws",
+        "checksum_depth": 25,
+    }
     assert c.get("/api/v1/market/ping").json() == {"ok": True}
 
     s2 = Settings.from_env({"MD_WEB_WS_URL": "wss://md.example/ws"})

@@ -63,7 +63,9 @@ def load_services_conf(path: Path = SERVICES_CONF) -> list[ConfService]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, url, cmd = (p.strip() for p in line.split("|"))
-        url = re.sub(r"\$\{MD_[A-Z0-9_]+:-([^}]*)\}", r"\1", url)  # ${MD_X_PORT:-8011} -> its default
+        url = re.sub(
+            r"\$\{MD_[A-Z0-9_]+:-([^}]*)\}", r"\1", url
+        )  # ${MD_X_PORT:-8011} -> its default
         out.append(ConfService(name, None if url == "-" else url, tuple(shlex.split(cmd))))
     assert out, f"no services in {path}"
     return out
@@ -91,7 +93,11 @@ def settings_var_defaults() -> dict[str, Any]:
                 changed = Settings.from_env({var: probe})
             except Exception:
                 continue
-            diff = [f for f in base.__dataclass_fields__ if f != "extra" and getattr(base, f) != getattr(changed, f)]
+            diff = [
+                f
+                for f in base.__dataclass_fields__
+                if f != "extra" and getattr(base, f) != getattr(changed, f)
+            ]
             if diff:
                 out[var] = getattr(base, diff[0])
                 break
@@ -152,7 +158,9 @@ def compose_problems(compose: dict[str, Any], conf: list[ConfService]) -> list[s
             problems.append(f"{cs.name}: not built from ./Dockerfile")
         image = image or svc.get("image")
         if svc.get("image") != image:
-            problems.append(f"{cs.name}: image {svc.get('image')} differs from {image} (one image for all)")
+            problems.append(
+                f"{cs.name}: image {svc.get('image')} differs from {image} (one image for all)"
+            )
         env = _env(svc)
         restart = svc.get("restart")
         if cs.health_url is None:  # one-shot (migrate)
@@ -160,9 +168,13 @@ def compose_problems(compose: dict[str, Any], conf: list[ConfService]) -> list[s
                 problems.append(f"{cs.name}: one-shot but restart={restart!r}")
         else:
             if restart not in LONG_RUNNING_RESTART:
-                problems.append(f"{cs.name}: restart={restart!r}, want one of {sorted(LONG_RUNNING_RESTART)}")
+                problems.append(
+                    f"{cs.name}: restart={restart!r}, want one of {sorted(LONG_RUNNING_RESTART)}"
+                )
             if cs.health_url not in _health_text(svc):
-                problems.append(f"{cs.name}: health check does not call {cs.health_url} ({_health_text(svc)!r})")
+                problems.append(
+                    f"{cs.name}: health check does not call {cs.health_url} ({_health_text(svc)!r})"
+                )
             deps = svc.get("depends_on") or {}
             for infra in INFRA:
                 if (deps.get(infra) or {}).get("condition") != "service_healthy":
@@ -171,19 +183,29 @@ def compose_problems(compose: dict[str, Any], conf: list[ConfService]) -> list[s
                 if (deps.get(one_shot) or {}).get("condition") != "service_completed_successfully":
                     problems.append(f"{cs.name}: does not wait for {one_shot} to complete")
             port_vars = [k for k, v in env.items() if k.endswith("_PORT") and v == str(cs.port)]
-            exposed = {int(str(e)) for e in svc.get("expose") or []} | {c for _, c in _published(svc)}
+            exposed = {int(str(e)) for e in svc.get("expose") or []} | {
+                c for _, c in _published(svc)
+            }
             if cs.port not in exposed:
                 problems.append(f"{cs.name}: port {cs.port} neither exposed nor published")
             if not port_vars and cs.port not in defaults.values():
-                problems.append(f"{cs.name}: no MD_*_PORT sets {cs.port} and no setting defaults to it")
+                problems.append(
+                    f"{cs.name}: no MD_*_PORT sets {cs.port} and no setting defaults to it"
+                )
         for k, v in env.items():
             if k.startswith("MD_") and k not in known:
                 problems.append(f"{cs.name}: {k} is read by no code (typo?)")
             if k.endswith("_PORT") and k in defaults and int(_strip_default(v)) != defaults[k]:
-                problems.append(f"{cs.name}: {k}={v} but core/settings.py default is {defaults[k]} (make run uses that)")
+                problems.append(
+                    f"{cs.name}: {k}={v} but core/settings.py default is {defaults[k]} (make run uses that)"
+                )
         problems += _infra_url_problems(cs.name, env, services)
     # the public listeners are published on the same host port as `make run` uses
-    for name, var in (("gateway_rest", "MD_REST_PORT"), ("gateway_ws", "MD_WS_PORT"), ("fix_gateway", "MD_FIX_PORT")):
+    for name, var in (
+        ("gateway_rest", "MD_REST_PORT"),
+        ("gateway_ws", "MD_WS_PORT"),
+        ("fix_gateway", "MD_FIX_PORT"),
+    ):
         if name in services and (defaults[var], defaults[var]) not in _published(services[name]):
             problems.append(f"{name}: does not publish {defaults[var]}:{defaults[var]}")
     for infra in INFRA:
@@ -201,15 +223,21 @@ def _infra_url_problems(name: str, env: dict[str, str], services: dict[str, Any]
     host, _, port = boot.partition(":")
     kafka_listeners = _env(services.get("kafka", {})).get("KAFKA_ADVERTISED_LISTENERS", "")
     if f"//{host}:{port}" not in kafka_listeners:
-        out.append(f"{name}: MD_KAFKA_BOOTSTRAP={boot!r} is not an advertised Kafka listener ({kafka_listeners})")
+        out.append(
+            f"{name}: MD_KAFKA_BOOTSTRAP={boot!r} is not an advertised Kafka listener ({kafka_listeners})"
+        )
     dsn = urlsplit(_strip_default(env.get("MD_PG_DSN", "")))
     if dsn.hostname != "timescaledb" or dsn.port != 5432 or dsn.path != default_db:
-        out.append(f"{name}: MD_PG_DSN should be timescaledb:5432{default_db}, got {env.get('MD_PG_DSN')!r}")
+        out.append(
+            f"{name}: MD_PG_DSN should be timescaledb:5432{default_db}, got {env.get('MD_PG_DSN')!r}"
+        )
     elif _env(services.get("timescaledb", {})).get("POSTGRES_DB") != default_db.strip("/"):
         out.append(f"{name}: timescaledb does not create database {default_db}")
     r = urlsplit(env.get("MD_REDIS_URL", ""))
     if r.hostname != "redis" or r.port != 6379:
-        out.append(f"{name}: MD_REDIS_URL should point at redis:6379, got {env.get('MD_REDIS_URL')!r}")
+        out.append(
+            f"{name}: MD_REDIS_URL should point at redis:6379, got {env.get('MD_REDIS_URL')!r}"
+        )
     return out
 
 
@@ -217,8 +245,12 @@ def _infra_url_problems(name: str, env: dict[str, str], services: dict[str, Any]
 
 
 def test_compose_matches_the_compose_spec_schema() -> None:
-    r = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -228,8 +260,12 @@ def test_schema_check_rejects_an_invalid_file(tmp_path: Path) -> None:
     bad["services"]["redis"]["ports"] = "6379"  # wrong type
     f = tmp_path / "docker-compose.yml"
     f.write_text(yaml.safe_dump(bad))
-    r = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(f)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0
 
 
@@ -242,13 +278,31 @@ def test_compose_mirrors_services_conf_and_settings() -> None:
     "mutate",
     [
         pytest.param(lambda c: c["services"].pop("aggregator"), id="service-deleted"),
-        pytest.param(lambda c: c["services"]["gateway_ws"].update(command=["python", "-m", "gateway_rest"]), id="command-changed"),
-        pytest.param(lambda c: c["services"]["gateway_rest"]["environment"].update(MD_REST_PORT="8080"), id="port-changed"),
-        pytest.param(lambda c: c["services"]["storage"].pop("healthcheck"), id="healthcheck-removed"),
+        pytest.param(
+            lambda c: c["services"]["gateway_ws"].update(command=["python", "-m", "gateway_rest"]),
+            id="command-changed",
+        ),
+        pytest.param(
+            lambda c: c["services"]["gateway_rest"]["environment"].update(MD_REST_PORT="8080"),
+            id="port-changed",
+        ),
+        pytest.param(
+            lambda c: c["services"]["storage"].pop("healthcheck"), id="healthcheck-removed"
+        ),
         pytest.param(lambda c: c["services"]["simulator"].update(restart="no"), id="no-restart"),
-        pytest.param(lambda c: c["services"]["fix_gateway"]["environment"].update(MD_FIX_PROT="1"), id="unknown-var"),
-        pytest.param(lambda c: c["services"]["storage"]["environment"].update(MD_PG_DSN="postgresql://postgres@db:5432/x"), id="bad-dsn"),
-        pytest.param(lambda c: c["services"]["gateway_ws"].update(ports=["18001:8001"]), id="not-published"),
+        pytest.param(
+            lambda c: c["services"]["fix_gateway"]["environment"].update(MD_FIX_PROT="1"),
+            id="unknown-var",
+        ),
+        pytest.param(
+            lambda c: c["services"]["storage"]["environment"].update(
+                MD_PG_DSN="postgresql://postgres@db:5432/x"
+            ),
+            id="bad-dsn",
+        ),
+        pytest.param(
+            lambda c: c["services"]["gateway_ws"].update(ports=["18001:8001"]), id="not-published"
+        ),
         pytest.param(lambda c: c["services"].pop("redis"), id="infra-deleted"),
     ],
 )
@@ -260,7 +314,10 @@ def test_checker_catches_drift(mutate: Any) -> None:
 
 def test_a_service_added_to_services_conf_must_be_in_compose(tmp_path: Path) -> None:
     conf = tmp_path / "services.conf"
-    conf.write_text(SERVICES_CONF.read_text() + "replay | http://127.0.0.1:8015/health | python -m aggregator.sources.replay\n")
+    conf.write_text(
+        SERVICES_CONF.read_text()
+        + "replay | http://127.0.0.1:8015/health | python -m aggregator.sources.replay\n"
+    )
     problems = compose_problems(load_compose(), load_services_conf(conf))
     assert any(p.startswith("replay:") for p in problems), problems
 
@@ -275,7 +332,10 @@ def test_dockerfile_contains_every_service_package() -> None:
 
 def _scrape_targets(path: Path) -> dict[str, set[str]]:
     cfg = yaml.safe_load(path.read_text())
-    return {j["job_name"]: {t for sc in j.get("static_configs", []) for t in sc["targets"]} for j in cfg["scrape_configs"]}
+    return {
+        j["job_name"]: {t for sc in j.get("static_configs", []) for t in sc["targets"]}
+        for j in cfg["scrape_configs"]
+    }
 
 
 def test_prometheus_scrapes_every_service_on_its_port() -> None:
@@ -290,7 +350,9 @@ def test_prometheus_scrapes_every_service_on_its_port() -> None:
     # compose mounts the folder holding prometheus.yml and alerts.yml
     vols = compose["services"]["prometheus"]["volumes"]
     assert "./deploy/prometheus:/etc/prometheus:ro" in vols
-    assert yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())[
+        "rule_files"
+    ] == ["/etc/prometheus/alerts.yml"]
 
 
 def test_ops_dependencies_are_provisioned() -> None:

@@ -46,8 +46,13 @@ def k8s_problems(res: list[dict[str, Any]], conf: list[ConfService]) -> list[str
     jobs = _by_kind(res, "Job")
     hpas = _by_kind(res, "HorizontalPodAutoscaler")
     known = known_md_vars()
-    configmap_vars = {k for r in res if r["kind"] in ("ConfigMap", "Secret")
-                      for k in {**r.get("data", {}), **r.get("stringData", {})} if k.startswith("MD_")}
+    configmap_vars = {
+        k
+        for r in res
+        if r["kind"] in ("ConfigMap", "Secret")
+        for k in {**r.get("data", {}), **r.get("stringData", {})}
+        if k.startswith("MD_")
+    }
     for cs in conf:
         name = k8s_name(cs.name)
         workload = (jobs if cs.health_url is None else deployments).get(name)
@@ -58,7 +63,9 @@ def k8s_problems(res: list[dict[str, Any]], conf: list[ConfService]) -> list[str
         containers = workload["spec"]["template"]["spec"]["containers"]
         c = containers[0]
         if tuple(c.get("command", ())) != cs.command:
-            problems.append(f"{cs.name}: command {c.get('command')} != services.conf {list(cs.command)}")
+            problems.append(
+                f"{cs.name}: command {c.get('command')} != services.conf {list(cs.command)}"
+            )
         env_vars = {e["name"] for e in c.get("env", [])} | configmap_vars
         for v in env_vars:
             if v not in known:
@@ -71,19 +78,32 @@ def k8s_problems(res: list[dict[str, Any]], conf: list[ConfService]) -> list[str
             get = p.get("httpGet") or {}
             port = ports.get(get.get("port"), get.get("port"))
             # exec: for the services whose /health listens on 127.0.0.1 only (the probe runs inside)
-            exec_ok = cs.health_url is not None and cs.health_url in " ".join((p.get("exec") or {}).get("command", []))
+            exec_ok = cs.health_url is not None and cs.health_url in " ".join(
+                (p.get("exec") or {}).get("command", [])
+            )
             if not exec_ok and (get.get("path") != "/health" or port != cs.port):
                 problems.append(f"{cs.name}: {probe} is not GET /health on {cs.port} ({p})")
         if cs.name in GATEWAYS:
             h = hpas.get(name)
-            if h is None or h["spec"]["scaleTargetRef"] != {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}:
-                problems.append(f"{cs.name}: no HorizontalPodAutoscaler targeting Deployment {name}")
-            elif not any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in h["spec"]["metrics"]):
+            if h is None or h["spec"]["scaleTargetRef"] != {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": name,
+            }:
+                problems.append(
+                    f"{cs.name}: no HorizontalPodAutoscaler targeting Deployment {name}"
+                )
+            elif not any(
+                m["type"] == "Resource" and m["resource"]["name"] == "cpu"
+                for m in h["spec"]["metrics"]
+            ):
                 problems.append(f"{cs.name}: HPA does not scale on CPU")
             if not any(r["kind"] == "Service" and r["metadata"]["name"] == name for r in res):
                 problems.append(f"{cs.name}: no Service in front of the gateway")
     for infra in ("kafka", "timescaledb", "redis"):
-        svc = next((r for r in res if r["kind"] == "Service" and r["metadata"]["name"] == infra), None)
+        svc = next(
+            (r for r in res if r["kind"] == "Service" and r["metadata"]["name"] == infra), None
+        )
         if svc is None or svc["spec"].get("type") != "ExternalName":
             problems.append(f"{infra}: not referenced as an ExternalName service")
     return problems
@@ -124,6 +144,7 @@ def _edit(kind: str, name: str, fn):
             if r["kind"] == kind and r["metadata"]["name"] == name:
                 fn(r)
         return res
+
     return go
 
 
@@ -134,14 +155,44 @@ def _edit(kind: str, name: str, fn):
         pytest.param(_drop("Job", "migrate"), id="migrate-job-deleted"),
         pytest.param(_drop("HorizontalPodAutoscaler", "gateway-ws"), id="hpa-deleted"),
         pytest.param(_drop("Service", "redis"), id="external-redis-deleted"),
-        pytest.param(_edit("Deployment", "gateway-rest", lambda r: r["spec"]["template"]["spec"]["containers"][0].update(
-            command=["python", "-m", "gateway_ws"])), id="command-changed"),
-        pytest.param(_edit("Deployment", "aggregator", lambda r: r["spec"]["template"]["spec"]["containers"][0].pop(
-            "livenessProbe")), id="liveness-removed"),
-        pytest.param(_edit("Deployment", "gateway-ws", lambda r: r["spec"]["template"]["spec"]["containers"][0][
-            "ports"][0].update(containerPort=9001)), id="probe-port-changed"),
-        pytest.param(_edit("Deployment", "simulator", lambda r: r["spec"]["template"]["spec"]["containers"][0][
-            "readinessProbe"]["exec"].update(command=["true"])), id="exec-probe-wrong-url"),
+        pytest.param(
+            _edit(
+                "Deployment",
+                "gateway-rest",
+                lambda r: r["spec"]["template"]["spec"]["containers"][0].update(
+                    command=["python", "-m", "gateway_ws"]
+                ),
+            ),
+            id="command-changed",
+        ),
+        pytest.param(
+            _edit(
+                "Deployment",
+                "aggregator",
+                lambda r: r["spec"]["template"]["spec"]["containers"][0].pop("livenessProbe"),
+            ),
+            id="liveness-removed",
+        ),
+        pytest.param(
+            _edit(
+                "Deployment",
+                "gateway-ws",
+                lambda r: r["spec"]["template"]["spec"]["containers"][0]["ports"][0].update(
+                    containerPort=9001
+                ),
+            ),
+            id="probe-port-changed",
+        ),
+        pytest.param(
+            _edit(
+                "Deployment",
+                "simulator",
+                lambda r: r["spec"]["template"]["spec"]["containers"][0]["readinessProbe"][
+                    "exec"
+                ].update(command=["true"]),
+            ),
+            id="exec-probe-wrong-url",
+        ),
     ],
 )
 def test_checker_catches_drift(mutate) -> None:

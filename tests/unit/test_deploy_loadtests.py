@@ -13,15 +13,34 @@ from loadtests.locust_common import StreamChecker, parse_ts, pick_subscriptions
 from loadtests.run_locust import HEADER, SECTION, TABLE_END, TABLE_START, table_row, update_section
 
 
-def msg(seq: int, type_: str = "l2_update", channel: str = "l2", symbol: str = "BTC-USD", epoch: int = 1, **kw):
-    return {"type": type_, "channel": channel, "symbol": symbol, "seq": seq, "epoch": epoch, "data": {}, **kw}
+def msg(
+    seq: int,
+    type_: str = "l2_update",
+    channel: str = "l2",
+    symbol: str = "BTC-USD",
+    epoch: int = 1,
+    **kw,
+):
+    return {
+        "type": type_,
+        "channel": channel,
+        "symbol": symbol,
+        "seq": seq,
+        "epoch": epoch,
+        "data": {},
+        **kw,
+    }
 
 
 def test_importing_the_helpers_does_not_import_locust() -> None:
     """locust monkey-patches the stdlib with gevent on import; the test process must stay clean."""
-    code = ("import sys, loadtests.locust_common, loadtests.run_locust; "
-            "assert 'locust' not in sys.modules and 'gevent' not in sys.modules, sorted(sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, loadtests.locust_common, loadtests.run_locust; "
+        "assert 'locust' not in sys.modules and 'gevent' not in sys.modules, sorted(sys.modules)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -71,7 +90,9 @@ def test_resubscribe_ignores_in_flight_messages_until_the_ack() -> None:
     assert c.observe(msg(7001, **t)) is None  # in flight: becomes the baseline...
     c.expect("ticker", "LTC-USD")  # ...until subscribed again
     assert c.observe(msg(7002, **t)) is None  # still in flight from the old subscription: ignored
-    c.observe({"type": "subscribed", "changed": ["ticker:LTC-USD"], "subscriptions": ["ticker:LTC-USD"]})
+    c.observe(
+        {"type": "subscribed", "changed": ["ticker:LTC-USD"], "subscriptions": ["ticker:LTC-USD"]}
+    )
     assert c.observe(msg(7398, **t)) is None  # the snapshot (a plain ticker) starts the count
     assert c.observe(msg(7399, **t)) is None
     assert c.observe(msg(7401, **t))  # a real gap is still caught
@@ -81,7 +102,9 @@ def test_resubscribe_ignores_in_flight_messages_until_the_ack() -> None:
 def test_resync_control_message_restarts_its_stream() -> None:
     c = StreamChecker()
     c.observe(msg(1, channel="trades", type_="trade"))
-    c.observe({"type": "resync", "channel": "trades", "symbol": "BTC-USD", "reason": "gap", "seq": 90})
+    c.observe(
+        {"type": "resync", "channel": "trades", "symbol": "BTC-USD", "reason": "gap", "seq": 90}
+    )
     assert c.observe(msg(90, channel="trades", type_="trade")) is None
     assert c.gaps == 0
 
@@ -112,11 +135,27 @@ def test_parse_ts() -> None:
 
 
 ROOT = Path(__file__).resolve().parents[2]
-SUMMARY = {"requests": 1000, "requests_per_s": 33.3, "p50_ms": 2, "p95_ms": 5, "p99_ms": 9, "failures": 0}
+SUMMARY = {
+    "requests": 1000,
+    "requests_per_s": 33.3,
+    "p50_ms": 2,
+    "p95_ms": 5,
+    "p99_ms": 9,
+    "failures": 0,
+}
 
 
 def _row(scenario: str, users: int, p99: int = 9) -> str:
-    return table_row(scenario, users, "30s", {**SUMMARY, "p99_ms": p99}, "req/s", "2026-11-24 07:00", "abc1234", "2 cores")
+    return table_row(
+        scenario,
+        users,
+        "30s",
+        {**SUMMARY, "p99_ms": p99},
+        "req/s",
+        "2026-11-24 07:00",
+        "abc1234",
+        "2 cores",
+    )
 
 
 def test_section_created_when_missing_and_others_kept() -> None:

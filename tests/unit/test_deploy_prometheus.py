@@ -31,18 +31,87 @@ RULE_KEYS_ALERT = {"alert", "expr", "for", "keep_firing_for", "labels", "annotat
 RULE_KEYS_RECORD = {"record", "expr", "labels"}
 GROUP_KEYS = {"name", "interval", "limit", "rules", "query_offset", "labels"}
 FUNCTIONS = {
-    "abs", "absent", "absent_over_time", "avg_over_time", "ceil", "changes", "clamp", "clamp_max",
-    "clamp_min", "count_over_time", "day_of_month", "day_of_week", "delta", "deriv", "exp", "floor",
-    "histogram_quantile", "histogram_count", "histogram_sum", "holt_winters", "hour", "idelta",
-    "increase", "irate", "label_join", "label_replace", "last_over_time", "ln", "log2", "log10",
-    "max_over_time", "min_over_time", "minute", "month", "predict_linear", "quantile_over_time",
-    "rate", "resets", "round", "scalar", "sgn", "sort", "sort_desc", "sqrt", "stddev_over_time",
-    "stdvar_over_time", "sum_over_time", "time", "timestamp", "vector", "year",
+    "abs",
+    "absent",
+    "absent_over_time",
+    "avg_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "count_over_time",
+    "day_of_month",
+    "day_of_week",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "histogram_quantile",
+    "histogram_count",
+    "histogram_sum",
+    "holt_winters",
+    "hour",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "last_over_time",
+    "ln",
+    "log2",
+    "log10",
+    "max_over_time",
+    "min_over_time",
+    "minute",
+    "month",
+    "predict_linear",
+    "quantile_over_time",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sgn",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "sum_over_time",
+    "time",
+    "timestamp",
+    "vector",
+    "year",
 }
-AGGREGATIONS = {"sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk",
-                "quantile", "count_values", "group"}
-KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
-            "bool", "offset", "inf", "nan"}
+AGGREGATIONS = {
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+}
+KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 # exported by node-exporter, kafka-exporter, the kubelet and Prometheus itself, not by our code
 EXTERNAL_PREFIXES = ("node_", "kafka_", "kubelet_", "process_", "python_", "go_", "prometheus_")
 EXTERNAL_NAMES = {"up"}
@@ -104,7 +173,9 @@ def defined(metric: str, code: str) -> bool:
 
 
 def exported_metric_names() -> str:
-    return "\n".join(p.read_text(errors="replace") for d in CODE_DIRS for p in (ROOT / d).rglob("*.py"))
+    return "\n".join(
+        p.read_text(errors="replace") for d in CODE_DIRS for p in (ROOT / d).rglob("*.py")
+    )
 
 
 def load_rules() -> dict[str, Any]:
@@ -148,7 +219,12 @@ def rule_file_problems(doc: dict[str, Any]) -> list[str]:
 
 
 def _alerts() -> dict[str, str]:
-    return {r["alert"]: " ".join(r["expr"].split()) for g in load_rules()["groups"] for r in g["rules"] if "alert" in r}
+    return {
+        r["alert"]: " ".join(r["expr"].split())
+        for g in load_rules()["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
 
 
 def test_rule_file_structure_and_promql() -> None:
@@ -167,31 +243,88 @@ def test_rule_file_structure_and_promql() -> None:
     ],
 )
 def test_checker_rejects_broken_rules(bad: str) -> None:
-    doc = {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": bad, "for": "1m",
-                                                 "annotations": {"summary": "s"}}]}]}
+    doc = {
+        "groups": [
+            {
+                "name": "g",
+                "rules": [
+                    {"alert": "A", "expr": bad, "for": "1m", "annotations": {"summary": "s"}}
+                ],
+            }
+        ]
+    }
     assert rule_file_problems(doc)
 
 
 def test_checker_rejects_bad_structure() -> None:
-    assert rule_file_problems({"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "up == 0", "for": "1 minute",
-                                                                    "annotations": {"summary": "s"}}]}]})
-    assert rule_file_problems({"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "up == 0", "sevrity": "x",
-                                                                    "annotations": {"summary": "s"}}]}]})
+    assert rule_file_problems(
+        {
+            "groups": [
+                {
+                    "name": "g",
+                    "rules": [
+                        {
+                            "alert": "A",
+                            "expr": "up == 0",
+                            "for": "1 minute",
+                            "annotations": {"summary": "s"},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    assert rule_file_problems(
+        {
+            "groups": [
+                {
+                    "name": "g",
+                    "rules": [
+                        {
+                            "alert": "A",
+                            "expr": "up == 0",
+                            "sevrity": "x",
+                            "annotations": {"summary": "s"},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
     assert rule_file_problems({"groups": [{"name": "g", "rules": []}, {"name": "g", "rules": []}]})
 
 
 def test_the_spec_alerts_exist_with_their_thresholds() -> None:
     alerts = _alerts()
     exprs = list(alerts.values())
-    p99 = [e for e in exprs if re.search(r"(histogram_quantile|quantile_over_time)\(0\.99,", e) and e.endswith("> 0.010")]
+    p99 = [
+        e
+        for e in exprs
+        if re.search(r"(histogram_quantile|quantile_over_time)\(0\.99,", e)
+        and e.endswith("> 0.010")
+    ]
     # every client-facing path has its p99 alert: WebSocket, FIX, REST
-    for metric in ("md_ws_last_publish_lag_seconds", "fix_publish_to_send_seconds_bucket", "md_rest_request_seconds_bucket"):
+    for metric in (
+        "md_ws_last_publish_lag_seconds",
+        "fix_publish_to_send_seconds_bucket",
+        "md_rest_request_seconds_bucket",
+    ):
         assert any(metric in e for e in p99), f"p99 over 10 ms for {metric}"
-    assert any("md_storage_db_queue" in e and e.endswith("> 10000") for e in exprs), "queue depth over 10,000"
-    assert any("kafka_consumergroup_lag" in e and e.endswith("> 10000") for e in exprs), "consumer lag over 10,000"
-    assert any("md_ws_rejects_total" in e and e.endswith("> 0.01") for e in exprs), "WS connection failures over 1%"
-    assert any("fix_session_events_total" in e and e.endswith("> 0.01") for e in exprs), "FIX session failures over 1%"
-    assert any("node_filesystem_avail_bytes" in e and e.endswith("< 0.20") for e in exprs), "storage under 20% free"
+    assert any("md_storage_db_queue" in e and e.endswith("> 10000") for e in exprs), (
+        "queue depth over 10,000"
+    )
+    assert any("kafka_consumergroup_lag" in e and e.endswith("> 10000") for e in exprs), (
+        "consumer lag over 10,000"
+    )
+    assert any("md_ws_rejects_total" in e and e.endswith("> 0.01") for e in exprs), (
+        "WS connection failures over 1%"
+    )
+    assert any("fix_session_events_total" in e and e.endswith("> 0.01") for e in exprs), (
+        "FIX session failures over 1%"
+    )
+    assert any("node_filesystem_avail_bytes" in e and e.endswith("< 0.20") for e in exprs), (
+        "storage under 20% free"
+    )
 
 
 def _dashboard_exprs() -> list[str]:
@@ -202,7 +335,9 @@ def _dashboard_exprs() -> list[str]:
 def test_dashboard_is_valid_and_current() -> None:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_dashboard", ROOT / "deploy" / "grafana" / "make_dashboard.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_dashboard", ROOT / "deploy" / "grafana" / "make_dashboard.py"
+    )
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -222,14 +357,19 @@ def test_every_metric_used_is_exported_by_a_service() -> None:
     used = set()
     for e in list(_alerts().values()) + _dashboard_exprs():
         used |= metric_names(e)
-    missing = sorted(m for m in used if not m.startswith(EXTERNAL_PREFIXES) and m not in EXTERNAL_NAMES and not defined(m, code))
+    missing = sorted(
+        m
+        for m in used
+        if not m.startswith(EXTERNAL_PREFIXES) and m not in EXTERNAL_NAMES and not defined(m, code)
+    )
     assert missing == [], f"metrics used by alerts/dashboard but defined by no service: {missing}"
 
 
 def test_metric_check_catches_an_unknown_metric() -> None:
     code = exported_metric_names()
-    assert metric_names('sum by (le) (rate(md_rest_request_seconds_bucket{route="/x"}[5m])) > 0.01') == {
-        "md_rest_request_seconds_bucket"}
+    assert metric_names(
+        'sum by (le) (rate(md_rest_request_seconds_bucket{route="/x"}[5m])) > 0.01'
+    ) == {"md_rest_request_seconds_bucket"}
     assert defined("md_rest_request_seconds_bucket", code)
     assert not defined("md_rest_request_latency_seconds_bucket", code)
     assert not defined("md_ws_made_up_total", code)

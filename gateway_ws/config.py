@@ -72,6 +72,10 @@ class WsConfig:
     ping_timeout_s: float = 20.0
     idle_s: float = 60.0  # no subscription and no request for this long: close 4002
     hard_max_frame: int = 1 << 20  # websockets' own limit: above it the library closes (1009)
+    # write frames built once per message straight to the transport (off: every connection
+    # frames each message through websockets' protocol object, as websockets.broadcast does;
+    # kept as a switch for the benchmark comparison in docs/benchmarks.md)
+    preframed: bool = True
     deflate: bool = False  # permessage-deflate offered to clients that ask (CPU per client)
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -114,6 +118,7 @@ class WsConfig:
             ping_timeout_s=g("MD_WS_PING_TIMEOUT_S", float, d.ping_timeout_s),
             idle_s=g("MD_WS_IDLE_S", float, d.idle_s),
             deflate=g("MD_WS_DEFLATE", parse_bool, d.deflate),
+            preframed=g("MD_WS_PREFRAMED", parse_bool, d.preframed),
             tls_cert=g("MD_WS_TLS_CERT", str, None),
             tls_key=g("MD_WS_TLS_KEY", str, None),
             limits=lim,

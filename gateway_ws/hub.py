@@ -338,6 +338,7 @@ class Hub:
 
     def add_client(self, c: Client) -> None:
         c.hub = self
+        c.raw_ok = c.raw_ok and self.cfg.preframed
         self.clients.add(c)
         c.next_hb = self.clock() + self.cfg.heartbeat_s
         m.CONNECTIONS.set(len(self.clients))

@@ -233,6 +233,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         MD_WS_IDLE_S="0",
         MD_WS_MAX_CONNECTIONS="1000000",
         MD_SYMBOLS=",".join(args.symbols),
+        MD_WS_PREFRAMED="0" if args.library_framing else "1",
     )
     gw = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway_ws", env=env)
     task = asyncio.current_task()
@@ -298,6 +299,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "connections": args.connections,
             "connected": sum(r["conns"] for r in results),
             "gateway_processes": args.gw_processes,
+            "framing": "websockets per connection" if args.library_framing else "preframed",
             "client_processes": k,
             "symbols": len(args.symbols),
             "rate_per_symbol": args.rate,
@@ -347,6 +349,8 @@ def main() -> None:
     ap.add_argument("--levels", type=int, default=50)
     ap.add_argument("--sample-every", type=int, default=10,
                     help="latency sample on messages whose seq is a multiple of this")
+    ap.add_argument("--library-framing", action="store_true",
+                    help="gateway frames per connection through websockets (MD_WS_PREFRAMED=0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     import uvloop

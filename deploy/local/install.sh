@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the local stack needs and is missing; a second run does nothing and takes a second.
-#   - Debian packages: postgresql (server binaries), redis-server (only when missing)
+#   - Debian packages: postgresql (server binaries), redis-server, openjdk-17-jdk-headless, maven
+#     (each only when missing)
 #   - .venv with the project and its dev dependencies (only when pyproject.toml changed)
 #   - Kafka jars from Maven Central into var/cache/kafka-libs (only once)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -37,8 +38,12 @@ if [[ ! -f "$stamp" ]]; then
   touch "$stamp"
 fi
 
+# Java 17+ with javac (Kafka, and the QuickFIX/J test harness) and Maven (resolves both)
+if ! command -v java >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; then apt_install openjdk-17-jdk-headless; fi
+if ! command -v mvn >/dev/null 2>&1; then apt_install maven; fi
+
 if [[ -z "${MD_EXTERNAL_KAFKA:-}" && ! -f "$KAFKA_LIBS/.complete" ]]; then
-  need_cmd java "Java 17+ (Debian: openjdk-17-jre-headless)"
+  need_cmd java "Java 17+ (Debian: openjdk-17-jdk-headless)"
   need_cmd mvn "Maven (Debian: maven)"
   log "resolving Kafka jars from Maven Central (once)"
   mkdir -p "$KAFKA_LIBS"

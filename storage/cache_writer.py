@@ -87,23 +87,33 @@ class CacheWriter:
 
     # --- start-up --------------------------------------------------------------------------
 
-    async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    async def _partitions(
+        self, consumer: AIOKafkaConsumer, topics: list[str]
+    ) -> dict[str, list[TopicPartition]]:
+        """Partitions of ``topics`` from one metadata fetch (the cluster may hold many topics)."""
         for _ in range(600):  # a minute: `python -m core.bootstrap` may still be creating topics
             # consumer.topics() does not feed partitions_for_topic(); the fetched cluster does
             cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
-            parts = cluster.partitions_for_topic(topic)
-            if parts:
-                return [TopicPartition(topic, p) for p in sorted(parts)]
+            found = {t: sorted(cluster.partitions_for_topic(t) or ()) for t in topics}
+            if all(found.values()):
+                return {t: [TopicPartition(t, p) for p in ps] for t, ps in found.items()}
             await asyncio.sleep(0.1)
-        raise RuntimeError(f"topic {topic} has no partitions")
+        missing = [t for t, ps in found.items() if not ps]
+        raise RuntimeError(f"topics without partitions: {missing}")
 
     async def _load_snapshots(
         self, consumer: AIOKafkaConsumer, snap: list[TopicPartition]
     ) -> int | None:
-        """Read the snapshot topic to its end; returns the oldest record timestamp (ms)."""
+        """Read the snapshot topic to its end; returns where the streams must start (ms).
+
+        Only the book needs a join (every other channel's message is a whole state), so the
+        start is the oldest ``l2:`` snapshot; keys written once long ago (``status:``, private
+        ``agg:`` state) would otherwise force a long, useless replay.
+        """
         end = await consumer.end_offsets(snap)
         await consumer.seek_to_beginning(*snap)
-        oldest: int | None = None
+        oldest_any: int | None = None
+        oldest_book: int | None = None
         remaining = {tp for tp in snap if end[tp] > 0}
         while remaining:
             batch = await consumer.getmany(
@@ -113,12 +123,15 @@ class CacheWriter:
                 for r in recs:
                     self.model.on_snapshot_record(r.key, r.value)
                     self.counters.snapshot_records += 1
-                    if oldest is None or r.timestamp < oldest:
-                        oldest = r.timestamp
+                    if oldest_any is None or r.timestamp < oldest_any:
+                        oldest_any = r.timestamp
+                    if r.key is not None and r.key.startswith(b"l2:") and r.value is not None:
+                        if oldest_book is None or r.timestamp < oldest_book:
+                            oldest_book = r.timestamp
             for tp in list(remaining):
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
-        return oldest
+        return oldest_book if oldest_book is not None else oldest_any
 
     async def _seek_streams(
         self, consumer: AIOKafkaConsumer, streams: list[TopicPartition], oldest: int | None
@@ -257,10 +270,11 @@ class CacheWriter:
         consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
-            snap = await self._partitions(consumer, self.topics.snapshot)
-            streams: list[TopicPartition] = []
-            for t in self.topics.all_streams():
-                streams.extend(await self._partitions(consumer, t))
+            parts = await self._partitions(
+                consumer, [self.topics.snapshot, *self.topics.all_streams()]
+            )
+            snap = parts.pop(self.topics.snapshot)
+            streams = [tp for tps in parts.values() for tp in tps]
             consumer.assign(snap + streams)
             consumer.pause(*streams)
             oldest = await self._load_snapshots(consumer, snap)

@@ -172,6 +172,7 @@ def stack(
         MD_STORAGE_HTTP_PORT=str(ports["storage"]),
         MD_SIMULATOR_HTTP_PORT=str(ports["sim"]),
         MD_SIM_RATE="20",
+        MD_WS_HEARTBEAT_S="2",  # the page checks seq and book checksum against each heartbeat
         MD_LOG_LEVEL="WARNING",
     )
     subprocess.run(
@@ -253,6 +254,7 @@ def test_live_page_renders_updates_and_reconnects(
     assert back["reconnects"] >= 1 and back["conn"] == "live"
     assert back["l2Updates"] >= live["l2Updates"] + 3  # updates arrive again after the restart
     assert back["checksumBad"] == 0
+    assert back["heartbeats"] > 0 and back["feed"] == "ok"  # heartbeats checked, none disagreed
     switched = by["switched"]  # the symbol picker lists the REST catalogue and switches every panel
     assert len(switched["options"]) >= 2 and switched["symbol"] != "BTC-USD"
     assert f"symbol={switched['symbol']}" in switched["url"] and switched["bids"] > 0

@@ -23,6 +23,8 @@ const md = {
   checksumOk: 0,
   checksumBad: 0,
   checksumDepth: 10,
+  heartbeats: 0,
+  feed: "ok",
   gaps: 0,
   resyncs: 0,
   lastLatencyMs: null,
@@ -108,17 +110,56 @@ function resync(channel) {
   send({ type: "subscribe", channels: [sub] });
 }
 
+function onHeartbeat(msg) {
+  // the gateway's heartbeat names the last seq (and book checksum) it sent on each subscription:
+  // TCP keeps order, so everything up to that seq has arrived; more means we missed something
+  md.heartbeats++;
+  md.feed = msg.feed || "ok";
+  if (md.feed !== "ok") setConn("live", "(gateway lost its feed)");
+  else if (md.conn === "live") setConn("live");
+  for (const s of msg.subscriptions || []) {
+    if (s.channel !== "l2" || s.symbol !== md.symbol || s.seq == null || md.bookSeq == null) continue;
+    if (s.seq > md.bookSeq) {
+      countGap();
+      resync("l2");
+    } else if (s.seq === md.bookSeq && typeof s.checksum === "number") {
+      checkBook(s.checksum);
+    }
+  }
+}
+
+function countGap() {
+  md.gaps++;
+  $("gaps").textContent = `gaps ${md.gaps}`;
+  $("gaps").className = "badge bad";
+}
+
+function checkBook(expected) {
+  const mine = md.book.checksum(md.checksumDepth);
+  const el = $("checksum");
+  if (mine === expected) {
+    md.checksumOk++;
+    el.textContent = "checksum ok";
+    el.className = "badge ok";
+    return true;
+  }
+  md.checksumBad++;
+  el.textContent = `checksum mismatch (${md.checksumBad})`;
+  el.className = "badge bad";
+  resync("l2");
+  return false;
+}
+
 function onMessage(msg) {
   if (msg.type === "error") {
     md.errors.push(`${msg.code}: ${msg.message}`);
     return;
   }
+  if (msg.type === "heartbeat") return onHeartbeat(msg);
   if (typeof msg.seq !== "number" || msg.symbol !== md.symbol || !msg.channel) return;
   const v = seq.observe(msg);
   if (v.verdict === "gap") {
-    md.gaps++;
-    $("gaps").textContent = `gaps ${md.gaps}`;
-    $("gaps").className = "badge bad";
+    countGap();
     if (msg.channel === "l2") {
       resync("l2");
       return;
@@ -146,20 +187,7 @@ function onBook(msg) {
     md.l2Updates++;
   } else return;
   md.bookSeq = msg.seq;
-  if (typeof msg.checksum === "number") {
-    const mine = md.book.checksum(md.checksumDepth);
-    const el = $("checksum");
-    if (mine === msg.checksum) {
-      md.checksumOk++;
-      el.textContent = "checksum ok";
-      el.className = "badge ok";
-    } else {
-      md.checksumBad++;
-      el.textContent = `checksum mismatch (${md.checksumBad})`;
-      el.className = "badge bad";
-      resync("l2");
-    }
-  }
+  if (typeof msg.checksum === "number") checkBook(msg.checksum);
   dirty = true;
 }
 
@@ -283,7 +311,7 @@ function renderDepth() {
 }
 
 function renderStatus() {
-  $("counters").textContent = `msgs ${md.messages} · book updates ${md.l2Updates} · trades ${md.trades} · reconnects ${md.reconnects} · resyncs ${md.resyncs}`;
+  $("counters").textContent = `msgs ${md.messages} · book updates ${md.l2Updates} · trades ${md.trades} · heartbeats ${md.heartbeats} · reconnects ${md.reconnects} · resyncs ${md.resyncs}`;
   $("latency").textContent = md.lastLatencyMs == null ? "latency –" : `latency ${md.lastLatencyMs} ms`;
 }
 

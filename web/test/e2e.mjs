@@ -32,6 +32,7 @@ try {
   const md = () => page.evaluate(() => {
     const m = window.__md;
     return { conn: m.conn, reconnects: m.reconnects, l2Updates: m.l2Updates, checksumOk: m.checksumOk,
+      heartbeats: m.heartbeats, feed: m.feed,
       checksumBad: m.checksumBad, gaps: m.gaps, trades: m.trades, messages: m.messages, symbol: m.symbol,
       wsUrl: m.wsUrl, errors: m.errors.slice(-5),
       bids: document.querySelectorAll("#bids tr").length, asks: document.querySelectorAll("#asks tr").length,

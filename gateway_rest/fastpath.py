@@ -10,6 +10,7 @@ so the API, its errors and its OpenAPI document stay exactly those of :mod:`gate
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from urllib.parse import unquote
@@ -33,6 +34,8 @@ class FastPath:
         self.store = store
         self.depths = book_depths(config.book_depth)
         self._micro: dict[tuple[str, int], tuple[float, bytes]] = {}
+        self._inflight: dict[tuple[str, int], asyncio.Future[bytes]] = {}
+        self.shared = 0  # requests answered by another request's in-flight read
         self.micro_s = config.microcache_ms / 1000.0
 
     def match(self, path: str) -> tuple[str, str] | None:
@@ -79,15 +82,44 @@ class FastPath:
             hit = self._micro.get(key)
             if hit is not None and time.monotonic() - hit[0] < self.micro_s:
                 return hit[1]
+        # single flight: concurrent requests for the same body share one Redis read that
+        # started after the first of them arrived (no staleness beyond one round trip)
+        fut = self._inflight.get(key)
+        if fut is not None:
+            try:
+                body = await asyncio.shield(fut)
+            except (NotCached, Unavailable):
+                return None
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if fut.cancelled() and me is not None and not me.cancelling():
+                    return None  # the leading request was cancelled: answer through the route
+                raise
+            self.shared += 1
+            return body
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
         try:
             if kind == "orderbook":
                 if not self.store.redis_available():
-                    return None  # the route answers from the database
+                    raise Unavailable("redis", "circuit open")  # the route answers from the DB
                 body = await self.store.book(sym, depth, self.depths)
             else:
                 body = await self.store.string(self.store.keys.ticker(sym), "ticker")
-        except (NotCached, Unavailable):
+            fut.set_result(body)
+        except (NotCached, Unavailable) as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters see it, nobody else needs to
             return None
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()
+            raise
+        finally:
+            del self._inflight[key]
         if self.micro_s > 0:
             if len(self._micro) > 10_000:  # bound: symbols x depths actually requested
                 self._micro.clear()

@@ -77,3 +77,24 @@ async def test_fast_path_equals_route(settings: Settings, path: str) -> None:
                 r = await c.get(f"/api/v1/market/{sym}/{path}")
                 out.append((r.status_code, r.content))
     assert out[:3] == out[3:]
+
+
+async def test_concurrent_reads_share_one_redis_call(settings: Settings) -> None:
+    import asyncio
+
+    await _seed(settings)
+    cfg = RestConfig.from_settings(
+        Settings.from_env({"MD_REST_RATE_LIMIT": "0", "MD_REST_MICROCACHE_MS": "0"})
+    )
+    app = create_app(settings, config=cfg)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        rs = await asyncio.gather(
+            *(c.get(f"/api/v1/market/{SYM}/orderbook?depth=5") for _ in range(50))
+        )
+    assert {r.status_code for r in rs} == {200} and len({r.content for r in rs}) == 1
+    mw = app.middleware_stack  # built on first request
+    fast = None
+    while mw is not None and fast is None:
+        fast = getattr(mw, "fast", None)
+        mw = getattr(mw, "app", None)
+    assert fast is not None and fast.shared > 0

@@ -535,6 +535,12 @@ class Hub:
         m.RESETS.labels(r.reason).inc()
         for g in self.groups_by_key.get((r.channel, r.symbol), ()):
             g.reset()
+        if r.channel == STATUS:  # "status:*" subscribers follow every symbol's latest state
+            cur = self.follower.current(STATUS, r.symbol)
+            for sub in list(self.index.get((STATUS, "*"), ())):
+                if cur is not None and sub.mode is Mode.LIVE:
+                    for raw in cur.messages:
+                        self._send(sub.client, raw, [None, None, None], force=True)
         for sub in list(self.index.get((r.channel, r.symbol), ())):
             if sub.mode is Mode.PENDING:
                 sub.held.clear()

@@ -39,9 +39,9 @@ def _ticker(symbol: str, seq: int, price: str, epoch: int = 1) -> bytes:
                            "volume_24h": "10"}))
 
 
-def _status(symbol: str, seq: int, status: str) -> bytes:
+def _status(symbol: str, seq: int, status: str, epoch: int = 1) -> bytes:
     return orjson.dumps(data_message(
-        type="status", channel="status", symbol=symbol, seq=seq, epoch=1, publish_ns=T0 + seq,
+        type="status", channel="status", symbol=symbol, seq=seq, epoch=epoch, publish_ns=T0 + seq,
         event_ns=T0, data={"symbol": symbol, "status": status, "state": "live"}))
 
 
@@ -73,6 +73,10 @@ async def test_status_channel_and_feed_loss_in_health(settings: Settings) -> Non
             await feed.raw(t.stream("status"), _status("BTC-USD", 2, "halted"), "BTC-USD")
             st = await recv_until(ws, lambda m: m["type"] == "status")
             assert st["data"]["status"] == "halted" and st["seq"] == 2
+            # a restarted aggregator (new epoch) still reaches "status:*" subscribers
+            await feed.raw(t.stream("status"), _status("BTC-USD", 1, "maintenance", epoch=2), "BTC-USD")
+            st = await recv_until(ws, lambda m: m["type"] == "status")
+            assert (st["data"]["status"], st["epoch"]) == ("maintenance", 2)
             # the feed is lost (watchdog verdict): status subscribers and /health say so
             gw.follower._tasks[2].cancel()
             gw.follower.connected = False

@@ -96,6 +96,9 @@ def _dec(v: object, field: str) -> Decimal:
         raise EventError(f"{field} is not a decimal", v) from None
     if not d.is_finite() or d < 0:
         raise EventError(f"{field} must be finite and >= 0", v)
+    if d and (d.adjusted() > 15 or d.as_tuple().exponent < -18):  # type: ignore[operator]
+        # keeps every later sum/product far inside the decimal context: no Overflow mid-update
+        raise EventError(f"{field} out of range (1e-18 .. 1e15)", v)
     if len(_DEC_CACHE) >= _DEC_CACHE_MAX:
         _DEC_CACHE.clear()
     _DEC_CACHE[v] = d

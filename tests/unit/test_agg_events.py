@@ -49,6 +49,8 @@ def test_round_trip_every_type() -> None:
     b'{"type":"book_snapshot","symbol":"BTC-USD","ts":1,"bids":"x","asks":[]}',
     b'{"type":"symbol_info","symbol":"BTC-USD","ts":1,"info":{"symbol":"ETH-USD"}}',
     b'{"type":"teleport","symbol":"BTC-USD","ts":1}',
+    b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":"1e999999","size":"1"}',
+    b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":"1","size":"1e-30"}',
 ])
 def test_bad_input_is_an_event_error(bad: bytes) -> None:
     with pytest.raises(ev.EventError):

@@ -193,7 +193,13 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int, server: str = "gateway") -> bool:
+    if server == "picows":  # no HTTP endpoint: the port accepting is the signal
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
             return bool(r.status == 200)
@@ -235,7 +241,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         MD_SYMBOLS=",".join(args.symbols),
         MD_WS_PREFRAMED="0" if args.library_framing else "1",
     )
-    gw = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway_ws", env=env)
+    module = "loadtests.fanout_picows" if args.server == "picows" else "gateway_ws"
+    gw = await asyncio.create_subprocess_exec(sys.executable, "-m", module, env=env)
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # clean up on kill
@@ -243,7 +250,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         loop = asyncio.get_running_loop()
         for _ in range(200):
-            if await loop.run_in_executor(None, _healthy, port):
+            if await loop.run_in_executor(None, _healthy, port, args.server):
                 break
             await asyncio.sleep(0.1)
         else:
@@ -299,6 +306,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "connections": args.connections,
             "connected": sum(r["conns"] for r in results),
             "gateway_processes": args.gw_processes,
+            "server": args.server,
             "framing": "websockets per connection" if args.library_framing else "preframed",
             "client_processes": k,
             "symbols": len(args.symbols),
@@ -351,6 +359,8 @@ def main() -> None:
                     help="latency sample on messages whose seq is a multiple of this")
     ap.add_argument("--library-framing", action="store_true",
                     help="gateway frames per connection through websockets (MD_WS_PREFRAMED=0)")
+    ap.add_argument("--server", choices=["gateway", "picows"], default="gateway",
+                    help="picows = the minimal picows fan-out server (library comparison)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     import uvloop

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install infra infra-down run up stop stop-services logs test test-unit test-integration lint format typecheck clean \
+.PHONY: web install infra infra-down run up stop stop-services logs test test-unit test-integration lint format typecheck clean \
         bench bench-aggregator bench-fanout bench-rest load-rest load-ws load-rest-headless load-ws-headless
 
 install:            ## install what is missing (Debian packages, .venv, Kafka jars)
@@ -15,10 +15,14 @@ infra: install      ## start Kafka, PostgreSQL and Redis (reuses running ones)
 infra-down:
 	@deploy/local/infra.sh down
 
-run: install        ## the whole platform in the foreground; Ctrl-C stops it
+web:                ## build the live market page (web/dist) once; again when web/ changes
+	@if [ ! -f web/dist/.built ] || [ -n "$$(find web/src web/package.json web/build.mjs -newer web/dist/.built 2>/dev/null | head -1)" ]; then \
+	  cd web && ( [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error ) && npm run build --silent && touch dist/.built; fi
+
+run: install web    ## the whole platform in the foreground; Ctrl-C stops it
 	@deploy/local/stack.sh run
 
-up: install         ## the whole platform in the background; returns when every service answers
+up: install web     ## the whole platform in the background; returns when every service answers
 	@deploy/local/stack.sh up
 
 # `make run` on a recorded Coinbase feed instead of the simulator (docs/aggregator.md "Coinbase"):

@@ -39,6 +39,7 @@ from gateway_rest.models import (
 )
 from gateway_rest.ratelimit import RateLimiter
 from gateway_rest.store import MarketStore, NotCached, Unavailable
+from gateway_rest.web_page import mount_web
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
@@ -369,4 +370,5 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    mount_web(app, s)  # the live market page at / (web/dist, built by `make web`)
     return app

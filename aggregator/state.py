@@ -25,6 +25,7 @@ from typing import Any
 from aggregator import events as ev
 from aggregator.book import ZERO, Book, fmt
 from core.channels import CANDLE_INTERVALS, data_message
+from core.checksum import book_checksum
 from core.codec import iso_from_ns
 from core.symbols import SymbolInfo, default_info
 
@@ -160,6 +161,8 @@ class SymbolState:
         _APPLY[type(e)](self, e)
 
     def _on_open(self, e: ev.Open) -> None:
+        if self.l2_only:
+            return  # an L2-only book has no orders; a ``reset`` switches back to order level
         if self.book.add(e.order_id, e.side, e.price, e.px, e.qty):
             if not self.l2_only:
                 self._l3_ops.append({"op": "add", "order_id": e.order_id, "side": e.side, "price": e.price,
@@ -167,10 +170,15 @@ class SymbolState:
             self._book_changed()
 
     def _on_match(self, e: ev.Match) -> None:
-        o = self.book.fill(e.maker_order_id, e.qty)
-        if o is not None:
+        resting = None if self.l2_only else self.book.orders.get(e.maker_order_id)
+        if resting is not None:
+            before = resting.size
+            o = self.book.fill(e.maker_order_id, e.qty)
+            assert o is not None
+            # an overfill (a feed out of sync) fills what rests, so l3 clients stay consistent
+            filled = e.size if e.qty <= before else fmt(before)
             self._l3({"op": "fill", "order_id": o.order_id, "side": o.side, "price": o.price,
-                      "size": e.size, "remaining": fmt(o.size), "trade_id": e.trade_id})
+                      "size": filled, "remaining": fmt(o.size), "trade_id": e.trade_id})
             self._book_changed()
         self._trade(e.trade_id, e.taker_side, e.price, e.px, e.size, e.qty, e.ts,
                     e.maker_order_id, e.taker_order_id)
@@ -223,6 +231,10 @@ class SymbolState:
             self._status_dirty = True
 
     def _on_reset(self, e: ev.Reset) -> None:
+        if self.l2_only:
+            self.l2_only = False
+            if self.info is not None:
+                self._status_dirty = True  # state goes back to "live"
         book = self.book
         if book.orders or book.bids or book.asks:
             for o in list(book.orders.values()):
@@ -236,9 +248,15 @@ class SymbolState:
             self._l3_ops.append(op)
 
     def _go_l2_only(self) -> None:
+        """Level events switch the symbol to L2-only until a ``reset``: resting orders of an
+        order-level feed cannot be combined with levels, so they are removed (published)."""
         if not self.l2_only:
+            if self.book.orders:
+                for o in list(self.book.orders.values()):
+                    self._l3({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
+                              "reason": "reset"})
+                self.book.clear()
             self.l2_only = True
-            self._l3_ops.clear()
             if self.info is not None and "l3" in self.info.channels:
                 self.info = _without_l3(self.info)
                 self._status_dirty = True
@@ -364,9 +382,13 @@ class SymbolState:
                 csum = self.book.checksum(self.cfg.checksum_depth)
                 out.append(self._msg("l2_update", "l2", now, {"changes": changes}, csum))
         if self._l3_ops:
-            if csum is None:
-                csum = self.book.checksum(self.cfg.checksum_depth)
-            out.append(self._msg("l3_update", "l3", now, {"events": self._l3_ops}, csum))
+            if self.l2_only:  # the last l3 message of a symbol turned L2-only: all orders deleted
+                l3_csum = book_checksum([], [])
+            else:
+                if csum is None:
+                    csum = self.book.checksum(self.cfg.checksum_depth)
+                l3_csum = csum
+            out.append(self._msg("l3_update", "l3", now, {"events": self._l3_ops}, l3_csum))
             self._l3_ops = []
         if self._trades:
             for t in self._trades:

@@ -745,9 +745,12 @@ class StreamFollower:
         """Probe the broker: aiokafka retries silently, so a lost feed is otherwise invisible."""
         tc = self._stream_consumer
         assert tc is not None
+        failures = 0
         while True:
             try:
-                ends = await asyncio.wait_for(tc.end_offsets(self._stream_tps), self.watchdog_s * 2)
+                # generous timeout: a busy event loop (thousands of handshakes) is not a lost feed
+                ends = await asyncio.wait_for(tc.end_offsets(self._stream_tps),
+                                              max(5.0, self.watchdog_s * 2))
                 lag: dict[str, int] = {}
                 for tp, end in ends.items():
                     hw = tc.highwater(tp)
@@ -755,9 +758,11 @@ class StreamFollower:
                 self.lag = lag
                 if not self.connected:
                     log.info("kafka feed restored")
-                self.connected, self.last_error = True, None
-            except Exception as exc:  # any failure to reach the broker is "lost"
-                if self.connected:
+                self.connected, self.last_error, failures = True, None, 0
+            except Exception as exc:  # any failure to reach the broker counts
+                failures += 1
+                self.last_error = repr(exc)
+                if failures >= 2 and self.connected:  # two probes in a row: lost
                     log.error("kafka feed lost", extra={"error": repr(exc)})
-                self.connected, self.last_error = False, repr(exc)
+                    self.connected = False
             await asyncio.sleep(self.watchdog_s)

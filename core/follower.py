@@ -554,7 +554,7 @@ class StreamFollower:
         names = chans or ["l2", "l3", "ticker", "trades", "stats", "candles_1m", "status"]
         self.stream_topics = sorted({self.topics.stream(c) for c in names})
         self.lookback_ms = lookback_ms
-        self.yield_every = 100
+        self.yield_s = 0.002  # longest run of callbacks before the loop gets a turn
         self.watchdog_s = watchdog_s
         self.ready = asyncio.Event()
         self.connected = True
@@ -721,16 +721,17 @@ class StreamFollower:
             batch = await tc.getmany(timeout_ms=200, max_records=2000)
             if batch:
                 self.last_record_at = time.monotonic()
-            n = 0
+            slice_start = time.monotonic()
             for tp, recs in batch.items():
                 for r in recs:
                     if r.value is not None:
                         run(join.on_stream(r.value, tp.topic, tp.partition))
-                    n += 1
-                    if n % self.yield_every == 0:
+                    if time.monotonic() - slice_start > self.yield_s:
                         # let transports flush and clients read between slices of a big
-                        # batch, so a catch-up burst does not look like a slow consumer
+                        # batch: a burst must neither wait behind the whole batch nor look
+                        # like a slow consumer
                         await asyncio.sleep(0)
+                        slice_start = time.monotonic()
             if not self.ready.is_set():
                 done = True
                 for tp, end in self._end_at_start.items():

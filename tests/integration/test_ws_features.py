@@ -257,3 +257,30 @@ async def test_tls_when_a_certificate_is_configured(settings: Settings, tmp_path
         async with connect(f"wss://localhost:{gw.cfg.port}/ws", ssl=ctx) as ws:
             await send(ws, {"type": "ping"})
             assert (await recv(ws))["type"] == "pong"
+
+
+def _msg(type_: str, channel: str, seq: int, data: object, symbol: str = "BTC-USD") -> bytes:
+    return orjson.dumps(data_message(type=type_, channel=channel, symbol=symbol, seq=seq, epoch=1,
+                                     publish_ns=T0 + seq, event_ns=T0, data=data))
+
+
+async def test_trades_l3_and_candles_routes(settings: Settings) -> None:
+    t = Topics.from_settings(settings)
+    trade = {"trade_id": 1, "price": "100", "size": "1", "side": "buy"}
+    async with Feed(settings) as feed:
+        await feed.raw(t.snapshot, _msg("trades_snapshot", "trades", 2, {"trades": [trade, trade]}), "trades:BTC-USD")
+        await feed.raw(t.snapshot, _msg("l3_snapshot", "l3", 1, {"bids": [], "asks": []}), "l3:BTC-USD")
+        await feed.raw(t.stream("l3"), _msg("l3_update", "l3", 2, {"changes": ["x"]}), "BTC-USD")
+        await feed.raw(t.stream("candles_1m"), _msg("candle", "candles_1m", 5, {"open": "1"}), "BTC-USD")
+        async with running_gateway(settings) as gw, connect(url(gw)) as ws:
+            await send(ws, {"type": "subscribe", "channels": ["trades:BTC-USD", "l3:BTC-USD", "candles_1m:BTC-USD"]})
+            await recv_until(ws, lambda m: m["type"] == "subscribed")
+            got = [await recv(ws) for _ in range(4)]
+            assert [(m["type"], m["seq"]) for m in got] == [
+                ("trades_snapshot", 2), ("l3_snapshot", 1), ("l3_update", 2), ("candle", 5)]
+            await feed.raw(t.stream("trades"), _msg("trade", "trades", 3, trade), "BTC-USD")
+            await feed.raw(t.stream("candles_1m"), _msg("candle", "candles_5m", 1, {"open": "1"}), "BTC-USD")
+            await feed.raw(t.stream("candles_1m"), _msg("candle", "candles_1m", 6, {"open": "2"}), "BTC-USD")
+            m1 = await recv(ws)
+            m2 = await recv(ws)  # the 5m candle is not subscribed: never arrives
+            assert [(m1["type"], m1["seq"]), (m2["channel"], m2["seq"])] == [("trade", 3), ("candles_1m", 6)]

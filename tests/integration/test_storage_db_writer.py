@@ -17,6 +17,7 @@ from core.topics import Topics
 from storage import testing as T
 from storage.db_writer import DbWriter, DbWriterConfig
 from storage.migrate import migrate
+from tests.conftest import BASE as BASE_SETTINGS
 
 pytestmark = pytest.mark.integration
 
@@ -181,3 +182,31 @@ async def test_history_written_once_and_replay_changes_nothing(
     stop.set()
     await asyncio.wait_for(task, 15)
     assert w3.counters.records == 0
+
+
+async def test_row_the_database_rejects_is_counted_and_the_rest_written(pg_dsn: str) -> None:
+    from storage.db_rows import RowBatch, RowBuilder
+
+    await migrate(pg_dsn)
+    s = dataclasses.replace(BASE_SETTINGS, pg_dsn=pg_dsn)
+    rb = RowBuilder(snapshot_topic="x")
+    b = RowBatch()
+    for i, tid in enumerate(["ok1", "bad\u0000id", "ok2"]):  # PostgreSQL text cannot hold NUL
+        rb.add(b, "t", 0, i, None, T.trade("REJ-USD", i + 1, tid, "1.5", "2"))
+    w = DbWriter(s, DbWriterConfig(group_id="unused"))
+    assert await w.write(b)
+    assert (w.counters.trades_inserted, w.counters.rows_rejected, w.counters.db_retries) == (
+        2,
+        1,
+        0,
+    )
+    c = await asyncpg.connect(pg_dsn)
+    try:
+        ids = await c.fetch(
+            "SELECT trade_id FROM trades WHERE symbol = 'REJ-USD' ORDER BY trade_id"
+        )
+        assert [r["trade_id"] for r in ids] == ["ok1", "ok2"]
+    finally:
+        await c.close()
+        if w._pool is not None:  # noqa: SLF001
+            await w._pool.close()  # noqa: SLF001

@@ -82,6 +82,13 @@ async def test_pipeline_to_rest(settings: Settings, pg_dsn: str) -> None:
                 assert not bk.crossed() and b["seq"] > 0
             tick = (await c.get("/api/v1/market/BTC-USD/ticker")).json()
             assert tick["seq"] > 0 and "best_bid" in tick
+            stats = (await c.get("/api/v1/market/BTC-USD/stats")).json()
+            assert stats["seq"] > 0 and "spread" in stats
+            l3 = (
+                await c.get("/api/v1/market/BTC-USD/orderbook", params={"level": 3, "depth": 5})
+            ).json()
+            assert l3["level"] == 3 and len({o[0] for o in l3["bids"]}) <= 5
+            assert all(len(o) == 3 for o in l3["bids"] + l3["asks"])
             recent = (await c.get("/api/v1/market/BTC-USD/trades", params={"limit": 1000})).json()
             assert recent["seq"] == last_btc and len(recent["trades"]) == min(len(btc), 1000)
             assert recent["trades"][0]["trade_id"] == btc[-1]["data"]["trade_id"]

@@ -32,6 +32,17 @@ from storage.migrate import migrate
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+def redis_settings() -> Settings:
+    """Only a unique Redis prefix: these tests read the cache, no Kafka topics needed."""
+    import dataclasses as _dc
+
+    from tests.conftest import BASE, unique
+
+    return _dc.replace(BASE, redis_prefix=f"test:{unique()}")
+
+
 SYM, L2ONLY = "RST-USD", "LTWO-USD"
 N_TRADES = 300
 
@@ -269,18 +280,20 @@ async def test_every_endpoint(pipeline: tuple[Settings, datetime]) -> None:
     ],
 )
 async def test_validation_errors_name_the_parameter(
-    settings: Settings, path: str, param: str
+    redis_settings: Settings, path: str, param: str
 ) -> None:
     import redis.asyncio as aioredis
 
     from core.cache_keys import CacheKeys
 
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = aioredis.Redis.from_url(redis_settings.redis_url)
     await r.hset(
-        CacheKeys(settings.redis_prefix).symbols, SYM, T.status(SYM).split(b'"data":', 1)[1][:-1]
+        CacheKeys(redis_settings.redis_prefix).symbols,
+        SYM,
+        T.status(SYM).split(b'"data":', 1)[1][:-1],
     )
     await r.aclose()
-    app = create_app(settings)
+    app = create_app(redis_settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         resp = await c.get(f"/api/v1/market/{SYM}/{path}")
         assert resp.status_code == 422, resp.text

@@ -20,6 +20,16 @@ pytestmark = pytest.mark.integration
 SYM = "FP-USD"
 
 
+@pytest.fixture
+def redis_settings() -> Settings:
+    """Only a unique Redis prefix: these tests read the cache, no Kafka topics needed."""
+    import dataclasses as _dc
+
+    from tests.conftest import BASE, unique
+
+    return _dc.replace(BASE, redis_prefix=f"test:{unique()}")
+
+
 async def _seed(s: Settings) -> None:
     m = CacheModel(book_depth=100)
     m.on_snapshot_record(b"status:FP-USD", T.status(SYM, 1))
@@ -63,11 +73,11 @@ async def _seed(s: Settings) -> None:
         "ticker?x=1",
     ],
 )
-async def test_fast_path_equals_route(settings: Settings, path: str) -> None:
-    await _seed(settings)
+async def test_fast_path_equals_route(redis_settings: Settings, path: str) -> None:
+    await _seed(redis_settings)
     base = RestConfig.from_settings(Settings.from_env({"MD_REST_RATE_LIMIT": "0"}))
-    fast = create_app(settings, config=dataclasses.replace(base, microcache_ms=50))
-    slow = create_app(settings, config=dataclasses.replace(base, fast_path=False))
+    fast = create_app(redis_settings, config=dataclasses.replace(base, microcache_ms=50))
+    slow = create_app(redis_settings, config=dataclasses.replace(base, fast_path=False))
     out = []
     for app in (fast, slow):
         async with httpx.AsyncClient(
@@ -79,14 +89,14 @@ async def test_fast_path_equals_route(settings: Settings, path: str) -> None:
     assert out[:3] == out[3:]
 
 
-async def test_concurrent_reads_share_one_redis_call(settings: Settings) -> None:
+async def test_concurrent_reads_share_one_redis_call(redis_settings: Settings) -> None:
     import asyncio
 
-    await _seed(settings)
+    await _seed(redis_settings)
     cfg = RestConfig.from_settings(
         Settings.from_env({"MD_REST_RATE_LIMIT": "0", "MD_REST_MICROCACHE_MS": "0"})
     )
-    app = create_app(settings, config=cfg)
+    app = create_app(redis_settings, config=cfg)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         rs = await asyncio.gather(
             *(c.get(f"/api/v1/market/{SYM}/orderbook?depth=5") for _ in range(50))

@@ -23,6 +23,17 @@ pytestmark = pytest.mark.integration
 SYM = "FZ-USD"
 INFO = b'{"symbol":"FZ-USD","base":"FZ","quote":"USD","tick_size":"0.01","min_size":"0.1","status":"online","source":"simulator","channels":["l2","l3"],"seq":1}'
 
+
+@pytest.fixture
+def redis_settings() -> Settings:
+    """Only a unique Redis prefix: these tests read the cache, no Kafka topics needed."""
+    import dataclasses as _dc
+
+    from tests.conftest import BASE, unique
+
+    return _dc.replace(BASE, redis_prefix=f"test:{unique()}")
+
+
 PARAMS = ["depth", "level", "limit", "start", "end", "cursor", "interval", "x"]
 values = st.one_of(
     st.text(max_size=12),
@@ -48,9 +59,9 @@ endpoints = st.sampled_from(["orderbook", "ticker", "trades", "candles", "stats"
 symbols = st.one_of(st.just(SYM), st.just("fz/usd"), st.text(min_size=1, max_size=10))
 
 
-async def test_no_500_for_any_input(settings: Settings, pg_dsn: str) -> None:
+async def test_no_500_for_any_input(redis_settings: Settings, pg_dsn: str) -> None:
     await migrate(pg_dsn)
-    s = dataclasses.replace(settings, pg_dsn=pg_dsn)
+    s = dataclasses.replace(redis_settings, pg_dsn=pg_dsn)
     r = aioredis.Redis.from_url(s.redis_url)
     await r.hset(CacheKeys(s.redis_prefix).symbols, SYM, INFO)
     await r.aclose()

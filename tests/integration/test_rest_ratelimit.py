@@ -20,6 +20,16 @@ SYM = "RL-USD"
 INFO = b'{"symbol":"RL-USD","base":"RL","quote":"USD","tick_size":"0.01","min_size":"0.1","status":"online","source":"simulator","channels":["l2","l3"],"seq":1}'
 
 
+@pytest.fixture
+def redis_settings() -> Settings:
+    """Only a unique Redis prefix: these tests read the cache, no Kafka topics needed."""
+    import dataclasses as _dc
+
+    from tests.conftest import BASE, unique
+
+    return _dc.replace(BASE, redis_prefix=f"test:{unique()}")
+
+
 def _cfg(**kw: object) -> RestConfig:
     tiers = dict(DEFAULT_TIERS)
     tiers["anonymous"] = Tier("anonymous", limit=5, window_s=60)
@@ -28,9 +38,9 @@ def _cfg(**kw: object) -> RestConfig:
 
 
 @pytest.fixture
-async def seeded(settings: Settings) -> AsyncIterator[Settings]:
-    r = aioredis.Redis.from_url(settings.redis_url)
-    k = CacheKeys(settings.redis_prefix)
+async def seeded(redis_settings: Settings) -> AsyncIterator[Settings]:
+    r = aioredis.Redis.from_url(redis_settings.redis_url)
+    k = CacheKeys(redis_settings.redis_prefix)
     book = b'{"symbol":"RL-USD","seq":1,"epoch":1,"timestamp":"","checksum":0,"depth":%d,"bids":[["1","1"],["0.9","1"]],"asks":[]}'
     await r.hset(k.symbols, SYM, INFO)
     await r.hset(k.book(SYM), mapping={f"d{d}": book % d for d in (1, 5, 10, 20, 50, 100)})
@@ -42,7 +52,7 @@ async def seeded(settings: Settings) -> AsyncIterator[Settings]:
     # keep the fixed 60 s window from rolling over in the middle of a test
     if time.time() % 60 > 50:
         await asyncio.sleep(60 - time.time() % 60 + 0.1)
-    yield settings
+    yield redis_settings
 
 
 def _client(app: object) -> httpx.AsyncClient:

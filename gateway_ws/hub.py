@@ -71,6 +71,7 @@ class Sub:
     held: deque[tuple[int, bytes, dict[str, Any]]] = field(default_factory=deque)
     had_data: bool = False
     group: Conflator | None = None
+    fast: bool = False  # eligible for the hot path: JSON, preframed, no group, no conversion
 
 
 def frame(payload: bytes, binary: bool) -> bytes:
@@ -152,19 +153,28 @@ class Client:
             self.closed = True
         return True
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Write the queued frames; False (frames dropped) when the socket buffer is over the bound.
+
+        The bound is checked once per loop turn here, so the per-message path only appends:
+        a connection holds at most ``high`` bytes plus one loop turn's messages.
+        """
         out = self.out
         if not out:
-            return
+            return True
         self.out = []
         self.out_bytes = 0
         ws = self.ws
         if self.closed or ws.protocol.state is not WsState.OPEN:
-            return  # never a data frame after a close frame (RFC 6455 §5.5.1)
+            return True  # never a data frame after a close frame (RFC 6455 §5.5.1)
+        t = ws.transport
+        if t.get_write_buffer_size() > self.high:
+            return False
         try:
-            ws.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            t.write(out[0] if len(out) == 1 else b"".join(out))
         except Exception:
             self.closed = True
+        return True
 
     def close(self, code: int, reason: str) -> None:
         if self.closed:
@@ -334,7 +344,8 @@ class Hub:
         self._flush_scheduled = False
         dirty, self.dirty = self.dirty, []
         for c in dirty:
-            c.flush()
+            if not c.flush():
+                self._slow_client(c)
 
     def add_client(self, c: Client) -> None:
         c.hub = self
@@ -386,6 +397,7 @@ class Hub:
         if old is not None:
             self._drop(c, req.key)
         sub = Sub(c, req)
+        sub.fast = c.raw_ok and not c.binary and not req.interval_ms and not req.currencies
         c.subs[req.key] = sub
         self.index.setdefault(req.key, {})[sub] = None
         if req.interval_ms:
@@ -495,8 +507,23 @@ class Hub:
         cache: list[bytes | None] = [None, None, None]
         slow: list[Sub] = []
         n = 0
+        fr: bytes | None = None
+        dirty = self.dirty
+        live = Mode.LIVE
         for sub in list(subs or ()):
             mode = sub.mode
+            if mode is live and sub.fast and seq == sub.last + 1:
+                # the common case, kept to a few appends: JSON, preframed, not conflated
+                sub.last = seq
+                c = sub.client
+                if fr is None:
+                    fr = cache[1] = frame(raw, False)
+                if not c.out:
+                    dirty.append(c)
+                c.out.append(fr)
+                c.out_bytes += len(fr)
+                n += 1
+                continue
             if mode is Mode.LIVE:
                 if seq != sub.last + 1:
                     if seq <= sub.last:
@@ -527,8 +554,10 @@ class Hub:
         if n:
             m.SENT.inc(n)
             m.SENT_BYTES.inc(n * len(raw))
+            if dirty:
+                self.schedule_flush()
         for sub in slow:
-            self._slow(sub)
+            self._slow_client(sub.client)
 
     def on_reset(self, r: Reset) -> None:
         """The follower rebuilt a key: every subscriber gets a fresh snapshot (flagged)."""
@@ -552,8 +581,7 @@ class Hub:
 
     # ----------------------------------------------------------------- slow consumers
 
-    def _slow(self, sub: Sub) -> None:
-        c = sub.client
+    def _slow_client(self, c: Client) -> None:
         if c.closed:
             return
         if any(s.req.channel not in BOOK_CHANNELS for s in c.subs.values()):
@@ -601,7 +629,7 @@ class Hub:
             elif sub.req.currencies:
                 self._converted(sub.client, sub.req, parsed)
         for sub in slow:
-            self._slow(sub)
+            self._slow_client(sub.client)
 
     async def _ticker(self) -> None:
         """Heartbeats, idle closes, drained slow clients and the feed state, twice a second."""

@@ -101,7 +101,8 @@ class Client:
     """
 
     __slots__ = ("ws", "session", "ip", "binary", "subs", "closed", "next_hb", "high",
-                 "stale", "connected_at", "conn_id", "user", "out", "out_bytes", "raw_ok", "hub")
+                 "stale", "connected_at", "conn_id", "user", "out", "out_bytes", "raw_ok", "hub",
+                 "proto", "transport")
 
     def __init__(self, ws: ServerConnection, session: Session, ip: str, *, binary: bool,
                  high: int, conn_id: int, user: str | None) -> None:
@@ -121,6 +122,8 @@ class Client:
         self.out_bytes = 0
         self.raw_ok = not ws.protocol.extensions  # no per-connection transform of frames
         self.hub: Hub | None = None
+        self.proto = ws.protocol  # cached: flush runs once per connection per loop turn
+        self.transport = ws.transport
 
     def buffered(self) -> int:
         t = self.ws.transport
@@ -164,10 +167,9 @@ class Client:
             return True
         self.out = []
         self.out_bytes = 0
-        ws = self.ws
-        if self.closed or ws.protocol.state is not WsState.OPEN:
+        if self.closed or self.proto.state is not WsState.OPEN:
             return True  # never a data frame after a close frame (RFC 6455 §5.5.1)
-        t = ws.transport
+        t = self.transport
         if t.get_write_buffer_size() > self.high:
             return False
         try:

@@ -249,6 +249,7 @@ class CoinbaseParser:
             last = int(msg["last_trade_id"])
             if f.last_trade_id is not None and last > f.last_trade_id and f.have_snapshot and not self.full:
                 self._gap(sym, "last_trade_id", f.last_trade_id, last)
+                f.last_trade_id = last  # those trades are lost for good; the book is resynced
             return []
         if t in ("match", "last_match"):
             return self._match(sym, f, t, msg, ts)
@@ -378,6 +379,7 @@ class CoinbaseClient:
         self.backoff = Backoff(initial=0.2, maximum=10.0)
         self.connected = False
         self.last_message = time.monotonic()
+        self.last_event = time.monotonic()  # last message that produced an event (not heartbeats)
         self.infos = load_catalogue(cfg.catalogue, cfg.products, full=self.full)
 
     def _sub(self, kind: str, products: Iterable[str]) -> bytes:
@@ -435,6 +437,7 @@ class CoinbaseClient:
                 self.last_message = time.monotonic()
                 for e in self.parser.receive(raw, rn):
                     await self.pub.publish(e, recv_ns=rn)
+                    self.last_event = self.last_message
                     if isinstance(e, ev.BookSnapshot):
                         self.backoff.reset()
                 again = self.parser.take_resync()

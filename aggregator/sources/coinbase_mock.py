@@ -1,7 +1,7 @@
 """A mock Coinbase Exchange WebSocket feed serving a recording, with injectable faults.
 
 ``python -m aggregator.sources.coinbase_mock FILE [--port 8020] [--speed 1] [--loop]
-[--gap-every N] [--disconnect-every N] [--malformed-every N] [--reorder-every N]``
+[--gap-every N] [--disconnect-every N] [--malformed-every N] [--reorder-every N] [--stall-every N]``
 
 ``FILE`` is in the format of ``/work/shared/data/coinbase-ws-2021-04-17.ndjson``: one
 ``{"recv_time": <unix s>, "message": <Coinbase message>}`` per line. The mock behaves like the
@@ -22,7 +22,10 @@ Faults (deterministic counters, for the connector's tests):
   (rotating: not JSON, a JSON array, an unknown type, an ``l2update`` with a bad price, a
   ``match`` with a bad side);
 - ``disconnect_every``: close a connection after N messages (alternating a clean close and an
-  abrupt transport abort).
+  abrupt transport abort);
+- ``stall_every``: every N messages (counted over all connections) the connection that sent the
+  Nth goes silent (open, but nothing more is sent, not even heartbeats): the client must notice
+  the stall itself.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class MockConfig:
     reorder_every: int = 0
     malformed_every: int = 0
     disconnect_every: int = 0
+    stall_every: int = 0
     queue_max: int = 50_000  # per connection; a slower client is disconnected (as Coinbase does)
 
 
@@ -129,6 +133,7 @@ class MockExchange:
         self._matches = 0
         self._held: dict[str, Any] | None = None
         self._disconnects = 0
+        self.sent_total = 0  # over all connections: stalls interleave with per-connection faults
         self.products = sorted({m["product_id"] for _, m in self.recording if isinstance(m.get("product_id"), str)})
 
     # -------------------------------------------------------------- playback
@@ -155,6 +160,8 @@ class MockExchange:
                 loop_n += 1
                 if not self.cfg.loop:
                     break
+            self.finished.set()
+            await hb  # a live feed keeps heartbeating after the last trade
         finally:
             self.finished.set()
             hb.cancel()
@@ -276,6 +283,10 @@ class MockExchange:
                 if b"%s" in bad:
                     bad = bad.replace(b"%s", (self.products[0] if self.products else "X-Y").encode())
                 await c.ws.send(bad)
+            self.sent_total += 1
+            if cfg.stall_every and self.sent_total % cfg.stall_every == 0:
+                c.closing = True  # silent from now on; the connection stays open
+                break
             if cfg.disconnect_every and c.sent % cfg.disconnect_every == 0:
                 self._disconnects += 1
                 if self._disconnects % 2:
@@ -316,12 +327,12 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8020)
     ap.add_argument("--speed", type=float, default=1.0, help="playback speed factor (0: as fast as possible)")
     ap.add_argument("--loop", action="store_true")
-    for f in ("gap", "reorder", "malformed", "disconnect"):
+    for f in ("gap", "reorder", "malformed", "disconnect", "stall"):
         ap.add_argument(f"--{f}-every", type=int, default=0)
     a = ap.parse_args()
     cfg = MockConfig(path=a.file, host=a.host, port=a.port, speed=a.speed, loop=a.loop)
     cfg = replace(cfg, gap_every=a.gap_every, reorder_every=a.reorder_every, malformed_every=a.malformed_every,
-                  disconnect_every=a.disconnect_every)
+                  disconnect_every=a.disconnect_every, stall_every=a.stall_every)
 
     async def _main(stop: asyncio.Event) -> None:
         _ex, server = await serve_mock(cfg)

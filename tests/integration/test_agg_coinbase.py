@@ -54,7 +54,9 @@ def books_from_recording() -> tuple[dict[str, dict[str, dict[Decimal, Decimal]]]
     return books, trades
 
 
-async def run_platform_on_recording(s: Settings, mock: MockConfig) -> tuple[CoinbaseClient, object]:
+async def run_platform_on_recording(s: Settings, mock: MockConfig, *, stall_s: float = 5.0
+                                    ) -> tuple[CoinbaseClient, object]:
+    """Run mock + connector + aggregator until the feed is drained; returns (client, exchange)."""
     cfg = dataclasses.replace(ServiceConfig.from_settings(s), snapshot_ms=100)
     stop_agg, stop_src = asyncio.Event(), asyncio.Event()
     agg = Aggregator(s, cfg)
@@ -63,17 +65,17 @@ async def run_platform_on_recording(s: Settings, mock: MockConfig) -> tuple[Coin
     pub = EventPublisher(s, "coinbase")
     await pub.start()
     client = CoinbaseClient(CoinbaseConfig(url=f"ws://127.0.0.1:{mock.port}", products=tuple(ex.products),
-                                           catalogue=CATALOGUE, stall_s=5.0), pub)
+                                           catalogue=CATALOGUE, stall_s=stall_s), pub)
     src_task = asyncio.create_task(client.run(stop_src))
     try:
         await asyncio.wait_for(ex.finished.wait(), 60)
-        # the feed is quiet once the connector is connected, synced and has read everything
-        quiet_since = time.monotonic()
-        last = client.last_message
-        while time.monotonic() - quiet_since < 1.5 or not client.connected or client.parser.resync:
+        # done once the connector is connected, synced, and no event came for a while
+        # (heartbeats go on; a reconnect would bring a snapshot, i.e. an event)
+        def drained() -> bool:
+            return time.monotonic() - client.last_event >= stall_s + 1 and client.connected and not client.parser.resync
+
+        while not drained():  # noqa: ASYNC110 - polling the client's state is the point
             await asyncio.sleep(0.1)
-            if client.last_message != last:
-                last, quiet_since = client.last_message, time.monotonic()
         stop_src.set()
         await asyncio.wait_for(src_task, 10)
         await pub.stop()
@@ -127,9 +129,13 @@ async def test_books_served_equal_books_rebuilt_from_recording(settings: Setting
 
 
 async def test_faulty_feed_is_detected_and_healed(settings: Settings) -> None:
+    from aggregator.sources.coinbase import FEED_DISCONNECTS
+
+    stalled = FEED_DISCONNECTS.labels("stalled")._value.get()
     mock = MockConfig(path=RECORDING, port=free_port(), speed=15, gap_every=9, reorder_every=13,
-                      malformed_every=400, disconnect_every=1500)
-    client, ex = await run_platform_on_recording(settings, mock)
+                      malformed_every=400, disconnect_every=1500, stall_every=2200)
+    client, ex = await run_platform_on_recording(settings, mock, stall_s=2.5)  # heartbeats: 1/s
+    assert FEED_DISCONNECTS.labels("stalled")._value.get() > stalled  # a silent feed is noticed
     counts = client.parser.counts
     assert counts["malformed"] > 0, counts
     assert counts["gaps"] > 0 and counts["stale"] > 0, counts

@@ -63,6 +63,9 @@ def test_update_before_snapshot_is_dropped_and_gap_asks_resync() -> None:
     hb = b'{"type":"heartbeat","sequence":1,"last_trade_id":15,"product_id":"SKL-USD","time":"2021-04-17T16:43:38Z"}'
     p.receive(hb, NS)
     assert p.take_resync() == {"SKL-USD"}
+    p.receive(snap, NS)
+    p.receive(hb, NS)  # the same heartbeat again: the lost trades are written off, no resync loop
+    assert p.take_resync() == set()
 
 
 def test_full_channel_orders_and_sequence_gap() -> None:

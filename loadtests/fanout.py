@@ -339,6 +339,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.wait_for(gw.wait(), 15)
         except TimeoutError:
             gw.kill()
+        await _delete_topics(s)
+
+
+async def _delete_topics(s: Settings) -> None:
+    """Drop this run's topics: every partition costs the broker open files, and a shared
+    broker that keeps every benchmark's topics runs out of them."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    try:
+        await admin.start()
+        await admin.delete_topics(Topics.from_settings(s).all())
+    except Exception as exc:  # cleanup is best effort; the numbers are already printed
+        print(f"[fanout] could not delete topics: {exc!r}", file=sys.stderr)
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
 
 
 def main() -> None:

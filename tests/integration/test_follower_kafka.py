@@ -10,6 +10,7 @@ from core.follower import Reset, StreamFollower
 from core.kafka import make_producer
 from core.settings import Settings
 from core.topics import Topics
+from tests.integration.ws_helpers import drop_topics  # noqa: F401 - autouse: topics deleted after each test
 from tests.unit.test_follower_join import Producer, tick
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from core.settings import Settings
 from gateway_ws.protocol import Tier
-from tests.integration.ws_helpers import recv, recv_until, running_gateway, send, url
+from tests.integration.ws_helpers import (
+    drop_topics,  # noqa: F401 - autouse: topics deleted after each test
+    recv,
+    recv_until,
+    running_gateway,
+    send,
+    url,
+)
 
 pytestmark = pytest.mark.integration
 

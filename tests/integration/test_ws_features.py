@@ -21,6 +21,7 @@ from core.topics import Topics
 from tests.integration.ws_helpers import (
     ClientBook,
     Feed,
+    drop_topics,  # noqa: F401 - autouse: topics deleted after each test
     recv,
     recv_until,
     running_gateway,

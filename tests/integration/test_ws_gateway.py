@@ -13,6 +13,7 @@ from core.settings import Settings
 from tests.integration.ws_helpers import (
     ClientBook,
     Feed,
+    drop_topics,  # noqa: F401 - autouse: topics deleted after each test
     recv,
     recv_until,
     running_gateway,

@@ -13,7 +13,12 @@ from websockets.asyncio.client import connect
 
 from core.settings import Settings
 from tests.conftest import free_port
-from tests.integration.ws_helpers import Feed, recv_until, send
+from tests.integration.ws_helpers import (
+    Feed,
+    drop_topics,  # noqa: F401 - autouse: topics deleted after each test
+    recv_until,
+    send,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,15 @@ from websockets.asyncio.client import connect
 from core.codec import iso_from_ns
 from core.settings import Settings
 from gateway_ws.resume import hist_key
-from tests.integration.ws_helpers import ClientBook, Feed, recv_until, running_gateway, send, url
+from tests.integration.ws_helpers import (
+    ClientBook,
+    Feed,
+    drop_topics,  # noqa: F401 - autouse: topics deleted after each test
+    recv_until,
+    running_gateway,
+    send,
+    url,
+)
 from tests.unit.test_follower_join import T0
 
 pytestmark = pytest.mark.integration
@@ -68,6 +76,9 @@ async def test_resume_after_forced_disconnect_on_another_instance_misses_nothing
                     msg = await recv_until(ws, lambda m: m["type"] != "subscribed")
                     assert (msg["type"], msg["seq"]) == ("l2_update", 51)
     finally:
+        keys = [k async for k in r.scan_iter(match=f"{settings.redis_prefix}:*")]
+        if keys:
+            await r.delete(*keys)
         await r.aclose()
 
 
@@ -95,6 +106,9 @@ async def test_resume_from_too_far_back_gets_a_flagged_snapshot(settings: Settin
                 note = await recv_until(ws, lambda m: m["type"] == "resync")
                 assert note["reason"] == "resume_epoch"
     finally:
+        keys = [k async for k in r.scan_iter(match=f"{settings.redis_prefix}:*")]
+        if keys:
+            await r.delete(*keys)
         await r.aclose()
 
 
@@ -120,4 +134,7 @@ async def test_resume_since_timestamp(settings: Settings) -> None:
                 note = await recv_until(ws, lambda m: m["type"] == "resync")
                 assert note["reason"] == "resume_too_old"
     finally:
+        keys = [k async for k in r.scan_iter(match=f"{settings.redis_prefix}:*")]
+        if keys:
+            await r.delete(*keys)
         await r.aclose()

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import pytest
 from websockets.asyncio.client import ClientConnection
 
 from core.book import L2Book
@@ -19,6 +20,28 @@ from gateway_ws.config import WsConfig
 from gateway_ws.server import Gateway
 from tests.conftest import free_port
 from tests.unit.test_follower_join import Producer
+
+
+async def delete_topics(settings: Settings) -> None:
+    """Best effort: each test's 9 topics x 3 partitions hold open files in the shared broker."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        await admin.start()
+        await admin.delete_topics(Topics.from_settings(settings).all())
+    except Exception:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+@pytest.fixture(autouse=True)
+async def drop_topics(settings: Settings) -> AsyncIterator[None]:
+    """Import into a test module to delete its test's topics afterwards."""
+    yield
+    await delete_topics(settings)
 
 
 @contextlib.asynccontextmanager

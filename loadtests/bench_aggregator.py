@@ -36,6 +36,7 @@ from aggregator import events as ev
 from aggregator.recovery import stop_consumer
 from aggregator.sources.flow import OrderFlow
 from aggregator.state import SymbolState
+from aggregator.testing import delete_topics
 from core.kafka import ensure_topics, make_producer
 from core.settings import Settings
 from core.topics import Topics
@@ -152,6 +153,7 @@ async def bench_kafka(raw: list[tuple[str, bytes]]) -> dict[str, float]:
         proc.terminate()
         proc.wait(30)
     assert t_first is not None
+    await delete_topics(s)
     return {
         "events": float(total_end),
         "join_s": t_first - t_start,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import orjson
@@ -17,13 +18,26 @@ import pytest
 
 from aggregator.service import Aggregator, ServiceConfig
 from aggregator.sources.simulator import run_simulator
-from aggregator.testing import StreamCheck, l2book_as_dict, read_topic, reference_books
+from aggregator.testing import (
+    StreamCheck,
+    delete_topics,
+    l2book_as_dict,
+    read_topic,
+    reference_books,
+)
 from core.book import L2Book
 from core.kafka import make_consumer
 from core.settings import Settings
 from core.topics import Topics
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+async def _drop_topics(settings: Settings) -> AsyncIterator[None]:
+    """This test's topics go when it ends (the shared broker has a file-handle limit)."""
+    yield
+    await delete_topics(settings)
 
 
 async def wait_caught_up(settings: Settings, group: str, limit_s: float = 60.0) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -13,12 +14,19 @@ import pytest
 
 from aggregator.sources.replay import replay
 from aggregator.sources.simulator import run_simulator
-from aggregator.testing import read_topic
+from aggregator.testing import delete_topics, read_topic
 from core.kafka import ensure_topics
 from core.settings import Settings
 from core.topics import Topics
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+async def _drop_topics(settings: Settings) -> AsyncIterator[None]:
+    """This test's topics go when it ends (the shared broker has a file-handle limit)."""
+    yield
+    await delete_topics(settings)
 
 
 async def test_capture_then_replay_reproduces_the_input(settings: Settings, tmp_path: Path) -> None:
@@ -48,3 +56,4 @@ async def test_capture_then_replay_reproduces_the_input(settings: Settings, tmp_
         a = [{k: v for k, v in d.items() if k != "source"} for d in original[sym]]
         b = [{k: v for k, v in d.items() if k != "source"} for d in replayed[sym]]
         assert a == b, sym
+    await delete_topics(target)

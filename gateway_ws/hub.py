@@ -35,7 +35,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State as WsState
 
-from core.codec import iso_from_ns
+from core.codec import iso_from_ns, ns_from_iso
 from core.follower import Reset, StreamFollower
 from gateway_ws import metrics as m
 from gateway_ws.config import WsConfig
@@ -355,6 +355,7 @@ class Hub:
         self.clients.add(c)
         c.next_hb = self.clock() + self.cfg.heartbeat_s
         m.CONNECTIONS.set(len(self.clients))
+        m.CONNECTIONS_ACTIVE.set(len(self.clients))
 
     def remove_client(self, c: Client) -> None:
         c.closed = True
@@ -362,6 +363,7 @@ class Hub:
             self._drop(c, key)
         self.clients.discard(c)
         m.CONNECTIONS.set(len(self.clients))
+        m.CONNECTIONS_ACTIVE.set(len(self.clients))
 
     # ----------------------------------------------------------------- encoding
 
@@ -506,6 +508,10 @@ class Hub:
         status_all = self.index.get((STATUS, "*")) if channel == STATUS else None
         if not subs and not status_all:
             return
+        ts = parsed.get("timestamp")
+        if isinstance(ts, str):
+            with contextlib.suppress(Exception):
+                m.FANOUT_LAG.set((time.time_ns() - ns_from_iso(ts)) / 1e9)
         cache: list[bytes | None] = [None, None, None]
         slow: list[Sub] = []
         n = 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 CONNECTIONS = Gauge("md_ws_connections", "Open client connections")
+# the same value under the name the Kubernetes HPA adapter reads (deploy/k8s/70-prometheus-adapter.yaml)
+CONNECTIONS_ACTIVE = Gauge("md_ws_connections_active", "Open client connections (HPA metric)")
 SUBSCRIPTIONS = Gauge("md_ws_subscriptions", "Active subscriptions")
 CONNECTS = Counter("md_ws_connects_total", "Accepted connections")
 REJECTS = Counter("md_ws_rejects_total", "Refused upgrade requests", ["reason"])
@@ -20,4 +22,5 @@ RESUMES = Counter("md_ws_resumes_total", "Resume requests by outcome", ["result"
 RESETS = Counter("md_ws_stream_resets_total", "Stream resnapshots seen from the follower", ["reason"])
 KAFKA_UP = Gauge("md_ws_kafka_connected", "1 while the Kafka feed is reachable")
 FANOUT_LAG = Gauge("md_ws_last_publish_lag_seconds",
-                   "Now minus the timestamp of the last message fanned out")
+                   "Now minus the aggregator timestamp of the last message fanned out "
+                   "(publish to gateway, before the writes)")

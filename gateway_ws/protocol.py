@@ -165,6 +165,7 @@ class Session:
     encode: Callable[[dict[str, Any]], bytes] = orjson.dumps
     limits: Limits = field(default_factory=Limits)
     verify_token: Callable[[str], Principal] | None = None
+    on_error: Callable[[str], None] | None = None  # told each error code (metrics)
     now: float = 0.0
     subscriptions: dict[Key, SubRequest] = field(default_factory=dict)
     violations: list[float] = field(default_factory=list)  # at most max_violations
@@ -226,6 +227,8 @@ class Session:
         """Queue an error and count it as a violation (abusive after ``max_violations``)."""
         extra = {k: v for k, v in extra.items() if v is not None}
         self._send(error_message(code, message, **extra))
+        if self.on_error is not None:
+            self.on_error(code)
         self._violation()
 
     def drop(self, keys: Iterable[Key]) -> None:

@@ -185,7 +185,8 @@ class Gateway:
         session = Session(
             principal=principal, is_symbol=self.is_symbol, ns_from_iso=ns_from_iso,
             encode=_encoder(binary), limits=self.cfg.limits,
-            verify_token=self.auth.verify if self.auth.enabled else None, now=time.monotonic())
+            verify_token=self.auth.verify if self.auth.enabled else None, now=time.monotonic(),
+            on_error=_count_error)
         session.last_request = time.monotonic()
         client = Client(ws, session, ip, binary=binary, high=self.cfg.buffer_high,
                         conn_id=next(self._ids), user=principal.user)
@@ -264,6 +265,10 @@ class Gateway:
             self.per_user[u] = max(0, self.per_user.get(u, 0) + delta)
             if not self.per_user[u]:
                 del self.per_user[u]
+
+
+def _count_error(code: str) -> None:
+    m.ERRORS.labels(code).inc()
 
 
 def _encoder(binary: bool) -> Any:

@@ -55,6 +55,9 @@ async def test_snapshot_then_gapless_updates_with_checksums(settings: Settings) 
             assert cb.applied == 50
             # forwarded unchanged: the very bytes the aggregator published
             assert orjson.loads(sent[-1]) == msg
+            from gateway_ws import metrics
+
+            assert metrics.FANOUT_LAG._value.get() != 0 and metrics.SENT._value.get() >= 50
 
             # the list form, two symbols and an unsubscribe
             await send(ws, {"type": "subscribe", "channels": ["l2:ETH-USD", "ticker:BTC-USD"]})
@@ -85,6 +88,9 @@ async def test_bad_requests_get_errors_and_the_session_stays_usable(settings: Se
             assert err["message"]
         await send(ws, {"type": "ping", "id": 1})
         assert await recv_until(ws, lambda m: m["type"] == "pong") == {"type": "pong", "id": 1}
+        from gateway_ws import metrics
+
+        assert metrics.ERRORS.labels("unknown_type")._value.get() >= 1
 
 
 async def test_abusive_client_is_closed_with_policy_violation(settings: Settings) -> None:

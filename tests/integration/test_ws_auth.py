@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import jwt
@@ -94,3 +95,28 @@ async def test_idle_connection_is_closed(settings: Settings) -> None:
             while True:
                 await recv(ws, 5)
         assert ws.close_code == 4002
+
+
+async def test_audit_lines_for_connect_auth_failure_subscribe_and_abuse(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="gateway_ws.audit")
+    async with running_gateway(settings, jwt_hs256_secret=SECRET) as gw:
+        with pytest.raises(InvalidStatus):
+            async with connect(url(gw, "token=garbage")):
+                pass
+        async with connect(url(gw)) as ws:
+            await send(ws, {"type": "subscribe", "channel": "ticker", "symbol": "BTC-USD"})
+            await recv_until(ws, lambda m: m["type"] == "subscribed")
+            for _ in range(gw.cfg.limits.max_violations):
+                await send(ws, "{")
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await recv(ws)
+        async with asyncio.timeout(5):
+            while not any(getattr(r, "event", None) == "disconnect" for r in caplog.records):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    events = [getattr(r, "event", None) for r in caplog.records if r.name == "gateway_ws.audit"]
+    for e in ("auth_failed", "connect", "subscribe", "abuse_close", "disconnect"):
+        assert e in events, (e, events)
+    failed = next(r for r in caplog.records if getattr(r, "event", None) == "auth_failed")
+    assert failed.ip == "127.0.0.1" and failed.reason  # type: ignore[attr-defined]

@@ -80,6 +80,34 @@ async def settings() -> AsyncIterator[Settings]:
     s = dataclasses.replace(BASE, topic_prefix=f"test.{tag}", redis_prefix=f"test:{tag}")
     await ensure_topics(s, partitions=3)
     yield s
+    await _delete_test_data(s)
+
+
+async def _delete_test_data(s: Settings) -> None:
+    """Drop the test's topics and Redis keys: a full suite creates thousands of partitions,
+    and every one holds files open in the broker."""
+    import redis.asyncio as aioredis
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    try:
+        await admin.start()
+        names = [t for t in await admin.list_topics() if t.startswith(s.topic_prefix + ".")]
+        if names:
+            await admin.delete_topics(names)
+    except Exception as exc:  # cleanup must never fail the test that used the topics
+        print(f"[cleanup] could not delete topics of {s.topic_prefix}: {exc!r}")
+    finally:
+        await admin.close()
+    r = aioredis.from_url(s.redis_url)
+    try:
+        keys = [k async for k in r.scan_iter(match=f"{s.redis_prefix}:*", count=1000)]
+        for i in range(0, len(keys), 500):
+            await r.delete(*keys[i : i + 500])
+    except Exception as exc:
+        print(f"[cleanup] could not delete Redis keys of {s.redis_prefix}: {exc!r}")
+    finally:
+        await r.aclose()
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,10 @@ start() {
       -t "$(cat "$VAR/kafka/cluster-id" 2>/dev/null || echo 'mdLocalCluster0000000A')" -c "$CONF" \
       >"$LOGDIR/format.log" 2>&1 || die "Kafka storage format failed (see $LOGDIR/format.log)"
   fi
-  log "starting Kafka on 127.0.0.1:$KAFKA_PORT"
+  # every partition holds several files open (log, index, time index per segment): a test suite
+  # that creates thousands of partitions exhausts a small limit and the broker stops its log dir
+  ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  log "starting Kafka on 127.0.0.1:$KAFKA_PORT (open files limit $(ulimit -n))"
   # own session: a Ctrl-C in the terminal of `make run` reaches the stack script, which stops
   # the services first and Kafka last
   nohup setsid java "${jopts[@]}" -cp "$cp" kafka.Kafka "$CONF" >"$LOGDIR/stdout.log" 2>&1 &

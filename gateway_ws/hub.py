@@ -2,15 +2,16 @@
 
 The hub owns the subscriptions of all clients of one process, indexed by ``(channel, symbol)``.
 A stream message arrives from :class:`core.follower.StreamFollower` as the bytes the
-aggregator published; the hub writes those same bytes to every subscriber (msgpack clients
-share one re-encoding per message). Writes are synchronous into each connection's transport,
-like ``websockets.broadcast``: no task per message, no awaiting a slow peer.
+aggregator published; the hub frames those bytes once (msgpack clients share one re-encoding
+per message) and appends the same frame to every subscriber's queue; each connection's queue
+is written with one ``transport.write`` per loop turn (:meth:`Hub.flush`). No task per
+message, no awaiting a slow peer.
 
 Per subscription the hub enforces ``seq == last + 1`` so a client never sees a gap it was
 not told about: every discontinuity becomes a snapshot flagged ``"resync": true``.
 
-Slow consumers: a connection whose transport buffer is above ``buffer_high`` bytes gets no
-more data. Its book subscriptions are paused (``STALE``) and resnapshotted, flagged, once the
+Slow consumers: a connection whose transport buffer is above ``buffer_high`` bytes at flush
+time gets no more data (bound: ``buffer_high`` plus one loop turn of messages). Its book subscriptions are paused (``STALE``) and resnapshotted, flagged, once the
 buffer drains below a quarter of the bound; a connection with any other subscription is
 closed with 4001 and a reason. Both are counted (md_ws_slow_resyncs_total,
 md_ws_slow_disconnects_total).
@@ -21,286 +22,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
-from enum import Enum
 from typing import Any
 
 import msgpack
 import orjson
-from websockets.asyncio.server import ServerConnection
-from websockets.protocol import State as WsState
 
 from core.codec import iso_from_ns, ns_from_iso
 from core.follower import Reset, StreamFollower
 from gateway_ws import metrics as m
+from gateway_ws.client import Client, Mode, Sub, frame
 from gateway_ws.config import WsConfig
+from gateway_ws.conflation import Conflator
 from gateway_ws.protocol import (
     BOOK_CHANNELS,
     CLOSE_IDLE,
     CLOSE_SLOW,
     STATUS,
     Key,
-    Session,
     SubRequest,
 )
+from gateway_ws.rates import CrossRates
 from gateway_ws.resume import History
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("gateway_ws.audit")
-
-
-class Mode(Enum):
-    WAIT = "wait"  # no state for the key yet: the first Reset sends the snapshot
-    LIVE = "live"
-    PENDING = "pending"  # resume replay from Redis in progress: live messages are held
-    STALE = "stale"  # slow consumer on a book: paused until the buffer drains
-
-
-@dataclass(eq=False, slots=True)
-class Sub:
-    client: Client
-    req: SubRequest
-    mode: Mode = Mode.WAIT
-    last: int = -1
-    epoch: int | None = None
-    held: deque[tuple[int, bytes, dict[str, Any]]] = field(default_factory=deque)
-    had_data: bool = False
-    group: Conflator | None = None
-    fast: bool = False  # eligible for the hot path: JSON, preframed, no group, no conversion
-
-
-def frame(payload: bytes, binary: bool) -> bytes:
-    """An unmasked, unfragmented WebSocket data frame (RFC 6455 §5.2): FIN + opcode, length.
-
-    A server never masks (§5.1), so one message has the same frame bytes on every
-    uncompressed connection: the hub builds it once per message and encoding.
-    """
-    b0 = 0x82 if binary else 0x81
-    n = len(payload)
-    if n < 126:
-        head = bytes((b0, n))
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", b0, 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, 127, n)
-    return head + payload
-
-
-class Client:
-    """One connection: its websockets object, protocol session and subscriptions.
-
-    Data frames are appended to ``out`` and written with one ``transport.write`` per loop turn
-    (``Hub.flush``), so a burst costs one syscall per connection, not one per message. A
-    connection that negotiated permessage-deflate compresses per connection and goes through
-    the websockets protocol object instead.
-    """
-
-    __slots__ = ("ws", "session", "ip", "binary", "subs", "closed", "next_hb", "high",
-                 "stale", "connected_at", "conn_id", "user", "out", "out_bytes", "raw_ok", "hub",
-                 "proto", "transport")
-
-    def __init__(self, ws: ServerConnection, session: Session, ip: str, *, binary: bool,
-                 high: int, conn_id: int, user: str | None) -> None:
-        self.ws = ws
-        self.session = session
-        self.ip = ip
-        self.binary = binary
-        self.subs: dict[Key, Sub] = {}
-        self.closed = False
-        self.next_hb = 0.0
-        self.high = high
-        self.stale = False
-        self.connected_at = time.monotonic()
-        self.conn_id = conn_id
-        self.user = user
-        self.out: list[bytes] = []
-        self.out_bytes = 0
-        self.raw_ok = not ws.protocol.extensions  # no per-connection transform of frames
-        self.hub: Hub | None = None
-        self.proto = ws.protocol  # cached: flush runs once per connection per loop turn
-        self.transport = ws.transport
-
-    def buffered(self) -> int:
-        t = self.ws.transport
-        return (t.get_write_buffer_size() if t is not None else 0) + self.out_bytes
-
-    def write(self, payload: bytes, force: bool = False, framed: bytes | None = None) -> bool:
-        """Queue one WebSocket message; False (and nothing queued) when over the bound."""
-        if self.closed:
-            return True
-        ws = self.ws
-        if ws.protocol.state is not WsState.OPEN:
-            return True
-        if not force and ws.transport.get_write_buffer_size() + self.out_bytes > self.high:
-            return False
-        if self.raw_ok:
-            f = framed if framed is not None else frame(payload, self.binary)
-            if not self.out and self.hub is not None:
-                self.hub.dirty.append(self)
-                self.hub.schedule_flush()
-            self.out.append(f)
-            self.out_bytes += len(f)
-            return True
-        try:
-            if self.binary:
-                ws.protocol.send_binary(payload)
-            else:
-                ws.protocol.send_text(payload)  # our payloads are UTF-8 JSON already
-            ws.send_data()
-        except Exception:  # the peer vanished mid-write: the reader task will clean up
-            self.closed = True
-        return True
-
-    def flush(self) -> bool:
-        """Write the queued frames; False (frames dropped) when the socket buffer is over the bound.
-
-        The bound is checked once per loop turn here, so the per-message path only appends:
-        a connection holds at most ``high`` bytes plus one loop turn's messages.
-        """
-        out = self.out
-        if not out:
-            return True
-        self.out = []
-        self.out_bytes = 0
-        if self.closed or self.proto.state is not WsState.OPEN:
-            return True  # never a data frame after a close frame (RFC 6455 §5.5.1)
-        t = self.transport
-        if t.get_write_buffer_size() > self.high:
-            return False
-        try:
-            t.write(out[0] if len(out) == 1 else b"".join(out))
-        except Exception:
-            self.closed = True
-        return True
-
-    def close(self, code: int, reason: str) -> None:
-        if self.closed:
-            return
-        self.flush()
-        self.closed = True
-        asyncio.get_running_loop().create_task(self._close(code, reason))
-
-    async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code, reason), 2)
-        with contextlib.suppress(Exception):
-            self.ws.transport.abort()
-
-
-# ------------------------------------------------------------------------------ conflation
-
-
-class Conflator:
-    """One ``(channel, symbol, interval)``: what changed since the last flush, sent as one message.
-
-    Books merge their changes by level (the last size of each level wins, which is what the
-    book would show); whole-value channels (ticker, stats, candles) keep the latest message and
-    send its original bytes. One encoding per flush serves every subscriber of the group.
-    """
-
-    def __init__(self, key: Key, interval_ms: int) -> None:
-        self.key = key
-        self.interval_ms = interval_ms
-        self.subs: set[Sub] = set()
-        self.changes: dict[tuple[str, str], str] = {}
-        self.latest: tuple[int, bytes, dict[str, Any]] | None = None
-        self.first_seq: int | None = None
-        self.handle: asyncio.TimerHandle | None = None
-
-    def add(self, seq: int, raw: bytes, parsed: dict[str, Any]) -> None:
-        if self.key[0] == "l2":
-            for side, price, size in (parsed.get("data") or {}).get("changes", ()):
-                self.changes[(side, price)] = size
-        if self.first_seq is None:
-            self.first_seq = seq
-        self.latest = (seq, raw, parsed)
-
-    def reset(self) -> None:
-        self.changes.clear()
-        self.latest = None
-        self.first_seq = None
-
-    def take(self) -> tuple[int, bytes, dict[str, Any]] | None:
-        if self.latest is None:
-            return None
-        seq, raw, parsed = self.latest
-        if self.key[0] == "l2":
-            msg = {**parsed, "data": {"changes": [[s, p, q] for (s, p), q in self.changes.items()]},
-                   "conflated": True, "first_seq": self.first_seq}
-            raw = orjson.dumps(msg)
-            parsed = msg
-        self.reset()
-        return seq, raw, parsed
-
-
-# ------------------------------------------------------------------------------ currency
-
-
-_PRICE_FIELDS = ("best_bid", "best_ask", "last_price", "open_24h", "high_24h", "low_24h",
-                 "change_24h", "price", "open", "high", "low", "close")
-
-
-class CrossRates:
-    """Converts a ticker's prices into another quote currency through the tickers we follow.
-
-    The rate from quote ``Q`` to currency ``C`` is the last price of ``Q-C``, or 1 / that of
-    ``C-Q``, or through USD (``Q-USD`` then ``USD-C``); None when no path is known.
-    """
-
-    def __init__(self, follower: StreamFollower) -> None:
-        self.follower = follower
-
-    def _price(self, symbol: str) -> Decimal | None:
-        cur = self.follower.current("ticker", symbol)
-        if cur is None or not cur.messages:
-            return None
-        data = orjson.loads(cur.messages[-1]).get("data") or {}
-        for f in ("last_price", "price", "best_bid"):
-            v = data.get(f)
-            if v:
-                try:
-                    d = Decimal(str(v))
-                except InvalidOperation:
-                    continue
-                if d > 0:
-                    return d
-        return None
-
-    def rate(self, quote: str, currency: str, _depth: int = 0) -> Decimal | None:
-        if quote == currency:
-            return Decimal(1)
-        p = self._price(f"{quote}-{currency}")
-        if p is not None:
-            return p
-        p = self._price(f"{currency}-{quote}")
-        if p is not None:
-            return 1 / p
-        if _depth == 0 and "USD" not in (quote, currency):
-            a, b = self.rate(quote, "USD", 1), self.rate("USD", currency, 1)
-            if a is not None and b is not None:
-                return a * b
-        return None
-
-    def convert(self, parsed: dict[str, Any], currency: str) -> dict[str, Any] | None:
-        quote = parsed["symbol"].split("-")[1]
-        r = self.rate(quote, currency)
-        if r is None:
-            return None
-        data = dict(parsed.get("data") or {})
-        for f in _PRICE_FIELDS:
-            v = data.get(f)
-            if isinstance(v, str):
-                with contextlib.suppress(InvalidOperation):
-                    data[f] = format((Decimal(v) * r).quantize(Decimal("0.00000001")).normalize(), "f")
-        return {**parsed, "data": data, "currency": currency, "rate": format(r.normalize(), "f")}
-
-
-# ------------------------------------------------------------------------------ hub
 
 
 class Hub:

@@ -31,8 +31,9 @@ from core.health import Health
 from core.settings import Settings
 from gateway_ws import metrics as m
 from gateway_ws.auth import Authenticator
+from gateway_ws.client import Client
 from gateway_ws.config import WsConfig
-from gateway_ws.hub import Client, Hub
+from gateway_ws.hub import Hub
 from gateway_ws.protocol import (
     CLOSE_TRY_LATER,
     Authenticated,

@@ -25,7 +25,7 @@ from websockets.server import ServerProtocol
 
 from core.book import L2Book
 from core.channels import data_message
-from gateway_ws.hub import frame
+from gateway_ws.client import frame
 
 
 def _messages(n: int) -> list[bytes]:

@@ -14,7 +14,9 @@ from websockets.frames import Frame, Opcode
 
 from core.book import L2Book
 from core.follower import StreamJoin
-from gateway_ws.hub import Conflator, CrossRates, frame
+from gateway_ws.client import frame
+from gateway_ws.conflation import Conflator
+from gateway_ws.rates import CrossRates
 from tests.unit.test_follower_join import Producer, tick
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

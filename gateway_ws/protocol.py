@@ -323,9 +323,10 @@ class Session:
             raise ProtocolError("bad_request", "'epoch' must be an integer")
         depth = msg.get("depth")
         if depth is not None:
-            if channel not in BOOK_CHANNELS or not isinstance(depth, int) or isinstance(depth, bool) \
+            # l2 only: the l3 snapshot is the aggregator's, served with the updates since it
+            if channel != "l2" or not isinstance(depth, int) or isinstance(depth, bool) \
                     or not 1 <= depth <= lim.max_depth:
-                raise ProtocolError("bad_request", f"'depth' is 1..{lim.max_depth}, book channels only")
+                raise ProtocolError("bad_request", f"'depth' is 1..{lim.max_depth}, l2 only")
         limit = msg.get("limit")
         if limit is not None:
             if channel != "trades" or not isinstance(limit, int) or isinstance(limit, bool) \

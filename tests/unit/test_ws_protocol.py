@@ -77,6 +77,7 @@ def test_unsubscribe_mirrors_subscribe() -> None:
     ('{"type":"subscribe","channel":"l2","symbol":"BTC-USD","since_seq":-1}', "bad_request"),
     ('{"type":"subscribe","channel":"l2","symbol":"BTC-USD","since":"yesterday"}', "bad_request"),
     ('{"type":"subscribe","channel":"l2","symbol":"BTC-USD","depth":0}', "bad_request"),
+    ('{"type":"subscribe","channel":"l3","symbol":"BTC-USD","depth":10}', "bad_request"),
     ('{"type":"subscribe","channel":"trades","symbol":"BTC-USD","interval":"5s"}', "bad_request"),
     ('{"type":"subscribe","channel":"ticker","symbol":"BTC-USD","interval":"5 parsecs"}', "bad_request"),
     ('{"type":"subscribe","channel":"l2","symbol":"BTC-USD","currencies":["EUR"]}', "bad_request"),

@@ -44,6 +44,7 @@ class Sub:
     had_data: bool = False
     group: Conflator | None = None
     fast: bool = False  # eligible for the hot path: JSON, preframed, no group, no conversion
+    sent: int = -1  # conflated: seq of the last message actually sent (what heartbeats report)
 
 
 def frame(payload: bytes, binary: bool) -> bytes:

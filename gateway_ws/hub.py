@@ -222,6 +222,7 @@ class Hub:
         if req.currencies and cur.messages:
             self._converted(c, req, orjson.loads(cur.messages[-1]))
         sub.last, sub.epoch, sub.mode, sub.had_data = cur.seq, cur.epoch, Mode.LIVE, True
+        sub.sent = cur.seq
 
     def _status_snapshot(self, c: Client, sub: Sub) -> None:
         """All symbols' status messages, then the gateway's own feed state."""
@@ -381,7 +382,9 @@ class Hub:
                 continue
             if not self._send(sub.client, raw, cache):
                 slow.append(sub)
-            elif sub.req.currencies:
+                continue
+            sub.sent = seq
+            if sub.req.currencies:
                 self._converted(sub.client, sub.req, parsed)
         for sub in slow:
             self._slow_client(sub.client)
@@ -421,11 +424,13 @@ class Hub:
         subs = []
         for s in c.subs.values():
             item: dict[str, Any] = {"channel": s.req.channel, "symbol": s.req.symbol,
-                                    "seq": s.last if s.mode is Mode.LIVE else None,
-                                    "epoch": s.epoch}
+                                    "seq": None, "epoch": s.epoch}
+            shown = s.sent if s.group is not None else s.last  # what this client has received
+            if s.mode is Mode.LIVE:
+                item["seq"] = shown
             if s.req.channel in BOOK_CHANNELS and s.mode is Mode.LIVE:
                 st = self.follower.seq_of(s.req.channel, s.req.symbol)
-                if st is not None and st[0] == s.last:
+                if st is not None and st[0] == shown:
                     item["checksum"] = st[2]
             subs.append(item)
         return {"type": "heartbeat", "timestamp": iso_from_ns(time.time_ns()),

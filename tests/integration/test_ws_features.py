@@ -116,7 +116,7 @@ async def test_new_epoch_sends_flagged_snapshot(settings: Settings) -> None:
 async def test_conflated_book_merges_levels_and_keeps_checksum(settings: Settings) -> None:
     async with Feed(settings) as feed:
         await feed.snapshot("BTC-USD")
-        async with running_gateway(settings) as gw, connect(url(gw)) as ws:
+        async with running_gateway(settings, heartbeat_s=0.3) as gw, connect(url(gw)) as ws:
             await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD", "interval": "200ms"})
             snap = await recv_until(ws, lambda m: m["type"] == "l2_snapshot")
             from core.book import L2Book
@@ -133,6 +133,10 @@ async def test_conflated_book_merges_levels_and_keeps_checksum(settings: Setting
                 last = msg["seq"]
                 n += 1
             assert n < 60
+            # heartbeats of a conflated subscription report what was sent, not what is pending
+            hb = await recv_until(ws, lambda m: m["type"] == "heartbeat", skip_heartbeats=False)
+            assert hb["subscriptions"][0]["seq"] == 60
+            assert hb["subscriptions"][0]["checksum"] == book.checksum()
 
 
 async def test_ticker_converted_through_cross_rates(settings: Settings) -> None:

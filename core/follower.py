@@ -560,7 +560,10 @@ class StreamFollower:
         self.connected = True
         self.last_error: str | None = None
         self.last_record_at = 0.0
+        # per stream partition: end offset - next offset to read (a transaction marker after
+        # the last record counts 1: approximate by design, for /health and alerts)
         self.lag: dict[str, int] = {}
+        self._next_offset: dict[TopicPartition, int] = {}
         self._callbacks: list[DeliverCallback] = []
         self._reset_callbacks: list[ResetCallback] = []
         self._snap_consumer: AIOKafkaConsumer | None = None
@@ -723,6 +726,8 @@ class StreamFollower:
                 self.last_record_at = time.monotonic()
             slice_start = time.monotonic()
             for tp, recs in batch.items():
+                if recs:
+                    self._next_offset[tp] = recs[-1].offset + 1
                 for r in recs:
                     if r.value is not None:
                         run(join.on_stream(r.value, tp.topic, tp.partition))
@@ -752,11 +757,8 @@ class StreamFollower:
                 # generous timeout: a busy event loop (thousands of handshakes) is not a lost feed
                 ends = await asyncio.wait_for(tc.end_offsets(self._stream_tps),
                                               max(5.0, self.watchdog_s * 2))
-                lag: dict[str, int] = {}
-                for tp, end in ends.items():
-                    hw = tc.highwater(tp)
-                    lag[f"{tp.topic}:{tp.partition}"] = max(0, end - (hw or end))
-                self.lag = lag
+                self.lag = {f"{tp.topic}:{tp.partition}": max(0, end - self._next_offset.get(tp, end))
+                            for tp, end in ends.items()}
                 if not self.connected:
                     log.info("kafka feed restored")
                 self.connected, self.last_error, failures = True, None, 0

@@ -435,7 +435,13 @@ class StreamJoin:
                     return False
         elif st.kind is Kind.TAIL:
             st.tail.append(m)
-            if len(st.tail) > self.tail_max:
+            snap = st.latest_snap
+            if snap is not None and snap.msg.seq == m.seq and snap.msg.epoch == m.epoch and (
+                    st.base is not None and snap.msg.seq > st.base.seq):
+                # the stream caught up with a snapshot that arrived ahead of it: rebase the tail
+                st.base = snap.msg
+                st.tail.clear()
+            elif len(st.tail) > self.tail_max:
                 # no newer snapshot came: keep serving, but a new subscriber would miss the
                 # dropped updates, so force a resnapshot from the next snapshot record
                 st.tail.popleft()
@@ -630,19 +636,25 @@ class StreamFollower:
         ends = await sc.end_offsets(snap_tps)
         min_ts: dict[str, int] = {}  # stream topic -> oldest snapshot record time
         pending = {tp for tp, end in ends.items() if end > 0}
+        # Only the newest record per key counts: a compacted topic still holds older copies in
+        # its active segment, and joining from those would re-read minutes of stream.
+        newest: dict[bytes, tuple[bytes | None, int]] = {}
         while pending:
             batch = await sc.getmany(*pending, timeout_ms=500)
             for recs in batch.values():
                 for r in recs:
-                    self._run(self.join.on_snapshot(r.key, r.value, r.timestamp))
-                    if r.key and not r.key.startswith(b"agg:"):
-                        ch = r.key.decode(errors="replace").partition(":")[0]
-                        with contextlib.suppress(KeyError):
-                            t = self.topics.stream(ch)
-                            min_ts[t] = min(min_ts.get(t, r.timestamp), r.timestamp)
+                    if r.key is not None:
+                        newest[r.key] = (r.value, r.timestamp)
             for tp in list(pending):
                 if await sc.position(tp) >= ends[tp]:
                     pending.discard(tp)
+        for key, (value, ts) in newest.items():
+            self._run(self.join.on_snapshot(key, value, ts))
+            if value is not None and not key.startswith(b"agg:"):
+                ch = key.decode(errors="replace").partition(":")[0]
+                with contextlib.suppress(KeyError):
+                    t = self.topics.stream(ch)
+                    min_ts[t] = min(min_ts.get(t, ts), ts)
         tps: list[TopicPartition] = []
         for t in self.stream_topics:
             tps += [TopicPartition(t, p) for p in sorted(cluster.partitions_for_topic(t) or ())]

@@ -234,3 +234,20 @@ def test_random_stream_matches_reference_book() -> None:
         seqs += delivered(j.on_stream(m))
     assert seqs == list(range(snap_at + 2, 201))
     assert j.seq_of("l2", "BTC-USD") == (200, 1, p.book.checksum())
+
+
+def test_tail_rebases_when_the_stream_catches_up_with_a_newer_snapshot() -> None:
+    def l3(seq: int, typ: str) -> bytes:
+        return orjson.dumps(data_message(type=typ, channel="l3", symbol="BTC-USD", seq=seq,
+                                         epoch=1, publish_ns=T0 + seq, event_ns=T0, data={}))
+    j = StreamJoin()
+    j.on_snapshot("l3:BTC-USD", l3(2, "l3_snapshot"), 0)
+    j.on_snapshot("l3:BTC-USD", l3(5, "l3_snapshot"), 1)  # ahead of the stream we have read
+    for s in (3, 4):
+        j.on_stream(l3(s, "l3_update"))
+    cur = j.current("l3", "BTC-USD")
+    assert cur is not None and [orjson.loads(m)["seq"] for m in cur.messages] == [2, 3, 4]
+    j.on_stream(l3(5, "l3_update"))
+    cur = j.current("l3", "BTC-USD")
+    assert cur is not None and [orjson.loads(m)["type"] for m in cur.messages] == ["l3_snapshot"]
+    assert cur.seq == 5

@@ -24,6 +24,8 @@ def _tiers(raw: str) -> dict[str, Tier]:
         raise ValueError("expected a JSON object {tier: {limits}}")
     out: dict[str, Tier] = {}
     for name, d in data.items():
+        if not isinstance(d, dict):
+            raise ValueError(f"tier {name!r}: expected an object of limits")
         chans = d.get("channels")
         out[name] = Tier(name=name, max_subscriptions=int(d.get("max_subscriptions", 50)),
                          max_connections=int(d.get("max_connections", 20)),
@@ -90,7 +92,11 @@ class WsConfig:
         def g(key: str, cast: Any, default: Any) -> Any:
             return s.get(key, cast, default)
 
-        anon = g("MD_WS_ANON_CHANNELS", str, "*").strip()
+        # set but empty (or "none") = no anonymous access at all; unset = "*" (every channel).
+        # Read raw: the shared getter treats an empty value as unset.
+        anon = s.extra.get("MD_WS_ANON_CHANNELS", "*").strip()
+        if anon.lower() == "none":
+            anon = ""
         tiers = dict(DEFAULT_TIERS)
         tiers.update(g("MD_WS_TIERS", _tiers, {}))
         lim = Limits(max_frame=g("MD_WS_MAX_FRAME", int, d.limits.max_frame),

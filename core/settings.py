@@ -63,7 +63,9 @@ class Settings:
     ws_port: int = 8001
     fix_host: str = "127.0.0.1"
     fix_port: int = 9876
-    # /metrics + /health of processes that have no HTTP server of their own
+    # /metrics + /health of processes that have no HTTP server of their own: the address they
+    # bind (0.0.0.0 in containers, so Prometheus and probes reach them) and their ports
+    ops_host: str = "127.0.0.1"
     aggregator_http_port: int = 8011
     storage_http_port: int = 8012
     simulator_http_port: int = 8013
@@ -94,6 +96,7 @@ class Settings:
             ws_port=_get(e, "MD_WS_PORT", _port, d.ws_port),
             fix_host=_get(e, "MD_FIX_HOST", str, d.fix_host),
             fix_port=_get(e, "MD_FIX_PORT", _port, d.fix_port),
+            ops_host=_get(e, "MD_OPS_HOST", str, d.ops_host),
             aggregator_http_port=_get(e, "MD_AGGREGATOR_HTTP_PORT", _port, d.aggregator_http_port),
             storage_http_port=_get(e, "MD_STORAGE_HTTP_PORT", _port, d.storage_http_port),
             simulator_http_port=_get(e, "MD_SIMULATOR_HTTP_PORT", _port, d.simulator_http_port),

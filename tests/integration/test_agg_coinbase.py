@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from aggregator.service import Aggregator, ServiceConfig
 from aggregator.sources.coinbase import CoinbaseClient, CoinbaseConfig
 from aggregator.sources.coinbase_mock import MockConfig, serve_mock
 from aggregator.sources.publish import EventPublisher
-from aggregator.testing import StreamCheck, delete_topics, l2book_as_dict, read_topic
+from aggregator.testing import StreamCheck, l2book_as_dict, read_topic
 from core.book import L2Book
 from core.settings import Settings
 from core.topics import Topics
@@ -30,13 +29,6 @@ from tests.conftest import free_port
 from tests.integration.test_agg_pipeline import as_dec, wait_caught_up
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-async def _drop_topics(settings: Settings) -> AsyncIterator[None]:
-    """This test's topics go when it ends (the shared broker has a file-handle limit)."""
-    yield
-    await delete_topics(settings)
 RECORDING = Path("/work/shared/data/coinbase-ws-2021-04-17.ndjson")
 CATALOGUE = Path("/work/shared/data/coinbase-products-2021-04-17.json")
 

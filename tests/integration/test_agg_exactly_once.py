@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import pytest
 from aggregator.sources.simulator import run_simulator
 from aggregator.testing import (
     StreamCheck,
-    delete_topics,
     l2book_as_dict,
     read_topic,
     reference_books,
@@ -34,13 +32,6 @@ from tests.conftest import free_port
 from tests.integration.test_agg_pipeline import as_dec, wait_caught_up
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-async def _drop_topics(settings: Settings) -> AsyncIterator[None]:
-    """This test's topics go when it ends (the shared broker has a file-handle limit)."""
-    yield
-    await delete_topics(settings)
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -19,7 +18,7 @@ from aiokafka.errors import KafkaError
 from aggregator import events as ev
 from aggregator.service import FENCED, Aggregator, ServiceConfig
 from aggregator.sources.publish import EventPublisher
-from aggregator.testing import StreamCheck, delete_topics, read_topic
+from aggregator.testing import StreamCheck, read_topic
 from core.codec import now_ns
 from core.kafka import make_producer
 from core.settings import Settings
@@ -27,13 +26,6 @@ from core.topics import Topics
 from tests.integration.test_agg_pipeline import wait_caught_up
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-async def _drop_topics(settings: Settings) -> AsyncIterator[None]:
-    """This test's topics go when it ends (the shared broker has a file-handle limit)."""
-    yield
-    await delete_topics(settings)
 
 
 async def test_transaction_of_a_fenced_producer_never_becomes_visible(settings: Settings) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import orjson
@@ -20,7 +19,6 @@ from aggregator.service import Aggregator, ServiceConfig
 from aggregator.sources.simulator import run_simulator
 from aggregator.testing import (
     StreamCheck,
-    delete_topics,
     l2book_as_dict,
     read_topic,
     reference_books,
@@ -31,13 +29,6 @@ from core.settings import Settings
 from core.topics import Topics
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-async def _drop_topics(settings: Settings) -> AsyncIterator[None]:
-    """This test's topics go when it ends (the shared broker has a file-handle limit)."""
-    yield
-    await delete_topics(settings)
 
 
 async def wait_caught_up(settings: Settings, group: str, limit_s: float = 60.0) -> None:

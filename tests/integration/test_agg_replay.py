@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -20,13 +19,6 @@ from core.settings import Settings
 from core.topics import Topics
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-async def _drop_topics(settings: Settings) -> AsyncIterator[None]:
-    """This test's topics go when it ends (the shared broker has a file-handle limit)."""
-    yield
-    await delete_topics(settings)
 
 
 async def test_capture_then_replay_reproduces_the_input(settings: Settings, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from core.settings import Settings
 async def _main(stop: asyncio.Event) -> None:
     settings = Settings.from_env()
     agg = Aggregator(settings)
-    server = await start_ops_server(agg.health, "127.0.0.1", settings.aggregator_http_port)
+    server = await start_ops_server(agg.health, settings.ops_host, settings.aggregator_http_port)
     try:
         await agg.run(stop)
     finally:

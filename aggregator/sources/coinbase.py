@@ -484,7 +484,7 @@ def main() -> None:
         client = CoinbaseClient(config_from_settings(s), pub)
         health = Health("coinbase")
         health.add("feed", lambda: (client.connected, {"last_message_s": round(time.monotonic() - client.last_message, 2)}))
-        server = await start_ops_server(health, "127.0.0.1", s.get("MD_COINBASE_HTTP_PORT", int, 8015))
+        server = await start_ops_server(health, s.ops_host, s.get("MD_COINBASE_HTTP_PORT", int, 8015))
         try:
             await client.run(stop)
         finally:

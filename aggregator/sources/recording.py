@@ -42,7 +42,7 @@ async def run_recording(settings: Settings, stop: asyncio.Event, path: Path | No
     health = Health("recording")
     health.add("feed", lambda: (client.connected, {"products": list(ex.products), "played": ex.played,
                                                    "last_message_s": round(time.monotonic() - client.last_message, 2)}))
-    ops_server = await start_ops_server(health, "127.0.0.1", settings.simulator_http_port) if ops else None
+    ops_server = await start_ops_server(health, settings.ops_host, settings.simulator_http_port) if ops else None
     try:
         await client.run(stop)
     finally:

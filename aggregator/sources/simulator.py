@@ -40,7 +40,7 @@ async def run_simulator(settings: Settings, stop: asyncio.Event, *, capture: Pat
     health = Health("simulator")
     last_ok = [time.monotonic()]
     health.add("publishing", lambda: (time.monotonic() - last_ok[0] < 10, {"symbols": list(settings.symbols)}))
-    server = await start_ops_server(health, "127.0.0.1", settings.simulator_http_port) if ops else None
+    server = await start_ops_server(health, settings.ops_host, settings.simulator_http_port) if ops else None
     await pub.start()
     flows = {s: OrderFlow(s, settings.sim_seed) for s in settings.symbols}
     published = 0

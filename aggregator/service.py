@@ -228,9 +228,11 @@ class Aggregator:
             log.info("new symbol stream", extra={"symbol": e.symbol, "epoch": st.epoch})
         try:
             st.apply(e)
-        except (ArithmeticError, ValueError, KeyError) as exc:  # defensive: never crash on input
+        except Exception as exc:  # noqa: BLE001 - a validated event should never get here
+            # Crashing would not help: the restarted process would meet the same record again
+            # (a poison pill). Count it loudly instead; validation in events.py is the real guard.
             MALFORMED.inc()
-            log.error("event rejected by state", extra={"symbol": e.symbol, "error": repr(exc)})
+            log.error("event rejected by state", extra={"symbol": e.symbol, "error": repr(exc)}, exc_info=True)
             return
         self._events_in[e.type] = self._events_in.get(e.type, 0) + 1
         touched.add(e.symbol)

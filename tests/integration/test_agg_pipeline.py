@@ -140,3 +140,37 @@ async def test_restarts_of_aggregator_and_simulator_continue_every_stream(settin
     for sym in s.symbols:
         assert as_dec(l2book_as_dict(check.books[sym])) == as_dec(ref[sym])
         assert as_dec(l2book_as_dict(check.l3_as_l2(sym))) == as_dec(ref[sym])
+
+
+async def test_garbage_on_the_input_topic_is_counted_and_skipped(settings: Settings) -> None:
+    from aggregator import events as ev
+    from aggregator.service import MALFORMED
+    from core.codec import now_ns
+    from core.kafka import make_producer
+
+    t = Topics.from_settings(settings)
+    prod = make_producer(settings)
+    await prod.start()
+    ts = now_ns()
+    for value in (b"\x00garbage", b'{"type":"open","symbol":"BTC-USD"}',
+                  ev.encode(ev.open_("BTC-USD", ts, "good-1", "buy", "100.00", "1.0")),
+                  b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"x","side":"buy","price":"-5","size":"1"}',
+                  ev.encode(ev.open_("BTC-USD", ts, "good-2", "sell", "101.00", "2.0"))):
+        await prod.send_and_wait(t.input, value=value, key=b"BTC-USD")
+    await prod.stop()
+    before = MALFORMED._value.get()
+    cfg = ServiceConfig.from_settings(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(Aggregator(settings, cfg).run(stop))
+    try:
+        await wait_caught_up(settings, cfg.group)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert MALFORMED._value.get() - before == 3
+    check = StreamCheck()
+    for r in await read_topic(settings, t.stream("l2")):
+        check.feed(r.value)
+    assert not check.errors
+    assert check.books["BTC-USD"].top_bids() == [("100.00", "1.0")]
+    assert check.books["BTC-USD"].top_asks() == [("101.00", "2.0")]

@@ -173,13 +173,99 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def compare_clients(values: list[tuple[bytes, bytes]]) -> dict[str, tuple[float, float]]:
+    """Producer cost per record: aiokafka ``send()``, aiokafka ``send_batch``, confluent-kafka
+    (librdkafka), all idempotent with acks=all, into a fresh topic. Returns name -> (records/s wall,
+    records per CPU-second of this process; librdkafka's own threads are included)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    base = Settings.from_env()
+    s = dataclasses.replace(base, topic_prefix=f"bench.{uuid.uuid4().hex[:8]}")
+    await ensure_topics(s)
+    topic = Topics.from_settings(s).stream("l2")
+    out: dict[str, tuple[float, float]] = {}
+
+    def clock() -> tuple[float, float]:
+        return time.monotonic(), time.process_time()
+
+    prod = make_producer(s)
+    await prod.start()
+    w0, c0 = clock()
+    futs = [await prod.send(topic, value=v, key=k) for k, v in values]
+    await asyncio.gather(*futs)
+    w1, c1 = clock()
+    out["aiokafka send()"] = (len(values) / (w1 - w0), len(values) / (c1 - c0))
+    await prod.stop()
+
+    prod = make_producer(s)
+    await prod.start()
+    await prod.client._wait_on_metadata(topic)  # noqa: SLF001
+    parts = sorted(prod.client.cluster.partitions_for_topic(topic) or ())
+    part_of = DefaultPartitioner()
+    w0, c0 = clock()
+    builders: dict[int, object] = {}
+    sent = []
+    for k, v in values:
+        p = part_of(k, parts, parts)
+        b = builders.get(p)
+        if b is None:
+            b = builders[p] = prod.create_batch()
+        if b.append(key=k, value=v, timestamp=None) is None:  # type: ignore[attr-defined]
+            sent.append(await prod.send_batch(b, topic, partition=p))
+            b = builders[p] = prod.create_batch()
+            b.append(key=k, value=v, timestamp=None)  # type: ignore[attr-defined]
+    for p, b in builders.items():
+        sent.append(await prod.send_batch(b, topic, partition=p))
+    await asyncio.gather(*sent)
+    w1, c1 = clock()
+    out["aiokafka create_batch/send_batch"] = (len(values) / (w1 - w0), len(values) / (c1 - c0))
+    await prod.stop()
+
+    try:
+        import confluent_kafka
+    except ImportError:
+        return out
+    cp = confluent_kafka.Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True,
+                                   "acks": "all", "linger.ms": 2, "batch.size": 1 << 20,
+                                   "queue.buffering.max.messages": 2_000_000})
+    w0, c0 = clock()
+    for k, v in values:
+        while True:
+            try:
+                cp.produce(topic, value=v, key=k)
+                break
+            except BufferError:
+                cp.poll(0.01)
+    cp.flush(60)
+    w1, c1 = clock()
+    out[f"confluent-kafka {confluent_kafka.version()} produce()"] = (len(values) / (w1 - w0), len(values) / (c1 - c0))
+    await delete_topics(s)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--symbols", type=int, default=3)
     ap.add_argument("--batch", type=int, default=500, help="events per flush (a consumed batch)")
     ap.add_argument("--skip-kafka", action="store_true")
+    ap.add_argument("--compare-clients", action="store_true",
+                    help="only compare producer clients on the aggregator's real output records")
     a = ap.parse_args()
+    if a.compare_clients:
+        # the aggregator's actual output: l2/l3/trade/... messages built from simulator events
+        evs = generate(a.events, a.symbols)
+        states: dict[str, SymbolState] = {}
+        msgs: list[tuple[bytes, bytes]] = []
+        for i, e in enumerate(evs, 1):
+            states.setdefault(e.symbol, SymbolState(e.symbol, 1)).apply(e)
+            if i % a.batch == 0:
+                for st in states.values():
+                    msgs.extend((st.symbol.encode(), orjson.dumps(m)) for _c, m in st.flush(0))
+        print(f"{len(msgs)} records, mean {sum(len(v) for _, v in msgs) / len(msgs):.0f} B")
+        for name, (wall, cpu) in asyncio.run(compare_clients(msgs)).items():
+            print(f"{name:45s} {wall:>10,.0f} records/s wall {cpu:>10,.0f} per CPU-s")
+        return
     events = generate(a.events, a.symbols)
     raw = [ev.encode(e) for e in events]
     print(f"machine: {platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}")

@@ -77,11 +77,7 @@ def k8s_problems(res: list[dict[str, Any]], conf: list[ConfService]) -> list[str
             p = c.get(probe) or {}
             get = p.get("httpGet") or {}
             port = ports.get(get.get("port"), get.get("port"))
-            # exec: for the services whose /health listens on 127.0.0.1 only (the probe runs inside)
-            exec_ok = cs.health_url is not None and cs.health_url in " ".join(
-                (p.get("exec") or {}).get("command", [])
-            )
-            if not exec_ok and (get.get("path") != "/health" or port != cs.port):
+            if get.get("path") != "/health" or port != cs.port:
                 problems.append(f"{cs.name}: {probe} is not GET /health on {cs.port} ({p})")
         if cs.name in GATEWAYS:
             h = hpas.get(name)
@@ -188,10 +184,10 @@ def _edit(kind: str, name: str, fn):
                 "Deployment",
                 "simulator",
                 lambda r: r["spec"]["template"]["spec"]["containers"][0]["readinessProbe"][
-                    "exec"
-                ].update(command=["true"]),
+                    "httpGet"
+                ].update(path="/healthz"),
             ),
-            id="exec-probe-wrong-url",
+            id="probe-wrong-path",
         ),
     ],
 )

@@ -30,7 +30,7 @@ from core.settings import Settings
 from core.topics import Topics
 
 log = logging.getLogger("aggregator.recovery")
-READ_TIMEOUT_S = 120.0
+READ_TIMEOUT_S = 90.0  # > the 60 s transaction timeout: a stalled instance's transaction ends by then
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -65,10 +65,27 @@ async def _read_to_end(consumer: AIOKafkaConsumer, tp: TopicPartition, start: in
             on_record(r)
 
 
+async def high_watermark(settings: Settings, tp: TopicPartition) -> int:
+    """The partition's high watermark (``read_uncommitted`` end offset), open transactions included."""
+    c = make_consumer(settings, group_id=None, isolation_level="read_uncommitted")
+    await c.start()
+    try:
+        c.assign([tp])
+        return int((await c.end_offsets([tp]))[tp])
+    finally:
+        await stop_consumer(c)
+
+
 async def load_private_state(consumer: AIOKafkaConsumer, topics: Topics, partition: int,
-                             snap_parts: int) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+                             snap_parts: int, end: int) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Latest ``agg:state``/``agg:seq`` records of ``partition``'s symbols, read ``read_committed``
+    up to ``end`` = the *high watermark* taken after fencing, not the last stable offset: another
+    instance's open transaction (a public snapshot hashed to this partition) may hold the LSO
+    *below* the previous owner's last committed ``agg:`` records; stopping at the LSO would load an
+    older ``agg:seq`` and reuse sequence numbers. The read waits (``READ_TIMEOUT_S``) for those
+    transactions to end, which takes one ``MD_AGG_TXN_MS`` normally and the transaction timeout at
+    worst (a stalled instance)."""
     stp = TopicPartition(topics.snapshot, partition % snap_parts)
-    end = (await consumer.end_offsets([stp]))[stp]
     states: dict[str, bytes] = {}
     seqs: dict[str, bytes] = {}
 
@@ -103,7 +120,9 @@ async def recover_partition(settings: Settings, topics: Topics, partition: int, 
     consumer = make_consumer(settings, group_id=None)
     await consumer.start()
     try:
-        raw_states, seqs = await load_private_state(consumer, topics, partition, snap_parts)
+        stp = TopicPartition(topics.snapshot, partition % snap_parts)
+        raw_states, seqs = await load_private_state(consumer, topics, partition, snap_parts,
+                                                    await high_watermark(settings, stp))
         states: dict[str, SymbolState] = {}
         upto: dict[str, int] = {}
         for sym, raw in raw_states.items():

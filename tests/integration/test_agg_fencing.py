@@ -107,3 +107,55 @@ async def test_aggregator_drops_a_partition_when_a_new_owner_fences_it(settings:
                     key=lambda r: (r.partition, r.offset)):
         check.feed(r.value)
     assert not check.errors, check.errors
+
+
+async def test_takeover_waits_for_open_transactions_below_the_previous_owners_records(settings: Settings) -> None:
+    """Another instance's open transaction on the snapshot partition (a public snapshot hashed
+    there) holds the last stable offset below the previous owner's last ``agg:seq`` record: the
+    new owner must read past it (to the high watermark), or it would reuse sequence numbers."""
+    t = Topics.from_settings(settings)
+    cfg = ServiceConfig.from_settings(settings)
+    pub = EventPublisher(settings, "test")
+    await pub.start()
+
+    async def publish(n: int, tag: str) -> None:
+        for i in range(n):
+            await pub.publish(ev.open_("BTC-USD", now_ns(), f"{tag}-{i}", "buy", f"{100 + i}.00", "1.0"))
+        await pub.flush()
+        await wait_caught_up(settings, cfg.group)
+
+    a = Aggregator(settings, cfg)
+    stop_a = asyncio.Event()
+    task_a = asyncio.create_task(a.run(stop_a))
+    await publish(3, "a")
+    part = next(p for p, w in a.workers.items() if w.symbols)
+    blocker = make_producer(settings, transactional_id=f"{settings.topic_prefix}.blocker")
+    await blocker.start()
+    await blocker.begin_transaction()
+    await blocker.send_and_wait(t.snapshot, key=b"l2:ZZZ-USD", value=b"{}", partition=part)
+    for i in range(4):  # one batch each: 4 l2_updates that a silent replay would count as 1
+        await publish(1, f"b{i}")  # A's agg:seq records now sit above the blocker's open record
+    stop_a.set()
+    await asyncio.wait_for(task_a, 30)
+
+    async def release() -> None:
+        await asyncio.sleep(2.0)
+        await blocker.commit_transaction()
+
+    releaser = asyncio.create_task(release())
+    b = Aggregator(settings, cfg)
+    stop_b = asyncio.Event()
+    task_b = asyncio.create_task(b.run(stop_b))
+    try:
+        await publish(2, "c")  # B takes over: waits for the blocker, then continues the seq
+    finally:
+        stop_b.set()
+        await asyncio.wait_for(task_b, 30)
+        await releaser
+        await blocker.stop()
+        await pub.stop()
+    check = StreamCheck()
+    for r in sorted(await read_topic(settings, t.stream("l2")), key=lambda r: (r.partition, r.offset)):
+        check.feed(r.value)
+    assert not check.errors, check.errors
+    assert check.books["BTC-USD"].top_bids() == [("102.00", "1.0"), ("101.00", "2.0"), ("100.00", "6.0")]

@@ -129,6 +129,7 @@ async def recover_partition(settings: Settings, topics: Topics, partition: int, 
             states[sym] = SymbolState.from_state(raw, cfg)
             upto[sym] = int(raw["offset"])
         replayed = 0
+        replayed_by: dict[str, int] = {}
         if states:
             start = min(upto.values()) + 1
         else:
@@ -155,6 +156,7 @@ async def recover_partition(settings: Settings, topics: Topics, partition: int, 
                 except (ArithmeticError, ValueError, KeyError):
                     return
                 replayed += 1
+                replayed_by[e.symbol] = replayed_by.get(e.symbol, 0) + 1
                 if replayed % 10_000 == 0:
                     for s in states.values():
                         s.discard()
@@ -165,6 +167,12 @@ async def recover_partition(settings: Settings, topics: Topics, partition: int, 
             sq = seqs.get(sym)
             if sq is not None and int(sq["offset"]) > upto[sym] and int(sq["epoch"]) == st.epoch:
                 st.seq = {k: int(v) for k, v in sq["seq"].items()}
+            elif replayed_by.get(sym):
+                # Events were replayed but no agg:seq covers them: the counters cannot be known.
+                # Never guess a seq (a reused one is a silent duplicate): break continuity openly.
+                log.error("no agg:seq for replayed events, starting a new epoch", extra={"symbol": sym})
+                st.epoch = int(time.time() * 1000)
+                st.seq = {}
         return states, replayed
     finally:
         await stop_consumer(consumer)

@@ -59,6 +59,8 @@ try {
   await page.waitForFunction(() => window.__md.conn === "live", null, { timeout: STEP_MS });
   const back = await md();
   await page.waitForFunction((n) => window.__md.l2Updates >= n + 3, back.l2Updates, { timeout: STEP_MS });
+  // a heartbeat after the reconnect: the first comes one heartbeat period after connecting
+  await page.waitForFunction((h) => window.__md.heartbeats > h, back.heartbeats, { timeout: STEP_MS });
   await page.waitForTimeout(1000);
   const after = await md();
   out({ step: "reconnected", sawState: down.connText, ...after });

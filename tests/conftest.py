@@ -61,10 +61,59 @@ def _infra_check(request: pytest.FixtureRequest) -> None:
         pytest.exit(
             f"integration tests need {', '.join(missing)}: run `make infra` (or `make test`)", 2
         )
-    print(
-        f"\n[integration] real servers: Kafka {BASE.kafka_bootstrap}, PostgreSQL "
-        f"{_pg_hostport(BASE.pg_dsn)}, Redis {_redis_hostport(BASE.redis_url)}"
-    )
+
+
+def _server_versions() -> dict[str, str]:
+    """Ask each real server who it is, so the run's output proves what the tests talked to."""
+    import asyncpg
+    import redis
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def _kafka() -> str:
+        admin = AIOKafkaAdminClient(bootstrap_servers=BASE.kafka_bootstrap)
+        await admin.start()
+        try:
+            cluster = await admin.describe_cluster()
+            return f"cluster {cluster['cluster_id']}, {len(cluster['brokers'])} broker(s)"
+        finally:
+            await admin.close()
+
+    async def _pg() -> str:
+        conn = await asyncpg.connect(BASE.pg_dsn)
+        try:
+            return str(await conn.fetchval("SELECT version()")).split(" on ")[0]
+        finally:
+            await conn.close()
+
+    out: dict[str, str] = {}
+    for name, fn in (("Kafka", _kafka), ("PostgreSQL", _pg)):
+        try:
+            out[name] = asyncio.run(fn())
+        except Exception as exc:
+            out[name] = f"unreachable ({exc!r})"
+    try:
+        info = redis.Redis.from_url(BASE.redis_url).info("server")
+        out["Redis"] = f"Redis {info['redis_version']}"
+    except Exception as exc:
+        out["Redis"] = f"unreachable ({exc!r})"
+    return out
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])]
+    ran = sum(1 for r in reports if r.when == "call" and "tests/integration/" in r.nodeid)
+    if not ran:
+        return
+    tr = terminalreporter
+    tr.section("real servers used by the integration tests")
+    tr.write_line(f"{ran} integration tests ran against:")
+    hosts = {
+        "Kafka": BASE.kafka_bootstrap,
+        "PostgreSQL": _pg_hostport(BASE.pg_dsn),
+        "Redis": _redis_hostport(BASE.redis_url),
+    }
+    for name, version in _server_versions().items():
+        tr.write_line(f"  {name:<10} {hosts[name]:<18} {version}")
 
 
 def unique(prefix: str = "t") -> str:

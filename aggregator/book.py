@@ -202,9 +202,13 @@ class Book:
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> dict[str, Any]:
         """Compact recovery state: levels with their orders in priority order."""
+
         def dump(levels: SortedDict) -> list[Any]:
-            return [[lvl.price, fmt(lvl.total), [[o, fmt(s)] for o, s in lvl.orders.items()]]
-                    for lvl in levels.values()]
+            return [
+                [lvl.price, fmt(lvl.total), [[o, fmt(s)] for o, s in lvl.orders.items()]]
+                for lvl in levels.values()
+            ]
+
         return {"bids": dump(self.bids), "asks": dump(self.asks)}
 
     @classmethod

@@ -170,7 +170,12 @@ class Open(Event):
     type = "open"
 
     def _body(self) -> dict[str, Any]:
-        return {"order_id": self.order_id, "side": self.side, "price": self.price, "size": self.size}
+        return {
+            "order_id": self.order_id,
+            "side": self.side,
+            "price": self.price,
+            "size": self.size,
+        }
 
 
 @dataclass(slots=True)
@@ -183,7 +188,12 @@ class Change(Event):
     type = "change"
 
     def _body(self) -> dict[str, Any]:
-        return {"order_id": self.order_id, "side": self.side, "price": self.price, "new_size": self.new_size}
+        return {
+            "order_id": self.order_id,
+            "side": self.side,
+            "price": self.price,
+            "new_size": self.new_size,
+        }
 
 
 @dataclass(slots=True)
@@ -235,7 +245,10 @@ class BookSnapshot(Event):
     type = "book_snapshot"
 
     def _body(self) -> dict[str, Any]:
-        return {"bids": [[p, s] for p, _, s, _ in self.bids], "asks": [[p, s] for p, _, s, _ in self.asks]}
+        return {
+            "bids": [[p, s] for p, _, s, _ in self.bids],
+            "asks": [[p, s] for p, _, s, _ in self.asks],
+        }
 
 
 @dataclass(slots=True)
@@ -258,7 +271,12 @@ class Trade(Event):
     type = "trade"
 
     def _body(self) -> dict[str, Any]:
-        return {"trade_id": self.trade_id, "taker_side": self.taker_side, "price": self.price, "size": self.size}
+        return {
+            "trade_id": self.trade_id,
+            "taker_side": self.taker_side,
+            "price": self.price,
+            "size": self.size,
+        }
 
 
 @dataclass(slots=True)
@@ -279,39 +297,102 @@ class Reset(Event):
         return {"reason": self.reason}
 
 
-AnyEvent = Open | Change | Done | Match | BookSnapshot | BookUpdate | Trade | SymbolInfoEvent | Reset
+AnyEvent = (
+    Open | Change | Done | Match | BookSnapshot | BookUpdate | Trade | SymbolInfoEvent | Reset
+)
 
 # --- constructors used by sources (validate exactly like decoding does) ---------------------
 
 
-def open_(symbol: str, ts: int, order_id: str, side: str, price: str, size: str, *,
-          source: str = "simulator", src_seq: int | None = None) -> Open:
+def open_(
+    symbol: str,
+    ts: int,
+    order_id: str,
+    side: str,
+    price: str,
+    size: str,
+    *,
+    source: str = "simulator",
+    src_seq: int | None = None,
+) -> Open:
     p, px = _price(price, "price")
     s, q = _size(size, "size", allow_zero=False)
     return Open(symbol, ts, source, src_seq, _id(order_id, "order_id"), _side(side), p, px, s, q)
 
 
-def change(symbol: str, ts: int, order_id: str, side: str, new_size: str, *, price: str | None = None,
-           source: str = "simulator", src_seq: int | None = None) -> Change:
+def change(
+    symbol: str,
+    ts: int,
+    order_id: str,
+    side: str,
+    new_size: str,
+    *,
+    price: str | None = None,
+    source: str = "simulator",
+    src_seq: int | None = None,
+) -> Change:
     s, q = _size(new_size, "new_size", allow_zero=True)
     if price is not None:
         _price(price, "price")
     return Change(symbol, ts, source, src_seq, _id(order_id, "order_id"), _side(side), price, s, q)
 
 
-def done(symbol: str, ts: int, order_id: str, side: str, reason: str, *, price: str | None = None,
-         remaining_size: str | None = None, source: str = "simulator", src_seq: int | None = None) -> Done:
+def done(
+    symbol: str,
+    ts: int,
+    order_id: str,
+    side: str,
+    reason: str,
+    *,
+    price: str | None = None,
+    remaining_size: str | None = None,
+    source: str = "simulator",
+    src_seq: int | None = None,
+) -> Done:
     if reason not in DONE_REASONS:
         raise EventError("reason must be filled or canceled", reason)
-    return Done(symbol, ts, source, src_seq, _id(order_id, "order_id"), _side(side), reason, price, remaining_size)
+    return Done(
+        symbol,
+        ts,
+        source,
+        src_seq,
+        _id(order_id, "order_id"),
+        _side(side),
+        reason,
+        price,
+        remaining_size,
+    )
 
 
-def match(symbol: str, ts: int, trade_id: str, maker_order_id: str, taker_order_id: str, taker_side: str,
-          price: str, size: str, *, source: str = "simulator", src_seq: int | None = None) -> Match:
+def match(
+    symbol: str,
+    ts: int,
+    trade_id: str,
+    maker_order_id: str,
+    taker_order_id: str,
+    taker_side: str,
+    price: str,
+    size: str,
+    *,
+    source: str = "simulator",
+    src_seq: int | None = None,
+) -> Match:
     p, px = _price(price, "price")
     s, q = _size(size, "size", allow_zero=False)
-    return Match(symbol, ts, source, src_seq, _id(trade_id, "trade_id"), _id(maker_order_id, "maker_order_id"),
-                 _id(taker_order_id, "taker_order_id"), _side(taker_side, "taker_side"), p, px, s, q)
+    return Match(
+        symbol,
+        ts,
+        source,
+        src_seq,
+        _id(trade_id, "trade_id"),
+        _id(maker_order_id, "maker_order_id"),
+        _id(taker_order_id, "taker_order_id"),
+        _side(taker_side, "taker_side"),
+        p,
+        px,
+        s,
+        q,
+    )
 
 
 def _levels(v: object, field: str) -> list[tuple[str, Decimal, str, Decimal]]:
@@ -327,13 +408,26 @@ def _levels(v: object, field: str) -> list[tuple[str, Decimal, str, Decimal]]:
     return out
 
 
-def book_snapshot(symbol: str, ts: int, bids: list[Any], asks: list[Any], *, source: str = "simulator",
-                  src_seq: int | None = None) -> BookSnapshot:
+def book_snapshot(
+    symbol: str,
+    ts: int,
+    bids: list[Any],
+    asks: list[Any],
+    *,
+    source: str = "simulator",
+    src_seq: int | None = None,
+) -> BookSnapshot:
     return BookSnapshot(symbol, ts, source, src_seq, _levels(bids, "bids"), _levels(asks, "asks"))
 
 
-def book_update(symbol: str, ts: int, changes: list[Any], *, source: str = "simulator",
-                src_seq: int | None = None) -> BookUpdate:
+def book_update(
+    symbol: str,
+    ts: int,
+    changes: list[Any],
+    *,
+    source: str = "simulator",
+    src_seq: int | None = None,
+) -> BookUpdate:
     if not isinstance(changes, list):
         raise EventError("changes must be a list", changes)
     out = []
@@ -347,18 +441,42 @@ def book_update(symbol: str, ts: int, changes: list[Any], *, source: str = "simu
     return BookUpdate(symbol, ts, source, src_seq, out)
 
 
-def trade(symbol: str, ts: int, trade_id: str, taker_side: str, price: str, size: str, *,
-          source: str = "simulator", src_seq: int | None = None) -> Trade:
+def trade(
+    symbol: str,
+    ts: int,
+    trade_id: str,
+    taker_side: str,
+    price: str,
+    size: str,
+    *,
+    source: str = "simulator",
+    src_seq: int | None = None,
+) -> Trade:
     p, px = _price(price, "price")
     s, q = _size(size, "size", allow_zero=False)
-    return Trade(symbol, ts, source, src_seq, _id(trade_id, "trade_id"), _side(taker_side, "taker_side"), p, px, s, q)
+    return Trade(
+        symbol,
+        ts,
+        source,
+        src_seq,
+        _id(trade_id, "trade_id"),
+        _side(taker_side, "taker_side"),
+        p,
+        px,
+        s,
+        q,
+    )
 
 
-def symbol_info(info: SymbolInfo, ts: int, *, source: str | None = None, src_seq: int | None = None) -> SymbolInfoEvent:
+def symbol_info(
+    info: SymbolInfo, ts: int, *, source: str | None = None, src_seq: int | None = None
+) -> SymbolInfoEvent:
     return SymbolInfoEvent(info.symbol, ts, source or info.source, src_seq, info)
 
 
-def reset(symbol: str, ts: int, reason: str, *, source: str = "simulator", src_seq: int | None = None) -> Reset:
+def reset(
+    symbol: str, ts: int, reason: str, *, source: str = "simulator", src_seq: int | None = None
+) -> Reset:
     return Reset(symbol, ts, source, src_seq, str(reason)[:200])
 
 
@@ -391,12 +509,22 @@ def _symbol(raw: object) -> str:
 def _p_open(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> Open:
     p, px = _price(d.get("price"), "price")
     s, q = _size(d.get("size"), "size", allow_zero=False)
-    return Open(sym, ts, src, sq, _id(d.get("order_id"), "order_id"), _side(d.get("side")), p, px, s, q)
+    return Open(
+        sym, ts, src, sq, _id(d.get("order_id"), "order_id"), _side(d.get("side")), p, px, s, q
+    )
 
 
 def _p_change(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> Change:
-    return change(sym, ts, d.get("order_id"), d.get("side"), d.get("new_size"),  # type: ignore[arg-type]
-                  price=d.get("price"), source=src, src_seq=sq)
+    return change(
+        sym,
+        ts,
+        d.get("order_id"),
+        d.get("side"),
+        d.get("new_size"),  # type: ignore[arg-type]
+        price=d.get("price"),
+        source=src,
+        src_seq=sq,
+    )
 
 
 def _p_done(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> Done:
@@ -404,20 +532,45 @@ def _p_done(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> D
     if reason not in DONE_REASONS:
         raise EventError("reason must be filled or canceled", reason)
     price, rest = d.get("price"), d.get("remaining_size")
-    if (price is not None and not isinstance(price, str)) or (rest is not None and not isinstance(rest, str)):
+    if (price is not None and not isinstance(price, str)) or (
+        rest is not None and not isinstance(rest, str)
+    ):
         raise EventError("price/remaining_size must be strings", d)
-    return Done(sym, ts, src, sq, _id(d.get("order_id"), "order_id"), _side(d.get("side")), reason,
-                price, rest)
+    return Done(
+        sym,
+        ts,
+        src,
+        sq,
+        _id(d.get("order_id"), "order_id"),
+        _side(d.get("side")),
+        reason,
+        price,
+        rest,
+    )
 
 
 def _p_match(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> Match:
     p, px = _price(d.get("price"), "price")
     s, q = _size(d.get("size"), "size", allow_zero=False)
-    return Match(sym, ts, src, sq, _id(d.get("trade_id"), "trade_id"), _id(d.get("maker_order_id"), "maker_order_id"),
-                 _id(d.get("taker_order_id"), "taker_order_id"), _side(d.get("taker_side"), "taker_side"), p, px, s, q)
+    return Match(
+        sym,
+        ts,
+        src,
+        sq,
+        _id(d.get("trade_id"), "trade_id"),
+        _id(d.get("maker_order_id"), "maker_order_id"),
+        _id(d.get("taker_order_id"), "taker_order_id"),
+        _side(d.get("taker_side"), "taker_side"),
+        p,
+        px,
+        s,
+        q,
+    )
 
 
-def _p_book_snapshot(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> BookSnapshot:
+def _p_book_snapshot(
+    d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None
+) -> BookSnapshot:
     return book_snapshot(sym, ts, d.get("bids"), d.get("asks"), source=src, src_seq=sq)  # type: ignore[arg-type]
 
 
@@ -426,11 +579,21 @@ def _p_book_update(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | Non
 
 
 def _p_trade(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> Trade:
-    return trade(sym, ts, d.get("trade_id"), d.get("taker_side"), d.get("price"), d.get("size"),  # type: ignore[arg-type]
-                 source=src, src_seq=sq)
+    return trade(
+        sym,
+        ts,
+        d.get("trade_id"),
+        d.get("taker_side"),
+        d.get("price"),
+        d.get("size"),  # type: ignore[arg-type]
+        source=src,
+        src_seq=sq,
+    )
 
 
-def _p_symbol_info(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> SymbolInfoEvent:
+def _p_symbol_info(
+    d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None
+) -> SymbolInfoEvent:
     raw = d.get("info")
     if not isinstance(raw, dict):
         raise EventError("info must be an object", raw)
@@ -445,9 +608,15 @@ def _p_reset(d: dict[str, Any], sym: str, ts: int, src: str, sq: int | None) -> 
 
 
 _PARSERS: dict[str, Any] = {
-    "open": _p_open, "change": _p_change, "done": _p_done, "match": _p_match,
-    "book_snapshot": _p_book_snapshot, "book_update": _p_book_update, "trade": _p_trade,
-    "symbol_info": _p_symbol_info, "reset": _p_reset,
+    "open": _p_open,
+    "change": _p_change,
+    "done": _p_done,
+    "match": _p_match,
+    "book_snapshot": _p_book_snapshot,
+    "book_update": _p_book_update,
+    "trade": _p_trade,
+    "symbol_info": _p_symbol_info,
+    "reset": _p_reset,
 }
 
 

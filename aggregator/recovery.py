@@ -30,7 +30,9 @@ from core.settings import Settings
 from core.topics import Topics
 
 log = logging.getLogger("aggregator.recovery")
-READ_TIMEOUT_S = 90.0  # > the 60 s transaction timeout: a stalled instance's transaction ends by then
+READ_TIMEOUT_S = (
+    90.0  # > the 60 s transaction timeout: a stalled instance's transaction ends by then
+)
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -47,8 +49,9 @@ class RecoveryError(Exception):
     retriable = True
 
 
-async def _read_to_end(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int | None, end: int,
-                       on_record: Any) -> None:
+async def _read_to_end(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int | None, end: int, on_record: Any
+) -> None:
     consumer.assign([tp])
     if start is None:
         await consumer.seek_to_beginning(tp)
@@ -76,8 +79,9 @@ async def high_watermark(settings: Settings, tp: TopicPartition) -> int:
         await stop_consumer(c)
 
 
-async def load_private_state(consumer: AIOKafkaConsumer, topics: Topics, partition: int,
-                             snap_parts: int, end: int) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+async def load_private_state(
+    consumer: AIOKafkaConsumer, topics: Topics, partition: int, snap_parts: int, end: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Latest ``agg:state``/``agg:seq`` records of ``partition``'s symbols, read ``read_committed``
     up to ``end`` = the *high watermark* taken after fencing, not the last stable offset: another
     instance's open transaction (a public snapshot hashed to this partition) may hold the LSO
@@ -112,8 +116,14 @@ async def load_private_state(consumer: AIOKafkaConsumer, topics: Topics, partiti
     return st, sq
 
 
-async def recover_partition(settings: Settings, topics: Topics, partition: int, snap_parts: int,
-                            committed: int | None, cfg: AggConfig) -> tuple[dict[str, SymbolState], int]:
+async def recover_partition(
+    settings: Settings,
+    topics: Topics,
+    partition: int,
+    snap_parts: int,
+    committed: int | None,
+    cfg: AggConfig,
+) -> tuple[dict[str, SymbolState], int]:
     """States of ``partition``'s symbols as of input offset ``committed`` (exclusive)."""
     if committed is None:
         return {}, 0  # the group never committed: a fresh start (new epochs)
@@ -121,8 +131,9 @@ async def recover_partition(settings: Settings, topics: Topics, partition: int, 
     await consumer.start()
     try:
         stp = TopicPartition(topics.snapshot, partition % snap_parts)
-        raw_states, seqs = await load_private_state(consumer, topics, partition, snap_parts,
-                                                    await high_watermark(settings, stp))
+        raw_states, seqs = await load_private_state(
+            consumer, topics, partition, snap_parts, await high_watermark(settings, stp)
+        )
         states: dict[str, SymbolState] = {}
         upto: dict[str, int] = {}
         for sym, raw in raw_states.items():
@@ -148,7 +159,9 @@ async def recover_partition(settings: Settings, topics: Topics, partition: int, 
                     # never checkpointed: only possible when its first transaction was lost
                     st = states[e.symbol] = SymbolState(e.symbol, int(time.time() * 1000), cfg)
                     upto[e.symbol] = -1
-                    log.warning("symbol without checkpoint during replay", extra={"symbol": e.symbol})
+                    log.warning(
+                        "symbol without checkpoint during replay", extra={"symbol": e.symbol}
+                    )
                 if r.offset <= upto[e.symbol]:
                     return
                 try:
@@ -170,7 +183,9 @@ async def recover_partition(settings: Settings, topics: Topics, partition: int, 
             elif replayed_by.get(sym):
                 # Events were replayed but no agg:seq covers them: the counters cannot be known.
                 # Never guess a seq (a reused one is a silent duplicate): break continuity openly.
-                log.error("no agg:seq for replayed events, starting a new epoch", extra={"symbol": sym})
+                log.error(
+                    "no agg:seq for replayed events, starting a new epoch", extra={"symbol": sym}
+                )
                 st.epoch = int(time.time() * 1000)
                 st.seq = {}
         return states, replayed

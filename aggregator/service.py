@@ -150,16 +150,25 @@ class Aggregator:
 
     def _health_consumer(self) -> tuple[bool, Any]:
         age = time.monotonic() - self._last_poll
-        return age < 30 and not self.fatal, {"last_poll_s": round(age, 2), "partitions": sorted(self.workers),
-                          "symbols": sum(len(w.symbols) for w in self.workers.values())}
+        return age < 30 and not self.fatal, {
+            "last_poll_s": round(age, 2),
+            "partitions": sorted(self.workers),
+            "symbols": sum(len(w.symbols) for w in self.workers.values()),
+        }
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        await ensure_topics(s)  # idempotent; a fresh prefix (tests, `make run-recording`) just works
+        await ensure_topics(
+            s
+        )  # idempotent; a fresh prefix (tests, `make run-recording`) just works
         self.consumer = make_consumer(
-            s, group_id=self.cfg.group, session_timeout_ms=s.get("MD_AGG_SESSION_MS", int, 6000),
-            heartbeat_interval_ms=1000, max_poll_interval_ms=300_000)
+            s,
+            group_id=self.cfg.group,
+            session_timeout_ms=s.get("MD_AGG_SESSION_MS", int, 6000),
+            heartbeat_interval_ms=1000,
+            max_poll_interval_ms=300_000,
+        )
         await self.consumer.start()
         parts = self.consumer.partitions_for_topic(self.topics.snapshot)
         if parts is None:
@@ -167,12 +176,16 @@ class Aggregator:
             parts = self.consumer._client.cluster.partitions_for_topic(self.topics.snapshot)  # noqa: SLF001
         self._snapshot_partitions = len(parts or ()) or 1
         self.consumer.subscribe([self.topics.input], listener=_Listener(self))
-        log.info("aggregator consuming", extra={"topic": self.topics.input, "group": self.cfg.group})
+        log.info(
+            "aggregator consuming", extra={"topic": self.topics.input, "group": self.cfg.group}
+        )
         try:
             while not stop.is_set():
                 if self.fatal:
                     raise RuntimeError(self.fatal)  # exit non-zero: the supervisor restarts us
-                batch = await self.consumer.getmany(timeout_ms=self.cfg.txn_ms, max_records=self.cfg.max_batch)
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.cfg.txn_ms, max_records=self.cfg.max_batch
+                )
                 self._last_poll = time.monotonic()
                 async with self.lock:
                     await self._process(batch)
@@ -218,7 +231,9 @@ class Aggregator:
             e = ev.decode(value or b"")
         except ev.EventError as exc:
             MALFORMED.inc()
-            log.warning("malformed input dropped", extra={"partition": w.partition, "error": str(exc)})
+            log.warning(
+                "malformed input dropped", extra={"partition": w.partition, "error": str(exc)}
+            )
             return
         st = w.symbols.get(e.symbol)
         if st is None:
@@ -232,7 +247,11 @@ class Aggregator:
             # Crashing would not help: the restarted process would meet the same record again
             # (a poison pill). Count it loudly instead; validation in events.py is the real guard.
             MALFORMED.inc()
-            log.error("event rejected by state", extra={"symbol": e.symbol, "error": repr(exc)}, exc_info=True)
+            log.error(
+                "event rejected by state",
+                extra={"symbol": e.symbol, "error": repr(exc)},
+                exc_info=True,
+            )
             return
         self._events_in[e.type] = self._events_in.get(e.type, 0) + 1
         touched.add(e.symbol)
@@ -266,7 +285,9 @@ class Aggregator:
                 if b is None:
                     b = builders[tp] = producer.create_batch()
                 value = dumps(msg)
-                if b.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start anew
+                if (
+                    b.append(key=key, value=value, timestamp=None) is None
+                ):  # full: ship it, start anew
                     await producer.send_batch(b, tp[0], partition=tp[1])
                     b = builders[tp] = producer.create_batch()
                     b.append(key=key, value=value, timestamp=None)
@@ -298,12 +319,17 @@ class Aggregator:
         now_m = time.monotonic()
         for w in list(self.workers.values()):
             # a quiet symbol's pending snapshot/checkpoint still gets written (in its own transaction)
-            if w.txn_open or any(self._snapshot_due(w, sym, now_m) for sym in w.snap_pending) \
-                    or any(self._checkpoint_due(w, sym, now_m) for sym in w.ckpt_pending):
+            if (
+                w.txn_open
+                or any(self._snapshot_due(w, sym, now_m) for sym in w.snap_pending)
+                or any(self._checkpoint_due(w, sym, now_m) for sym in w.ckpt_pending)
+            ):
                 await self._commit(w)
 
     def _checkpoint_due(self, w: Worker, sym: str, now_m: float) -> bool:
-        return sym in w.new or now_m - w.last_checkpoint.get(sym, 0) >= self.cfg.checkpoint_ms / 1000
+        return (
+            sym in w.new or now_m - w.last_checkpoint.get(sym, 0) >= self.cfg.checkpoint_ms / 1000
+        )
 
     def _snapshot_due(self, w: Worker, sym: str, now_m: float) -> bool:
         return sym in w.new or now_m - w.last_snapshot.get(sym, 0) >= self.cfg.snapshot_ms / 1000
@@ -341,12 +367,16 @@ class Aggregator:
         fenced = isinstance(exc, ProducerFenced) or (tm is not None and tm.is_fatal_error())
         if fenced:
             FENCED.inc()
-            log.warning("transactional producer fenced, dropping partition",
-                        extra={"partition": w.partition, "error": repr(exc)})
+            log.warning(
+                "transactional producer fenced, dropping partition",
+                extra={"partition": w.partition, "error": repr(exc)},
+            )
         else:
             TXN_ABORTED.inc()
-            log.error("transaction failed, rebuilding partition state",
-                      extra={"partition": w.partition, "error": repr(exc)})
+            log.error(
+                "transaction failed, rebuilding partition state",
+                extra={"partition": w.partition, "error": repr(exc)},
+            )
         await self._drop(w, commit=False)
         if revoking:
             return
@@ -370,15 +400,31 @@ class Aggregator:
                 w.snap_pending.discard(sym)
                 SNAPSHOTS_OUT.labels("public").inc()
             if sym in w.dirty or sym in w.new:
-                await w.producer.send(snap_topic, key=f"agg:seq:{sym}".encode(), partition=part, value=orjson.dumps(
-                    {"symbol": sym, "partition": w.partition, "epoch": st.epoch, "seq": st.seq, "offset": last}))
+                await w.producer.send(
+                    snap_topic,
+                    key=f"agg:seq:{sym}".encode(),
+                    partition=part,
+                    value=orjson.dumps(
+                        {
+                            "symbol": sym,
+                            "partition": w.partition,
+                            "epoch": st.epoch,
+                            "seq": st.seq,
+                            "offset": last,
+                        }
+                    ),
+                )
             if (sym in w.ckpt_pending or sym in w.new) and self._checkpoint_due(w, sym, now_m):
                 # a quiet symbol's last checkpoint covers all its events: its takeover replays nothing
                 state = st.to_state()
                 state["offset"] = last
                 state["partition"] = w.partition
-                await w.producer.send(snap_topic, key=f"agg:state:{sym}".encode(), partition=part,
-                                      value=orjson.dumps(state))
+                await w.producer.send(
+                    snap_topic,
+                    key=f"agg:state:{sym}".encode(),
+                    partition=part,
+                    value=orjson.dumps(state),
+                )
                 w.last_checkpoint[sym] = now_m
                 w.ckpt_pending.discard(sym)
                 SNAPSHOTS_OUT.labels("agg_state").inc()
@@ -402,7 +448,8 @@ class Aggregator:
             w.txn_open = True
             committed = await self.consumer.committed(tp)
             states, replayed = await recover_partition(
-                s, self.topics, partition, self._snapshot_partitions, committed, self.cfg.agg)
+                s, self.topics, partition, self._snapshot_partitions, committed, self.cfg.agg
+            )
         except BaseException:
             with contextlib.suppress(Exception):
                 await producer.stop()
@@ -422,8 +469,15 @@ class Aggregator:
         SYMBOLS.inc(len(states))
         RECOVERIES.labels("recovered" if states else "fresh").inc()
         REPLAYED.inc(replayed)
-        log.info("partition assigned", extra={"partition": partition, "committed": committed,
-                                              "symbols": sorted(states), "replayed": replayed})
+        log.info(
+            "partition assigned",
+            extra={
+                "partition": partition,
+                "committed": committed,
+                "symbols": sorted(states),
+                "replayed": replayed,
+            },
+        )
 
     async def _drop(self, w: Worker, *, commit: bool) -> None:
         if commit and w.txn_open:
@@ -435,7 +489,9 @@ class Aggregator:
             SYMBOLS.dec(len(w.symbols))
         tm = getattr(w.producer, "_txn_manager", None)
         if w.txn_open and not (tm is not None and tm.is_fatal_error()):
-            with contextlib.suppress(Exception):  # best effort: the broker aborts it on timeout anyway
+            with contextlib.suppress(
+                Exception
+            ):  # best effort: the broker aborts it on timeout anyway
                 await w.producer.abort_transaction()
         w.txn_open = False
         with contextlib.suppress(Exception):
@@ -461,8 +517,10 @@ class Aggregator:
             assert self.consumer is not None
             tp = TopicPartition(self.topics.input, partition)
             if tp in self.consumer.assignment() and partition not in self.workers:
-                log.warning("still assigned after being fenced: taking the partition back",
-                            extra={"partition": partition})
+                log.warning(
+                    "still assigned after being fenced: taking the partition back",
+                    extra={"partition": partition},
+                )
                 await self._assign_with_retry(partition)
 
     async def _assign_with_retry(self, partition: int) -> None:
@@ -474,8 +532,10 @@ class Aggregator:
                 await self._assign(partition)
                 return
             except Exception as exc:  # noqa: BLE001 - KafkaError, RecoveryError, OSError, aiokafka asserts
-                log.error("partition takeover failed", extra={"partition": partition, "attempt": attempt,
-                                                               "error": repr(exc)})
+                log.error(
+                    "partition takeover failed",
+                    extra={"partition": partition, "attempt": attempt, "error": repr(exc)},
+                )
                 await asyncio.sleep(backoff.next())
         self.fatal = f"cannot take over partition {partition}"
 

@@ -93,8 +93,16 @@ class Candle:
         }
 
     def to_state(self) -> list[Any]:
-        return [self.start, fmt(self.open), fmt(self.high), fmt(self.low), fmt(self.close),
-                fmt(self.volume), fmt(self.quote_volume), self.count]
+        return [
+            self.start,
+            fmt(self.open),
+            fmt(self.high),
+            fmt(self.low),
+            fmt(self.close),
+            fmt(self.volume),
+            fmt(self.quote_volume),
+            self.count,
+        ]
 
     @classmethod
     def from_state(cls, st: list[Any]) -> Candle:
@@ -140,9 +148,13 @@ class SymbolState:
         self.last_closed: dict[str, dict[str, Any]] = {}
         # stats windows
         self.last_top: tuple[Decimal, Decimal] | None = None
-        self.mids: deque[tuple[Decimal, Decimal]] = deque(maxlen=self.cfg.stats_mid_window)  # (mid, spread)
+        self.mids: deque[tuple[Decimal, Decimal]] = deque(
+            maxlen=self.cfg.stats_mid_window
+        )  # (mid, spread)
         self.mid_sum = ZERO
-        self.vw: deque[tuple[Decimal, Decimal]] = deque(maxlen=self.cfg.stats_vwap_window)  # (px*qty, qty)
+        self.vw: deque[tuple[Decimal, Decimal]] = deque(
+            maxlen=self.cfg.stats_vwap_window
+        )  # (px*qty, qty)
         self.vw_pq = ZERO
         self.vw_q = ZERO
         self.vw_last = ZERO  # last trade price
@@ -165,8 +177,15 @@ class SymbolState:
             return  # an L2-only book has no orders; a ``reset`` switches back to order level
         if self.book.add(e.order_id, e.side, e.price, e.px, e.qty):
             if not self.l2_only:
-                self._l3_ops.append({"op": "add", "order_id": e.order_id, "side": e.side, "price": e.price,
-                                     "size": e.size})
+                self._l3_ops.append(
+                    {
+                        "op": "add",
+                        "order_id": e.order_id,
+                        "side": e.side,
+                        "price": e.price,
+                        "size": e.size,
+                    }
+                )
             self._book_changed()
 
     def _on_match(self, e: ev.Match) -> None:
@@ -177,29 +196,68 @@ class SymbolState:
             assert o is not None
             # an overfill (a feed out of sync) fills what rests, so l3 clients stay consistent
             filled = e.size if e.qty <= before else fmt(before)
-            self._l3({"op": "fill", "order_id": o.order_id, "side": o.side, "price": o.price,
-                      "size": filled, "remaining": fmt(o.size), "trade_id": e.trade_id})
+            self._l3(
+                {
+                    "op": "fill",
+                    "order_id": o.order_id,
+                    "side": o.side,
+                    "price": o.price,
+                    "size": filled,
+                    "remaining": fmt(o.size),
+                    "trade_id": e.trade_id,
+                }
+            )
             self._book_changed()
-        self._trade(e.trade_id, e.taker_side, e.price, e.px, e.size, e.qty, e.ts,
-                    e.maker_order_id, e.taker_order_id)
+        self._trade(
+            e.trade_id,
+            e.taker_side,
+            e.price,
+            e.px,
+            e.size,
+            e.qty,
+            e.ts,
+            e.maker_order_id,
+            e.taker_order_id,
+        )
 
     def _on_done(self, e: ev.Done) -> None:
         o = self.book.remove(e.order_id)
         if o is not None:
             if not self.l2_only:
-                self._l3_ops.append({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
-                                     "reason": e.reason})
+                self._l3_ops.append(
+                    {
+                        "op": "delete",
+                        "order_id": o.order_id,
+                        "side": o.side,
+                        "price": o.price,
+                        "reason": e.reason,
+                    }
+                )
             self._book_changed()
 
     def _on_change(self, e: ev.Change) -> None:
         o = self.book.set_size(e.order_id, e.qty)
         if o is not None:
             if e.qty > 0:
-                self._l3({"op": "change", "order_id": o.order_id, "side": o.side, "price": o.price,
-                          "size": fmt(o.size)})
+                self._l3(
+                    {
+                        "op": "change",
+                        "order_id": o.order_id,
+                        "side": o.side,
+                        "price": o.price,
+                        "size": fmt(o.size),
+                    }
+                )
             else:
-                self._l3({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
-                          "reason": "canceled"})
+                self._l3(
+                    {
+                        "op": "delete",
+                        "order_id": o.order_id,
+                        "side": o.side,
+                        "price": o.price,
+                        "reason": "canceled",
+                    }
+                )
             self._book_changed()
 
     def _on_book_update(self, e: ev.BookUpdate) -> None:
@@ -238,8 +296,15 @@ class SymbolState:
         book = self.book
         if book.orders or book.bids or book.asks:
             for o in list(book.orders.values()):
-                self._l3({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
-                          "reason": "reset"})
+                self._l3(
+                    {
+                        "op": "delete",
+                        "order_id": o.order_id,
+                        "side": o.side,
+                        "price": o.price,
+                        "reason": "reset",
+                    }
+                )
             book.clear()
             self._book_changed()
 
@@ -253,8 +318,15 @@ class SymbolState:
         if not self.l2_only:
             if self.book.orders:
                 for o in list(self.book.orders.values()):
-                    self._l3({"op": "delete", "order_id": o.order_id, "side": o.side, "price": o.price,
-                              "reason": "reset"})
+                    self._l3(
+                        {
+                            "op": "delete",
+                            "order_id": o.order_id,
+                            "side": o.side,
+                            "price": o.price,
+                            "reason": "reset",
+                        }
+                    )
                 self.book.clear()
             self.l2_only = True
             if self.info is not None and "l3" in self.info.channels:
@@ -278,10 +350,25 @@ class SymbolState:
             self.mids.append((mid, ba - bb))
             self.mid_sum += mid
 
-    def _trade(self, trade_id: str, side: str, price: str, px: Decimal, size: str, qty: Decimal, ts: int,
-               maker: str | None, taker: str | None) -> None:
-        t: dict[str, Any] = {"trade_id": trade_id, "price": price, "size": size, "side": side,
-                             "time": iso_from_ns(ts)}
+    def _trade(
+        self,
+        trade_id: str,
+        side: str,
+        price: str,
+        px: Decimal,
+        size: str,
+        qty: Decimal,
+        ts: int,
+        maker: str | None,
+        taker: str | None,
+    ) -> None:
+        t: dict[str, Any] = {
+            "trade_id": trade_id,
+            "price": price,
+            "size": size,
+            "side": side,
+            "time": iso_from_ns(ts),
+        }
         if maker is not None:
             t["maker_order_id"] = maker
             t["taker_order_id"] = taker
@@ -353,7 +440,9 @@ class SymbolState:
                 self.last_closed[name] = final
                 del self.candles[name]
                 self._candle_dirty.discard(name)
-        self._next_close = min((c.start + CANDLE_INTERVALS[n] * NS for n, c in self.candles.items()), default=0)
+        self._next_close = min(
+            (c.start + CANDLE_INTERVALS[n] * NS for n, c in self.candles.items()), default=0
+        )
 
     # ------------------------------------------------------------------ output
     def _next(self, channel: str) -> int:
@@ -361,11 +450,26 @@ class SymbolState:
         self.seq[channel] = n
         return n
 
-    def _msg(self, type_: str, channel: str, now: int, data: Any, checksum: int | None = None,
-             event_ns: int | None = None) -> Out:
-        return channel, data_message(type=type_, channel=channel, symbol=self.symbol, seq=self._next(channel),
-                                     epoch=self.epoch, publish_ns=now, event_ns=event_ns or self.last_ts,
-                                     data=data, checksum=checksum)
+    def _msg(
+        self,
+        type_: str,
+        channel: str,
+        now: int,
+        data: Any,
+        checksum: int | None = None,
+        event_ns: int | None = None,
+    ) -> Out:
+        return channel, data_message(
+            type=type_,
+            channel=channel,
+            symbol=self.symbol,
+            seq=self._next(channel),
+            epoch=self.epoch,
+            publish_ns=now,
+            event_ns=event_ns or self.last_ts,
+            data=data,
+            checksum=checksum,
+        )
 
     def flush(self, now: int) -> list[Out]:
         """Messages for everything applied since the last flush, in a stable channel order."""
@@ -401,8 +505,14 @@ class SymbolState:
             for name in CANDLE_INTERVALS:
                 if name in self._candle_dirty:
                     c = self.candles[name]
-                    out.append(self._msg("candle", f"candles_{name}", now,
-                                         c.data(name, CANDLE_INTERVALS[name], False)))
+                    out.append(
+                        self._msg(
+                            "candle",
+                            f"candles_{name}",
+                            now,
+                            c.data(name, CANDLE_INTERVALS[name], False),
+                        )
+                    )
             self._candle_dirty.clear()
         if self._top_dirty or self._trade_dirty:
             tick = self.ticker_data()
@@ -444,12 +554,23 @@ class SymbolState:
         if self.day and self.day_high is not None and self.day_low is not None:
             open_ = next(iter(self.day.values()))[0]
             chg = self.vw_last - open_
-            d.update(open_24h=fmt(open_), high_24h=fmt(self.day_high), low_24h=fmt(self.day_low),
-                     volume_24h=fmt(self.day_volume), change_24h=fmt(chg),
-                     change_pct_24h=q8(chg * 100 / open_))
+            d.update(
+                open_24h=fmt(open_),
+                high_24h=fmt(self.day_high),
+                low_24h=fmt(self.day_low),
+                volume_24h=fmt(self.day_volume),
+                change_24h=fmt(chg),
+                change_pct_24h=q8(chg * 100 / open_),
+            )
         else:
-            d.update(open_24h=None, high_24h=None, low_24h=None, volume_24h="0", change_24h=None,
-                     change_pct_24h=None)
+            d.update(
+                open_24h=None,
+                high_24h=None,
+                low_24h=None,
+                volume_24h="0",
+                change_24h=None,
+                change_pct_24h=None,
+            )
         return d
 
     def stats_data(self) -> dict[str, Any] | None:
@@ -477,32 +598,66 @@ class SymbolState:
         sym = self.symbol
         out: list[tuple[str, dict[str, Any]]] = []
 
-        def snap(type_: str, channel: str, data: Any, checksum: int | None = None) -> dict[str, Any]:
-            return data_message(type=type_, channel=channel, symbol=sym, seq=self.seq.get(channel, 0),
-                                epoch=self.epoch, publish_ns=now, event_ns=self.last_ts, data=data,
-                                checksum=checksum)
+        def snap(
+            type_: str, channel: str, data: Any, checksum: int | None = None
+        ) -> dict[str, Any]:
+            return data_message(
+                type=type_,
+                channel=channel,
+                symbol=sym,
+                seq=self.seq.get(channel, 0),
+                epoch=self.epoch,
+                publish_ns=now,
+                event_ns=self.last_ts,
+                data=data,
+                checksum=checksum,
+            )
 
         csum = self.book.checksum(self.cfg.checksum_depth)
         out.append((f"l2:{sym}", snap("l2_snapshot", "l2", self.book.l2_snapshot(), csum)))
         if not self.l2_only:
             out.append((f"l3:{sym}", snap("l3_snapshot", "l3", self.book.l3_snapshot(), csum)))
-        out.append((f"ticker:{sym}", snap("ticker", "ticker", self.last_ticker or self.ticker_data())))
+        out.append(
+            (f"ticker:{sym}", snap("ticker", "ticker", self.last_ticker or self.ticker_data()))
+        )
         st = self.last_stats or self.stats_data()
         if st is not None:
             out.append((f"stats:{sym}", snap("stats", "stats", st)))
-        out.append((f"trades:{sym}", snap("trades_snapshot", "trades", {"trades": list(self.recent_trades)})))
+        out.append(
+            (
+                f"trades:{sym}",
+                snap("trades_snapshot", "trades", {"trades": list(self.recent_trades)}),
+            )
+        )
         for name, secs in CANDLE_INTERVALS.items():
             c = self.candles.get(name)
             if c is not None:
-                out.append((f"candles_{name}:{sym}", snap("candle", f"candles_{name}", c.data(name, secs, False))))
+                out.append(
+                    (
+                        f"candles_{name}:{sym}",
+                        snap("candle", f"candles_{name}", c.data(name, secs, False)),
+                    )
+                )
             elif name in self.last_closed:
-                out.append((f"candles_{name}:{sym}", snap("candle", f"candles_{name}", self.last_closed[name])))
+                out.append(
+                    (
+                        f"candles_{name}:{sym}",
+                        snap("candle", f"candles_{name}", self.last_closed[name]),
+                    )
+                )
         return out
 
     def status_snapshot(self, now: int) -> tuple[str, dict[str, Any]]:
         return f"status:{self.symbol}", data_message(
-            type="status", channel="status", symbol=self.symbol, seq=self.seq.get("status", 0),
-            epoch=self.epoch, publish_ns=now, event_ns=self.last_ts, data=self.status_data())
+            type="status",
+            channel="status",
+            symbol=self.symbol,
+            seq=self.seq.get("status", 0),
+            epoch=self.epoch,
+            publish_ns=now,
+            event_ns=self.last_ts,
+            data=self.status_data(),
+        )
 
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> dict[str, Any]:
@@ -542,8 +697,12 @@ class SymbolState:
             s.vw_last = Decimal(s.recent_trades[-1]["price"])
         s.candles = {k: Candle.from_state(v) for k, v in st["candles"].items()}
         s.last_closed = dict(st.get("last_closed") or {})
-        s._next_close = min((c.start + CANDLE_INTERVALS[n] * NS for n, c in s.candles.items()), default=0)
-        s.last_top = (Decimal(st["last_top"][0]), Decimal(st["last_top"][1])) if st.get("last_top") else None
+        s._next_close = min(
+            (c.start + CANDLE_INTERVALS[n] * NS for n, c in s.candles.items()), default=0
+        )
+        s.last_top = (
+            (Decimal(st["last_top"][0]), Decimal(st["last_top"][1])) if st.get("last_top") else None
+        )
         for m, sp in st["mids"]:
             s.mids.append((Decimal(m), Decimal(sp)))
         s.mid_sum = sum((m for m, _ in s.mids), ZERO)

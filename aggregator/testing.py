@@ -101,7 +101,10 @@ def reference_books(records: list[Any]) -> dict[str, dict[str, dict[Decimal, Dec
             l2[e.symbol] = {"buy": {}, "sell": {}}
         elif isinstance(e, ev.BookSnapshot):
             l2_only.add(e.symbol)
-            l2[e.symbol] = {"buy": {px: q for _, px, _, q in e.bids}, "sell": {px: q for _, px, _, q in e.asks}}
+            l2[e.symbol] = {
+                "buy": {px: q for _, px, _, q in e.bids},
+                "sell": {px: q for _, px, _, q in e.asks},
+            }
         elif isinstance(e, ev.BookUpdate):
             l2_only.add(e.symbol)
             for sd, _, px, _, q in e.changes:
@@ -176,7 +179,9 @@ class StreamCheck:
                 elif op == "fill":
                     rest = o[oid][2] - Decimal(e["size"])
                     if rest != Decimal(e["remaining"]):
-                        self.errors.append(f"{key} seq {m['seq']}: fill remaining mismatch for {oid}")
+                        self.errors.append(
+                            f"{key} seq {m['seq']}: fill remaining mismatch for {oid}"
+                        )
                     if rest > 0:
                         o[oid] = (o[oid][0], o[oid][1], rest)
                     else:

@@ -230,9 +230,11 @@ class StreamJoin:
     # ----------------------------------------------------------------- inputs
 
     def wants(self, channel: str, symbol: str) -> bool:
-        return (self.channels is None or channel in self.channels or (
-            channel.startswith("candles_") and "candles" in self.channels)) and (
-            self.symbols is None or symbol in self.symbols)
+        return (
+            self.channels is None
+            or channel in self.channels
+            or (channel.startswith("candles_") and "candles" in self.channels)
+        ) and (self.symbols is None or symbol in self.symbols)
 
     def _state(self, channel: str, symbol: str) -> _KeyState:
         st = self.keys.get((channel, symbol))
@@ -264,8 +266,12 @@ class StreamJoin:
             st.retired.append(st.epoch)
             self._rebase(st, m)
             return [self._reset(st, "epoch")]
-        if st.kind is Kind.TAIL and m.epoch == st.epoch and st.base is not None and (
-                st.base.seq <= m.seq <= st.seq):
+        if (
+            st.kind is Kind.TAIL
+            and m.epoch == st.epoch
+            and st.base is not None
+            and (st.base.seq <= m.seq <= st.seq)
+        ):
             # compaction of the l3 tail: the snapshot already includes the oldest updates
             st.base = m
             while st.tail and st.tail[0].seq <= m.seq:
@@ -304,9 +310,18 @@ class StreamJoin:
                 reason = "epoch"
                 st.retired.append(st.epoch)
             st.gaps += 1
-            log.warning("stream discontinuity, resnapshot", extra={
-                "channel": channel, "symbol": symbol, "reason": reason, "seq": st.seq,
-                "got_seq": m.seq, "epoch": st.epoch, "got_epoch": m.epoch})
+            log.warning(
+                "stream discontinuity, resnapshot",
+                extra={
+                    "channel": channel,
+                    "symbol": symbol,
+                    "reason": reason,
+                    "seq": st.seq,
+                    "got_seq": m.seq,
+                    "epoch": st.epoch,
+                    "got_epoch": m.epoch,
+                },
+            )
             st.state = State.NO_BASE
             st.pending_reason = reason
             st.want_epoch = m.epoch
@@ -345,7 +360,9 @@ class StreamJoin:
             if m.seq == st.seq + 1:
                 self._apply(st, m)
                 return [Deliver(st.channel, st.symbol, m.seq, m.raw, m.parsed)]
-        reason = "snapshot" if st.state is State.NO_BASE else ("gap" if m.epoch == st.epoch else "epoch")
+        reason = (
+            "snapshot" if st.state is State.NO_BASE else ("gap" if m.epoch == st.epoch else "epoch")
+        )
         if reason == "epoch":
             st.retired.append(st.epoch)
         if reason != "snapshot":
@@ -360,8 +377,11 @@ class StreamJoin:
                 return []
             self._rebase(st, snap.msg)
             return [self._reset(st, reason)]
-        if snap is None or (st.want_epoch is not None and snap.msg.epoch != st.want_epoch) or (
-                snap.msg.seq < st.min_snap_seq):
+        if (
+            snap is None
+            or (st.want_epoch is not None and snap.msg.epoch != st.want_epoch)
+            or (snap.msg.seq < st.min_snap_seq)
+        ):
             return []
         s = snap.msg.seq
         later = [q for q in st.buffer if q > s]
@@ -436,8 +456,12 @@ class StreamJoin:
         elif st.kind is Kind.TAIL:
             st.tail.append(m)
             snap = st.latest_snap
-            if snap is not None and snap.msg.seq == m.seq and snap.msg.epoch == m.epoch and (
-                    st.base is not None and snap.msg.seq > st.base.seq):
+            if (
+                snap is not None
+                and snap.msg.seq == m.seq
+                and snap.msg.epoch == m.epoch
+                and (st.base is not None and snap.msg.seq > st.base.seq)
+            ):
                 # the stream caught up with a snapshot that arrived ahead of it: rebase the tail
                 st.base = snap.msg
                 st.tail.clear()
@@ -467,8 +491,15 @@ class StreamJoin:
 
     # ----------------------------------------------------------------- queries
 
-    def current(self, channel: str, symbol: str, *, depth: int | None = None,
-                resync: bool = False, last: int | None = None) -> Current | None:
+    def current(
+        self,
+        channel: str,
+        symbol: str,
+        *,
+        depth: int | None = None,
+        resync: bool = False,
+        last: int | None = None,
+    ) -> Current | None:
         """The state of a key as messages for a new subscriber, or None when not synced.
 
         ``depth`` limits an l2 snapshot; ``last`` the trades sent; ``resync`` adds
@@ -485,8 +516,12 @@ class StreamJoin:
             if raw is None:
                 assert st.book is not None
                 d: dict[str, Any] = {
-                    "type": "l2_snapshot", "channel": channel, "symbol": symbol,
-                    "seq": st.seq, "epoch": st.epoch, "timestamp": st.last_ts,
+                    "type": "l2_snapshot",
+                    "channel": channel,
+                    "symbol": symbol,
+                    "seq": st.seq,
+                    "epoch": st.epoch,
+                    "timestamp": st.last_ts,
                     "event_time": st.event_time,
                     "checksum": st.book.checksum(self.checksum_depth),
                     "data": st.book.snapshot(depth),
@@ -501,7 +536,7 @@ class StreamJoin:
         else:
             kept = list(st.tail)
             n = len(kept) if last is None else max(0, last)
-            kept = kept[len(kept) - n:] if n else []
+            kept = kept[len(kept) - n :] if n else []
             msgs = [self._flagged(st, kept[0], resync)] + [t.raw for t in kept[1:]] if kept else []
         return Current(channel, symbol, st.seq, st.epoch, msgs, st.checksum, st.last_ts)
 
@@ -549,14 +584,27 @@ class StreamFollower:
     is False while the Kafka watchdog cannot reach the broker (``health()`` says why).
     """
 
-    def __init__(self, settings: Settings, *, channels: Iterable[str] | None = None,
-                 symbols: Iterable[str] | None = None, margin_ms: int = 5_000,
-                 lookback_ms: int = 10_000, watchdog_s: float = 2.0, **join_opts: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        channels: Iterable[str] | None = None,
+        symbols: Iterable[str] | None = None,
+        margin_ms: int = 5_000,
+        lookback_ms: int = 10_000,
+        watchdog_s: float = 2.0,
+        **join_opts: Any,
+    ) -> None:
         self.settings = settings
         self.topics = Topics.from_settings(settings)
         chans = list(channels) if channels is not None else None
-        self.join = StreamJoin(channels=chans, symbols=symbols, margin_ms=margin_ms,
-                               checksum_depth=settings.book_checksum_depth, **join_opts)
+        self.join = StreamJoin(
+            channels=chans,
+            symbols=symbols,
+            margin_ms=margin_ms,
+            checksum_depth=settings.book_checksum_depth,
+            **join_opts,
+        )
         names = chans or ["l2", "l3", "ticker", "trades", "stats", "candles_1m", "status"]
         self.stream_topics = sorted({self.topics.stream(c) for c in names})
         self.lookback_ms = lookback_ms
@@ -593,17 +641,24 @@ class StreamFollower:
     def health(self) -> tuple[bool, dict[str, Any]]:
         return self.connected and self.ready.is_set(), {
             "kafka": "connected" if self.connected else "lost",
-            "ready": self.ready.is_set(), "error": self.last_error,
-            "keys": len(self.join.keys), "lag": sum(self.lag.values())}
+            "ready": self.ready.is_set(),
+            "error": self.last_error,
+            "keys": len(self.join.keys),
+            "lag": sum(self.lag.values()),
+        }
 
     # ----------------------------------------------------------------- lifecycle
 
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
-            isolation_level="read_committed", enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=5,
-            max_partition_fetch_bytes=4 << 20)
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=None,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=5,
+            max_partition_fetch_bytes=4 << 20,
+        )
 
     async def start(self) -> None:
         """Read the snapshot topic to its end, position the streams, start following."""
@@ -627,10 +682,14 @@ class StreamFollower:
                 break
             if attempt == 49:
                 missing = [t for t in wanted if not cluster.partitions_for_topic(t)]
-                raise RuntimeError(f"topics missing in Kafka: {missing} (run python -m core.bootstrap)")
+                raise RuntimeError(
+                    f"topics missing in Kafka: {missing} (run python -m core.bootstrap)"
+                )
             await asyncio.sleep(0.2)
-        snap_tps = [TopicPartition(self.topics.snapshot, p)
-                    for p in sorted(cluster.partitions_for_topic(self.topics.snapshot) or ())]
+        snap_tps = [
+            TopicPartition(self.topics.snapshot, p)
+            for p in sorted(cluster.partitions_for_topic(self.topics.snapshot) or ())
+        ]
         sc.assign(snap_tps)
         await sc.seek_to_beginning(*snap_tps)
         ends = await sc.end_offsets(snap_tps)
@@ -661,8 +720,12 @@ class StreamFollower:
         tc.assign(tps)
         self._stream_tps = tps
         now_ms = int(time.time() * 1000)
-        start = {tp: (min_ts[tp.topic] - self.join.margin_ms) if tp.topic in min_ts
-                 else now_ms - self.lookback_ms for tp in tps}
+        start = {
+            tp: (min_ts[tp.topic] - self.join.margin_ms)
+            if tp.topic in min_ts
+            else now_ms - self.lookback_ms
+            for tp in tps
+        }
         offsets = await tc.offsets_for_times({tp: max(0, ts) for tp, ts in start.items()})
         for tp in tps:
             o = offsets.get(tp)
@@ -671,11 +734,15 @@ class StreamFollower:
             else:
                 tc.seek(tp, o.offset)
         self._end_at_start = await tc.end_offsets(tps)
-        self._tasks = [asyncio.create_task(self._snapshot_loop(), name="follower-snapshots"),
-                       asyncio.create_task(self._stream_loop(), name="follower-streams"),
-                       asyncio.create_task(self._watchdog(), name="follower-watchdog")]
-        log.info("follower started", extra={"topics": self.stream_topics,
-                                            "snapshot_keys": len(self.join.keys)})
+        self._tasks = [
+            asyncio.create_task(self._snapshot_loop(), name="follower-snapshots"),
+            asyncio.create_task(self._stream_loop(), name="follower-streams"),
+            asyncio.create_task(self._watchdog(), name="follower-watchdog"),
+        ]
+        log.info(
+            "follower started",
+            extra={"topics": self.stream_topics, "snapshot_keys": len(self.join.keys)},
+        )
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -715,8 +782,10 @@ class StreamFollower:
         offs = await tc.offsets_for_times({tp: a.timestamp_ms})
         o = offs.get(tp)
         if o is not None and o.offset < await tc.position(tp):
-            log.info("rewinding stream", extra={"topic": a.topic, "partition": a.partition,
-                                                "offset": o.offset})
+            log.info(
+                "rewinding stream",
+                extra={"topic": a.topic, "partition": a.partition, "offset": o.offset},
+            )
             tc.seek(tp, o.offset)
 
     async def _snapshot_loop(self) -> None:
@@ -767,10 +836,13 @@ class StreamFollower:
         while True:
             try:
                 # generous timeout: a busy event loop (thousands of handshakes) is not a lost feed
-                ends = await asyncio.wait_for(tc.end_offsets(self._stream_tps),
-                                              max(5.0, self.watchdog_s * 2))
-                self.lag = {f"{tp.topic}:{tp.partition}": max(0, end - self._next_offset.get(tp, end))
-                            for tp, end in ends.items()}
+                ends = await asyncio.wait_for(
+                    tc.end_offsets(self._stream_tps), max(5.0, self.watchdog_s * 2)
+                )
+                self.lag = {
+                    f"{tp.topic}:{tp.partition}": max(0, end - self._next_offset.get(tp, end))
+                    for tp, end in ends.items()
+                }
                 if not self.connected:
                     log.info("kafka feed restored")
                 self.connected, self.last_error, failures = True, None, 0

@@ -52,7 +52,9 @@ class TopNView:
         return book_checksum(self.book.top_asks(n), self.book.top_bids(n))
 
     def _envelope(self, msg: dict[str, Any], type_: str, data: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {k: msg[k] for k in ("channel", "symbol", "epoch", "timestamp", "event_time") if k in msg}
+        out: dict[str, Any] = {
+            k: msg[k] for k in ("channel", "symbol", "epoch", "timestamp", "event_time") if k in msg
+        }
         out.update(type=type_, seq=self.seq, data=data)
         cs = self._checksum(msg)
         if cs is not None:
@@ -63,7 +65,9 @@ class TopNView:
         """The view's current snapshot (``seq`` = its last update included)."""
         base = msg or {"channel": "l2", "symbol": self.symbol, "epoch": self.epoch}
         snap = self.book.snapshot(self.depth)
-        return self._envelope(base, "l2_snapshot", {"bids": snap["bids"], "asks": snap["asks"], "depth": self.depth})
+        return self._envelope(
+            base, "l2_snapshot", {"bids": snap["bids"], "asks": snap["asks"], "depth": self.depth}
+        )
 
     def on_message(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         """Feed one full-depth message; returns the view's message or ``None``."""
@@ -86,7 +90,7 @@ class TopNView:
         for (side, price), size in after.items():
             if before.get((side, price)) != size:
                 changes.append([side, price, size])
-        for (side, price) in before.keys() - after.keys():
+        for side, price in before.keys() - after.keys():
             changes.append([side, price, "0"])
         if not changes:
             return None

@@ -117,7 +117,14 @@ def parse_cursor(raw: str | None) -> tuple[int, str] | None:
     if not raw:
         return None
     ns, sep, tid = raw.partition(":")
-    if not sep or not ns.isdigit() or not tid or int(ns) >= MAX_NS or "\x00" in tid:
+    # isascii: str.isdigit() also accepts digits int() refuses ("²"), which were a 500
+    if (
+        not sep
+        or not (ns.isascii() and ns.isdigit())
+        or not tid
+        or int(ns) >= MAX_NS
+        or "\x00" in tid
+    ):
         raise ApiError(
             422, "invalid_parameter", "cursor: not a cursor returned by this API", "cursor"
         )
@@ -177,7 +184,8 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        # keeps the router's headers: a 405 must say `Allow` (RFC 9110)
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Unavailable)
     async def _unavailable(_: Request, exc: Unavailable) -> Response:
@@ -327,7 +335,13 @@ def create_app(
     )
     async def candles(
         symbol: str,
-        interval: Annotated[str, Query(description="one of " + ", ".join(CANDLE_INTERVALS))] = "1m",
+        interval: Annotated[
+            str,
+            Query(
+                description="one of " + ", ".join(CANDLE_INTERVALS),
+                json_schema_extra={"enum": list(CANDLE_INTERVALS)},  # checked below: our 422
+            ),
+        ] = "1m",
         start: Annotated[str | None, Query(description="ISO-8601 or Unix s/ms; inclusive")] = None,
         end: Annotated[str | None, Query(description="ISO-8601 or Unix s/ms; exclusive")] = None,
         limit: Annotated[int, Query(ge=1, description=f"capped at {cfg.candles_limit_max}")] = 300,

@@ -31,7 +31,8 @@ async def _supervise(stop: asyncio.Event, n: int) -> None:
 
     async def spawn(i: int) -> None:
         procs[i] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway_ws", env={**env, "MD_WS_WORKER": str(i)})
+            sys.executable, "-m", "gateway_ws", env={**env, "MD_WS_WORKER": str(i)}
+        )
         log.info("worker started", extra={"worker": i, "pid": procs[i].pid})
 
     for i in range(n):

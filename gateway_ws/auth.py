@@ -25,7 +25,9 @@ class Authenticator:
     def verify(self, token: str) -> Principal:
         """Principal of a valid token; ProtocolError ``auth_failed`` naming the reason otherwise."""
         if not self.enabled:
-            raise ProtocolError("auth_unavailable", "authentication is not configured on this gateway")
+            raise ProtocolError(
+                "auth_unavailable", "authentication is not configured on this gateway"
+            )
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -40,8 +42,14 @@ class Authenticator:
             raise ProtocolError("auth_failed", f"algorithm {alg!r} not accepted")
         opts: Any = {"require": ["exp", "sub"]}
         try:
-            claims = jwt.decode(token, key, algorithms=[alg], audience=self.cfg.jwt_audience,
-                                issuer=self.cfg.jwt_issuer, options=opts)
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.cfg.jwt_audience,
+                issuer=self.cfg.jwt_issuer,
+                options=opts,
+            )
         except jwt.ExpiredSignatureError:
             raise ProtocolError("auth_failed", "token expired") from None
         except jwt.PyJWTError as exc:

@@ -73,12 +73,38 @@ class Client:
     the websockets protocol object instead.
     """
 
-    __slots__ = ("ws", "session", "ip", "binary", "subs", "closed", "next_hb", "high",
-                 "stale", "connected_at", "conn_id", "user", "out", "out_bytes", "raw_ok", "hub",
-                 "proto", "transport")
+    __slots__ = (
+        "ws",
+        "session",
+        "ip",
+        "binary",
+        "subs",
+        "closed",
+        "next_hb",
+        "high",
+        "stale",
+        "connected_at",
+        "conn_id",
+        "user",
+        "out",
+        "out_bytes",
+        "raw_ok",
+        "hub",
+        "proto",
+        "transport",
+    )
 
-    def __init__(self, ws: ServerConnection, session: Session, ip: str, *, binary: bool,
-                 high: int, conn_id: int, user: str | None) -> None:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        session: Session,
+        ip: str,
+        *,
+        binary: bool,
+        high: int,
+        conn_id: int,
+        user: str | None,
+    ) -> None:
         self.ws = ws
         self.session = session
         self.ip = ip

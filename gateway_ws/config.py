@@ -27,10 +27,14 @@ def _tiers(raw: str) -> dict[str, Tier]:
         if not isinstance(d, dict):
             raise ValueError(f"tier {name!r}: expected an object of limits")
         chans = d.get("channels")
-        out[name] = Tier(name=name, max_subscriptions=int(d.get("max_subscriptions", 50)),
-                         max_connections=int(d.get("max_connections", 20)),
-                         rate=float(d.get("rate", 20)), burst=int(d.get("burst", 40)),
-                         channels=None if chans in (None, "*") else frozenset(chans))
+        out[name] = Tier(
+            name=name,
+            max_subscriptions=int(d.get("max_subscriptions", 50)),
+            max_connections=int(d.get("max_connections", 20)),
+            rate=float(d.get("rate", 20)),
+            burst=int(d.get("burst", 40)),
+            channels=None if chans in (None, "*") else frozenset(chans),
+        )
     return out
 
 
@@ -99,10 +103,13 @@ class WsConfig:
             anon = ""
         tiers = dict(DEFAULT_TIERS)
         tiers.update(g("MD_WS_TIERS", _tiers, {}))
-        lim = Limits(max_frame=g("MD_WS_MAX_FRAME", int, d.limits.max_frame),
-                     max_violations=g("MD_WS_MAX_VIOLATIONS", int, d.limits.max_violations))
+        lim = Limits(
+            max_frame=g("MD_WS_MAX_FRAME", int, d.limits.max_frame),
+            max_violations=g("MD_WS_MAX_VIOLATIONS", int, d.limits.max_violations),
+        )
         cfg = cls(
-            host=s.ws_host, port=s.ws_port,
+            host=s.ws_host,
+            port=s.ws_port,
             processes=g("MD_WS_PROCESSES", int, os.cpu_count() or 1),
             anon_channels=None if anon == "*" else frozenset(parse_list(anon)),
             anon_max_subscriptions=g("MD_WS_ANON_MAX_SUBSCRIPTIONS", int, d.anon_max_subscriptions),
@@ -140,9 +147,14 @@ class WsConfig:
 
     @property
     def anonymous_tier(self) -> Tier:
-        return Tier("anonymous", max_subscriptions=self.anon_max_subscriptions,
-                    max_connections=self.max_conn_per_ip, rate=self.anon_rate,
-                    burst=self.anon_burst, channels=self.anon_channels)
+        return Tier(
+            "anonymous",
+            max_subscriptions=self.anon_max_subscriptions,
+            max_connections=self.max_conn_per_ip,
+            rate=self.anon_rate,
+            burst=self.anon_burst,
+            channels=self.anon_channels,
+        )
 
 
 def _pem(raw: str) -> str:

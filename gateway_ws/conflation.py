@@ -48,8 +48,12 @@ class Conflator:
             return None
         seq, raw, parsed = self.latest
         if self.key[0] == "l2":
-            msg = {**parsed, "data": {"changes": [[s, p, q] for (s, p), q in self.changes.items()]},
-                   "conflated": True, "first_seq": self.first_seq}
+            msg = {
+                **parsed,
+                "data": {"changes": [[s, p, q] for (s, p), q in self.changes.items()]},
+                "conflated": True,
+                "first_seq": self.first_seq,
+            }
             raw = orjson.dumps(msg)
             parsed = msg
         self.reset()

@@ -51,8 +51,14 @@ audit = logging.getLogger("gateway_ws.audit")
 
 
 class Hub:
-    def __init__(self, cfg: WsConfig, follower: StreamFollower, history: History | None,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cfg: WsConfig,
+        follower: StreamFollower,
+        history: History | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cfg = cfg
         self.follower = follower
         self.history = history
@@ -161,9 +167,17 @@ class Hub:
             g.subs.add(sub)
             sub.group = g
         m.SUBSCRIPTIONS.inc()
-        audit.info("subscribe", extra={"event": "subscribe", "conn": c.conn_id, "ip": c.ip,
-                                       "user": c.user, "target": req.name,
-                                       "since_seq": req.since_seq})
+        audit.info(
+            "subscribe",
+            extra={
+                "event": "subscribe",
+                "conn": c.conn_id,
+                "ip": c.ip,
+                "user": c.user,
+                "target": req.name,
+                "since_seq": req.since_seq,
+            },
+        )
         if req.channel == STATUS and req.symbol == "*":
             self._status_snapshot(c, sub)
             return
@@ -176,8 +190,16 @@ class Hub:
     def unsubscribe(self, c: Client, keys: Iterable[Key]) -> None:
         for k in keys:
             self._drop(c, k)
-            audit.info("unsubscribe", extra={"event": "unsubscribe", "conn": c.conn_id,
-                                             "ip": c.ip, "user": c.user, "target": f"{k[0]}:{k[1]}"})
+            audit.info(
+                "unsubscribe",
+                extra={
+                    "event": "unsubscribe",
+                    "conn": c.conn_id,
+                    "ip": c.ip,
+                    "user": c.user,
+                    "target": f"{k[0]}:{k[1]}",
+                },
+            )
 
     def _drop(self, c: Client, key: Key) -> None:
         sub = c.subs.pop(key, None)
@@ -207,14 +229,28 @@ class Hub:
         if req.channel == STATUS and req.symbol == "*":
             self._status_snapshot(c, sub)
             return
-        cur = self.follower.current(req.channel, req.symbol, depth=req.depth, resync=resync,
-                                    last=req.limit if req.channel == "trades" else None)
+        cur = self.follower.current(
+            req.channel,
+            req.symbol,
+            depth=req.depth,
+            resync=resync,
+            last=req.limit if req.channel == "trades" else None,
+        )
         if cur is None:
             sub.mode = Mode.WAIT
             return
         if resync and reason:
-            self.control(c, {"type": "resync", "channel": req.channel, "symbol": req.symbol,
-                             "reason": reason, "seq": cur.seq, "epoch": cur.epoch})
+            self.control(
+                c,
+                {
+                    "type": "resync",
+                    "channel": req.channel,
+                    "symbol": req.symbol,
+                    "reason": reason,
+                    "seq": cur.seq,
+                    "epoch": cur.epoch,
+                },
+            )
         cache: list[bytes | None] = [None, None, None]
         for raw in cur.messages:
             cache = [None, None, None]
@@ -238,9 +274,13 @@ class Hub:
 
     def _gateway_status(self) -> dict[str, Any]:
         ok, detail = self.follower.health()
-        return {"type": "gateway_status", "channel": STATUS,
-                "feed": "ok" if self.follower.connected else "lost",
-                "ready": detail["ready"], "timestamp": iso_from_ns(time.time_ns())}
+        return {
+            "type": "gateway_status",
+            "channel": STATUS,
+            "feed": "ok" if self.follower.connected else "lost",
+            "ready": detail["ready"],
+            "timestamp": iso_from_ns(time.time_ns()),
+        }
 
     def _converted(self, c: Client, req: SubRequest, parsed: dict[str, Any]) -> None:
         for cur in req.currencies:
@@ -250,7 +290,9 @@ class Hub:
 
     # ----------------------------------------------------------------- stream input
 
-    def on_message(self, channel: str, symbol: str, seq: int, raw: bytes, parsed: dict[str, Any]) -> None:
+    def on_message(
+        self, channel: str, symbol: str, seq: int, raw: bytes, parsed: dict[str, Any]
+    ) -> None:
         """Follower callback: one new in-order message; the hot path of the gateway."""
         subs = self.index.get((channel, symbol))
         status_all = self.index.get((STATUS, "*")) if channel == STATUS else None
@@ -342,9 +384,16 @@ class Hub:
             return
         if any(s.req.channel not in BOOK_CHANNELS for s in c.subs.values()):
             m.SLOW_DISCONNECT.inc()
-            audit.warning("slow consumer disconnected", extra={
-                "event": "slow_disconnect", "conn": c.conn_id, "ip": c.ip, "user": c.user,
-                "buffered": c.buffered()})
+            audit.warning(
+                "slow consumer disconnected",
+                extra={
+                    "event": "slow_disconnect",
+                    "conn": c.conn_id,
+                    "ip": c.ip,
+                    "user": c.user,
+                    "buffered": c.buffered(),
+                },
+            )
             c.close(CLOSE_SLOW, "slow consumer: send buffer full")
             return
         for s in c.subs.values():
@@ -412,8 +461,14 @@ class Hub:
                 continue
             if c.stale:
                 self._unstale(c)
-            if self.cfg.idle_s and not c.subs and now - max(c.session.last_request, c.connected_at) > self.cfg.idle_s:
-                audit.info("idle close", extra={"event": "idle_close", "conn": c.conn_id, "ip": c.ip})
+            if (
+                self.cfg.idle_s
+                and not c.subs
+                and now - max(c.session.last_request, c.connected_at) > self.cfg.idle_s
+            ):
+                audit.info(
+                    "idle close", extra={"event": "idle_close", "conn": c.conn_id, "ip": c.ip}
+                )
                 c.close(CLOSE_IDLE, "idle: no subscription")
                 continue
             if self.cfg.heartbeat_s and now >= c.next_hb:
@@ -423,8 +478,12 @@ class Hub:
     def heartbeat(self, c: Client) -> dict[str, Any]:
         subs = []
         for s in c.subs.values():
-            item: dict[str, Any] = {"channel": s.req.channel, "symbol": s.req.symbol,
-                                    "seq": None, "epoch": s.epoch}
+            item: dict[str, Any] = {
+                "channel": s.req.channel,
+                "symbol": s.req.symbol,
+                "seq": None,
+                "epoch": s.epoch,
+            }
             shown = s.sent if s.group is not None else s.last  # what this client has received
             if s.mode is Mode.LIVE:
                 item["seq"] = shown
@@ -433,8 +492,12 @@ class Hub:
                 if st is not None and st[0] == shown:
                     item["checksum"] = st[2]
             subs.append(item)
-        return {"type": "heartbeat", "timestamp": iso_from_ns(time.time_ns()),
-                "feed": "ok" if self.follower.connected else "lost", "subscriptions": subs}
+        return {
+            "type": "heartbeat",
+            "timestamp": iso_from_ns(time.time_ns()),
+            "feed": "ok" if self.follower.connected else "lost",
+            "subscriptions": subs,
+        }
 
     # ----------------------------------------------------------------- resume
 

@@ -13,14 +13,20 @@ REJECTS = Counter("md_ws_rejects_total", "Refused upgrade requests", ["reason"])
 SENT = Counter("md_ws_messages_sent_total", "Data messages written to clients")
 SENT_BYTES = Counter("md_ws_bytes_sent_total", "Payload bytes written to clients")
 ERRORS = Counter("md_ws_client_errors_total", "Error replies to client requests", ["code"])
-SLOW_RESYNC = Counter("md_ws_slow_resyncs_total",
-                      "Book subscriptions paused for a full buffer and resent a snapshot")
-SLOW_DISCONNECT = Counter("md_ws_slow_disconnects_total",
-                          "Clients disconnected for a full buffer on a non-book channel")
+SLOW_RESYNC = Counter(
+    "md_ws_slow_resyncs_total", "Book subscriptions paused for a full buffer and resent a snapshot"
+)
+SLOW_DISCONNECT = Counter(
+    "md_ws_slow_disconnects_total", "Clients disconnected for a full buffer on a non-book channel"
+)
 ABUSE_CLOSE = Counter("md_ws_abuse_closes_total", "Clients closed for repeated violations")
 RESUMES = Counter("md_ws_resumes_total", "Resume requests by outcome", ["result"])
-RESETS = Counter("md_ws_stream_resets_total", "Stream resnapshots seen from the follower", ["reason"])
+RESETS = Counter(
+    "md_ws_stream_resets_total", "Stream resnapshots seen from the follower", ["reason"]
+)
 KAFKA_UP = Gauge("md_ws_kafka_connected", "1 while the Kafka feed is reachable")
-FANOUT_LAG = Gauge("md_ws_last_publish_lag_seconds",
-                   "Now minus the aggregator timestamp of the last message fanned out "
-                   "(publish to gateway, before the writes)")
+FANOUT_LAG = Gauge(
+    "md_ws_last_publish_lag_seconds",
+    "Now minus the aggregator timestamp of the last message fanned out "
+    "(publish to gateway, before the writes)",
+)

@@ -186,11 +186,14 @@ class Session:
         req_id: Any = None
         try:
             if len(data) > self.limits.max_frame:
-                raise ProtocolError("frame_too_large",
-                                    f"message of {len(data)} bytes over the limit of {self.limits.max_frame}")
+                raise ProtocolError(
+                    "frame_too_large",
+                    f"message of {len(data)} bytes over the limit of {self.limits.max_frame}",
+                )
             if not self._take_token(now):
-                raise ProtocolError("rate_limited",
-                                    f"more than {self.principal.tier.rate:g} requests per second")
+                raise ProtocolError(
+                    "rate_limited", f"more than {self.principal.tier.rate:g} requests per second"
+                )
             try:
                 msg = orjson.loads(data)
             except orjson.JSONDecodeError as exc:
@@ -208,8 +211,10 @@ class Session:
             elif typ == "ping":
                 self._send({"type": "pong", **({"id": req_id} if req_id is not None else {})})
             else:
-                raise ProtocolError("unknown_type", f"unknown request type {typ!r}; expected "
-                                    "subscribe, unsubscribe, auth or ping")
+                raise ProtocolError(
+                    "unknown_type",
+                    f"unknown request type {typ!r}; expected subscribe, unsubscribe, auth or ping",
+                )
         except ProtocolError as exc:
             self.error(exc.code, exc.message, id=req_id)
 
@@ -267,7 +272,9 @@ class Session:
         if "channels" in msg:
             chans = msg["channels"]
             if not isinstance(chans, list) or not chans:
-                raise ProtocolError("bad_request", "'channels' must be a non-empty list of 'channel:symbol'")
+                raise ProtocolError(
+                    "bad_request", "'channels' must be a non-empty list of 'channel:symbol'"
+                )
             for c in chans:
                 if not isinstance(c, str):
                     raise ProtocolError("bad_request", f"bad channel entry {c!r}")
@@ -278,14 +285,18 @@ class Session:
         else:
             raise ProtocolError("bad_request", "give 'channel' and 'symbol', or 'channels'")
         if len(out) > self.limits.max_targets_per_request:
-            raise ProtocolError("too_many_targets",
-                                f"at most {self.limits.max_targets_per_request} targets per request")
+            raise ProtocolError(
+                "too_many_targets",
+                f"at most {self.limits.max_targets_per_request} targets per request",
+            )
         return out
 
     def _key(self, channel: Any, symbol: Any) -> Key:
         if not isinstance(channel, str) or channel not in ALL_CHANNELS:
-            raise ProtocolError("unknown_channel", f"unknown channel {channel!r}; channels: "
-                                + ", ".join(ALL_CHANNELS))
+            raise ProtocolError(
+                "unknown_channel",
+                f"unknown channel {channel!r}; channels: " + ", ".join(ALL_CHANNELS),
+            )
         if channel == STATUS and symbol in (None, "", "*"):
             return (STATUS, "*")
         if symbol is None:
@@ -297,18 +308,23 @@ class Session:
         if not self.is_symbol(sym):
             raise ProtocolError("unknown_symbol", f"unknown symbol {sym!r}")
         allowed = self.principal.tier.channels
-        if allowed is not None and channel not in allowed and not (
-                channel.startswith("candles_") and "candles" in allowed):
+        if (
+            allowed is not None
+            and channel not in allowed
+            and not (channel.startswith("candles_") and "candles" in allowed)
+        ):
             code = "auth_required" if self.principal.anonymous else "forbidden"
-            raise ProtocolError(code, f"channel {channel!r} is not available to tier "
-                                f"{self.principal.tier.name!r}")
+            raise ProtocolError(
+                code, f"channel {channel!r} is not available to tier {self.principal.tier.name!r}"
+            )
         return (channel, sym)
 
     def _options(self, channel: str, symbol: str, msg: dict[str, Any]) -> SubRequest:
         lim = self.limits
         since_seq = msg.get("since_seq")
-        if since_seq is not None and (not isinstance(since_seq, int) or isinstance(since_seq, bool)
-                                      or since_seq < 0):
+        if since_seq is not None and (
+            not isinstance(since_seq, int) or isinstance(since_seq, bool) or since_seq < 0
+        ):
             raise ProtocolError("bad_request", "'since_seq' must be a non-negative integer")
         since_ns = None
         if msg.get("since") is not None:
@@ -317,44 +333,72 @@ class Session:
             try:
                 since_ns = self.ns_from_iso(msg["since"])
             except Exception:
-                raise ProtocolError("bad_request", f"bad 'since' timestamp {msg['since']!r}") from None
+                raise ProtocolError(
+                    "bad_request", f"bad 'since' timestamp {msg['since']!r}"
+                ) from None
         epoch = msg.get("epoch")
         if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
             raise ProtocolError("bad_request", "'epoch' must be an integer")
         depth = msg.get("depth")
         if depth is not None:
             # l2 only: the l3 snapshot is the aggregator's, served with the updates since it
-            if channel != "l2" or not isinstance(depth, int) or isinstance(depth, bool) \
-                    or not 1 <= depth <= lim.max_depth:
+            if (
+                channel != "l2"
+                or not isinstance(depth, int)
+                or isinstance(depth, bool)
+                or not 1 <= depth <= lim.max_depth
+            ):
                 raise ProtocolError("bad_request", f"'depth' is 1..{lim.max_depth}, l2 only")
         limit = msg.get("limit")
         if limit is not None:
-            if channel != "trades" or not isinstance(limit, int) or isinstance(limit, bool) \
-                    or not 0 <= limit <= lim.max_trades:
+            if (
+                channel != "trades"
+                or not isinstance(limit, int)
+                or isinstance(limit, bool)
+                or not 0 <= limit <= lim.max_trades
+            ):
                 raise ProtocolError("bad_request", f"'limit' is 0..{lim.max_trades}, trades only")
         interval_ms = None
         if msg.get("interval") is not None:
             if channel not in CONFLATABLE and not channel.startswith("candles_"):
-                raise ProtocolError("bad_request", f"channel {channel!r} cannot be conflated; "
-                                    "'interval' works on l2, ticker, stats and candles")
+                raise ProtocolError(
+                    "bad_request",
+                    f"channel {channel!r} cannot be conflated; "
+                    "'interval' works on l2, ticker, stats and candles",
+                )
             try:
                 interval_ms = parse_interval(msg["interval"])
             except ValueError as exc:
                 raise ProtocolError("bad_request", str(exc)) from None
             if not lim.min_interval_ms <= interval_ms <= lim.max_interval_ms:
-                raise ProtocolError("bad_request", f"'interval' must be {lim.min_interval_ms} ms "
-                                    f"to {lim.max_interval_ms // 1000} s")
+                raise ProtocolError(
+                    "bad_request",
+                    f"'interval' must be {lim.min_interval_ms} ms "
+                    f"to {lim.max_interval_ms // 1000} s",
+                )
         currencies: tuple[str, ...] = ()
         if msg.get("currencies") is not None:
             cur = msg["currencies"]
-            if channel != "ticker" or not isinstance(cur, list) or not cur or len(cur) > lim.max_currencies \
-                    or not all(isinstance(c, str) and c.isalnum() and len(c) <= 16 for c in cur):
-                raise ProtocolError("bad_request", "'currencies' is a list of up to "
-                                    f"{lim.max_currencies} currency codes, ticker only")
+            if (
+                channel != "ticker"
+                or not isinstance(cur, list)
+                or not cur
+                or len(cur) > lim.max_currencies
+                or not all(isinstance(c, str) and c.isalnum() and len(c) <= 16 for c in cur)
+            ):
+                raise ProtocolError(
+                    "bad_request",
+                    "'currencies' is a list of up to "
+                    f"{lim.max_currencies} currency codes, ticker only",
+                )
             currencies = tuple(dict.fromkeys(c.upper() for c in cur))
         if (since_seq is not None or since_ns is not None) and interval_ms is not None:
-            raise ProtocolError("bad_request", "resume ('since_seq'/'since') and 'interval' exclude each other")
-        return SubRequest(channel, symbol, since_seq, since_ns, epoch, depth, interval_ms, currencies, limit)
+            raise ProtocolError(
+                "bad_request", "resume ('since_seq'/'since') and 'interval' exclude each other"
+            )
+        return SubRequest(
+            channel, symbol, since_seq, since_ns, epoch, depth, interval_ms, currencies, limit
+        )
 
     def _subscribe(self, msg: dict[str, Any], req_id: Any) -> None:
         added: list[SubRequest] = []
@@ -362,11 +406,16 @@ class Session:
             try:
                 key = self._key(ch, sym)
                 req = self._options(key[0], key[1], msg)
-                if key not in self.subscriptions and \
-                        len(self.subscriptions) >= self.principal.tier.max_subscriptions:
-                    raise ProtocolError("too_many_subscriptions", "at most "
-                                        f"{self.principal.tier.max_subscriptions} subscriptions per "
-                                        f"connection for tier {self.principal.tier.name!r}")
+                if (
+                    key not in self.subscriptions
+                    and len(self.subscriptions) >= self.principal.tier.max_subscriptions
+                ):
+                    raise ProtocolError(
+                        "too_many_subscriptions",
+                        "at most "
+                        f"{self.principal.tier.max_subscriptions} subscriptions per "
+                        f"connection for tier {self.principal.tier.name!r}",
+                    )
             except ProtocolError as exc:
                 self.error(exc.code, exc.message, id=req_id, target=f"{ch}:{sym}" if sym else ch)
                 continue
@@ -393,15 +442,20 @@ class Session:
             self._events.append(Unsubscribe(tuple(removed)))
 
     def _ack(self, typ: str, req_id: Any, changed: list[str]) -> None:
-        ack: dict[str, Any] = {"type": typ, "changed": changed,
-                               "subscriptions": [r.name for r in self.subscriptions.values()]}
+        ack: dict[str, Any] = {
+            "type": typ,
+            "changed": changed,
+            "subscriptions": [r.name for r in self.subscriptions.values()],
+        }
         if req_id is not None:
             ack["id"] = req_id
         self._send(ack)
 
     def _auth(self, token: Any, req_id: Any) -> None:
         if self.verify_token is None:
-            raise ProtocolError("auth_unavailable", "authentication is not configured on this gateway")
+            raise ProtocolError(
+                "auth_unavailable", "authentication is not configured on this gateway"
+            )
         if not isinstance(token, str) or not token:
             raise ProtocolError("auth_failed", "'token' must be a JWT string")
         try:
@@ -412,7 +466,11 @@ class Session:
             raise ProtocolError("auth_failed", f"invalid token: {exc}") from None
         self.principal = principal
         self._tokens = -1.0  # the new tier's bucket
-        ack: dict[str, Any] = {"type": "authenticated", "user": principal.user, "tier": principal.tier.name}
+        ack: dict[str, Any] = {
+            "type": "authenticated",
+            "user": principal.user,
+            "tier": principal.tier.name,
+        }
         if req_id is not None:
             ack["id"] = req_id
         self._send(ack)

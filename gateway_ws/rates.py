@@ -10,8 +10,20 @@ import orjson
 
 from core.follower import StreamFollower
 
-_PRICE_FIELDS = ("best_bid", "best_ask", "last_price", "open_24h", "high_24h", "low_24h",
-                 "change_24h", "price", "open", "high", "low", "close")
+_PRICE_FIELDS = (
+    "best_bid",
+    "best_ask",
+    "last_price",
+    "open_24h",
+    "high_24h",
+    "low_24h",
+    "change_24h",
+    "price",
+    "open",
+    "high",
+    "low",
+    "close",
+)
 
 
 class CrossRates:
@@ -65,5 +77,7 @@ class CrossRates:
             v = data.get(f)
             if isinstance(v, str):
                 with contextlib.suppress(InvalidOperation):
-                    data[f] = format((Decimal(v) * r).quantize(Decimal("0.00000001")).normalize(), "f")
+                    data[f] = format(
+                        (Decimal(v) * r).quantize(Decimal("0.00000001")).normalize(), "f"
+                    )
         return {**parsed, "data": data, "currency": currency, "rate": format(r.normalize(), "f")}

@@ -32,8 +32,9 @@ def _entry(item: Any) -> Entry:
 
 class History:
     def __init__(self, redis_url: str, prefix: str) -> None:
-        self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=2.0,
-                                             socket_connect_timeout=2.0)
+        self.redis = aioredis.Redis.from_url(
+            redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
         self.prefix = prefix
 
     async def close(self) -> None:
@@ -41,8 +42,9 @@ class History:
 
     async def after(self, channel: str, symbol: str, seq: int, count: int) -> list[Entry]:
         """Entries with ``seq`` greater than the given one, oldest first, at most ``count``."""
-        items = await self.redis.xrange(hist_key(self.prefix, channel, symbol),
-                                        min=f"{seq + 1}-0", max="+", count=count)
+        items = await self.redis.xrange(
+            hist_key(self.prefix, channel, symbol), min=f"{seq + 1}-0", max="+", count=count
+        )
         return [_entry(i) for i in items or ()]
 
     async def seq_at(self, channel: str, symbol: str, since_ns: int) -> int | None:
@@ -66,7 +68,9 @@ class History:
         while hi - lo > 1:
             mid = (lo + hi) // 2
             got = await self.redis.xrange(key, min=f"{mid}-0", max="+", count=1)
-            e = _entry(got[0] if got else (f"{mid}-0", {}))  # seqs are contiguous in a window, so e is seq mid
+            e = _entry(
+                got[0] if got else (f"{mid}-0", {})
+            )  # seqs are contiguous in a window, so e is seq mid
             if ts(e) < since_ns:
                 lo = max(lo + 1, min(e[0], hi - 1))
             else:

@@ -53,8 +53,9 @@ WS_PATH = "/ws"
 
 
 def _http(status: HTTPStatus, ctype: str, body: bytes) -> Response:
-    headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))),
-                       ("Connection", "close")])
+    headers = Headers(
+        [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Connection", "close")]
+    )
     return Response(status.value, status.phrase, headers, body)
 
 
@@ -86,16 +87,26 @@ class Gateway:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_ctx.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
         self.server = await serve(
-            self._handler, self.cfg.host, self.cfg.port, reuse_port=True, ssl=ssl_ctx,
+            self._handler,
+            self.cfg.host,
+            self.cfg.port,
+            reuse_port=True,
+            ssl=ssl_ctx,
             process_request=self._process_request,
             compression="deflate" if self.cfg.deflate else None,
-            max_size=self.cfg.hard_max_frame, max_queue=16,
+            max_size=self.cfg.hard_max_frame,
+            max_queue=16,
             ping_interval=self.cfg.ping_interval_s or None,
             ping_timeout=self.cfg.ping_timeout_s or None,
-            close_timeout=2, server_header=None,
+            close_timeout=2,
+            server_header=None,
         )
-        log.info("websocket listening", extra={
-            "url": f"{'wss' if ssl_ctx else 'ws'}://{self.cfg.host}:{self.cfg.port}{WS_PATH}"})
+        log.info(
+            "websocket listening",
+            extra={
+                "url": f"{'wss' if ssl_ctx else 'ws'}://{self.cfg.host}:{self.cfg.port}{WS_PATH}"
+            },
+        )
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -119,18 +130,27 @@ class Gateway:
             ok, body = self.health.report()
             body["connections"] = len(self.hub.clients)
             body["pid"] = os.getpid()
-            return _http(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
-                         "application/json", orjson.dumps(body))
+            return _http(
+                HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
+                "application/json",
+                orjson.dumps(body),
+            )
         if url.path == "/metrics":
             return _http(HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
         if url.path != WS_PATH:
-            return _http(HTTPStatus.NOT_FOUND, "application/json",
-                         b'{"error":"not found: the WebSocket endpoint is /ws"}')
+            return _http(
+                HTTPStatus.NOT_FOUND,
+                "application/json",
+                b'{"error":"not found: the WebSocket endpoint is /ws"}',
+            )
         ip = self._ip(conn)
         if len(self.hub.clients) >= self.cfg.max_connections:
             m.REJECTS.labels("capacity").inc()
-            return _http(HTTPStatus.SERVICE_UNAVAILABLE, "application/json",
-                         b'{"error":"gateway at capacity, retry later"}')
+            return _http(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "application/json",
+                b'{"error":"gateway at capacity, retry later"}',
+            )
         q = parse_qs(url.query)
         principal = Principal(None, self.cfg.anonymous_tier)
         token = (q.get("token") or [""])[0]
@@ -139,26 +159,40 @@ class Gateway:
                 principal = self.auth.verify(token)
             except ProtocolError as exc:
                 m.REJECTS.labels("auth").inc()
-                audit.warning("auth failed", extra={"event": "auth_failed", "ip": ip,
-                                                    "reason": exc.message})
-                return _http(HTTPStatus.UNAUTHORIZED, "application/json",
-                             orjson.dumps({"error": exc.code, "message": exc.message}))
+                audit.warning(
+                    "auth failed", extra={"event": "auth_failed", "ip": ip, "reason": exc.message}
+                )
+                return _http(
+                    HTTPStatus.UNAUTHORIZED,
+                    "application/json",
+                    orjson.dumps({"error": exc.code, "message": exc.message}),
+                )
         if principal.anonymous:
             if self.per_ip.get(ip, 0) >= self.cfg.max_conn_per_ip:
                 m.REJECTS.labels("per_ip").inc()
                 audit.warning("connection limit", extra={"event": "limit_ip", "ip": ip})
-                return _http(HTTPStatus.TOO_MANY_REQUESTS, "application/json",
-                             b'{"error":"too many connections from this address"}')
+                return _http(
+                    HTTPStatus.TOO_MANY_REQUESTS,
+                    "application/json",
+                    b'{"error":"too many connections from this address"}',
+                )
         elif self.per_user.get(principal.user or "", 0) >= principal.tier.max_connections:
             m.REJECTS.labels("per_user").inc()
-            audit.warning("connection limit", extra={"event": "limit_user", "ip": ip,
-                                                     "user": principal.user})
-            return _http(HTTPStatus.TOO_MANY_REQUESTS, "application/json",
-                         b'{"error":"too many connections for this user"}')
+            audit.warning(
+                "connection limit", extra={"event": "limit_user", "ip": ip, "user": principal.user}
+            )
+            return _http(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                "application/json",
+                b'{"error":"too many connections for this user"}',
+            )
         enc = (q.get("encoding") or ["json"])[0]
         if enc not in ("json", "msgpack"):
-            return _http(HTTPStatus.BAD_REQUEST, "application/json",
-                         b'{"error":"encoding is json or msgpack"}')
+            return _http(
+                HTTPStatus.BAD_REQUEST,
+                "application/json",
+                b'{"error":"encoding is json or msgpack"}',
+            )
         conn.md_principal = principal  # type: ignore[attr-defined]
         conn.md_binary = enc == "msgpack"  # type: ignore[attr-defined]
         return None
@@ -184,18 +218,38 @@ class Gateway:
             if msg is not None:
                 msg.headers = Headers()
         session = Session(
-            principal=principal, is_symbol=self.is_symbol, ns_from_iso=ns_from_iso,
-            encode=_encoder(binary), limits=self.cfg.limits,
-            verify_token=self.auth.verify if self.auth.enabled else None, now=time.monotonic(),
-            on_error=_count_error)
+            principal=principal,
+            is_symbol=self.is_symbol,
+            ns_from_iso=ns_from_iso,
+            encode=_encoder(binary),
+            limits=self.cfg.limits,
+            verify_token=self.auth.verify if self.auth.enabled else None,
+            now=time.monotonic(),
+            on_error=_count_error,
+        )
         session.last_request = time.monotonic()
-        client = Client(ws, session, ip, binary=binary, high=self.cfg.buffer_high,
-                        conn_id=next(self._ids), user=principal.user)
+        client = Client(
+            ws,
+            session,
+            ip,
+            binary=binary,
+            high=self.cfg.buffer_high,
+            conn_id=next(self._ids),
+            user=principal.user,
+        )
         self._count(principal, +1, ip)
         self.hub.add_client(client)
         m.CONNECTS.inc()
-        audit.info("connect", extra={"event": "connect", "conn": client.conn_id, "ip": ip,
-                                     "user": principal.user, "tier": principal.tier.name})
+        audit.info(
+            "connect",
+            extra={
+                "event": "connect",
+                "conn": client.conn_id,
+                "ip": ip,
+                "user": principal.user,
+                "tier": principal.tier.name,
+            },
+        )
         reason = "peer closed"
         try:
             async for data in ws:
@@ -218,9 +272,17 @@ class Gateway:
                 reason = session.closing.reason
             self.hub.remove_client(client)
             self._count(session.principal, -1, ip)
-            audit.info("disconnect", extra={"event": "disconnect", "conn": client.conn_id,
-                                            "ip": ip, "user": session.principal.user,
-                                            "reason": reason, "code": ws.close_code})
+            audit.info(
+                "disconnect",
+                extra={
+                    "event": "disconnect",
+                    "conn": client.conn_id,
+                    "ip": ip,
+                    "user": session.principal.user,
+                    "reason": reason,
+                    "code": ws.close_code,
+                },
+            )
 
     def _on_event(self, client: Client, ev: Any) -> None:
         if isinstance(ev, Subscribe):
@@ -230,11 +292,20 @@ class Gateway:
             self.hub.unsubscribe(client, ev.keys)
         elif isinstance(ev, Authenticated):
             old = client.user
-            if ev.principal.user and self.per_user.get(ev.principal.user, 0) >= \
-                    ev.principal.tier.max_connections:
-                client.write(_encoder(client.binary)({"type": "error", "code": "too_many_connections",
-                                                      "message": "connection limit of this user reached"}),
-                             force=True)
+            if (
+                ev.principal.user
+                and self.per_user.get(ev.principal.user, 0) >= ev.principal.tier.max_connections
+            ):
+                client.write(
+                    _encoder(client.binary)(
+                        {
+                            "type": "error",
+                            "code": "too_many_connections",
+                            "message": "connection limit of this user reached",
+                        }
+                    ),
+                    force=True,
+                )
                 client.close(CLOSE_TRY_LATER, "too many connections for this user")
                 return
             if old is None:
@@ -244,14 +315,28 @@ class Gateway:
             if ev.principal.user:
                 self.per_user[ev.principal.user] = self.per_user.get(ev.principal.user, 0) + 1
             client.user = ev.principal.user
-            audit.info("authenticated", extra={"event": "auth", "conn": client.conn_id,
-                                               "ip": client.ip, "user": client.user,
-                                               "tier": ev.principal.tier.name})
+            audit.info(
+                "authenticated",
+                extra={
+                    "event": "auth",
+                    "conn": client.conn_id,
+                    "ip": client.ip,
+                    "user": client.user,
+                    "tier": ev.principal.tier.name,
+                },
+            )
         elif isinstance(ev, Close):
             m.ABUSE_CLOSE.inc()
-            audit.warning("abusive client closed", extra={
-                "event": "abuse_close", "conn": client.conn_id, "ip": client.ip,
-                "user": client.user, "reason": ev.reason})
+            audit.warning(
+                "abusive client closed",
+                extra={
+                    "event": "abuse_close",
+                    "conn": client.conn_id,
+                    "ip": client.ip,
+                    "user": client.user,
+                    "reason": ev.reason,
+                },
+            )
             # the reader loop closes with ev.code once this request's replies are written
 
     def _count(self, p: Principal, delta: int, ip: str) -> None:

@@ -225,9 +225,16 @@ async def compare_clients(values: list[tuple[bytes, bytes]]) -> dict[str, tuple[
         import confluent_kafka
     except ImportError:
         return out
-    cp = confluent_kafka.Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True,
-                                   "acks": "all", "linger.ms": 2, "batch.size": 1 << 20,
-                                   "queue.buffering.max.messages": 2_000_000})
+    cp = confluent_kafka.Producer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "batch.size": 1 << 20,
+            "queue.buffering.max.messages": 2_000_000,
+        }
+    )
     w0, c0 = clock()
     for k, v in values:
         while True:
@@ -238,7 +245,10 @@ async def compare_clients(values: list[tuple[bytes, bytes]]) -> dict[str, tuple[
                 cp.poll(0.01)
     cp.flush(60)
     w1, c1 = clock()
-    out[f"confluent-kafka {confluent_kafka.version()} produce()"] = (len(values) / (w1 - w0), len(values) / (c1 - c0))
+    out[f"confluent-kafka {confluent_kafka.version()} produce()"] = (
+        len(values) / (w1 - w0),
+        len(values) / (c1 - c0),
+    )
     await delete_topics(s)
     return out
 
@@ -249,8 +259,11 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=3)
     ap.add_argument("--batch", type=int, default=500, help="events per flush (a consumed batch)")
     ap.add_argument("--skip-kafka", action="store_true")
-    ap.add_argument("--compare-clients", action="store_true",
-                    help="only compare producer clients on the aggregator's real output records")
+    ap.add_argument(
+        "--compare-clients",
+        action="store_true",
+        help="only compare producer clients on the aggregator's real output records",
+    )
     a = ap.parse_args()
     if a.compare_clients:
         # the aggregator's actual output: l2/l3/trade/... messages built from simulator events

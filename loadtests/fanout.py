@@ -55,7 +55,13 @@ def _free_port() -> int:
 
 
 async def _client_main(
-    port: int, subs: list[str], ready: Any, go: Any, stop_at: Any, out: Any, idx: int,
+    port: int,
+    subs: list[str],
+    ready: Any,
+    go: Any,
+    stop_at: Any,
+    out: Any,
+    idx: int,
     sample_every: int,
 ) -> None:
     stats = Stats()
@@ -109,8 +115,16 @@ async def _client_main(
             c.transport.abort()
 
 
-def _client_proc(port: int, subs: list[str], ready: Any, go: Any, stop_at: Any, out: Any, idx: int,
-                 sample_every: int) -> None:
+def _client_proc(
+    port: int,
+    subs: list[str],
+    ready: Any,
+    go: Any,
+    stop_at: Any,
+    out: Any,
+    idx: int,
+    sample_every: int,
+) -> None:
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -265,7 +279,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         k = args.client_procs
         for i in range(k):
             p = ctx.Process(
-                target=_client_proc, args=(port, subs[i::k], ready, go, stop_at, out, i, args.sample_every)
+                target=_client_proc,
+                args=(port, subs[i::k], ready, go, stop_at, out, i, args.sample_every),
             )
             p.start()
             procs.append(p)
@@ -372,12 +387,23 @@ def main() -> None:
     ap.add_argument("--gw-processes", type=int, default=1)
     ap.add_argument("--client-procs", type=int, default=2)
     ap.add_argument("--levels", type=int, default=50)
-    ap.add_argument("--sample-every", type=int, default=10,
-                    help="latency sample on messages whose seq is a multiple of this")
-    ap.add_argument("--library-framing", action="store_true",
-                    help="gateway frames per connection through websockets (MD_WS_PREFRAMED=0)")
-    ap.add_argument("--server", choices=["gateway", "picows"], default="gateway",
-                    help="picows = the minimal picows fan-out server (library comparison)")
+    ap.add_argument(
+        "--sample-every",
+        type=int,
+        default=10,
+        help="latency sample on messages whose seq is a multiple of this",
+    )
+    ap.add_argument(
+        "--library-framing",
+        action="store_true",
+        help="gateway frames per connection through websockets (MD_WS_PREFRAMED=0)",
+    )
+    ap.add_argument(
+        "--server",
+        choices=["gateway", "picows"],
+        default="gateway",
+        help="picows = the minimal picows fan-out server (library comparison)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     import uvloop

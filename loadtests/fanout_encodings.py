@@ -32,11 +32,29 @@ def _messages(n: int) -> list[bytes]:
     b = L2Book()
     out = []
     for i in range(n):
-        ch = [["buy" if i % 2 else "sell", f"{50000 + (i % 40) * (1 if i % 2 else -1)}.{i % 100:02d}", f"{1 + i % 7}.25"]]
+        ch = [
+            [
+                "buy" if i % 2 else "sell",
+                f"{50000 + (i % 40) * (1 if i % 2 else -1)}.{i % 100:02d}",
+                f"{1 + i % 7}.25",
+            ]
+        ]
         b.apply(ch)
-        out.append(orjson.dumps(data_message(type="l2_update", channel="l2", symbol="BTC-USD", seq=i + 1,
-                                             epoch=1, publish_ns=time.time_ns(), event_ns=time.time_ns(),
-                                             data={"changes": ch}, checksum=b.checksum())))
+        out.append(
+            orjson.dumps(
+                data_message(
+                    type="l2_update",
+                    channel="l2",
+                    symbol="BTC-USD",
+                    seq=i + 1,
+                    epoch=1,
+                    publish_ns=time.time_ns(),
+                    event_ns=time.time_ns(),
+                    data={"changes": ch},
+                    checksum=b.checksum(),
+                )
+            )
+        )
     return out
 
 
@@ -92,7 +110,9 @@ def run(connections: int, messages: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--connections", type=int, default=1000)
     ap.add_argument("--messages", type=int, default=300)
     a = ap.parse_args()

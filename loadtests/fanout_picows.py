@@ -48,7 +48,9 @@ class Listener(WSListener):
         if msg.get("type") != "subscribe":
             return
         key = (msg["channel"], normalize_symbol(msg["symbol"]))
-        transport.send(WSMsgType.TEXT, orjson.dumps({"type": "subscribed", "changed": [f"{key[0]}:{key[1]}"]}))
+        transport.send(
+            WSMsgType.TEXT, orjson.dumps({"type": "subscribed", "changed": [f"{key[0]}:{key[1]}"]})
+        )
         cur = self.hub.follower.current(*key)
         for raw in cur.messages if cur else ():
             transport.send(WSMsgType.TEXT, raw)

@@ -157,7 +157,9 @@ class CoinbaseParser:
     source: str = "coinbase"
     feeds: dict[str, ProductFeed] = field(default_factory=dict)
     resync: set[str] = field(default_factory=set)  # products the client must resubscribe
-    counts: dict[str, int] = field(default_factory=lambda: {"malformed": 0, "stale": 0, "gaps": 0, "ignored": 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"malformed": 0, "stale": 0, "gaps": 0, "ignored": 0}
+    )
 
     def __post_init__(self) -> None:
         self.products = tuple(self.products)
@@ -188,8 +190,10 @@ class CoinbaseParser:
         self.counts["gaps"] += 1
         FEED_GAPS.labels(product).inc()
         FEED_RESYNCS.labels(product).inc()
-        log.warning("feed gap, resyncing product", extra={"product": product, "field": what,
-                                                           "expected": expected, "got": got})
+        log.warning(
+            "feed gap, resyncing product",
+            extra={"product": product, "field": what, "expected": expected, "got": got},
+        )
         self.resync.add(product)
         self.feeds[product].have_snapshot = False
 
@@ -207,7 +211,14 @@ class CoinbaseParser:
             return self._dispatch(t, msg, recv_ns)
         except ev.EventError as exc:
             return self._bad(str(exc), msg)
-        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError, MarketDataError) as exc:
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            ArithmeticError,
+            MarketDataError,
+        ) as exc:
             return self._bad(f"{type(exc).__name__}: {exc}", msg)
 
     def _product(self, msg: dict[str, Any]) -> str | None:
@@ -226,7 +237,9 @@ class CoinbaseParser:
             self.counts["ignored"] += 1
             return []
         if t == "error":
-            log.error("feed error", extra={"message": msg.get("message"), "reason": msg.get("reason")})
+            log.error(
+                "feed error", extra={"message": msg.get("message"), "reason": msg.get("reason")}
+            )
             return []
         sym = self._product(msg)
         if sym is None:
@@ -247,7 +260,12 @@ class CoinbaseParser:
             return [ev.book_update(sym, ts, msg["changes"], source=src)]
         if t == "heartbeat":
             last = int(msg["last_trade_id"])
-            if f.last_trade_id is not None and last > f.last_trade_id and f.have_snapshot and not self.full:
+            if (
+                f.last_trade_id is not None
+                and last > f.last_trade_id
+                and f.have_snapshot
+                and not self.full
+            ):
                 self._gap(sym, "last_trade_id", f.last_trade_id, last)
                 f.last_trade_id = last  # those trades are lost for good; the book is resynced
             return []
@@ -261,7 +279,9 @@ class CoinbaseParser:
         self.counts["ignored"] += 1
         return []
 
-    def _match(self, sym: str, f: ProductFeed, t: str, msg: dict[str, Any], ts: int) -> list[ev.AnyEvent]:
+    def _match(
+        self, sym: str, f: ProductFeed, t: str, msg: dict[str, Any], ts: int
+    ) -> list[ev.AnyEvent]:
         tid = int(msg["trade_id"])
         maker_side = msg["side"]
         if maker_side not in OPPOSITE:
@@ -278,17 +298,44 @@ class CoinbaseParser:
             self.counts["stale"] += 1
             FEED_STALE.inc()
             return out
-        if f.last_trade_id is not None and tid != f.last_trade_id + 1 and t == "match" and not self.full:
+        if (
+            f.last_trade_id is not None
+            and tid != f.last_trade_id + 1
+            and t == "match"
+            and not self.full
+        ):
             self._gap(sym, "trade_id", f.last_trade_id + 1, tid)
         f.last_trade_id = tid
         src = self.source
         taker_side = OPPOSITE[maker_side]
         if self.full and t == "match":
-            out.append(ev.match(sym, ts, str(tid), msg["maker_order_id"], msg["taker_order_id"], taker_side,
-                                msg["price"], msg["size"], source=src, src_seq=int(msg["sequence"])))
+            out.append(
+                ev.match(
+                    sym,
+                    ts,
+                    str(tid),
+                    msg["maker_order_id"],
+                    msg["taker_order_id"],
+                    taker_side,
+                    msg["price"],
+                    msg["size"],
+                    source=src,
+                    src_seq=int(msg["sequence"]),
+                )
+            )
         else:
-            out.append(ev.trade(sym, ts, str(tid), taker_side, msg["price"], msg["size"], source=src,
-                                src_seq=msg.get("sequence") if isinstance(msg.get("sequence"), int) else None))
+            out.append(
+                ev.trade(
+                    sym,
+                    ts,
+                    str(tid),
+                    taker_side,
+                    msg["price"],
+                    msg["size"],
+                    source=src,
+                    src_seq=msg.get("sequence") if isinstance(msg.get("sequence"), int) else None,
+                )
+            )
         return out
 
     def _sequence(self, sym: str, f: ProductFeed, msg: dict[str, Any]) -> list[ev.AnyEvent]:
@@ -304,11 +351,15 @@ class CoinbaseParser:
         if seq != f.last_sequence + 1:
             self._gap(sym, "sequence", f.last_sequence + 1, seq)
             f.last_sequence = None
-            return [ev.reset(sym, self._ts(msg, now_ns()), "coinbase sequence gap", source=self.source)]
+            return [
+                ev.reset(sym, self._ts(msg, now_ns()), "coinbase sequence gap", source=self.source)
+            ]
         f.last_sequence = seq
         return []
 
-    def _full(self, sym: str, f: ProductFeed, t: str, msg: dict[str, Any], ts: int) -> list[ev.AnyEvent]:
+    def _full(
+        self, sym: str, f: ProductFeed, t: str, msg: dict[str, Any], ts: int
+    ) -> list[ev.AnyEvent]:
         try:
             out = self._sequence(sym, f, msg)
         except _Stale:
@@ -317,15 +368,46 @@ class CoinbaseParser:
             return out
         src, seq = self.source, int(msg["sequence"])
         if t == "open":
-            out.append(ev.open_(sym, ts, msg["order_id"], msg["side"], msg["price"], msg["remaining_size"],
-                                source=src, src_seq=seq))
+            out.append(
+                ev.open_(
+                    sym,
+                    ts,
+                    msg["order_id"],
+                    msg["side"],
+                    msg["price"],
+                    msg["remaining_size"],
+                    source=src,
+                    src_seq=seq,
+                )
+            )
         elif t == "change":
             if "new_size" in msg:
-                out.append(ev.change(sym, ts, msg["order_id"], msg["side"], msg["new_size"],
-                                     price=msg.get("price"), source=src, src_seq=seq))
+                out.append(
+                    ev.change(
+                        sym,
+                        ts,
+                        msg["order_id"],
+                        msg["side"],
+                        msg["new_size"],
+                        price=msg.get("price"),
+                        source=src,
+                        src_seq=seq,
+                    )
+                )
         elif t == "done":
-            out.append(ev.done(sym, ts, msg["order_id"], msg["side"], msg["reason"], price=msg.get("price"),
-                               remaining_size=msg.get("remaining_size"), source=src, src_seq=seq))
+            out.append(
+                ev.done(
+                    sym,
+                    ts,
+                    msg["order_id"],
+                    msg["side"],
+                    msg["reason"],
+                    price=msg.get("price"),
+                    remaining_size=msg.get("remaining_size"),
+                    source=src,
+                    src_seq=seq,
+                )
+            )
         return out
 
 
@@ -333,27 +415,57 @@ class _Stale(Exception):
     pass
 
 
-_KNOWN = frozenset(("subscriptions", "snapshot", "l2update", "match", "last_match", "ticker", "heartbeat",
-                    "open", "change", "done", "received", "activate", "error"))
+_KNOWN = frozenset(
+    (
+        "subscriptions",
+        "snapshot",
+        "l2update",
+        "match",
+        "last_match",
+        "ticker",
+        "heartbeat",
+        "open",
+        "change",
+        "done",
+        "received",
+        "activate",
+        "error",
+    )
+)
 
 
-def load_catalogue(path: Path | None, products: Iterable[str], *, full: bool) -> dict[str, SymbolInfo]:
+def load_catalogue(
+    path: Path | None, products: Iterable[str], *, full: bool
+) -> dict[str, SymbolInfo]:
     """SymbolInfo per product from a ``/products`` JSON dump (tick = quote_increment)."""
     raw: dict[str, dict[str, Any]] = {}
     if path is not None and path.exists():
         for p in orjson.loads(path.read_bytes()):
             raw[normalize_symbol(p["id"])] = p
-    channels = ("ticker", "l2", "l3", "trades", "candles", "stats") if full else (
-        "ticker", "l2", "trades", "candles", "stats")
+    channels = (
+        ("ticker", "l2", "l3", "trades", "candles", "stats")
+        if full
+        else ("ticker", "l2", "trades", "candles", "stats")
+    )
     out: dict[str, SymbolInfo] = {}
     for sym in products:
         p = raw.get(sym, {})
         base, quote = sym.split("-")
-        status = "halted" if p.get("trading_disabled") else ("online" if p.get("status", "online") == "online"
-                                                             else "maintenance")
-        out[sym] = SymbolInfo(sym, base, quote, Decimal(str(p.get("quote_increment", "0.00000001"))),
-                              Decimal(str(p.get("base_min_size", "0.00000001"))), status=status,
-                              source="coinbase", channels=channels)
+        status = (
+            "halted"
+            if p.get("trading_disabled")
+            else ("online" if p.get("status", "online") == "online" else "maintenance")
+        )
+        out[sym] = SymbolInfo(
+            sym,
+            base,
+            quote,
+            Decimal(str(p.get("quote_increment", "0.00000001"))),
+            Decimal(str(p.get("base_min_size", "0.00000001"))),
+            status=status,
+            source="coinbase",
+            channels=channels,
+        )
     return out
 
 
@@ -383,7 +495,11 @@ class CoinbaseClient:
         self.infos = load_catalogue(cfg.catalogue, cfg.products, full=self.full)
 
     def _sub(self, kind: str, products: Iterable[str]) -> bytes:
-        msg: WireSubscribe = {"type": kind, "product_ids": list(products), "channels": list(self.cfg.channels)}  # type: ignore[typeddict-item]
+        msg: WireSubscribe = {
+            "type": kind,
+            "product_ids": list(products),
+            "channels": list(self.cfg.channels),
+        }  # type: ignore[typeddict-item]
         return orjson.dumps(msg)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -395,17 +511,30 @@ class CoinbaseClient:
         while not stop.is_set():
             reason = "closed"
             try:
-                async with websockets.connect(self.cfg.url, max_size=self.cfg.max_message, open_timeout=10,
-                                              ping_interval=20, close_timeout=2) as ws:
+                async with websockets.connect(
+                    self.cfg.url,
+                    max_size=self.cfg.max_message,
+                    open_timeout=10,
+                    ping_interval=20,
+                    close_timeout=2,
+                ) as ws:
                     FEED_RECONNECTS.inc()
                     self.connected = True
                     self.parser.on_connect()
                     await ws.send(self._sub("subscribe", self.cfg.products))
-                    log.info("coinbase connected", extra={"url": self.cfg.url, "products": list(self.cfg.products)})
+                    log.info(
+                        "coinbase connected",
+                        extra={"url": self.cfg.url, "products": list(self.cfg.products)},
+                    )
                     await self._read(ws, stop)
             except TimeoutError:
                 reason = "stalled"
-            except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            except (
+                OSError,
+                websockets.ConnectionClosed,
+                websockets.InvalidHandshake,
+                websockets.InvalidURI,
+            ) as exc:
                 reason = type(exc).__name__
             finally:
                 self.connected = False
@@ -413,7 +542,10 @@ class CoinbaseClient:
                 break
             FEED_DISCONNECTS.labels(reason).inc()
             delay = self.backoff.next()
-            log.warning("coinbase disconnected, reconnecting", extra={"reason": reason, "delay_s": round(delay, 3)})
+            log.warning(
+                "coinbase disconnected, reconnecting",
+                extra={"reason": reason, "delay_s": round(delay, 3)},
+            )
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:
@@ -425,8 +557,9 @@ class CoinbaseClient:
         try:
             while not stop.is_set():
                 recv = asyncio.ensure_future(ws.recv())
-                done, _ = await asyncio.wait({recv, stop_wait}, timeout=self.cfg.stall_s,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {recv, stop_wait}, timeout=self.cfg.stall_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 if recv not in done:
                     recv.cancel()
                     if stop.is_set():
@@ -483,8 +616,16 @@ def main() -> None:
         await pub.start()
         client = CoinbaseClient(config_from_settings(s), pub)
         health = Health("coinbase")
-        health.add("feed", lambda: (client.connected, {"last_message_s": round(time.monotonic() - client.last_message, 2)}))
-        server = await start_ops_server(health, s.ops_host, s.get("MD_COINBASE_HTTP_PORT", int, 8015))
+        health.add(
+            "feed",
+            lambda: (
+                client.connected,
+                {"last_message_s": round(time.monotonic() - client.last_message, 2)},
+            ),
+        )
+        server = await start_ops_server(
+            health, s.ops_host, s.get("MD_COINBASE_HTTP_PORT", int, 8015)
+        )
         try:
             await client.run(stop)
         finally:

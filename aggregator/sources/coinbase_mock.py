@@ -46,9 +46,18 @@ from core.codec import iso_from_ns, ns_from_iso
 log = logging.getLogger("aggregator.coinbase_mock")
 
 L2 = ("level2", "level2_batch", "level2_50")
-CHANNEL_OF = {"snapshot": "level2", "l2update": "level2", "match": "matches", "last_match": "matches",
-              "ticker": "ticker", "heartbeat": "heartbeat", "open": "full", "change": "full", "done": "full",
-              "received": "full"}
+CHANNEL_OF = {
+    "snapshot": "level2",
+    "l2update": "level2",
+    "match": "matches",
+    "last_match": "matches",
+    "ticker": "ticker",
+    "heartbeat": "heartbeat",
+    "open": "full",
+    "change": "full",
+    "done": "full",
+    "received": "full",
+}
 MALFORMED = [
     b"this is not json {",
     b"[1,2,3]",
@@ -105,9 +114,12 @@ class MockBook:
                 book[Decimal(p)] = (p, s)
 
     def snapshot(self, product: str) -> dict[str, Any]:
-        return {"type": "snapshot", "product_id": product,
-                "bids": [list(self.bids[k]) for k in sorted(self.bids, reverse=True)],
-                "asks": [list(self.asks[k]) for k in sorted(self.asks)]}
+        return {
+            "type": "snapshot",
+            "product_id": product,
+            "bids": [list(self.bids[k]) for k in sorted(self.bids, reverse=True)],
+            "asks": [list(self.asks[k]) for k in sorted(self.asks)],
+        }
 
 
 @dataclass(eq=False)
@@ -134,7 +146,9 @@ class MockExchange:
         self._held: dict[str, Any] | None = None
         self._disconnects = 0
         self.sent_total = 0  # over all connections: stalls interleave with per-connection faults
-        self.products = sorted({m["product_id"] for _, m in self.recording if isinstance(m.get("product_id"), str)})
+        self.products = sorted(
+            {m["product_id"] for _, m in self.recording if isinstance(m.get("product_id"), str)}
+        )
 
     # -------------------------------------------------------------- playback
     async def play(self) -> None:
@@ -186,11 +200,20 @@ class MockExchange:
                 if self.cfg.gap_every and self._matches % self.cfg.gap_every == 0:
                     self.dropped += 1
                     return
-                if self.cfg.reorder_every and self._held is None and self._matches % self.cfg.reorder_every == 0:
+                if (
+                    self.cfg.reorder_every
+                    and self._held is None
+                    and self._matches % self.cfg.reorder_every == 0
+                ):
                     self._held = msg
                     return
         self._broadcast(p, CHANNEL_OF.get(t or "", "other"), orjson.dumps(msg))
-        if t == "match" and self._held is not None and self._held is not msg and self._held["product_id"] == p:
+        if (
+            t == "match"
+            and self._held is not None
+            and self._held is not msg
+            and self._held["product_id"] == p
+        ):
             held, self._held = self._held, None
             self._broadcast(p, "matches", orjson.dumps(held))
 
@@ -217,8 +240,13 @@ class MockExchange:
                 if lm is None:
                     continue
                 seq += 1
-                hb = {"type": "heartbeat", "sequence": int(lm.get("sequence", 0)), "last_trade_id": lm["trade_id"],
-                      "product_id": p, "time": iso_from_ns(time.time_ns())}
+                hb = {
+                    "type": "heartbeat",
+                    "sequence": int(lm.get("sequence", 0)),
+                    "last_trade_id": lm["trade_id"],
+                    "product_id": p,
+                    "time": iso_from_ns(time.time_ns()),
+                }
                 self._broadcast(p, "heartbeat", orjson.dumps(hb))
 
     # -------------------------------------------------------------- connections
@@ -231,7 +259,9 @@ class MockExchange:
                 try:
                     req = orjson.loads(raw)
                 except orjson.JSONDecodeError:
-                    self._enqueue(c, orjson.dumps({"type": "error", "message": "Failed to parse message"}))
+                    self._enqueue(
+                        c, orjson.dumps({"type": "error", "message": "Failed to parse message"})
+                    )
                     continue
                 self._request(c, req)
         except Exception as exc:  # a client vanishing is routine for a feed server
@@ -249,7 +279,11 @@ class MockExchange:
         top_products = req.get("product_ids") or []
         pairs: list[tuple[str, str]] = []
         for ch in req.get("channels") or []:
-            name, prods = (ch, top_products) if isinstance(ch, str) else (ch.get("name"), ch.get("product_ids") or top_products)
+            name, prods = (
+                (ch, top_products)
+                if isinstance(ch, str)
+                else (ch.get("name"), ch.get("product_ids") or top_products)
+            )
             fam = "level2" if name in L2 else name
             pairs += [(p, fam) for p in prods]
         if kind == "unsubscribe":
@@ -260,8 +294,15 @@ class MockExchange:
         chans: dict[str, list[str]] = {}
         for p, fam in sorted(c.subs):
             chans.setdefault(fam, []).append(p)
-        self._enqueue(c, orjson.dumps({"type": "subscriptions", "channels": [
-            {"name": n, "product_ids": ps} for n, ps in chans.items()]}))
+        self._enqueue(
+            c,
+            orjson.dumps(
+                {
+                    "type": "subscriptions",
+                    "channels": [{"name": n, "product_ids": ps} for n, ps in chans.items()],
+                }
+            ),
+        )
         if kind == "subscribe":
             for p, fam in new:
                 if fam == "level2" and p in self.books:
@@ -281,7 +322,9 @@ class MockExchange:
             if cfg.malformed_every and c.sent % cfg.malformed_every == 0:
                 bad = MALFORMED[(c.sent // cfg.malformed_every) % len(MALFORMED)]
                 if b"%s" in bad:
-                    bad = bad.replace(b"%s", (self.products[0] if self.products else "X-Y").encode())
+                    bad = bad.replace(
+                        b"%s", (self.products[0] if self.products else "X-Y").encode()
+                    )
                 await c.ws.send(bad)
             self.sent_total += 1
             if cfg.stall_every and self.sent_total % cfg.stall_every == 0:
@@ -321,22 +364,35 @@ async def serve_mock(cfg: MockConfig) -> tuple[MockExchange, Any]:
 def main() -> None:
     from core.service import run
 
-    ap = argparse.ArgumentParser(description="mock Coinbase Exchange WebSocket feed serving a recording")
+    ap = argparse.ArgumentParser(
+        description="mock Coinbase Exchange WebSocket feed serving a recording"
+    )
     ap.add_argument("file", type=Path)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8020)
-    ap.add_argument("--speed", type=float, default=1.0, help="playback speed factor (0: as fast as possible)")
+    ap.add_argument(
+        "--speed", type=float, default=1.0, help="playback speed factor (0: as fast as possible)"
+    )
     ap.add_argument("--loop", action="store_true")
     for f in ("gap", "reorder", "malformed", "disconnect", "stall"):
         ap.add_argument(f"--{f}-every", type=int, default=0)
     a = ap.parse_args()
     cfg = MockConfig(path=a.file, host=a.host, port=a.port, speed=a.speed, loop=a.loop)
-    cfg = replace(cfg, gap_every=a.gap_every, reorder_every=a.reorder_every, malformed_every=a.malformed_every,
-                  disconnect_every=a.disconnect_every, stall_every=a.stall_every)
+    cfg = replace(
+        cfg,
+        gap_every=a.gap_every,
+        reorder_every=a.reorder_every,
+        malformed_every=a.malformed_every,
+        disconnect_every=a.disconnect_every,
+        stall_every=a.stall_every,
+    )
 
     async def _main(stop: asyncio.Event) -> None:
         _ex, server = await serve_mock(cfg)
-        log.info("coinbase mock listening", extra={"url": f"ws://{cfg.host}:{cfg.port}", "file": str(cfg.path)})
+        log.info(
+            "coinbase mock listening",
+            extra={"url": f"ws://{cfg.host}:{cfg.port}", "file": str(cfg.path)},
+        )
         await stop.wait()
         server.close()
         await server.wait_closed()

@@ -21,8 +21,15 @@ START_PRICES = {"BTC-USD": "50000", "ETH-USD": "3000", "LTC-USD": "200", "SOL-US
 
 
 class OrderFlow:
-    def __init__(self, symbol: str, seed: int, *, tick: Decimal = Decimal("0.01"), lot: Decimal = Decimal("0.0001"),
-                 max_orders: int = 400) -> None:
+    def __init__(
+        self,
+        symbol: str,
+        seed: int,
+        *,
+        tick: Decimal = Decimal("0.01"),
+        lot: Decimal = Decimal("0.0001"),
+        max_orders: int = 400,
+    ) -> None:
         self.symbol = symbol
         self.rng = random.Random(seed * 1_000_003 + zlib.crc32(symbol.encode()))
         pd = max(0, -tick.as_tuple().exponent)  # type: ignore[operator]
@@ -57,7 +64,11 @@ class OrderFlow:
             dist = int(r.expovariate(0.25)) * self.spread_ticks  # mostly close to the mid
             if r.random() < 0.1:
                 dist = -self.spread_ticks * r.randint(1, 3)  # through the mid: marketable
-            price = self.mid - dist - self.spread_ticks if side == "buy" else self.mid + dist + self.spread_ticks
+            price = (
+                self.mid - dist - self.spread_ticks
+                if side == "buy"
+                else self.mid + dist + self.spread_ticks
+            )
             return e.limit(self._oid(), side, max(1, price), self._size(), ts)
         if x < 0.80:
             oid = r.choice(list(e.orders)) if len(e.orders) < 64 else self._sample_order()

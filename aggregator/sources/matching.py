@@ -37,8 +37,14 @@ class RestingOrder:
 class MatchingEngine:
     """One symbol's book. ``price_decimals``/``size_decimals`` render ticks/lots as strings."""
 
-    def __init__(self, symbol: str, *, price_decimals: int = 2, size_decimals: int = 4,
-                 source: str = "simulator") -> None:
+    def __init__(
+        self,
+        symbol: str,
+        *,
+        price_decimals: int = 2,
+        size_decimals: int = 4,
+        source: str = "simulator",
+    ) -> None:
         self.symbol = symbol
         self.source = source
         self._pd = price_decimals
@@ -89,10 +95,30 @@ class MatchingEngine:
                 q = book[key] = deque()
             q.append(o)
             self.orders[order_id] = o
-            out.append(ev.open_(self.symbol, ts, order_id, side, self.px(price), self.sz(rest), source=self.source))
+            out.append(
+                ev.open_(
+                    self.symbol,
+                    ts,
+                    order_id,
+                    side,
+                    self.px(price),
+                    self.sz(rest),
+                    source=self.source,
+                )
+            )
         else:
-            out.append(ev.done(self.symbol, ts, order_id, side, "filled", price=self.px(price),
-                               remaining_size=self.sz(0), source=self.source))
+            out.append(
+                ev.done(
+                    self.symbol,
+                    ts,
+                    order_id,
+                    side,
+                    "filled",
+                    price=self.px(price),
+                    remaining_size=self.sz(0),
+                    source=self.source,
+                )
+            )
         return out
 
     def market(self, order_id: str, side: str, size: int, ts: int) -> list[ev.AnyEvent]:
@@ -100,8 +126,17 @@ class MatchingEngine:
             raise ValueError("bad order")
         out: list[ev.AnyEvent] = []
         rest = self._take(order_id, side, size, None, ts, out)
-        out.append(ev.done(self.symbol, ts, order_id, side, "filled" if rest == 0 else "canceled",
-                           remaining_size=self.sz(rest), source=self.source))
+        out.append(
+            ev.done(
+                self.symbol,
+                ts,
+                order_id,
+                side,
+                "filled" if rest == 0 else "canceled",
+                remaining_size=self.sz(rest),
+                source=self.source,
+            )
+        )
         return out
 
     def cancel(self, order_id: str, ts: int) -> list[ev.AnyEvent]:
@@ -109,16 +144,35 @@ class MatchingEngine:
         if o is None:
             return []
         self._unlink(o)
-        return [ev.done(self.symbol, ts, order_id, o.side, "canceled", price=self.px(o.price),
-                        remaining_size=self.sz(o.size), source=self.source)]
+        return [
+            ev.done(
+                self.symbol,
+                ts,
+                order_id,
+                o.side,
+                "canceled",
+                price=self.px(o.price),
+                remaining_size=self.sz(o.size),
+                source=self.source,
+            )
+        ]
 
     def reduce(self, order_id: str, new_size: int, ts: int) -> list[ev.AnyEvent]:
         o = self.orders.get(order_id)
         if o is None or not 0 < new_size < o.size:
             return []
         o.size = new_size
-        return [ev.change(self.symbol, ts, order_id, o.side, self.sz(new_size), price=self.px(o.price),
-                          source=self.source)]
+        return [
+            ev.change(
+                self.symbol,
+                ts,
+                order_id,
+                o.side,
+                self.sz(new_size),
+                price=self.px(o.price),
+                source=self.source,
+            )
+        ]
 
     # -- internals --------------------------------------------------------------------------
     def _unlink(self, o: RestingOrder) -> None:
@@ -128,7 +182,9 @@ class MatchingEngine:
         if not q:
             del book[key]
 
-    def _take(self, taker: str, side: str, size: int, limit: int | None, ts: int, out: list[ev.AnyEvent]) -> int:
+    def _take(
+        self, taker: str, side: str, size: int, limit: int | None, ts: int, out: list[ev.AnyEvent]
+    ) -> int:
         """Match a taker against the opposite side; returns the unfilled size."""
         book = self.asks if side == "buy" else self.bids
         while size > 0 and book:
@@ -140,15 +196,36 @@ class MatchingEngine:
                 maker = q[0]
                 n = min(size, maker.size)
                 self._trade_id += 1
-                out.append(ev.match(self.symbol, ts, str(self._trade_id), maker.order_id, taker, side,
-                                    self.px(price), self.sz(n), source=self.source))
+                out.append(
+                    ev.match(
+                        self.symbol,
+                        ts,
+                        str(self._trade_id),
+                        maker.order_id,
+                        taker,
+                        side,
+                        self.px(price),
+                        self.sz(n),
+                        source=self.source,
+                    )
+                )
                 maker.size -= n
                 size -= n
                 if maker.size == 0:
                     q.popleft()
                     del self.orders[maker.order_id]
-                    out.append(ev.done(self.symbol, ts, maker.order_id, maker.side, "filled",
-                                       price=self.px(price), remaining_size=self.sz(0), source=self.source))
+                    out.append(
+                        ev.done(
+                            self.symbol,
+                            ts,
+                            maker.order_id,
+                            maker.side,
+                            "filled",
+                            price=self.px(price),
+                            remaining_size=self.sz(0),
+                            source=self.source,
+                        )
+                    )
             if not q:
                 del book[key]
         return size

@@ -24,8 +24,11 @@ from core.topics import Topics
 
 log = logging.getLogger(__name__)
 
-EVENTS_OUT = Counter("md_source_events_published_total", "events a source published to the input topic",
-                     ["source", "type"])
+EVENTS_OUT = Counter(
+    "md_source_events_published_total",
+    "events a source published to the input topic",
+    ["source", "type"],
+)
 
 
 class EventPublisher:
@@ -55,8 +58,12 @@ class EventPublisher:
         self._pending.append(fut)
         EVENTS_OUT.labels(self.source, e.type).inc()
         if self._capture is not None:
-            self._capture.write(orjson.dumps({"recv_ns": recv_ns if recv_ns is not None else e.ts,
-                                              "event": e.to_dict()}) + b"\n")
+            self._capture.write(
+                orjson.dumps(
+                    {"recv_ns": recv_ns if recv_ns is not None else e.ts, "event": e.to_dict()}
+                )
+                + b"\n"
+            )
         if len(self._pending) >= self.MAX_INFLIGHT:
             await self.flush()
 

@@ -27,22 +27,47 @@ DEFAULT_FILE = ROOT.parent / "shared" / "data" / "coinbase-ws-2021-04-17.ndjson"
 DEFAULT_CATALOGUE = ROOT.parent / "shared" / "data" / "coinbase-products-2021-04-17.json"
 
 
-async def run_recording(settings: Settings, stop: asyncio.Event, path: Path | None = None, *,
-                        ops: bool = True, capture: Path | None = None) -> None:
+async def run_recording(
+    settings: Settings,
+    stop: asyncio.Event,
+    path: Path | None = None,
+    *,
+    ops: bool = True,
+    capture: Path | None = None,
+) -> None:
     path = path or Path(settings.get("MD_RECORDING_FILE", str, str(DEFAULT_FILE)))
     port = settings.get("MD_COINBASE_MOCK_PORT", int, 8020)
-    mock_cfg = MockConfig(path=path, port=port, speed=settings.get("MD_RECORDING_SPEED", float, 1.0),
-                          loop=settings.get("MD_RECORDING_LOOP", parse_bool, True))
+    mock_cfg = MockConfig(
+        path=path,
+        port=port,
+        speed=settings.get("MD_RECORDING_SPEED", float, 1.0),
+        loop=settings.get("MD_RECORDING_LOOP", parse_bool, True),
+    )
     ex, server = await serve_mock(mock_cfg)
     cat = settings.get("MD_COINBASE_CATALOGUE", str, str(DEFAULT_CATALOGUE))
-    cfg = CoinbaseConfig(url=f"ws://127.0.0.1:{port}", products=tuple(ex.products), catalogue=Path(cat))
+    cfg = CoinbaseConfig(
+        url=f"ws://127.0.0.1:{port}", products=tuple(ex.products), catalogue=Path(cat)
+    )
     pub = EventPublisher(settings, "coinbase", capture=capture)
     await pub.start()
     client = CoinbaseClient(cfg, pub)
     health = Health("recording")
-    health.add("feed", lambda: (client.connected, {"products": list(ex.products), "played": ex.played,
-                                                   "last_message_s": round(time.monotonic() - client.last_message, 2)}))
-    ops_server = await start_ops_server(health, settings.ops_host, settings.simulator_http_port) if ops else None
+    health.add(
+        "feed",
+        lambda: (
+            client.connected,
+            {
+                "products": list(ex.products),
+                "played": ex.played,
+                "last_message_s": round(time.monotonic() - client.last_message, 2),
+            },
+        ),
+    )
+    ops_server = (
+        await start_ops_server(health, settings.ops_host, settings.simulator_http_port)
+        if ops
+        else None
+    )
     try:
         await client.run(stop)
     finally:
@@ -59,7 +84,11 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--list-products":  # for `make run-recording`
         from aggregator.sources.coinbase_mock import load_recording
 
-        prods = {m["product_id"] for _, m in load_recording(Path(sys.argv[2])) if isinstance(m.get("product_id"), str)}
+        prods = {
+            m["product_id"]
+            for _, m in load_recording(Path(sys.argv[2]))
+            if isinstance(m.get("product_id"), str)
+        }
         print(",".join(sorted(prods)))
         return
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else None

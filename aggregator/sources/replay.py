@@ -40,8 +40,9 @@ def read_capture(path: Path) -> Iterator[tuple[int, ev.AnyEvent]]:
                 log.warning("bad capture line skipped", extra={"line": n, "error": str(exc)[:200]})
 
 
-async def replay(settings: Settings, path: Path, stop: asyncio.Event, *, speed: float = 1.0,
-                 loop: bool = False) -> int:
+async def replay(
+    settings: Settings, path: Path, stop: asyncio.Event, *, speed: float = 1.0, loop: bool = False
+) -> int:
     pub = EventPublisher(settings, "replay")
     await pub.start()
     n = 0

@@ -33,14 +33,27 @@ log = logging.getLogger("aggregator.simulator")
 TICK_S = 0.02  # publishing cadence: 50 wake-ups/s, events spread over ticks
 
 
-async def run_simulator(settings: Settings, stop: asyncio.Event, *, capture: Path | None = None,
-                        steps: int | None = None, ops: bool = True) -> int:
+async def run_simulator(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    capture: Path | None = None,
+    steps: int | None = None,
+    ops: bool = True,
+) -> int:
     """Publish until ``stop`` is set (or ``steps`` actions per symbol); returns events published."""
     pub = EventPublisher(settings, "simulator", capture=capture)
     health = Health("simulator")
     last_ok = [time.monotonic()]
-    health.add("publishing", lambda: (time.monotonic() - last_ok[0] < 10, {"symbols": list(settings.symbols)}))
-    server = await start_ops_server(health, settings.ops_host, settings.simulator_http_port) if ops else None
+    health.add(
+        "publishing",
+        lambda: (time.monotonic() - last_ok[0] < 10, {"symbols": list(settings.symbols)}),
+    )
+    server = (
+        await start_ops_server(health, settings.ops_host, settings.simulator_http_port)
+        if ops
+        else None
+    )
     await pub.start()
     flows = {s: OrderFlow(s, settings.sim_seed) for s in settings.symbols}
     published = 0

@@ -33,7 +33,9 @@ RECORDING = Path("/work/shared/data/coinbase-ws-2021-04-17.ndjson")
 CATALOGUE = Path("/work/shared/data/coinbase-products-2021-04-17.json")
 
 
-def books_from_recording() -> tuple[dict[str, dict[str, dict[Decimal, Decimal]]], dict[str, list[int]]]:
+def books_from_recording() -> tuple[
+    dict[str, dict[str, dict[Decimal, Decimal]]], dict[str, list[int]]
+]:
     """Final L2 book and trade ids per product, straight from the file (no platform code)."""
     books: dict[str, dict[str, dict[Decimal, Decimal]]] = {}
     trades: dict[str, list[int]] = {}
@@ -41,8 +43,10 @@ def books_from_recording() -> tuple[dict[str, dict[str, dict[Decimal, Decimal]]]
         m = orjson.loads(line)["message"]
         p = m.get("product_id")
         if m["type"] == "snapshot":
-            books[p] = {"buy": {Decimal(a): Decimal(b) for a, b in m["bids"]},
-                        "sell": {Decimal(a): Decimal(b) for a, b in m["asks"]}}
+            books[p] = {
+                "buy": {Decimal(a): Decimal(b) for a, b in m["bids"]},
+                "sell": {Decimal(a): Decimal(b) for a, b in m["asks"]},
+            }
         elif m["type"] == "l2update":
             for side, a, b in m["changes"]:
                 if Decimal(b) == 0:
@@ -54,8 +58,9 @@ def books_from_recording() -> tuple[dict[str, dict[str, dict[Decimal, Decimal]]]
     return books, trades
 
 
-async def run_platform_on_recording(s: Settings, mock: MockConfig, *, stall_s: float = 5.0
-                                    ) -> tuple[CoinbaseClient, object]:
+async def run_platform_on_recording(
+    s: Settings, mock: MockConfig, *, stall_s: float = 5.0
+) -> tuple[CoinbaseClient, object]:
     """Run mock + connector + aggregator until the feed is drained; returns (client, exchange)."""
     cfg = dataclasses.replace(ServiceConfig.from_settings(s), snapshot_ms=100)
     stop_agg, stop_src = asyncio.Event(), asyncio.Event()
@@ -64,15 +69,27 @@ async def run_platform_on_recording(s: Settings, mock: MockConfig, *, stall_s: f
     ex, server = await serve_mock(mock)
     pub = EventPublisher(s, "coinbase")
     await pub.start()
-    client = CoinbaseClient(CoinbaseConfig(url=f"ws://127.0.0.1:{mock.port}", products=tuple(ex.products),
-                                           catalogue=CATALOGUE, stall_s=stall_s), pub)
+    client = CoinbaseClient(
+        CoinbaseConfig(
+            url=f"ws://127.0.0.1:{mock.port}",
+            products=tuple(ex.products),
+            catalogue=CATALOGUE,
+            stall_s=stall_s,
+        ),
+        pub,
+    )
     src_task = asyncio.create_task(client.run(stop_src))
     try:
         await asyncio.wait_for(ex.finished.wait(), 60)
+
         # done once the connector is connected, synced, and no event came for a while
         # (heartbeats go on; a reconnect would bring a snapshot, i.e. an event)
         def drained() -> bool:
-            return time.monotonic() - client.last_event >= stall_s + 1 and client.connected and not client.parser.resync
+            return (
+                time.monotonic() - client.last_event >= stall_s + 1
+                and client.connected
+                and not client.parser.resync
+            )
 
         while not drained():  # noqa: ASYNC110 - polling the client's state is the point
             await asyncio.sleep(0.1)
@@ -96,7 +113,9 @@ async def served_books(s: Settings) -> tuple[StreamCheck, dict[str, dict]]:
     for topic in t.all_streams():
         for r in sorted(await read_topic(s, topic), key=lambda r: (r.partition, r.offset)):
             check.feed(r.value)
-    snaps = {r.key.decode(): orjson.loads(r.value) for r in await read_topic(s, t.snapshot) if r.value}
+    snaps = {
+        r.key.decode(): orjson.loads(r.value) for r in await read_topic(s, t.snapshot) if r.value
+    }
     return check, snaps
 
 
@@ -108,7 +127,10 @@ async def test_books_served_equal_books_rebuilt_from_recording(settings: Setting
     check, snaps = await served_books(settings)
     assert not check.errors, check.errors[:10]
     assert check.counts["l3"] == 0  # L2-only source: no l3 stream
-    stream = [orjson.loads(r.value) for r in await read_topic(settings, Topics.from_settings(settings).stream("trades"))]
+    stream = [
+        orjson.loads(r.value)
+        for r in await read_topic(settings, Topics.from_settings(settings).stream("trades"))
+    ]
     for p, ref in ref_books.items():
         assert as_dec(l2book_as_dict(check.books[p])) == as_dec(ref), f"{p}: served book differs"
         # a gateway's view: the snapshot plus the updates after its seq gives the same book
@@ -132,8 +154,16 @@ async def test_faulty_feed_is_detected_and_healed(settings: Settings) -> None:
     from aggregator.sources.coinbase import FEED_DISCONNECTS
 
     stalled = FEED_DISCONNECTS.labels("stalled")._value.get()
-    mock = MockConfig(path=RECORDING, port=free_port(), speed=15, gap_every=9, reorder_every=13,
-                      malformed_every=400, disconnect_every=1500, stall_every=2200)
+    mock = MockConfig(
+        path=RECORDING,
+        port=free_port(),
+        speed=15,
+        gap_every=9,
+        reorder_every=13,
+        malformed_every=400,
+        disconnect_every=1500,
+        stall_every=2200,
+    )
     client, ex = await run_platform_on_recording(settings, mock, stall_s=2.5)  # heartbeats: 1/s
     assert FEED_DISCONNECTS.labels("stalled")._value.get() > stalled  # a silent feed is noticed
     counts = client.parser.counts
@@ -143,7 +173,10 @@ async def test_faulty_feed_is_detected_and_healed(settings: Settings) -> None:
     ref_books, ref_trades = books_from_recording()
     check, _snaps = await served_books(settings)
     assert not check.errors, check.errors[:10]
-    stream = [orjson.loads(r.value) for r in await read_topic(settings, Topics.from_settings(settings).stream("trades"))]
+    stream = [
+        orjson.loads(r.value)
+        for r in await read_topic(settings, Topics.from_settings(settings).stream("trades"))
+    ]
     for p, ref in ref_books.items():
         assert as_dec(l2book_as_dict(check.books[p])) == as_dec(ref), f"{p}: healed book differs"
         got = [int(m["data"]["trade_id"]) for m in stream if m["symbol"] == p]

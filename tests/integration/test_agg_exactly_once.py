@@ -36,10 +36,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_aggregator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    e = dict(env, MD_AGGREGATOR_HTTP_PORT=str(free_port()), MD_AGG_CHECKPOINT_MS="300",
-             MD_AGG_SNAPSHOT_MS="200", MD_AGG_TXN_MS="50", MD_AGG_SESSION_MS="6000", MD_LOG_LEVEL="INFO")
-    return subprocess.Popen([sys.executable, "-m", "aggregator"], cwd=ROOT, env=e,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    e = dict(
+        env,
+        MD_AGGREGATOR_HTTP_PORT=str(free_port()),
+        MD_AGG_CHECKPOINT_MS="300",
+        MD_AGG_SNAPSHOT_MS="200",
+        MD_AGG_TXN_MS="50",
+        MD_AGG_SESSION_MS="6000",
+        MD_LOG_LEVEL="INFO",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "aggregator"],
+        cwd=ROOT,
+        env=e,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def wait_owns_partitions(settings: Settings, group: str) -> None:
@@ -59,8 +71,9 @@ async def wait_owns_partitions(settings: Settings, group: str) -> None:
         await admin.close()
 
 
-async def test_kill_9_takeover_is_gapless_and_exact(settings: Settings, env_for: dict[str, str],
-                                                    tmp_path: Path) -> None:
+async def test_kill_9_takeover_is_gapless_and_exact(
+    settings: Settings, env_for: dict[str, str], tmp_path: Path
+) -> None:
     s = dataclasses.replace(settings, sim_rate=150.0)
     group = f"{s.topic_prefix}.aggregator"
     stop_sim = asyncio.Event()

@@ -95,7 +95,10 @@ async def test_aggregator_drops_a_partition_when_a_new_owner_fences_it(settings:
         await pub.stop()
         await asyncio.wait_for(task, 30)
     # o2 was processed by the zombie inside its fenced transaction: it must not be visible
-    msgs = [orjson.loads(r.value) for r in await read_topic(settings, Topics.from_settings(settings).stream("l3"))]
+    msgs = [
+        orjson.loads(r.value)
+        for r in await read_topic(settings, Topics.from_settings(settings).stream("l3"))
+    ]
     oids = [e["order_id"] for m in msgs for e in m["data"]["events"]]
     assert oids == ["o1", "o2", "o3"] or oids == ["o1", "o3"]
     # o2 was applied inside the fenced transaction, which was aborted; after the takeover it is
@@ -103,13 +106,17 @@ async def test_aggregator_drops_a_partition_when_a_new_owner_fences_it(settings:
     # found o2 before the committed offset - never twice
     assert oids.count("o2") <= 1
     check = StreamCheck()
-    for r in sorted(await read_topic(settings, Topics.from_settings(settings).stream("l3")),
-                    key=lambda r: (r.partition, r.offset)):
+    for r in sorted(
+        await read_topic(settings, Topics.from_settings(settings).stream("l3")),
+        key=lambda r: (r.partition, r.offset),
+    ):
         check.feed(r.value)
     assert not check.errors, check.errors
 
 
-async def test_takeover_waits_for_open_transactions_below_the_previous_owners_records(settings: Settings) -> None:
+async def test_takeover_waits_for_open_transactions_below_the_previous_owners_records(
+    settings: Settings,
+) -> None:
     """Another instance's open transaction on the snapshot partition (a public snapshot hashed
     there) holds the last stable offset below the previous owner's last ``agg:seq`` record: the
     new owner must read past it (to the high watermark), or it would reuse sequence numbers."""
@@ -120,7 +127,9 @@ async def test_takeover_waits_for_open_transactions_below_the_previous_owners_re
 
     async def publish(n: int, tag: str) -> None:
         for i in range(n):
-            await pub.publish(ev.open_("BTC-USD", now_ns(), f"{tag}-{i}", "buy", f"{100 + i}.00", "1.0"))
+            await pub.publish(
+                ev.open_("BTC-USD", now_ns(), f"{tag}-{i}", "buy", f"{100 + i}.00", "1.0")
+            )
         await pub.flush()
         await wait_caught_up(settings, cfg.group)
 
@@ -155,7 +164,13 @@ async def test_takeover_waits_for_open_transactions_below_the_previous_owners_re
         await blocker.stop()
         await pub.stop()
     check = StreamCheck()
-    for r in sorted(await read_topic(settings, t.stream("l2")), key=lambda r: (r.partition, r.offset)):
+    for r in sorted(
+        await read_topic(settings, t.stream("l2")), key=lambda r: (r.partition, r.offset)
+    ):
         check.feed(r.value)
     assert not check.errors, check.errors
-    assert check.books["BTC-USD"].top_bids() == [("102.00", "1.0"), ("101.00", "2.0"), ("100.00", "6.0")]
+    assert check.books["BTC-USD"].top_bids() == [
+        ("102.00", "1.0"),
+        ("101.00", "2.0"),
+        ("100.00", "6.0"),
+    ]

@@ -54,8 +54,11 @@ async def wait_caught_up(settings: Settings, group: str, limit_s: float = 60.0) 
             while True:
                 ends = await c.end_offsets(tps)
                 committed = await admin.list_consumer_group_offsets(group)
-                if all(committed.get(tp) is not None and committed[tp].offset >= ends[tp]
-                       for tp in tps if ends[tp] > 0):
+                if all(
+                    committed.get(tp) is not None and committed[tp].offset >= ends[tp]
+                    for tp in tps
+                    if ends[tp] > 0
+                ):
                     return
                 if loop.time() > deadline:
                     raise TimeoutError(f"aggregator not caught up: {committed} vs {ends}")
@@ -112,11 +115,15 @@ async def test_simulator_to_l2_stream_and_snapshot(settings: Settings) -> None:
         assert status["data"]["status"] == "online" and "l3" in status["data"]["channels"]
 
 
-async def test_restarts_of_aggregator_and_simulator_continue_every_stream(settings: Settings) -> None:
+async def test_restarts_of_aggregator_and_simulator_continue_every_stream(
+    settings: Settings,
+) -> None:
     """Graceful restart of the aggregator (state from agg: keys, same epoch, seq continues) and a
     restarted simulator (its ``reset`` empties the book through ordinary updates)."""
     s = dataclasses.replace(settings, sim_rate=3000.0)
-    cfg = dataclasses.replace(ServiceConfig.from_settings(s), checkpoint_ms=10_000_000)  # force replay
+    cfg = dataclasses.replace(
+        ServiceConfig.from_settings(s), checkpoint_ms=10_000_000
+    )  # force replay
     for _round in range(2):
         stop_agg = asyncio.Event()
         agg = Aggregator(s, cfg)
@@ -133,8 +140,12 @@ async def test_restarts_of_aggregator_and_simulator_continue_every_stream(settin
         for r in sorted(await read_topic(s, topic), key=lambda r: (r.partition, r.offset)):
             check.feed(r.value)
     assert not check.errors, check.errors[:10]
-    resets = [e for m in [orjson.loads(r.value) for r in await read_topic(s, t.stream("l3"))]
-              for e in m["data"]["events"] if e.get("reason") == "reset"]
+    resets = [
+        e
+        for m in [orjson.loads(r.value) for r in await read_topic(s, t.stream("l3"))]
+        for e in m["data"]["events"]
+        if e.get("reason") == "reset"
+    ]
     assert resets, "the second simulator run must have deleted the first run's orders"
     ref = reference_books(await read_topic(s, t.input))
     for sym in s.symbols:
@@ -152,10 +163,13 @@ async def test_garbage_on_the_input_topic_is_counted_and_skipped(settings: Setti
     prod = make_producer(settings)
     await prod.start()
     ts = now_ns()
-    for value in (b"\x00garbage", b'{"type":"open","symbol":"BTC-USD"}',
-                  ev.encode(ev.open_("BTC-USD", ts, "good-1", "buy", "100.00", "1.0")),
-                  b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"x","side":"buy","price":"-5","size":"1"}',
-                  ev.encode(ev.open_("BTC-USD", ts, "good-2", "sell", "101.00", "2.0"))):
+    for value in (
+        b"\x00garbage",
+        b'{"type":"open","symbol":"BTC-USD"}',
+        ev.encode(ev.open_("BTC-USD", ts, "good-1", "buy", "100.00", "1.0")),
+        b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"x","side":"buy","price":"-5","size":"1"}',
+        ev.encode(ev.open_("BTC-USD", ts, "good-2", "sell", "101.00", "2.0")),
+    ):
         await prod.send_and_wait(t.input, value=value, key=b"BTC-USD")
     await prod.stop()
     before = MALFORMED._value.get()

@@ -30,7 +30,9 @@ async def test_capture_then_replay_reproduces_the_input(settings: Settings, tmp_
     with cap.open("ab") as f:  # a damaged line is skipped, not fatal
         f.write(b'{"recv_ns": 1, "event": {"type": "open"}}\nnot json\n')
 
-    target = dataclasses.replace(settings, topic_prefix=f"{settings.topic_prefix}.r{uuid.uuid4().hex[:4]}")
+    target = dataclasses.replace(
+        settings, topic_prefix=f"{settings.topic_prefix}.r{uuid.uuid4().hex[:4]}"
+    )
     await ensure_topics(target, partitions=3)
     assert await replay(target, cap, asyncio.Event(), speed=0) == n
 

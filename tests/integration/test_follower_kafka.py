@@ -29,10 +29,14 @@ async def test_follower_joins_snapshot_and_stream_and_follows_live(settings: Set
     await prod.start()
     try:
         for i in range(5):  # history before the snapshot
-            await prod.send_and_wait(t.stream("l2"), p.update([["buy", str(100 + i), "1"]]), key=b"BTC-USD")
+            await prod.send_and_wait(
+                t.stream("l2"), p.update([["buy", str(100 + i), "1"]]), key=b"BTC-USD"
+            )
         await prod.send_and_wait(t.snapshot, p.snapshot(), key=b"l2:BTC-USD")
         for i in range(3):  # after the snapshot, before the follower starts
-            await prod.send_and_wait(t.stream("l2"), p.update([["sell", str(200 + i), "2"]]), key=b"BTC-USD")
+            await prod.send_and_wait(
+                t.stream("l2"), p.update([["sell", str(200 + i), "2"]]), key=b"BTC-USD"
+            )
         await prod.send_and_wait(t.stream("ticker"), tick(1), key=b"BTC-USD")
 
         f = StreamFollower(settings, channels=["l2", "ticker"], watchdog_s=0.5)
@@ -48,14 +52,18 @@ async def test_follower_joins_snapshot_and_stream_and_follows_live(settings: Set
             assert [g for g in got if g[0] == "l2"] == [("l2", 6), ("l2", 7), ("l2", 8)]
             assert f.current("ticker", "BTC-USD") is not None
             for i in range(4):  # live
-                await prod.send_and_wait(t.stream("l2"), p.update([["buy", str(300 + i), "1"]]), key=b"BTC-USD")
+                await prod.send_and_wait(
+                    t.stream("l2"), p.update([["buy", str(300 + i), "1"]]), key=b"BTC-USD"
+                )
             await _until(lambda: f.seq_of("l2", "BTC-USD") == (12, 1, p.book.checksum()))
             assert [s for c, s in got if c == "l2"] == list(range(6, 13))
 
             # the aggregator restarts without state: new epoch, snapshot published after its first update
             q = Producer("BTC-USD", epoch=2)
             q_snap = q.snapshot()
-            await prod.send_and_wait(t.stream("l2"), q.update([["sell", "500", "1"]]), key=b"BTC-USD")
+            await prod.send_and_wait(
+                t.stream("l2"), q.update([["sell", "500", "1"]]), key=b"BTC-USD"
+            )
             await asyncio.sleep(0.2)
             assert f.current("l2", "BTC-USD") is None  # waits for the new epoch's snapshot
             await prod.send_and_wait(t.snapshot, q_snap, key=b"l2:BTC-USD")
@@ -81,7 +89,9 @@ async def test_follower_rewinds_when_snapshot_arrives_after_its_updates(settings
         await prod.send_and_wait(t.stream("l2"), p.update([["buy", "10", "1"]]), key=b"ETH-USD")
         snap = p.snapshot()  # seq 1, published late (after seq 2 and 3)
         for i in range(2):
-            await prod.send_and_wait(t.stream("l2"), p.update([["buy", str(11 + i), "1"]]), key=b"ETH-USD")
+            await prod.send_and_wait(
+                t.stream("l2"), p.update([["buy", str(11 + i), "1"]]), key=b"ETH-USD"
+            )
         await asyncio.sleep(0.3)
         await prod.send_and_wait(t.snapshot, snap, key=b"l2:ETH-USD")
         await _until(lambda: f.seq_of("l2", "ETH-USD") == (3, 1, p.book.checksum()))

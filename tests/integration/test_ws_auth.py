@@ -29,18 +29,30 @@ SECRET = "test-secret-that-is-long-enough-for-hs256"
 
 
 def hs(sub: str, tier: str = "pro", exp: float | None = None) -> str:
-    return jwt.encode({"sub": sub, "tier": tier, "exp": int(exp or time.time() + 60)}, SECRET, "HS256")
+    return jwt.encode(
+        {"sub": sub, "tier": tier, "exp": int(exp or time.time() + 60)}, SECRET, "HS256"
+    )
 
 
 async def test_jwt_tiers_restricted_anonymous_channels_and_limits(settings: Settings) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pub = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    tiers = {"pro": Tier("pro", max_subscriptions=10, max_connections=1),
-             "basic": Tier("basic", max_subscriptions=2, max_connections=5)}
-    async with running_gateway(settings, jwt_hs256_secret=SECRET, jwt_rs256_public_key=pub,
-                               anon_channels=frozenset({"ticker"}), tiers=tiers,
-                               max_conn_per_ip=3) as gw:
+    pub = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    tiers = {
+        "pro": Tier("pro", max_subscriptions=10, max_connections=1),
+        "basic": Tier("basic", max_subscriptions=2, max_connections=5),
+    }
+    async with running_gateway(
+        settings,
+        jwt_hs256_secret=SECRET,
+        jwt_rs256_public_key=pub,
+        anon_channels=frozenset({"ticker"}),
+        tiers=tiers,
+        max_conn_per_ip=3,
+    ) as gw:
         # anonymous: ticker yes, l3 no
         async with connect(url(gw)) as ws:
             await send(ws, {"type": "subscribe", "channels": ["ticker:BTC-USD", "l3:BTC-USD"]})
@@ -50,15 +62,24 @@ async def test_jwt_tiers_restricted_anonymous_channels_and_limits(settings: Sett
             # a bad token in a message: error, session open; then RS256 upgrades the tier
             await send(ws, {"type": "auth", "token": "not.a.jwt"})
             assert (await recv_until(ws, lambda m: m["type"] == "error"))["code"] == "auth_failed"
-            forged = jwt.encode({"sub": "eve", "exp": int(time.time() + 60)}, "wrong-secret-wrong-secret-wrong!", "HS256")
+            forged = jwt.encode(
+                {"sub": "eve", "exp": int(time.time() + 60)},
+                "wrong-secret-wrong-secret-wrong!",
+                "HS256",
+            )
             await send(ws, {"type": "auth", "token": forged})
             assert (await recv_until(ws, lambda m: m["type"] == "error"))["code"] == "auth_failed"
-            rs = jwt.encode({"sub": "bob", "tier": "basic", "exp": int(time.time() + 60)}, key, "RS256")
+            rs = jwt.encode(
+                {"sub": "bob", "tier": "basic", "exp": int(time.time() + 60)}, key, "RS256"
+            )
             await send(ws, {"type": "auth", "token": rs})
             ok = await recv_until(ws, lambda m: m["type"] == "authenticated")
             assert (ok["user"], ok["tier"]) == ("bob", "basic")
             await send(ws, {"type": "subscribe", "channels": ["l3:BTC-USD", "l2:BTC-USD"]})
-            msgs = [await recv_until(ws, lambda m: m["type"] in ("error", "subscribed")) for _ in range(2)]
+            msgs = [
+                await recv_until(ws, lambda m: m["type"] in ("error", "subscribed"))
+                for _ in range(2)
+            ]
             assert {m["type"] for m in msgs} == {"error", "subscribed"}
             assert next(m for m in msgs if m["type"] == "error")["code"] == "too_many_subscriptions"
 
@@ -98,7 +119,8 @@ async def test_idle_connection_is_closed(settings: Settings) -> None:
 
 
 async def test_audit_lines_for_connect_auth_failure_subscribe_and_abuse(
-        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO", logger="gateway_ws.audit")
     async with running_gateway(settings, jwt_hs256_secret=SECRET) as gw:
         with pytest.raises(InvalidStatus):

@@ -34,16 +34,33 @@ pytestmark = pytest.mark.integration
 
 
 def _ticker(symbol: str, seq: int, price: str, epoch: int = 1) -> bytes:
-    return orjson.dumps(data_message(
-        type="ticker", channel="ticker", symbol=symbol, seq=seq, epoch=epoch, publish_ns=T0 + seq,
-        event_ns=T0, data={"best_bid": price, "best_ask": price, "last_price": price,
-                           "volume_24h": "10"}))
+    return orjson.dumps(
+        data_message(
+            type="ticker",
+            channel="ticker",
+            symbol=symbol,
+            seq=seq,
+            epoch=epoch,
+            publish_ns=T0 + seq,
+            event_ns=T0,
+            data={"best_bid": price, "best_ask": price, "last_price": price, "volume_24h": "10"},
+        )
+    )
 
 
 def _status(symbol: str, seq: int, status: str, epoch: int = 1) -> bytes:
-    return orjson.dumps(data_message(
-        type="status", channel="status", symbol=symbol, seq=seq, epoch=epoch, publish_ns=T0 + seq,
-        event_ns=T0, data={"symbol": symbol, "status": status, "state": "live"}))
+    return orjson.dumps(
+        data_message(
+            type="status",
+            channel="status",
+            symbol=symbol,
+            seq=seq,
+            epoch=epoch,
+            publish_ns=T0 + seq,
+            event_ns=T0,
+            data={"symbol": symbol, "status": status, "state": "live"},
+        )
+    )
 
 
 async def test_heartbeat_reports_seq_and_checksum_per_subscription(settings: Settings) -> None:
@@ -56,8 +73,15 @@ async def test_heartbeat_reports_seq_and_checksum_per_subscription(settings: Set
             cb.on(await recv_until(ws, lambda m: m["type"] == "l2_snapshot"))
             hb = await recv_until(ws, lambda m: m["type"] == "heartbeat", skip_heartbeats=False)
             assert hb["feed"] == "ok"
-            assert hb["subscriptions"] == [{"channel": "l2", "symbol": "BTC-USD", "seq": 5,
-                                            "epoch": 1, "checksum": cb.book.checksum()}]
+            assert hb["subscriptions"] == [
+                {
+                    "channel": "l2",
+                    "symbol": "BTC-USD",
+                    "seq": 5,
+                    "epoch": 1,
+                    "checksum": cb.book.checksum(),
+                }
+            ]
 
 
 async def test_status_channel_and_feed_loss_in_health(settings: Settings) -> None:
@@ -68,14 +92,20 @@ async def test_status_channel_and_feed_loss_in_health(settings: Settings) -> Non
             await send(ws, {"type": "subscribe", "channel": "status"})
             await recv_until(ws, lambda m: m["type"] == "subscribed")
             st = await recv(ws)
-            assert (st["type"], st["symbol"], st["data"]["status"]) == ("status", "BTC-USD", "online")
+            assert (st["type"], st["symbol"], st["data"]["status"]) == (
+                "status",
+                "BTC-USD",
+                "online",
+            )
             gs = await recv(ws)
             assert gs["type"] == "gateway_status" and gs["feed"] == "ok"
             await feed.raw(t.stream("status"), _status("BTC-USD", 2, "halted"), "BTC-USD")
             st = await recv_until(ws, lambda m: m["type"] == "status")
             assert st["data"]["status"] == "halted" and st["seq"] == 2
             # a restarted aggregator (new epoch) still reaches "status:*" subscribers
-            await feed.raw(t.stream("status"), _status("BTC-USD", 1, "maintenance", epoch=2), "BTC-USD")
+            await feed.raw(
+                t.stream("status"), _status("BTC-USD", 1, "maintenance", epoch=2), "BTC-USD"
+            )
             st = await recv_until(ws, lambda m: m["type"] == "status")
             assert (st["data"]["status"], st["epoch"]) == ("maintenance", 2)
             # the feed is lost (watchdog verdict): status subscribers and /health say so
@@ -88,7 +118,10 @@ async def test_status_channel_and_feed_loss_in_health(settings: Settings) -> Non
             data = await asyncio.wait_for(r.read(), 5)
             w.close()
             assert data.startswith(b"HTTP/1.1 503")
-            assert orjson.loads(data.partition(b"\r\n\r\n")[2])["checks"]["kafka"]["detail"]["kafka"] == "lost"
+            assert (
+                orjson.loads(data.partition(b"\r\n\r\n")[2])["checks"]["kafka"]["detail"]["kafka"]
+                == "lost"
+            )
 
 
 async def test_new_epoch_sends_flagged_snapshot(settings: Settings) -> None:
@@ -117,9 +150,12 @@ async def test_conflated_book_merges_levels_and_keeps_checksum(settings: Setting
     async with Feed(settings) as feed:
         await feed.snapshot("BTC-USD")
         async with running_gateway(settings, heartbeat_s=0.3) as gw, connect(url(gw)) as ws:
-            await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD", "interval": "200ms"})
+            await send(
+                ws, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD", "interval": "200ms"}
+            )
             snap = await recv_until(ws, lambda m: m["type"] == "l2_snapshot")
             from core.book import L2Book
+
             book = L2Book()
             book.load(snap["data"]["bids"], snap["data"]["asks"])
             await feed.updates("BTC-USD", 60)
@@ -145,8 +181,15 @@ async def test_ticker_converted_through_cross_rates(settings: Settings) -> None:
         await feed.raw(t.stream("ticker"), _ticker("EUR-USD", 1, "1.25"), "EUR-USD")
         await feed.raw(t.stream("ticker"), _ticker("BTC-USD", 1, "50000"), "BTC-USD")
         async with running_gateway(settings) as gw, connect(url(gw)) as ws:
-            await send(ws, {"type": "subscribe", "channel": "ticker", "symbol": "BTC-USD",
-                            "currencies": ["EUR"]})
+            await send(
+                ws,
+                {
+                    "type": "subscribe",
+                    "channel": "ticker",
+                    "symbol": "BTC-USD",
+                    "currencies": ["EUR"],
+                },
+            )
             first = await recv_until(ws, lambda m: m["type"] == "ticker")
             assert "currency" not in first and first["data"]["last_price"] == "50000"
             conv = await recv_until(ws, lambda m: m["type"] == "ticker")
@@ -167,11 +210,16 @@ async def test_slow_client_does_not_delay_a_fast_one(settings: Settings) -> None
             s1, s2 = await _slow_socket(), await _slow_socket()
             s1.connect(("127.0.0.1", gw.cfg.port))
             s2.connect(("127.0.0.1", gw.cfg.port))
-            async with connect(url(gw)) as fast, connect(url(gw), sock=s1, max_size=None) as slow_book, \
-                    connect(url(gw), sock=s2, max_size=None) as slow_trades:
+            async with (
+                connect(url(gw)) as fast,
+                connect(url(gw), sock=s1, max_size=None) as slow_book,
+                connect(url(gw), sock=s2, max_size=None) as slow_trades,
+            ):
                 await send(fast, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD"})
                 await send(slow_book, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD"})
-                await send(slow_trades, {"type": "subscribe", "channels": ["l2:BTC-USD", "trades:BTC-USD"]})
+                await send(
+                    slow_trades, {"type": "subscribe", "channels": ["l2:BTC-USD", "trades:BTC-USD"]}
+                )
                 cb = ClientBook()
                 for ws in (fast, slow_book, slow_trades):
                     snap = await recv_until(ws, lambda m: m["type"] == "l2_snapshot")
@@ -183,7 +231,9 @@ async def test_slow_client_does_not_delay_a_fast_one(settings: Settings) -> None
                 # published at a pace a reading client keeps up with (the test's own client
                 # shares this event loop with the gateway)
                 for i in range(2000):
-                    changes = [["buy", f"{50 + j}.{i % 100:02d}", str(1 + (i + j) % 4)] for j in range(10)]
+                    changes = [
+                        ["buy", f"{50 + j}.{i % 100:02d}", str(1 + (i + j) % 4)] for j in range(10)
+                    ]
                     await feed.prod.send(feed.t.stream("l2"), p.update(changes), key=b"BTC-USD")
                     if i % 50 == 49:
                         await feed.prod.flush()
@@ -211,6 +261,7 @@ async def test_slow_client_does_not_delay_a_fast_one(settings: Settings) -> None
                 assert slow_trades.close_code == 4001
                 assert "slow consumer" in (slow_trades.close_reason or "")
             from gateway_ws import metrics as m
+
             assert m.SLOW_RESYNC._value.get() >= 1 and m.SLOW_DISCONNECT._value.get() >= 1
 
 
@@ -228,7 +279,10 @@ async def test_msgpack_and_deflate(settings: Settings) -> None:
                 up = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 5))
                 assert up["type"] == "l2_update" and up["seq"] == 1
             async with connect(url(gw)) as ws:  # the client offers permessage-deflate
-                assert ws.protocol.extensions and ws.protocol.extensions[0].name == "permessage-deflate"
+                assert (
+                    ws.protocol.extensions
+                    and ws.protocol.extensions[0].name == "permessage-deflate"
+                )
                 await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD"})
                 snap = await recv_until(ws, lambda m: m["type"] == "l2_snapshot")
                 assert snap["seq"] == 1
@@ -243,15 +297,26 @@ def _self_signed(tmp: Path) -> tuple[str, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     c, k = tmp / "cert.pem", tmp / "key.pem"
     c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+    k.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return str(c), str(k)
 
 
@@ -265,27 +330,62 @@ async def test_tls_when_a_certificate_is_configured(settings: Settings, tmp_path
 
 
 def _msg(type_: str, channel: str, seq: int, data: object, symbol: str = "BTC-USD") -> bytes:
-    return orjson.dumps(data_message(type=type_, channel=channel, symbol=symbol, seq=seq, epoch=1,
-                                     publish_ns=T0 + seq, event_ns=T0, data=data))
+    return orjson.dumps(
+        data_message(
+            type=type_,
+            channel=channel,
+            symbol=symbol,
+            seq=seq,
+            epoch=1,
+            publish_ns=T0 + seq,
+            event_ns=T0,
+            data=data,
+        )
+    )
 
 
 async def test_trades_l3_and_candles_routes(settings: Settings) -> None:
     t = Topics.from_settings(settings)
     trade = {"trade_id": 1, "price": "100", "size": "1", "side": "buy"}
     async with Feed(settings) as feed:
-        await feed.raw(t.snapshot, _msg("trades_snapshot", "trades", 2, {"trades": [trade, trade]}), "trades:BTC-USD")
-        await feed.raw(t.snapshot, _msg("l3_snapshot", "l3", 1, {"bids": [], "asks": []}), "l3:BTC-USD")
+        await feed.raw(
+            t.snapshot,
+            _msg("trades_snapshot", "trades", 2, {"trades": [trade, trade]}),
+            "trades:BTC-USD",
+        )
+        await feed.raw(
+            t.snapshot, _msg("l3_snapshot", "l3", 1, {"bids": [], "asks": []}), "l3:BTC-USD"
+        )
         await feed.raw(t.stream("l3"), _msg("l3_update", "l3", 2, {"changes": ["x"]}), "BTC-USD")
-        await feed.raw(t.stream("candles_1m"), _msg("candle", "candles_1m", 5, {"open": "1"}), "BTC-USD")
+        await feed.raw(
+            t.stream("candles_1m"), _msg("candle", "candles_1m", 5, {"open": "1"}), "BTC-USD"
+        )
         async with running_gateway(settings) as gw, connect(url(gw)) as ws:
-            await send(ws, {"type": "subscribe", "channels": ["trades:BTC-USD", "l3:BTC-USD", "candles_1m:BTC-USD"]})
+            await send(
+                ws,
+                {
+                    "type": "subscribe",
+                    "channels": ["trades:BTC-USD", "l3:BTC-USD", "candles_1m:BTC-USD"],
+                },
+            )
             await recv_until(ws, lambda m: m["type"] == "subscribed")
             got = [await recv(ws) for _ in range(4)]
             assert [(m["type"], m["seq"]) for m in got] == [
-                ("trades_snapshot", 2), ("l3_snapshot", 1), ("l3_update", 2), ("candle", 5)]
+                ("trades_snapshot", 2),
+                ("l3_snapshot", 1),
+                ("l3_update", 2),
+                ("candle", 5),
+            ]
             await feed.raw(t.stream("trades"), _msg("trade", "trades", 3, trade), "BTC-USD")
-            await feed.raw(t.stream("candles_1m"), _msg("candle", "candles_5m", 1, {"open": "1"}), "BTC-USD")
-            await feed.raw(t.stream("candles_1m"), _msg("candle", "candles_1m", 6, {"open": "2"}), "BTC-USD")
+            await feed.raw(
+                t.stream("candles_1m"), _msg("candle", "candles_5m", 1, {"open": "1"}), "BTC-USD"
+            )
+            await feed.raw(
+                t.stream("candles_1m"), _msg("candle", "candles_1m", 6, {"open": "2"}), "BTC-USD"
+            )
             m1 = await recv(ws)
             m2 = await recv(ws)  # the 5m candle is not subscribed: never arrives
-            assert [(m1["type"], m1["seq"]), (m2["channel"], m2["seq"])] == [("trade", 3), ("candles_1m", 6)]
+            assert [(m1["type"], m1["seq"]), (m2["channel"], m2["seq"])] == [
+                ("trade", 3),
+                ("candles_1m", 6),
+            ]

@@ -42,10 +42,16 @@ async def test_snapshot_then_gapless_updates_with_checksums(settings: Settings) 
         async with running_gateway(settings) as gw, connect(url(gw)) as ws:
             await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "btc/usd", "id": 7})
             ack = await recv(ws)
-            assert ack == {"type": "subscribed", "changed": ["l2:BTC-USD"],
-                           "subscriptions": ["l2:BTC-USD"], "id": 7}
+            assert ack == {
+                "type": "subscribed",
+                "changed": ["l2:BTC-USD"],
+                "subscriptions": ["l2:BTC-USD"],
+                "id": 7,
+            }
             snap = await recv(ws)
-            assert snap["type"] == "l2_snapshot" and snap["seq"] == 30 and snap["symbol"] == "BTC-USD"
+            assert (
+                snap["type"] == "l2_snapshot" and snap["seq"] == 30 and snap["symbol"] == "BTC-USD"
+            )
             cb = ClientBook()
             cb.on(snap)
             sent = await feed.updates("BTC-USD", 50, start=30)

@@ -32,14 +32,16 @@ async def _health(port: int) -> tuple[int, dict]:  # type: ignore[type-arg]
     return int(head.split()[1]), orjson.loads(body)
 
 
-async def test_two_processes_share_the_port_and_stop_on_sigterm(settings: Settings,
-                                                               env_for: dict[str, str]) -> None:
+async def test_two_processes_share_the_port_and_stop_on_sigterm(
+    settings: Settings, env_for: dict[str, str]
+) -> None:
     port = free_port()
     env = dict(env_for, MD_WS_PORT=str(port), MD_WS_PROCESSES="2", MD_LOG_LEVEL="WARNING")
     async with Feed(settings) as feed:
         await feed.snapshot("BTC-USD")
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway_ws", env=env,
-                                                    cwd=os.getcwd())
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway_ws", env=env, cwd=os.getcwd()
+        )
         try:
             async with asyncio.timeout(20):
                 while True:

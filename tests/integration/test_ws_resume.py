@@ -28,8 +28,13 @@ async def _hist(r: aioredis.Redis, settings: Settings, raws: list[bytes]) -> Non
     """What the storage cache writer does per message (docs/internals.md "Redis")."""
     for raw in raws:
         d = orjson.loads(raw)
-        await r.xadd(hist_key(settings.redis_prefix, d["channel"], d["symbol"]),
-                     {"m": raw, "e": d["epoch"]}, id=f"{d['seq']}-0", maxlen=10_000, approximate=True)
+        await r.xadd(
+            hist_key(settings.redis_prefix, d["channel"], d["symbol"]),
+            {"m": raw, "e": d["epoch"]},
+            id=f"{d['seq']}-0",
+            maxlen=10_000,
+            approximate=True,
+        )
 
 
 async def _drain_to(ws, cb: ClientBook, seq: int) -> list[int]:  # type: ignore[no-untyped-def]
@@ -42,7 +47,9 @@ async def _drain_to(ws, cb: ClientBook, seq: int) -> list[int]:  # type: ignore[
     return seen
 
 
-async def test_resume_after_forced_disconnect_on_another_instance_misses_nothing(settings: Settings) -> None:
+async def test_resume_after_forced_disconnect_on_another_instance_misses_nothing(
+    settings: Settings,
+) -> None:
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
         async with Feed(settings) as feed:
@@ -60,8 +67,16 @@ async def test_resume_after_forced_disconnect_on_another_instance_misses_nothing
                 # missed while away
                 await _hist(r, settings, await feed.updates("BTC-USD", 20, start=20))
                 async with connect(url(gw2)) as ws:
-                    await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD",
-                                    "since_seq": 20, "epoch": 1})
+                    await send(
+                        ws,
+                        {
+                            "type": "subscribe",
+                            "channel": "l2",
+                            "symbol": "BTC-USD",
+                            "since_seq": 20,
+                            "epoch": 1,
+                        },
+                    )
                     ack = await recv_until(ws, lambda m: True)
                     assert ack["type"] == "subscribed"
                     assert await _drain_to(ws, cb, 40) == list(range(21, 41))
@@ -69,8 +84,15 @@ async def test_resume_after_forced_disconnect_on_another_instance_misses_nothing
                     assert await _drain_to(ws, cb, 50) == list(range(41, 51))  # then live
                     # resume from "now": nothing replayed, straight to live
                 async with connect(url(gw1)) as ws:
-                    await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD",
-                                    "since_seq": 50})
+                    await send(
+                        ws,
+                        {
+                            "type": "subscribe",
+                            "channel": "l2",
+                            "symbol": "BTC-USD",
+                            "since_seq": 50,
+                        },
+                    )
                     await recv_until(ws, lambda m: m["type"] == "subscribed")
                     await feed.updates("BTC-USD", 1, start=50)
                     msg = await recv_until(ws, lambda m: m["type"] != "subscribed")
@@ -90,19 +112,31 @@ async def test_resume_from_too_far_back_gets_a_flagged_snapshot(settings: Settin
             ups = await feed.updates("ETH-USD", 30)
             await _hist(r, settings, ups[20:])  # the window holds 21..30 only
             async with running_gateway(settings) as gw, connect(url(gw)) as ws:
-                await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "ETH-USD", "since_seq": 5})
+                await send(
+                    ws, {"type": "subscribe", "channel": "l2", "symbol": "ETH-USD", "since_seq": 5}
+                )
                 await recv_until(ws, lambda m: m["type"] == "subscribed")
                 note = await recv_until(ws, lambda m: True)
                 assert note["type"] == "resync" and note["reason"] == "resume_too_old"
                 snap = await recv_until(ws, lambda m: True)
-                assert snap["type"] == "l2_snapshot" and snap["resync"] is True and snap["seq"] == 30
+                assert (
+                    snap["type"] == "l2_snapshot" and snap["resync"] is True and snap["seq"] == 30
+                )
                 cb = ClientBook()
                 cb.on(snap)
                 await feed.updates("ETH-USD", 5, start=30)
                 await _drain_to(ws, cb, 35)
                 # a different epoch than the stream's: snapshot too
-                await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "ETH-USD",
-                                "since_seq": 30, "epoch": 99})
+                await send(
+                    ws,
+                    {
+                        "type": "subscribe",
+                        "channel": "l2",
+                        "symbol": "ETH-USD",
+                        "since_seq": 30,
+                        "epoch": 99,
+                    },
+                )
                 note = await recv_until(ws, lambda m: m["type"] == "resync")
                 assert note["reason"] == "resume_epoch"
     finally:
@@ -120,8 +154,15 @@ async def test_resume_since_timestamp(settings: Settings) -> None:
             await _hist(r, settings, await feed.updates("BTC-USD", 40))
             async with running_gateway(settings) as gw, connect(url(gw)) as ws:
                 # Producer stamps message seq s at T0 + s µs: "since" seq 25's time gives 25..40
-                await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD",
-                                "since": iso_from_ns(T0 + 25_000)})
+                await send(
+                    ws,
+                    {
+                        "type": "subscribe",
+                        "channel": "l2",
+                        "symbol": "BTC-USD",
+                        "since": iso_from_ns(T0 + 25_000),
+                    },
+                )
                 await recv_until(ws, lambda m: m["type"] == "subscribed")
                 got = []
                 while not got or got[-1] != 40:
@@ -129,8 +170,15 @@ async def test_resume_since_timestamp(settings: Settings) -> None:
                     assert msg["type"] == "l2_update", msg
                     got.append(msg["seq"])
                 assert got == list(range(25, 41))
-                await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD",
-                                "since": iso_from_ns(T0 - 10**9)})
+                await send(
+                    ws,
+                    {
+                        "type": "subscribe",
+                        "channel": "l2",
+                        "symbol": "BTC-USD",
+                        "since": iso_from_ns(T0 - 10**9),
+                    },
+                )
                 note = await recv_until(ws, lambda m: m["type"] == "resync")
                 assert note["reason"] == "resume_too_old"
     finally:

@@ -66,8 +66,9 @@ async def recv(ws: ClientConnection, limit: float = 5.0) -> dict[str, Any]:
     return orjson.loads(raw)
 
 
-async def recv_until(ws: ClientConnection, pred: Any, limit: float = 5.0,
-                     skip_heartbeats: bool = True) -> dict[str, Any]:
+async def recv_until(
+    ws: ClientConnection, pred: Any, limit: float = 5.0, skip_heartbeats: bool = True
+) -> dict[str, Any]:
     async with asyncio.timeout(limit):
         while True:
             msg = orjson.loads(await ws.recv())

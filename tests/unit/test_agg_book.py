@@ -24,7 +24,12 @@ from core.checksum import book_checksum
 SYM = "BTC-USD"
 
 op = st.one_of(
-    st.tuples(st.just("limit"), st.sampled_from(["buy", "sell"]), st.integers(990, 1010), st.integers(1, 50)),
+    st.tuples(
+        st.just("limit"),
+        st.sampled_from(["buy", "sell"]),
+        st.integers(990, 1010),
+        st.integers(1, 50),
+    ),
     st.tuples(st.just("market"), st.sampled_from(["buy", "sell"]), st.integers(1, 80), st.just(0)),
     st.tuples(st.just("cancel"), st.integers(0, 200), st.just(0), st.just(0)),
     st.tuples(st.just("reduce"), st.integers(0, 200), st.integers(1, 49), st.just(0)),
@@ -57,7 +62,10 @@ def run_ops(ops: list[tuple]) -> tuple[MatchingEngine, list[list[ev.AnyEvent]]]:
 def engine_levels(e: MatchingEngine) -> dict[str, list[tuple[str, str]]]:
     bids = sorted(e.level_sizes("buy").items(), reverse=True)
     asks = sorted(e.level_sizes("sell").items())
-    return {"buy": [(e.px(p), e.sz(q)) for p, q in bids], "sell": [(e.px(p), e.sz(q)) for p, q in asks]}
+    return {
+        "buy": [(e.px(p), e.sz(q)) for p, q in bids],
+        "sell": [(e.px(p), e.sz(q)) for p, q in asks],
+    }
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -109,7 +117,9 @@ def _bytes(msg: dict) -> bytes:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(op, min_size=2, max_size=100), st.data())
-def test_checkpoint_and_replay_with_other_batching_is_identical(ops: list[tuple], data: st.DataObject) -> None:
+def test_checkpoint_and_replay_with_other_batching_is_identical(
+    ops: list[tuple], data: st.DataObject
+) -> None:
     _, per_op = run_ops(ops)
     events = [ev.decode(ev.encode(x)) for out in per_op for x in out]
     k = data.draw(st.integers(0, len(events)))
@@ -139,23 +149,44 @@ def _roundtrip(d: dict) -> dict:
 
 
 inconsistent = st.one_of(
-    st.builds(lambda o, s, p, q: ev.open_(SYM, 1, f"x{o}", s, f"{p}.00", f"{q}.0"),
-              st.integers(0, 15), st.sampled_from(["buy", "sell"]), st.integers(95, 105), st.integers(1, 5)),
-    st.builds(lambda o, q: ev.change(SYM, 2, f"x{o}", "buy", f"{q}.0"), st.integers(0, 15), st.integers(0, 5)),
+    st.builds(
+        lambda o, s, p, q: ev.open_(SYM, 1, f"x{o}", s, f"{p}.00", f"{q}.0"),
+        st.integers(0, 15),
+        st.sampled_from(["buy", "sell"]),
+        st.integers(95, 105),
+        st.integers(1, 5),
+    ),
+    st.builds(
+        lambda o, q: ev.change(SYM, 2, f"x{o}", "buy", f"{q}.0"),
+        st.integers(0, 15),
+        st.integers(0, 5),
+    ),
     st.builds(lambda o: ev.done(SYM, 3, f"x{o}", "sell", "canceled"), st.integers(0, 15)),
-    st.builds(lambda t, o, q: ev.match(SYM, 4, str(t), f"x{o}", "taker", "buy", "100.00", f"{q}.0"),
-              st.integers(0, 99), st.integers(0, 15), st.integers(1, 9)),
+    st.builds(
+        lambda t, o, q: ev.match(SYM, 4, str(t), f"x{o}", "taker", "buy", "100.00", f"{q}.0"),
+        st.integers(0, 99),
+        st.integers(0, 15),
+        st.integers(1, 9),
+    ),
     st.builds(lambda r: ev.reset(SYM, 5, r), st.just("test")),
-    st.builds(lambda s, p, q: ev.book_update(SYM, 6, [[s, f"{p}.00", f"{q}.0"]]),
-              st.sampled_from(["buy", "sell"]), st.integers(95, 105), st.integers(0, 3)),
-    st.builds(lambda p: ev.book_snapshot(SYM, 7, [[f"{p}.00", "1.0"]], [[f"{p + 1}.00", "2.0"]]),
-              st.integers(95, 105)),
+    st.builds(
+        lambda s, p, q: ev.book_update(SYM, 6, [[s, f"{p}.00", f"{q}.0"]]),
+        st.sampled_from(["buy", "sell"]),
+        st.integers(95, 105),
+        st.integers(0, 3),
+    ),
+    st.builds(
+        lambda p: ev.book_snapshot(SYM, 7, [[f"{p}.00", "1.0"]], [[f"{p + 1}.00", "2.0"]]),
+        st.integers(95, 105),
+    ),
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(inconsistent, max_size=60), st.integers(1, 5))
-def test_inconsistent_order_events_never_corrupt_the_book(evs: list[ev.AnyEvent], flush_every: int) -> None:
+def test_inconsistent_order_events_never_corrupt_the_book(
+    evs: list[ev.AnyEvent], flush_every: int
+) -> None:
     """Duplicate opens, changes/fills/dones of unknown orders, overfills, resets: no exception,
     L2 always equals the sum of the resting orders, and the published streams reproduce both.
     (Such a feed can rest crossing orders; the aggregator reports the book as the source has it.)"""
@@ -166,7 +197,11 @@ def test_inconsistent_order_events_never_corrupt_the_book(evs: list[ev.AnyEvent]
         if i % flush_every == 0 or i == len(evs) - 1:
             for _ch, msg in state.flush(0):
                 check.feed(_bytes(msg))
-            levels = {(side, Decimal(p)): Decimal(q) for side in ("buy", "sell") for p, q in state.book.top(side)}
+            levels = {
+                (side, Decimal(p)): Decimal(q)
+                for side in ("buy", "sell")
+                for p, q in state.book.top(side)
+            }
             if state.l2_only:
                 assert not state.book.orders
             else:
@@ -178,4 +213,6 @@ def test_inconsistent_order_events_never_corrupt_the_book(evs: list[ev.AnyEvent]
     assert not check.errors, check.errors[:5]
     if evs:
         client = check.books.get(SYM, L2Book())
-        assert client.top_bids() == state.book.top("buy") and client.top_asks() == state.book.top("sell")
+        assert client.top_bids() == state.book.top("buy") and client.top_asks() == state.book.top(
+            "sell"
+        )

@@ -48,9 +48,20 @@ def test_update_before_snapshot_is_dropped_and_gap_asks_resync() -> None:
     assert isinstance(p.receive(upd, NS)[0], ev.BookUpdate)
 
     def match(tid: int) -> bytes:
-        return orjson.dumps({"type": "match", "trade_id": tid, "maker_order_id": "m", "taker_order_id": "t",
-                             "side": "buy", "size": "1", "price": "0.79", "product_id": "SKL-USD",
-                             "sequence": 100 + tid, "time": "2021-04-17T16:43:37.1Z"})
+        return orjson.dumps(
+            {
+                "type": "match",
+                "trade_id": tid,
+                "maker_order_id": "m",
+                "taker_order_id": "t",
+                "side": "buy",
+                "size": "1",
+                "price": "0.79",
+                "product_id": "SKL-USD",
+                "sequence": 100 + tid,
+                "time": "2021-04-17T16:43:37.1Z",
+            }
+        )
 
     assert len(p.receive(match(10), NS)) == 1
     assert len(p.receive(match(11), NS)) == 1 and not p.resync
@@ -72,17 +83,46 @@ def test_full_channel_orders_and_sequence_gap() -> None:
     p = CoinbaseParser(["BTC-USD"], full=True)
 
     def msg(seq: int, **kw: object) -> bytes:
-        return orjson.dumps({"product_id": "BTC-USD", "sequence": seq, "time": "2021-04-17T16:43:37.1Z", **kw})
+        return orjson.dumps(
+            {"product_id": "BTC-USD", "sequence": seq, "time": "2021-04-17T16:43:37.1Z", **kw}
+        )
 
     out = []
     out += p.receive(msg(1, type="received", order_id="a", side="buy"), NS)
-    out += p.receive(msg(2, type="open", order_id="a", side="buy", price="100.00", remaining_size="2"), NS)
-    out += p.receive(msg(3, type="open", order_id="b", side="sell", price="101.00", remaining_size="1"), NS)
-    out += p.receive(msg(4, type="change", order_id="a", side="buy", price="100.00", new_size="1.5"), NS)
-    out += p.receive(msg(5, type="match", trade_id=1, maker_order_id="b", taker_order_id="c", side="sell",
-                         size="1", price="101.00"), NS)
-    out += p.receive(msg(6, type="done", order_id="b", side="sell", reason="filled", price="101.00",
-                         remaining_size="0"), NS)
+    out += p.receive(
+        msg(2, type="open", order_id="a", side="buy", price="100.00", remaining_size="2"), NS
+    )
+    out += p.receive(
+        msg(3, type="open", order_id="b", side="sell", price="101.00", remaining_size="1"), NS
+    )
+    out += p.receive(
+        msg(4, type="change", order_id="a", side="buy", price="100.00", new_size="1.5"), NS
+    )
+    out += p.receive(
+        msg(
+            5,
+            type="match",
+            trade_id=1,
+            maker_order_id="b",
+            taker_order_id="c",
+            side="sell",
+            size="1",
+            price="101.00",
+        ),
+        NS,
+    )
+    out += p.receive(
+        msg(
+            6,
+            type="done",
+            order_id="b",
+            side="sell",
+            reason="filled",
+            price="101.00",
+            remaining_size="0",
+        ),
+        NS,
+    )
     assert [e.type for e in out] == ["open", "open", "change", "match", "done"]
     m = next(e for e in out if isinstance(e, ev.Match))
     assert m.taker_side == "buy" and m.maker_order_id == "b" and m.src_seq == 5
@@ -90,25 +130,65 @@ def test_full_channel_orders_and_sequence_gap() -> None:
     for e in out:
         s.apply(e)
     assert s.book.top("buy") == [("100.00", "1.5")] and s.book.top("sell") == []
-    assert p.receive(msg(6, type="done", order_id="a", side="buy", reason="canceled"), NS) == []  # stale
+    assert (
+        p.receive(msg(6, type="done", order_id="a", side="buy", reason="canceled"), NS) == []
+    )  # stale
     gap = p.receive(msg(9, type="done", order_id="a", side="buy", reason="canceled"), NS)
     assert [e.type for e in gap] == ["reset"] and p.take_resync() == {"BTC-USD"}
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=300)
-@given(st.one_of(
-    st.binary(max_size=300),
-    st.dictionaries(st.sampled_from(["type", "product_id", "changes", "bids", "asks", "trade_id", "side", "price",
-                                     "size", "sequence", "time", "last_trade_id", "order_id", "remaining_size"]),
-                    st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=12),
-                              st.lists(st.lists(st.text(max_size=5))),
-                              st.sampled_from(["snapshot", "l2update", "match", "heartbeat", "open", "done",
-                                               "SKL-USD", "buy", "sell", "1.5", "2021-04-17T16:43:37Z"])))
-    .map(orjson.dumps),
-))
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "type",
+                    "product_id",
+                    "changes",
+                    "bids",
+                    "asks",
+                    "trade_id",
+                    "side",
+                    "price",
+                    "size",
+                    "sequence",
+                    "time",
+                    "last_trade_id",
+                    "order_id",
+                    "remaining_size",
+                ]
+            ),
+            st.one_of(
+                st.none(),
+                st.integers(-(2**63), 2**63 - 1),
+                st.text(max_size=12),
+                st.lists(st.lists(st.text(max_size=5))),
+                st.sampled_from(
+                    [
+                        "snapshot",
+                        "l2update",
+                        "match",
+                        "heartbeat",
+                        "open",
+                        "done",
+                        "SKL-USD",
+                        "buy",
+                        "sell",
+                        "1.5",
+                        "2021-04-17T16:43:37Z",
+                    ]
+                ),
+            ),
+        ).map(orjson.dumps),
+    )
+)
 def test_garbage_from_the_feed_never_raises(raw: bytes) -> None:
     p = CoinbaseParser(["SKL-USD"], full=False)
-    p.receive(b'{"type":"snapshot","product_id":"SKL-USD","bids":[["1","1"]],"asks":[["2","1"]]}', NS)
+    p.receive(
+        b'{"type":"snapshot","product_id":"SKL-USD","bids":[["1","1"]],"asks":[["2","1"]]}', NS
+    )
     for e in p.receive(raw, NS):
         assert isinstance(e, ev.Event)
     pf = CoinbaseParser(["SKL-USD"], full=True)

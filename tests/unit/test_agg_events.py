@@ -34,24 +34,30 @@ def test_round_trip_every_type() -> None:
         assert back.to_dict() == e.to_dict()
 
 
-@pytest.mark.parametrize("bad", [
-    b"", b"not json", b"[]", b'"x"',
-    b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":"1","size":"0"}',
-    b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":"NaN","size":"1"}',
-    b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":1.5,"size":"1"}',
-    b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"up","price":"1","size":"1"}',
-    b'{"type":"open","symbol":"BTCUSD","ts":1,"order_id":"a","side":"buy","price":"1","size":"1"}',
-    b'{"type":"open","symbol":"BTC-USD","ts":"now","order_id":"a","side":"buy","price":"1","size":"1"}',
-    b'{"type":"open","symbol":"BTC-USD","ts":1,"side":"buy","price":"1","size":"1"}',
-    b'{"type":"match","symbol":"BTC-USD","ts":1,"trade_id":"1","maker_order_id":"a","taker_order_id":"b",'
-    b'"taker_side":"buy","price":"-1","size":"1"}',
-    b'{"type":"book_update","symbol":"BTC-USD","ts":1,"changes":[["buy","1"]]}',
-    b'{"type":"book_snapshot","symbol":"BTC-USD","ts":1,"bids":"x","asks":[]}',
-    b'{"type":"symbol_info","symbol":"BTC-USD","ts":1,"info":{"symbol":"ETH-USD"}}',
-    b'{"type":"teleport","symbol":"BTC-USD","ts":1}',
-    b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":"1e999999","size":"1"}',
-    b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":"1","size":"1e-30"}',
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'"x"',
+        b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":"1","size":"0"}',
+        b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":"NaN","size":"1"}',
+        b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":1.5,"size":"1"}',
+        b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"up","price":"1","size":"1"}',
+        b'{"type":"open","symbol":"BTCUSD","ts":1,"order_id":"a","side":"buy","price":"1","size":"1"}',
+        b'{"type":"open","symbol":"BTC-USD","ts":"now","order_id":"a","side":"buy","price":"1","size":"1"}',
+        b'{"type":"open","symbol":"BTC-USD","ts":1,"side":"buy","price":"1","size":"1"}',
+        b'{"type":"match","symbol":"BTC-USD","ts":1,"trade_id":"1","maker_order_id":"a","taker_order_id":"b",'
+        b'"taker_side":"buy","price":"-1","size":"1"}',
+        b'{"type":"book_update","symbol":"BTC-USD","ts":1,"changes":[["buy","1"]]}',
+        b'{"type":"book_snapshot","symbol":"BTC-USD","ts":1,"bids":"x","asks":[]}',
+        b'{"type":"symbol_info","symbol":"BTC-USD","ts":1,"info":{"symbol":"ETH-USD"}}',
+        b'{"type":"teleport","symbol":"BTC-USD","ts":1}',
+        b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":"1e999999","size":"1"}',
+        b'{"type":"open","symbol":"BTC-USD","ts":1,"order_id":"a","side":"buy","price":"1","size":"1e-30"}',
+    ],
+)
 def test_bad_input_is_an_event_error(bad: bytes) -> None:
     with pytest.raises(ev.EventError):
         ev.decode(bad)
@@ -67,10 +73,34 @@ def test_garbage_never_raises_anything_else(data: bytes) -> None:
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(st.dictionaries(st.sampled_from(["type", "symbol", "ts", "order_id", "side", "price", "size",
-                                         "changes", "bids", "asks", "info", "trade_id", "taker_side"]),
-                       st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8), st.lists(st.text(max_size=4)),
-                                 st.sampled_from(["open", "match", "book_update", "BTC-USD", "buy", "1.5"]))))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "type",
+                "symbol",
+                "ts",
+                "order_id",
+                "side",
+                "price",
+                "size",
+                "changes",
+                "bids",
+                "asks",
+                "info",
+                "trade_id",
+                "taker_side",
+            ]
+        ),
+        st.one_of(
+            st.none(),
+            st.integers(-(2**63), 2**63 - 1),
+            st.text(max_size=8),
+            st.lists(st.text(max_size=4)),
+            st.sampled_from(["open", "match", "book_update", "BTC-USD", "buy", "1.5"]),
+        ),
+    )
+)
 def test_fuzzed_objects_never_crash_the_state(d: dict) -> None:
     s = SymbolState("BTC-USD", 1)
     try:
@@ -104,8 +134,15 @@ def test_candles_close_on_event_time_and_l2_only_drops_l3() -> None:
     status = next(m for c, m in out if c == "status")
     assert "l3" not in status["data"]["channels"] and status["data"]["state"] == "l2_only"
     c1 = next(m for c, m in out if c == "candles_1m")["data"]
-    assert (c1["open"], c1["high"], c1["low"], c1["close"], c1["volume"], c1["trades"], c1["closed"]) == (
-        "0.31", "0.31", "0.30", "0.30", "3", 2, False)
+    assert (
+        c1["open"],
+        c1["high"],
+        c1["low"],
+        c1["close"],
+        c1["volume"],
+        c1["trades"],
+        c1["closed"],
+    ) == ("0.31", "0.31", "0.30", "0.30", "3", 2, False)
     assert c1["vwap"] == "0.30666667"
     # any event past the bucket end closes it, exactly once
     s.apply(ev.book_update("SKL-USD", T0 + 2 * MIN, [["buy", "0.29", "1"]]))
@@ -126,7 +163,12 @@ def test_ticker_and_stats_values() -> None:
     out = dict(s.flush(0))
     t = out["ticker"]["data"]
     assert (t["best_bid"], t["best_ask"], t["best_ask_size"], t["last_price"], t["last_side"]) == (
-        "99.00", "101.00", "1.50", "101.00", "buy")
+        "99.00",
+        "101.00",
+        "1.50",
+        "101.00",
+        "buy",
+    )
     assert t["volume_24h"] == "0.50" and t["open_24h"] == "101.00" and t["change_24h"] == "0.00"
     st_ = out["stats"]["data"]
     assert (st_["spread"], st_["mid"], st_["vwap"]) == ("2.00", "100", "101")

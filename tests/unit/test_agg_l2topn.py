@@ -35,7 +35,7 @@ def test_view_client_equals_top_n_of_full_book(depth: int, seed: int, flush_ever
                 continue
             msg = orjson.loads(orjson.dumps(msg))
             if first:  # start the view from the aggregator's snapshot, as a gateway does
-                (_, snap), = [s for s in state.snapshots(0) if s[0].startswith("l2:")]
+                ((_, snap),) = [s for s in state.snapshots(0) if s[0].startswith("l2:")]
                 snap = dict(snap, seq=msg["seq"])
                 out = view.on_message(snap)
                 assert out is not None and out["type"] == "l2_snapshot"
@@ -59,15 +59,36 @@ def test_view_client_equals_top_n_of_full_book(depth: int, seed: int, flush_ever
 
 def test_updates_outside_top_n_are_suppressed_and_new_epoch_restarts_seq() -> None:
     v = TopNView("X-Y", 2)
-    snap = {"type": "l2_snapshot", "channel": "l2", "symbol": "X-Y", "seq": 10, "epoch": 1,
-            "data": {"bids": [["10", "1"], ["9", "1"], ["8", "1"]], "asks": [["11", "1"]]}}
+    snap = {
+        "type": "l2_snapshot",
+        "channel": "l2",
+        "symbol": "X-Y",
+        "seq": 10,
+        "epoch": 1,
+        "data": {"bids": [["10", "1"], ["9", "1"], ["8", "1"]], "asks": [["11", "1"]]},
+    }
     assert v.on_message(snap)["data"]["bids"] == [["10", "1"], ["9", "1"]]
-    deep = {"type": "l2_update", "channel": "l2", "symbol": "X-Y", "seq": 11, "epoch": 1,
-            "data": {"changes": [["buy", "8", "5"]]}}
+    deep = {
+        "type": "l2_update",
+        "channel": "l2",
+        "symbol": "X-Y",
+        "seq": 11,
+        "epoch": 1,
+        "data": {"changes": [["buy", "8", "5"]]},
+    }
     assert v.on_message(deep) is None
-    top = {"type": "l2_update", "channel": "l2", "symbol": "X-Y", "seq": 12, "epoch": 1,
-           "data": {"changes": [["buy", "10", "0"]]}}
+    top = {
+        "type": "l2_update",
+        "channel": "l2",
+        "symbol": "X-Y",
+        "seq": 12,
+        "epoch": 1,
+        "data": {"changes": [["buy", "10", "0"]]},
+    }
     out = v.on_message(top)
-    assert out["seq"] == 1 and sorted(out["data"]["changes"]) == [["buy", "10", "0"], ["buy", "8", "5"]]
+    assert out["seq"] == 1 and sorted(out["data"]["changes"]) == [
+        ["buy", "10", "0"],
+        ["buy", "8", "5"],
+    ]
     out = v.on_message(dict(snap, epoch=2))
     assert out["seq"] == 0 and out["epoch"] == 2

@@ -19,28 +19,59 @@ class Producer:
         self.book = L2Book()
 
     def snapshot(self) -> bytes:
-        return orjson.dumps(data_message(
-            type="l2_snapshot", channel="l2", symbol=self.symbol, seq=self.seq, epoch=self.epoch,
-            publish_ns=T0 + self.seq * 1000, event_ns=T0, data=self.book.snapshot(),
-            checksum=self.book.checksum()))
+        return orjson.dumps(
+            data_message(
+                type="l2_snapshot",
+                channel="l2",
+                symbol=self.symbol,
+                seq=self.seq,
+                epoch=self.epoch,
+                publish_ns=T0 + self.seq * 1000,
+                event_ns=T0,
+                data=self.book.snapshot(),
+                checksum=self.book.checksum(),
+            )
+        )
 
     def update(self, changes: list[list[str]]) -> bytes:
         self.seq += 1
         self.book.apply(changes)
-        return orjson.dumps(data_message(
-            type="l2_update", channel="l2", symbol=self.symbol, seq=self.seq, epoch=self.epoch,
-            publish_ns=T0 + self.seq * 1000, event_ns=T0, data={"changes": changes},
-            checksum=self.book.checksum()))
+        return orjson.dumps(
+            data_message(
+                type="l2_update",
+                channel="l2",
+                symbol=self.symbol,
+                seq=self.seq,
+                epoch=self.epoch,
+                publish_ns=T0 + self.seq * 1000,
+                event_ns=T0,
+                data={"changes": changes},
+                checksum=self.book.checksum(),
+            )
+        )
 
 
 def tick(seq: int, epoch: int = 1, channel: str = "ticker", price: str = "100") -> bytes:
-    return orjson.dumps(data_message(
-        type="ticker", channel=channel, symbol="BTC-USD", seq=seq, epoch=epoch,
-        publish_ns=T0 + epoch * 10**9 + seq * 1000, event_ns=T0, data={"price": price}))
+    return orjson.dumps(
+        data_message(
+            type="ticker",
+            channel=channel,
+            symbol="BTC-USD",
+            seq=seq,
+            epoch=epoch,
+            publish_ns=T0 + epoch * 10**9 + seq * 1000,
+            event_ns=T0,
+            data={"price": price},
+        )
+    )
 
 
 def level(i: int) -> list[str]:
-    return ["buy" if i % 2 else "sell", str(100 + (i % 7) if i % 2 == 0 else 90 - (i % 5)), str(i + 1)]
+    return [
+        "buy" if i % 2 else "sell",
+        str(100 + (i % 7) if i % 2 == 0 else 90 - (i % 5)),
+        str(i + 1),
+    ]
 
 
 def delivered(actions: list) -> list[int]:
@@ -170,7 +201,11 @@ def test_self_contained_channels_need_no_snapshot_and_rebase_on_gap() -> None:
     acts = j.on_stream(tick(13, price="101"))
     assert [(type(a), a.reason) for a in acts] == [(Reset, "gap")]  # type: ignore[union-attr]
     cur = j.current("ticker", "BTC-USD")
-    assert cur is not None and cur.seq == 13 and orjson.loads(cur.messages[0])["data"]["price"] == "101"
+    assert (
+        cur is not None
+        and cur.seq == 13
+        and orjson.loads(cur.messages[0])["data"]["price"] == "101"
+    )
 
 
 def test_trades_keep_last_n() -> None:
@@ -184,8 +219,19 @@ def test_trades_keep_last_n() -> None:
 
 def test_tail_channel_serves_snapshot_plus_updates_and_compacts() -> None:
     def l3(seq: int, typ: str) -> bytes:
-        return orjson.dumps(data_message(type=typ, channel="l3", symbol="BTC-USD", seq=seq,
-                                         epoch=1, publish_ns=T0 + seq, event_ns=T0, data={}))
+        return orjson.dumps(
+            data_message(
+                type=typ,
+                channel="l3",
+                symbol="BTC-USD",
+                seq=seq,
+                epoch=1,
+                publish_ns=T0 + seq,
+                event_ns=T0,
+                data={},
+            )
+        )
+
     j = StreamJoin()
     j.on_snapshot("l3:BTC-USD", l3(2, "l3_snapshot"), 0)
     for s in (1, 2, 3, 4, 5):
@@ -238,8 +284,19 @@ def test_random_stream_matches_reference_book() -> None:
 
 def test_tail_rebases_when_the_stream_catches_up_with_a_newer_snapshot() -> None:
     def l3(seq: int, typ: str) -> bytes:
-        return orjson.dumps(data_message(type=typ, channel="l3", symbol="BTC-USD", seq=seq,
-                                         epoch=1, publish_ns=T0 + seq, event_ns=T0, data={}))
+        return orjson.dumps(
+            data_message(
+                type=typ,
+                channel="l3",
+                symbol="BTC-USD",
+                seq=seq,
+                epoch=1,
+                publish_ns=T0 + seq,
+                event_ns=T0,
+                data={},
+            )
+        )
+
     j = StreamJoin()
     j.on_snapshot("l3:BTC-USD", l3(2, "l3_snapshot"), 0)
     j.on_snapshot("l3:BTC-USD", l3(5, "l3_snapshot"), 1)  # ahead of the stream we have read

@@ -30,7 +30,7 @@ def test_range_and_cursor() -> None:
         parse_range("1700000001", "1700000000")
     assert e.value.parameter == "start"
     assert parse_cursor("123:abc:def") == (123, "abc:def")
-    for bad in ("abc", "x:1", "12:"):
+    for bad in ("abc", "x:1", "12:", "\u00b2:a"):  # "²": isdigit() but not int()
         with pytest.raises(ApiError):
             parse_cursor(bad)
 

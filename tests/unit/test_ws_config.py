@@ -19,18 +19,23 @@ def test_defaults_let_anonymous_clients_use_every_channel() -> None:
     assert c.port == 8001 and c.buffer_high == 256 * 1024 and c.preframed
 
 
-@pytest.mark.parametrize(("raw", "want"), [
-    ("*", None),
-    ("ticker,trades", frozenset({"ticker", "trades"})),
-    ("", frozenset()),       # set but empty: no anonymous access (README production settings)
-    ("none", frozenset()),
-])
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        ("*", None),
+        ("ticker,trades", frozenset({"ticker", "trades"})),
+        ("", frozenset()),  # set but empty: no anonymous access (README production settings)
+        ("none", frozenset()),
+    ],
+)
 def test_anonymous_channels(raw: str, want: frozenset[str] | None) -> None:
     assert cfg(MD_WS_ANON_CHANNELS=raw).anon_channels == want
 
 
 def test_tiers_from_json_and_bad_values_name_the_variable() -> None:
-    c = cfg(MD_WS_TIERS='{"vip":{"max_subscriptions":7,"channels":["l3"]}}', MD_WS_DEFAULT_TIER="vip")
+    c = cfg(
+        MD_WS_TIERS='{"vip":{"max_subscriptions":7,"channels":["l3"]}}', MD_WS_DEFAULT_TIER="vip"
+    )
     assert c.tiers["vip"].max_subscriptions == 7 and c.tiers["vip"].channels == frozenset({"l3"})
     assert "basic" in c.tiers and "pro" in c.tiers
     with pytest.raises(ConfigError, match="MD_WS_DEFAULT_TIER"):

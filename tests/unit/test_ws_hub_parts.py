@@ -26,7 +26,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("binary", [False, True])
 def test_frame_matches_the_websockets_serializer(n: int, binary: bool) -> None:
     payload = b"x" * n
-    want = Frame(Opcode.BINARY if binary else Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+    want = Frame(Opcode.BINARY if binary else Opcode.TEXT, payload).serialize(
+        mask=False, extensions=[]
+    )
     assert frame(payload, binary) == want
 
 
@@ -35,7 +37,11 @@ def test_conflator_merges_levels_last_size_wins() -> None:
     snap_book = L2Book()
     g = Conflator(("l2", "BTC-USD"), 1000)
     assert g.take() is None
-    for changes in ([["buy", "10", "1"]], [["buy", "10", "2"], ["sell", "11", "1"]], [["sell", "11", "0"]]):
+    for changes in (
+        [["buy", "10", "1"]],
+        [["buy", "10", "2"], ["sell", "11", "1"]],
+        [["sell", "11", "0"]],
+    ):
         raw = p.update(changes)
         g.add(p.seq, raw, orjson.loads(raw))
     item = g.take()
@@ -62,9 +68,17 @@ class _F:
     def __init__(self, prices: dict[str, str]) -> None:
         self.join = StreamJoin()
         for i, (sym, px) in enumerate(prices.items()):
-            raw = orjson.dumps({"type": "ticker", "channel": "ticker", "symbol": sym, "seq": 1,
-                                "epoch": 1, "timestamp": f"2026-01-01T00:00:0{i}.000000Z",
-                                "data": {"last_price": px}})
+            raw = orjson.dumps(
+                {
+                    "type": "ticker",
+                    "channel": "ticker",
+                    "symbol": sym,
+                    "seq": 1,
+                    "epoch": 1,
+                    "timestamp": f"2026-01-01T00:00:0{i}.000000Z",
+                    "data": {"last_price": px},
+                }
+            )
             self.join.on_stream(raw)
 
     def current(self, channel: str, symbol: str, **kw: Any) -> Any:
@@ -77,17 +91,29 @@ def test_cross_rates_direct_inverse_and_via_usd() -> None:
     assert r.rate("EUR", "USD") == Decimal("1.25")
     assert abs(r.rate("EUR", "GBP") - Decimal("1.25") / Decimal("1.5")) < Decimal("1e-20")  # type: ignore[operator]
     assert r.rate("USD", "JPY") is None
-    conv = r.convert({"symbol": "BTC-USD", "data": {"last_price": "50000", "volume_24h": "3", "best_bid": None}}, "EUR")
-    assert conv is not None and conv["data"] == {"last_price": "40000", "volume_24h": "3", "best_bid": None}
+    conv = r.convert(
+        {"symbol": "BTC-USD", "data": {"last_price": "50000", "volume_24h": "3", "best_bid": None}},
+        "EUR",
+    )
+    assert conv is not None and conv["data"] == {
+        "last_price": "40000",
+        "volume_24h": "3",
+        "best_bid": None,
+    }
     assert conv["currency"] == "EUR"
 
 
 def test_asyncapi_parses_and_lists_every_error_code() -> None:
     doc = yaml.safe_load((ROOT / "docs/asyncapi.yaml").read_text())
     codes = set(doc["components"]["messages"]["error"]["payload"]["properties"]["code"]["enum"])
-    src = (ROOT / "gateway_ws/protocol.py").read_text() + (ROOT / "gateway_ws/server.py").read_text()
-    used = set(re.findall(r'ProtocolError\(\s*"([a-z_]+)"', src)) | set(
-        re.findall(r'"code": "([a-z_]+)"', src)) | set(re.findall(r'self\.error\("([a-z_]+)"', src))
+    src = (ROOT / "gateway_ws/protocol.py").read_text() + (
+        ROOT / "gateway_ws/server.py"
+    ).read_text()
+    used = (
+        set(re.findall(r'ProtocolError\(\s*"([a-z_]+)"', src))
+        | set(re.findall(r'"code": "([a-z_]+)"', src))
+        | set(re.findall(r'self\.error\("([a-z_]+)"', src))
+    )
     assert used and used <= codes, used - codes
     prose = (ROOT / "docs/websocket.md").read_text()
     assert all(f"`{c}`" in prose for c in used if c != "too_many_connections")

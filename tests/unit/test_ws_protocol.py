@@ -25,8 +25,9 @@ ANON = Principal(None, Tier("anonymous", max_subscriptions=3, rate=10, burst=5))
 
 
 def session(**kw: Any) -> Session:
-    opts: dict[str, Any] = dict(principal=ANON, is_symbol=lambda s: s in {"BTC-USD", "ETH-USD"},
-                                ns_from_iso=ns_from_iso)
+    opts: dict[str, Any] = dict(
+        principal=ANON, is_symbol=lambda s: s in {"BTC-USD", "ETH-USD"}, ns_from_iso=ns_from_iso
+    )
     opts.update(kw)
     return Session(**opts)
 
@@ -39,20 +40,36 @@ def feed(s: Session, msg: Any, now: float = 0.0) -> list[dict[str, Any]]:
 def test_subscribe_single_form_acks_and_emits_event() -> None:
     s = session()
     out = feed(s, {"type": "subscribe", "channel": "l2", "symbol": "btc/usd", "id": "a"})
-    assert out == [{"type": "subscribed", "changed": ["l2:BTC-USD"], "subscriptions": ["l2:BTC-USD"], "id": "a"}]
+    assert out == [
+        {
+            "type": "subscribed",
+            "changed": ["l2:BTC-USD"],
+            "subscriptions": ["l2:BTC-USD"],
+            "id": "a",
+        }
+    ]
     assert s.events_received() == [Subscribe((SubRequest("l2", "BTC-USD"),))]
     assert s.events_received() == []
 
 
 def test_subscribe_list_form_with_partial_failure() -> None:
     s = session()
-    out = feed(s, {"type": "subscribe", "channels": ["l2:BTC-USD", "nope:BTC-USD", "trades:XRP-USD", "ticker:ETH-USD"]})
+    out = feed(
+        s,
+        {
+            "type": "subscribe",
+            "channels": ["l2:BTC-USD", "nope:BTC-USD", "trades:XRP-USD", "ticker:ETH-USD"],
+        },
+    )
     codes = [m.get("code") for m in out if m["type"] == "error"]
     assert codes == ["unknown_channel", "unknown_symbol"]
     ack = [m for m in out if m["type"] == "subscribed"][0]
     assert ack["changed"] == ["l2:BTC-USD", "ticker:ETH-USD"]
     (ev,) = s.events_received()
-    assert isinstance(ev, Subscribe) and [r.name for r in ev.requests] == ["l2:BTC-USD", "ticker:ETH-USD"]
+    assert isinstance(ev, Subscribe) and [r.name for r in ev.requests] == [
+        "l2:BTC-USD",
+        "ticker:ETH-USD",
+    ]
 
 
 def test_unsubscribe_mirrors_subscribe() -> None:
@@ -60,30 +77,50 @@ def test_unsubscribe_mirrors_subscribe() -> None:
     feed(s, {"type": "subscribe", "channels": ["l2:BTC-USD", "trades:BTC-USD"]})
     s.events_received()
     out = feed(s, {"type": "unsubscribe", "channel": "l2", "symbol": "BTC-USD"})
-    assert out == [{"type": "unsubscribed", "changed": ["l2:BTC-USD"], "subscriptions": ["trades:BTC-USD"]}]
+    assert out == [
+        {"type": "unsubscribed", "changed": ["l2:BTC-USD"], "subscriptions": ["trades:BTC-USD"]}
+    ]
     assert s.events_received() == [Unsubscribe((("l2", "BTC-USD"),))]
     out = feed(s, {"type": "unsubscribe", "channel": "l2", "symbol": "BTC-USD"})
     assert out[0]["code"] == "not_subscribed"
 
 
-@pytest.mark.parametrize(("raw", "code"), [
-    ("{", "bad_json"),
-    ("[]", "bad_request"),
-    ('{"type":"x"}', "unknown_type"),
-    ('{"type":"subscribe"}', "bad_request"),
-    ('{"type":"subscribe","channel":"l2"}', "bad_request"),
-    ('{"type":"subscribe","channels":[]}', "bad_request"),
-    ('{"type":"subscribe","channel":"l2","symbol":"BTCUSD"}', "unknown_symbol"),
-    ('{"type":"subscribe","channel":"l2","symbol":"BTC-USD","since_seq":-1}', "bad_request"),
-    ('{"type":"subscribe","channel":"l2","symbol":"BTC-USD","since":"yesterday"}', "bad_request"),
-    ('{"type":"subscribe","channel":"l2","symbol":"BTC-USD","depth":0}', "bad_request"),
-    ('{"type":"subscribe","channel":"l3","symbol":"BTC-USD","depth":10}', "bad_request"),
-    ('{"type":"subscribe","channel":"trades","symbol":"BTC-USD","interval":"5s"}', "bad_request"),
-    ('{"type":"subscribe","channel":"ticker","symbol":"BTC-USD","interval":"5 parsecs"}', "bad_request"),
-    ('{"type":"subscribe","channel":"l2","symbol":"BTC-USD","currencies":["EUR"]}', "bad_request"),
-    ('{"type":"subscribe","channel":"l2","symbol":"BTC-USD","since_seq":1,"interval":"1s"}', "bad_request"),
-    ('{"type":"auth","token":"x"}', "auth_unavailable"),
-])
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("{", "bad_json"),
+        ("[]", "bad_request"),
+        ('{"type":"x"}', "unknown_type"),
+        ('{"type":"subscribe"}', "bad_request"),
+        ('{"type":"subscribe","channel":"l2"}', "bad_request"),
+        ('{"type":"subscribe","channels":[]}', "bad_request"),
+        ('{"type":"subscribe","channel":"l2","symbol":"BTCUSD"}', "unknown_symbol"),
+        ('{"type":"subscribe","channel":"l2","symbol":"BTC-USD","since_seq":-1}', "bad_request"),
+        (
+            '{"type":"subscribe","channel":"l2","symbol":"BTC-USD","since":"yesterday"}',
+            "bad_request",
+        ),
+        ('{"type":"subscribe","channel":"l2","symbol":"BTC-USD","depth":0}', "bad_request"),
+        ('{"type":"subscribe","channel":"l3","symbol":"BTC-USD","depth":10}', "bad_request"),
+        (
+            '{"type":"subscribe","channel":"trades","symbol":"BTC-USD","interval":"5s"}',
+            "bad_request",
+        ),
+        (
+            '{"type":"subscribe","channel":"ticker","symbol":"BTC-USD","interval":"5 parsecs"}',
+            "bad_request",
+        ),
+        (
+            '{"type":"subscribe","channel":"l2","symbol":"BTC-USD","currencies":["EUR"]}',
+            "bad_request",
+        ),
+        (
+            '{"type":"subscribe","channel":"l2","symbol":"BTC-USD","since_seq":1,"interval":"1s"}',
+            "bad_request",
+        ),
+        ('{"type":"auth","token":"x"}', "auth_unavailable"),
+    ],
+)
 def test_bad_requests_are_errors_and_nothing_changes(raw: str, code: str) -> None:
     s = session()
     out = feed(s, raw)
@@ -94,21 +131,47 @@ def test_bad_requests_are_errors_and_nothing_changes(raw: str, code: str) -> Non
 
 def test_options_are_parsed() -> None:
     s = session()
-    feed(s, {"type": "subscribe", "channel": "ticker", "symbol": "BTC-USD", "interval": "250ms",
-             "currencies": ["eur", "EUR", "gbp"]})
+    feed(
+        s,
+        {
+            "type": "subscribe",
+            "channel": "ticker",
+            "symbol": "BTC-USD",
+            "interval": "250ms",
+            "currencies": ["eur", "EUR", "gbp"],
+        },
+    )
     (ev,) = s.events_received()
     assert isinstance(ev, Subscribe)
     r = ev.requests[0]
     assert r.interval_ms == 250 and r.currencies == ("EUR", "GBP")
-    feed(s, {"type": "subscribe", "channel": "l2", "symbol": "ETH-USD", "since_seq": 41, "epoch": 7,
-             "depth": 10})
+    feed(
+        s,
+        {
+            "type": "subscribe",
+            "channel": "l2",
+            "symbol": "ETH-USD",
+            "since_seq": 41,
+            "epoch": 7,
+            "depth": 10,
+        },
+    )
     (ev,) = s.events_received()
     assert isinstance(ev, Subscribe)
     assert ev.requests[0] == SubRequest("l2", "ETH-USD", since_seq=41, epoch=7, depth=10)
-    feed(s, {"type": "subscribe", "channel": "trades", "symbol": "ETH-USD",
-             "since": "2026-11-24T06:51:12.123456Z"})
+    feed(
+        s,
+        {
+            "type": "subscribe",
+            "channel": "trades",
+            "symbol": "ETH-USD",
+            "since": "2026-11-24T06:51:12.123456Z",
+        },
+    )
     (ev,) = s.events_received()
-    assert isinstance(ev, Subscribe) and ev.requests[0].since_ns == ns_from_iso("2026-11-24T06:51:12.123456Z")
+    assert isinstance(ev, Subscribe) and ev.requests[0].since_ns == ns_from_iso(
+        "2026-11-24T06:51:12.123456Z"
+    )
 
 
 def test_status_channel_without_symbol_means_all() -> None:
@@ -119,7 +182,13 @@ def test_status_channel_without_symbol_means_all() -> None:
 
 def test_subscription_limit_of_the_tier() -> None:
     s = session()
-    out = feed(s, {"type": "subscribe", "channels": ["l2:BTC-USD", "l3:BTC-USD", "trades:BTC-USD", "ticker:BTC-USD"]})
+    out = feed(
+        s,
+        {
+            "type": "subscribe",
+            "channels": ["l2:BTC-USD", "l3:BTC-USD", "trades:BTC-USD", "ticker:BTC-USD"],
+        },
+    )
     assert [m.get("code") for m in out] == ["too_many_subscriptions", None]
     assert len(s.subscriptions) == 3
     # re-subscribing an active target does not count twice

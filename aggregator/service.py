@@ -11,7 +11,7 @@ its symbols) is owned by one instance at a time. Each owned partition ``p`` has 
 1. read a batch of input records, apply them to the symbols' :class:`SymbolState`;
 2. send the resulting data messages (``seq`` +1 per ``(channel, symbol)``) inside the open
    transaction;
-3. every ``MD_AGG_TXN_MS`` (default 50 ms): add the recovery records of the symbols touched in
+3. every ``MD_AGG_TXN_MS`` (default 10 ms): add the recovery records of the symbols touched in
    this transaction (``agg:seq:<symbol>`` always, the full ``agg:state:<symbol>`` at most every
    ``MD_AGG_CHECKPOINT_MS``), the public snapshots that are due, then
    ``send_offsets_to_transaction`` (the input offset) and ``commit_transaction``.
@@ -83,7 +83,7 @@ SYMBOLS = Gauge("md_agg_symbols", "symbols this instance owns")
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
     group: str
-    txn_ms: int = 50  # transaction length: read_committed consumers see output this much later
+    txn_ms: int = 10  # transaction length: read_committed consumers see output this much later
     checkpoint_ms: int = 5000  # full agg:state per symbol at most this often (bounds replay)
     snapshot_ms: int = 500  # public snapshots per symbol at most this often
     max_batch: int = 5000  # records per poll: bounds memory and per-batch latency
@@ -94,7 +94,7 @@ class ServiceConfig:
     def from_settings(cls, s: Settings) -> ServiceConfig:
         return cls(
             group=s.get("MD_AGG_GROUP", str, f"{s.topic_prefix}.aggregator"),
-            txn_ms=s.get("MD_AGG_TXN_MS", int, 50),
+            txn_ms=s.get("MD_AGG_TXN_MS", int, 10),
             checkpoint_ms=s.get("MD_AGG_CHECKPOINT_MS", int, 5000),
             snapshot_ms=s.get("MD_AGG_SNAPSHOT_MS", int, 500),
             max_batch=s.get("MD_AGG_MAX_BATCH", int, 5000),

@@ -5,6 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DATA="$VAR/postgres"
 LOGF="$VAR/log/postgres.log"
 RUNAS=()
+cd /  # every path here is absolute; the 'postgres' user may not be allowed into the checkout
 # initdb refuses to run as root: run the server as the unprivileged 'postgres' user then.
 if [[ $(id -u) -eq 0 ]]; then
   id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres

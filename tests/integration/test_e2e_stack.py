@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,23 +21,9 @@ import websockets
 
 from core.book import L2Book
 from tests.conftest import free_port
+from tests.helpers import wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _wait_http(url: str, procs: dict[str, subprocess.Popen[bytes]], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        for name, p in procs.items():
-            if p.poll() is not None:
-                raise AssertionError(f"{name} exited with {p.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not healthy within {within}s")
 
 
 @pytest.fixture
@@ -83,7 +68,7 @@ def stack(env_for: dict[str, str], pg_dsn: str, tmp_path: Path) -> Iterator[dict
             ("ws", ports["ws"]),
             ("rest", ports["rest"]),
         ):
-            _wait_http(f"http://127.0.0.1:{port}/health", procs)
+            wait_http(f"http://127.0.0.1:{port}/health", procs)
         yield ports
     finally:
         for p in procs.values():

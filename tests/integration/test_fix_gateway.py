@@ -21,6 +21,7 @@ from fix_gateway.codec import Message, Parser, encode, utc_timestamp
 from fix_gateway.store import MemoryStore
 from fix_gateway.testing import Platform, Publisher, gateway, metric
 from tests.conftest import free_port
+from tests.helpers import eventually, self_signed_cert
 
 pytestmark = pytest.mark.integration
 ENTRY = frozenset({279, 269, 55, 270, 271, 83})
@@ -72,10 +73,23 @@ class FixBook:
                 self.seq[sym] = int(e[83])
 
 
-async def until(cond, limit: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(limit):
-        while not cond():  # noqa: ASYNC110 - polling a plain predicate
-            await asyncio.sleep(0.02)
+def raw_logon(
+    sender: str, heartbeat: int, reset: bool = True, password: str | None = None
+) -> bytes:
+    """A raw Logon (35=A, seq 1) to MDGW, for the tests that drive the socket themselves."""
+    fields: list[tuple[int, str | int]] = [
+        (49, sender),
+        (56, "MDGW"),
+        (34, 1),
+        (52, utc_timestamp()),
+        (98, 0),
+        (108, heartbeat),
+    ]
+    if reset:
+        fields.append((141, "Y"))
+    if password is not None:
+        fields.append((554, password))
+    return encode("A", fields)
 
 
 async def test_subscribe_and_rebuild_book_equal_to_platform(
@@ -122,7 +136,7 @@ async def test_subscribe_and_rebuild_book_equal_to_platform(
                     and len(view.trades) == 6
                 )
 
-            await until(drain)
+            await eventually(drain, 10, interval=0.02)
             assert view.books["BTC-USD"].snapshot() == btc.book.snapshot()
             assert view.books["ETH-USD"].snapshot() == eth.book.snapshot()
             assert [t[3] for t in view.trades] == [1, 2, 3, 4, 5, 6]
@@ -163,20 +177,7 @@ async def test_heartbeat_timeout_garbled_and_unknown_session(
 
         def scenario() -> tuple[list[Message], bool, bytes]:
             with socket.create_connection(("127.0.0.1", gw.fix_port)) as s:
-                s.sendall(
-                    encode(
-                        "A",
-                        [
-                            (49, "CLIENT1"),
-                            (56, "MDGW"),
-                            (34, 1),
-                            (52, utc_timestamp()),
-                            (98, 0),
-                            (108, 1),
-                            (141, "Y"),
-                        ],
-                    )
-                )
+                s.sendall(raw_logon("CLIENT1", 1))
                 p = Parser()
                 got = recv_msgs(s, p, 1)
                 s.sendall(b"8=FIX.4.4\x019=5\x0135=0\x0110=000\x01")  # garbled: dropped, counted
@@ -189,19 +190,7 @@ async def test_heartbeat_timeout_garbled_and_unknown_session(
                 except OSError:
                     closed = True
             with socket.create_connection(("127.0.0.1", gw.fix_port)) as s2:
-                s2.sendall(
-                    encode(
-                        "A",
-                        [
-                            (49, "STRANGER"),
-                            (56, "MDGW"),
-                            (34, 1),
-                            (52, utc_timestamp()),
-                            (98, 0),
-                            (108, 30),
-                        ],
-                    )
-                )
+                s2.sendall(raw_logon("STRANGER", 30, reset=False))
                 s2.settimeout(5)
                 unknown = s2.recv(100)
             return got, closed, unknown
@@ -242,46 +231,12 @@ async def test_restart_continues_sequence_numbers_and_resends(
             p.receive_data(b"".join(c.raw_in))
             return [m for m in p.events_received() if isinstance(m, Message)]
 
-        await until(lambda: len(parsed()) >= 4)
+        await eventually(lambda: len(parsed()) >= 4, 10, interval=0.02)
         msgs = parsed()
         resent = [(m.msg_type, m.get(34), m.get(43)) for m in msgs[1:]]
         assert resent[:3] == [("4", "1", "Y"), ("y", "2", "Y"), ("4", "3", "Y")]
         assert msgs[2].get(320) == "before" and msgs[2].get(122)
         await c.logout()
-
-
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 async def test_tls_and_configured_password_session(
@@ -291,7 +246,7 @@ async def test_tls_and_configured_password_session(
 
     async with Publisher(settings) as pub:
         await pub.seed(Platform("BTC-USD"))
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     sessions = tmp_path / "sessions.toml"
     sessions.write_text('[[session]]\nsender_comp_id = "FUND7"\npassword = "s3cret"\n')
     env = {
@@ -306,21 +261,7 @@ async def test_tls_and_configured_password_session(
             ctx = ssl.create_default_context(cafile=str(cert))
             with socket.create_connection(("127.0.0.1", gw.fix_port)) as raw_sock:
                 s = ctx.wrap_socket(raw_sock, server_hostname="localhost") if use_tls else raw_sock
-                s.sendall(
-                    encode(
-                        "A",
-                        [
-                            (49, "FUND7"),
-                            (56, "MDGW"),
-                            (34, 1),
-                            (52, utc_timestamp()),
-                            (98, 0),
-                            (108, 30),
-                            (141, "Y"),
-                            (554, password),
-                        ],
-                    )
-                )
+                s.sendall(raw_logon("FUND7", 30, password=password))
                 try:
                     return recv_msgs(s, Parser(), 1, limit=3)
                 except OSError:
@@ -357,11 +298,13 @@ async def test_new_epoch_resnapshots_and_slow_consumer_is_cut(
             while w.msg_type != "W":
                 w = await c.next_app()
             view.apply(w)
-            await until(
+            await eventually(
                 lambda: (
                     (c.app.empty() or view.apply(c.app.get_nowait()) or True)
                     and view.seq["BTC-USD"] == fresh.seq
-                )
+                ),
+                10,
+                interval=0.02,
             )
             assert view.books["BTC-USD"].snapshot() == fresh.book.snapshot()
 
@@ -376,20 +319,7 @@ async def test_new_epoch_resnapshots_and_slow_consumer_is_cut(
                 s = socket.socket()
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 s.connect(("127.0.0.1", gw.fix_port))
-                s.sendall(
-                    encode(
-                        "A",
-                        [
-                            (49, "CLIENT1"),
-                            (56, "MDGW"),
-                            (34, 1),
-                            (52, utc_timestamp()),
-                            (98, 0),
-                            (108, 30),
-                            (141, "Y"),
-                        ],
-                    )
-                )
+                s.sendall(raw_logon("CLIENT1", 30))
                 return s
 
             await c.logout()

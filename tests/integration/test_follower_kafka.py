@@ -10,16 +10,11 @@ from core.follower import Reset, StreamFollower
 from core.kafka import make_producer
 from core.settings import Settings
 from core.topics import Topics
+from tests.helpers import eventually
 from tests.integration.ws_helpers import drop_topics  # noqa: F401 - autouse: topics deleted after each test
 from tests.unit.test_follower_join import Producer, tick
 
 pytestmark = pytest.mark.integration
-
-
-async def _until(cond, limit: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(limit):
-        while not cond():  # noqa: ASYNC110 - polling a plain predicate
-            await asyncio.sleep(0.02)
 
 
 async def test_follower_joins_snapshot_and_stream_and_follows_live(settings: Settings) -> None:
@@ -55,7 +50,9 @@ async def test_follower_joins_snapshot_and_stream_and_follows_live(settings: Set
                 await prod.send_and_wait(
                     t.stream("l2"), p.update([["buy", str(300 + i), "1"]]), key=b"BTC-USD"
                 )
-            await _until(lambda: f.seq_of("l2", "BTC-USD") == (12, 1, p.book.checksum()))
+            await eventually(
+                lambda: f.seq_of("l2", "BTC-USD") == (12, 1, p.book.checksum()), 10, interval=0.02
+            )
             assert [s for c, s in got if c == "l2"] == list(range(6, 13))
 
             # the aggregator restarts without state: new epoch, snapshot published after its first update
@@ -67,7 +64,9 @@ async def test_follower_joins_snapshot_and_stream_and_follows_live(settings: Set
             await asyncio.sleep(0.2)
             assert f.current("l2", "BTC-USD") is None  # waits for the new epoch's snapshot
             await prod.send_and_wait(t.snapshot, q_snap, key=b"l2:BTC-USD")
-            await _until(lambda: f.seq_of("l2", "BTC-USD") == (1, 2, q.book.checksum()))
+            await eventually(
+                lambda: f.seq_of("l2", "BTC-USD") == (1, 2, q.book.checksum()), 10, interval=0.02
+            )
             assert any(r.reason == "epoch" and r.epoch == 2 for r in resets)
             assert f.health()[0] is True
         finally:
@@ -94,7 +93,9 @@ async def test_follower_rewinds_when_snapshot_arrives_after_its_updates(settings
             )
         await asyncio.sleep(0.3)
         await prod.send_and_wait(t.snapshot, snap, key=b"l2:ETH-USD")
-        await _until(lambda: f.seq_of("l2", "ETH-USD") == (3, 1, p.book.checksum()))
+        await eventually(
+            lambda: f.seq_of("l2", "ETH-USD") == (3, 1, p.book.checksum()), 10, interval=0.02
+        )
     finally:
         await f.stop()
         await prod.stop()

@@ -29,6 +29,7 @@ from storage import testing as T
 from storage.cache_writer import CacheWriter
 from storage.db_writer import DbWriter
 from storage.migrate import migrate
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -49,14 +50,6 @@ N_TRADES = 300
 
 def _ns(dt: datetime) -> int:
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
-
-
-async def _wait(pred, wait_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + wait_s
-    while not await pred():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -152,7 +145,7 @@ async def pipeline(settings: Settings, pg_dsn: str) -> AsyncIterator[tuple[Setti
             and cache.redis_ok
         )
 
-    await _wait(written)
+    await eventually(written, 20)
     yield s, midnight
     stop.set()
     await asyncio.wait_for(asyncio.gather(*tasks), 15)

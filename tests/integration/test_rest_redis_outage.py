@@ -24,6 +24,7 @@ from storage.cache_writer import CacheWriter
 from storage.db_writer import DbWriter
 from storage.migrate import migrate
 from tests.conftest import free_port
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 SYM = "RDS-USD"
@@ -71,14 +72,6 @@ def own_redis() -> Iterator[OwnRedis]:
     r.stop()
 
 
-async def _wait(pred, wait_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + wait_s
-    while not await pred():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def stack(
     settings: Settings, pg_dsn: str, own_redis: OwnRedis
@@ -112,7 +105,7 @@ async def stack(
             and db.counters.snapshots_inserted == 1
         )
 
-    await _wait(ready)
+    await eventually(ready, 20)
     yield s, cache
     stop.set()
     await asyncio.wait_for(asyncio.gather(*tasks), 15)
@@ -158,7 +151,7 @@ async def test_redis_down_then_back_empty(
         async def writer_noticed() -> bool:
             return not cache.redis_ok
 
-        await _wait(writer_noticed)
+        await eventually(writer_noticed, 20)
         rebuilds = cache.counters.rebuilds
 
         own_redis.start()  # same port, empty
@@ -167,7 +160,7 @@ async def test_redis_down_then_back_empty(
             r = await c.get(f"{url}/ticker")
             return r.status_code == 200
 
-        await _wait(back)
+        await eventually(back, 20)
         assert cache.counters.rebuilds > rebuilds
         assert (await c.get(f"{url}/orderbook")).json().get("source") is None  # from Redis again
         assert (await c.get("/health")).status_code == 200
@@ -193,7 +186,7 @@ async def test_writer_refills_redis_flushed_while_running(
         async def refilled() -> bool:
             return bool(await r.exists(k.book(SYM))) and bool(await r.exists(k.ticker(SYM)))
 
-        await _wait(refilled)
+        await eventually(refilled, 20)
         assert cache.counters.rebuilds == rebuilds + 1
         assert await r.llen(k.trades(SYM)) == 3
         assert await r.hexists(k.symbols, SYM)

@@ -20,18 +20,9 @@ from gateway_rest.app import create_app
 from storage import testing as T
 from storage.cache_writer import CacheWriter
 from tests.conftest import free_port
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
-
-
-async def _wait(pred, wait_s: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + wait_s
-    while loop.time() < end:
-        if await pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 @pytest.fixture
@@ -97,7 +88,7 @@ async def test_orderbook_and_symbols_from_cache(
             r = await c.get("/api/v1/market/BTC-USD/orderbook")
             return r.status_code == 200 and r.json()["seq"] == 11
 
-        await _wait(book_at_11)
+        await eventually(book_at_11, 15)
         r = await c.get("/api/v1/market/btc-usd/orderbook", params={"depth": 2})
         b = r.json()
         assert r.status_code == 200 and b["symbol"] == "BTC-USD" and b["depth"] == 2
@@ -113,7 +104,7 @@ async def test_orderbook_and_symbols_from_cache(
             r = await c.get("/api/v1/market/symbols")
             return [s["symbol"] for s in r.json()["symbols"]] == ["BTC-USD", "ETH-USD"]
 
-        await _wait(both_listed)
+        await eventually(both_listed, 15)
         sym = (await c.get("/api/v1/market/symbols")).json()["symbols"][0]
         assert sym["tick_size"] == "0.01" and sym["base"] == "BTC" and sym["status"] == "online"
 
@@ -176,13 +167,13 @@ async def test_processes_serve_health_and_orderbook(
                     return False
                 return a.status_code == 200 and b.status_code == 200
 
-            await _wait(healthy, 30)
+            await eventually(healthy, 30)
 
             async def served() -> bool:
                 r = await c.get(f"http://127.0.0.1:{rest}/api/v1/market/BTC-USD/orderbook?depth=5")
                 return r.status_code == 200 and r.json()["seq"] == 11
 
-            await _wait(served, 20)
+            await eventually(served, 20)
             assert (await c.get(f"http://127.0.0.1:{rest}/openapi.json")).status_code == 200
             assert (await c.get(f"http://127.0.0.1:{rest}/docs")).status_code == 200
             m = (await c.get(f"http://127.0.0.1:{ops}/metrics")).text

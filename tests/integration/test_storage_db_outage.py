@@ -24,6 +24,7 @@ from storage import testing as T
 from storage.db_writer import DbWriter, DbWriterConfig
 from storage.migrate import migrate
 from tests.conftest import free_port
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 PGBIN = "/usr/lib/postgresql/15/bin"
@@ -93,14 +94,6 @@ def own_pg() -> Iterator[ThrowawayPostgres]:
     pg.destroy()
 
 
-async def _wait(pred, wait_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + wait_s
-    while not pred():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.05)
-
-
 async def _trades(p, t: Topics, lo: int, hi: int) -> None:  # type: ignore[no-untyped-def]
     await T.produce_stream(
         p, t, "trades", [(SYM, T.trade(SYM, i, f"o{i}", "1.5", "2")) for i in range(lo, hi)]
@@ -120,20 +113,20 @@ async def test_database_down_then_up_loses_nothing(
     await p.start()
     try:
         await _trades(p, t, 1, 501)
-        await _wait(lambda: w.counters.trades_inserted == 500)
+        await eventually(lambda: w.counters.trades_inserted == 500, 30)
         assert w.health_check()[0] is True
 
         own_pg.stop()
         await _trades(p, t, 501, 1501)
-        await _wait(lambda: w.counters.db_retries >= 3)
+        await eventually(lambda: w.counters.db_retries >= 3, 30)
         ok, detail = w.health_check()
         assert ok is False and detail["database"] == "down"  # type: ignore[index]
         assert w.counters.trades_inserted == 500
 
         own_pg.start()
-        await _wait(lambda: w.counters.trades_inserted == 1500)
+        await eventually(lambda: w.counters.trades_inserted == 1500, 30)
         await _trades(p, t, 1501, 1601)
-        await _wait(lambda: w.counters.trades_inserted == 1600 and w.queue.empty())
+        await eventually(lambda: w.counters.trades_inserted == 1600 and w.queue.empty(), 30)
     finally:
         await p.stop()
         stop.set()

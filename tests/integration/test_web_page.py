@@ -24,7 +24,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.helpers import wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
@@ -106,25 +106,6 @@ def ensure_chromium() -> Path:
 
 
 # ---------------------------------------------------------------- the stack
-def _wait_http(
-    url: str, procs: dict[str, subprocess.Popen[bytes]], logs: Path, within: float = 60.0
-) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        for name, p in procs.items():
-            if p.poll() is not None:
-                raise AssertionError(
-                    f"{name} exited with {p.returncode}:\n{(logs / f'{name}.log').read_text()[-3000:]}"
-                )
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"{url} not healthy within {within}s")
-
-
 class Stack:
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env = env
@@ -191,7 +172,7 @@ def stack(
         st.start("gateway_ws", ["-m", "gateway_ws"])
         st.start("gateway_rest", ["-c", REST_LAUNCHER])
         for key in ("sim", "agg", "storage", "ws", "rest"):
-            _wait_http(f"http://127.0.0.1:{ports[key]}/health", st.procs, tmp_path)
+            wait_http(f"http://127.0.0.1:{ports[key]}/health", st.procs, tmp_path, interval=0.25)
         yield st, ports
     finally:
         st.stop_all()
@@ -232,7 +213,9 @@ def test_live_page_renders_updates_and_reconnects(
             if step["step"] == "restart":
                 st.stop("gateway_ws")  # SIGTERM: the page sees its socket close
                 st.start("gateway_ws", ["-m", "gateway_ws"])
-                _wait_http(f"http://127.0.0.1:{ports['ws']}/health", st.procs, tmp_path)
+                wait_http(
+                    f"http://127.0.0.1:{ports['ws']}/health", st.procs, tmp_path, interval=0.25
+                )
                 e2e.stdin.write("go\n")
                 e2e.stdin.flush()
             if step["step"] in ("done", "fail"):

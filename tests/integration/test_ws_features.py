@@ -4,7 +4,6 @@ slow consumers, encodings, TLS."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import socket
 import ssl
 from pathlib import Path
@@ -18,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from core.channels import data_message
 from core.settings import Settings
 from core.topics import Topics
+from tests.helpers import self_signed_cert
 from tests.integration.ws_helpers import (
     ClientBook,
     Feed,
@@ -288,40 +288,8 @@ async def test_msgpack_and_deflate(settings: Settings) -> None:
                 assert snap["seq"] == 1
 
 
-def _self_signed(tmp: Path) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    c, k = tmp / "cert.pem", tmp / "key.pem"
-    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(c), str(k)
-
-
 async def test_tls_when_a_certificate_is_configured(settings: Settings, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = map(str, self_signed_cert(tmp_path))
     async with running_gateway(settings, tls_cert=cert, tls_key=key) as gw:
         ctx = ssl.create_default_context(cafile=cert)
         async with connect(f"wss://localhost:{gw.cfg.port}/ws", ssl=ctx) as ws:

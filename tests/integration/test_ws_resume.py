@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -37,6 +39,24 @@ async def _hist(r: aioredis.Redis, settings: Settings, raws: list[bytes]) -> Non
         )
 
 
+@pytest.fixture
+async def r(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """A Redis client for the test; deletes the test's keys (its resume windows) afterwards."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        yield client
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def _subscribe_l2(ws, symbol: str, **resume: object) -> None:  # type: ignore[no-untyped-def]
+    """Subscribe to ``symbol``'s l2, with resume fields (since_seq, since, epoch) when given."""
+    await send(ws, {"type": "subscribe", "channel": "l2", "symbol": symbol, **resume})
+
+
 async def _drain_to(ws, cb: ClientBook, seq: int) -> list[int]:  # type: ignore[no-untyped-def]
     seen = []
     while cb.seq != seq:
@@ -49,140 +69,76 @@ async def _drain_to(ws, cb: ClientBook, seq: int) -> list[int]:  # type: ignore[
 
 async def test_resume_after_forced_disconnect_on_another_instance_misses_nothing(
     settings: Settings,
+    r: aioredis.Redis,
 ) -> None:
-    r = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        async with Feed(settings) as feed:
-            await feed.snapshot("BTC-USD")
-            await _hist(r, settings, await feed.updates("BTC-USD", 10))
-            async with running_gateway(settings) as gw1, running_gateway(settings) as gw2:
-                cb = ClientBook()
-                async with connect(url(gw1)) as ws:
-                    await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD"})
-                    cb.on(await recv_until(ws, lambda m: m["type"] == "l2_snapshot"))
-                    assert cb.seq == 10
-                    await _hist(r, settings, await feed.updates("BTC-USD", 10, start=10))
-                    await _drain_to(ws, cb, 20)
-                    ws.transport.abort()  # forced disconnect, no closing handshake
-                # missed while away
-                await _hist(r, settings, await feed.updates("BTC-USD", 20, start=20))
-                async with connect(url(gw2)) as ws:
-                    await send(
-                        ws,
-                        {
-                            "type": "subscribe",
-                            "channel": "l2",
-                            "symbol": "BTC-USD",
-                            "since_seq": 20,
-                            "epoch": 1,
-                        },
-                    )
-                    ack = await recv_until(ws, lambda m: True)
-                    assert ack["type"] == "subscribed"
-                    assert await _drain_to(ws, cb, 40) == list(range(21, 41))
-                    await _hist(r, settings, await feed.updates("BTC-USD", 10, start=40))
-                    assert await _drain_to(ws, cb, 50) == list(range(41, 51))  # then live
-                    # resume from "now": nothing replayed, straight to live
-                async with connect(url(gw1)) as ws:
-                    await send(
-                        ws,
-                        {
-                            "type": "subscribe",
-                            "channel": "l2",
-                            "symbol": "BTC-USD",
-                            "since_seq": 50,
-                        },
-                    )
-                    await recv_until(ws, lambda m: m["type"] == "subscribed")
-                    await feed.updates("BTC-USD", 1, start=50)
-                    msg = await recv_until(ws, lambda m: m["type"] != "subscribed")
-                    assert (msg["type"], msg["seq"]) == ("l2_update", 51)
-    finally:
-        keys = [k async for k in r.scan_iter(match=f"{settings.redis_prefix}:*")]
-        if keys:
-            await r.delete(*keys)
-        await r.aclose()
-
-
-async def test_resume_from_too_far_back_gets_a_flagged_snapshot(settings: Settings) -> None:
-    r = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        async with Feed(settings) as feed:
-            await feed.snapshot("ETH-USD")
-            ups = await feed.updates("ETH-USD", 30)
-            await _hist(r, settings, ups[20:])  # the window holds 21..30 only
-            async with running_gateway(settings) as gw, connect(url(gw)) as ws:
-                await send(
-                    ws, {"type": "subscribe", "channel": "l2", "symbol": "ETH-USD", "since_seq": 5}
-                )
+    async with Feed(settings) as feed:
+        await feed.snapshot("BTC-USD")
+        await _hist(r, settings, await feed.updates("BTC-USD", 10))
+        async with running_gateway(settings) as gw1, running_gateway(settings) as gw2:
+            cb = ClientBook()
+            async with connect(url(gw1)) as ws:
+                await _subscribe_l2(ws, "BTC-USD")
+                cb.on(await recv_until(ws, lambda m: m["type"] == "l2_snapshot"))
+                assert cb.seq == 10
+                await _hist(r, settings, await feed.updates("BTC-USD", 10, start=10))
+                await _drain_to(ws, cb, 20)
+                ws.transport.abort()  # forced disconnect, no closing handshake
+            # missed while away
+            await _hist(r, settings, await feed.updates("BTC-USD", 20, start=20))
+            async with connect(url(gw2)) as ws:
+                await _subscribe_l2(ws, "BTC-USD", since_seq=20, epoch=1)
+                ack = await recv_until(ws, lambda m: True)
+                assert ack["type"] == "subscribed"
+                assert await _drain_to(ws, cb, 40) == list(range(21, 41))
+                await _hist(r, settings, await feed.updates("BTC-USD", 10, start=40))
+                assert await _drain_to(ws, cb, 50) == list(range(41, 51))  # then live
+                # resume from "now": nothing replayed, straight to live
+            async with connect(url(gw1)) as ws:
+                await _subscribe_l2(ws, "BTC-USD", since_seq=50)
                 await recv_until(ws, lambda m: m["type"] == "subscribed")
-                note = await recv_until(ws, lambda m: True)
-                assert note["type"] == "resync" and note["reason"] == "resume_too_old"
-                snap = await recv_until(ws, lambda m: True)
-                assert (
-                    snap["type"] == "l2_snapshot" and snap["resync"] is True and snap["seq"] == 30
-                )
-                cb = ClientBook()
-                cb.on(snap)
-                await feed.updates("ETH-USD", 5, start=30)
-                await _drain_to(ws, cb, 35)
-                # a different epoch than the stream's: snapshot too
-                await send(
-                    ws,
-                    {
-                        "type": "subscribe",
-                        "channel": "l2",
-                        "symbol": "ETH-USD",
-                        "since_seq": 30,
-                        "epoch": 99,
-                    },
-                )
-                note = await recv_until(ws, lambda m: m["type"] == "resync")
-                assert note["reason"] == "resume_epoch"
-    finally:
-        keys = [k async for k in r.scan_iter(match=f"{settings.redis_prefix}:*")]
-        if keys:
-            await r.delete(*keys)
-        await r.aclose()
+                await feed.updates("BTC-USD", 1, start=50)
+                msg = await recv_until(ws, lambda m: m["type"] != "subscribed")
+                assert (msg["type"], msg["seq"]) == ("l2_update", 51)
 
 
-async def test_resume_since_timestamp(settings: Settings) -> None:
-    r = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        async with Feed(settings) as feed:
-            await feed.snapshot("BTC-USD")
-            await _hist(r, settings, await feed.updates("BTC-USD", 40))
-            async with running_gateway(settings) as gw, connect(url(gw)) as ws:
-                # Producer stamps message seq s at T0 + s µs: "since" seq 25's time gives 25..40
-                await send(
-                    ws,
-                    {
-                        "type": "subscribe",
-                        "channel": "l2",
-                        "symbol": "BTC-USD",
-                        "since": iso_from_ns(T0 + 25_000),
-                    },
-                )
-                await recv_until(ws, lambda m: m["type"] == "subscribed")
-                got = []
-                while not got or got[-1] != 40:
-                    msg = await recv_until(ws, lambda m: True)
-                    assert msg["type"] == "l2_update", msg
-                    got.append(msg["seq"])
-                assert got == list(range(25, 41))
-                await send(
-                    ws,
-                    {
-                        "type": "subscribe",
-                        "channel": "l2",
-                        "symbol": "BTC-USD",
-                        "since": iso_from_ns(T0 - 10**9),
-                    },
-                )
-                note = await recv_until(ws, lambda m: m["type"] == "resync")
-                assert note["reason"] == "resume_too_old"
-    finally:
-        keys = [k async for k in r.scan_iter(match=f"{settings.redis_prefix}:*")]
-        if keys:
-            await r.delete(*keys)
-        await r.aclose()
+async def test_resume_from_too_far_back_gets_a_flagged_snapshot(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    async with Feed(settings) as feed:
+        await feed.snapshot("ETH-USD")
+        ups = await feed.updates("ETH-USD", 30)
+        await _hist(r, settings, ups[20:])  # the window holds 21..30 only
+        async with running_gateway(settings) as gw, connect(url(gw)) as ws:
+            await _subscribe_l2(ws, "ETH-USD", since_seq=5)
+            await recv_until(ws, lambda m: m["type"] == "subscribed")
+            note = await recv_until(ws, lambda m: True)
+            assert note["type"] == "resync" and note["reason"] == "resume_too_old"
+            snap = await recv_until(ws, lambda m: True)
+            assert snap["type"] == "l2_snapshot" and snap["resync"] is True and snap["seq"] == 30
+            cb = ClientBook()
+            cb.on(snap)
+            await feed.updates("ETH-USD", 5, start=30)
+            await _drain_to(ws, cb, 35)
+            # a different epoch than the stream's: snapshot too
+            await _subscribe_l2(ws, "ETH-USD", since_seq=30, epoch=99)
+            note = await recv_until(ws, lambda m: m["type"] == "resync")
+            assert note["reason"] == "resume_epoch"
+
+
+async def test_resume_since_timestamp(settings: Settings, r: aioredis.Redis) -> None:
+    async with Feed(settings) as feed:
+        await feed.snapshot("BTC-USD")
+        await _hist(r, settings, await feed.updates("BTC-USD", 40))
+        async with running_gateway(settings) as gw, connect(url(gw)) as ws:
+            # Producer stamps message seq s at T0 + s µs: "since" seq 25's time gives 25..40
+            await _subscribe_l2(ws, "BTC-USD", since=iso_from_ns(T0 + 25_000))
+            await recv_until(ws, lambda m: m["type"] == "subscribed")
+            got = []
+            while not got or got[-1] != 40:
+                msg = await recv_until(ws, lambda m: True)
+                assert msg["type"] == "l2_update", msg
+                got.append(msg["seq"])
+            assert got == list(range(25, 41))
+            await _subscribe_l2(ws, "BTC-USD", since=iso_from_ns(T0 - 10**9))
+            note = await recv_until(ws, lambda m: m["type"] == "resync")
+            assert note["reason"] == "resume_too_old"

@@ -66,6 +66,22 @@ def tick(seq: int, epoch: int = 1, channel: str = "ticker", price: str = "100") 
     )
 
 
+def l3(seq: int, typ: str) -> bytes:
+    """An empty l3 snapshot or update at ``seq``, for the tail-channel (l3) join tests."""
+    return orjson.dumps(
+        data_message(
+            type=typ,
+            channel="l3",
+            symbol="BTC-USD",
+            seq=seq,
+            epoch=1,
+            publish_ns=T0 + seq,
+            event_ns=T0,
+            data={},
+        )
+    )
+
+
 def level(i: int) -> list[str]:
     return [
         "buy" if i % 2 else "sell",
@@ -218,20 +234,6 @@ def test_trades_keep_last_n() -> None:
 
 
 def test_tail_channel_serves_snapshot_plus_updates_and_compacts() -> None:
-    def l3(seq: int, typ: str) -> bytes:
-        return orjson.dumps(
-            data_message(
-                type=typ,
-                channel="l3",
-                symbol="BTC-USD",
-                seq=seq,
-                epoch=1,
-                publish_ns=T0 + seq,
-                event_ns=T0,
-                data={},
-            )
-        )
-
     j = StreamJoin()
     j.on_snapshot("l3:BTC-USD", l3(2, "l3_snapshot"), 0)
     for s in (1, 2, 3, 4, 5):
@@ -283,20 +285,6 @@ def test_random_stream_matches_reference_book() -> None:
 
 
 def test_tail_rebases_when_the_stream_catches_up_with_a_newer_snapshot() -> None:
-    def l3(seq: int, typ: str) -> bytes:
-        return orjson.dumps(
-            data_message(
-                type=typ,
-                channel="l3",
-                symbol="BTC-USD",
-                seq=seq,
-                epoch=1,
-                publish_ns=T0 + seq,
-                event_ns=T0,
-                data={},
-            )
-        )
-
     j = StreamJoin()
     j.on_snapshot("l3:BTC-USD", l3(2, "l3_snapshot"), 0)
     j.on_snapshot("l3:BTC-USD", l3(5, "l3_snapshot"), 1)  # ahead of the stream we have read

@@ -1,0 +1,98 @@
+"""Helpers shared by the integration tests that run the services as real processes.
+
+Kept out of the test modules so that a fix (a health check that hangs, a certificate a newer
+``cryptography`` refuses) is made once for every test that needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import inspect
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+
+def wait_http(
+    url: str,
+    procs: dict[str, subprocess.Popen[bytes]],
+    logs: Path | None = None,
+    within: float = 60.0,
+    interval: float = 0.2,
+) -> None:
+    """Poll ``url`` until it answers 200, failing fast when one of ``procs`` has exited.
+
+    A service that dies on start-up would otherwise cost the whole ``within`` wait; with ``logs``
+    (a folder of ``<name>.log``) the failure carries the tail of the dead process's log.
+    """
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for name, p in procs.items():
+            if p.poll() is not None:
+                tail = f":\n{(logs / f'{name}.log').read_text()[-3000:]}" if logs else ""
+                raise AssertionError(f"{name} exited with {p.returncode}{tail}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"{url} not healthy within {within}s")
+
+
+def self_signed_cert(tmp: Path) -> tuple[Path, Path]:
+    """A throwaway EC certificate for ``localhost`` and its key, as PEM files in ``tmp``.
+
+    For the TLS tests of the gateways: clients trust it with ``cafile=cert``.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def eventually(pred: Callable[[], object], within: float, interval: float = 0.05) -> None:
+    """Poll ``pred`` (a plain or an async function) until it is true, for at most ``within`` s.
+
+    For state another task or process reaches in its own time (a consumer catching up, a
+    service coming back): the tests assert on the end state, not on how long it took.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while True:
+        got = pred()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(interval)

@@ -5,6 +5,7 @@ PostgreSQL and Redis started by ``deploy/local/infra.sh up`` (``make test`` does
 themselves from each other and from a running ``make run`` stack:
 
 - ``settings``: a unique Kafka topic prefix and Redis key prefix per test, topics created;
+- ``redis_settings``: only a unique Redis key prefix (no topics), for cache readers;
 - ``pg_dsn``: a fresh database per test module, dropped afterwards.
 """
 
@@ -130,6 +131,12 @@ async def settings() -> AsyncIterator[Settings]:
     await ensure_topics(s, partitions=3)
     yield s
     await _delete_test_data(s)
+
+
+@pytest.fixture
+def redis_settings() -> Settings:
+    """Only a unique Redis prefix, for tests that read the cache and need no Kafka topics."""
+    return dataclasses.replace(BASE, redis_prefix=f"test:{unique()}")
 
 
 async def _delete_test_data(s: Settings) -> None:

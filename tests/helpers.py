@@ -9,12 +9,20 @@ from __future__ import annotations
 import asyncio
 import datetime
 import inspect
+import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from core.cache_keys import CacheKeys
+    from storage.cache_model import Writes
 
 
 def wait_http(
@@ -88,11 +96,64 @@ async def eventually(pred: Callable[[], object], within: float, interval: float 
     """
     loop = asyncio.get_running_loop()
     end = loop.time() + within
-    while True:
-        got = pred()
-        if inspect.isawaitable(got):
-            got = await got
-        if got:
-            return
+    while not await _holds(pred):
         assert loop.time() < end, "condition not reached"
         await asyncio.sleep(interval)
+
+
+async def run_until(
+    worker: Any, pred: Callable[[], object], within: float, failure: Callable[[], str]
+) -> None:
+    """Run ``worker.run(stop)`` as a task until ``pred`` holds, then stop it and wait for it.
+
+    A worker that crashes fails the test with its own exception at once, not after ``within``;
+    ``failure()`` is the message on timeout (typically the worker's counters).
+    """
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    try:
+        while not await _holds(pred):
+            if task.done():
+                task.result()
+            assert loop.time() < end, failure()
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def _holds(pred: Callable[[], object]) -> bool:
+    got = pred()
+    if inspect.isawaitable(got):
+        got = await got
+    return bool(got)
+
+
+async def put_cache_writes(r: Redis, k: CacheKeys, w: Writes) -> None:
+    """Store a ``CacheModel``'s symbols, books and strings in Redis as the cache writer would.
+
+    Lets the REST tests seed the cache from the real model without running Kafka or the writer.
+    """
+    await r.hset(k.symbols, mapping=w.symbols)  # type: ignore[arg-type]
+    for sym, fields in w.books.items():
+        await r.hset(k.book(sym), mapping=fields)  # type: ignore[arg-type]
+    for suffix, body in w.strings.items():
+        await r.set(f"{k.prefix}:{suffix}", body)
+
+
+def stop_procs(procs: Iterable[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM every process still running, then reap each, killing any that outlives ``timeout``.
+
+    All are signalled before any is waited for, so they shut down in parallel.
+    """
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()

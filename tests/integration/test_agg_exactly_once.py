@@ -29,6 +29,7 @@ from aggregator.testing import (
 from core.settings import Settings
 from core.topics import Topics
 from tests.conftest import free_port
+from tests.helpers import stop_procs
 from tests.integration.test_agg_pipeline import as_dec, wait_caught_up
 
 pytestmark = pytest.mark.integration
@@ -91,14 +92,7 @@ async def test_kill_9_takeover_is_gapless_and_exact(
         await wait_caught_up(s, group, limit_s=90)
     finally:
         stop_sim.set()
-        for p in (a, b):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in (a, b):
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_procs((a, b), 20)
     b_log = (tmp_path / "b.log").read_text()
     assert "partition assigned" in b_log
     assert '"replayed"' in b_log

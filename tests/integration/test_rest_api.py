@@ -34,16 +34,6 @@ from tests.helpers import eventually
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def redis_settings() -> Settings:
-    """Only a unique Redis prefix: these tests read the cache, no Kafka topics needed."""
-    import dataclasses as _dc
-
-    from tests.conftest import BASE, unique
-
-    return _dc.replace(BASE, redis_prefix=f"test:{unique()}")
-
-
 SYM, L2ONLY = "RST-USD", "LTWO-USD"
 N_TRADES = 300
 

@@ -15,19 +15,10 @@ from gateway_rest.app import create_app
 from gateway_rest.config import RestConfig
 from storage import testing as T
 from storage.cache_model import CacheModel
+from tests.helpers import put_cache_writes
 
 pytestmark = pytest.mark.integration
 SYM = "FP-USD"
-
-
-@pytest.fixture
-def redis_settings() -> Settings:
-    """Only a unique Redis prefix: these tests read the cache, no Kafka topics needed."""
-    import dataclasses as _dc
-
-    from tests.conftest import BASE, unique
-
-    return _dc.replace(BASE, redis_prefix=f"test:{unique()}")
 
 
 async def _seed(s: Settings) -> None:
@@ -48,11 +39,7 @@ async def _seed(s: Settings) -> None:
     k = CacheKeys(s.redis_prefix)
     r = aioredis.Redis.from_url(s.redis_url)
     try:
-        await r.hset(k.symbols, mapping=w.symbols)  # type: ignore[arg-type]
-        for sym, fields in w.books.items():
-            await r.hset(k.book(sym), mapping=fields)  # type: ignore[arg-type]
-        for suffix, body in w.strings.items():
-            await r.set(f"{k.prefix}:{suffix}", body)
+        await put_cache_writes(r, k, w)
     finally:
         await r.aclose()
 

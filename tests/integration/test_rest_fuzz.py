@@ -24,16 +24,6 @@ SYM = "FZ-USD"
 INFO = b'{"symbol":"FZ-USD","base":"FZ","quote":"USD","tick_size":"0.01","min_size":"0.1","status":"online","source":"simulator","channels":["l2","l3"],"seq":1}'
 
 
-@pytest.fixture
-def redis_settings() -> Settings:
-    """Only a unique Redis prefix: these tests read the cache, no Kafka topics needed."""
-    import dataclasses as _dc
-
-    from tests.conftest import BASE, unique
-
-    return _dc.replace(BASE, redis_prefix=f"test:{unique()}")
-
-
 PARAMS = ["depth", "level", "limit", "start", "end", "cursor", "interval", "x"]
 values = st.one_of(
     st.text(max_size=12),

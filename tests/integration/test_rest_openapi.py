@@ -19,6 +19,7 @@ from storage.cache_model import CacheModel
 from storage.db_rows import RowBatch, RowBuilder
 from storage.db_writer import DbWriter, DbWriterConfig
 from storage.migrate import migrate
+from tests.helpers import put_cache_writes
 
 pytestmark = pytest.mark.integration
 SYM = "OAS-USD"
@@ -43,11 +44,7 @@ async def _seed(s: Settings) -> None:
     k = CacheKeys(s.redis_prefix)
     r = aioredis.Redis.from_url(s.redis_url)
     try:
-        await r.hset(k.symbols, mapping=w.symbols)  # type: ignore[arg-type]
-        for sym, fields in w.books.items():
-            await r.hset(k.book(sym), mapping=fields)  # type: ignore[arg-type]
-        for suffix, body in w.strings.items():
-            await r.set(f"{k.prefix}:{suffix}", body)
+        await put_cache_writes(r, k, w)
         await r.lpush(k.trades(SYM), *w.trades[SYM])
         await r.set(k.trades_seq(SYM), "1:1")
     finally:

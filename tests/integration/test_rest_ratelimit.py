@@ -20,16 +20,6 @@ SYM = "RL-USD"
 INFO = b'{"symbol":"RL-USD","base":"RL","quote":"USD","tick_size":"0.01","min_size":"0.1","status":"online","source":"simulator","channels":["l2","l3"],"seq":1}'
 
 
-@pytest.fixture
-def redis_settings() -> Settings:
-    """Only a unique Redis prefix: these tests read the cache, no Kafka topics needed."""
-    import dataclasses as _dc
-
-    from tests.conftest import BASE, unique
-
-    return _dc.replace(BASE, redis_prefix=f"test:{unique()}")
-
-
 def _cfg(**kw: object) -> RestConfig:
     tiers = dict(DEFAULT_TIERS)
     tiers["anonymous"] = Tier("anonymous", limit=5, window_s=60)

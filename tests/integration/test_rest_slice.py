@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from gateway_rest.app import create_app
 from storage import testing as T
 from storage.cache_writer import CacheWriter
 from tests.conftest import free_port
-from tests.helpers import eventually
+from tests.helpers import eventually, stop_procs
 
 pytestmark = pytest.mark.integration
 
@@ -179,11 +178,5 @@ async def test_processes_serve_health_and_orderbook(
             m = (await c.get(f"http://127.0.0.1:{ops}/metrics")).text
             assert "md_storage_cache_events_total" in m
     finally:
-        for p in (storage, gw):
-            p.send_signal(signal.SIGTERM)
-        for p in (storage, gw):
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_procs((storage, gw), 15)
     assert storage.returncode == 0, storage.stderr.read().decode()[-2000:] if storage.stderr else ""

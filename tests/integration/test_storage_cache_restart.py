@@ -3,8 +3,6 @@ epoch deletes the window before its first message (docs/internals.md "Redis").""
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -15,25 +13,14 @@ from core.settings import Settings
 from core.topics import Topics
 from storage import testing as T
 from storage.cache_writer import CacheWriter
+from tests.helpers import run_until
 
 pytestmark = pytest.mark.integration
 SYM = "RS-USD"
 
 
 async def _run_until(w: CacheWriter, pred) -> None:  # type: ignore[no-untyped-def]
-    stop = asyncio.Event()
-    task = asyncio.create_task(w.run(stop))
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 20
-    try:
-        while not await pred():
-            if task.done():
-                task.result()
-            assert loop.time() < end, f"not reached: {w.counters} {w.model.counters}"
-            await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+    await run_until(w, pred, 20, lambda: f"not reached: {w.counters} {w.model.counters}")
 
 
 async def test_restart_continues_window_and_new_epoch_resets_it(settings: Settings) -> None:

@@ -18,6 +18,7 @@ from storage import testing as T
 from storage.db_writer import DbWriter, DbWriterConfig
 from storage.migrate import migrate
 from tests.conftest import BASE as BASE_SETTINGS
+from tests.helpers import run_until
 
 pytestmark = pytest.mark.integration
 
@@ -29,19 +30,7 @@ def _ns(dt: datetime) -> int:
 
 
 async def _run_until(w: DbWriter, done, wait_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    stop = asyncio.Event()
-    task = asyncio.create_task(w.run(stop))
-    loop = asyncio.get_running_loop()
-    end = loop.time() + wait_s
-    try:
-        while not done():
-            if task.done():
-                task.result()
-            assert loop.time() < end, f"writer did not finish: {w.counters}"
-            await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+    await run_until(w, done, wait_s, lambda: f"writer did not finish: {w.counters}")
 
 
 async def _produce_history(s: Settings, n_trades: int) -> datetime:

@@ -58,10 +58,11 @@ def _vectors() -> list[dict]:
     return out
 
 
-def test_page_protocol_code_agrees_with_core_checksum() -> None:
+def _run_protocol_tests(vectors: list[dict]) -> subprocess.CompletedProcess[str]:
+    """The page's own node tests (web/test/protocol.test.mjs), fed ``vectors`` to check against."""
     ensure_node_modules()
-    env = dict(os.environ, CHECKSUM_VECTORS=json.dumps(_vectors()))
-    r = subprocess.run(
+    env = dict(os.environ, CHECKSUM_VECTORS=json.dumps(vectors))
+    return subprocess.run(
         ["node", "--test", "test/protocol.test.mjs"],
         cwd=WEB,
         env=env,
@@ -69,23 +70,18 @@ def test_page_protocol_code_agrees_with_core_checksum() -> None:
         text=True,
         timeout=60,
     )
+
+
+def test_page_protocol_code_agrees_with_core_checksum() -> None:
+    r = _run_protocol_tests(_vectors())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "# fail 0" in r.stdout
 
 
 def test_protocol_tests_fail_on_a_wrong_vector() -> None:
-    ensure_node_modules()
     bad = _vectors()
     bad[1]["checksum"] ^= 1
-    env = dict(os.environ, CHECKSUM_VECTORS=json.dumps(bad))
-    r = subprocess.run(
-        ["node", "--test", "test/protocol.test.mjs"],
-        cwd=WEB,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = _run_protocol_tests(bad)
     assert r.returncode != 0
 
 

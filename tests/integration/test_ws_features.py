@@ -33,33 +33,30 @@ from tests.unit.test_follower_join import T0
 pytestmark = pytest.mark.integration
 
 
-def _ticker(symbol: str, seq: int, price: str, epoch: int = 1) -> bytes:
+def _message(channel: str, symbol: str, seq: int, epoch: int, data: object) -> bytes:
+    """A message of a self-contained channel (its type is the channel's name)."""
     return orjson.dumps(
         data_message(
-            type="ticker",
-            channel="ticker",
+            type=channel,
+            channel=channel,
             symbol=symbol,
             seq=seq,
             epoch=epoch,
             publish_ns=T0 + seq,
             event_ns=T0,
-            data={"best_bid": price, "best_ask": price, "last_price": price, "volume_24h": "10"},
+            data=data,
         )
     )
 
 
+def _ticker(symbol: str, seq: int, price: str, epoch: int = 1) -> bytes:
+    data = {"best_bid": price, "best_ask": price, "last_price": price, "volume_24h": "10"}
+    return _message("ticker", symbol, seq, epoch, data)
+
+
 def _status(symbol: str, seq: int, status: str, epoch: int = 1) -> bytes:
-    return orjson.dumps(
-        data_message(
-            type="status",
-            channel="status",
-            symbol=symbol,
-            seq=seq,
-            epoch=epoch,
-            publish_ns=T0 + seq,
-            event_ns=T0,
-            data={"symbol": symbol, "status": status, "state": "live"},
-        )
+    return _message(
+        "status", symbol, seq, epoch, {"symbol": symbol, "status": status, "state": "live"}
     )
 
 

@@ -19,33 +19,25 @@ class Producer:
         self.book = L2Book()
 
     def snapshot(self) -> bytes:
-        return orjson.dumps(
-            data_message(
-                type="l2_snapshot",
-                channel="l2",
-                symbol=self.symbol,
-                seq=self.seq,
-                epoch=self.epoch,
-                publish_ns=T0 + self.seq * 1000,
-                event_ns=T0,
-                data=self.book.snapshot(),
-                checksum=self.book.checksum(),
-            )
-        )
+        return self._message("l2_snapshot", self.book.snapshot())
 
     def update(self, changes: list[list[str]]) -> bytes:
         self.seq += 1
         self.book.apply(changes)
+        return self._message("l2_update", {"changes": changes})
+
+    def _message(self, typ: str, data: object) -> bytes:
+        """An l2 message at the current seq, with the reference book's checksum."""
         return orjson.dumps(
             data_message(
-                type="l2_update",
+                type=typ,
                 channel="l2",
                 symbol=self.symbol,
                 seq=self.seq,
                 epoch=self.epoch,
                 publish_ns=T0 + self.seq * 1000,
                 event_ns=T0,
-                data={"changes": changes},
+                data=data,
                 checksum=self.book.checksum(),
             )
         )

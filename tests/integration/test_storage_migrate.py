@@ -54,27 +54,24 @@ async def test_late_rows_in_default_move_into_new_partition_and_retention_drops(
         await conn.close()
 
 
+def _cli_migrate(**env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m storage migrate`` as deploy runs it, with ``env`` added to ours."""
+    return subprocess.run(
+        [sys.executable, "-m", "storage", "migrate"],
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_cli_migrate_exits_zero(pg_dsn: str) -> None:
-    env = dict(os.environ, MD_PG_DSN=pg_dsn)
     for _ in range(2):
-        r = subprocess.run(
-            [sys.executable, "-m", "storage", "migrate"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        r = _cli_migrate(MD_PG_DSN=pg_dsn)
         assert r.returncode == 0, r.stderr
         assert "backend=native" in r.stderr
 
 
 def test_cli_rejects_bad_backend(pg_dsn: str) -> None:
-    env = dict(os.environ, MD_PG_DSN=pg_dsn, MD_STORAGE_BACKEND="mongo")
-    r = subprocess.run(
-        [sys.executable, "-m", "storage", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = _cli_migrate(MD_PG_DSN=pg_dsn, MD_STORAGE_BACKEND="mongo")
     assert r.returncode != 0 and "MD_STORAGE_BACKEND" in r.stderr

@@ -521,9 +521,13 @@ class SymbolState:
                 out.append(self._msg("ticker", "ticker", now, tick))
         if self._top_dirty or self._trade_dirty:
             st = self.stats_data()
-            if st is not None and st != self.last_stats:
+            # remember "no stats" too (a side of the book emptied): otherwise the memory would
+            # depend on how events were batched into flushes, and a silent replay after a
+            # takeover would suppress or repeat a different stats message than the old owner
+            if st != self.last_stats:
                 self.last_stats = st
-                out.append(self._msg("stats", "stats", now, st))
+                if st is not None:
+                    out.append(self._msg("stats", "stats", now, st))
         self._top_dirty = self._trade_dirty = False
         return out
 

@@ -51,9 +51,32 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": 5,
         "max_partition_fetch_bytes": 4 << 20,
+        # a group member that joined before its topic's metadata reached it has no partitions
+        # until the next refresh: keep that window short (the default is 5 minutes)
+        "metadata_max_age_ms": 10_000,
     }
     opts.update(kw)
     return AIOKafkaConsumer(*topics, **opts)
+
+
+async def _wait_led(admin: AIOKafkaAdminClient, names: list[str], partitions: int) -> None:
+    """Until every partition of ``names`` has a leader in the metadata the broker serves.
+
+    A consumer group that joins while its topic is still missing from the metadata gets no
+    partitions assigned, and only notices the topic at its next metadata refresh.
+    """
+    backoff = Backoff(initial=0.05, maximum=1.0)
+    for _ in range(100):
+        described = await admin.describe_topics(names)
+        if all(
+            d["error_code"] == 0
+            and len(d["partitions"]) >= min(partitions, 1)
+            and all(p["leader"] >= 0 for p in d["partitions"])
+            for d in described
+        ):
+            return
+        await asyncio.sleep(backoff.next())
+    log.warning("topics not led in time", extra={"topics": names})
 
 
 async def ensure_topics(
@@ -93,6 +116,7 @@ async def ensure_topics(
             except TopicAlreadyExistsError:
                 pass
             log.info("topics created", extra={"topics": [n.name for n in new]})
+        await _wait_led(admin, t.all(), partitions)
         return [n.name for n in new]
     finally:
         await admin.close()

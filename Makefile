@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
 .PHONY: web install infra infra-down run up stop stop-services logs test test-unit test-integration lint format typecheck clean \
-        bench bench-aggregator bench-fanout bench-rest load-rest load-ws load-rest-headless load-ws-headless
+        bench bench-aggregator bench-fanout bench-rest bench-e2e load-rest load-ws load-rest-headless load-ws-headless
 
 install:            ## install what is missing (Debian packages, .venv, Kafka jars)
 	@deploy/local/install.sh
@@ -77,6 +77,9 @@ bench-fanout: infra
 
 bench-rest: infra
 	$(PY) -m loadtests.bench_rest
+
+bench-e2e:          ## on the running stack (make up): latency per hop, seq checks, CPU; ARGS="--duration 5"
+	$(PY) -m loadtests.bench_e2e $(ARGS)
 
 load-rest:
 	.venv/bin/locust -f loadtests/locust_rest.py --host http://127.0.0.1:8000

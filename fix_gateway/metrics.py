@@ -35,6 +35,35 @@ LATENCY = Histogram(
     "Aggregator publish timestamp to the FIX messages framed for every subscriber (written in the same loop pass)",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+# 100 µs to 10 s: fine enough below 1 ms (a loopback hop) and wide enough for a stalled feed;
+# the same buckets as gateway_ws's md_ws_hop_seconds, so the two gateways compare bucket by bucket.
+HOP_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+HOP = Histogram(
+    "md_fix_hop_seconds",
+    "Latency of one hop of a stream message, from its aggregator timestamp (publish time): "
+    "publish_to_receive = the follower delivered it to the gateway (every l2, trades and status "
+    "message, once, not per session)",
+    ["hop"],
+    buckets=HOP_BUCKETS,
+)
+HOP_RECEIVE = HOP.labels("publish_to_receive")
 
 _SESSION_COUNTERS = {
     "messages_in": MESSAGES_IN,

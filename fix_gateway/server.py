@@ -17,7 +17,6 @@ from typing import Any, cast
 
 import orjson
 
-from core.codec import ns_from_iso
 from core.follower import Reset, StreamFollower
 from core.health import Health
 from core.ops_http import start_ops_server
@@ -26,6 +25,7 @@ from fix_gateway import metrics as M
 from fix_gateway.codec import Body, Message
 from fix_gateway.config import GatewayConfig, SessionConfig
 from fix_gateway.errors import FieldError, SessionMisuse
+from fix_gateway.isotime import ns_from_iso_cached
 from fix_gateway.marketdata import MarketDataApp
 from fix_gateway.session import AppMessage, Closed, FixSession, LoggedOn, RejectReceived
 from fix_gateway.store import FileStore, Store
@@ -180,27 +180,36 @@ class Gateway:
     def _on_deliver(
         self, channel: str, symbol: str, seq: int, raw: bytes, parsed: dict[str, Any]
     ) -> None:
+        pub = 0  # the aggregator's publish time, ns; 0 = none or malformed
+        ts = parsed.get("timestamp")
+        if ts.__class__ is str:
+            try:
+                pub = ns_from_iso_cached(ts)
+            except Exception:
+                pass
+            else:
+                M.HOP_RECEIVE.observe(max(0, time.time_ns() - pub) / 1e9)
         data = parsed.get("data") or {}
         if channel == "l2":
             if parsed.get("type") == "l2_snapshot":
                 self.app.on_l2_snapshot(symbol, seq, data.get("bids", ()), data.get("asks", ()))
             else:
                 self.app.on_l2_update(symbol, seq, data.get("changes", ()))
-            self._observe(parsed)
+            self._observe(pub)
         elif channel == "trades":
             if parsed.get("type") == "trade":
                 self.app.on_trade(symbol, seq, data)
-                self._observe(parsed)
+                self._observe(pub)
             else:
                 self._trades_state(symbol, seq, parsed)
         elif channel == "status":
             self.app.on_status(symbol, data)
 
-    def _observe(self, parsed: dict[str, Any]) -> None:
-        ts = parsed.get("timestamp")
-        if isinstance(ts, str):
-            with contextlib.suppress(Exception):
-                M.LATENCY.observe(max(0.0, (time.time_ns() - ns_from_iso(ts)) / 1e9))
+    @staticmethod
+    def _observe(pub: int) -> None:
+        """fix_publish_to_send_seconds: the message's FIX bytes are framed for every session."""
+        if pub:
+            M.LATENCY.observe(max(0, time.time_ns() - pub) / 1e9)
 
     def _trades_state(self, symbol: str, seq: int, parsed: dict[str, Any]) -> None:
         """A trades Reset: a ``trades_snapshot`` only sets the state; a ``trade`` the follower

@@ -29,12 +29,13 @@ from typing import Any
 import msgpack
 import orjson
 
-from core.codec import iso_from_ns, ns_from_iso
+from core.codec import iso_from_ns
 from core.follower import Reset, StreamFollower
 from gateway_ws import metrics as m
 from gateway_ws.client import Client, Mode, Sub, frame
 from gateway_ws.config import WsConfig
 from gateway_ws.conflation import Conflator
+from gateway_ws.isotime import ns_from_iso_cached
 from gateway_ws.protocol import (
     BOOK_CHANNELS,
     CLOSE_IDLE,
@@ -71,6 +72,9 @@ class Hub:
         self.feed_ok = True
         self.dirty: list[Client] = []
         self._flush_scheduled = False
+        # publish times (ns) of the messages queued for the next flush: md_ws_hop_seconds
+        # {hop="publish_to_send"} is observed once the bytes are written (one loop turn's worth)
+        self._queued_pub: list[int] = []
         self._tick_task: asyncio.Task[None] | None = None
         follower.add_callback(self.on_message)
         follower.add_reset_callback(self.on_reset)
@@ -101,6 +105,12 @@ class Hub:
         for c in dirty:
             if not c.flush():
                 self._slow_client(c)
+        if self._queued_pub:
+            queued, self._queued_pub = self._queued_pub, []
+            now = time.time_ns()
+            observe = m.HOP_SEND.observe
+            for pub in queued:
+                observe(max(0, now - pub) / 1e9)
 
     def add_client(self, c: Client) -> None:
         c.hub = self
@@ -294,14 +304,22 @@ class Hub:
         self, channel: str, symbol: str, seq: int, raw: bytes, parsed: dict[str, Any]
     ) -> None:
         """Follower callback: one new in-order message; the hot path of the gateway."""
+        now = time.time_ns()
+        pub = 0  # the aggregator's publish time, ns; 0 = none or malformed
+        ts = parsed.get("timestamp")
+        if ts.__class__ is str:
+            try:
+                pub = ns_from_iso_cached(ts)
+            except Exception:
+                pass
+            else:
+                m.HOP_RECEIVE.observe(max(0, now - pub) / 1e9)
         subs = self.index.get((channel, symbol))
         status_all = self.index.get((STATUS, "*")) if channel == STATUS else None
         if not subs and not status_all:
             return
-        ts = parsed.get("timestamp")
-        if isinstance(ts, str):
-            with contextlib.suppress(Exception):
-                m.FANOUT_LAG.set((time.time_ns() - ns_from_iso(ts)) / 1e9)
+        if pub:
+            m.FANOUT_LAG.set((now - pub) / 1e9)
         cache: list[bytes | None] = [None, None, None]
         slow: list[Sub] = []
         n = 0
@@ -354,6 +372,11 @@ class Hub:
             m.SENT_BYTES.inc(n * len(raw))
             if dirty:
                 self.schedule_flush()
+            if pub:
+                if self._flush_scheduled:
+                    self._queued_pub.append(pub)  # observed by flush(), after the writes
+                else:  # nothing queued: every subscriber was written directly (permessage-deflate)
+                    m.HOP_SEND.observe(max(0, time.time_ns() - pub) / 1e9)
         for sub in slow:
             self._slow_client(sub.client)
 

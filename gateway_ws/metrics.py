@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 CONNECTIONS = Gauge("md_ws_connections", "Open client connections")
 # the same value under the name the Kubernetes HPA adapter reads (deploy/k8s/70-prometheus-adapter.yaml)
@@ -30,3 +30,37 @@ FANOUT_LAG = Gauge(
     "Now minus the aggregator timestamp of the last message fanned out "
     "(publish to gateway, before the writes)",
 )
+
+# 100 µs to 10 s: fine enough below 1 ms (a loopback hop) and wide enough for a stalled feed.
+HOP_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+HOP = Histogram(
+    "md_ws_hop_seconds",
+    "Latency of one hop of a stream message, from its aggregator timestamp (publish time): "
+    "publish_to_receive = the follower delivered it to this process (every message, once); "
+    "publish_to_send = its bytes were written to the subscribers' transports (once per message "
+    "with at least one subscriber, not per subscriber; conflated subscriptions excluded)",
+    ["hop"],
+    buckets=HOP_BUCKETS,
+)
+HOP_RECEIVE = HOP.labels("publish_to_receive")
+HOP_SEND = HOP.labels("publish_to_send")
+# Workers share the port (SO_REUSEPORT) and each answers /metrics for itself: the pid tells
+# the scrapes apart (loadtests/bench_e2e.py sums the workers' histograms by it).
+WORKER = Info("md_ws_worker", "This gateway process: pid and worker index under the supervisor")

@@ -76,6 +76,7 @@ class Gateway:
         self.per_user: dict[str, int] = {}
         self._ids = itertools.count(1)
         self.server: Server | None = None
+        m.WORKER.info({"pid": str(os.getpid()), "worker": os.environ.get("MD_WS_WORKER", "0")})
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -13,6 +13,18 @@ from typing import Any
 OUT = Path(__file__).parent / "dashboards" / "marketdata.json"
 DS = {"type": "prometheus", "uid": "prometheus"}
 
+
+def hop_quantiles(metric: str, by: str = "hop") -> list[tuple[str, str]]:
+    """p50 and p99 per ``hop`` of a ``*_hop_seconds`` histogram, over every instance."""
+    return [
+        (
+            f"p{q} {{{{{by}}}}}",
+            f"histogram_quantile({v}, sum by (le, {by}) (rate({metric}_bucket[1m])))",
+        )
+        for q, v in (("50", "0.5"), ("99", "0.99"))
+    ]
+
+
 # (row title, [(panel title, unit, [(legend, expr), ...]), ...])
 ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
     (
@@ -57,6 +69,35 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                         "p99 {{route}}",
                         "histogram_quantile(0.99, sum by (le, route) (rate(md_rest_request_seconds_bucket[1m])))",
                     ),
+                ],
+            ),
+        ],
+    ),
+    (
+        "Latency per hop (histograms; loadtests/bench_e2e.py reads the same ones)",
+        [
+            (
+                "Aggregator hops: upstream event -> md.in append -> publish",
+                "s",
+                hop_quantiles("md_agg_hop_seconds"),
+            ),
+            (
+                "WebSocket gateway hops: publish -> received from Kafka -> written to clients",
+                "s",
+                hop_quantiles("md_ws_hop_seconds"),
+            ),
+            (
+                "FIX gateway hops: publish -> received from Kafka -> framed for sessions",
+                "s",
+                [
+                    *hop_quantiles("md_fix_hop_seconds"),
+                    *[
+                        (
+                            f"p{q} publish_to_send",
+                            f"histogram_quantile({v}, sum by (le) (rate(fix_publish_to_send_seconds_bucket[1m])))",
+                        )
+                        for q, v in (("50", "0.5"), ("99", "0.99"))
+                    ],
                 ],
             ),
         ],

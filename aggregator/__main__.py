@@ -1,7 +1,9 @@
-"""``python -m aggregator``: the aggregator process (/health and /metrics on MD_AGGREGATOR_HTTP_PORT)."""
+"""``python -m aggregator [--http-port N]``: one aggregator instance (/health and /metrics on
+MD_AGGREGATOR_HTTP_PORT, or N: a second instance of the pair on the same machine needs its own)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 from aggregator.service import Aggregator
@@ -11,9 +13,13 @@ from core.settings import Settings
 
 
 async def _main(stop: asyncio.Event) -> None:
+    ap = argparse.ArgumentParser(prog="python -m aggregator")
+    ap.add_argument("--http-port", type=int, default=None)
+    args = ap.parse_args()
     settings = Settings.from_env()
     agg = Aggregator(settings)
-    server = await start_ops_server(agg.health, settings.ops_host, settings.aggregator_http_port)
+    port = args.http_port or settings.aggregator_http_port
+    server = await start_ops_server(agg.health, settings.ops_host, port)
     try:
         await agg.run(stop)
     finally:

@@ -42,6 +42,12 @@ Control events:
                    order-level feed); the aggregator empties the book, publishing the removals.
 =================  ===========================================================================
 
+A record may also hold a JSON array of such objects, all of one symbol: the events of one
+upstream action (an aggressive order and the matches and ``done``s it caused, one Coinbase
+``l2update``). The aggregator applies them together and publishes one message per channel for
+them: the record is its conflation unit, which keeps its output a function of the input log
+alone (docs/aggregator.md "Sequencer and failover"). An invalid element drops the whole record.
+
 Prices and sizes are decimal strings (never floats), kept exactly as sent: the strings flow
 through to the published levels and therefore into the checksums. A value that is not a valid
 event raises :class:`EventError`; the aggregator counts it and drops it, it never crashes on it.
@@ -652,3 +658,26 @@ def decode(data: bytes | bytearray | memoryview | str) -> AnyEvent:
     except orjson.JSONDecodeError as exc:
         raise EventError(f"malformed JSON: {exc}") from None
     return from_dict(d)
+
+
+def decode_record(data: bytes | bytearray | memoryview | str) -> list[AnyEvent]:
+    """One ``<prefix>.in`` record: a single event, or a non-empty array of one symbol's events."""
+    try:
+        d = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise EventError(f"malformed JSON: {exc}") from None
+    if type(d) is not list:
+        return [from_dict(d)]
+    if not d:
+        raise EventError("an event array must not be empty", d)
+    events = [from_dict(x) for x in d]
+    if any(e.symbol != events[0].symbol for e in events):
+        raise EventError("an event array must hold one symbol's events", d)
+    return events
+
+
+def encode_record(events: list[Event]) -> bytes:
+    """The record for ``events`` (one symbol): a plain object for one, an array for several."""
+    if len(events) == 1:
+        return encode(events[0])
+    return orjson.dumps([e.to_dict() for e in events])

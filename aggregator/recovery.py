@@ -1,16 +1,13 @@
-"""Rebuild one input partition's symbol states after a takeover (see aggregator/service.py).
+"""Reading back what the aggregator left in Kafka: checkpoints, the last heartbeat, the published tail.
 
-1. Read md.snapshot partition ``p mod n`` (where the owner of input partition ``p`` writes its
-   private ``agg:`` records) from the beginning to its last stable offset, ``read_committed``:
-   the latest ``agg:state:<symbol>`` (full state, with the input offset it includes) and
-   ``agg:seq:<symbol>`` (seq counters after the last transaction that touched the symbol).
-2. Replay the input partition from the oldest checkpoint's offset + 1 up to the group's
-   committed offset, applying each event to its symbol only past that symbol's checkpoint, and
-   discarding the outputs (they were published by the previous owner in committed transactions).
-3. Take each symbol's ``seq`` from ``agg:seq`` when it is newer than the checkpoint.
-
-Step 2 is exact because everything in :class:`SymbolState` except ``seq`` depends only on the
-events; ``seq`` depends on the batching, which is why ``agg:seq`` is written in every transaction.
+- Checkpoints (md.snapshot partition ``p mod n``, private ``agg:`` keys): ``agg:state:<symbol>``
+  is a symbol's full :class:`SymbolState` as of input offset ``offset``; ``agg:index:p<p>`` is
+  written after the states of one checkpoint of input partition ``p`` and names its symbols,
+  the input offsets whose outputs were all acknowledged then (``acked``) and the output offsets
+  at that point (``out``). A symbol first seen after the index is rebuilt by the replay (which
+  starts at the smallest checkpoint offset), because every known symbol is in the index.
+- The last heartbeat of the control topic: the previous leader's ``acked``/``out``.
+- :func:`scan_published`: the highest ``(epoch, seq)`` per stream written since ``out``.
 """
 
 from __future__ import annotations
@@ -18,21 +15,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from aggregator import events as ev
+from aggregator.leadership import Heartbeat
+from aggregator.outbox import StreamKey
 from aggregator.state import AggConfig, SymbolState
 from core.kafka import make_consumer
 from core.settings import Settings
 from core.topics import Topics
 
 log = logging.getLogger("aggregator.recovery")
-READ_TIMEOUT_S = (
-    90.0  # > the 60 s transaction timeout: a stalled instance's transaction ends by then
-)
+READ_TIMEOUT_S = 30.0
+
+
+class RecoveryError(Exception):
+    """Recovery could not read what it needs (retriable: the broker may be slow)."""
+
+    retriable = True
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -43,151 +47,163 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
     await consumer.stop()
 
 
-class RecoveryError(Exception):
-    """Recovery could not read what it needs (retriable: the broker may be slow)."""
-
-    retriable = True
+def out_key(topic: str, partition: int) -> str:
+    return f"{topic}|{partition}"
 
 
-async def _read_to_end(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int | None, end: int, on_record: Any
+async def _read_range(
+    consumer: AIOKafkaConsumer,
+    ranges: dict[TopicPartition, tuple[int | None, int]],
+    on_record: Callable[[Any], None],
 ) -> None:
-    consumer.assign([tp])
-    if start is None:
-        await consumer.seek_to_beginning(tp)
-    else:
-        consumer.seek(tp, start)
+    """Every record of each partition from ``start`` (None: the beginning) up to ``end``."""
+    todo = {tp: r for tp, r in ranges.items() if r[1] > (r[0] or 0)}
+    if not todo:
+        return
+    consumer.assign(list(todo))
+    for tp, (start, _end) in todo.items():
+        if start is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, start)
     deadline = time.monotonic() + READ_TIMEOUT_S
-    while await consumer.position(tp) < end:
+    while todo:
         if time.monotonic() > deadline:
-            raise RecoveryError(f"reading {tp} to {end} timed out")
-        batch = await consumer.getmany(tp, timeout_ms=200, max_records=10_000)
-        for r in batch.get(tp, []):
-            if r.offset >= end:
-                return
-            on_record(r)
+            raise RecoveryError(f"reading {sorted(map(str, todo))} timed out")
+        batch = await consumer.getmany(*todo, timeout_ms=200, max_records=10_000)
+        for tp, recs in batch.items():
+            end = todo[tp][1] if tp in todo else -1
+            for r in recs:
+                if r.offset >= end:
+                    break
+                on_record(r)
+        for tp in list(todo):
+            if await consumer.position(tp) >= todo[tp][1]:
+                del todo[tp]
 
 
-async def high_watermark(settings: Settings, tp: TopicPartition) -> int:
-    """The partition's high watermark (``read_uncommitted`` end offset), open transactions included."""
-    c = make_consumer(settings, group_id=None, isolation_level="read_uncommitted")
-    await c.start()
-    try:
-        c.assign([tp])
-        return int((await c.end_offsets([tp]))[tp])
-    finally:
-        await stop_consumer(c)
+@dataclass
+class Checkpoint:
+    """What an input partition restarts from."""
+
+    states: dict[str, SymbolState] = field(default_factory=dict)
+    upto: dict[str, int] = field(default_factory=dict)  # symbol -> input offset its state includes
+    acked: int = -1  # input offset whose outputs were all acknowledged at checkpoint time
+    out: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def start(self) -> int:
+        """First input offset to read: every symbol's state is older than this plus one."""
+        if not self.upto:
+            return 0
+        return min(self.upto.values()) + 1
 
 
-async def load_private_state(
-    consumer: AIOKafkaConsumer, topics: Topics, partition: int, snap_parts: int, end: int
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Latest ``agg:state``/``agg:seq`` records of ``partition``'s symbols, read ``read_committed``
-    up to ``end`` = the *high watermark* taken after fencing, not the last stable offset: another
-    instance's open transaction (a public snapshot hashed to this partition) may hold the LSO
-    *below* the previous owner's last committed ``agg:`` records; stopping at the LSO would load an
-    older ``agg:seq`` and reuse sequence numbers. The read waits (``READ_TIMEOUT_S``) for those
-    transactions to end, which takes one ``MD_AGG_TXN_MS`` normally and the transaction timeout at
-    worst (a stalled instance)."""
-    stp = TopicPartition(topics.snapshot, partition % snap_parts)
-    states: dict[str, bytes] = {}
-    seqs: dict[str, bytes] = {}
-
-    def on_record(r: Any) -> None:
-        k = r.key.decode() if r.key else ""
-        if k.startswith("agg:state:"):
-            target = states
-        elif k.startswith("agg:seq:"):
-            target = seqs
-        else:
-            return
-        sym = k.split(":", 2)[2]
-        if r.value is None:
-            target.pop(sym, None)
-        else:
-            target[sym] = r.value
-
-    await _read_to_end(consumer, stp, None, end, on_record)
-    st = {s: orjson.loads(v) for s, v in states.items()}
-    sq = {s: orjson.loads(v) for s, v in seqs.items()}
-    # a snapshot partition may serve several input partitions: keep ours
-    st = {s: v for s, v in st.items() if v.get("partition", partition) == partition}
-    sq = {s: v for s, v in sq.items() if v.get("partition", partition) == partition}
-    return st, sq
-
-
-async def recover_partition(
+async def load_checkpoints(
     settings: Settings,
     topics: Topics,
-    partition: int,
+    partitions: Iterable[int],
     snap_parts: int,
-    committed: int | None,
     cfg: AggConfig,
-) -> tuple[dict[str, SymbolState], int]:
-    """States of ``partition``'s symbols as of input offset ``committed`` (exclusive)."""
-    if committed is None:
-        return {}, 0  # the group never committed: a fresh start (new epochs)
-    consumer = make_consumer(settings, group_id=None)
+) -> dict[int, Checkpoint]:
+    parts = sorted(partitions)
+    consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=10)
     await consumer.start()
     try:
-        stp = TopicPartition(topics.snapshot, partition % snap_parts)
-        raw_states, seqs = await load_private_state(
-            consumer, topics, partition, snap_parts, await high_watermark(settings, stp)
-        )
-        states: dict[str, SymbolState] = {}
-        upto: dict[str, int] = {}
-        for sym, raw in raw_states.items():
-            states[sym] = SymbolState.from_state(raw, cfg)
-            upto[sym] = int(raw["offset"])
-        replayed = 0
-        replayed_by: dict[str, int] = {}
-        if states:
-            start = min(upto.values()) + 1
-        else:
-            start = 0
-        if start < committed:
-            itp = TopicPartition(topics.input, partition)
+        stps = {TopicPartition(topics.snapshot, p % snap_parts) for p in parts}
+        consumer.assign(list(stps))
+        ends = await consumer.end_offsets(list(stps))
+        states: dict[str, bytes] = {}
+        index: dict[int, dict[str, Any]] = {}
 
-            def on_record(r: Any) -> None:
-                nonlocal replayed
-                try:
-                    e = ev.decode(r.value or b"")
-                except ev.EventError:
-                    return
-                st = states.get(e.symbol)
-                if st is None:
-                    # never checkpointed: only possible when its first transaction was lost
-                    st = states[e.symbol] = SymbolState(e.symbol, int(time.time() * 1000), cfg)
-                    upto[e.symbol] = -1
-                    log.warning(
-                        "symbol without checkpoint during replay", extra={"symbol": e.symbol}
-                    )
-                if r.offset <= upto[e.symbol]:
-                    return
-                try:
-                    st.apply(e)
-                except (ArithmeticError, ValueError, KeyError):
-                    return
-                replayed += 1
-                replayed_by[e.symbol] = replayed_by.get(e.symbol, 0) + 1
-                if replayed % 10_000 == 0:
-                    for s in states.values():
-                        s.discard()
+        def on_record(r: Any) -> None:
+            k = r.key.decode() if r.key else ""
+            if k.startswith("agg:state:"):
+                if r.value is None:
+                    states.pop(k[10:], None)
+                else:
+                    states[k[10:]] = r.value
+            elif k.startswith("agg:index:p") and r.value is not None:
+                index[int(k[11:])] = orjson.loads(r.value)
 
-            await _read_to_end(consumer, itp, start, committed, on_record)
-        for sym, st in states.items():
-            st.discard()
-            sq = seqs.get(sym)
-            if sq is not None and int(sq["offset"]) > upto[sym] and int(sq["epoch"]) == st.epoch:
-                st.seq = {k: int(v) for k, v in sq["seq"].items()}
-            elif replayed_by.get(sym):
-                # Events were replayed but no agg:seq covers them: the counters cannot be known.
-                # Never guess a seq (a reused one is a silent duplicate): break continuity openly.
-                log.error(
-                    "no agg:seq for replayed events, starting a new epoch", extra={"symbol": sym}
-                )
-                st.epoch = int(time.time() * 1000)
-                st.seq = {}
-        return states, replayed
+        await _read_range(consumer, {tp: (None, ends[tp]) for tp in stps}, on_record)
     finally:
         await stop_consumer(consumer)
+    out: dict[int, Checkpoint] = {p: Checkpoint() for p in parts}
+    for p in parts:
+        idx = index.get(p)
+        if idx is None:
+            continue
+        ck = out[p]
+        ck.acked = int(idx["acked"])
+        ck.out = {str(k): int(v) for k, v in idx["out"].items()}
+        for sym in idx["symbols"]:
+            raw = states.get(sym)
+            if raw is None:
+                raise RecoveryError(f"checkpoint index of partition {p} names {sym} without state")
+            st = orjson.loads(raw)
+            ck.states[sym] = SymbolState.from_state(st, cfg)
+            ck.upto[sym] = int(st["offset"])
+    return out
+
+
+async def last_heartbeat(settings: Settings, topics: Topics) -> tuple[Heartbeat, int] | None:
+    """The newest heartbeat on the control topic and its age in ms (by the writer's clock)."""
+    tp = TopicPartition(topics.control, 0)
+    consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=10)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        found: list[Any] = []
+        await _read_range(consumer, {tp: (max(0, end - 20), end)}, found.append)
+    finally:
+        await stop_consumer(consumer)
+    for r in reversed(found):
+        try:
+            raw = orjson.loads(r.value)
+            return Heartbeat.decode(raw), int(time.time() * 1000) - int(raw["ts_ms"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return None
+
+
+async def scan_published(
+    settings: Settings, out: dict[str, int], topics: Iterable[str]
+) -> dict[tuple[StreamKey, int], int]:
+    """Highest ``seq`` per stream and epoch in the output topics at or after ``out``.
+
+    Partitions missing from ``out`` are read from their beginning (nobody acknowledged a write
+    to them). Reads up to the high watermark, ``read_uncommitted``: what any consumer can see.
+    """
+    consumer = make_consumer(
+        settings, group_id=None, isolation_level="read_uncommitted", fetch_max_wait_ms=10
+    )
+    await consumer.start()
+    found: dict[tuple[StreamKey, int], int] = {}
+
+    def on_record(r: Any) -> None:
+        try:
+            m = orjson.loads(r.value)
+            key = ((m["channel"], m["symbol"]), int(m["epoch"]))
+            seq = int(m["seq"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return
+        if seq > found.get(key, -1):
+            found[key] = seq
+
+    try:
+        tps: list[TopicPartition] = []
+        for t in topics:
+            parts = consumer.partitions_for_topic(t)
+            if not parts:
+                await consumer._client.force_metadata_update()  # noqa: SLF001 - one-time lookup
+                parts = consumer._client.cluster.partitions_for_topic(t)  # noqa: SLF001
+            tps.extend(TopicPartition(t, p) for p in sorted(parts or ()))
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        ranges = {tp: (out.get(out_key(tp.topic, tp.partition)), ends[tp]) for tp in tps}
+        await _read_range(consumer, ranges, on_record)
+    finally:
+        await stop_consumer(consumer)
+    return found

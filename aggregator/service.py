@@ -1,63 +1,60 @@
-"""The aggregator process: md.in -> per-symbol state -> md.<stream> + md.snapshot, exactly once.
+"""The aggregator process: a deterministic sequencer from md.in to md.<stream>, hot-standby pairs.
 
-Theory of operation
--------------------
+Theory of operation (docs/aggregator.md "Sequencer and failover")
+-----------------------------------------------------------------
 
-Aggregators form one consumer group on the input topic; each input partition (and so each of
-its symbols) is owned by one instance at a time. Each owned partition ``p`` has its own
-:class:`Worker` with its own *transactional producer*, ``transactional_id =
-<group>.p<p>``. Per partition the loop is the read-process-write cycle of Kafka transactions:
+The output is a pure function of the input log: each input record is applied to its symbol's
+:class:`SymbolState` and flushed on its own (the record is the conflation unit, so batching
+never depends on timing), the ``epoch`` of a symbol is the timestamp of the record that created
+it, and ``seq`` counts messages per ``(channel, symbol)``. Any instance that reads the same
+input from the same checkpoint derives byte-identical ``data`` for every ``seq``.
 
-1. read a batch of input records, apply them to the symbols' :class:`SymbolState`;
-2. send the resulting data messages (``seq`` +1 per ``(channel, symbol)``) inside the open
-   transaction;
-3. every ``MD_AGG_TXN_MS`` (default 10 ms): add the recovery records of the symbols touched in
-   this transaction (``agg:seq:<symbol>`` always, the full ``agg:state:<symbol>`` at most every
-   ``MD_AGG_CHECKPOINT_MS``), the public snapshots that are due, then
-   ``send_offsets_to_transaction`` (the input offset) and ``commit_transaction``.
+So every instance of a group reads *all* its input partitions and computes everything; one of
+them, the leader (``aggregator/leadership.py``: heartbeats every ``MD_AGG_HEARTBEAT_MS`` on the
+control topic, lease ``MD_AGG_LEASE_MS``), publishes with an idempotent, non-transactional
+producer, and consumers read ``read_uncommitted`` and drop ``seq <= last``: no transaction puts
+a floor under the latency. Standbys keep the outputs the leader has not acknowledged yet
+(``aggregator/outbox.py``); when the heartbeats stop, a standby claims the next term, scans the
+output partitions from the old leader's last acknowledged offsets and publishes exactly what is
+missing: no gap, no duplicate a client can see, the same ``epoch``, and a pause of about one
+lease. Two leaders at once (a paused leader that comes back) publish identical messages, which
+consumers drop; the lower claim steps down at the next heartbeat it reads.
 
-Outputs, recovery state and the input offset commit together or not at all (KIP-98). A crash
-loses the open transaction; ``read_committed`` consumers never see it. The next owner of ``p``
-loads ``agg:state``/``agg:seq`` from md.snapshot partition ``p`` (written there explicitly so a
-recovery reads one partition), replays the input from the checkpoint's offset up to the
-committed offset *silently* (the book, candles and windows are a function of the events, not
-of the batching), takes the ``seq`` counters from ``agg:seq``, and continues: no gap, no dup.
-
-Zombie fencing without KIP-447
-------------------------------
-
-aiokafka has no consumer-group-aware fencing (KIP-447: ``sendOffsetsToTransaction`` with the
-group metadata), so a stalled instance that lost its partitions could still commit a
-transaction. We use the pre-KIP-447 scheme of KIP-98 instead: one transactional id *per input
-partition*. The new owner's ``InitProducerId`` (awaited before it reads any state) bumps the
-producer epoch of ``<group>.p<p>``: the old owner's open transaction is aborted and any later
-commit of it fails with ``ProducerFenced``, after which it drops the partition. Rebalances
-during a transaction (aiokafka issue 844) cannot split one: ``on_partitions_revoked`` takes the
-same lock as the processing loop and commits the revoked partitions' transactions before the
-group moves on. As a last line, ``seq`` is deterministic per stream, so consumers de-duplicate
-``seq <= last seen`` (docs/aggregator.md).
+The leader also writes the public snapshots (every ``MD_AGG_SNAPSHOT_MS``) and the private
+checkpoints (every ``MD_AGG_CHECKPOINT_MS``: after a producer flush, each symbol's state and the
+partition's ``agg:index``), from which a restarted instance replays the input.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import ProducerFenced
 from aiokafka.partitioner import DefaultPartitioner
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from aggregator import events as ev
-from aggregator.recovery import recover_partition
+from aggregator.leadership import Heartbeat, Lease
+from aggregator.outbox import Gate, Out, StandbyBuffer
+from aggregator.recovery import (
+    Checkpoint,
+    load_checkpoints,
+    out_key,
+    scan_published,
+)
+from aggregator.recovery import (
+    last_heartbeat as read_last_heartbeat,
+)
 from aggregator.state import AggConfig, SymbolState
-from core.backoff import Backoff
 from core.codec import now_ns
 from core.health import Health
 from core.kafka import ensure_topics, make_consumer, make_producer
@@ -65,68 +62,72 @@ from core.settings import Settings
 from core.topics import Topics
 
 log = logging.getLogger("aggregator")
+SHIP_S = 0.001  # longest a built output waits for more of its poll batch before it is sent
 
 EVENTS_IN = Counter("md_agg_events_in_total", "input events applied", ["type"])
 MALFORMED = Counter("md_agg_malformed_input_total", "input records dropped as invalid")
 MESSAGES_OUT = Counter("md_agg_messages_out_total", "data messages published", ["channel"])
 SNAPSHOTS_OUT = Counter("md_agg_snapshots_out_total", "snapshot records published", ["kind"])
-TXN_COMMITTED = Counter("md_agg_transactions_committed_total", "transactions committed")
-TXN_ABORTED = Counter("md_agg_transactions_aborted_total", "transactions aborted (state rebuilt)")
-FENCED = Counter("md_agg_fenced_total", "partitions dropped because a newer owner fenced us")
-RECOVERIES = Counter("md_agg_recoveries_total", "partition state recoveries", ["kind"])
-REPLAYED = Counter("md_agg_replayed_events_total", "input events replayed silently during recovery")
-OFFSET_GAPS = Counter("md_agg_offset_gaps_total", "unexpected input offset jumps (re-seeked)")
-PARTITIONS = Gauge("md_agg_partitions_owned", "input partitions this instance owns")
-SYMBOLS = Gauge("md_agg_symbols", "symbols this instance owns")
+TAKEOVERS = Counter("md_agg_takeovers_total", "times this instance became the leader")
+STEPDOWNS = Counter("md_agg_stepdowns_total", "times a higher claim made this instance a standby")
+REPUBLISHED = Counter(
+    "md_agg_takeover_published_total", "buffered messages a new leader published at takeover"
+)
+LEADER = Gauge("md_agg_leader", "1 while this instance publishes")
+SYMBOLS = Gauge("md_agg_symbols", "symbols this instance computes")
+STANDBY_BUFFER = Gauge("md_agg_standby_buffer", "outputs kept for a takeover (standby)")
+HOP = Histogram(
+    "md_agg_hop_seconds",
+    "latency hops measured by the aggregator: upstream event time -> md.in append "
+    "(event_to_append), md.in append -> published (append_to_publish)",
+    ["hop"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+    + (1, 2.5, 5, 10),
+)
+_HOP_EVENT = HOP.labels("event_to_append")
+_HOP_PUBLISH = HOP.labels("append_to_publish")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
     group: str
-    txn_ms: int = 10  # transaction length: read_committed consumers see output this much later
-    checkpoint_ms: int = 5000  # full agg:state per symbol at most this often (bounds replay)
+    heartbeat_ms: int = 100  # leader heartbeat period
+    lease_ms: int = 500  # a standby takes over after this long without a heartbeat
+    checkpoint_ms: int = 5000  # private checkpoint per partition at most this often
     snapshot_ms: int = 500  # public snapshots per symbol at most this often
     max_batch: int = 5000  # records per poll: bounds memory and per-batch latency
-    retake_s: float = 9.0  # after being fenced, take a still-assigned partition back after this
+    partitions: tuple[int, ...] = ()  # input partitions of this group (empty: all)
+    ident: str = ""
     agg: AggConfig = field(default_factory=AggConfig)
 
     @classmethod
     def from_settings(cls, s: Settings) -> ServiceConfig:
+        parts = s.get("MD_AGG_PARTITIONS", str, "")
         return cls(
             group=s.get("MD_AGG_GROUP", str, f"{s.topic_prefix}.aggregator"),
-            txn_ms=s.get("MD_AGG_TXN_MS", int, 10),
+            heartbeat_ms=s.get("MD_AGG_HEARTBEAT_MS", int, 100),
+            lease_ms=s.get("MD_AGG_LEASE_MS", int, 500),
             checkpoint_ms=s.get("MD_AGG_CHECKPOINT_MS", int, 5000),
             snapshot_ms=s.get("MD_AGG_SNAPSHOT_MS", int, 500),
             max_batch=s.get("MD_AGG_MAX_BATCH", int, 5000),
-            retake_s=1.5 * s.get("MD_AGG_SESSION_MS", int, 6000) / 1000,
+            partitions=tuple(int(p) for p in parts.split(",") if p.strip()),
+            ident=s.get("MD_AGG_ID", str, ""),
             agg=AggConfig(
                 checksum_depth=s.book_checksum_depth,
                 trades_snapshot_n=s.get("MD_AGG_TRADES_SNAPSHOT", int, 100),
                 stats_mid_window=s.get("MD_STATS_MID_WINDOW", int, 10),
                 stats_vwap_window=s.get("MD_STATS_VWAP_WINDOW", int, 200),
+                candle_update_ms=s.get("MD_AGG_CANDLE_UPDATE_MS", int, 1000),
             ),
         )
 
 
-class Worker:
-    """One owned input partition: its symbols, transactional producer and open transaction."""
+@dataclass
+class _Tick:
+    """One processed poll batch as leader: its input positions and its sends' futures."""
 
-    def __init__(self, partition: int, producer: AIOKafkaProducer) -> None:
-        self.partition = partition
-        self.producer = producer
-        self.symbols: dict[str, SymbolState] = {}
-        self.next_offset = 0
-        self.txn_open = False
-        self.txn_events = 0
-        self.dirty: set[str] = set()
-        self.new: set[str] = set()  # need a full checkpoint + snapshots in this transaction
-        self.last_checkpoint: dict[str, float] = {}
-        self.last_snapshot: dict[str, float] = {}
-        self.status_changed: set[str] = set()
-        # changed since their last public snapshot: written once due, even if the symbol then
-        # goes quiet (otherwise md.snapshot would keep a stale ticker/book forever)
-        self.snap_pending: set[str] = set()
-        self.ckpt_pending: set[str] = set()  # changed since their last agg:state checkpoint
+    inputs: dict[int, int]
+    futures: list[tuple[str, asyncio.Future[Any]]]
 
 
 class Aggregator:
@@ -134,26 +135,47 @@ class Aggregator:
         self.settings = settings
         self.cfg = cfg or ServiceConfig.from_settings(settings)
         self.topics = Topics.from_settings(settings)
-        self.workers: dict[int, Worker] = {}
-        self.lock = asyncio.Lock()
+        # unique per run: a restarted instance must never mistake its old heartbeats for its own
+        self.ident = (
+            f"{self.cfg.ident or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        )
+        self.lease = Lease(self.ident, self.cfg.lease_ms / 1000)
+        self.symbols: dict[str, SymbolState] = {}
+        self.skip_upto: dict[str, int] = {}  # symbol -> its checkpoint's input offset
+        self.checkpointed: set[str] = set()
+        self.positions: dict[int, int] = {}  # input partition -> last offset applied
+        self.buffer = StandbyBuffer()
+        self.gate: Gate | None = None
+        # the acknowledged point: input offset per partition, output offsets ("topic|part")
+        self.acked: dict[int, int] = {}
+        self.out: dict[str, int] = {}
+        self.ticks: deque[_Tick] = deque()
+        self.snap_pending: set[str] = set()
+        self.ckpt_pending: set[str] = set()
+        self.last_snapshot: dict[str, float] = {}
+        self.last_checkpoint = 0.0
+        self.last_heartbeat = 0.0
+        self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.health = Health("aggregator")
         self.health.add("consumer", self._health_consumer)
         self._last_poll = time.monotonic()
-        self._snapshot_partitions = 0
-        self._txn_started = time.monotonic()
+        self._snapshot_partitions = 1
         self._partitioner = DefaultPartitioner()
         self._partition_cache: dict[tuple[str, bytes], int] = {}
         self._events_in: dict[str, int] = {}
+        self._committed: dict[int, int] = {}
         self.fatal: str | None = None
-        self._retakes: set[asyncio.Task[None]] = set()
 
     def _health_consumer(self) -> tuple[bool, Any]:
         age = time.monotonic() - self._last_poll
         return age < 30 and not self.fatal, {
             "last_poll_s": round(age, 2),
-            "partitions": sorted(self.workers),
-            "symbols": sum(len(w.symbols) for w in self.workers.values()),
+            "role": "leader" if self.lease.leader else "standby",
+            "term": self.lease.current.term if self.lease.current else 0,
+            "partitions": sorted(self.positions),
+            "symbols": len(self.symbols),
+            "error": self.fatal,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -163,389 +185,420 @@ class Aggregator:
             s
         )  # idempotent; a fresh prefix (tests, `make run-recording`) just works
         self.consumer = make_consumer(
-            s,
-            group_id=self.cfg.group,
-            session_timeout_ms=s.get("MD_AGG_SESSION_MS", int, 6000),
-            heartbeat_interval_ms=1000,
-            max_poll_interval_ms=300_000,
+            s, group_id=self.cfg.group, isolation_level="read_uncommitted"
         )
+        self.producer = make_producer(s)
         await self.consumer.start()
-        parts = self.consumer.partitions_for_topic(self.topics.snapshot)
-        if parts is None:
-            await self.consumer._client.force_metadata_update()  # noqa: SLF001 - one-time lookup
-            parts = self.consumer._client.cluster.partitions_for_topic(self.topics.snapshot)  # noqa: SLF001
-        self._snapshot_partitions = len(parts or ()) or 1
-        self.consumer.subscribe([self.topics.input], listener=_Listener(self))
-        log.info(
-            "aggregator consuming", extra={"topic": self.topics.input, "group": self.cfg.group}
-        )
+        await self.producer.start()
+        beat = asyncio.create_task(self._heartbeat_loop(stop))
         try:
+            await self._start()
             while not stop.is_set():
                 if self.fatal:
                     raise RuntimeError(self.fatal)  # exit non-zero: the supervisor restarts us
                 batch = await self.consumer.getmany(
-                    timeout_ms=self.cfg.txn_ms, max_records=self.cfg.max_batch
+                    timeout_ms=self.cfg.heartbeat_ms, max_records=self.cfg.max_batch
                 )
                 self._last_poll = time.monotonic()
-                async with self.lock:
-                    await self._process(batch)
-                    if time.monotonic() - self._txn_started >= self.cfg.txn_ms / 1000:
-                        await self._commit_all()
-                        self._txn_started = time.monotonic()
-            async with self.lock:
-                await self._commit_all()
+                await self._process(batch)
+                await self._timers()
+            if self.lease.leader:
+                await self.producer.flush()
+                self._settle_ticks()
+                await self._heartbeat(time.monotonic())
         finally:
-            for task in self._retakes:
-                task.cancel()
-            async with self.lock:
-                for w in list(self.workers.values()):
-                    await self._drop(w, commit=False)
+            beat.cancel()
+            LEADER.set(0)
             await self.consumer.stop()
+            await self.producer.stop()
+
+    async def _start(self) -> None:
+        s, c = self.settings, self.consumer
+        assert c is not None
+        parts = await self._partitions(self.topics.snapshot)
+        self._snapshot_partitions = len(parts) or 1
+        inputs = list(self.cfg.partitions) or sorted(await self._partitions(self.topics.input))
+        checkpoints = await load_checkpoints(
+            s, self.topics, inputs, self._snapshot_partitions, self.cfg.agg
+        )
+        hb = await read_last_heartbeat(s, self.topics)
+        self._baseline(checkpoints, hb[0] if hb else None)
+        now = time.monotonic()
+        if hb is not None:
+            self.lease.observe(hb[0], now - max(0, hb[1]) / 1000)
+        for p, ck in checkpoints.items():
+            for sym, st in ck.states.items():
+                self.symbols[sym] = st
+                self.skip_upto[sym] = ck.upto[sym]
+                self.checkpointed.add(sym)
+            self.positions[p] = ck.start - 1
+        SYMBOLS.set(len(self.symbols))
+        itps = [TopicPartition(self.topics.input, p) for p in inputs]
+        ctp = TopicPartition(self.topics.control, 0)
+        c.assign([*itps, ctp])
+        for tp in itps:
+            c.seek(tp, checkpoints[tp.partition].start)
+        await c.seek_to_end(ctp)
+        if hb is None or hb[1] >= self.cfg.lease_ms:
+            # nobody leads: lead now rather than replay into a standby buffer first
+            await self._take_over(time.monotonic())
+        log.info(
+            "aggregator started",
+            extra={
+                "id": self.ident,
+                "partitions": inputs,
+                "symbols": sorted(self.symbols),
+                "from": {str(p): ck.start for p, ck in checkpoints.items()},
+                "leader_seen": hb[0].claim.ident if hb else None,
+            },
+        )
+
+    def _baseline(self, checkpoints: dict[int, Checkpoint], hb: Heartbeat | None) -> None:
+        """What is known to be in Kafka at start: the newer of the last heartbeat and the checkpoints.
+        Output offsets are lower bounds, so the smaller of two is always safe to scan from."""
+        for p, ck in checkpoints.items():
+            a = max(ck.acked, hb.acked.get(p, -1) if hb else -1)
+            self.acked[p] = a
+        outs = [ck.out for ck in checkpoints.values()] + ([hb.out] if hb else [])
+        for o in outs:
+            for k, v in o.items():
+                self.out[k] = min(self.out.get(k, v), v)
+
+    async def _partitions(self, topic: str) -> set[int]:
+        c = self.consumer
+        assert c is not None
+        parts = c.partitions_for_topic(topic)
+        if not parts:
+            await c._client.force_metadata_update()  # noqa: SLF001 - one-time lookup
+            parts = c._client.cluster.partitions_for_topic(topic)  # noqa: SLF001
+        return set(parts or ())
 
     # ------------------------------------------------------------------ processing
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        now = now_ns()
+        """Apply and route each record; ship what is built at most ``SHIP_S`` after it was built
+        (one produce request per batch under load, no waiting for the batch's end when quiet)."""
+        control = self.topics.control
+        builders: dict[tuple[str, int], Any] = {}
+        inputs: dict[int, int] = {}
+        first_built = 0.0
         for tp, recs in batch.items():
-            w = self.workers.get(tp.partition)
-            if w is None or not recs:
-                continue  # revoked while fetched
-            touched: set[str] = set()
-            for r in recs:
-                if r.offset < w.next_offset:
+            if tp.topic == control:
+                self._on_control(recs)
+                continue
+            p = tp.partition
+            for i, r in enumerate(recs):
+                if i and not i % 256:
+                    await asyncio.sleep(0)  # let the heartbeat task beat during a long catch-up
+                if r.offset <= self.positions.get(p, -1):
                     continue  # fetched before a re-seek: already applied
-                w.next_offset = r.offset + 1
-                self._apply_record(w, r.value, touched)
-            if touched:
-                w.txn_events += len(recs)
-                try:
-                    await self._emit(w, touched, now)
-                except Exception as exc:  # noqa: BLE001 - e.g. fenced while sending
-                    await self._txn_failed(w, exc, revoking=False)
-        # metrics once per batch, not per event: labels().inc() costs ~10% of the hot path
+                self.positions[p] = r.offset
+                inputs[p] = r.offset
+                outs = self._apply_record(p, r, now_ns())
+                if outs:
+                    if not builders:
+                        first_built = time.perf_counter()
+                    await self._route(outs, builders)
+                if builders and time.perf_counter() - first_built >= SHIP_S:
+                    await self._ship(builders, inputs)
+                    builders, inputs = {}, {}
+        if builders or (inputs and self.lease.leader):
+            await self._ship(builders, inputs)
         for t, n in self._events_in.items():
             EVENTS_IN.labels(t).inc(n)
         self._events_in.clear()
 
-    def _apply_record(self, w: Worker, value: bytes | None, touched: set[str]) -> None:
+    async def _ship(self, builders: dict[tuple[str, int], Any], inputs: dict[int, int]) -> None:
+        """Hand the built batches to the producer; their futures settle ``inputs`` (a tick)."""
+        assert self.producer is not None
+        futures = []
+        for (topic, part), b in builders.items():
+            fut = await self.producer.send_batch(b, topic, partition=part)
+            futures.append((out_key(topic, part), fut))
+        self.ticks.append(_Tick(inputs, futures))
+
+    def _apply_record(self, p: int, r: Any, now: int) -> list[Out] | None:
         try:
-            e = ev.decode(value or b"")
+            events = ev.decode_record(r.value or b"")
         except ev.EventError as exc:
             MALFORMED.inc()
-            log.warning(
-                "malformed input dropped", extra={"partition": w.partition, "error": str(exc)}
-            )
-            return
-        st = w.symbols.get(e.symbol)
+            log.warning("malformed input dropped", extra={"partition": p, "error": str(exc)})
+            return None
+        e = events[0]
+        sym = e.symbol
+        if r.offset <= self.skip_upto.get(sym, -1):
+            return None  # this symbol's checkpoint already includes it
+        st = self.symbols.get(sym)
         if st is None:
-            st = w.symbols[e.symbol] = SymbolState(e.symbol, int(time.time() * 1000), self.cfg.agg)
-            w.new.add(e.symbol)
-            SYMBOLS.inc()
-            log.info("new symbol stream", extra={"symbol": e.symbol, "epoch": st.epoch})
+            # the epoch is the creating record's time: every instance derives the same one
+            st = self.symbols[sym] = SymbolState(sym, int(r.timestamp), self.cfg.agg)
+            SYMBOLS.set(len(self.symbols))
+            log.info("new symbol stream", extra={"symbol": sym, "epoch": st.epoch})
         try:
-            st.apply(e)
+            for x in events:
+                st.apply(x)
         except Exception as exc:  # noqa: BLE001 - a validated event should never get here
             # Crashing would not help: the restarted process would meet the same record again
             # (a poison pill). Count it loudly instead; validation in events.py is the real guard.
             MALFORMED.inc()
             log.error(
-                "event rejected by state",
-                extra={"symbol": e.symbol, "error": repr(exc)},
-                exc_info=True,
+                "event rejected by state", extra={"symbol": sym, "error": repr(exc)}, exc_info=True
             )
-            return
-        self._events_in[e.type] = self._events_in.get(e.type, 0) + 1
-        touched.add(e.symbol)
-
-    async def _begin(self, w: Worker) -> None:
-        if not w.txn_open:
-            await w.producer.begin_transaction()
-            w.txn_open = True
-
-    async def _emit(self, w: Worker, symbols: set[str], now: int) -> None:
-        """Send the symbols' new messages in the open transaction.
-
-        Records are appended to one aiokafka ``BatchBuilder`` per output topic-partition and
-        submitted with ``send_batch``: the per-record cost of ``send()`` (metadata wait,
-        partitioner, accumulator lookup) would otherwise dominate the aggregator's CPU. The
-        partition is the default partitioner's (murmur2 of the symbol key), so records land
-        exactly where ``send(key=symbol)`` would put them.
-        """
-        await self._begin(w)
-        builders: dict[tuple[str, int], Any] = {}
-        producer = w.producer
+            st.discard()
+            return None
+        for x in events:
+            self._events_in[x.type] = self._events_in.get(x.type, 0) + 1
+        self.snap_pending.add(sym)
+        self.ckpt_pending.add(sym)
+        leader = self.lease.leader
+        if (leader and self.gate is not None and self.gate.covered(p, r.offset)) or (
+            not leader and r.offset <= self._leader_acked(p)
+        ):
+            st.discard()  # already in Kafka: keep the counters, skip the encoding
+            return None
+        ts_ms = r.timestamp
+        _HOP_EVENT.observe(max(0.0, ts_ms / 1000 - events[-1].ts / 1e9))
+        if leader:
+            _HOP_PUBLISH.observe(max(0.0, now / 1e9 - ts_ms / 1000))
+        key = sym.encode()
         dumps = orjson.dumps
-        sent: dict[str, int] = {}
-        for sym in symbols:
-            st = w.symbols[sym]
-            key = sym.encode()
-            for channel, msg in st.flush(now):
-                topic = self.topics.stream(channel)
-                tp = (topic, await self._partition_for(producer, topic, key))
-                b = builders.get(tp)
-                if b is None:
-                    b = builders[tp] = producer.create_batch()
-                value = dumps(msg)
-                if (
-                    b.append(key=key, value=value, timestamp=None) is None
-                ):  # full: ship it, start anew
-                    await producer.send_batch(b, tp[0], partition=tp[1])
-                    b = builders[tp] = producer.create_batch()
-                    b.append(key=key, value=value, timestamp=None)
-                sent[channel] = sent.get(channel, 0) + 1
-                if channel == "status":
-                    w.status_changed.add(sym)
-            w.dirty.add(sym)
-            w.snap_pending.add(sym)
-            w.ckpt_pending.add(sym)
-        for (topic, part), b in builders.items():
-            await producer.send_batch(b, topic, partition=part)
-        for channel, n in sent.items():
-            MESSAGES_OUT.labels(channel).inc(n)
+        stream = self.topics.stream
+        return [
+            Out(p, r.offset, (ch, sym), msg["epoch"], msg["seq"], stream(ch), key, dumps(msg))
+            for ch, msg in st.flush(now)
+        ]
 
-    async def _partition_for(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
+    def _leader_acked(self, p: int) -> int:
+        hb = self.lease.last
+        return hb.acked.get(p, -1) if hb is not None else self.acked.get(p, -1)
+
+    async def _route(self, outs: list[Out], builders: dict[tuple[str, int], Any]) -> None:
+        if not self.lease.leader:
+            for o in outs:
+                self.buffer.add(o)
+            return
+        gate = self.gate
+        for o in outs:
+            if gate is not None and not gate.allows(
+                o.partition, o.offset, o.stream, o.epoch, o.seq
+            ):
+                continue
+            await self._append(o, builders)
+
+    async def _append(self, o: Out, builders: dict[tuple[str, int], Any]) -> None:
+        producer = self.producer
+        assert producer is not None
+        tp = (o.topic, await self._partition_for(o.topic, o.key))
+        b = builders.get(tp)
+        if b is None:
+            b = builders[tp] = producer.create_batch()
+        if b.append(key=o.key, value=o.value, timestamp=None) is None:  # full: ship it
+            fut = await producer.send_batch(b, tp[0], partition=tp[1])
+            self.ticks.append(_Tick({}, [(out_key(*tp), fut)]))
+            b = builders[tp] = producer.create_batch()
+            b.append(key=o.key, value=o.value, timestamp=None)
+        MESSAGES_OUT.labels(o.stream[0]).inc()
+
+    async def _partition_for(self, topic: str, key: bytes) -> int:
         k = (topic, key)
         p = self._partition_cache.get(k)
         if p is None:
-            parts = producer.client.cluster.partitions_for_topic(topic)
+            assert self.producer is not None
+            client = self.producer.client
+            parts = client.cluster.partitions_for_topic(topic)
             if not parts:
-                await producer.client._wait_on_metadata(topic)  # noqa: SLF001 - first use of the topic
-                parts = producer.client.cluster.partitions_for_topic(topic)
+                await client._wait_on_metadata(topic)  # noqa: SLF001 - first use of the topic
+                parts = client.cluster.partitions_for_topic(topic)
             all_parts = sorted(parts)
             p = self._partitioner(key, all_parts, all_parts)
             self._partition_cache[k] = p
         return p
 
-    async def _commit_all(self) -> None:
-        now_m = time.monotonic()
-        for w in list(self.workers.values()):
-            # a quiet symbol's pending snapshot/checkpoint still gets written (in its own transaction)
-            if (
-                w.txn_open
-                or any(self._snapshot_due(w, sym, now_m) for sym in w.snap_pending)
-                or any(self._checkpoint_due(w, sym, now_m) for sym in w.ckpt_pending)
-            ):
-                await self._commit(w)
+    # ------------------------------------------------------------------ leadership
+    def _on_control(self, recs: list[Any]) -> None:
+        now = time.monotonic()
+        for r in recs:
+            try:
+                hb = Heartbeat.decode(orjson.loads(r.value))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning("unreadable heartbeat ignored", extra={"offset": r.offset})
+                continue
+            if self.lease.observe(hb, now):
+                STEPDOWNS.inc()
+                LEADER.set(0)
+                self.gate = None
+                log.warning(
+                    "a higher claim leads: standing by",
+                    extra={"leader": hb.claim.ident, "term": hb.claim.term},
+                )
+            if hb.claim.ident != self.ident and hb.claim == self.lease.current:
+                self.buffer.trim(hb.acked)
+        STANDBY_BUFFER.set(self.buffer.size)
 
-    def _checkpoint_due(self, w: Worker, sym: str, now_m: float) -> bool:
-        return (
-            sym in w.new or now_m - w.last_checkpoint.get(sym, 0) >= self.cfg.checkpoint_ms / 1000
-        )
-
-    def _snapshot_due(self, w: Worker, sym: str, now_m: float) -> bool:
-        return sym in w.new or now_m - w.last_snapshot.get(sym, 0) >= self.cfg.snapshot_ms / 1000
-
-    async def _commit(self, w: Worker, *, revoking: bool = False) -> bool:
-        try:
-            if not w.txn_open:
-                await self._begin(w)
-            await self._add_recovery_and_snapshots(w)
-            tp = TopicPartition(self.topics.input, w.partition)
-            await w.producer.send_offsets_to_transaction({tp: w.next_offset}, self.cfg.group)
-            await w.producer.commit_transaction()
-            TXN_COMMITTED.inc()
-        except Exception as exc:  # noqa: BLE001 - any failure leaves the transaction unusable
-            await self._txn_failed(w, exc, revoking=revoking)
+    async def _leader_alive(self) -> bool:
+        """Confirm a missed lease by reading the control topic afresh: a standby busy with a big
+        batch may simply not have read the heartbeats that are there."""
+        hb = await read_last_heartbeat(self.settings, self.topics)
+        if hb is None or hb[1] >= self.cfg.lease_ms:
             return False
-        w.txn_open = False
-        w.txn_events = 0
-        w.dirty.clear()
-        w.new.clear()
-        w.status_changed.clear()
-        return True
+        self.lease.observe(hb[0], time.monotonic() - max(0, hb[1]) / 1000)
+        return not self.lease.should_take_over(time.monotonic())
 
-    async def _txn_failed(self, w: Worker, exc: BaseException, *, revoking: bool) -> None:
-        """The open transaction of ``w`` cannot commit: its outputs will never be visible, so the
-        in-memory state (which includes them) is dropped and rebuilt from Kafka.
-
-        Fenced (``ProducerFenced``, or aiokafka's transaction manager in its fatal state, which
-        is how a fence seen by the background sender surfaces): by a new owner, and our consumer
-        will be revoked ``p`` at its next heartbeat; or by the broker's transaction timeout after
-        a long stall, and nobody else owns ``p`` - so it is taken back, from Kafka, once the group
-        has had ``retake_s`` to tell us otherwise. Any other error: abort and recover at once.
-        """
-        tm = getattr(w.producer, "_txn_manager", None)
-        fenced = isinstance(exc, ProducerFenced) or (tm is not None and tm.is_fatal_error())
-        if fenced:
-            FENCED.inc()
-            log.warning(
-                "transactional producer fenced, dropping partition",
-                extra={"partition": w.partition, "error": repr(exc)},
-            )
-        else:
-            TXN_ABORTED.inc()
-            log.error(
-                "transaction failed, rebuilding partition state",
-                extra={"partition": w.partition, "error": repr(exc)},
-            )
-        await self._drop(w, commit=False)
-        if revoking:
+    async def _take_over(self, now: float) -> None:
+        if self.buffer.lost:
+            self.fatal = "standby buffer overflowed: restart from a checkpoint before leading"
             return
-        if fenced:
-            self._retakes.add(asyncio.create_task(self._retake_later(w.partition)))
-        else:
-            await self._assign_with_retry(w.partition)
-
-    async def _add_recovery_and_snapshots(self, w: Worker) -> None:
-        now_m = time.monotonic()
-        now = now_ns()
-        snap_topic = self.topics.snapshot
-        part = w.partition % self._snapshot_partitions
-        last = w.next_offset - 1
-        for sym in w.dirty | w.new | w.snap_pending | w.ckpt_pending:
-            st = w.symbols[sym]
-            if sym in w.snap_pending and self._snapshot_due(w, sym, now_m):
-                for key, msg in st.snapshots(now):
-                    await w.producer.send(snap_topic, key=key.encode(), value=orjson.dumps(msg))
-                w.last_snapshot[sym] = now_m
-                w.snap_pending.discard(sym)
-                SNAPSHOTS_OUT.labels("public").inc()
-            if sym in w.dirty or sym in w.new:
-                await w.producer.send(
-                    snap_topic,
-                    key=f"agg:seq:{sym}".encode(),
-                    partition=part,
-                    value=orjson.dumps(
-                        {
-                            "symbol": sym,
-                            "partition": w.partition,
-                            "epoch": st.epoch,
-                            "seq": st.seq,
-                            "offset": last,
-                        }
-                    ),
-                )
-            if (sym in w.ckpt_pending or sym in w.new) and self._checkpoint_due(w, sym, now_m):
-                # a quiet symbol's last checkpoint covers all its events: its takeover replays nothing
-                state = st.to_state()
-                state["offset"] = last
-                state["partition"] = w.partition
-                await w.producer.send(
-                    snap_topic,
-                    key=f"agg:state:{sym}".encode(),
-                    partition=part,
-                    value=orjson.dumps(state),
-                )
-                w.last_checkpoint[sym] = now_m
-                w.ckpt_pending.discard(sym)
-                SNAPSHOTS_OUT.labels("agg_state").inc()
-            if sym in w.new or sym in w.status_changed:
-                key, msg = st.status_snapshot(now)
-                await w.producer.send(snap_topic, key=key.encode(), value=orjson.dumps(msg))
-
-    # ------------------------------------------------------------------ rebalance
-    async def _assign(self, partition: int) -> None:
-        """Take ownership of ``partition``: fence the previous owner, then recover its state."""
-        s = self.settings
-        txid = f"{self.cfg.group}.p{partition}"
-        producer = make_producer(s, transactional_id=txid, transaction_timeout_ms=60_000)
-        await producer.start()
-        w = Worker(partition, producer)
-        assert self.consumer is not None
-        tp = TopicPartition(self.topics.input, partition)
-        try:
-            # InitProducerId happens here: from now on the previous owner can commit nothing.
-            await producer.begin_transaction()
-            w.txn_open = True
-            committed = await self.consumer.committed(tp)
-            states, replayed = await recover_partition(
-                s, self.topics, partition, self._snapshot_partitions, committed, self.cfg.agg
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            raise
-        w.symbols = states
-        w.new = set(states)  # publish fresh snapshots + status on takeover
-        w.dirty = set(states)
-        w.snap_pending = set(states)
-        w.ckpt_pending = set(states)
-        w.next_offset = committed or 0
-        if committed is not None:
-            self.consumer.seek(tp, committed)
-        else:
-            await self.consumer.seek_to_beginning(tp)
-        self.workers[partition] = w
-        PARTITIONS.set(len(self.workers))
-        SYMBOLS.inc(len(states))
-        RECOVERIES.labels("recovered" if states else "fresh").inc()
-        REPLAYED.inc(replayed)
-        log.info(
-            "partition assigned",
+        prev = self.lease.last
+        acked = dict(prev.acked) if prev else {}
+        for p, a in self.acked.items():
+            acked[p] = max(a, acked.get(p, -1))
+        out = dict(self.out)
+        if prev is not None:
+            for k, v in prev.out.items():
+                out[k] = min(out.get(k, v), v)
+        claim = self.lease.take_over(now)
+        self.acked, self.out = acked, out
+        await self._heartbeat(now)  # tell the others first: a second claimant settles sooner
+        t0 = time.monotonic()
+        published = await scan_published(self.settings, out, self.topics.all_streams())
+        self.gate = Gate(acked, published)
+        builders: dict[tuple[str, int], Any] = {}
+        drained = self.buffer.drain(self.gate)
+        for o in drained:
+            await self._append(o, builders)
+        await self._ship(builders, dict(self.positions))
+        self.snap_pending |= set(self.symbols)
+        self.last_snapshot.clear()
+        TAKEOVERS.inc()
+        REPUBLISHED.inc(len(drained))
+        LEADER.set(1)
+        log.warning(
+            "took over as leader",
             extra={
-                "partition": partition,
-                "committed": committed,
-                "symbols": sorted(states),
-                "replayed": replayed,
+                "term": claim.term,
+                "previous": prev.claim.ident if prev else None,
+                "published_from_buffer": len(drained),
+                "streams_scanned": len(published),
+                "scan_ms": round((time.monotonic() - t0) * 1000, 1),
             },
         )
 
-    async def _drop(self, w: Worker, *, commit: bool) -> None:
-        if commit and w.txn_open:
-            if not await self._commit(w, revoking=True):
-                return  # _commit failed and already dropped it
-        if self.workers.get(w.partition) is w:
-            self.workers.pop(w.partition)
-            PARTITIONS.set(len(self.workers))
-            SYMBOLS.dec(len(w.symbols))
-        tm = getattr(w.producer, "_txn_manager", None)
-        if w.txn_open and not (tm is not None and tm.is_fatal_error()):
-            with contextlib.suppress(
-                Exception
-            ):  # best effort: the broker aborts it on timeout anyway
-                await w.producer.abort_transaction()
-        w.txn_open = False
-        with contextlib.suppress(Exception):
-            await w.producer.stop()
-
-    async def on_revoked(self, tps: list[TopicPartition]) -> None:
-        async with self.lock:
-            for tp in tps:
-                w = self.workers.get(tp.partition)
-                if w is not None and tp.topic == self.topics.input:
-                    await self._drop(w, commit=True)
-                    log.info("partition revoked", extra={"partition": tp.partition})
-
-    async def on_assigned(self, tps: list[TopicPartition]) -> None:
-        async with self.lock:
-            for tp in sorted(tps):
-                if tp.topic == self.topics.input and tp.partition not in self.workers:
-                    await self._assign_with_retry(tp.partition)
-
-    async def _retake_later(self, partition: int) -> None:
-        await asyncio.sleep(self.cfg.retake_s)
-        async with self.lock:
-            assert self.consumer is not None
-            tp = TopicPartition(self.topics.input, partition)
-            if tp in self.consumer.assignment() and partition not in self.workers:
-                log.warning(
-                    "still assigned after being fenced: taking the partition back",
-                    extra={"partition": partition},
-                )
-                await self._assign_with_retry(partition)
-
-    async def _assign_with_retry(self, partition: int) -> None:
-        """Recovery may meet a slow broker; retry, and if it keeps failing stop the process
-        (``fatal``) rather than own a partition whose records would be skipped."""
-        backoff = Backoff(initial=0.5, maximum=5.0)
-        for attempt in range(1, 6):
-            try:
-                await self._assign(partition)
+    def _settle_ticks(self) -> None:
+        """Advance the acknowledged point over every leading tick whose sends all completed."""
+        while self.ticks:
+            t = self.ticks[0]
+            if not all(f.done() for _, f in t.futures):
                 return
-            except Exception as exc:  # noqa: BLE001 - KafkaError, RecoveryError, OSError, aiokafka asserts
-                log.error(
-                    "partition takeover failed",
-                    extra={"partition": partition, "attempt": attempt, "error": repr(exc)},
+            for k, f in t.futures:
+                exc = f.exception()
+                if exc is not None:
+                    # the idempotent producer gave up: a message may be missing, and only a
+                    # restart (checkpoint + scan) can tell which; never carry on past a gap
+                    self.fatal = f"output send failed: {exc!r}"
+                    return
+                self.out[k] = max(self.out.get(k, 0), f.result().offset)
+            for p, o in t.inputs.items():
+                self.acked[p] = max(self.acked.get(p, -1), o)
+            self.ticks.popleft()
+
+    async def _heartbeat(self, now: float) -> None:
+        assert self.producer is not None and self.lease.current is not None
+        hb = Heartbeat(self.lease.current, dict(self.acked), dict(self.out))
+        await self.producer.send(
+            self.topics.control, value=orjson.dumps(hb.encode(int(time.time() * 1000))), partition=0
+        )
+        self.last_heartbeat = now
+        offsets = {
+            TopicPartition(self.topics.input, p): o + 1
+            for p, o in self.acked.items()
+            if self._committed.get(p) != o
+        }
+        if offsets and self.consumer is not None:
+            try:
+                await self.consumer.commit(offsets)  # for lag monitoring only: not a resume point
+                for tp, o in offsets.items():
+                    self._committed[tp.partition] = o - 1
+            except Exception as exc:  # noqa: BLE001 - monitoring must not stop the sequencer
+                log.warning("offset commit failed", extra={"error": repr(exc)})
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        """Beats on its own clock, so a long takeover scan or a big batch does not look like death."""
+        period = self.cfg.heartbeat_ms / 1000
+        while not stop.is_set():
+            await asyncio.sleep(period / 2)
+            now = time.monotonic()
+            if self.lease.leader and now - self.last_heartbeat >= period:
+                self._settle_ticks()
+                try:
+                    await self._heartbeat(now)
+                except Exception as exc:  # noqa: BLE001 - the broker may be away; keep beating
+                    log.warning("heartbeat failed", extra={"error": repr(exc)})
+
+    async def _timers(self) -> None:
+        now = time.monotonic()
+        if not self.lease.leader:
+            if self.lease.should_take_over(now) and not await self._leader_alive():
+                await self._take_over(time.monotonic())
+            return
+        await self._snapshots(now)
+        if self.ckpt_pending and now - self.last_checkpoint >= self.cfg.checkpoint_ms / 1000:
+            await self._checkpoint(now)
+
+    async def _snapshots(self, now_m: float) -> None:
+        assert self.producer is not None
+        due = [
+            sym
+            for sym in self.snap_pending
+            if now_m - self.last_snapshot.get(sym, 0) >= self.cfg.snapshot_ms / 1000
+        ]
+        if not due:
+            return
+        now = now_ns()
+        for sym in due:
+            st = self.symbols[sym]
+            for key, msg in [*st.snapshots(now), st.status_snapshot(now)]:
+                await self.producer.send(
+                    self.topics.snapshot, key=key.encode(), value=orjson.dumps(msg)
                 )
-                await asyncio.sleep(backoff.next())
-        self.fatal = f"cannot take over partition {partition}"
+            self.last_snapshot[sym] = now_m
+            self.snap_pending.discard(sym)
+            SNAPSHOTS_OUT.labels("public").inc()
 
+    async def _checkpoint(self, now_m: float) -> None:
+        """States at the current input position, written once every output before it is acked,
+        so the index's ``acked``/``out`` describe exactly what a restart may assume in Kafka."""
+        assert self.producer is not None
+        await self.producer.flush()
+        self._settle_ticks()
+        snap = self.topics.snapshot
+        by_part: dict[int, list[str]] = {}
+        for sym in self.symbols:
+            p = await self._input_partition(sym)
+            by_part.setdefault(p, []).append(sym)
+        for p, syms in by_part.items():
+            part = p % self._snapshot_partitions
+            pos = self.positions.get(p, -1)
+            for sym in syms:
+                if sym not in self.ckpt_pending and sym in self.checkpointed:
+                    continue  # unchanged since its last checkpoint, which stays valid
+                state = self.symbols[sym].to_state()
+                state["offset"] = pos
+                state["partition"] = p
+                await self.producer.send(
+                    snap, key=f"agg:state:{sym}".encode(), partition=part, value=orjson.dumps(state)
+                )
+                self.checkpointed.add(sym)
+                SNAPSHOTS_OUT.labels("agg_state").inc()
+            index = {
+                "symbols": sorted(syms),
+                "offset": pos,
+                "acked": self.acked.get(p, -1),
+                "out": self.out,
+            }
+            await self.producer.send(
+                snap, key=f"agg:index:p{p}".encode(), partition=part, value=orjson.dumps(index)
+            )
+        self.ckpt_pending.clear()
+        self.last_checkpoint = now_m
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, agg: Aggregator) -> None:
-        self.agg = agg
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.agg.on_revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.agg.on_assigned(list(assigned))
+    async def _input_partition(self, sym: str) -> int:
+        return await self._partition_for(self.topics.input, sym.encode())

@@ -47,6 +47,11 @@ class AggConfig:
     # stats windows: mid moving average over the last N top-of-book changes, VWAP over N trades
     stats_mid_window: int = 10
     stats_vwap_window: int = 200
+    # open candles of 5m and longer are republished at most once per this much *event* time
+    # (1m: every record with a trade; all: when they close): a trade no longer costs six
+    # candle messages; event time keeps the output a function of the input
+    # (docs/aggregator.md "candle")
+    candle_update_ms: int = 1000
 
 
 def q8(d: Decimal) -> str:
@@ -132,6 +137,7 @@ class SymbolState:
         self._book_dirty = False
         self._trade_dirty = False
         self._candle_dirty: set[str] = set()
+        self._candle_pub: dict[str, int] = {}  # interval -> event time of its last open update
         self._top_dirty = False
         # trades snapshot / last trade
         self.recent_trades: deque[dict[str, Any]] = deque(maxlen=self.cfg.trades_snapshot_n)
@@ -502,8 +508,11 @@ class SymbolState:
             out.append(self._msg("candle", f"candles_{name}", now, data))
         self._closed_candles.clear()
         if self._candle_dirty:
+            due_before = self.last_ts - self.cfg.candle_update_ms * 1_000_000
             for name in CANDLE_INTERVALS:
-                if name in self._candle_dirty:
+                if name in self._candle_dirty and (
+                    name == "1m" or self._candle_pub.get(name, -1) <= due_before
+                ):
                     c = self.candles[name]
                     out.append(
                         self._msg(
@@ -513,7 +522,8 @@ class SymbolState:
                             c.data(name, CANDLE_INTERVALS[name], False),
                         )
                     )
-            self._candle_dirty.clear()
+                    self._candle_pub[name] = self.last_ts
+                    self._candle_dirty.discard(name)
         if self._top_dirty or self._trade_dirty:
             tick = self.ticker_data()
             if tick != self.last_ticker:
@@ -683,6 +693,8 @@ class SymbolState:
             "vw": [[fmt(pq), fmt(q)] for pq, q in self.vw],
             "last_ticker": self.last_ticker,
             "last_stats": self.last_stats,
+            "candle_dirty": sorted(self._candle_dirty),
+            "candle_pub": self._candle_pub,
         }
 
     @classmethod
@@ -716,6 +728,8 @@ class SymbolState:
         s.vw_q = sum((q for _, q in s.vw), ZERO)
         s.last_ticker = st.get("last_ticker")
         s.last_stats = st.get("last_stats")
+        s._candle_dirty = set(st.get("candle_dirty") or ()) & set(s.candles)
+        s._candle_pub = {str(k): int(v) for k, v in dict(st.get("candle_pub") or {}).items()}
         return s
 
 

@@ -76,42 +76,53 @@ def reference_books(records: list[Any]) -> dict[str, dict[str, dict[Decimal, Dec
     l2_only: set[str] = set()
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         try:
-            e = ev.decode(r.value)
+            events = ev.decode_record(r.value)
         except ev.EventError:
             continue
-        o = orders[e.symbol]
-        if isinstance(e, ev.Open):
-            o.setdefault(e.order_id, (e.side, e.px, e.qty))
-        elif isinstance(e, ev.Change) and e.order_id in o:
-            sd, px, _ = o[e.order_id]
-            if e.qty > 0:
-                o[e.order_id] = (sd, px, e.qty)
+        for e in events:
+            _reference_apply(e, orders, l2, l2_only)
+    return _reference_result(orders, l2, l2_only)
+
+
+def _reference_apply(e: Any, orders: Any, l2: Any, l2_only: set[str]) -> None:
+    o = orders[e.symbol]
+    if isinstance(e, ev.Open):
+        o.setdefault(e.order_id, (e.side, e.px, e.qty))
+    elif isinstance(e, ev.Change) and e.order_id in o:
+        sd, px, _ = o[e.order_id]
+        if e.qty > 0:
+            o[e.order_id] = (sd, px, e.qty)
+        else:
+            del o[e.order_id]
+    elif isinstance(e, ev.Done):
+        o.pop(e.order_id, None)
+    elif isinstance(e, ev.Match) and e.maker_order_id in o:
+        sd, px, q = o[e.maker_order_id]
+        if q - e.qty > 0:
+            o[e.maker_order_id] = (sd, px, q - e.qty)
+        else:
+            del o[e.maker_order_id]
+    elif isinstance(e, ev.Reset):
+        o.clear()
+        l2[e.symbol] = {"buy": {}, "sell": {}}
+    elif isinstance(e, ev.BookSnapshot):
+        l2_only.add(e.symbol)
+        l2[e.symbol] = {
+            "buy": {px: q for _, px, _, q in e.bids},
+            "sell": {px: q for _, px, _, q in e.asks},
+        }
+    elif isinstance(e, ev.BookUpdate):
+        l2_only.add(e.symbol)
+        for sd, _, px, _, q in e.changes:
+            if q == 0:
+                l2[e.symbol][sd].pop(px, None)
             else:
-                del o[e.order_id]
-        elif isinstance(e, ev.Done):
-            o.pop(e.order_id, None)
-        elif isinstance(e, ev.Match) and e.maker_order_id in o:
-            sd, px, q = o[e.maker_order_id]
-            if q - e.qty > 0:
-                o[e.maker_order_id] = (sd, px, q - e.qty)
-            else:
-                del o[e.maker_order_id]
-        elif isinstance(e, ev.Reset):
-            o.clear()
-            l2[e.symbol] = {"buy": {}, "sell": {}}
-        elif isinstance(e, ev.BookSnapshot):
-            l2_only.add(e.symbol)
-            l2[e.symbol] = {
-                "buy": {px: q for _, px, _, q in e.bids},
-                "sell": {px: q for _, px, _, q in e.asks},
-            }
-        elif isinstance(e, ev.BookUpdate):
-            l2_only.add(e.symbol)
-            for sd, _, px, _, q in e.changes:
-                if q == 0:
-                    l2[e.symbol][sd].pop(px, None)
-                else:
-                    l2[e.symbol][sd][px] = q
+                l2[e.symbol][sd][px] = q
+
+
+def _reference_result(
+    orders: Any, l2: Any, l2_only: set[str]
+) -> dict[str, dict[str, dict[Decimal, Decimal]]]:
     out: dict[str, dict[str, dict[Decimal, Decimal]]] = {}
     for sym in set(orders) | set(l2):
         if sym in l2_only:
@@ -144,12 +155,24 @@ class StreamCheck:
     orders: dict[str, dict[str, tuple[str, str, Decimal]]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # a consumer drops seq <= last (two publishers during a takeover write identical messages);
+    # every dropped copy must equal the message first seen with that seq
+    duplicates: int = 0
+    seen: dict[tuple[str, str, int], bytes] = field(default_factory=dict)
 
     def feed(self, value: bytes) -> dict[str, Any]:
         m = orjson.loads(value)
         key = (m["channel"], m["symbol"])
-        self.counts[m["channel"]] += 1
         last = self.last_seq.get(key)
+        body = orjson.dumps([m["epoch"], m["data"], m.get("checksum"), m["type"]])
+        if last is not None and self.epochs.get(key) == m["epoch"] and m["seq"] <= last:
+            self.duplicates += 1
+            first = self.seen.get((*key, m["seq"]))
+            if first is not None and first != body:
+                self.errors.append(f"{key}: duplicate seq {m['seq']} differs from the first copy")
+            return m
+        self.seen[(*key, m["seq"])] = body
+        self.counts[m["channel"]] += 1
         if key in self.epochs and self.epochs[key] != m["epoch"]:
             self.errors.append(f"{key}: epoch changed {self.epochs[key]} -> {m['epoch']}")
         self.epochs[key] = m["epoch"]

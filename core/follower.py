@@ -653,10 +653,10 @@ class StreamFollower:
         return AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=None,
-            isolation_level="read_committed",
+            isolation_level="read_uncommitted",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=5,
+            fetch_max_wait_ms=self.settings.get("MD_KAFKA_FETCH_WAIT_MS", int, 500),
             max_partition_fetch_bytes=4 << 20,
         )
 

@@ -29,7 +29,9 @@ def make_producer(
         "bootstrap_servers": s.kafka_bootstrap,
         "acks": "all",
         "enable_idempotence": True,
-        "linger_ms": 2,
+        # 0: a record leaves at the sender's next turn; under load batches form anyway while the
+        # previous request of a partition is in flight (issue 10: 2 ms here was 2 ms per hop)
+        "linger_ms": s.get("MD_KAFKA_LINGER_MS", int, 0),
         "max_batch_size": 1 << 20,
         "max_request_size": 4 << 20,
         "compression_type": None,
@@ -46,10 +48,13 @@ def make_consumer(
     opts: dict[str, Any] = {
         "bootstrap_servers": s.kafka_bootstrap,
         "group_id": group_id,
-        "isolation_level": "read_committed",
+        "isolation_level": "read_uncommitted",
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": 5,
+        # long poll: the broker answers as soon as one byte is there (fetch_min_bytes=1), so
+        # this bounds nothing on the hot path; 5 ms made every idle consumer cost the broker
+        # ~200 requests/s (issue 10: the broker took half a core with no traffic)
+        "fetch_max_wait_ms": s.get("MD_KAFKA_FETCH_WAIT_MS", int, 500),
         "max_partition_fetch_bytes": 4 << 20,
         # a group member that joined before its topic's metadata reached it has no partitions
         # until the next refresh: keep that window short (the default is 5 minutes)
@@ -101,15 +106,16 @@ async def ensure_topics(
             if name in existing:
                 continue
             cfg = {"retention.ms": str(7 * 86400 * 1000)}
-            if name == t.snapshot:
+            n = partitions
+            if name == t.control:
+                cfg, n = {"retention.ms": str(3600 * 1000), "segment.ms": "600000"}, 1
+            elif name == t.snapshot:
                 cfg = {
                     "cleanup.policy": "compact",
                     "min.compaction.lag.ms": "0",
                     "segment.ms": "600000",
                 }
-            new.append(
-                NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=cfg)
-            )
+            new.append(NewTopic(name, num_partitions=n, replication_factor=1, topic_configs=cfg))
         if new:
             try:
                 await admin.create_topics(new)

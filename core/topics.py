@@ -51,6 +51,11 @@ class Topics:
         """Compacted: latest state per ``<channel>:<symbol>`` key, to rebuild without history."""
         return self._t("snapshot")
 
+    @property
+    def control(self) -> str:
+        """One partition: the aggregator leader's heartbeats (``aggregator/leadership.py``)."""
+        return self._t("agg")
+
     def stream(self, channel: str) -> str:
         return self._t(stream_topic_name(channel))
 
@@ -59,4 +64,4 @@ class Topics:
         return [self._t(n) for n in names]
 
     def all(self) -> list[str]:
-        return [self.input, self.snapshot, *self.all_streams()]
+        return [self.input, self.snapshot, self.control, *self.all_streams()]

@@ -267,7 +267,16 @@ class CacheWriter:
     # --- main loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
+        # not a latency path for clients (REST reads tolerate a few ms of cache age): let the
+        # broker collect ``MD_STORAGE_FETCH_WAIT_MS`` of records per fetch instead of waking
+        # for each one (issue 10: per-record fetches were most of this process's CPU)
+        consumer = make_consumer(
+            self.settings,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_min_bytes=1 << 20,
+            fetch_max_wait_ms=self.settings.get("MD_STORAGE_FETCH_WAIT_MS", int, 20),
+        )
         await consumer.start()
         try:
             parts = await self._partitions(

@@ -326,6 +326,9 @@ class DbWriter:
             max_poll_interval_ms=3_600_000,
             session_timeout_ms=30_000,
             heartbeat_interval_ms=3_000,
+            # history is written in batches anyway: one fetch per 100 ms, not one per record
+            fetch_min_bytes=1 << 20,
+            fetch_max_wait_ms=self.settings.get("MD_DB_FETCH_WAIT_MS", int, 100),
         )
         await consumer.start()
         self.running.set()

@@ -67,6 +67,25 @@ class EventPublisher:
         if len(self._pending) >= self.MAX_INFLIGHT:
             await self.flush()
 
+    async def publish_many(self, events: list[ev.Event], *, recv_ns: int | None = None) -> None:
+        """One record for the events of one upstream action of one symbol (events.py: arrays)."""
+        if not events:
+            return
+        value = ev.encode_record(events)
+        fut = await self.producer.send(self.topic, value=value, key=events[0].symbol.encode())
+        self._pending.append(fut)
+        for e in events:
+            EVENTS_OUT.labels(self.source, e.type).inc()
+            if self._capture is not None:
+                self._capture.write(
+                    orjson.dumps(
+                        {"recv_ns": recv_ns if recv_ns is not None else e.ts, "event": e.to_dict()}
+                    )
+                    + b"\n"
+                )
+        if len(self._pending) >= self.MAX_INFLIGHT:
+            await self.flush()
+
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
         if pending:

@@ -74,12 +74,17 @@ async def run_simulator(
             if steps is not None:
                 n = min(n, steps - done_steps)
             budget -= n
+            # one record per symbol per tick (the events of its actions in this 20 ms), like a
+            # feed handler's packet or Coinbase level2_batch: one l2/l3 update per tick, not per
+            # event (the record is the aggregator's conflation unit, aggregator/events.py)
+            tick: dict[str, list[ev.AnyEvent]] = {s: [] for s in flows}
             for _ in range(n):
                 ts = now_ns()
-                for flow in flows.values():
-                    for e in flow.step(ts):
-                        await pub.publish(e)
-                        published += 1
+                for sym, flow in flows.items():
+                    tick[sym].extend(flow.step(ts))
+            for events in tick.values():
+                await pub.publish_many(events)
+                published += len(events)
             done_steps += n
             await pub.flush()
             last_ok[0] = time.monotonic()

@@ -39,8 +39,9 @@ async def test_capture_then_replay_reproduces_the_input(settings: Settings, tmp_
     def by_symbol(recs: list) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}
         for r in sorted(recs, key=lambda r: (r.partition, r.offset)):
-            d = orjson.loads(r.value)
-            out.setdefault(d["symbol"], []).append(d)
+            value = orjson.loads(r.value)  # an event, or one action's events (events.py)
+            for d in value if isinstance(value, list) else [value]:
+                out.setdefault(d["symbol"], []).append(d)
         return out
 
     original = by_symbol(await read_topic(s, Topics.from_settings(s).input))

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import asyncpg
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
-from core.kafka import make_consumer, make_producer
 from core.settings import Settings
 from core.topics import Topics
 
@@ -38,35 +36,6 @@ async def test_topics_created_with_compacted_snapshot(settings: Settings) -> Non
         assert entries["cleanup.policy"] == "compact"
     finally:
         await admin.close()
-
-
-async def test_transaction_commit_visible_abort_invisible(settings: Settings) -> None:
-    """read_committed consumers see committed transactions only: the basis of exactly-once."""
-    t = Topics.from_settings(settings)
-    topic = t.stream("l2")
-    producer = make_producer(settings, transactional_id=f"test-{uuid.uuid4().hex}")
-    await producer.start()
-    try:
-        async with producer.transaction():
-            await producer.send(topic, b"committed-1", key=b"BTC-USD")
-        await producer.begin_transaction()
-        await producer.send(topic, b"aborted", key=b"BTC-USD")
-        await producer.abort_transaction()
-        async with producer.transaction():
-            await producer.send(topic, b"committed-2", key=b"BTC-USD")
-    finally:
-        await producer.stop()
-
-    consumer = make_consumer(settings, group_id=None)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in range(3)]  # the fixture creates 3 partitions
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        values = await _drain(consumer, 2)
-    finally:
-        await consumer.stop()
-    assert values == [b"committed-1", b"committed-2"]
 
 
 async def test_postgres_and_redis_answer(settings: Settings, pg_dsn: str) -> None:

@@ -1,0 +1,95 @@
+"""Who publishes: a lease held by heartbeats on the control topic, decided without a broker-side lock.
+
+Every aggregator instance of a group computes every stream (the output is a pure function of the
+input log, docs/aggregator.md "Sequencer"), so two publishers at once cost bandwidth, never
+correctness: consumers drop ``seq <= last``. That is why the lease can be this simple and this
+fast (heartbeat 100 ms, lease 500 ms) instead of waiting for a Kafka group session (6 s minimum):
+a wrong guess (a paused leader, a slow heartbeat) only duplicates identical messages for a moment.
+
+Pure and synchronous, with an explicit ``now`` (monotonic seconds): the service feeds it the
+heartbeats it reads and asks it what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, order=True)
+class Claim:
+    """A leader's claim; the greater ``(term, ident)`` wins, so two claims of one term settle."""
+
+    term: int
+    ident: str
+
+
+@dataclass
+class Heartbeat:
+    """What the leader tells the standbys: its claim, and per input partition the input offset
+    whose outputs are all acknowledged by Kafka (``acked``) with the output offsets at that point
+    (``out``, ``"topic|partition" -> offset``): a new leader scans the outputs from there."""
+
+    claim: Claim
+    acked: dict[int, int] = field(default_factory=dict)
+    out: dict[str, int] = field(default_factory=dict)
+
+    def encode(self, now_ms: int) -> dict[str, Any]:
+        return {
+            "term": self.claim.term,
+            "id": self.claim.ident,
+            "ts_ms": now_ms,
+            "acked": {str(p): o for p, o in self.acked.items()},
+            "out": self.out,
+        }
+
+    @classmethod
+    def decode(cls, raw: dict[str, Any]) -> Heartbeat:
+        return cls(
+            Claim(int(raw["term"]), str(raw["id"])),
+            {int(p): int(o) for p, o in dict(raw.get("acked") or {}).items()},
+            {str(k): int(v) for k, v in dict(raw.get("out") or {}).items()},
+        )
+
+
+class Lease:
+    """Role of one instance. ``observe`` every heartbeat read (own ones included), ``due`` on a timer."""
+
+    def __init__(self, ident: str, lease_s: float) -> None:
+        self.ident = ident
+        self.lease_s = lease_s
+        self.current: Claim | None = None  # the highest claim seen
+        self.last: Heartbeat | None = None  # the current leader's latest heartbeat
+        self.seen_at = 0.0  # when a heartbeat of the current claim was last read
+        self.started_at: float | None = None
+
+    @property
+    def leader(self) -> bool:
+        return self.current is not None and self.current.ident == self.ident
+
+    def observe(self, hb: Heartbeat, now: float) -> bool:
+        """Take a heartbeat into account; True when this instance just lost the lead."""
+        was_leader = self.leader
+        if self.current is None or hb.claim >= self.current:
+            self.current = hb.claim
+            self.seen_at = now
+            if hb.claim.ident != self.ident:
+                self.last = hb
+        return was_leader and not self.leader
+
+    def should_take_over(self, now: float) -> bool:
+        """Nobody leads, or the leader's heartbeats stopped for the lease."""
+        if self.started_at is None:
+            self.started_at = now
+        if self.leader:
+            return False
+        if self.current is None:
+            # a fresh instance waits one lease for a heartbeat it has not read yet
+            return now - self.started_at >= self.lease_s
+        return now - self.seen_at >= self.lease_s
+
+    def take_over(self, now: float) -> Claim:
+        term = self.current.term + 1 if self.current else 1
+        self.current = Claim(term, self.ident)
+        self.seen_at = now
+        return self.current

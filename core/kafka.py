@@ -101,6 +101,10 @@ async def ensure_topics(
             await asyncio.sleep(backoff.next())
     try:
         existing = set(await admin.list_topics())
+        # one broker locally; RF 3 / min ISR 2 on a real cluster (compose, k8s): acks=all then
+        # survives the loss of any one broker with zero loss (docs/scaling.md)
+        rf = s.get("MD_KAFKA_REPLICATION_FACTOR", int, 1)
+        min_isr = str(s.get("MD_KAFKA_MIN_ISR", int, 1))
         new: list[NewTopic] = []
         for name in t.all():
             if name in existing:
@@ -115,7 +119,8 @@ async def ensure_topics(
                     "min.compaction.lag.ms": "0",
                     "segment.ms": "600000",
                 }
-            new.append(NewTopic(name, num_partitions=n, replication_factor=1, topic_configs=cfg))
+            cfg["min.insync.replicas"] = min_isr
+            new.append(NewTopic(name, num_partitions=n, replication_factor=rf, topic_configs=cfg))
         if new:
             try:
                 await admin.create_topics(new)

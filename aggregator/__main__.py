@@ -1,5 +1,6 @@
-"""``python -m aggregator [--http-port N]``: one aggregator instance (/health and /metrics on
-MD_AGGREGATOR_HTTP_PORT, or N: a second instance of the pair on the same machine needs its own)."""
+"""``python -m aggregator [--http-port N] [--feed-port M]``: one aggregator instance (/health and
+/metrics on MD_AGGREGATOR_HTTP_PORT, the direct feed on MD_AGG_FEED_PORT; a second instance of the
+pair on the same machine needs its own ports)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from core.settings import Settings
 async def _main(stop: asyncio.Event) -> None:
     ap = argparse.ArgumentParser(prog="python -m aggregator")
     ap.add_argument("--http-port", type=int, default=None)
+    ap.add_argument("--feed-port", type=int, default=None, help="direct feed (MD_AGG_FEED_PORT)")
     args = ap.parse_args()
     settings = Settings.from_env()
-    agg = Aggregator(settings)
+    agg = Aggregator(settings, feed_port=args.feed_port)
     port = args.http_port or settings.aggregator_http_port
     server = await start_ops_server(agg.health, settings.ops_host, port)
     try:

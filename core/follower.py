@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -50,6 +51,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from core.book import L2Book
 from core.errors import CodecError
+from core.feed import FeedClient, parse_addresses
 from core.settings import Settings
 from core.topics import Topics
 
@@ -179,6 +181,11 @@ class _KeyState:
     gaps: int = 0
 
 
+_HEAD = re.compile(
+    rb'\{"type":"[a-z0-9_]+","channel":"([a-z0-9_]+)","symbol":"([^"]+)","seq":(\d+),"epoch":(\d+)'
+)
+
+
 def _parse(raw: bytes) -> _Msg:
     try:
         d = orjson.loads(raw)
@@ -226,6 +233,8 @@ class StreamJoin:
         self.keys: dict[Key, _KeyState] = {}
         self.malformed = 0
         self.dropped_dup = 0
+        self.direct_taken = 0  # messages the direct feed brought first
+        self.direct_skipped = 0  # direct messages left to Kafka (not the next seq, not in sync)
 
     # ----------------------------------------------------------------- inputs
 
@@ -279,13 +288,50 @@ class StreamJoin:
             st.cache.clear()
         return []
 
-    def on_stream(self, value: bytes, topic: str = "", partition: int = 0) -> list[Action]:
-        """A record of a stream topic (value = the client-ready data message)."""
+    def _already_have(self, value: bytes) -> bool:
+        """Whether a record is a copy of what this key already applied, read from its head
+        without parsing it: with the direct feed ahead, most Kafka records are such copies.
+        The aggregator writes ``type, channel, symbol, seq, epoch`` first (core/channels.py);
+        anything else simply takes the full parse."""
+        m = _HEAD.match(value)
+        if m is None:
+            return False
+        st = self.keys.get((m[1].decode(), m[2].decode()))
+        return (
+            st is not None
+            and st.state is State.SYNCED
+            and int(m[4]) == st.epoch
+            and int(m[3]) <= st.seq
+        )
+
+    def on_direct(self, value: bytes) -> list[Action]:
+        """A message of the direct feed (``core/feed.py``): taken only when it is exactly the next
+        ``seq`` of a key in sync; anything else is left to Kafka, which carries every message."""
         try:
             m = _parse(value)
         except CodecError:
             self.malformed += 1
             return []
+        st = self.keys.get((m.parsed["channel"], m.parsed["symbol"]))
+        if st is None or st.state is not State.SYNCED or m.epoch != st.epoch or m.seq != st.seq + 1:
+            self.direct_skipped += 1
+            return []
+        self.direct_taken += 1
+        return self._on_stream_msg(m, "", 0)
+
+    def on_stream(self, value: bytes, topic: str = "", partition: int = 0) -> list[Action]:
+        """A record of a stream topic (value = the client-ready data message)."""
+        if self._already_have(value):
+            self.dropped_dup += 1
+            return []
+        try:
+            m = _parse(value)
+        except CodecError:
+            self.malformed += 1
+            return []
+        return self._on_stream_msg(m, topic, partition)
+
+    def _on_stream_msg(self, m: _Msg, topic: str, partition: int) -> list[Action]:
         channel, symbol = m.parsed["channel"], m.parsed["symbol"]
         if not self.wants(channel, symbol):
             return []
@@ -625,6 +671,7 @@ class StreamFollower:
         self._tasks: list[asyncio.Task[None]] = []
         self._stream_tps: list[TopicPartition] = []
         self._end_at_start: dict[TopicPartition, int] = {}
+        self._feed: FeedClient | None = None
 
     def add_callback(self, cb: DeliverCallback) -> None:
         self._callbacks.append(cb)
@@ -645,6 +692,9 @@ class StreamFollower:
             "error": self.last_error,
             "keys": len(self.join.keys),
             "lag": sum(self.lag.values()),
+            # the direct feed only accelerates (Kafka carries everything): informative, not a check
+            "direct": dict(self._feed.connected) if self._feed is not None else None,
+            "direct_taken": self.join.direct_taken,
         }
 
     # ----------------------------------------------------------------- lifecycle
@@ -739,12 +789,19 @@ class StreamFollower:
             asyncio.create_task(self._stream_loop(), name="follower-streams"),
             asyncio.create_task(self._watchdog(), name="follower-watchdog"),
         ]
+        feeds = parse_addresses(self.settings.get("MD_AGG_FEED", str, ""))
+        if feeds:
+            run, on_direct = self._run, self.join.on_direct
+            self._feed = FeedClient(feeds, lambda raw: run(on_direct(raw)))
+            self._feed.start()
         log.info(
             "follower started",
             extra={"topics": self.stream_topics, "snapshot_keys": len(self.join.keys)},
         )
 
     async def stop(self) -> None:
+        if self._feed is not None:
+            await self._feed.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -38,6 +38,10 @@ PY
   die "$name did not become healthy at $url (see $SVC_LOG/$name.log)"
 }
 
+# the aggregator pair's direct feeds (core/feed.py): every gateway connects to both
+export MD_AGG_FEED_PORT="${MD_AGG_FEED_PORT:-8031}" MD_AGG_B_FEED_PORT="${MD_AGG_B_FEED_PORT:-8032}"
+export MD_AGG_FEED="${MD_AGG_FEED-127.0.0.1:$MD_AGG_FEED_PORT,127.0.0.1:$MD_AGG_B_FEED_PORT}"
+
 start_all() {
   "$HERE/infra.sh" up
   local line name url cmd n

@@ -29,6 +29,8 @@ from aggregator.testing import (
     read_topic,
     reference_books,
 )
+from core.book import L2Book
+from core.follower import Reset, StreamFollower
 from core.settings import Settings
 from core.topics import Topics
 from tests.conftest import free_port
@@ -39,11 +41,14 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_aggregator(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_aggregator(
+    env: dict[str, str], log: Path, feed_port: int = 0
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     e = dict(
         env,
         MD_AGGREGATOR_HTTP_PORT=str(port),
+        MD_AGG_FEED_PORT=str(feed_port),
         MD_AGG_CHECKPOINT_MS="300",
         MD_AGG_SNAPSHOT_MS="200",
         MD_LOG_LEVEL="INFO",
@@ -86,11 +91,30 @@ async def test_kill_9_of_the_leader_is_gapless_and_exact(
     group = f"{s.topic_prefix}.aggregator"
     stop_sim = asyncio.Event()
     sim = asyncio.create_task(run_simulator(s, stop_sim, ops=False))
-    a, pa = start_aggregator(env_for, tmp_path / "a.log")
-    b, pb = start_aggregator(env_for, tmp_path / "b.log")
+    fa, fb = free_port(), free_port()
+    a, pa = start_aggregator(env_for, tmp_path / "a.log", fa)
+    b, pb = start_aggregator(env_for, tmp_path / "b.log", fb)
     procs = {pa: (a, tmp_path / "a.log"), pb: (b, tmp_path / "b.log")}
+    # what a gateway sees: Kafka plus the direct feeds of both instances, arbitrated by seq
+    fs = dataclasses.replace(s, extra={**s.extra, "MD_AGG_FEED": f"127.0.0.1:{fa},127.0.0.1:{fb}"})
+    follower = StreamFollower(fs, channels=["l2", "trades", "ticker"])
+    seen = StreamCheck(depth=s.book_checksum_depth)
+    follower.add_callback(lambda ch, sym, seq, raw, parsed: seen.feed(raw))
+    resets: list[Reset] = []
+
+    def on_reset(r: Reset) -> None:  # a (re)join: the check continues from the snapshot
+        resets.append(r)
+        seen.last_seq[(r.channel, r.symbol)] = r.seq
+        seen.epochs[(r.channel, r.symbol)] = r.epoch
+        cur = follower.current(r.channel, r.symbol)
+        if r.channel == "l2" and cur is not None:
+            data = orjson.loads(cur.messages[0])["data"]
+            seen.books.setdefault(r.symbol, L2Book()).load(data["bids"], data["asks"])
+
+    follower.add_reset_callback(on_reset)
     try:
         roles = await wait_roles([pa, pb])
+        await follower.start()
         await asyncio.sleep(3.0)  # both compute, the leader publishes, checkpoints are written
         leader = next(p for p, r in roles.items() if r == "leader")
         survivor = pb if leader == pa else pa
@@ -101,10 +125,17 @@ async def test_kill_9_of_the_leader_is_gapless_and_exact(
         stop_sim.set()
         await sim
         await wait_caught_up(s, group, limit_s=90)
+        await asyncio.sleep(0.5)
     finally:
         stop_sim.set()
+        await follower.stop()
         stop_procs((a, b), 20)
     assert "took over as leader" in procs[survivor][1].read_text()
+    # the follower was in sync from its start: every message after it came in order, once
+    assert not seen.errors, seen.errors[:10]
+    assert seen.duplicates == 0  # the join dropped the copies, its callbacks saw none
+    assert [r for r in resets if r.reason != "snapshot"] == []  # no gap, checksum or epoch reset
+    assert follower.join.direct_taken > 0, "the direct feed never brought a message first"
 
     t = Topics.from_settings(s)
     check = StreamCheck(depth=s.book_checksum_depth)

@@ -288,3 +288,63 @@ def test_tail_rebases_when_the_stream_catches_up_with_a_newer_snapshot() -> None
     cur = j.current("l3", "BTC-USD")
     assert cur is not None and [orjson.loads(m)["type"] for m in cur.messages] == ["l3_snapshot"]
     assert cur.seq == 5
+
+
+# ------------------------------------------------------------------ direct feed arbitration
+
+
+def synced_l2() -> tuple[StreamJoin, Producer]:
+    p = Producer()
+    p.update([level(1)])
+    j = StreamJoin()
+    j.on_snapshot(b"l2:BTC-USD", p.snapshot(), 0)
+    assert j.seq_of("l2", "BTC-USD") is not None
+    return j, p
+
+
+def test_direct_next_seq_is_delivered_and_its_kafka_copy_dropped() -> None:
+    j, p = synced_l2()
+    msg = p.update([level(2)])
+    acts = j.on_direct(msg)
+    assert [type(a) for a in acts] == [Deliver] and acts[0].seq == p.seq
+    assert j.on_stream(msg, "md.l2", 0) == []  # the Kafka copy arrives later: dropped
+    assert j.dropped_dup == 1 and j.direct_taken == 1
+
+
+def test_direct_never_creates_a_gap_kafka_fills_it() -> None:
+    j, p = synced_l2()
+    first, second = p.update([level(2)]), p.update([level(3)])
+    assert j.on_direct(second) == []  # direct lost `first`: left to Kafka, no resnapshot
+    assert j.direct_skipped == 1 and j.seq_of("l2", "BTC-USD")[0] == p.seq - 2  # type: ignore[index]
+    got = j.on_stream(first, "md.l2", 0) + j.on_stream(second, "md.l2", 0)
+    assert [a.seq for a in got if isinstance(a, Deliver)] == [p.seq - 1, p.seq]
+    assert not any(isinstance(a, Reset) for a in got)
+    third = p.update([level(4)])
+    assert [type(a) for a in j.on_direct(third)] == [Deliver]  # in step again
+
+
+def test_direct_before_the_key_is_synced_or_of_another_epoch_is_ignored() -> None:
+    j = StreamJoin()
+    assert j.on_direct(tick(1)) == []  # no base yet: Kafka + snapshot decide
+    j.on_snapshot(b"ticker:BTC-USD", tick(1), 0)
+    assert j.on_direct(tick(2, epoch=2)) == []  # a new epoch only ever comes through Kafka
+    assert [type(a) for a in j.on_direct(tick(2))] == [Deliver]
+    assert j.direct_skipped == 2
+
+
+def test_direct_message_whose_checksum_disagrees_resnapshots_like_kafka() -> None:
+    j, p = synced_l2()
+    bad = orjson.loads(p.update([level(2)]))
+    bad["checksum"] = (bad["checksum"] + 1) % 2**32
+    acts = j.on_direct(orjson.dumps(bad))
+    assert not any(isinstance(a, Deliver) for a in acts)
+    assert j.seq_of("l2", "BTC-USD") is None  # out of sync until a snapshot: never a bad book
+
+
+def test_copy_detection_reads_only_the_head_and_falls_back_to_parsing() -> None:
+    j, p = synced_l2()
+    msg = p.update([level(2)])
+    j.on_stream(msg, "md.l2", 0)
+    assert j._already_have(msg)  # noqa: SLF001 - the fast path itself
+    assert not j._already_have(b'{"channel":"l2","type":"x"}')  # noqa: SLF001 - other layout
+    assert j.on_stream(b"not json", "md.l2", 0) == [] and j.malformed == 1

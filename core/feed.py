@@ -1,0 +1,201 @@
+"""The direct feed: the aggregator leader's messages pushed to gateways over TCP, ahead of Kafka.
+
+Kafka is the durable copy of every stream, but one produce + fetch round trip costs ~2 ms on a
+busy host and a message crosses two of them. Exchanges solve this with two feeds of the same
+sequenced messages and arbitration at the receiver (CME MDP 3.0 A/B feeds): here feed "A" is
+this direct push, feed "B" is Kafka, and the receiver (``core/follower.py``) takes each
+``seq`` from whichever feed brings it first.
+
+The direct feed may lose anything (a slow receiver, a reconnect, a leader crash): a receiver
+applies a direct message only when it is exactly the next ``seq`` of a key already in sync, and
+Kafka delivers everything else. It can never show a message that Kafka will not carry too,
+because every instance derives the same message for the same ``seq`` (aggregator/service.py):
+if the leader dies after pushing ``seq`` N but before Kafka has it, the next leader writes the
+same N.
+
+Wire format (the contract): a stream of frames, each a 4-byte big-endian length followed by
+one data message exactly as published to Kafka (UTF-8 JSON). The server never reads from a
+receiver; a receiver never writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import Callable
+from typing import cast
+
+from prometheus_client import Counter, Gauge
+
+from core.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("!I")
+MAX_FRAME = 4 << 20  # a receiver refuses larger frames (a corrupt length, not a message)
+
+FEED_DROPPED = Counter(
+    "md_feed_dropped_total", "direct feed messages not sent to a receiver that lagged"
+)
+FEED_RECEIVERS = Gauge("md_feed_receivers", "receivers connected to this direct feed")
+FEED_RECEIVED = Counter("md_feed_received_total", "direct feed messages received", ["source"])
+FEED_RECONNECTS = Counter("md_feed_reconnects_total", "direct feed connections (re)opened")
+
+
+def parse_addresses(raw: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` -> [(host, port)]; a bad entry is a configuration error."""
+    out: list[tuple[str, int]] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"feed address {part!r} is not host:port")
+        out.append((host, int(port)))
+    return out
+
+
+class _Receiver(asyncio.Protocol):
+    def __init__(self, server: FeedServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.server.receivers.add(self)
+        FEED_RECEIVERS.set(len(self.server.receivers))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.receivers.discard(self)
+        FEED_RECEIVERS.set(len(self.server.receivers))
+
+    def data_received(self, data: bytes) -> None:
+        pass  # receivers never write; anything sent is ignored
+
+
+class FeedServer:
+    """Push side, in the aggregator: ``publish`` frames one message to every receiver.
+
+    A receiver whose socket buffer holds more than ``high_water`` bytes is skipped for that
+    message (counted): it will get it from Kafka, and the leader never waits for anyone.
+    """
+
+    def __init__(self, host: str, port: int, *, high_water: int = 4 << 20) -> None:
+        self.host, self.port = host, port
+        self.high_water = high_water
+        self.receivers: set[_Receiver] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Receiver(self), self.host, self.port)
+        log.info("direct feed listening", extra={"host": self.host, "port": self.port})
+
+    def publish(self, raw: bytes) -> None:
+        if not self.receivers:
+            return
+        frame = HEADER.pack(len(raw)) + raw
+        for r in self.receivers:
+            t = r.transport
+            if t is None or t.is_closing():
+                continue
+            if t.get_write_buffer_size() > self.high_water:
+                FEED_DROPPED.inc()
+                continue
+            t.write(frame)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for r in list(self.receivers):
+                if r.transport is not None:
+                    r.transport.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+
+class _Reader(asyncio.Protocol):
+    def __init__(self, on_message: Callable[[bytes], None], name: str) -> None:
+        self.on_message = on_message
+        self.name = name
+        self.buf = bytearray()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos, n = 0, len(buf)
+        on_message = self.on_message
+        count = 0
+        while n - pos >= 4:
+            (size,) = HEADER.unpack_from(buf, pos)
+            if size > MAX_FRAME:
+                log.warning("direct feed frame too large, reconnecting", extra={"feed": self.name})
+                self.buf.clear()
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            if n - pos - 4 < size:
+                break
+            on_message(bytes(buf[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+            count += 1
+        if pos:
+            del buf[:pos]
+        if count:
+            FEED_RECEIVED.labels(self.name).inc(count)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.BaseTransport | None = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class FeedClient:
+    """Receive side, in a gateway: one connection per aggregator instance (only the leader
+    pushes), each reconnected with exponential backoff and full jitter."""
+
+    def __init__(self, addresses: list[tuple[str, int]], on_message: Callable[[bytes], None]):
+        self.addresses = addresses
+        self.on_message = on_message
+        self.connected: dict[str, bool] = {f"{h}:{p}": False for h, p in addresses}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(h, p), name=f"feed-{h}:{p}") for h, p in self.addresses
+        ]
+
+    async def _run(self, host: str, port: int) -> None:
+        name = f"{host}:{port}"
+        backoff = Backoff(initial=0.1, maximum=5.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                _, proto = await loop.create_connection(
+                    lambda: _Reader(self.on_message, name), host, port
+                )
+            except OSError:
+                await asyncio.sleep(backoff.next())
+                continue
+            FEED_RECONNECTS.inc()
+            self.connected[name] = True
+            backoff.reset()
+            try:
+                await proto.closed
+            finally:
+                self.connected[name] = False
+            await asyncio.sleep(backoff.next())
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []

@@ -1,0 +1,95 @@
+"""The direct feed (core/feed.py) over real loopback sockets: framing, reconnects, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from core.feed import FEED_DROPPED, HEADER, MAX_FRAME, FeedClient, FeedServer, parse_addresses
+from tests.conftest import free_port
+
+
+async def wait_for(cond, limit_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.01)
+
+
+async def test_frames_arrive_whole_and_in_order_and_the_client_reconnects() -> None:
+    port = free_port()
+    server = FeedServer("127.0.0.1", port)
+    await server.start()
+    got: list[bytes] = []
+    client = FeedClient([("127.0.0.1", port)], got.append)
+    client.start()
+    try:
+        await wait_for(lambda: len(server.receivers) == 1)
+        msgs = [b'{"seq":%d}' % i + b"x" * (i * 997 % 9_000) for i in range(200)]  # < high water
+        for m in msgs:
+            server.publish(m)
+        await wait_for(lambda: len(got) == len(msgs))
+        assert got == msgs
+        (old,) = server.receivers
+        assert old.transport is not None
+        old.transport.close()  # the receiver's connection breaks ...
+        await wait_for(lambda: len(server.receivers) == 1 and old not in server.receivers)
+        server.publish(b"after")
+        await wait_for(lambda: got[-1] == b"after")
+    finally:
+        await client.stop()
+        await server.stop()
+
+
+async def test_a_receiver_that_does_not_read_is_skipped_never_waited_for() -> None:
+    port = free_port()
+    server = FeedServer("127.0.0.1", port, high_water=64 << 10)
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # connects, never reads
+    try:
+        await wait_for(lambda: len(server.receivers) == 1)
+        before = FEED_DROPPED._value.get()  # noqa: SLF001 - the counter's value
+        for _ in range(2_000):
+            server.publish(b"y" * 10_000)  # 20 MB: more than any kernel buffer takes
+        assert FEED_DROPPED._value.get() - before > 0  # noqa: SLF001
+        (r,) = server.receivers
+        assert r.transport is not None and r.transport.get_write_buffer_size() < 256 << 10
+    finally:
+        writer.close()
+        await server.stop()
+
+
+async def test_a_corrupt_length_drops_the_connection_not_the_process() -> None:
+    port = free_port()
+    got: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEADER.pack(5) + b"hello" + HEADER.pack(MAX_FRAME + 1) + b"garbage")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", port)
+    client = FeedClient([("127.0.0.1", port)], got.append)
+    client.start()
+    try:
+        await wait_for(lambda: got == [b"hello"])
+        await wait_for(lambda: not client.connected[f"127.0.0.1:{port}"])
+    finally:
+        await client.stop()
+        srv.close()
+
+
+async def test_nobody_listening_is_retried_quietly() -> None:
+    client = FeedClient([("127.0.0.1", free_port())], lambda raw: None)
+    client.start()
+    await asyncio.sleep(0.3)
+    assert not any(client.connected.values())
+    await client.stop()
+
+
+def test_addresses_are_checked() -> None:
+    assert parse_addresses("127.0.0.1:8031, h:1,") == [("127.0.0.1", 8031), ("h", 1)]
+    with pytest.raises(ValueError, match="host:port"):
+        parse_addresses("8031")

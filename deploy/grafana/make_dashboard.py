@@ -114,7 +114,12 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 "Input events per type",
                 "ops",
                 [
-                    ("{{type}}", "sum by (type) (rate(md_agg_events_in_total[1m]))"),
+                    (
+                        "{{type}}",
+                        # every instance of the aggregator pair applies every input event:
+                        # count the leader's (md_agg_leader 1), not the pair's sum
+                        "sum by (type) (rate(md_agg_events_in_total[1m]) * on (job, instance) group_left md_agg_leader)",
+                    ),
                     ("published by sources", "sum(rate(md_source_events_published_total[1m]))"),
                 ],
             ),
@@ -184,7 +189,10 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                         "FIX rejects",
                         "sum(rate(fix_rejects_total[1m])) + sum(rate(fix_md_rejects_total[1m]))",
                     ),
-                    ("malformed input", "sum(rate(md_agg_malformed_input_total[1m]))"),
+                    (
+                        "malformed input",
+                        "sum(rate(md_agg_malformed_input_total[1m]) * on (job, instance) group_left md_agg_leader)",
+                    ),
                 ],
             ),
             (
@@ -206,6 +214,7 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                     ("storage -> Redis", "min(md_storage_cache_redis_up)"),
                     ("gateway_ws -> Kafka", "min(md_ws_kafka_connected)"),
                     ("scrape {{job}}", "up"),
+                    ("aggregator leading {{job}}", "md_agg_leader"),
                 ],
             ),
             (

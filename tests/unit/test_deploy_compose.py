@@ -8,6 +8,10 @@ No Docker engine runs here, so the file is validated, not started:
   restart policy, and the infrastructure as healthy dependencies;
 - every ``MD_*`` variable set is one the code reads, ports equal ``core/settings.py`` defaults,
   and the Kafka/PostgreSQL/Redis URLs point at compose services that listen there;
+- Kafka is durable: at least three KRaft brokers with a controller quorum of all of them, and
+  every process that may create topics does so with replication factor 3 and min ISR 2
+  (``MD_KAFKA_REPLICATION_FACTOR``, ``MD_KAFKA_MIN_ISR``);
+- the aggregator runs as a pair (two instances, each with its own ``MD_AGG_ID``);
 - Prometheus scrapes every service on its services.conf port.
 
 ``compose_problems`` returns a list of human-readable problems; the tests also prove it fails on
@@ -141,6 +145,13 @@ def _strip_default(value: str) -> str:
     return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
 
 
+def command_port(command: tuple[str, ...]) -> int | None:
+    """The port a ``--http-port N`` argument sets (services.conf's second aggregator), if any."""
+    if "--http-port" not in command[:-1]:
+        return None
+    return int(_strip_default(command[command.index("--http-port") + 1]))
+
+
 def compose_problems(compose: dict[str, Any], conf: list[ConfService]) -> list[str]:
     problems: list[str] = []
     services: dict[str, Any] = compose.get("services") or {}
@@ -188,7 +199,11 @@ def compose_problems(compose: dict[str, Any], conf: list[ConfService]) -> list[s
             }
             if cs.port not in exposed:
                 problems.append(f"{cs.name}: port {cs.port} neither exposed nor published")
-            if not port_vars and cs.port not in defaults.values():
+            if (
+                not port_vars
+                and cs.port not in defaults.values()
+                and command_port(cs.command) != cs.port
+            ):
                 problems.append(
                     f"{cs.name}: no MD_*_PORT sets {cs.port} and no setting defaults to it"
                 )
@@ -220,12 +235,14 @@ def _infra_url_problems(name: str, env: dict[str, str], services: dict[str, Any]
     out: list[str] = []
     default_db = urlsplit(Settings().pg_dsn).path
     boot = _strip_default(env.get("MD_KAFKA_BOOTSTRAP", ""))
-    host, _, port = boot.partition(":")
-    kafka_listeners = _env(services.get("kafka", {})).get("KAFKA_ADVERTISED_LISTENERS", "")
-    if f"//{host}:{port}" not in kafka_listeners:
-        out.append(
-            f"{name}: MD_KAFKA_BOOTSTRAP={boot!r} is not an advertised Kafka listener ({kafka_listeners})"
-        )
+    for server in boot.split(","):  # each bootstrap server is a listener its broker advertises
+        host, _, port = server.strip().partition(":")
+        listeners = _env(services.get(host, {})).get("KAFKA_ADVERTISED_LISTENERS", "")
+        if not host or f"//{host}:{port}" not in listeners:
+            out.append(
+                f"{name}: MD_KAFKA_BOOTSTRAP={boot!r}: {server!r} is not an advertised listener"
+                f" of a compose service {host!r} ({listeners!r})"
+            )
     dsn = urlsplit(_strip_default(env.get("MD_PG_DSN", "")))
     if dsn.hostname != "timescaledb" or dsn.port != 5432 or dsn.path != default_db:
         out.append(
@@ -239,6 +256,117 @@ def _infra_url_problems(name: str, env: dict[str, str], services: dict[str, Any]
             f"{name}: MD_REDIS_URL should point at redis:6379, got {env.get('MD_REDIS_URL')!r}"
         )
     return out
+
+
+def kafka_brokers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: svc
+        for name, svc in (compose.get("services") or {}).items()
+        if str(svc.get("image", "")).startswith("apache/kafka")
+    }
+
+
+def _depends(svc: dict[str, Any]) -> dict[str, Any]:
+    deps = svc.get("depends_on") or {}
+    return {d: {} for d in deps} if isinstance(deps, list) else deps
+
+
+# what a production topic needs: 3 copies, acks=all writes need 2 of them (one broker may be lost)
+TOPIC_RF, TOPIC_MIN_ISR = 3, 2
+
+
+def _volume_sources(svc: dict[str, Any], target: str | None = None) -> set[str]:
+    out = set()
+    for v in svc.get("volumes") or []:
+        parts = str(v).split(":")
+        if len(parts) > 1 and (target is None or parts[1] == target):
+            out.add(parts[0])
+    return out
+
+
+def kafka_durability_problems(compose: dict[str, Any], conf: list[ConfService]) -> list[str]:
+    """Three or more KRaft brokers in one controller quorum, topics created with RF 3 / min ISR 2."""
+    problems: list[str] = []
+    services: dict[str, Any] = compose.get("services") or {}
+    brokers = kafka_brokers(compose)
+    if len(brokers) < TOPIC_RF:
+        problems.append(f"{len(brokers)} Kafka broker(s) cannot host replication factor {TOPIC_RF}")
+    ids = {name: _env(svc).get("KAFKA_NODE_ID", "") for name, svc in brokers.items()}
+    if len(set(ids.values())) != len(ids):
+        problems.append(f"Kafka node ids are not unique: {ids}")
+    want_voters = {(nid, name) for name, nid in ids.items()}
+    cluster_ids = {_env(svc).get("CLUSTER_ID") for svc in brokers.values()}
+    if len(cluster_ids) != 1 or None in cluster_ids:
+        problems.append(f"the brokers do not share one CLUSTER_ID: {cluster_ids}")
+    for name, svc in brokers.items():
+        env = _env(svc)
+        if set(env.get("KAFKA_PROCESS_ROLES", "").split(",")) != {"broker", "controller"}:
+            problems.append(f"{name}: not a combined broker,controller node")
+        voters = {
+            (v.partition("@")[0], v.partition("@")[2].partition(":")[0])
+            for v in env.get("KAFKA_CONTROLLER_QUORUM_VOTERS", "").split(",")
+        }
+        if voters != want_voters:
+            problems.append(f"{name}: controller quorum {sorted(voters)} != {sorted(want_voters)}")
+        # the broker defaults, so Kafka's own topics (offsets, transactions) are replicated too
+        for var, want in (
+            ("KAFKA_DEFAULT_REPLICATION_FACTOR", TOPIC_RF),
+            ("KAFKA_MIN_INSYNC_REPLICAS", TOPIC_MIN_ISR),
+            ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", TOPIC_RF),
+            ("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", TOPIC_RF),
+            ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", TOPIC_MIN_ISR),
+        ):
+            if env.get(var) != str(want):
+                problems.append(f"{name}: {var}={env.get(var)!r}, want {want}")
+        data = _volume_sources(svc, env.get("KAFKA_LOG_DIRS", ""))
+        if len(data) != 1 or any(d.startswith((".", "/")) for d in data):
+            problems.append(f"{name}: KAFKA_LOG_DIRS is not on a named volume of its own")
+        for other, osvc in brokers.items():
+            if other != name and data & _volume_sources(osvc):
+                problems.append(f"{name}: shares its data volume with {other}")
+        if _depends(svc).keys() & brokers.keys():
+            problems.append(f"{name}: waits for another broker (the quorum needs them together)")
+    # bootstrap creates the topics; the sources and the aggregators create missing ones too, so
+    # every process that reaches Kafka gets the same topic settings and waits for every broker
+    for name in ["bootstrap"] + [cs.name for cs in conf if cs.health_url]:
+        svc = services.get(name)
+        if svc is None:
+            problems.append(f"{name}: missing")
+            continue
+        env = _env(svc)
+        for b in brokers:
+            if (_depends(svc).get(b) or {}).get("condition") != "service_healthy":
+                problems.append(f"{name}: does not wait for broker {b} to be healthy")
+        for var, want in (
+            ("MD_KAFKA_REPLICATION_FACTOR", TOPIC_RF),
+            ("MD_KAFKA_MIN_ISR", TOPIC_MIN_ISR),
+        ):
+            got = _strip_default(env.get(var, ""))
+            if got != str(want):
+                problems.append(f"{name}: {var}={got or 'unset (1)'}, want {want}")
+        boot = {b.strip().partition(":")[0] for b in env.get("MD_KAFKA_BOOTSTRAP", "").split(",")}
+        if not brokers.keys() <= boot:
+            problems.append(f"{name}: MD_KAFKA_BOOTSTRAP does not list every broker")
+    return problems
+
+
+def aggregator_pair_problems(compose: dict[str, Any]) -> list[str]:
+    """Two or more ``python -m aggregator`` services (leader + hot standby), told apart by MD_AGG_ID."""
+    services: dict[str, Any] = compose.get("services") or {}
+    aggs = {
+        name: svc
+        for name, svc in services.items()
+        if _command(svc)[:3] == ("python", "-m", "aggregator")
+    }
+    problems: list[str] = []
+    if len(aggs) < 2:
+        problems.append(f"{len(aggs)} aggregator instance(s): a leader needs a hot standby")
+    idents = {name: _env(svc).get("MD_AGG_ID", "") for name, svc in aggs.items()}
+    if "" in idents.values() or len(set(idents.values())) != len(idents):
+        problems.append(f"aggregators without their own MD_AGG_ID: {idents}")
+    if len({_env(svc).get("MD_AGG_PARTITIONS", "") for svc in aggs.values()}) > 1:
+        problems.append("the aggregators of the pair read different MD_AGG_PARTITIONS")
+    return problems
 
 
 # ------------------------------------------------------------------ tests
@@ -310,6 +438,79 @@ def test_checker_catches_drift(mutate: Any) -> None:
     c = load_compose()
     mutate(c)
     assert compose_problems(c, load_services_conf())
+
+
+def test_compose_kafka_is_replicated_and_topics_are_durable() -> None:
+    problems = kafka_durability_problems(load_compose(), load_services_conf())
+    assert problems == [], "\n".join(problems)
+
+
+def test_compose_runs_the_aggregator_pair() -> None:
+    assert aggregator_pair_problems(load_compose()) == []
+    assert (
+        sum(
+            cs.module == "aggregator" and cs.command[2] == "aggregator"
+            for cs in load_services_conf()
+        )
+        >= 2
+    )
+
+
+def _set_env(service: str, **env: str):
+    return lambda c: c["services"][service]["environment"].update(env)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda c: c["services"].pop("kafka-3"), id="broker-deleted"),
+        pytest.param(_set_env("bootstrap", MD_KAFKA_REPLICATION_FACTOR="1"), id="bootstrap-rf-1"),
+        pytest.param(
+            lambda c: c["services"]["bootstrap"]["environment"].pop("MD_KAFKA_MIN_ISR"),
+            id="bootstrap-isr-unset",
+        ),
+        pytest.param(_set_env("aggregator_b", MD_KAFKA_MIN_ISR="1"), id="aggregator-isr-1"),
+        pytest.param(
+            _set_env("kafka-2", KAFKA_CONTROLLER_QUORUM_VOTERS="2@kafka-2:9093"), id="own-quorum"
+        ),
+        pytest.param(_set_env("kafka", KAFKA_MIN_INSYNC_REPLICAS="1"), id="broker-min-isr-1"),
+        pytest.param(_set_env("kafka-3", KAFKA_NODE_ID="2"), id="duplicate-node-id"),
+        pytest.param(
+            lambda c: c["services"]["kafka-2"].update(volumes=["kafka-1-data:/var/lib/kafka/data"]),
+            id="shared-volume",
+        ),
+        pytest.param(
+            lambda c: c["services"]["bootstrap"]["depends_on"].pop("kafka-2"),
+            id="bootstrap-before-broker",
+        ),
+    ],
+)
+def test_durability_checker_catches_drift(mutate: Any) -> None:
+    c = load_compose()
+    mutate(c)
+    assert kafka_durability_problems(c, load_services_conf())
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda c: c["services"].pop("aggregator_b"), id="standby-deleted"),
+        pytest.param(_set_env("aggregator_b", MD_AGG_ID="aggregator"), id="same-id"),
+        pytest.param(_set_env("aggregator_b", MD_AGG_PARTITIONS="0,1"), id="other-partitions"),
+    ],
+)
+def test_pair_checker_catches_drift(mutate: Any) -> None:
+    c = load_compose()
+    mutate(c)
+    assert aggregator_pair_problems(c)
+
+
+def test_readme_names_only_settings_that_exist() -> None:
+    """A setting the code stopped reading (MD_AGG_TXN_MS, MD_AGG_SESSION_MS) leaves the README too."""
+    known = known_md_vars() | set(re.findall(r"\bMD_[A-Z0-9_]+\b", SERVICES_CONF.read_text()))
+    readme = (ROOT / "README.md").read_text()
+    named = {v for v in re.findall(r"\bMD_[A-Z0-9_]+\b", readme) if not v.endswith("_")}
+    assert named - known == set(), "README names settings that nothing reads"
 
 
 def test_a_service_added_to_services_conf_must_be_in_compose(tmp_path: Path) -> None:

@@ -2,6 +2,16 @@
 
 The schemas come from the ``kubernetes-validate`` package (PyPI), which ships them inside the
 wheel, so nothing is fetched at test time. Strict mode rejects unknown fields too.
+
+A services.conf line that runs the module of an earlier line with extra ``--option value``
+arguments (``aggregator_b``: ``python -m aggregator --http-port 8021``) is a second instance of
+that service: on one machine it needs its own ports, in Kubernetes it is one more replica of the
+same Deployment (every pod has its own ports), on another node (required pod anti-affinity), and a
+PodDisruptionBudget keeps one of them through a drain.
+
+Topics are created durable: every workload that reads ``MD_KAFKA_BOOTSTRAP`` (the bootstrap Job,
+and the services, which create missing topics too) resolves ``MD_KAFKA_REPLICATION_FACTOR=3`` and
+``MD_KAFKA_MIN_ISR=2``.
 """
 
 from __future__ import annotations
@@ -36,6 +46,117 @@ def k8s_name(service: str) -> str:
     return service.replace("_", "-")
 
 
+def instance_of(conf: list[ConfService]) -> dict[str, str]:
+    """services.conf name of a second (third, ...) instance -> the service it is an instance of."""
+    out: dict[str, str] = {}
+    for i, cs in enumerate(conf):
+        for base in conf[:i]:
+            n = len(base.command)
+            extra = cs.command[n:]
+            if (
+                base.name not in out
+                and cs.command[:n] == base.command
+                and extra
+                and len(extra) % 2 == 0
+                and all(a.startswith("--") for a in extra[::2])
+            ):
+                out[cs.name] = base.name
+                break
+    return out
+
+
+def _pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    return workload["spec"]["template"]["metadata"].get("labels", {})
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if selector.get("matchExpressions"):
+        return False  # not used here; a checker that guesses would be worse than one that refuses
+    match = selector.get("matchLabels") or {}
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+def replica_problems(res: list[dict[str, Any]], name: str, instances: int) -> list[str]:
+    """``instances`` replicas of Deployment ``name`` on different nodes, one kept through drains."""
+    problems: list[str] = []
+    dep = _by_kind(res, "Deployment").get(name)
+    if dep is None:
+        return [f"{name}: no Deployment"]
+    replicas = dep["spec"].get("replicas", 1)
+    if replicas < instances:
+        problems.append(f"{name}: {replicas} replica(s), services.conf runs {instances}")
+    labels = _pod_labels(dep)
+    pod_spec = dep["spec"]["template"]["spec"]
+    required = (
+        (pod_spec.get("affinity") or {})
+        .get("podAntiAffinity", {})
+        .get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    )
+    if not any(
+        t.get("topologyKey") == "kubernetes.io/hostname"
+        and _selects(t.get("labelSelector") or {}, labels)
+        for t in required
+    ):
+        problems.append(f"{name}: no required pod anti-affinity per node between its replicas")
+    pdbs = [
+        r
+        for r in res
+        if r["kind"] == "PodDisruptionBudget" and _selects(r["spec"].get("selector") or {}, labels)
+    ]
+    if not any(
+        isinstance(p["spec"].get("minAvailable"), int) and 1 <= p["spec"]["minAvailable"] < replicas
+        for p in pdbs
+    ):
+        problems.append(f"{name}: no PodDisruptionBudget with 1 <= minAvailable < replicas")
+    return problems
+
+
+def resolved_env(res: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str | None]:
+    """A container's environment: its envFrom ConfigMaps/Secrets, then its env (None: valueFrom)."""
+    sources = {
+        (r["kind"], r["metadata"]["name"]): {**r.get("data", {}), **r.get("stringData", {})}
+        for r in res
+        if r["kind"] in ("ConfigMap", "Secret")
+    }
+    out: dict[str, str | None] = {}
+    for ref in container.get("envFrom", []):
+        for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+            if key in ref:
+                out.update(sources.get((kind, ref[key]["name"]), {}))
+    for e in container.get("env", []):
+        out[e["name"]] = e.get("value")
+    return out
+
+
+TOPIC_RF, TOPIC_MIN_ISR = "3", "2"
+
+
+def kafka_durability_problems(res: list[dict[str, Any]]) -> list[str]:
+    """The bootstrap Job, and every workload that can reach Kafka, create topics with RF 3 / ISR 2."""
+    problems: list[str] = []
+    jobs = _by_kind(res, "Job")
+    if "bootstrap" not in jobs or tuple(
+        jobs["bootstrap"]["spec"]["template"]["spec"]["containers"][0].get("command", ())
+    ) != ("python", "-m", "core.bootstrap"):
+        problems.append("bootstrap: no Job running python -m core.bootstrap (topics)")
+    for r in res:
+        if r["kind"] not in ("Deployment", "Job"):
+            continue
+        for c in r["spec"]["template"]["spec"]["containers"]:
+            env = resolved_env(res, c)
+            if "MD_KAFKA_BOOTSTRAP" not in env and r["metadata"]["name"] != "bootstrap":
+                continue
+            for var, want in (
+                ("MD_KAFKA_REPLICATION_FACTOR", TOPIC_RF),
+                ("MD_KAFKA_MIN_ISR", TOPIC_MIN_ISR),
+            ):
+                if env.get(var) != want:
+                    problems.append(
+                        f"{r['kind']} {r['metadata']['name']}: {var}={env.get(var) or 'unset (1)'}, want {want}"
+                    )
+    return problems
+
+
 def _by_kind(res: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {r["metadata"]["name"]: r for r in res if r["kind"] == kind}
 
@@ -53,7 +174,13 @@ def k8s_problems(res: list[dict[str, Any]], conf: list[ConfService]) -> list[str
         for k in {**r.get("data", {}), **r.get("stringData", {})}
         if k.startswith("MD_")
     }
+    second = instance_of(conf)
+    for base in sorted(set(second.values())):
+        n = 1 + sum(b == base for b in second.values())
+        problems += replica_problems(res, k8s_name(base), n)
     for cs in conf:
+        if cs.name in second:  # one more replica of its base service's Deployment (above)
+            continue
         name = k8s_name(cs.name)
         workload = (jobs if cs.health_url is None else deployments).get(name)
         if workload is None:
@@ -192,6 +319,73 @@ def _edit(kind: str, name: str, fn):
     ],
 )
 def test_checker_catches_drift(mutate) -> None:
+    assert k8s_problems(mutate(resources()), load_services_conf())
+
+
+def test_aggregator_runs_as_a_pair_on_two_nodes() -> None:
+    conf = load_services_conf()
+    assert instance_of(conf) == {"aggregator_b": "aggregator"}
+    assert replica_problems(resources(), "aggregator", 2) == []
+
+
+def test_topics_are_created_with_rf3_and_min_isr2() -> None:
+    problems = kafka_durability_problems(resources())
+    assert problems == [], "\n".join(problems)
+
+
+def _config(fn):
+    return _edit("ConfigMap", "md-config", lambda r: fn(r["data"]))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(_config(lambda d: d.pop("MD_KAFKA_REPLICATION_FACTOR")), id="rf-unset"),
+        pytest.param(_config(lambda d: d.update(MD_KAFKA_MIN_ISR="1")), id="min-isr-1"),
+        pytest.param(
+            _edit(
+                "Job",
+                "bootstrap",
+                lambda r: r["spec"]["template"]["spec"]["containers"][0].update(
+                    env=[{"name": "MD_KAFKA_REPLICATION_FACTOR", "value": "1"}]
+                ),
+            ),
+            id="bootstrap-overrides-rf",
+        ),
+        pytest.param(_drop("Job", "bootstrap"), id="bootstrap-job-deleted"),
+    ],
+)
+def test_durability_checker_catches_drift(mutate) -> None:
+    assert kafka_durability_problems(mutate(resources()))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(
+            _edit("Deployment", "aggregator", lambda r: r["spec"].update(replicas=1)),
+            id="one-replica",
+        ),
+        pytest.param(
+            _edit(
+                "Deployment", "aggregator", lambda r: r["spec"]["template"]["spec"].pop("affinity")
+            ),
+            id="no-anti-affinity",
+        ),
+        pytest.param(
+            _edit(
+                "Deployment",
+                "aggregator",
+                lambda r: r["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+                    "requiredDuringSchedulingIgnoredDuringExecution"
+                ][0].update(topologyKey="topology.kubernetes.io/zone"),
+            ),
+            id="anti-affinity-not-per-node",
+        ),
+        pytest.param(_drop("PodDisruptionBudget", "aggregator"), id="pdb-deleted"),
+    ],
+)
+def test_pair_checker_catches_drift(mutate) -> None:
     assert k8s_problems(mutate(resources()), load_services_conf())
 
 

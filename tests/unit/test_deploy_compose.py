@@ -350,6 +350,9 @@ def kafka_durability_problems(compose: dict[str, Any], conf: list[ConfService]) 
     return problems
 
 
+FEED_FOLLOWERS = ("gateway_ws", "fix_gateway")  # core.follower.StreamFollower reads MD_AGG_FEED
+
+
 def aggregator_pair_problems(compose: dict[str, Any]) -> list[str]:
     """Two or more ``python -m aggregator`` services (leader + hot standby), told apart by MD_AGG_ID."""
     services: dict[str, Any] = compose.get("services") or {}
@@ -366,6 +369,22 @@ def aggregator_pair_problems(compose: dict[str, Any]) -> list[str]:
         problems.append(f"aggregators without their own MD_AGG_ID: {idents}")
     if len({_env(svc).get("MD_AGG_PARTITIONS", "") for svc in aggs.values()}) > 1:
         problems.append("the aggregators of the pair read different MD_AGG_PARTITIONS")
+    # the direct feeds (core/feed.py): each aggregator's feed is reachable from the other
+    # containers, and the followers (gateways) connect to every one of them
+    feeds = set()
+    for name, svc in aggs.items():
+        env, cmd = _env(svc), _command(svc)
+        port = env.get("MD_AGG_FEED_PORT", "0")
+        if "--feed-port" in cmd[:-1]:
+            port = _strip_default(cmd[cmd.index("--feed-port") + 1])
+        if port != "0":
+            feeds.add(f"{name}:{port}")
+            if env.get("MD_AGG_FEED_HOST") != "0.0.0.0":
+                problems.append(f"{name}: its direct feed listens on loopback only")
+    for gw in FEED_FOLLOWERS:
+        listed = {a.strip() for a in _env(services.get(gw, {})).get("MD_AGG_FEED", "").split(",")}
+        if listed - {""} != feeds:
+            problems.append(f"{gw}: MD_AGG_FEED {sorted(listed - {''})} != feeds {sorted(feeds)}")
     return problems
 
 
@@ -497,6 +516,11 @@ def test_durability_checker_catches_drift(mutate: Any) -> None:
         pytest.param(lambda c: c["services"].pop("aggregator_b"), id="standby-deleted"),
         pytest.param(_set_env("aggregator_b", MD_AGG_ID="aggregator"), id="same-id"),
         pytest.param(_set_env("aggregator_b", MD_AGG_PARTITIONS="0,1"), id="other-partitions"),
+        pytest.param(
+            lambda c: c["services"]["aggregator_b"]["environment"].pop("MD_AGG_FEED_HOST"),
+            id="feed-on-loopback",
+        ),
+        pytest.param(_set_env("gateway_ws", MD_AGG_FEED="aggregator:8031"), id="one-feed-only"),
     ],
 )
 def test_pair_checker_catches_drift(mutate: Any) -> None:

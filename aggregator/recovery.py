@@ -147,8 +147,12 @@ async def load_checkpoints(
     return out
 
 
-async def last_heartbeat(settings: Settings, topics: Topics) -> tuple[Heartbeat, int] | None:
-    """The newest heartbeat on the control topic and its age in ms (by the writer's clock)."""
+async def last_heartbeat(
+    settings: Settings, topics: Topics, group: str
+) -> tuple[Heartbeat, int] | None:
+    """The newest heartbeat of ``group`` (the record key) on the control topic and its age in
+    ms by the writer's clock. Pairs with other partition sets write there too, under their own
+    group."""
     tp = TopicPartition(topics.control, 0)
     consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=10)
     await consumer.start()
@@ -156,10 +160,13 @@ async def last_heartbeat(settings: Settings, topics: Topics) -> tuple[Heartbeat,
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
         found: list[Any] = []
-        await _read_range(consumer, {tp: (max(0, end - 20), end)}, found.append)
+        await _read_range(consumer, {tp: (max(0, end - 500), end)}, found.append)
     finally:
         await stop_consumer(consumer)
+    key = group.encode()
     for r in reversed(found):
+        if r.key != key:
+            continue
         try:
             raw = orjson.loads(r.value)
             return Heartbeat.decode(raw), int(time.time() * 1000) - int(raw["ts_ms"])

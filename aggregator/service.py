@@ -235,7 +235,7 @@ class Aggregator:
         checkpoints = await load_checkpoints(
             s, self.topics, inputs, self._snapshot_partitions, self.cfg.agg
         )
-        hb = await read_last_heartbeat(s, self.topics)
+        hb = await read_last_heartbeat(s, self.topics, self.cfg.group)
         self._baseline(checkpoints, hb[0] if hb else None)
         now = time.monotonic()
         if hb is not None:
@@ -440,7 +440,10 @@ class Aggregator:
     # ------------------------------------------------------------------ leadership
     def _on_control(self, recs: list[Any]) -> None:
         now = time.monotonic()
+        group = self.cfg.group.encode()
         for r in recs:
+            if r.key != group:
+                continue  # another pair (MD_AGG_PARTITIONS) leads its own partitions
             try:
                 hb = Heartbeat.decode(orjson.loads(r.value))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -477,7 +480,7 @@ class Aggregator:
     async def _leader_alive(self) -> bool:
         """Confirm a missed lease by reading the control topic afresh: a standby busy with a big
         batch may simply not have read the heartbeats that are there."""
-        hb = await read_last_heartbeat(self.settings, self.topics)
+        hb = await read_last_heartbeat(self.settings, self.topics, self.cfg.group)
         if hb is None or hb[1] >= self.cfg.lease_ms:
             return False
         self.lease.observe(hb[0], time.monotonic() - max(0, hb[1]) / 1000)
@@ -545,7 +548,10 @@ class Aggregator:
         assert self.producer is not None and self.lease.current is not None
         hb = Heartbeat(self.lease.current, dict(self.acked), dict(self.out))
         await self.producer.send(
-            self.topics.control, value=orjson.dumps(hb.encode(int(time.time() * 1000))), partition=0
+            self.topics.control,
+            key=self.cfg.group.encode(),
+            value=orjson.dumps(hb.encode(int(time.time() * 1000))),
+            partition=0,
         )
         self.last_heartbeat = now
         offsets = {

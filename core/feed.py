@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import cast
 
@@ -164,7 +165,16 @@ class FeedClient:
         self.addresses = addresses
         self.on_message = on_message
         self.connected: dict[str, bool] = {f"{h}:{p}": False for h, p in addresses}
+        self.last_message_at = 0.0  # monotonic time of the last message from any feed
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _received(self, raw: bytes) -> None:
+        self.last_message_at = time.monotonic()
+        self.on_message(raw)
+
+    def live(self, within_s: float = 1.0) -> bool:
+        """A leader is pushing: something arrived within ``within_s``."""
+        return time.monotonic() - self.last_message_at < within_s
 
     def start(self) -> None:
         self._tasks = [
@@ -178,7 +188,7 @@ class FeedClient:
         while True:
             try:
                 _, proto = await loop.create_connection(
-                    lambda: _Reader(self.on_message, name), host, port
+                    lambda: _Reader(self._received, name), host, port
                 )
             except OSError:
                 await asyncio.sleep(backoff.next())

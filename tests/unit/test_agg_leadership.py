@@ -1,0 +1,77 @@
+"""The aggregator's lease and takeover rule (aggregator/leadership.py, aggregator/outbox.py): pure."""
+
+from __future__ import annotations
+
+from aggregator.leadership import Claim, Heartbeat, Lease
+from aggregator.outbox import Gate, Out, StandbyBuffer
+
+
+def hb(term: int, ident: str, acked: dict[int, int] | None = None) -> Heartbeat:
+    return Heartbeat(Claim(term, ident), acked or {}, {"md.l2|0": 5})
+
+
+def test_heartbeat_roundtrip() -> None:
+    h = Heartbeat(Claim(3, "a"), {0: 10, 2: -1}, {"md.l2|1": 7})
+    assert Heartbeat.decode(h.encode(123)) == h
+
+
+def test_a_fresh_instance_waits_one_lease_then_leads() -> None:
+    lease = Lease("a", 0.5)
+    assert not lease.should_take_over(10.0)
+    assert not lease.should_take_over(10.4)
+    assert lease.should_take_over(10.5)
+    assert lease.take_over(10.5) == Claim(1, "a") and lease.leader
+
+
+def test_a_standby_takes_over_only_when_the_leaders_heartbeats_stop() -> None:
+    lease = Lease("b", 0.5)
+    lease.observe(hb(4, "a"), 1.0)
+    assert not lease.leader and not lease.should_take_over(1.4)
+    lease.observe(hb(4, "a"), 1.4)
+    assert not lease.should_take_over(1.8)
+    assert lease.should_take_over(1.9)
+    assert lease.take_over(1.9) == Claim(5, "b")
+
+
+def test_the_higher_claim_wins_and_the_lower_steps_down() -> None:
+    a = Lease("a", 0.5)
+    a.take_over(0.0)
+    assert a.leader
+    assert a.observe(hb(1, "b"), 0.1)  # same term, greater ident: a steps down
+    assert not a.leader and a.current == Claim(1, "b")
+    assert not a.observe(hb(1, "a"), 0.2)  # an older claim changes nothing
+    assert a.current == Claim(1, "b")
+
+
+def out(p: int, off: int, seq: int, epoch: int = 9, stream: tuple[str, str] = ("l2", "X")) -> Out:
+    return Out(p, off, stream, epoch, seq, "md.l2", b"X", b"v%d" % seq)
+
+
+def test_gate_publishes_exactly_what_kafka_lacks() -> None:
+    # acked up to input offset 10; Kafka holds seq 7 of epoch 9 written after that
+    g = Gate({0: 10}, {(("l2", "X"), 9): 7})
+    assert not g.allows(0, 10, ("l2", "X"), 9, 6)  # covered by the acked input
+    assert not g.allows(0, 11, ("l2", "X"), 9, 7)  # in Kafka already
+    assert g.allows(0, 12, ("l2", "X"), 9, 8)  # missing: publish
+    assert g.allows(0, 13, ("l2", "X"), 9, 9)  # and everything after
+    assert g.allows(0, 11, ("l2", "Y"), 9, 3)  # a stream Kafka has nothing of since the ack
+    assert Gate({}, {(("l2", "X"), 8): 50}).allows(0, 0, ("l2", "X"), 9, 1)  # other epoch
+
+
+def test_standby_buffer_trims_by_the_leaders_ack_and_drains_through_the_gate() -> None:
+    b = StandbyBuffer()
+    for i in range(1, 6):
+        b.add(out(0, 10 + i, i))
+    b.add(out(1, 3, 1, stream=("l2", "Y")))
+    b.trim({0: 12, 1: 3})  # the leader acked offsets <= 12 of p0 and <= 3 of p1
+    assert b.size == 3
+    got = b.drain(Gate({0: 12, 1: 3}, {(("l2", "X"), 9): 4}))
+    assert [(o.partition, o.seq) for o in got] == [(0, 5)]
+    assert b.size == 0
+
+
+def test_standby_buffer_is_bounded_and_says_it_lost_something() -> None:
+    b = StandbyBuffer(limit=3)
+    for i in range(5):
+        b.add(out(0, i, i + 1))
+    assert b.size == 3 and b.lost

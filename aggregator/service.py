@@ -405,6 +405,8 @@ class Aggregator:
             ):
                 continue
             await self._append(o, builders)
+        if self.feed is not None:
+            self.feed.flush()
 
     async def _append(self, o: Out, builders: dict[tuple[str, int], Any]) -> None:
         producer = self.producer
@@ -509,6 +511,8 @@ class Aggregator:
         drained = self.buffer.drain(self.gate)
         for o in drained:
             await self._append(o, builders)
+        if self.feed is not None:
+            self.feed.flush()
         await self._ship(builders, dict(self.positions))
         self.snap_pending |= set(self.symbols)
         self.last_snapshot.clear()

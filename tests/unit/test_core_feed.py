@@ -28,8 +28,11 @@ async def test_frames_arrive_whole_and_in_order_and_the_client_reconnects() -> N
     try:
         await wait_for(lambda: len(server.receivers) == 1)
         msgs = [b'{"seq":%d}' % i + b"x" * (i * 997 % 9_000) for i in range(200)]  # < high water
-        for m in msgs:
+        for i, m in enumerate(msgs):
             server.publish(m)
+            if i % 7 == 0:
+                server.flush()
+        server.flush()
         await wait_for(lambda: len(got) == len(msgs))
         assert got == msgs
         (old,) = server.receivers
@@ -37,6 +40,7 @@ async def test_frames_arrive_whole_and_in_order_and_the_client_reconnects() -> N
         old.transport.close()  # the receiver's connection breaks ...
         await wait_for(lambda: len(server.receivers) == 1 and old not in server.receivers)
         server.publish(b"after")
+        server.flush()
         await wait_for(lambda: got[-1] == b"after")
     finally:
         await client.stop()
@@ -53,6 +57,7 @@ async def test_a_receiver_that_does_not_read_is_skipped_never_waited_for() -> No
         before = FEED_DROPPED._value.get()  # noqa: SLF001 - the counter's value
         for _ in range(2_000):
             server.publish(b"y" * 10_000)  # 20 MB: more than any kernel buffer takes
+            server.flush()
         assert FEED_DROPPED._value.get() - before > 0  # noqa: SLF001
         (r,) = server.receivers
         assert r.transport is not None and r.transport.get_write_buffer_size() < 256 << 10

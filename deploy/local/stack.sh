@@ -2,25 +2,96 @@
 # The whole platform on this machine, no Docker.
 #   stack.sh run    infra + every service in the foreground; Ctrl-C / SIGTERM stops all cleanly
 #   stack.sh up     the same in the background; returns once every service answers /health
+#   stack.sh up-services     the services only (Kafka, PostgreSQL and Redis must be up)
 #   stack.sh stop   stops what `up` started (services, then Kafka, PostgreSQL, Redis)
 #   stack.sh stop-services   stops the services only, keeps Kafka, PostgreSQL and Redis
+#   stack.sh status pid, supervisor and restart count of each service
 #   stack.sh logs   where the logs are
+# Every service runs under a supervisor (`supervise` below) that restarts it when it dies.
+# MD_SERVICES_CONF replaces deploy/local/services.conf (the tests run a tiny one).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 HERE="$ROOT/deploy/local"
-SVC_RUN="$VAR/run/services"
+CONF="${MD_SERVICES_CONF:-$HERE/services.conf}"
+SVC_RUN="$VAR/run/services"   # <name>.pid: the service process (tools read these)
+SUP_RUN="$VAR/run/supervisor" # <name>.pid: its supervisor, <name>.restarts: restarts so far
 SVC_LOG="$VAR/log/services"
-mkdir -p "$SVC_RUN" "$SVC_LOG"
+SUP_LOG="$SVC_LOG/supervisor.log"
+mkdir -p "$SVC_RUN" "$SUP_RUN" "$SVC_LOG"
 
-services() { grep -v '^\s*#' "$HERE/services.conf" | grep -v '^\s*$'; }
+services() { grep -v '^\s*#' "$CONF" | grep -v '^\s*$'; }
 # fields may name ${MD_...:-default} variables so ports follow the environment
 field() { eval "echo \"$(echo "$1" | cut -d'|' -f"$2" | sed 's/^ *//;s/ *$//')\""; }
 
-start_one() {  # name cmd
-  local name=$1 cmd=$2 tag=$1
-  if pid_alive "$SVC_RUN/$tag.pid"; then log "$tag already running"; return; fi
-  # shellcheck disable=SC2086
-  (cd "$ROOT" && exec setsid "$ROOT/.venv/bin/"$cmd >>"$SVC_LOG/$tag.log" 2>&1) &
-  echo $! >"$SVC_RUN/$tag.pid"
+# running PID: alive and not a zombie (an exited process stays one until init reaps it)
+running() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; [[ ${s:0:1} != Z ]]; }
+# session_running SID: a live process is left in the session SID (a service and its children)
+session_running() { ps -o stat= --sid "$1" 2>/dev/null | grep -qv '^Z'; }
+
+# sup_log LEVEL MSG [JSON fields]: one JSON line (the services' log format) in the service's log
+# and in supervisor.log. Only in the supervisor process (NAME set).
+sup_log() {
+  local t=$EPOCHREALTIME ts
+  TZ=UTC printf -v ts '%(%Y-%m-%dT%H:%M:%S)T' "${t%[.,]*}"
+  printf -v ts '{"ts":"%s.%sZ","level":"%s","service":"%s","logger":"supervisor","msg":"%s"%s}' \
+    "$ts" "${t#*[.,]}" "$1" "$NAME" "$2" "${3:+,$3}"
+  printf '%s\n' "$ts" >>"$SVC_LOG/$NAME.log"
+  printf '%s\n' "$ts" >>"$SUP_LOG"
+}
+
+# supervise NAME CMD (`stack.sh supervise`, one per service, in its own session): runs CMD in its
+# own session with its pid in $SVC_RUN/NAME.pid and starts it again whenever it exits. The delay
+# before a restart is drawn in [c/2, c], c = 0.2 s doubling per restart up to 10 s and back to
+# 0.2 s once the process stayed up 30 s. Leftovers of a dead service (gateway_ws workers whose
+# parent was killed) are stopped first: its process group, SIGTERM then SIGKILL after 5 s.
+# SIGTERM/SIGINT/SIGHUP end the supervision only; stop_services then stops the service.
+supervise() {
+  NAME=$1
+  local cmd=$2 child rc started uptime ceil=200 delay i restarts=0 status
+  local stopping=0
+  trap 'stopping=1' TERM INT HUP
+  echo $$ >"$SUP_RUN/$NAME.pid"
+  echo 0 >"$SUP_RUN/$NAME.restarts"
+  while :; do
+    # shellcheck disable=SC2086
+    (cd "$ROOT" && exec setsid "$ROOT/.venv/bin/"$cmd </dev/null >>"$SVC_LOG/$NAME.log" 2>&1) &
+    child=$!
+    echo "$child" >"$SVC_RUN/$NAME.pid"
+    started=$EPOCHSECONDS
+    sup_log info "started" "\"pid\":$child,\"restarts\":$restarts"
+    rc=0
+    if ((stopping == 0)); then wait "$child" 2>/dev/null || rc=$?; fi
+    if ((stopping)); then break; fi # the service keeps running: stop_services stops it
+    uptime=$((EPOCHSECONDS - started))
+    status="\"status\":$rc"
+    if ((rc > 128)); then status+=",\"signal\":\"$(kill -l $((rc - 128)))\""; fi
+    if session_running "$child"; then # orphans left in its process group
+      kill -TERM -- "-$child" 2>/dev/null || true
+      for ((i = 0; i < 25; i++)); do session_running "$child" || break; sleep 0.2; done
+      kill -KILL -- "-$child" 2>/dev/null || true
+    fi
+    if ((uptime >= 30)); then ceil=200; fi
+    delay=$((ceil / 2 + RANDOM % (ceil / 2 + 1)))
+    ceil=$((ceil * 2 > 10000 ? 10000 : ceil * 2))
+    restarts=$((restarts + 1))
+    echo "$restarts" >"$SUP_RUN/$NAME.restarts"
+    sup_log warning "exited, restarting" \
+      "$status,\"uptime_s\":$uptime,\"delay_s\":$((delay / 1000)).$(printf %03d $((delay % 1000))),\"restarts\":$restarts"
+    sleep "$((delay / 1000)).$(printf %03d $((delay % 1000)))" &
+    wait $! || kill $! 2>/dev/null || true
+    if ((stopping)); then break; fi
+  done
+  sup_log info "supervision stopped" "\"pid\":$child"
+  rm -f "$SUP_RUN/$NAME.pid"
+}
+
+start_one() {  # name cmd: the service under its supervisor, both in their own sessions
+  local name=$1 cmd=$2 i
+  if pid_alive "$SUP_RUN/$name.pid"; then log "$name already running (supervised)"; return; fi
+  if pid_alive "$SVC_RUN/$name.pid"; then log "$name already running, NOT supervised (stack.sh stop-services, then up)"; return; fi
+  rm -f "$SVC_RUN/$name.pid"
+  setsid "$HERE/stack.sh" supervise "$name" "$cmd" </dev/null >>"$SUP_LOG" 2>&1 &
+  for ((i = 0; i < 50; i++)); do [[ -f "$SVC_RUN/$name.pid" ]] && return; sleep 0.1; done
+  die "the supervisor of $name did not start (see $SUP_LOG)"
 }
 
 wait_health() {  # name url
@@ -44,6 +115,10 @@ export MD_AGG_FEED="${MD_AGG_FEED-127.0.0.1:$MD_AGG_FEED_PORT,127.0.0.1:$MD_AGG_
 
 start_all() {
   "$HERE/infra.sh" up
+  start_services
+}
+
+start_services() {
   local line name url cmd n
   n="${MD_WS_PROCESSES:-$(nproc)}"
   while IFS= read -r line; do
@@ -59,6 +134,7 @@ start_all() {
     name=$(field "$line" 1); url=$(field "$line" 2)
     [[ "$url" == "-" ]] || wait_health "$name" "$url"
   done < <(services)
+  if [[ -n "${MD_SERVICES_CONF:-}" ]]; then log "the services of $CONF are up (logs: $SVC_LOG/)"; return; fi
   cat >&2 <<MSG
 
 [local] the platform is up:
@@ -72,19 +148,33 @@ MSG
 }
 
 stop_services() {
-  local f pids=()
-  for f in "$SVC_RUN"/*.pid; do
-    [[ -f "$f" ]] || continue
-    if kill -0 "$(cat "$f")" 2>/dev/null; then kill -TERM "$(cat "$f")" 2>/dev/null && pids+=("$(cat "$f")"); fi
+  local f p i pids=()
+  # the supervisors first, so that none restarts what is stopped below
+  for f in "$SUP_RUN"/*.pid; do
+    p=$(cat "$f" 2>/dev/null) || continue
+    if kill -TERM "$p" 2>/dev/null; then pids+=("$p"); fi
   done
-  local i
-  for ((i = 0; i < 100; i++)); do
-    local alive=0 p
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+  for ((i = 0; i < 50; i++)); do
+    local alive=0
+    for p in "${pids[@]}"; do running "$p" && alive=1; done
     [[ $alive -eq 0 ]] && break
     sleep 0.2
   done
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -f "$SUP_RUN"/*.pid
+  pids=()
+  for f in "$SVC_RUN"/*.pid; do
+    p=$(cat "$f" 2>/dev/null) || continue
+    if kill -TERM "$p" 2>/dev/null; then pids+=("$p"); fi
+  done
+  for ((i = 0; i < 100; i++)); do
+    local alive=0
+    for p in "${pids[@]}"; do running "$p" && alive=1; done
+    [[ $alive -eq 0 ]] && break
+    sleep 0.2
+  done
+  # each service leads its own process group: this also ends children it left behind
+  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null || true; done
   rm -f "$SVC_RUN"/*.pid
   [[ ${#pids[@]} -gt 0 ]] && log "services stopped"
   return 0
@@ -96,16 +186,31 @@ case "${1:-}" in
     trap 'set +e; echo; log "stopping"; [[ -n "$TAIL_PID" ]] && kill "$TAIL_PID" 2>/dev/null; stop_services; "$HERE/infra.sh" down; exit 0' INT TERM
     start_all
     log "running; Ctrl-C stops everything (logs: make logs)"
-    tail -n0 -q -F "$SVC_LOG"/*.log &
+    logs=()  # the services' logs (they hold the supervisor's lines about them too)
+    for f in "$SVC_LOG"/*.log; do [[ "$f" == "$SUP_LOG" ]] || logs+=("$f"); done
+    tail -n0 -q -F "${logs[@]}" &
     TAIL_PID=$!
     wait
     ;;
   up) start_all ;;
+  up-services) start_services ;;
   stop) stop_services; "$HERE/infra.sh" down ;;
   stop-services) stop_services ;;
+  supervise) supervise "$2" "$3" ;;
+  status)
+    while IFS= read -r line; do
+      name=$(field "$line" 1)
+      [[ "$(field "$line" 2)" == "-" ]] && continue
+      svc=$(cat "$SVC_RUN/$name.pid" 2>/dev/null || echo -); sup=$(cat "$SUP_RUN/$name.pid" 2>/dev/null || echo -)
+      printf '%-14s pid %-8s %-5s supervisor %-8s %-5s restarts %s\n' "$name" \
+        "$svc" "$(running "$svc" && echo up || echo down)" \
+        "$sup" "$(running "$sup" && echo up || echo down)" \
+        "$(cat "$SUP_RUN/$name.restarts" 2>/dev/null || echo -)"
+    done < <(services) ;;
   logs)
     echo "service logs (JSON lines): $SVC_LOG/"; ls -1 "$SVC_LOG" 2>/dev/null | sed 's/^/  /'
+    echo "supervisor (starts, restarts with exit status and delay): $SUP_LOG"
     echo "Kafka: $VAR/log/kafka/server.log  PostgreSQL: $VAR/log/postgres.log  Redis: $VAR/log/redis.log"
     echo "follow all: tail -F $SVC_LOG/*.log" ;;
-  *) die "usage: stack.sh run|up|stop|stop-services|logs" ;;
+  *) die "usage: stack.sh run|up|up-services|stop|stop-services|status|logs" ;;
 esac

@@ -63,7 +63,6 @@ from core.settings import Settings
 from core.topics import Topics
 
 log = logging.getLogger("aggregator")
-SHIP_S = 0.001  # longest a built output waits for more of its poll batch before it is sent
 
 EVENTS_IN = Counter("md_agg_events_in_total", "input events applied", ["type"])
 MALFORMED = Counter("md_agg_malformed_input_total", "input records dropped as invalid")
@@ -290,13 +289,12 @@ class Aggregator:
 
     # ------------------------------------------------------------------ processing
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Apply and route each record; ship each partition's outputs when its records are done,
-        or ``SHIP_S`` after the first was built (few produce requests under load, and no output
-        waits for other partitions' records when quiet)."""
+        """Apply and route each record; ship each partition's outputs when its records of this
+        poll are done: one produce request per partition and poll under load, and when quiet
+        no output waits for other partitions' records (the direct feed already has each one)."""
         control = self.topics.control
         builders: dict[tuple[str, int], Any] = {}
         inputs: dict[int, int] = {}
-        first_built = 0.0
         for tp, recs in batch.items():
             if tp.topic == control:
                 self._on_control(recs)
@@ -311,12 +309,7 @@ class Aggregator:
                 inputs[p] = r.offset
                 outs = self._apply_record(p, r, now_ns())
                 if outs:
-                    if not builders:
-                        first_built = time.perf_counter()
                     await self._route(outs, builders)
-                if builders and time.perf_counter() - first_built >= SHIP_S:
-                    await self._ship(builders, inputs)
-                    builders, inputs = {}, {}
             if builders:  # a partition's records are done: nothing else of its symbols waits
                 await self._ship(builders, inputs)
                 builders, inputs = {}, {}

@@ -11,10 +11,15 @@ CPU-second of the aggregator process (from /proc), so contention is visible, not
    building) every ``--batch`` events: the derivation alone.
 2. **in process**: the aggregator's whole per-record path without the network: decode the md.in
    bytes, apply, flush, encode every output message with orjson.
-3. **through Kafka**: the events are first written to a fresh ``bench.<id>.in`` topic (not timed),
-   then one ``python -m aggregator`` process (transactional, exactly once) consumes them from
-   the start; the rate is events / time from its first committed offset to the committed offset
-   reaching the end of the input (group join and recovery excluded, reported separately).
+3. **through Kafka**: the records are first written to a fresh ``bench.<id>.in`` topic (not
+   timed), then one ``python -m aggregator`` process (the leader: it publishes everything)
+   consumes them from the start; the rate is events / time from its first committed offset to
+   the committed offset reaching the end of the input (start-up excluded, reported separately).
+
+Records: by default as the simulator writes them (``--actions-per-record 4``: one record per
+symbol and 20 ms tick at 200 actions/s), one flush per record: the sequencer's conflation unit
+(docs/aggregator.md "Sequencer and failover"). ``--actions-per-record 0`` runs the old in-process
+shape (one event per record, a flush every ``--batch`` events).
 """
 
 from __future__ import annotations
@@ -47,14 +52,25 @@ T0 = 1_795_500_000_000_000_000
 
 
 def generate(n: int, k: int) -> list[ev.AnyEvent]:
+    return [e for rec in generate_records(n, k, 1) for e in rec][:n]
+
+
+def generate_records(n: int, k: int, actions: int) -> list[list[ev.AnyEvent]]:
+    """md.in records as the simulator writes them: the events of ``actions`` consecutive
+    actions of one symbol per record (its 20 ms tick holds 4 at the default 200 actions/s)."""
     flows = [OrderFlow(s, 42) for s in SYMS[:k]]
-    out: list[ev.AnyEvent] = []
-    i = 0
-    while len(out) < n:
+    out: list[list[ev.AnyEvent]] = []
+    total, i = 0, 0
+    while total < n:
         for f in flows:
-            out.extend(f.step(T0 + i * 1_000_000))
+            rec: list[ev.AnyEvent] = []
+            for j in range(actions):
+                rec.extend(f.step(T0 + (i * actions + j) * 1_000_000))
+            if rec:
+                out.append(rec)
+                total += len(rec)
         i += 1
-    return out[:n]
+    return out
 
 
 def bench_state(events: list[ev.AnyEvent], batch: int) -> float:
@@ -92,7 +108,28 @@ def bench_in_process(raw: list[bytes], batch: int) -> tuple[float, int]:
     return len(raw) / (time.process_time() - t), out_msgs
 
 
-async def bench_kafka(raw: list[tuple[str, bytes]]) -> dict[str, float]:
+def bench_records(raw: list[bytes]) -> tuple[float, int]:
+    """The aggregator's per-record path: decode a record, apply its events, flush, encode."""
+    states: dict[str, SymbolState] = {}
+    out_msgs = 0
+    n = 0
+    dumps = orjson.dumps
+    t = time.process_time()
+    for b in raw:
+        evs = ev.decode_record(b)
+        s = states.get(evs[0].symbol)
+        if s is None:
+            s = states[evs[0].symbol] = SymbolState(evs[0].symbol, 1)
+        for e in evs:
+            s.apply(e)
+        n += len(evs)
+        for _ch, m in s.flush(0):
+            dumps(m)
+            out_msgs += 1
+    return n / (time.process_time() - t), out_msgs
+
+
+async def bench_kafka(raw: list[tuple[str, bytes]], events: int | None = None) -> dict[str, float]:
     from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -154,12 +191,13 @@ async def bench_kafka(raw: list[tuple[str, bytes]]) -> dict[str, float]:
         proc.wait(30)
     assert t_first is not None
     await delete_topics(s)
+    per = events / len(raw) if events else 1.0  # events per record
     return {
-        "events": float(total_end),
+        "events": float(total_end) * per,
         "join_s": t_first - t_start,
         "run_s": t_end - t_first,
-        "rate": (total_end - done0) / max(t_end - t_first, 1e-9),
-        "cpu_rate": (total_end - done0) / max(cpu, 1e-9),
+        "rate": (total_end - done0) * per / max(t_end - t_first, 1e-9),
+        "cpu_rate": (total_end - done0) * per / max(cpu, 1e-9),
     }
 
 
@@ -260,6 +298,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500, help="events per flush (a consumed batch)")
     ap.add_argument("--skip-kafka", action="store_true")
     ap.add_argument(
+        "--actions-per-record",
+        type=int,
+        default=4,
+        help="md.in records hold this many actions of one symbol (0: the old one event per "
+        "record with a flush every --batch events, in process only)",
+    )
+    ap.add_argument(
         "--compare-clients",
         action="store_true",
         help="only compare producer clients on the aggregator's real output records",
@@ -283,6 +328,28 @@ def main() -> None:
     raw = [ev.encode(e) for e in events]
     print(f"machine: {platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}")
     print(f"events: {len(events)} over {a.symbols} symbols, flush every {a.batch}")
+    if a.actions_per_record:
+        # the production shape: one md.in record per symbol and tick, one flush per record
+        recs = generate_records(a.events, a.symbols, a.actions_per_record)
+        n_ev = sum(len(r) for r in recs)
+        print(
+            f"records: {len(recs)} of {a.actions_per_record} actions "
+            f"({n_ev / len(recs):.1f} events each), one flush per record"
+        )
+        r2, outs = bench_records([ev.encode_record(r) for r in recs])
+        print(
+            f"in process, per record (decode+apply+flush+encode): {r2:,.0f} events per CPU-second  ({outs} messages)"
+        )
+        if not a.skip_kafka:
+            res = asyncio.run(
+                bench_kafka([(r[0].symbol, ev.encode_record(r)) for r in recs], events=n_ev)
+            )
+            print(
+                f"through Kafka (leader, records):   {res['rate']:,.0f} events/s wall, "
+                f"{res['cpu_rate']:,.0f} events per aggregator CPU-second "
+                f"({res['events']:.0f} events in {res['run_s']:.2f} s; start-up {res['join_s']:.2f} s)"
+            )
+        return
     r1 = bench_state(events, a.batch)
     print(f"state (apply+flush):                 {r1:,.0f} events per CPU-second")
     r2, outs = bench_in_process(raw, a.batch)

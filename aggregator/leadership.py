@@ -62,6 +62,7 @@ class Lease:
         self.last: Heartbeat | None = None  # the current leader's latest heartbeat
         self.seen_at = 0.0  # when a heartbeat of the current claim was last read
         self.started_at: float | None = None
+        self.defer_until = 0.0  # a restarted instance lets the hot standby claim first
 
     @property
     def leader(self) -> bool:
@@ -81,7 +82,7 @@ class Lease:
         """Nobody leads, or the leader's heartbeats stopped for the lease."""
         if self.started_at is None:
             self.started_at = now
-        if self.leader:
+        if self.leader or now < self.defer_until:
             return False
         if self.current is None:
             # a fresh instance waits one lease for a heartbeat it has not read yet

@@ -239,6 +239,9 @@ class Aggregator:
         now = time.monotonic()
         if hb is not None:
             self.lease.observe(hb[0], now - max(0, hb[1]) / 1000)
+            # a leader beat moments ago: if it died, the standby that was running has every
+            # message in memory; this instance is still replaying, so it waits one more lease
+            self.lease.defer_until = now + 2 * self.cfg.lease_ms / 1000
         for p, ck in checkpoints.items():
             for sym, st in ck.states.items():
                 self.symbols[sym] = st

@@ -75,3 +75,11 @@ def test_standby_buffer_is_bounded_and_says_it_lost_something() -> None:
     for i in range(5):
         b.add(out(0, i, i + 1))
     assert b.size == 3 and b.lost
+
+
+def test_a_restarted_instance_lets_the_running_standby_claim_first() -> None:
+    lease = Lease("c", 0.5)
+    lease.observe(hb(4, "a"), 10.0)  # the leader's last heartbeat, read at start
+    lease.defer_until = 10.0 + 1.0
+    assert not lease.should_take_over(10.6)  # the lease ran out, but the standby goes first
+    assert lease.should_take_over(11.0)

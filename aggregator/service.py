@@ -58,7 +58,7 @@ from aggregator.state import AggConfig, SymbolState
 from core.codec import now_ns
 from core.feed import FeedServer
 from core.health import Health
-from core.kafka import ensure_topics, make_consumer, make_producer
+from core.kafka import Pacer, ensure_topics, make_consumer, make_producer
 from core.settings import Settings
 from core.topics import Topics
 
@@ -98,7 +98,7 @@ class ServiceConfig:
     max_batch: int = 5000  # records per poll: bounds memory and per-batch latency
     partitions: tuple[int, ...] = ()  # input partitions of this group (empty: all)
     ident: str = ""
-    standby_fetch_ms: int = 200  # a standby reads in batches: what the leader acked is not encoded
+    standby_fetch_ms: int = 100  # a standby reads in batches: what the leader acked is not encoded
     agg: AggConfig = field(default_factory=AggConfig)
 
     @classmethod
@@ -113,7 +113,7 @@ class ServiceConfig:
             max_batch=s.get("MD_AGG_MAX_BATCH", int, 5000),
             partitions=tuple(int(p) for p in parts.split(",") if p.strip()),
             ident=s.get("MD_AGG_ID", str, ""),
-            standby_fetch_ms=s.get("MD_AGG_STANDBY_FETCH_MS", int, 200),
+            standby_fetch_ms=s.get("MD_AGG_STANDBY_FETCH_MS", int, 100),
             agg=AggConfig(
                 checksum_depth=s.book_checksum_depth,
                 trades_snapshot_n=s.get("MD_AGG_TRADES_SNAPSHOT", int, 100),
@@ -204,9 +204,14 @@ class Aggregator:
         beat = asyncio.create_task(self._heartbeat_loop(stop))
         try:
             await self._start()
+            standby_pacer = Pacer(self.cfg.standby_fetch_ms / 1000)
             while not stop.is_set():
                 if self.fatal:
                     raise RuntimeError(self.fatal)  # exit non-zero: the supervisor restarts us
+                if not self.lease.leader:
+                    # a standby reads in batches: most of its input is then already acked by
+                    # the leader (applied, never encoded or buffered): a quarter of a leader
+                    await standby_pacer.wait()
                 batch = await self.consumer.getmany(
                     timeout_ms=self.cfg.heartbeat_ms, max_records=self.cfg.max_batch
                 )
@@ -255,7 +260,6 @@ class Aggregator:
         for tp in itps:
             c.seek(tp, checkpoints[tp.partition].start)
         await c.seek_to_end(ctp)
-        self._fetch_mode(leader=False)
         if hb is None or hb[1] >= self.cfg.lease_ms:
             # nobody leads: lead now rather than replay into a standby buffer first
             await self._take_over(time.monotonic())
@@ -298,9 +302,11 @@ class Aggregator:
         control = self.topics.control
         builders: dict[tuple[str, int], Any] = {}
         inputs: dict[int, int] = {}
-        for tp, recs in batch.items():
+        for tp, recs in batch.items():  # heartbeats first: their acks decide what to encode
             if tp.topic == control:
                 self._on_control(recs)
+        for tp, recs in batch.items():
+            if tp.topic == control:
                 continue
             p = tp.partition
             for i, r in enumerate(recs):
@@ -451,7 +457,6 @@ class Aggregator:
                 STEPDOWNS.inc()
                 LEADER.set(0)
                 self.gate = None
-                self._fetch_mode(leader=False)
                 log.warning(
                     "a higher claim leads: standing by",
                     extra={"leader": hb.claim.ident, "term": hb.claim.term},
@@ -459,21 +464,6 @@ class Aggregator:
             if hb.claim.ident != self.ident and hb.claim == self.lease.current:
                 self.buffer.trim(hb.acked)
         STANDBY_BUFFER.set(self.buffer.size)
-
-    def _fetch_mode(self, leader: bool) -> None:
-        """A leader fetches each record as it lands; a standby lets the broker collect
-        ``standby_fetch_ms`` of input per fetch, so most of what it applies is already acked by
-        the leader (applied without encoding, never buffered): half the cost of a second leader.
-        aiokafka reads these two fields for every fetch it builds."""
-        f = getattr(self.consumer, "_fetcher", None)
-        if f is None:
-            return
-        f._fetch_min_bytes = 1 if leader else 1 << 20  # noqa: SLF001
-        f._fetch_max_wait_ms = (  # noqa: SLF001
-            self.settings.get("MD_KAFKA_FETCH_WAIT_MS", int, 500)
-            if leader
-            else self.cfg.standby_fetch_ms
-        )
 
     async def _leader_alive(self) -> bool:
         """Confirm a missed lease by reading the control topic afresh: a standby busy with a big
@@ -497,7 +487,6 @@ class Aggregator:
             for k, v in prev.out.items():
                 out[k] = min(out.get(k, v), v)
         claim = self.lease.take_over(now)
-        self._fetch_mode(leader=True)
         self.acked, self.out = acked, out
         await self._heartbeat(now)  # tell the others first: a second claimant settles sooner
         t0 = time.monotonic()

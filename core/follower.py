@@ -52,6 +52,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from core.book import L2Book
 from core.errors import CodecError
 from core.feed import FeedClient, parse_addresses
+from core.kafka import Pacer
 from core.settings import Settings
 from core.topics import Topics
 
@@ -672,7 +673,6 @@ class StreamFollower:
         self._stream_tps: list[TopicPartition] = []
         self._end_at_start: dict[TopicPartition, int] = {}
         self._feed: FeedClient | None = None
-        self._relaxed = False
         self.backup_wait_ms = settings.get("MD_FOLLOWER_BACKUP_WAIT_MS", int, 100)
 
     def add_callback(self, cb: DeliverCallback) -> None:
@@ -850,12 +850,10 @@ class StreamFollower:
     async def _snapshot_loop(self) -> None:
         sc = self._snap_consumer
         assert sc is not None
-        # snapshots only serve joins and resyncs: collect them per fetch, do not chase each one
-        f = getattr(sc, "_fetcher", None)
-        if f is not None:
-            f._fetch_min_bytes = 1 << 20  # noqa: SLF001 - read for every fetch
-            f._fetch_max_wait_ms = self.backup_wait_ms  # noqa: SLF001
+        # snapshots only serve joins and resyncs: collect them per interval, do not chase each one
+        pacer = Pacer(self.backup_wait_ms / 1000)
         while True:
+            await pacer.wait()
             batch = await sc.getmany(timeout_ms=200, max_records=1000)
             for recs in batch.values():
                 for r in recs:
@@ -865,8 +863,13 @@ class StreamFollower:
         tc = self._stream_consumer
         assert tc is not None
         join, run = self.join, self._run
+        pacer = Pacer(self.backup_wait_ms / 1000)
         while True:
-            self._tune_fetch(tc)
+            if self._feed is not None and self._feed.live():
+                # a live direct feed brings the messages: Kafka only fills what it missed, so
+                # one fetch per MD_FOLLOWER_BACKUP_WAIT_MS instead of one per produce (most of a
+                # gateway's CPU was building and parsing those fetches)
+                await pacer.wait()
             batch = await tc.getmany(timeout_ms=200, max_records=2000)
             if batch:
                 self.last_record_at = time.monotonic()
@@ -892,25 +895,6 @@ class StreamFollower:
                 if done:
                     self.ready.set()
                     log.info("follower caught up", extra={"keys": len(join.keys)})
-
-    def _tune_fetch(self, tc: AIOKafkaConsumer) -> None:
-        """While a direct feed is live, Kafka only fills what it missed: let the broker collect
-        ``MD_FOLLOWER_BACKUP_WAIT_MS`` of records per fetch instead of answering each produce
-        (most of a gateway's CPU was building and parsing those fetches). Without a live direct
-        feed, Kafka is the feed again and fetches eagerly."""
-        relaxed = self._feed is not None and self._feed.live()
-        if relaxed == self._relaxed:
-            return
-        self._relaxed = relaxed
-        f = getattr(tc, "_fetcher", None)
-        if f is None:
-            return
-        f._fetch_min_bytes = 1 << 20 if relaxed else 1  # noqa: SLF001 - read for every fetch
-        f._fetch_max_wait_ms = (  # noqa: SLF001
-            self.backup_wait_ms
-            if relaxed
-            else self.settings.get("MD_KAFKA_FETCH_WAIT_MS", int, 500)
-        )
 
     async def _watchdog(self) -> None:
         """Probe the broker: aiokafka retries silently, so a lost feed is otherwise invisible."""

@@ -64,6 +64,28 @@ def make_consumer(
     return AIOKafkaConsumer(*topics, **opts)
 
 
+class Pacer:
+    """Client-side fetch batching: at most one fetch per ``interval_s``.
+
+    Consumers that need no sub-millisecond latency (storage, a standby, a follower whose direct
+    feed is live) still long-poll (``fetch_min_bytes=1``), so an idle topic costs one fetch per
+    ``fetch_max_wait_ms``; under load they take what accumulated since their last fetch, once per
+    interval, instead of answering every produce (broker-side ``fetch_min_bytes`` batching would
+    instead wake them every ``fetch_max_wait_ms`` even with nothing to read).
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last = 0.0
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._last + self.interval_s - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._last = loop.time()
+
+
 async def _wait_led(admin: AIOKafkaAdminClient, names: list[str], partitions: int) -> None:
     """Until every partition of ``names`` has a leader in the metadata the broker serves.
 

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from core.backoff import Backoff
 from core.cache_keys import CacheKeys
-from core.kafka import make_consumer
+from core.kafka import Pacer, make_consumer
 from core.settings import Settings
 from core.topics import Topics
 from storage.cache_model import CacheModel, HistAction, Pos, Writes, hist_action
@@ -267,16 +267,11 @@ class CacheWriter:
     # --- main loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        # not a latency path for clients (REST reads tolerate a few ms of cache age): let the
-        # broker collect ``MD_STORAGE_FETCH_WAIT_MS`` of records per fetch instead of waking
-        # for each one (issue 10: per-record fetches were most of this process's CPU)
-        consumer = make_consumer(
-            self.settings,
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_min_bytes=1 << 20,
-            fetch_max_wait_ms=self.settings.get("MD_STORAGE_FETCH_WAIT_MS", int, 20),
-        )
+        consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
+        # not a latency path for clients (REST reads tolerate a few ms of cache age): one fetch
+        # per MD_STORAGE_FETCH_WAIT_MS, not one per record (issue 10: those fetches were most of
+        # this process's CPU)
+        pacer = Pacer(self.settings.get("MD_STORAGE_FETCH_WAIT_MS", int, 20) / 1000)
         await consumer.start()
         try:
             parts = await self._partitions(
@@ -295,6 +290,7 @@ class CacheWriter:
                 "cache writer running", extra={"snapshot_records": self.counters.snapshot_records}
             )
             while not stop.is_set():
+                await pacer.wait()
                 batch = await consumer.getmany(timeout_ms=100, max_records=self.config.max_records)
                 for tp, recs in batch.items():
                     if tp.topic == self.topics.snapshot:

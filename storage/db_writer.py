@@ -33,7 +33,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from core.backoff import Backoff
-from core.kafka import make_consumer
+from core.kafka import Pacer, make_consumer
 from core.settings import Settings
 from core.topics import Topics
 from storage.db_rows import RowBatch, RowBuilder
@@ -326,9 +326,6 @@ class DbWriter:
             max_poll_interval_ms=3_600_000,
             session_timeout_ms=30_000,
             heartbeat_interval_ms=3_000,
-            # history is written in batches anyway: one fetch per 100 ms, not one per record
-            fetch_min_bytes=1 << 20,
-            fetch_max_wait_ms=self.settings.get("MD_DB_FETCH_WAIT_MS", int, 100),
         )
         await consumer.start()
         self.running.set()
@@ -370,7 +367,10 @@ class DbWriter:
                 await self._pool.close()
 
     async def _fetch(self, consumer: Any, stop: asyncio.Event) -> None:
+        # history is written in batches anyway: one fetch per 100 ms, not one per record
+        pacer = Pacer(self.settings.get("MD_DB_FETCH_WAIT_MS", int, 100) / 1000)
         while not stop.is_set():
+            await pacer.wait()
             try:
                 batch = await consumer.getmany(
                     timeout_ms=200, max_records=self.config.batch_records

@@ -168,7 +168,14 @@ class DbWriter:
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
             self._pool = await asyncpg.create_pool(
-                self.settings.pg_dsn, min_size=0, max_size=2, command_timeout=60
+                self.settings.pg_dsn,
+                min_size=0,
+                max_size=2,
+                command_timeout=60,
+                # the Kafka offsets are committed right after COMMIT returns: the rows must be
+                # on disk by then, whatever the server default (the local cluster runs with
+                # synchronous_commit=off for everyone else; issue 11)
+                server_settings={"synchronous_commit": "on"},
             )
         return self._pool
 

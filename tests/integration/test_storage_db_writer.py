@@ -199,3 +199,21 @@ async def test_row_the_database_rejects_is_counted_and_the_rest_written(pg_dsn: 
         await c.close()
         if w._pool is not None:  # noqa: SLF001
             await w._pool.close()  # noqa: SLF001
+
+
+async def test_writer_commits_durably_whatever_the_server_default(pg_dsn: str) -> None:
+    """Offsets are committed to Kafka right after COMMIT: the writer's own sessions must use
+    synchronous_commit=on even where the server (the local cluster) defaults to off."""
+    c = await asyncpg.connect(pg_dsn)
+    try:
+        server_default = await c.fetchval("SHOW synchronous_commit")
+    finally:
+        await c.close()
+    w = DbWriter(dataclasses.replace(BASE_SETTINGS, pg_dsn=pg_dsn), DbWriterConfig(group_id="x"))
+    pool = await w._get_pool()  # noqa: SLF001 - the writer's own pool
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await pool.close()
+    assert server_default == "off"  # the case this guards against is the one we run

@@ -688,9 +688,13 @@ class StreamFollower:
         return self.join.seq_of(channel, symbol)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        return self.connected and self.ready.is_set(), {
+        # a loop that died (an exception it did not expect) freezes every book it serves:
+        # that must fail /health and get the process restarted, not serve stale data
+        dead = sorted(t.get_name() for t in self._tasks if t.done())
+        return self.connected and self.ready.is_set() and not dead, {
             "kafka": "connected" if self.connected else "lost",
             "ready": self.ready.is_set(),
+            "dead_loops": dead,
             "error": self.last_error,
             "keys": len(self.join.keys),
             "lag": sum(self.lag.values()),

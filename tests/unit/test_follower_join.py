@@ -348,3 +348,33 @@ def test_copy_detection_reads_only_the_head_and_falls_back_to_parsing() -> None:
     assert j._already_have(msg)  # noqa: SLF001 - the fast path itself
     assert not j._already_have(b'{"channel":"l2","type":"x"}')  # noqa: SLF001 - other layout
     assert j.on_stream(b"not json", "md.l2", 0) == [] and j.malformed == 1
+
+
+async def test_a_dead_follower_loop_fails_health() -> None:
+    import asyncio
+    import contextlib
+
+    from core.follower import StreamFollower
+    from core.settings import Settings
+
+    f = StreamFollower(Settings())
+    f.ready.set()
+
+    async def loop_that_crashes() -> None:
+        raise RuntimeError("bug")
+
+    async def loop_that_runs() -> None:
+        await asyncio.sleep(60)
+
+    alive = asyncio.create_task(loop_that_runs(), name="follower-streams")
+    f._tasks = [alive]  # noqa: SLF001 - the loops the follower started
+    assert f.health()[0]
+    crashed = asyncio.create_task(loop_that_crashes(), name="follower-snapshots")
+    f._tasks.append(crashed)  # noqa: SLF001
+    await asyncio.sleep(0)
+    ok, detail = f.health()
+    assert not ok and detail["dead_loops"] == ["follower-snapshots"]
+    alive.cancel()
+    with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+        await alive
+        await crashed

@@ -465,6 +465,21 @@ class Aggregator:
                 self.buffer.trim(hb.acked)
         STANDBY_BUFFER.set(self.buffer.size)
 
+    async def _try_take_over(self) -> None:
+        """Take over unless the leader is in fact alive; if the broker cannot be reached (no
+        heartbeat can be read, no scan can be made), stay a standby and try again later: a
+        leader without a scan could not know what to publish, and could not publish anyway."""
+        saved = (self.lease.current, self.lease.seen_at, self.lease.last)
+        try:
+            if not await self._leader_alive():
+                await self._take_over(time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - KafkaConnectionError, timeouts, RecoveryError
+            self.lease.current, self.lease.seen_at, self.lease.last = saved
+            self.lease.seen_at = self.lease.started_at = time.monotonic()  # retry in a lease
+            self.gate = None
+            LEADER.set(0)
+            log.warning("takeover postponed: Kafka unreachable", extra={"error": repr(exc)})
+
     async def _leader_alive(self) -> bool:
         """Confirm a missed lease by reading the control topic afresh: a standby busy with a big
         batch may simply not have read the heartbeats that are there."""
@@ -572,8 +587,8 @@ class Aggregator:
     async def _timers(self) -> None:
         now = time.monotonic()
         if not self.lease.leader:
-            if self.lease.should_take_over(now) and not await self._leader_alive():
-                await self._take_over(time.monotonic())
+            if self.lease.should_take_over(now):
+                await self._try_take_over()
             return
         await self._snapshots(now)
         if self.ckpt_pending and now - self.last_checkpoint >= self.cfg.checkpoint_ms / 1000:

@@ -245,8 +245,8 @@ class Aggregator:
         if hb is not None:
             self.lease.observe(hb[0], now - max(0, hb[1]) / 1000)
             # a leader beat moments ago: if it died, the standby that was running has every
-            # message in memory; this instance is still replaying, so it waits one more lease
-            self.lease.defer_until = now + 2 * self.cfg.lease_ms / 1000
+            # message in memory; this instance is still replaying, so it lets that one go first
+            self.lease.defer_until = now + self.cfg.lease_ms / 1000
         for p, ck in checkpoints.items():
             for sym, st in ck.states.items():
                 self.symbols[sym] = st
@@ -260,8 +260,10 @@ class Aggregator:
         for tp in itps:
             c.seek(tp, checkpoints[tp.partition].start)
         await c.seek_to_end(ctp)
-        if hb is None or hb[1] >= self.cfg.lease_ms:
-            # nobody leads: lead now rather than replay into a standby buffer first
+        if hb is None or hb[1] >= 2 * self.cfg.lease_ms:
+            # nobody has led for longer than a standby needs to notice: lead now rather than
+            # replay into a standby buffer first (a restart right after the leader died waits
+            # a lease instead, so the hot standby takes over)
             await self._take_over(time.monotonic())
         log.info(
             "aggregator started",

@@ -542,6 +542,7 @@ class Hub:
                 if since is None:
                     result = "too_old"
             if since is not None and result == "ok":
+                cur = await self._caught_up_to(req.channel, req.symbol, since, cur)
                 if req.epoch is not None and cur is not None and req.epoch != cur[1]:
                     result = "epoch"
                 elif cur is not None and since > cur[0]:
@@ -557,6 +558,21 @@ class Hub:
         if result != "ok":
             sub.held.clear()
             self._send_snapshot(sub, resync=True, reason=f"resume_{result}")
+
+    async def _caught_up_to(
+        self, channel: str, symbol: str, since: int, cur: tuple[int, int, int | None] | None
+    ) -> tuple[int, int, int | None] | None:
+        """This process's state of a key once it reached ``since`` (at most ~1 s of waiting).
+
+        A client that comes back from a gateway that died may be ahead of this one: it had the
+        direct feed's messages there, while this process (just started, or a few ms behind on
+        Kafka) has not applied them yet. Answering "ahead" at once would resync it to an older
+        snapshot than what it holds; waiting for our follower costs a few ms."""
+        deadline = self.clock() + 1.0
+        while (cur is None or since > cur[0]) and self.clock() < deadline:
+            await asyncio.sleep(0.02)
+            cur = self.follower.seq_of(channel, symbol)
+        return cur
 
     async def _replay(self, sub: Sub, since: int) -> str:
         req, c = sub.req, sub.client

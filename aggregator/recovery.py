@@ -13,9 +13,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,22 +148,45 @@ async def load_checkpoints(
     return out
 
 
+def probe_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer for the short reads of a takeover. An instance keeps one started, so that
+    confirming a missed lease and scanning the outputs do not pay a bootstrap and a metadata
+    round trip in the middle of a failover."""
+    return make_consumer(
+        settings, group_id=None, isolation_level="read_uncommitted", fetch_max_wait_ms=10
+    )
+
+
+@contextlib.asynccontextmanager
+async def _probe(
+    settings: Settings, consumer: AIOKafkaConsumer | None
+) -> AsyncIterator[AIOKafkaConsumer]:
+    if consumer is not None:
+        yield consumer
+        return
+    c = probe_consumer(settings)
+    await c.start()
+    try:
+        yield c
+    finally:
+        await stop_consumer(c)
+
+
 async def last_heartbeat(
-    settings: Settings, topics: Topics, group: str
+    settings: Settings,
+    topics: Topics,
+    group: str,
+    consumer: AIOKafkaConsumer | None = None,
 ) -> tuple[Heartbeat, int] | None:
     """The newest heartbeat of ``group`` (the record key) on the control topic and its age in
     ms by the writer's clock. Pairs with other partition sets write there too, under their own
     group."""
     tp = TopicPartition(topics.control, 0)
-    consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=10)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
-        found: list[Any] = []
-        await _read_range(consumer, {tp: (max(0, end - 500), end)}, found.append)
-    finally:
-        await stop_consumer(consumer)
+    found: list[Any] = []
+    async with _probe(settings, consumer) as c:
+        c.assign([tp])
+        end = (await c.end_offsets([tp]))[tp]
+        await _read_range(c, {tp: (max(0, end - 500), end)}, found.append)
     key = group.encode()
     for r in reversed(found):
         if r.key != key:
@@ -176,17 +200,16 @@ async def last_heartbeat(
 
 
 async def scan_published(
-    settings: Settings, out: dict[str, int], topics: Iterable[str]
+    settings: Settings,
+    out: dict[str, int],
+    topics: Iterable[str],
+    consumer: AIOKafkaConsumer | None = None,
 ) -> dict[tuple[StreamKey, int], int]:
     """Highest ``seq`` per stream and epoch in the output topics at or after ``out``.
 
     Partitions missing from ``out`` are read from their beginning (nobody acknowledged a write
     to them). Reads up to the high watermark, ``read_uncommitted``: what any consumer can see.
     """
-    consumer = make_consumer(
-        settings, group_id=None, isolation_level="read_uncommitted", fetch_max_wait_ms=10
-    )
-    await consumer.start()
     found: dict[tuple[StreamKey, int], int] = {}
 
     def on_record(r: Any) -> None:
@@ -199,18 +222,16 @@ async def scan_published(
         if seq > found.get(key, -1):
             found[key] = seq
 
-    try:
+    async with _probe(settings, consumer) as c:
         tps: list[TopicPartition] = []
         for t in topics:
-            parts = consumer.partitions_for_topic(t)
+            parts = c.partitions_for_topic(t)
             if not parts:
-                await consumer._client.force_metadata_update()  # noqa: SLF001 - one-time lookup
-                parts = consumer._client.cluster.partitions_for_topic(t)  # noqa: SLF001
+                await c._client.force_metadata_update()  # noqa: SLF001 - one-time lookup
+                parts = c._client.cluster.partitions_for_topic(t)  # noqa: SLF001
             tps.extend(TopicPartition(t, p) for p in sorted(parts or ()))
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
+        c.assign(tps)
+        ends = await c.end_offsets(tps)
         ranges = {tp: (out.get(out_key(tp.topic, tp.partition)), ends[tp]) for tp in tps}
-        await _read_range(consumer, ranges, on_record)
-    finally:
-        await stop_consumer(consumer)
+        await _read_range(c, ranges, on_record)
     return found

@@ -49,7 +49,9 @@ from aggregator.recovery import (
     Checkpoint,
     load_checkpoints,
     out_key,
+    probe_consumer,
     scan_published,
+    stop_consumer,
 )
 from aggregator.recovery import (
     last_heartbeat as read_last_heartbeat,
@@ -166,6 +168,7 @@ class Aggregator:
         self.last_heartbeat = 0.0
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
+        self._probe: AIOKafkaConsumer | None = None  # takeover reads (recovery.probe_consumer)
         self.health = Health("aggregator")
         self.health.add("consumer", self._health_consumer)
         self._last_poll = time.monotonic()
@@ -199,6 +202,8 @@ class Aggregator:
         self.producer = make_producer(s)
         await self.consumer.start()
         await self.producer.start()
+        self._probe = probe_consumer(s)
+        await self._probe.start()
         if self.feed is not None:
             await self.feed.start()
         beat = asyncio.create_task(self._heartbeat_loop(stop))
@@ -229,6 +234,8 @@ class Aggregator:
                 await self.feed.stop()
             await self.consumer.stop()
             await self.producer.stop()
+            if self._probe is not None:
+                await stop_consumer(self._probe)
 
     async def _start(self) -> None:
         s, c = self.settings, self.consumer
@@ -485,7 +492,7 @@ class Aggregator:
     async def _leader_alive(self) -> bool:
         """Confirm a missed lease by reading the control topic afresh: a standby busy with a big
         batch may simply not have read the heartbeats that are there."""
-        hb = await read_last_heartbeat(self.settings, self.topics, self.cfg.group)
+        hb = await read_last_heartbeat(self.settings, self.topics, self.cfg.group, self._probe)
         if hb is None or hb[1] >= self.cfg.lease_ms:
             return False
         self.lease.observe(hb[0], time.monotonic() - max(0, hb[1]) / 1000)
@@ -507,7 +514,7 @@ class Aggregator:
         self.acked, self.out = acked, out
         await self._heartbeat(now)  # tell the others first: a second claimant settles sooner
         t0 = time.monotonic()
-        published = await scan_published(self.settings, out, self.topics.all_streams())
+        published = await scan_published(self.settings, out, self.topics.all_streams(), self._probe)
         self.gate = Gate(acked, published)
         builders: dict[tuple[str, int], Any] = {}
         drained = self.buffer.drain(self.gate)

@@ -180,6 +180,9 @@ class _KeyState:
     cache: dict[tuple[int | None, bool], bytes] = field(default_factory=dict)
     resets: int = 0
     gaps: int = 0
+    # direct-feed messages that came before Kafka filled the seqs below them: released in
+    # order as soon as the key reaches them (the direct feed stays in step after any hole)
+    ahead: dict[int, _Msg] = field(default_factory=dict)
 
 
 _HEAD = re.compile(
@@ -235,7 +238,8 @@ class StreamJoin:
         self.malformed = 0
         self.dropped_dup = 0
         self.direct_taken = 0  # messages the direct feed brought first
-        self.direct_skipped = 0  # direct messages left to Kafka (not the next seq, not in sync)
+        self.direct_skipped = 0  # direct messages left to Kafka (not in sync, other epoch, old)
+        self.ahead_max = 2_000  # direct messages held per key while Kafka fills a hole
 
     # ----------------------------------------------------------------- inputs
 
@@ -306,19 +310,38 @@ class StreamJoin:
         )
 
     def on_direct(self, value: bytes) -> list[Action]:
-        """A message of the direct feed (``core/feed.py``): taken only when it is exactly the next
-        ``seq`` of a key in sync; anything else is left to Kafka, which carries every message."""
+        """A message of the direct feed (``core/feed.py``). The exact next ``seq`` of a key in
+        sync is applied at once; one further ahead is held until Kafka, which carries every
+        message, fills the seqs below it (a startup, a lost frame), then released in order;
+        anything else is left to Kafka."""
         try:
             m = _parse(value)
         except CodecError:
             self.malformed += 1
             return []
         st = self.keys.get((m.parsed["channel"], m.parsed["symbol"]))
-        if st is None or st.state is not State.SYNCED or m.epoch != st.epoch or m.seq != st.seq + 1:
+        if st is None or st.state is not State.SYNCED or m.epoch != st.epoch or m.seq <= st.seq:
             self.direct_skipped += 1
             return []
+        if m.seq > st.seq + 1:
+            st.ahead[m.seq] = m
+            if len(st.ahead) > self.ahead_max:
+                del st.ahead[min(st.ahead)]
+            return []
         self.direct_taken += 1
-        return self._on_stream_msg(m, "", 0)
+        return self._on_stream_msg(m, "", 0) + self._release_ahead(st)
+
+    def _release_ahead(self, st: _KeyState) -> list[Action]:
+        ahead = st.ahead
+        if not ahead:
+            return []
+        out: list[Action] = []
+        for q in [q for q, m in ahead.items() if q <= st.seq or m.epoch != st.epoch]:
+            del ahead[q]
+        while st.state is State.SYNCED and st.seq + 1 in ahead:
+            self.direct_taken += 1
+            out += self._on_stream_msg(ahead.pop(st.seq + 1), "", 0)
+        return out
 
     def on_stream(self, value: bytes, topic: str = "", partition: int = 0) -> list[Action]:
         """A record of a stream topic (value = the client-ready data message)."""
@@ -330,7 +353,11 @@ class StreamJoin:
         except CodecError:
             self.malformed += 1
             return []
-        return self._on_stream_msg(m, topic, partition)
+        acts = self._on_stream_msg(m, topic, partition)
+        st = self.keys.get((m.parsed["channel"], m.parsed["symbol"]))
+        if st is not None and st.ahead:
+            acts += self._release_ahead(st)
+        return acts
 
     def _on_stream_msg(self, m: _Msg, topic: str, partition: int) -> list[Action]:
         channel, symbol = m.parsed["channel"], m.parsed["symbol"]

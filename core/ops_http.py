@@ -1,6 +1,7 @@
-"""A minimal HTTP/1.1 server for ``/metrics`` and ``/health`` in processes without a web framework
-(aggregator, sources, storage writers). It is deliberately tiny: GET only, one response per
-connection, bounded request size, so it costs nothing on the hot path."""
+"""A minimal HTTP/1.1 server for ``/metrics`` and ``/health`` (``/health/live``, ``/health/ready``:
+see :mod:`core.health`) in processes without a web framework (aggregator, sources, storage
+writers, the FIX gateway). It is deliberately tiny: GET only, one response per connection,
+bounded request size, so it costs nothing on the hot path."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from core.health import Health
+from core.health import Health, scope_of
 
 log = logging.getLogger(__name__)
 MAX_REQUEST = 8192
@@ -32,8 +33,8 @@ async def _handle(
             resp = _response("405 Method Not Allowed", "application/json", b'{"error":"GET only"}')
         elif path == "/metrics":
             resp = _response("200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
-        elif path == "/health":
-            ok, body = health.report()
+        elif (scope := scope_of(path)) is not None:
+            ok, body = health.evaluate(scope)
             resp = _response(
                 "200 OK" if ok else "503 Service Unavailable",
                 "application/json",

@@ -18,7 +18,7 @@ from typing import Any, cast
 import orjson
 
 from core.follower import Reset, StreamFollower
-from core.health import Health
+from core.health import LIVENESS, READINESS, Health, add_follower, tasks_alive
 from core.ops_http import start_ops_server
 from core.settings import Settings
 from fix_gateway import metrics as M
@@ -291,14 +291,22 @@ class Gateway:
         self.registry.close()
 
     def health(self) -> Health:
+        """Readiness: the Kafka feed is connected and caught up, the acceptor listens (a load
+        balancer sends new sessions elsewhere meanwhile; logged-on sessions stay). Liveness: the
+        follower's loops and the session ticker (heartbeats, test requests, timeouts) run."""
         h = Health("fix_gateway")
-        h.add("kafka_feed", self.follower.health)
+        add_follower(h, self.follower, name="kafka_feed")
         h.add(
             "listener",
             lambda: (
                 self.server is not None and self.server.is_serving(),
                 {"sessions": len(self.registry.active), "connections": len(self.connections)},
             ),
+            kind=READINESS,
+        )
+        # the ticker exists once start() ran
+        h.add(
+            "session_ticker", tasks_alive(lambda: [getattr(self, "_ticker", None)]), kind=LIVENESS
         )
         return h
 

@@ -1,4 +1,5 @@
-"""The FastAPI application: ``/api/v1/market/...``, ``/health``, ``/metrics``, ``/docs``.
+"""The FastAPI application: ``/api/v1/market/...``, ``/health`` (``/health/live``,
+``/health/ready``), ``/metrics``, ``/docs``.
 
 Hot endpoints return the cache writer's pre-encoded bytes as they are (no model validation, no
 re-encoding); validation of *inputs* is strict and every bad input is a 404/422 JSON error naming
@@ -22,6 +23,7 @@ from core.cache_keys import book_depths
 from core.channels import CANDLE_INTERVALS
 from core.codec import ns_from_iso
 from core.errors import CodecError, SymbolError
+from core.health import INFO, LIVE, READINESS, READY, Health, Result
 from core.settings import Settings
 from core.symbols import normalize_symbol
 from gateway_rest.config import RestConfig, Tier
@@ -358,22 +360,55 @@ def create_app(
         body = await st.candles(sym, interval, s_ns, e_ns, min(limit, cfg.candles_limit_max))
         return Response(body, media_type=JSON)
 
+    # Liveness: the event loop answering is the check (no loop of our own can die here), so
+    # /health/live does no I/O. Readiness: the hot routes (orderbook, ticker, trades, symbols)
+    # are served from Redis, so "redis" gates it. The database only serves history (candles,
+    # trades with start/end) and the stale fallback while Redis is down: reported ("info"),
+    # never a reason to take the pod out of the load balancer while Redis answers.
+    health = Health("gateway_rest")
+
+    async def health_response(scope: str) -> Response:
+        extra: list[Result] = []
+        if scope == READY:
+            pings = await st.ping()
+            extra = [
+                Result("redis", READINESS, *pings["redis"]),
+                Result("database", INFO, *pings["database"]),
+            ]
+        ok, body = health.evaluate(scope, extra)
+        return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type=JSON)
+
+    health_doc: dict[str, Any] = {
+        "response_model": HealthResponse,
+        "responses": {503: {"model": HealthResponse}},
+        "tags": ["ops"],
+    }
+
     @app.get(
         "/health",
-        response_model=HealthResponse,
-        responses={503: {"model": HealthResponse}},
-        tags=["ops"],
-        summary="Readiness: 200 only when Redis and the database answer",
+        summary="Combined health, the same verdict as /health/ready",
+        description="200 when Redis answers (the hot routes); the database is reported "
+        "(`kind: info`) but does not fail it. Each check says its `kind`.",
+        **health_doc,
     )
-    async def health() -> Response:
-        checks = await st.ping()
-        ok_all = all(v[0] for v in checks.values())
-        body = {
-            "status": "ok" if ok_all else "degraded",
-            "service": "gateway_rest",
-            "checks": {k: {"ok": v[0], "detail": v[1]} for k, v in checks.items()},
-        }
-        return Response(orjson.dumps(body), status_code=200 if ok_all else 503, media_type=JSON)
+    async def health_combined() -> Response:
+        return await health_response(READY)
+
+    @app.get(
+        "/health/ready",
+        summary="Readiness: 200 when the hot routes can be served (Redis answers)",
+        **health_doc,
+    )
+    async def health_ready() -> Response:
+        return await health_response(READY)
+
+    @app.get(
+        "/health/live",
+        summary="Liveness: 200 while the process serves requests (no dependency is asked)",
+        **health_doc,
+    )
+    async def health_live() -> Response:
+        return await health_response(LIVE)
 
     @app.get(
         "/metrics",

@@ -112,9 +112,17 @@ class CandlesResponse(Positioned):
 
 
 class HealthResponse(BaseModel):
-    status: str
+    status: str = Field(
+        description="ok; degraded: live but not ready; failing: a liveness check fails"
+    )
     service: str
-    checks: dict[str, Any]
+    live: bool = Field(description="no liveness check fails")
+    ready: bool | None = Field(
+        None, description="live and every readiness check passes (absent on /health/live)"
+    )
+    checks: dict[str, Any] = Field(
+        description="name -> {ok, kind (liveness | readiness | info), detail}"
+    )
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REDIS_RETRY_S = 1.0
+PING_TIMEOUT_S = 1.0  # /health/ready: each dependency's answer (probes time out at 2 s)
 
 
 def _b(v: bytes | str) -> bytes:
@@ -134,21 +135,36 @@ class MarketStore:
         self.db_last_error = None
         return rows
 
-    async def ping(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        try:
-            await asyncio.wait_for(self.redis.ping(), 1.0)
+    async def ping(self) -> dict[str, tuple[bool, str]]:
+        """Redis and the database, probed at once, each bounded by ``PING_TIMEOUT_S`` (a server
+        that does not answer at all must not hold a health probe longer than that)."""
+        timeout = PING_TIMEOUT_S
+
+        async def redis() -> tuple[bool, str]:
+            try:
+                await asyncio.wait_for(self.redis.ping(), timeout)
+            except TimeoutError:
+                return False, f"no answer within {timeout} s"
+            except (RedisError, OSError) as exc:
+                return False, f"{type(exc).__name__}: {exc}"
             self._redis_down_until = 0.0
-            out["redis"] = (True, "up")
-        except (RedisError, OSError, TimeoutError) as exc:
-            out["redis"] = (False, f"{type(exc).__name__}: {exc}")
-        try:
-            pool = await self.pool()
-            await pool.fetchval("SELECT 1", timeout=1.0)
-            out["database"] = (True, "up")
-        except Exception as exc:  # any failure of the probe is "not ready", with the reason
-            out["database"] = (False, f"{type(exc).__name__}: {exc}")
-        return out
+            return True, "up"
+
+        async def database() -> tuple[bool, str]:
+            async def q() -> None:
+                pool = await self.pool()
+                await pool.fetchval("SELECT 1", timeout=timeout)
+
+            try:
+                await asyncio.wait_for(q(), timeout)
+            except TimeoutError:
+                return False, f"no answer within {timeout} s"
+            except Exception as exc:  # any failure of the probe is "down", with the reason
+                return False, f"{type(exc).__name__}: {exc}"
+            return True, "up"
+
+        r, d = await asyncio.gather(redis(), database())
+        return {"redis": r, "database": d}
 
     # --- catalogue ------------------------------------------------------------------------
 

@@ -84,6 +84,11 @@ class Hub:
     def start(self) -> None:
         self._tick_task = asyncio.get_running_loop().create_task(self._ticker(), name="hub-tick")
 
+    @property
+    def tick_task(self) -> asyncio.Task[None] | None:
+        """The ticker (heartbeats, idle closes, feed state): a liveness check watches it."""
+        return self._tick_task
+
     async def stop(self) -> None:
         if self._tick_task:
             self._tick_task.cancel()

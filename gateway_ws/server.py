@@ -1,4 +1,5 @@
-"""The asyncio transport: websockets server, HTTP ``/health`` and ``/metrics`` on the same port.
+"""The asyncio transport: websockets server, HTTP ``/health`` (``/health/live``,
+``/health/ready``) and ``/metrics`` on the same port.
 
 Thin by design: each connection's reader feeds the pure :class:`~gateway_ws.protocol.Session`
 and writes what it says; the data path is the :class:`~gateway_ws.hub.Hub`'s. The listener
@@ -8,6 +9,7 @@ sets ``SO_REUSEPORT`` so several processes share the port (the kernel spreads co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -27,7 +29,7 @@ from websockets.http11 import Request, Response
 
 from core.codec import ns_from_iso
 from core.follower import StreamFollower
-from core.health import Health
+from core.health import LIVENESS, Health, add_follower, scope_of, tasks_alive
 from core.settings import Settings
 from gateway_ws import metrics as m
 from gateway_ws.auth import Authenticator
@@ -70,7 +72,10 @@ class Gateway:
         self.hub = Hub(self.cfg, self.follower, self.history)
         self.auth = Authenticator(self.cfg)
         self.health = Health("gateway_ws")
-        self.health.add("kafka", self.follower.health)
+        # readiness "kafka": the feed is connected and was read to its end (no new clients
+        # while it is lost); liveness: the follower's loops and the hub's ticker are running
+        add_follower(self.health, self.follower, name="kafka")
+        self.health.add("hub_ticker", tasks_alive(lambda: [self.hub.tick_task]), kind=LIVENESS)
         self.symbols = set(settings.symbols)
         self.per_ip: dict[str, int] = {}
         self.per_user: dict[str, int] = {}
@@ -127,8 +132,9 @@ class Gateway:
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
-        if url.path == "/health":
-            ok, body = self.health.report()
+        scope = scope_of(url.path)
+        if scope is not None:
+            ok, body = self.health.evaluate(scope)
             body["connections"] = len(self.hub.clients)
             body["pid"] = os.getpid()
             return _http(
@@ -366,11 +372,57 @@ def _encoder(binary: bool) -> Any:
     return orjson.dumps
 
 
+# a worker of a multi-process gateway exits when its liveness has failed this long
+WORKER_LIVENESS_EXIT_S = 5.0
+EXIT_NOT_LIVE = 70  # EX_SOFTWARE: the parent logs it and starts the worker again
+
+
+async def exit_when_not_live(
+    health: Health, stop: asyncio.Event, grace_s: float, interval_s: float = 0.5
+) -> bool:
+    """Set ``stop`` once ``health`` has not been live for ``grace_s``; True if it did.
+
+    For the workers of ``MD_WS_PROCESSES`` > 1: they share one port, so an orchestrator's
+    liveness probe reaches whichever worker the kernel picks and cannot single out the broken
+    one. The worker leaves by itself instead and the parent process restarts just that worker.
+    """
+    failing_since: float | None = None
+    while not stop.is_set():
+        ok, body = health.live()
+        now = time.monotonic()
+        if ok:
+            failing_since = None
+        elif failing_since is None:
+            failing_since = now
+        elif now - failing_since >= grace_s:
+            log.error(
+                "liveness failing: worker exits to be restarted", extra={"checks": body["checks"]}
+            )
+            stop.set()
+            return True
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+        except TimeoutError:
+            pass
+    return False
+
+
 async def serve_gateway(stop: asyncio.Event, settings: Settings | None = None) -> None:
     """Run one gateway process until ``stop`` is set (``core.service.run`` entry)."""
     gw = Gateway(settings or Settings.from_env())
     await gw.start()
+    watchdog: asyncio.Task[bool] | None = None
+    if os.environ.get("MD_WS_WORKER") is not None:  # started by the multi-process parent
+        watchdog = asyncio.create_task(
+            exit_when_not_live(gw.health, stop, WORKER_LIVENESS_EXIT_S), name="liveness-exit"
+        )
     try:
         await stop.wait()
     finally:
         await gw.stop()
+        if watchdog is not None and not watchdog.done():
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+    if watchdog is not None and not watchdog.cancelled() and watchdog.result():
+        raise SystemExit(EXIT_NOT_LIVE)

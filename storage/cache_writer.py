@@ -84,6 +84,7 @@ class CacheWriter:
         self._backoff = Backoff(initial=0.1, maximum=2.0)
         self._next_try = 0.0
         self.last_flush_at = 0.0
+        self.last_turn_at = 0.0  # each turn of the main loop, Redis up or not: liveness
 
     # --- start-up --------------------------------------------------------------------------
 
@@ -290,6 +291,7 @@ class CacheWriter:
                 "cache writer running", extra={"snapshot_records": self.counters.snapshot_records}
             )
             while not stop.is_set():
+                self.last_turn_at = time.monotonic()
                 await pacer.wait()
                 batch = await consumer.getmany(timeout_ms=100, max_records=self.config.max_records)
                 for tp, recs in batch.items():

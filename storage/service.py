@@ -1,9 +1,16 @@
 """``python -m storage run``: the cache writer and the database writer in one process, with
-``/health`` and ``/metrics`` on ``MD_STORAGE_HTTP_PORT`` (8012) through core.ops_http.
+``/health`` (``/health/live``, ``/health/ready``) and ``/metrics`` on ``MD_STORAGE_HTTP_PORT``
+(8012) through core.ops_http.
 
 The two writers are independent: Redis down never stops history being written, and the
 database down never stops the cache. ``MD_STORAGE_WRITERS=cache,db`` (default both) picks them,
 so they can also be scaled as separate deployments.
+
+Health: each writer's dependency is a readiness check (``cache_writer``: snapshot loaded, Redis
+written within 30 s; ``db_writer``: PostgreSQL reachable), so an outage of either shows as
+not ready and never restarts the process, which would stop the other writer too. Liveness is
+the process itself: a writer task that ended while the process is not stopping
+(``writers``), the cache writer's loop not turning for 30 s (``cache_loop``).
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 
-from core.health import Health
+from core.health import LIVENESS, READINESS, Health, progressing, tasks_alive
 from core.ops_http import start_ops_server
 from core.settings import Settings, parse_list
 from storage.cache_writer import CacheWriter
@@ -21,7 +29,14 @@ from storage.metrics import register_storage_metrics
 log = logging.getLogger(__name__)
 
 
-def build_health(cache: CacheWriter | None, db: object | None) -> Health:
+LOOP_STUCK_S = 30.0
+
+
+def build_health(
+    cache: CacheWriter | None,
+    db: object | None,
+    tasks: Callable[[], Iterable[asyncio.Task[None]]] | None = None,
+) -> Health:
     h = Health("storage")
     if cache is not None:
         c = cache
@@ -38,9 +53,12 @@ def build_health(cache: CacheWriter | None, db: object | None) -> Health:
                 else None,
             }
 
-        h.add("cache_writer", cache_check)
+        h.add("cache_writer", cache_check, kind=READINESS)
+        h.add("cache_loop", progressing(lambda: c.last_turn_at, LOOP_STUCK_S), kind=LIVENESS)
     if db is not None:
-        h.add("db_writer", db.health_check)  # type: ignore[attr-defined]
+        h.add("db_writer", db.health_check, kind=READINESS)  # type: ignore[attr-defined]
+    if tasks is not None:
+        h.add("writers", tasks_alive(tasks), kind=LIVENESS)
     return h
 
 
@@ -56,8 +74,11 @@ async def main(stop: asyncio.Event) -> None:
         db = DbWriter(s)
     register_storage_metrics(cache, db)
     host = s.get("MD_STORAGE_HTTP_HOST", str, "127.0.0.1")
-    server = await start_ops_server(build_health(cache, db), host, s.storage_http_port)
-    tasks = [
+    tasks: list[asyncio.Task[None]] = []
+    # a writer that ends is dead unless the process is stopping
+    health = build_health(cache, db, lambda: [] if stop.is_set() else tasks)
+    server = await start_ops_server(health, host, s.storage_http_port)
+    tasks += [
         asyncio.create_task(w.run(stop), name=type(w).__name__)
         for w in (cache, db)
         if w is not None

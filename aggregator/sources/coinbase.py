@@ -601,7 +601,7 @@ def config_from_settings(s: Any) -> CoinbaseConfig:
 def main() -> None:
     import argparse
 
-    from core.health import Health
+    from core.health import READINESS, Health
     from core.ops_http import start_ops_server
     from core.service import run
     from core.settings import Settings
@@ -622,6 +622,7 @@ def main() -> None:
                 client.connected,
                 {"last_message_s": round(time.monotonic() - client.last_message, 2)},
             ),
+            kind=READINESS,  # the upstream feed: not ready while it is away, no restart
         )
         server = await start_ops_server(
             health, s.ops_host, s.get("MD_COINBASE_HTTP_PORT", int, 8015)

@@ -18,7 +18,7 @@ from pathlib import Path
 from aggregator.sources.coinbase import CoinbaseClient, CoinbaseConfig
 from aggregator.sources.coinbase_mock import MockConfig, serve_mock
 from aggregator.sources.publish import EventPublisher
-from core.health import Health
+from core.health import READINESS, Health
 from core.ops_http import start_ops_server
 from core.settings import Settings, parse_bool
 
@@ -62,6 +62,7 @@ async def run_recording(
                 "last_message_s": round(time.monotonic() - client.last_message, 2),
             },
         ),
+        kind=READINESS,  # the upstream feed: not ready while it is away, no restart
     )
     ops_server = (
         await start_ops_server(health, settings.ops_host, settings.simulator_http_port)

@@ -24,7 +24,7 @@ from aggregator import events as ev
 from aggregator.sources.flow import OrderFlow
 from aggregator.sources.publish import EventPublisher
 from core.codec import now_ns
-from core.health import Health
+from core.health import READINESS, Health
 from core.ops_http import start_ops_server
 from core.settings import Settings
 from core.symbols import default_info
@@ -48,6 +48,7 @@ async def run_simulator(
     health.add(
         "publishing",
         lambda: (time.monotonic() - last_ok[0] < 10, {"symbols": list(settings.symbols)}),
+        kind=READINESS,  # publishing fails while Kafka is away: not ready, no restart
     )
     server = (
         await start_ops_server(health, settings.ops_host, settings.simulator_http_port)

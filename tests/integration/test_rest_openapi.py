@@ -105,6 +105,8 @@ CASES = [
     ),
     ("/api/v1/market/{symbol}/candles", f"/api/v1/market/{SYM}/candles?interval=7m", 422),
     ("/health", "/health", 200),
+    ("/health/ready", "/health/ready", 200),
+    ("/health/live", "/health/live", 200),
 ]
 
 

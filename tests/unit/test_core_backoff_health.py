@@ -41,7 +41,7 @@ def test_health_reports_failing_and_raising_checks() -> None:
     ok, body = h.report()
     assert not ok and body["status"] == "degraded"
     assert (
-        body["checks"]["db"] == {"ok": False, "detail": "down"}
+        body["checks"]["db"] == {"ok": False, "kind": "readiness", "detail": "down"}
         and not body["checks"]["broken"]["ok"]
     )
 

@@ -132,6 +132,17 @@ def _health_text(svc: dict[str, Any]) -> str:
     return " ".join(test) if isinstance(test, list) else str(test)
 
 
+# Compose acts on an exit (restart policy), never on a failing health check, and shows the
+# health in `docker compose ps` and to `depends_on`/`up --wait`: "can it serve", readiness
+# (core/health.py). services.conf keeps the combined /health (the same verdict) for `make up`.
+COMPOSE_HEALTH_PATH = "/health/ready"
+
+
+def compose_health_url(conf_url: str) -> str:
+    """The URL compose's health check calls for a services.conf health URL (same port)."""
+    return urlsplit(conf_url)._replace(path=COMPOSE_HEALTH_PATH).geturl()
+
+
 def _published(svc: dict[str, Any]) -> set[tuple[int, int]]:
     out = set()
     for p in svc.get("ports") or []:
@@ -182,9 +193,11 @@ def compose_problems(compose: dict[str, Any], conf: list[ConfService]) -> list[s
                 problems.append(
                     f"{cs.name}: restart={restart!r}, want one of {sorted(LONG_RUNNING_RESTART)}"
                 )
-            if cs.health_url not in _health_text(svc):
+            want = compose_health_url(cs.health_url)
+            called = re.findall(r"https?://[^\s'\"]+", _health_text(svc))
+            if called != [want]:
                 problems.append(
-                    f"{cs.name}: health check does not call {cs.health_url} ({_health_text(svc)!r})"
+                    f"{cs.name}: health check does not call {want} ({_health_text(svc)!r})"
                 )
             deps = svc.get("depends_on") or {}
             for infra in INFRA:
@@ -451,12 +464,41 @@ def test_compose_mirrors_services_conf_and_settings() -> None:
             lambda c: c["services"]["gateway_ws"].update(ports=["18001:8001"]), id="not-published"
         ),
         pytest.param(lambda c: c["services"].pop("redis"), id="infra-deleted"),
+        pytest.param(
+            lambda c: c["services"]["gateway_rest"]["healthcheck"].update(
+                test=[
+                    "CMD",
+                    "python",
+                    "-c",
+                    "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=3)",
+                ]
+            ),
+            id="healthcheck-on-combined-health",
+        ),
+        pytest.param(
+            lambda c: c["services"]["storage"]["healthcheck"].update(
+                test=["CMD-SHELL", "curl -f http://127.0.0.1:8012/health/live"]
+            ),
+            id="healthcheck-on-liveness",
+        ),
     ],
 )
 def test_checker_catches_drift(mutate: Any) -> None:
     c = load_compose()
     mutate(c)
     assert compose_problems(c, load_services_conf())
+
+
+def test_health_checks_before_issue_11_are_rejected() -> None:
+    """Every service's health check on the combined /health (the file before issue 11)."""
+    c = load_compose()
+    for svc in c["services"].values():
+        hc = svc.get("healthcheck") or {}
+        if isinstance(hc.get("test"), list):
+            hc["test"] = [x.replace("/health/ready", "/health") for x in hc["test"]]
+    problems = compose_problems(c, load_services_conf())
+    flagged = {p.split(":")[0] for p in problems if "health check does not call" in p}
+    assert flagged == {cs.name for cs in load_services_conf() if cs.health_url}, problems
 
 
 def test_compose_kafka_is_replicated_and_topics_are_durable() -> None:

@@ -157,6 +157,48 @@ def kafka_durability_problems(res: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+# Readiness is about dependencies (leave the load balancer), liveness about the process itself
+# (restart it): separate endpoints (core/health.py). A startup probe guards a slow start from the
+# liveness probe, so it asks the same question as liveness.
+PROBE_PATHS = {
+    "readinessProbe": "/health/ready",
+    "livenessProbe": "/health/live",
+    "startupProbe": "/health/live",
+}
+READINESS_WITHIN_S = 15  # a pod that lost its feed leaves the load balancer this fast
+LIVENESS_AT_LEAST_S = 30  # ...while a restart needs a process broken for this long
+
+
+def _window_s(p: dict[str, Any]) -> int:
+    """How long a probe must keep failing before Kubernetes acts (defaults: 10 s x 3)."""
+    return int(p.get("periodSeconds", 10)) * int(p.get("failureThreshold", 3))
+
+
+def probe_problems(cs: ConfService, c: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    for probe, path in PROBE_PATHS.items():
+        p = c.get(probe)
+        if p is None:
+            if probe != "startupProbe":
+                problems.append(f"{cs.name}: no {probe}")
+            continue
+        get = p.get("httpGet") or {}
+        port = ports.get(get.get("port"), get.get("port"))
+        if get.get("path") != path or port != cs.port:
+            problems.append(f"{cs.name}: {probe} is not GET {path} on {cs.port} ({p})")
+    ready, live = c.get("readinessProbe") or {}, c.get("livenessProbe") or {}
+    if ready and _window_s(ready) > READINESS_WITHIN_S:
+        problems.append(
+            f"{cs.name}: readinessProbe takes {_window_s(ready)} s to act, want <= {READINESS_WITHIN_S}"
+        )
+    if live and _window_s(live) < LIVENESS_AT_LEAST_S:
+        problems.append(
+            f"{cs.name}: livenessProbe restarts after {_window_s(live)} s, want >= {LIVENESS_AT_LEAST_S}"
+        )
+    return problems
+
+
 def _by_kind(res: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {r["metadata"]["name"]: r for r in res if r["kind"] == kind}
 
@@ -199,13 +241,7 @@ def k8s_problems(res: list[dict[str, Any]], conf: list[ConfService]) -> list[str
                 problems.append(f"{cs.name}: {v} is read by no code (typo?)")
         if cs.health_url is None:
             continue
-        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-        for probe in ("readinessProbe", "livenessProbe"):
-            p = c.get(probe) or {}
-            get = p.get("httpGet") or {}
-            port = ports.get(get.get("port"), get.get("port"))
-            if get.get("path") != "/health" or port != cs.port:
-                problems.append(f"{cs.name}: {probe} is not GET /health on {cs.port} ({p})")
+        problems += probe_problems(cs, c)
         if cs.name in GATEWAYS:
             h = hpas.get(name)
             if h is None or h["spec"]["scaleTargetRef"] != {
@@ -320,6 +356,76 @@ def _edit(kind: str, name: str, fn):
 )
 def test_checker_catches_drift(mutate) -> None:
     assert k8s_problems(mutate(resources()), load_services_conf())
+
+
+def _probe(deployment: str, probe: str, **changes: Any):
+    return _edit(
+        "Deployment",
+        deployment,
+        lambda r: r["spec"]["template"]["spec"]["containers"][0][probe]["httpGet"].update(
+            **changes
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(
+            _probe("gateway-rest", "livenessProbe", path="/health"), id="liveness-on-health"
+        ),
+        pytest.param(
+            _probe("gateway-ws", "livenessProbe", path="/health/ready"), id="liveness-on-ready"
+        ),
+        pytest.param(
+            _probe("storage", "readinessProbe", path="/health/live"), id="readiness-on-live"
+        ),
+        pytest.param(
+            _probe("fix-gateway", "startupProbe", path="/health/ready"), id="startup-on-ready"
+        ),
+        pytest.param(
+            _edit(
+                "Deployment",
+                "gateway-ws",
+                lambda r: r["spec"]["template"]["spec"]["containers"][0]["livenessProbe"].update(
+                    failureThreshold=1
+                ),
+            ),
+            id="liveness-hair-trigger",
+        ),
+        pytest.param(
+            _edit(
+                "Deployment",
+                "gateway-rest",
+                lambda r: r["spec"]["template"]["spec"]["containers"][0]["readinessProbe"].update(
+                    failureThreshold=12
+                ),
+            ),
+            id="readiness-slow",
+        ),
+    ],
+)
+def test_probe_checker_catches_drift(mutate) -> None:
+    assert k8s_problems(mutate(resources()), load_services_conf())
+
+
+def test_one_health_endpoint_for_every_probe_is_rejected() -> None:
+    """The manifests before issue 11: every probe on the combined /health, so a dependency
+    outage restarted pods. Each long-running workload must be flagged."""
+    res = resources()
+    for r in res:
+        if r["kind"] != "Deployment":
+            continue
+        c = r["spec"]["template"]["spec"]["containers"][0]
+        for probe in PROBE_PATHS:
+            if probe in c:
+                c[probe]["httpGet"]["path"] = "/health"
+    problems = k8s_problems(res, load_services_conf())
+    flagged = {p.split(":")[0] for p in problems if "livenessProbe is not GET /health/live" in p}
+    want = {cs.name for cs in load_services_conf() if cs.health_url} - set(
+        instance_of(load_services_conf())
+    )
+    assert flagged == want, problems
 
 
 def test_aggregator_runs_as_a_pair_on_two_nodes() -> None:

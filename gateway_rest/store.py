@@ -175,6 +175,12 @@ class MarketStore:
             return self._catalogue
         try:
             raw = await self.r(lambda r: r.hgetall(self.keys.symbols))
+            if not raw and not await self.r(lambda r: r.exists(self.keys.sentinel)):
+                # Redis answers but holds nothing (restarted empty, or never written): the
+                # cache writer is rebuilding it. Serve what the database has meanwhile, as for
+                # a Redis that is down, instead of calling known symbols unknown (404)
+                self.trip("redis holds no cache (restarted empty): being rebuilt")
+                raise Unavailable("redis", self.redis_last_error or "empty")
             cat = {_b(k).decode(): orjson.loads(v) for k, v in raw.items()}
         except Unavailable:
             rows = await self.db(

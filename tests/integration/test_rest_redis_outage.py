@@ -200,3 +200,30 @@ async def test_writer_refills_redis_flushed_while_running(
         assert await r.hexists(k.symbols, SYM)
     finally:
         await r.aclose()
+
+
+async def test_known_symbol_is_not_unknown_while_redis_is_empty(
+    stack: tuple[Settings, CacheWriter],
+) -> None:
+    """A Redis that answers but holds nothing yet (restarted empty, before the cache writer has
+    rebuilt it) is treated like a Redis that is down: the database serves what it can, and a
+    known symbol is never answered with 404 "unknown symbol" (chaos redis-restart)."""
+    s, _ = stack
+    empty = OwnRedis()
+    empty.start()
+    try:
+        app = create_app(dataclasses.replace(s, redis_url=empty.url))
+        url = f"/api/v1/market/{SYM}"
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+
+            async def answers() -> bool:
+                return (await c.get(f"{url}/orderbook")).status_code != 500
+
+            await eventually(answers, 10)  # the empty server is up
+            r = await c.get(f"{url}/orderbook")
+            assert r.status_code == 200 and r.json()["source"] == "database", r.text
+            r = await c.get(f"{url}/ticker")
+            assert r.status_code == 503 and r.json()["error"] == "unavailable"
+    finally:
+        empty.stop()

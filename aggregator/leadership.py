@@ -33,6 +33,7 @@ class Heartbeat:
     claim: Claim
     acked: dict[int, int] = field(default_factory=dict)
     out: dict[str, int] = field(default_factory=dict)
+    resign: bool = False  # the leader's last word before a clean stop: take over now
 
     def encode(self, now_ms: int) -> dict[str, Any]:
         return {
@@ -41,6 +42,7 @@ class Heartbeat:
             "ts_ms": now_ms,
             "acked": {str(p): o for p, o in self.acked.items()},
             "out": self.out,
+            "resign": self.resign,
         }
 
     @classmethod
@@ -49,6 +51,7 @@ class Heartbeat:
             Claim(int(raw["term"]), str(raw["id"])),
             {int(p): int(o) for p, o in dict(raw.get("acked") or {}).items()},
             {str(k): int(v) for k, v in dict(raw.get("out") or {}).items()},
+            bool(raw.get("resign", False)),
         )
 
 
@@ -73,9 +76,12 @@ class Lease:
         was_leader = self.leader
         if self.current is None or hb.claim >= self.current:
             self.current = hb.claim
-            self.seen_at = now
+            # a resigning leader's lease ends now (a rolling restart pauses for a scan, not a lease)
+            self.seen_at = now - self.lease_s if hb.resign else now
             if hb.claim.ident != self.ident:
                 self.last = hb
+                if hb.resign:
+                    self.defer_until = 0.0
         return was_leader and not self.leader
 
     def should_take_over(self, now: float) -> bool:

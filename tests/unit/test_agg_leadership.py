@@ -13,6 +13,8 @@ def hb(term: int, ident: str, acked: dict[int, int] | None = None) -> Heartbeat:
 def test_heartbeat_roundtrip() -> None:
     h = Heartbeat(Claim(3, "a"), {0: 10, 2: -1}, {"md.l2|1": 7})
     assert Heartbeat.decode(h.encode(123)) == h
+    r = Heartbeat(Claim(3, "a"), {}, {}, resign=True)
+    assert Heartbeat.decode(r.encode(1)).resign
 
 
 def test_a_fresh_instance_waits_one_lease_then_leads() -> None:
@@ -83,3 +85,12 @@ def test_a_restarted_instance_lets_the_running_standby_claim_first() -> None:
     lease.defer_until = 10.0 + 1.0
     assert not lease.should_take_over(10.6)  # the lease ran out, but the standby goes first
     assert lease.should_take_over(11.0)
+
+
+def test_a_resigning_leader_is_replaced_at_once() -> None:
+    """A clean stop (SIGTERM, a rolling update) must not cost a whole lease of silence."""
+    lease = Lease("b", 0.5)
+    lease.observe(hb(4, "a"), 1.0)
+    assert not lease.should_take_over(1.01)
+    lease.observe(Heartbeat(Claim(4, "a"), {}, {}, resign=True), 1.02)
+    assert lease.should_take_over(1.03)

@@ -6,6 +6,10 @@ VAR="${MD_VAR_DIR:-$ROOT/var}"
 PY="$ROOT/.venv/bin/python"
 KAFKA_PORT="${MD_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${MD_KAFKA_CONTROLLER_PORT:-19093}"
+# MD_KAFKA_BROKERS=3: a KRaft cluster on loopback, node i (0-based) on ports KAFKA_PORT + 2i
+# (broker) and KAFKA_CONTROLLER_PORT + 2i (controller); the services then get the brokers'
+# bootstrap list, RF 3 and min ISR 2 unless those are set (deploy/local/kafka.sh)
+KAFKA_BROKERS="${MD_KAFKA_BROKERS:-1}"
 PG_PORT="${MD_PG_PORT:-15432}"
 REDIS_PORT="${MD_REDIS_PORT:-16379}"
 KAFKA_LIBS="$VAR/cache/kafka-libs"
@@ -13,6 +17,16 @@ mkdir -p "$VAR/log" "$VAR/run"
 
 log() { printf '[local] %s\n' "$*" >&2; }
 die() { printf '[local] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[[ "$KAFKA_BROKERS" =~ ^[1-9][0-9]*$ ]] || die "MD_KAFKA_BROKERS must be a positive integer, got '$KAFKA_BROKERS'"
+if ((KAFKA_BROKERS > 1)); then
+  _rf=$((KAFKA_BROKERS < 3 ? KAFKA_BROKERS : 3)) _bs=""
+  for ((_i = 0; _i < KAFKA_BROKERS; _i++)); do _bs+="${_bs:+,}127.0.0.1:$((KAFKA_PORT + 2 * _i))"; done
+  export MD_KAFKA_BOOTSTRAP="${MD_KAFKA_BOOTSTRAP:-$_bs}"
+  export MD_KAFKA_REPLICATION_FACTOR="${MD_KAFKA_REPLICATION_FACTOR:-$_rf}"
+  export MD_KAFKA_MIN_ISR="${MD_KAFKA_MIN_ISR:-$((_rf > 1 ? _rf - 1 : 1))}"
+  unset _rf _bs _i
+fi
 
 # wait_port HOST PORT SECONDS NAME: block until something accepts TCP on HOST:PORT.
 wait_port() {

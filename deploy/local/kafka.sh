@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # Single-node Kafka 4.x in KRaft mode (broker+controller) on 127.0.0.1:$MD_KAFKA_PORT.
+# MD_KAFKA_BROKERS=N (N > 1): N KRaft nodes in combined mode instead (broker+controller each,
+# static controller quorum of all N), node i (1..N) on 127.0.0.1:$((MD_KAFKA_PORT + 2(i-1))),
+# controller $((MD_KAFKA_CONTROLLER_PORT + 2(i-1))), state in $VAR/kafka-<i>, logs in
+# $VAR/log/kafka-<i>, pid $VAR/run/kafka-<i>.pid; topics default to RF min(N,3), min ISR RF-1.
 # usage: kafka.sh start|stop|status
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DATA="$VAR/kafka/data"
@@ -72,8 +76,115 @@ stop() {
   rm -f "$PIDF"
 }
 
+# ---- MD_KAFKA_BROKERS > 1: a cluster on loopback ---------------------------------------------
+node_port() { echo $((KAFKA_PORT + 2 * ($1 - 1))); }
+node_cport() { echo $((KAFKA_CONTROLLER_PORT + 2 * ($1 - 1))); }
+
+write_node_conf() {
+  local i=$1 dir="$VAR/kafka-$1" voters="" j
+  local port; port=$(node_port "$i")
+  local cport; cport=$(node_cport "$i")
+  local rf=$((KAFKA_BROKERS < 3 ? KAFKA_BROKERS : 3))
+  local isr=$((rf > 1 ? rf - 1 : 1))
+  for ((j = 1; j <= KAFKA_BROKERS; j++)); do voters+="${voters:+,}$j@127.0.0.1:$(node_cport "$j")"; done
+  mkdir -p "$dir/data" "$VAR/log/kafka-$i"
+  cat >"$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=$i
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+num.partitions=6
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+default.replication.factor=$rf
+min.insync.replicas=$isr
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+log.retention.hours=168
+log.segment.bytes=268435456
+message.max.bytes=4194304
+PROPS
+}
+
+start_cluster() {
+  [[ -f "$KAFKA_LIBS/.complete" ]] || die "Kafka jars missing in $KAFKA_LIBS: run deploy/local/install.sh"
+  command -v java >/dev/null || die "java not found: Java 17+ is required for Kafka"
+  local cp="$KAFKA_LIBS/*" i port logdir conf
+  local cid; cid=$(cat "$VAR/kafka/cluster-id" 2>/dev/null || echo 'mdLocalCluster0000000A')
+  ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  for ((i = 1; i <= KAFKA_BROKERS; i++)); do
+    port=$(node_port "$i") logdir="$VAR/log/kafka-$i" conf="$VAR/kafka-$i/server.properties"
+    if port_open "$port"; then log "Kafka node $i already answers on 127.0.0.1:$port"; continue; fi
+    write_node_conf "$i"
+    # three JVMs: a smaller heap each than the single broker's
+    local jopts=(-Xms128m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
+      -Dkafka.logs.dir="$logdir" -Dlog4j2.configurationFile="$ROOT/deploy/local/kafka/log4j2.properties")
+    if [[ ! -f "$VAR/kafka-$i/data/meta.properties" ]]; then
+      log "formatting Kafka node $i storage (once)"
+      java "${jopts[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cid" -c "$conf" \
+        >"$logdir/format.log" 2>&1 || die "Kafka node $i storage format failed (see $logdir/format.log)"
+    fi
+    log "starting Kafka node $i on 127.0.0.1:$port (controller $(node_cport "$i"))"
+    nohup setsid java "${jopts[@]}" -cp "$cp" kafka.Kafka "$conf" >"$logdir/stdout.log" 2>&1 &
+    echo $! >"$VAR/run/kafka-$i.pid"
+  done
+  # the brokers open their port once the controller quorum (a majority) has elected a leader
+  for ((i = 1; i <= KAFKA_BROKERS; i++)); do wait_port 127.0.0.1 "$(node_port "$i")" 120 "Kafka node $i"; done
+  log "Kafka cluster up: $MD_KAFKA_BOOTSTRAP (RF $MD_KAFKA_REPLICATION_FACTOR, min ISR $MD_KAFKA_MIN_ISR)"
+}
+
+stop_pidfile() {
+  local pidf=$1 name=$2
+  if pid_alive "$pidf"; then
+    local pid; pid=$(cat "$pidf"); kill "$pid"
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "$name stopped"
+  fi
+  rm -f "$pidf"
+}
+
+# stops every node a cluster run left (whatever MD_KAFKA_BROKERS says now), in parallel:
+# the last nodes standing wait for a quorum to shut down in order, so one at a time is slow
+stop_cluster() {
+  local f n pids=()
+  for f in "$VAR"/run/kafka-[0-9]*.pid; do
+    [[ -e "$f" ]] || continue
+    n=${f##*/kafka-}; n=${n%.pid}
+    stop_pidfile "$f" "Kafka node $n" &
+    pids+=($!)
+  done
+  for f in "${pids[@]}"; do wait "$f" || true; done
+}
+
+status_cluster() {
+  local i port
+  for ((i = 1; i <= KAFKA_BROKERS; i++)); do
+    port=$(node_port "$i")
+    port_open "$port" && echo "kafka-$i: up 127.0.0.1:$port" || echo "kafka-$i: down"
+  done
+}
+
+if ((KAFKA_BROKERS > 1)); then
+  case "${1:-}" in
+    start) start_cluster ;; stop) stop; stop_cluster ;; status) status_cluster ;;
+    *) die "usage: kafka.sh start|stop|status" ;;
+  esac
+  exit 0
+fi
+
 case "${1:-}" in
-  start) start ;; stop) stop ;;
+  start) start ;; stop) stop; stop_cluster ;;
   status) port_open "$KAFKA_PORT" && echo "kafka: up 127.0.0.1:$KAFKA_PORT" || echo "kafka: down" ;;
   *) die "usage: kafka.sh start|stop|status" ;;
 esac

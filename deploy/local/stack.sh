@@ -135,13 +135,15 @@ start_services() {
     [[ "$url" == "-" ]] || wait_health "$name" "$url"
   done < <(services)
   if [[ -n "${MD_SERVICES_CONF:-}" ]]; then log "the services of $CONF are up (logs: $SVC_LOG/)"; return; fi
+  local kafka="127.0.0.1:$KAFKA_PORT"
+  if ((KAFKA_BROKERS > 1)); then kafka=$MD_KAFKA_BOOTSTRAP; fi
   cat >&2 <<MSG
 
 [local] the platform is up:
   REST        http://127.0.0.1:${MD_REST_PORT:-8000}/api/v1/market/BTC-USD/orderbook?depth=10   (docs: /docs)
   WebSocket   ws://127.0.0.1:${MD_WS_PORT:-8001}/ws   ($n processes)
   FIX 4.4     127.0.0.1:${MD_FIX_PORT:-9876}  SenderCompID=CLIENT1 TargetCompID=MDGW
-  Kafka       127.0.0.1:$KAFKA_PORT   PostgreSQL 127.0.0.1:$PG_PORT   Redis 127.0.0.1:$REDIS_PORT
+  Kafka       $kafka   PostgreSQL 127.0.0.1:$PG_PORT   Redis 127.0.0.1:$REDIS_PORT
   metrics     aggregator :${MD_AGGREGATOR_HTTP_PORT:-8011}  storage :${MD_STORAGE_HTTP_PORT:-8012}  simulator :${MD_SIMULATOR_HTTP_PORT:-8013}  fix :${MD_FIX_HTTP_PORT:-8014}  (/metrics, /health)
   logs        $SVC_LOG/
 MSG
@@ -210,7 +212,9 @@ case "${1:-}" in
   logs)
     echo "service logs (JSON lines): $SVC_LOG/"; ls -1 "$SVC_LOG" 2>/dev/null | sed 's/^/  /'
     echo "supervisor (starts, restarts with exit status and delay): $SUP_LOG"
-    echo "Kafka: $VAR/log/kafka/server.log  PostgreSQL: $VAR/log/postgres.log  Redis: $VAR/log/redis.log"
+    klog="$VAR/log/kafka/server.log"
+    if ((KAFKA_BROKERS > 1)); then klog="$VAR/log/kafka-<n>/server.log (n = 1..$KAFKA_BROKERS)"; fi
+    echo "Kafka: $klog  PostgreSQL: $VAR/log/postgres.log  Redis: $VAR/log/redis.log"
     echo "follow all: tail -F $SVC_LOG/*.log" ;;
   *) die "usage: stack.sh run|up|up-services|stop|stop-services|status|logs" ;;
 esac

@@ -113,6 +113,10 @@ auto.create.topics.enable=true
 log.retention.hours=168
 log.segment.bytes=268435456
 message.max.bytes=4194304
+# a dead broker is fenced (and its partitions' leadership moved) after this long without a
+# heartbeat to the controller quorum: the default 9 s was the whole write pause after a kill -9
+broker.session.timeout.ms=1500
+broker.heartbeat.interval.ms=300
 PROPS
 }
 

@@ -810,12 +810,17 @@ class StreamFollower:
             for tp in tps
         }
         offsets = await tc.offsets_for_times({tp: max(0, ts) for tp, ts in start.items()})
+        to_end = []
         for tp in tps:
             o = offsets.get(tp)
             if o is None:
-                await tc.seek_to_end(tp)
+                to_end.append(tp)
             else:
                 tc.seek(tp, o.offset)
+        if to_end:
+            # one reset for all: each seek_to_end waits for the fetcher, which may be in a long
+            # poll (MD_KAFKA_FETCH_WAIT_MS): one by one that was 24 x 0.5 s at a gateway's start
+            await tc.seek_to_end(*to_end)
         self._end_at_start = await tc.end_offsets(tps)
         self._tasks = [
             asyncio.create_task(self._snapshot_loop(), name="follower-snapshots"),

@@ -143,12 +143,15 @@ class CacheWriter:
         floor = int(time.time() * 1000) - self.config.max_replay_ms
         at = max(oldest - self.config.replay_margin_ms, floor)
         found = await consumer.offsets_for_times({tp: at for tp in streams})
+        to_end = []
         for tp in streams:
             ot = found.get(tp)
             if ot is None:
-                await consumer.seek_to_end(tp)
+                to_end.append(tp)
             else:
                 consumer.seek(tp, ot.offset)
+        if to_end:  # one reset for all (each waits for the fetcher's long poll)
+            await consumer.seek_to_end(*to_end)
 
     # --- Redis -------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from aggregator.state import AggConfig, SymbolState
 from core.codec import now_ns
 from core.feed import FeedServer
 from core.health import Health
+from core.isotime import HOP_BUCKETS
 from core.kafka import Pacer, ensure_topics, make_consumer, make_producer
 from core.settings import Settings
 from core.topics import Topics
@@ -83,8 +84,7 @@ HOP = Histogram(
     "latency hops measured by the aggregator: upstream event time -> md.in append "
     "(event_to_append), md.in append -> published (append_to_publish)",
     ["hop"],
-    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
-    + (1, 2.5, 5, 10),
+    buckets=HOP_BUCKETS,
 )
 _HOP_EVENT = HOP.labels("event_to_append")
 _HOP_PUBLISH = HOP.labels("append_to_publish")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.isotime import HOP_BUCKETS
+
 MESSAGES_IN = Counter("fix_messages_in_total", "FIX messages received (well framed)")
 MESSAGES_OUT = Counter("fix_messages_out_total", "FIX messages sent, resends excluded")
 GARBLED = Counter(
@@ -37,24 +39,6 @@ LATENCY = Histogram(
 )
 # 100 µs to 10 s: fine enough below 1 ms (a loopback hop) and wide enough for a stalled feed;
 # the same buckets as gateway_ws's md_ws_hop_seconds, so the two gateways compare bucket by bucket.
-HOP_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.002,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
 HOP = Histogram(
     "md_fix_hop_seconds",
     "Latency of one hop of a stream message, from its aggregator timestamp (publish time): "

@@ -19,13 +19,13 @@ import orjson
 
 from core.follower import Reset, StreamFollower
 from core.health import LIVENESS, READINESS, Health, add_follower, tasks_alive
+from core.isotime import ns_from_iso_cached
 from core.ops_http import start_ops_server
 from core.settings import Settings
 from fix_gateway import metrics as M
 from fix_gateway.codec import Body, Message
 from fix_gateway.config import GatewayConfig, SessionConfig
 from fix_gateway.errors import FieldError, SessionMisuse
-from fix_gateway.isotime import ns_from_iso_cached
 from fix_gateway.marketdata import MarketDataApp
 from fix_gateway.session import AppMessage, Closed, FixSession, LoggedOn, RejectReceived
 from fix_gateway.store import FileStore, Store

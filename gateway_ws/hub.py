@@ -31,11 +31,11 @@ import orjson
 
 from core.codec import iso_from_ns
 from core.follower import Reset, StreamFollower
+from core.isotime import ns_from_iso_cached
 from gateway_ws import metrics as m
 from gateway_ws.client import Client, Mode, Sub, frame
 from gateway_ws.config import WsConfig
 from gateway_ws.conflation import Conflator
-from gateway_ws.isotime import ns_from_iso_cached
 from gateway_ws.protocol import (
     BOOK_CHANNELS,
     CLOSE_IDLE,

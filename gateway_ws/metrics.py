@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
+from core.isotime import HOP_BUCKETS
+
 CONNECTIONS = Gauge("md_ws_connections", "Open client connections")
 # the same value under the name the Kubernetes HPA adapter reads (deploy/k8s/70-prometheus-adapter.yaml)
 CONNECTIONS_ACTIVE = Gauge("md_ws_connections_active", "Open client connections (HPA metric)")
@@ -32,24 +34,6 @@ FANOUT_LAG = Gauge(
 )
 
 # 100 µs to 10 s: fine enough below 1 ms (a loopback hop) and wide enough for a stalled feed.
-HOP_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.002,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
 HOP = Histogram(
     "md_ws_hop_seconds",
     "Latency of one hop of a stream message, from its aggregator timestamp (publish time): "

@@ -53,19 +53,7 @@ class EventPublisher:
             log.info("capturing events", extra={"path": str(self._capture_path)})
 
     async def publish(self, e: ev.Event, *, recv_ns: int | None = None) -> None:
-        value = ev.encode(e)
-        fut = await self.producer.send(self.topic, value=value, key=e.symbol.encode())
-        self._pending.append(fut)
-        EVENTS_OUT.labels(self.source, e.type).inc()
-        if self._capture is not None:
-            self._capture.write(
-                orjson.dumps(
-                    {"recv_ns": recv_ns if recv_ns is not None else e.ts, "event": e.to_dict()}
-                )
-                + b"\n"
-            )
-        if len(self._pending) >= self.MAX_INFLIGHT:
-            await self.flush()
+        await self.publish_many([e], recv_ns=recv_ns)  # one event: the plain object record
 
     async def publish_many(self, events: list[ev.Event], *, recv_ns: int | None = None) -> None:
         """One record for the events of one upstream action of one symbol (events.py: arrays)."""

@@ -11,15 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-import fix_gateway.isotime
-import gateway_ws.isotime
+import core.isotime
 from core.channels import data_message
 from core.codec import iso_from_ns, ns_from_iso
 from core.errors import CodecError
 from gateway_ws.metrics import HOP_BUCKETS
 from loadtests import bench_e2e as b
 
-PARSERS = [gateway_ws.isotime, fix_gateway.isotime]
+PARSERS = [core.isotime]
 T0 = ns_from_iso("2026-11-24T06:51:12.123456Z")
 # 2000-01-01 .. 2099-12-31, µs resolution as the platform prints it
 NS = st.integers(946_684_800_000_000, 4_102_444_799_999_999).map(lambda us: us * 1000)

@@ -9,13 +9,20 @@ microsecond digits (~0.3 µs a call against ~0.6 µs for ``datetime.fromisoforma
 parser. The fast path trusts the producer's format: it checks the length and the ``Z``, not
 every separator.
 
-The same code is in ``fix_gateway/isotime.py`` (services import ``core``, never each other);
-``tests/unit/test_hop_metrics.py`` checks both against ``core.codec.ns_from_iso``.
+Shared by gateway_ws and fix_gateway; ``tests/unit/test_hop_metrics.py`` checks it against
+``core.codec.ns_from_iso``.
 """
 
 from __future__ import annotations
 
 from core.codec import ns_from_iso
+
+#: Buckets of every hop-latency histogram (md_agg_hop_seconds, md_ws_hop_seconds,
+#: md_fix_hop_seconds), 0.1 ms to 10 s: one scale on every dashboard panel.
+HOP_BUCKETS: tuple[float, ...] = (
+    *(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+    *(0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 
 # Bound of the cache: 4096 seconds of distinct prefixes (~68 min, ~0.5 MiB); then it is
 # cleared, not evicted one by one: a miss costs one full parse, ~1 µs, once per second.

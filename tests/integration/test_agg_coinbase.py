@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import orjson
 import pytest
@@ -21,6 +20,7 @@ from aggregator.service import Aggregator, ServiceConfig
 from aggregator.sources.coinbase import CoinbaseClient, CoinbaseConfig
 from aggregator.sources.coinbase_mock import MockConfig, serve_mock
 from aggregator.sources.publish import EventPublisher
+from aggregator.sources.recording import DEFAULT_CATALOGUE, DEFAULT_FILE
 from aggregator.testing import StreamCheck, l2book_as_dict, read_topic
 from core.book import L2Book
 from core.settings import Settings
@@ -29,8 +29,9 @@ from tests.conftest import free_port
 from tests.integration.test_agg_pipeline import as_dec, wait_caught_up
 
 pytestmark = pytest.mark.integration
-RECORDING = Path("/work/shared/data/coinbase-ws-2021-04-17.ndjson")
-CATALOGUE = Path("/work/shared/data/coinbase-products-2021-04-17.json")
+# the checkout's ../shared/data (the same files `make run-recording` plays), never an absolute path
+RECORDING = DEFAULT_FILE
+CATALOGUE = DEFAULT_CATALOGUE
 
 
 def books_from_recording() -> tuple[

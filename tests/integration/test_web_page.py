@@ -11,9 +11,9 @@ reconnects on its own and receives updates again; the symbol picker switches the
 symbol. Screenshots go to ``test-artifacts/``.
 ``npm ci`` and the esbuild bundle are run here, so a fresh clone needs only Node.js and npm.
 
-gateway_rest is started as ``python -m gateway_rest`` does, through its app factory; if that app
-does not serve ``/`` yet, the launcher calls ``gateway_rest.web_page.mount_web(app)`` itself and
-the test says so in its output (the wiring is one line in gateway_rest/app.py).
+gateway_rest is started exactly as in production (``python -m gateway_rest``): the page must be
+served by the app's own wiring (``mount_web`` in gateway_rest/app.py), so losing that line fails
+this test.
 """
 
 from __future__ import annotations
@@ -39,21 +39,6 @@ ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 
 pytestmark = pytest.mark.timeout(240)
-
-REST_LAUNCHER = """
-import uvicorn
-from core.logs import setup_logging
-from core.settings import Settings
-from gateway_rest.__main__ import factory
-from gateway_rest.web_page import mount_web
-
-s = Settings.from_env()
-app = factory()
-if not any(getattr(r, "path", None) == "/" for r in app.routes):
-    print("[test_web_page] gateway_rest does not serve / yet: mounting web_page.mount_web(app)", flush=True)
-    mount_web(app, s)
-uvicorn.run(app, host=s.rest_host, port=s.rest_port, log_config=None, access_log=False)
-"""
 
 
 # ---------------------------------------------------------------- build tooling (also used by test_web_protocol)
@@ -170,7 +155,7 @@ def stack(
         st.start("aggregator", ["-m", "aggregator"])
         st.start("storage", ["-m", "storage", "run"])
         st.start("gateway_ws", ["-m", "gateway_ws"])
-        st.start("gateway_rest", ["-c", REST_LAUNCHER])
+        st.start("gateway_rest", ["-m", "gateway_rest"])
         for key in ("sim", "agg", "storage", "ws", "rest"):
             wait_http(f"http://127.0.0.1:{ports[key]}/health", st.procs, tmp_path, interval=0.25)
         yield st, ports

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggregator import events as ev
 from aggregator.sources.coinbase import CoinbaseParser, load_catalogue
+from aggregator.sources.recording import DEFAULT_CATALOGUE, DEFAULT_FILE
 from aggregator.state import SymbolState
 
-RECORDING = Path("/work/shared/data/coinbase-ws-2021-04-17.ndjson")
-CATALOGUE = Path("/work/shared/data/coinbase-products-2021-04-17.json")
+RECORDING = DEFAULT_FILE  # the checkout's ../shared/data, never an absolute path
+CATALOGUE = DEFAULT_CATALOGUE
 NS = 1_618_677_817_000_000_000
 
 

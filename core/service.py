@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from core.errors import ConfigError
 from core.logs import setup_logging
 from core.settings import Settings
 
@@ -54,3 +55,6 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]], *, service: str) -> No
         asyncio.run(_amain())
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
+    except ConfigError as exc:  # a setting to fix, not a bug: one clear line, no traceback
+        log.error("refusing to start: %s", exc, extra={"setting": exc.key})
+        sys.exit(2)

@@ -23,7 +23,18 @@ def _get(env: Mapping[str, str], key: str, cast: Callable[[str], T], default: T)
     try:
         return cast(raw)
     except (TypeError, ValueError) as exc:
+        if is_secret_setting(key):  # never print a secret, even a malformed one (issue 12)
+            raise ConfigError(key, f"cannot parse the value (not shown: secret): {exc}") from None
         raise ConfigError(key, f"cannot parse {raw!r}: {exc}") from exc
+
+
+SECRET_WORDS = ("SECRET", "PASSWORD", "API_KEYS", "TOKEN", "PRIVATE", "DSN", "_URL")
+
+
+def is_secret_setting(key: str) -> bool:
+    """Settings whose value is never printed, even when malformed (docs/security.md); their
+    casts must not put the value into their error either."""
+    return any(w in key.upper() for w in SECRET_WORDS)
 
 
 def _bool(raw: str) -> bool:

@@ -21,6 +21,7 @@ from core.follower import Reset, StreamFollower
 from core.health import LIVENESS, READINESS, Health, add_follower, tasks_alive
 from core.isotime import ns_from_iso_cached
 from core.ops_http import start_ops_server
+from core.security import fix_findings, require_secure
 from core.settings import Settings
 from fix_gateway import metrics as M
 from fix_gateway.codec import Body, Message
@@ -314,6 +315,8 @@ class Gateway:
 async def serve(stop: asyncio.Event, settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env()
     gw = Gateway(settings)
+    bare = [c.session_id for c in gw.cfg.sessions.values() if not (c.password or c.hmac_key)]
+    require_secure("fix_gateway", gw.cfg.host, fix_findings(settings, bare), settings)
     ops = await start_ops_server(gw.health(), gw.cfg.host, gw.cfg.http_port)
     try:
         await gw.start()

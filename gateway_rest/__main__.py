@@ -10,6 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from core.logs import setup_logging
+from core.security import require_secure, rest_findings
 from core.settings import Settings
 
 
@@ -25,6 +26,7 @@ def factory() -> FastAPI:
 def main() -> None:
     s = Settings.from_env()
     setup_logging("gateway_rest", s.log_level)
+    require_secure("gateway_rest", s.rest_host, rest_findings(s), s)  # docs/security.md
     workers = s.get("MD_REST_PROCESSES", int, 1)
     uvicorn.run(
         "gateway_rest.__main__:factory",

@@ -35,13 +35,14 @@ DEFAULT_TIERS: dict[str, Tier] = {
 
 def _keys(raw: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    for part in raw.split(","):
+    for n, part in enumerate(raw.split(","), 1):
         part = part.strip()
         if not part:
             continue
         key, sep, tier = part.rpartition(":")
         if not sep or not key or tier not in DEFAULT_TIERS or tier == "anonymous":
-            raise ValueError(f"expected key:tier with tier in basic/pro/internal, got {part!r}")
+            # never the entry itself: it holds a key (issue 12); its position suffices
+            raise ValueError(f"entry {n}: expected key:tier with tier in basic/pro/internal")
         out[key] = tier
     return out
 

@@ -16,6 +16,7 @@ import signal
 import sys
 
 from core.backoff import Backoff
+from core.security import require_secure, ws_findings
 from core.service import run
 from core.settings import Settings
 from gateway_ws.config import WsConfig
@@ -64,7 +65,9 @@ async def _supervise(stop: asyncio.Event, n: int) -> None:
 
 
 async def _main(stop: asyncio.Event) -> None:
-    cfg = WsConfig.from_settings(Settings.from_env())
+    s = Settings.from_env()
+    cfg = WsConfig.from_settings(s)
+    require_secure("gateway_ws", cfg.host, ws_findings(s), s)  # docs/security.md
     if cfg.processes > 1:
         await _supervise(stop, cfg.processes)
     else:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from core.errors import ConfigError
+from core.security import check_hs256_secret
 from core.settings import Settings, parse_bool, parse_list
 from gateway_ws.protocol import Limits, Tier
 
@@ -137,6 +138,7 @@ class WsConfig:
             limits=lim,
             max_connections=g("MD_WS_MAX_CONNECTIONS", int, d.max_connections),
         )
+        check_hs256_secret("MD_WS_JWT_HS256_SECRET", cfg.jwt_hs256_secret)
         if cfg.default_tier not in cfg.tiers:
             raise ConfigError("MD_WS_DEFAULT_TIER", f"unknown tier {cfg.default_tier!r}")
         if cfg.processes < 1:

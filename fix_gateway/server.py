@@ -23,6 +23,7 @@ from core.isotime import ns_from_iso_cached
 from core.ops_http import start_ops_server
 from core.security import fix_findings, require_secure
 from core.settings import Settings
+from core.tls import server_context
 from fix_gateway import metrics as M
 from fix_gateway.codec import Body, Message
 from fix_gateway.config import GatewayConfig, SessionConfig
@@ -246,8 +247,7 @@ class Gateway:
         await self.follower.start()
         ctx: ssl.SSLContext | None = None
         if self.cfg.certfile:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(self.cfg.certfile, self.cfg.keyfile)
+            ctx = server_context(self.cfg.certfile, self.cfg.keyfile)  # core/tls.py policy
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: Connection(self), self.cfg.host, self.cfg.port, ssl=ctx

@@ -14,7 +14,6 @@ import itertools
 import logging
 import os
 import socket
-import ssl
 import time
 from http import HTTPStatus
 from typing import Any
@@ -31,6 +30,7 @@ from core.codec import ns_from_iso
 from core.follower import StreamFollower
 from core.health import LIVENESS, Health, add_follower, scope_of, tasks_alive
 from core.settings import Settings
+from core.tls import server_context
 from gateway_ws import metrics as m
 from gateway_ws.auth import Authenticator
 from gateway_ws.client import Client
@@ -90,8 +90,7 @@ class Gateway:
         self.hub.start()
         ssl_ctx = None
         if self.cfg.tls_cert and self.cfg.tls_key:
-            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_ctx.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
+            ssl_ctx = server_context(self.cfg.tls_cert, self.cfg.tls_key)  # core/tls.py policy
         self.server = await serve(
             self._handler,
             self.cfg.host,
@@ -240,9 +239,10 @@ class Gateway:
             session,
             ip,
             binary=binary,
-            high=self.cfg.buffer_high,
             conn_id=next(self._ids),
             user=principal.user,
+            now=session.last_request,
+            preframed=self.cfg.preframed,
         )
         self._count(principal, +1, ip)
         self.hub.add_client(client)
@@ -260,17 +260,22 @@ class Gateway:
         reason = "peer closed"
         try:
             async for data in ws:
-                session.receive_data(data, time.monotonic())
+                now = time.monotonic()
+                client.last_request = now
+                session.receive_data(data, now)
                 for out in session.data_to_send():
-                    client.write(out, force=True)
+                    self.hub.control(client, out)
                 for ev in session.events_received():
                     self._on_event(client, ev)
                 if session.closing is not None:
-                    client.flush()
+                    self.hub.flush()
                     client.closed = True
                     await ws.close(session.closing.code, session.closing.reason)
                     break
                 if client.closed:
+                    self.hub.flush()  # writes what is queued, starts the close with its code
+                    if client.close_task is not None:
+                        await client.close_task
                     break
         except ConnectionClosed:
             pass
@@ -301,9 +306,14 @@ class Gateway:
             old = client.user
             if (
                 ev.principal.user
+                and ev.principal.user != old
                 and self.per_user.get(ev.principal.user, 0) >= ev.principal.tier.max_connections
             ):
-                client.write(
+                # refused: the session goes back to what it was, so the disconnect lowers the
+                # count this connection holds (the IP's or the old user's), not the new user's
+                client.session.revert_auth(ev)
+                self.hub.control(
+                    client,
                     _encoder(client.binary)(
                         {
                             "type": "error",
@@ -311,9 +321,10 @@ class Gateway:
                             "message": "connection limit of this user reached",
                         }
                     ),
-                    force=True,
                 )
-                client.close(CLOSE_TRY_LATER, "too many connections for this user")
+                self.hub.close(
+                    client, CLOSE_TRY_LATER, "too many connections for this user", "limit_user"
+                )
                 return
             if old is None:
                 self.per_ip[client.ip] = max(0, self.per_ip.get(client.ip, 1) - 1)
@@ -322,6 +333,7 @@ class Gateway:
             if ev.principal.user:
                 self.per_user[ev.principal.user] = self.per_user.get(ev.principal.user, 0) + 1
             client.user = ev.principal.user
+            client.expires_at = ev.principal.expires_at
             audit.info(
                 "authenticated",
                 extra={

@@ -1,0 +1,65 @@
+"""The platform's TLS policy, in one place for every listener and client (docs/security.md "TLS").
+
+Policy:
+
+- TLS 1.2 is the minimum; TLS 1.3 is negotiated whenever the peer offers it (OpenSSL picks the
+  highest common version). TLS 1.0/1.1 are refused (RFC 8996 deprecates them).
+- TLS 1.2 cipher suites: ephemeral ECDHE key exchange (forward secrecy) with an AEAD cipher
+  only (AES-GCM, ChaCha20-Poly1305): :data:`TLS12_CIPHERS`. No RSA key exchange, no CBC, no
+  SHA-1 MACs, no static DH. TLS 1.3 suites are OpenSSL's defaults (all AEAD).
+- Renegotiation and TLS compression (CRIME) are off; the server chooses the cipher order.
+
+The WebSocket and FIX gateways build their listening context with :func:`server_context`; the
+REST gateway (uvicorn, which takes file names, not a context) passes :func:`uvicorn_ssl_options`;
+the Kafka client uses :func:`client_context`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+MIN_VERSION = ssl.TLSVersion.TLSv1_2
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+
+
+def _harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    ctx.minimum_version = MIN_VERSION
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    return ctx
+
+
+def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A listening socket's context: the certificate chain and key, the policy above."""
+    ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def client_context(
+    cafile: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    *,
+    check_hostname: bool = True,
+) -> ssl.SSLContext:
+    """A client's context: verifies the server against ``cafile`` (the system store when None)
+    and its host name, presents ``certfile`` for mutual TLS when given."""
+    ctx = _harden(ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile))
+    ctx.check_hostname = check_hostname
+    if certfile:
+        ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def uvicorn_ssl_options(certfile: str, keyfile: str | None) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run``: the same policy through uvicorn's own options
+    (TLS 1.0/1.1 cannot complete: they have none of these AEAD suites)."""
+    return {
+        "ssl_certfile": certfile,
+        "ssl_keyfile": keyfile,
+        "ssl_version": ssl.PROTOCOL_TLS_SERVER,
+        "ssl_ciphers": TLS12_CIPHERS,
+    }

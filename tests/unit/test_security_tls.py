@@ -1,0 +1,106 @@
+"""core.tls: TLS 1.2 minimum, ECDHE + AEAD suites only for TLS 1.2, TLS 1.3 when offered.
+
+Client and server shake hands through memory BIOs (no sockets); the clients are deliberately
+permissive (security level 0) so that only the server's policy can refuse them.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from core.tls import TLS12_CIPHERS, client_context, server_context, uvicorn_ssl_options
+from tests.helpers import self_signed_cert
+
+
+def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[str | None, str]:
+    """Run a full handshake in memory; (version, cipher) or raise ssl.SSLError."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    cli = client.wrap_bio(c_in, c_out, server_hostname="localhost")
+    srv = server.wrap_bio(s_in, s_out, server_side=True)
+    done = {"c": False, "s": False}
+    for _ in range(20):
+        for name, obj in (("c", cli), ("s", srv)):
+            if not done[name]:
+                try:
+                    obj.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            cipher = srv.cipher()
+            return srv.version(), cipher[0] if cipher else ""
+    raise AssertionError("handshake did not finish")
+
+
+def permissive_client(
+    cert: Path, *, max_version: ssl.TLSVersion, ciphers: str = "ALL:@SECLEVEL=0"
+) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cert)
+    ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    ctx.maximum_version = max_version
+    ctx.set_ciphers(ciphers)
+    return ctx
+
+
+@pytest.fixture
+def cert(tmp_path: Path) -> tuple[Path, Path]:
+    return self_signed_cert(tmp_path)
+
+
+def test_tls13_is_negotiated_when_offered(cert: tuple[Path, Path]) -> None:
+    srv = server_context(str(cert[0]), str(cert[1]))
+    version, _ = handshake(srv, client_context(str(cert[0])))
+    assert version == "TLSv1.3"
+
+
+def test_tls12_with_an_aead_suite_is_accepted(cert: tuple[Path, Path]) -> None:
+    srv = server_context(str(cert[0]), str(cert[1]))
+    cli = permissive_client(cert[0], max_version=ssl.TLSVersion.TLSv1_2)
+    version, cipher = handshake(srv, cli)
+    assert version == "TLSv1.2" and cipher.startswith("ECDHE-") and "GCM" in cipher
+
+
+@pytest.mark.parametrize(
+    "suite", ["ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384"]
+)
+def test_tls12_cbc_suites_are_refused(cert: tuple[Path, Path], suite: str) -> None:
+    """Python's default server context accepts these; our policy does not."""
+    cli = permissive_client(cert[0], max_version=ssl.TLSVersion.TLSv1_2, ciphers=suite)
+    default = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    default.load_cert_chain(cert[0], cert[1])
+    default.set_ciphers("ALL:@SECLEVEL=0")  # what a deployment without a policy may end up with
+    assert handshake(default, cli)[1] == suite  # the client really offers it
+    with pytest.raises(ssl.SSLError):
+        handshake(server_context(str(cert[0]), str(cert[1])), cli)
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+def test_tls10_and_tls11_are_refused(cert: tuple[Path, Path], version: ssl.TLSVersion) -> None:
+    cli = permissive_client(cert[0], max_version=version)
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    old.load_cert_chain(cert[0], cert[1])
+    old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    assert handshake(old, cli)[0] in ("TLSv1", "TLSv1.1")  # the client really speaks it
+    with pytest.raises(ssl.SSLError):
+        handshake(server_context(str(cert[0]), str(cert[1])), cli)
+
+
+def test_client_context_verifies_the_server(cert: tuple[Path, Path], tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    other, _ = self_signed_cert(tmp_path / "other")
+    srv = server_context(str(cert[0]), str(cert[1]))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(srv, client_context(str(other)))
+
+
+def test_uvicorn_options_carry_the_policy(cert: tuple[Path, Path]) -> None:
+    opts = uvicorn_ssl_options(str(cert[0]), str(cert[1]))
+    assert opts["ssl_ciphers"] == TLS12_CIPHERS and opts["ssl_certfile"] == str(cert[0])

@@ -239,10 +239,9 @@ class Gateway:
             session,
             ip,
             binary=binary,
+            high=self.cfg.buffer_high,
             conn_id=next(self._ids),
             user=principal.user,
-            now=session.last_request,
-            preframed=self.cfg.preframed,
         )
         self._count(principal, +1, ip)
         self.hub.add_client(client)
@@ -260,22 +259,17 @@ class Gateway:
         reason = "peer closed"
         try:
             async for data in ws:
-                now = time.monotonic()
-                client.last_request = now
-                session.receive_data(data, now)
+                session.receive_data(data, time.monotonic())
                 for out in session.data_to_send():
-                    self.hub.control(client, out)
+                    client.write(out, force=True)
                 for ev in session.events_received():
                     self._on_event(client, ev)
                 if session.closing is not None:
-                    self.hub.flush()
+                    client.flush()
                     client.closed = True
                     await ws.close(session.closing.code, session.closing.reason)
                     break
                 if client.closed:
-                    self.hub.flush()  # writes what is queued, starts the close with its code
-                    if client.close_task is not None:
-                        await client.close_task
                     break
         except ConnectionClosed:
             pass
@@ -306,14 +300,9 @@ class Gateway:
             old = client.user
             if (
                 ev.principal.user
-                and ev.principal.user != old
                 and self.per_user.get(ev.principal.user, 0) >= ev.principal.tier.max_connections
             ):
-                # refused: the session goes back to what it was, so the disconnect lowers the
-                # count this connection holds (the IP's or the old user's), not the new user's
-                client.session.revert_auth(ev)
-                self.hub.control(
-                    client,
+                client.write(
                     _encoder(client.binary)(
                         {
                             "type": "error",
@@ -321,10 +310,9 @@ class Gateway:
                             "message": "connection limit of this user reached",
                         }
                     ),
+                    force=True,
                 )
-                self.hub.close(
-                    client, CLOSE_TRY_LATER, "too many connections for this user", "limit_user"
-                )
+                client.close(CLOSE_TRY_LATER, "too many connections for this user")
                 return
             if old is None:
                 self.per_ip[client.ip] = max(0, self.per_ip.get(client.ip, 1) - 1)
@@ -333,7 +321,6 @@ class Gateway:
             if ev.principal.user:
                 self.per_user[ev.principal.user] = self.per_user.get(ev.principal.user, 0) + 1
             client.user = ev.principal.user
-            client.expires_at = ev.principal.expires_at
             audit.info(
                 "authenticated",
                 extra={

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.security import fingerprint
+
 # Book depths pre-encoded as ready-to-serve REST bodies (hash fields ``d<depth>``); a request for
 # another depth is cut from the next larger one. 20 is the documented default of /orderbook.
 BOOK_DEPTHS: tuple[int, ...] = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -65,5 +67,11 @@ class CacheKeys:
         return f"{self.prefix}:cache:alive"
 
     def ratelimit(self, who: str, window: int) -> str:
-        """Counter of the REST rate limiter for ``who`` (``k:<key>`` / ``ip:<addr>``) in a window."""
+        """Counter of the REST rate limiter for ``who`` (``k:<key>`` / ``ip:<addr>``) in a window.
+
+        Anything but an address is a credential: only its fingerprint goes into the key name, so
+        ``KEYS``/``MONITOR``/a dump of Redis never shows an API key (docs/security.md)."""
+        kind, _, ident = who.partition(":")
+        if kind != "ip":
+            who = f"{kind}:{fingerprint(ident)}"
         return f"{self.prefix}:rl:{who}:{window}"

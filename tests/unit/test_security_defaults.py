@@ -146,3 +146,13 @@ def test_fingerprint_is_stable_and_hides_the_key() -> None:
     key = "sk_live_AAAA1111"
     assert fingerprint(key) == fingerprint(key) != fingerprint(key + "x")
     assert key not in fingerprint(key) and len(fingerprint(key)) == 16
+
+
+def test_rate_limit_keys_name_a_fingerprint_never_the_api_key() -> None:
+    from core.cache_keys import CacheKeys
+
+    k = CacheKeys("md")
+    name = k.ratelimit("k:sk_live_AAAA1111", 42)
+    assert "sk_live" not in name and fingerprint("sk_live_AAAA1111") in name
+    assert k.ratelimit("k:a", 1) != k.ratelimit("k:b", 1)  # keys keep their own budgets
+    assert k.ratelimit("ip:10.0.0.1", 42) == "md:rl:ip:10.0.0.1:42"  # addresses stay readable

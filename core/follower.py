@@ -53,6 +53,7 @@ from core.book import L2Book
 from core.errors import CodecError
 from core.feed import FeedClient, parse_addresses
 from core.kafka import Pacer
+from core.kafka_auth import kafka_security_options
 from core.settings import Settings
 from core.topics import Topics
 
@@ -741,6 +742,7 @@ class StreamFollower:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.settings.get("MD_KAFKA_FETCH_WAIT_MS", int, 500),
             max_partition_fetch_bytes=4 << 20,
+            **kafka_security_options(self.settings),
         )
 
     async def start(self) -> None:

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from core.backoff import Backoff
+from core.kafka_auth import kafka_security_options
 from core.settings import Settings
 from core.topics import PARTITIONS, Topics
 
@@ -38,6 +39,7 @@ def make_producer(
     }
     if transactional_id:
         opts["transactional_id"] = transactional_id
+    opts.update(kafka_security_options(s))
     opts.update(kw)
     return AIOKafkaProducer(**opts)
 
@@ -60,6 +62,7 @@ def make_consumer(
         # until the next refresh: keep that window short (the default is 5 minutes)
         "metadata_max_age_ms": 10_000,
     }
+    opts.update(kafka_security_options(s))
     opts.update(kw)
     return AIOKafkaConsumer(*topics, **opts)
 
@@ -111,7 +114,7 @@ async def ensure_topics(
 ) -> list[str]:
     """Create the platform's topics if missing; returns the names created."""
     t = topics or Topics.from_settings(s)
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, **kafka_security_options(s))
     backoff = Backoff(initial=0.2, maximum=3.0)
     for attempt in range(30):
         try:

@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from core.errors import ConfigError
 
@@ -61,8 +62,9 @@ def _port(raw: str) -> int:
 class Settings:
     # infrastructure
     kafka_bootstrap: str = "127.0.0.1:19092"
-    pg_dsn: str = "postgresql://postgres@127.0.0.1:15432/marketdata"
-    redis_url: str = "redis://127.0.0.1:16379/0"
+    # may carry passwords (MD_REDIS_PASSWORD is merged in): kept out of repr() and so of logs
+    pg_dsn: str = field(default="postgresql://postgres@127.0.0.1:15432/marketdata", repr=False)
+    redis_url: str = field(default="redis://127.0.0.1:16379/0", repr=False)
     # topics are "<prefix>.<name>"; tests use a unique prefix to isolate themselves
     topic_prefix: str = "md"
     # Redis keys are "<prefix>:..."; tests use a unique prefix too
@@ -97,8 +99,8 @@ class Settings:
         d = cls()
         return cls(
             kafka_bootstrap=_get(e, "MD_KAFKA_BOOTSTRAP", str, d.kafka_bootstrap),
-            pg_dsn=_get(e, "MD_PG_DSN", str, d.pg_dsn),
-            redis_url=_get(e, "MD_REDIS_URL", str, d.redis_url),
+            pg_dsn=_pg_tls(e, _get(e, "MD_PG_DSN", str, d.pg_dsn)),
+            redis_url=_redis_auth(e, _get(e, "MD_REDIS_URL", str, d.redis_url)),
             topic_prefix=_get(e, "MD_TOPIC_PREFIX", str, d.topic_prefix),
             redis_prefix=_get(e, "MD_REDIS_PREFIX", str, d.redis_prefix),
             rest_host=_get(e, "MD_REST_HOST", str, d.rest_host),
@@ -124,6 +126,43 @@ class Settings:
     def get(self, key: str, cast: Callable[[str], T], default: T) -> T:
         """Service-specific settings (``MD_WS_*``, ``MD_FIX_*``...) with the same strict casting."""
         return _get(self.extra, key, cast, default)
+
+
+PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _pg_tls(env: Mapping[str, str], dsn: str) -> str:
+    """``MD_PG_SSLMODE`` (``verify-full`` in production: encrypted, and the server's certificate
+    and host name checked against ``MD_PG_SSLROOTCERT``) added to the DSN's query string, which
+    asyncpg reads; a DSN that already says ``sslmode`` keeps its own."""
+    mode = env.get("MD_PG_SSLMODE", "").strip()
+    root = env.get("MD_PG_SSLROOTCERT", "").strip()
+    if mode and mode not in PG_SSLMODES:
+        raise ConfigError("MD_PG_SSLMODE", f"expected one of {', '.join(PG_SSLMODES)}")
+    if root and mode not in ("verify-ca", "verify-full"):
+        raise ConfigError("MD_PG_SSLROOTCERT", "needs MD_PG_SSLMODE=verify-ca or verify-full")
+    parts = urlsplit(dsn)
+    query = parse_qsl(parts.query)
+    names = {k for k, _ in query}
+    if mode and "sslmode" not in names:
+        query.append(("sslmode", mode))
+        if root and "sslrootcert" not in names:
+            query.append(("sslrootcert", root))
+    return urlunsplit(parts._replace(query=urlencode(query))) if mode else dsn
+
+
+def _redis_auth(env: Mapping[str, str], url: str) -> str:
+    """``MD_REDIS_PASSWORD`` (and ``MD_REDIS_USERNAME`` for a Redis 6 ACL user) merged into the
+    URL every Redis client of the platform is built from (redis-py sends AUTH on connect)."""
+    password = env.get("MD_REDIS_PASSWORD", "")
+    if not password:
+        return url
+    parts = urlsplit(url)
+    if parts.password:
+        raise ConfigError("MD_REDIS_PASSWORD", "MD_REDIS_URL already carries a password")
+    user = quote(env.get("MD_REDIS_USERNAME", ""), safe="")
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def _symbols(raw: str) -> tuple[str, ...]:

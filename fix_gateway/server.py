@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import orjson
 
+from core.audit import AuditLog
 from core.follower import Reset, StreamFollower
 from core.health import LIVENESS, READINESS, Health, add_follower, tasks_alive
 from core.isotime import ns_from_iso_cached
@@ -33,6 +34,7 @@ from fix_gateway.session import AppMessage, Closed, FixSession, LoggedOn, Reject
 from fix_gateway.store import FileStore, Store
 
 log = logging.getLogger(__name__)
+AUDIT = AuditLog("fix_gateway")  # logons, refusals, session ends (docs/security.md)
 TICK_SECONDS = 0.5
 
 
@@ -144,6 +146,7 @@ class Connection(asyncio.Protocol):
                 self.gw.app.on_message(self, ev.msg)
             elif isinstance(ev, LoggedOn):
                 self.logged_on = True
+                AUDIT.event("logon", session=ev.session_id, peer=self.peer, reset=ev.reset)
                 M.SESSIONS.inc()
             elif isinstance(ev, RejectReceived):
                 log.warning(
@@ -155,6 +158,13 @@ class Connection(asyncio.Protocol):
                     },
                 )
             elif isinstance(ev, Closed):
+                AUDIT.event(
+                    "session_end" if self.logged_on else "logon_refused",
+                    limit_key=None if self.logged_on else self.peer.rpartition(",")[0],
+                    session=self.session.session_id,
+                    peer=self.peer,
+                    reason=ev.reason,
+                )
                 self.gw.app.drop_session(self)
                 if self.logged_on:
                     self.logged_on = False

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY as _DEFAULT
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.audit import AuditLog
 from gateway_rest.config import RestConfig, Tier
 from gateway_rest.fastpath import ROUTES, FastPath
 from gateway_rest.ratelimit import Decision, RateLimiter
@@ -22,6 +23,7 @@ from gateway_rest.store import MarketStore
 
 # the default registry: process/python collectors plus ours (each uvicorn worker process has its own)
 REGISTRY: CollectorRegistry = _DEFAULT
+AUDIT = AuditLog("gateway_rest")  # refused keys, missing keys, rate limits (docs/security.md)
 
 REQUESTS = Counter(
     "md_rest_requests_total", "REST requests", ["route", "method", "status"], registry=REGISTRY
@@ -137,6 +139,8 @@ class GatewayMiddleware:
         if key is not None:
             tier_name = self.config.api_keys.get(key)
             if tier_name is None:
+                ip = self._client(scope)
+                AUDIT.event("key_refused", limit_key=ip, ip=ip, api_key=key, reason="unknown key")
                 return _json(
                     401,
                     {
@@ -150,6 +154,8 @@ class GatewayMiddleware:
             who = f"k:{key}"
         else:
             if self.config.require_key:
+                ip = self._client(scope)
+                AUDIT.event("key_missing", limit_key=ip, ip=ip, reason="no API key")
                 return _json(
                     401,
                     {
@@ -173,6 +179,13 @@ class GatewayMiddleware:
         if d.allowed:
             return None
         RATE_LIMITED.labels(tier.name).inc()
+        AUDIT.event(
+            "rate_limited",
+            limit_key=who,
+            ip=self._client(scope),
+            tier=tier.name,
+            **({"api_key": key} if key is not None else {}),
+        )
         return _json(
             429,
             {

@@ -39,6 +39,8 @@ def _tiers(raw: str) -> dict[str, Tier]:
     return out
 
 
+HS256_MIN_SECRET_BYTES = 32
+
 DEFAULT_TIERS: dict[str, Tier] = {
     "basic": Tier("basic", max_subscriptions=100, max_connections=10, rate=20, burst=40),
     "pro": Tier("pro", max_subscriptions=500, max_connections=50, rate=100, burst=200),
@@ -63,10 +65,16 @@ class WsConfig:
     jwt_rs256_public_key: str | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    # longest token lifetime accepted (exp - iat, or exp - now without iat): a stolen token
+    # is useful for at most this long; exp is also enforced on open connections
+    jwt_max_lifetime_s: float = 24 * 3600
     # per-connection output: 256 KiB high-water of the socket buffer (10,000 slow clients
     # would pin 2.5 GiB at worst, a normal one holds ~0); a book subscriber above it is
     # resynced once it drains below a quarter, any other subscriber is disconnected
     buffer_high: int = 256 * 1024
+    # all connections together: above it, every connection holding more than a quarter of
+    # buffer_high is treated as slow (a few sockets that never read cannot grow the process)
+    process_buffer_bytes: int = 256 * 1024 * 1024
     # kernel send buffer per socket (SO_SNDBUF); 0 = the kernel's autotuning. Bounding it
     # bounds kernel memory per client and makes a stalled client visible to buffer_high sooner
     sndbuf: int = 0
@@ -74,6 +82,8 @@ class WsConfig:
     resume_max: int = 10_000
     # live messages held per subscription while its Redis replay runs
     pending_max: int = 10_000
+    # resumes reading Redis at once per process (each reads 500 entries at a time)
+    resume_concurrency: int = 8
     heartbeat_s: float = 5.0
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
@@ -89,6 +99,25 @@ class WsConfig:
     trades_keep: int = 100
     limits: Limits = field(default_factory=Limits)
     max_connections: int = 20_000  # per process: above it new clients get 1013
+
+    def __post_init__(self) -> None:
+        # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits);
+        # a short secret can be brute-forced from any one token a client holds
+        if (
+            self.jwt_hs256_secret is not None
+            and len(self.jwt_hs256_secret.encode()) < HS256_MIN_SECRET_BYTES
+        ):
+            raise ConfigError(
+                "MD_WS_JWT_HS256_SECRET",
+                f"must be at least {HS256_MIN_SECRET_BYTES} bytes (RFC 7518 §3.2), "
+                f"got {len(self.jwt_hs256_secret.encode())}",
+            )
+        if self.jwt_max_lifetime_s <= 0:
+            raise ConfigError("MD_WS_JWT_MAX_LIFETIME_S", "must be > 0 seconds")
+        if self.process_buffer_bytes < self.buffer_high:
+            raise ConfigError("MD_WS_PROCESS_BUFFER_BYTES", "must be at least MD_WS_BUFFER_BYTES")
+        if self.resume_concurrency < 1:
+            raise ConfigError("MD_WS_RESUME_CONCURRENCY", "must be >= 1")
 
     @classmethod
     def from_settings(cls, s: Settings) -> WsConfig:
@@ -123,10 +152,13 @@ class WsConfig:
             jwt_rs256_public_key=g("MD_WS_JWT_RS256_PUBLIC_KEY", _pem, None),
             jwt_audience=g("MD_WS_JWT_AUDIENCE", str, None),
             jwt_issuer=g("MD_WS_JWT_ISSUER", str, None),
+            jwt_max_lifetime_s=g("MD_WS_JWT_MAX_LIFETIME_S", float, d.jwt_max_lifetime_s),
             buffer_high=g("MD_WS_BUFFER_BYTES", int, d.buffer_high),
+            process_buffer_bytes=g("MD_WS_PROCESS_BUFFER_BYTES", int, d.process_buffer_bytes),
             sndbuf=g("MD_WS_SNDBUF", int, d.sndbuf),
             resume_max=g("MD_WS_RESUME_MAX", int, d.resume_max),
             pending_max=g("MD_WS_PENDING_MAX", int, d.pending_max),
+            resume_concurrency=g("MD_WS_RESUME_CONCURRENCY", int, d.resume_concurrency),
             heartbeat_s=g("MD_WS_HEARTBEAT_S", float, d.heartbeat_s),
             ping_interval_s=g("MD_WS_PING_INTERVAL_S", float, d.ping_interval_s),
             ping_timeout_s=g("MD_WS_PING_TIMEOUT_S", float, d.ping_timeout_s),

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from gateway_ws.protocol import Key
-
-if TYPE_CHECKING:
-    from gateway_ws.client import Sub
 
 
 class Conflator:
@@ -19,16 +15,15 @@ class Conflator:
     Books merge their changes by level (the last size of each level wins, which is what the
     book would show); whole-value channels (ticker, stats, candles) keep the latest message and
     send its original bytes. One encoding per flush serves every subscriber of the group.
+    Pure: the fan-out core (:class:`gateway_ws.fanout.Group`) keeps its subscribers and timer.
     """
 
     def __init__(self, key: Key, interval_ms: int) -> None:
         self.key = key
         self.interval_ms = interval_ms
-        self.subs: set[Sub] = set()
         self.changes: dict[tuple[str, str], str] = {}
         self.latest: tuple[int, bytes, dict[str, Any]] | None = None
         self.first_seq: int | None = None
-        self.handle: asyncio.TimerHandle | None = None
 
     def add(self, seq: int, raw: bytes, parsed: dict[str, Any]) -> None:
         if self.key[0] == "l2":

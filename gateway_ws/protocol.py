@@ -75,6 +75,7 @@ class Tier:
 class Principal:
     user: str | None  # None: anonymous
     tier: Tier
+    expires_at: float | None = None  # the token's exp (Unix s): enforced on open connections
 
     @property
     def anonymous(self) -> bool:
@@ -114,7 +115,11 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Authenticated:
+    """The session switched to ``principal``; the transport may refuse it (connection limit)
+    and then puts ``previous`` back with :meth:`Session.revert_auth`."""
+
     principal: Principal
+    previous: Principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +241,12 @@ class Session:
             self.on_error(code)
         self._violation()
 
+    def revert_auth(self, ev: Authenticated) -> None:
+        """The transport refused an ``auth`` (e.g. the user's connection limit): the session
+        stays what it was, so counts keyed by its principal stay right (issue 12)."""
+        if self.principal is ev.principal:
+            self.principal = ev.previous
+
     def drop(self, keys: Iterable[Key]) -> None:
         """The transport gave up a subscription (e.g. resume failed): forget it, no ack."""
         for k in keys:
@@ -280,6 +291,9 @@ class Session:
                     raise ProtocolError("bad_request", f"bad channel entry {c!r}")
                 ch, sep, sym = c.partition(":")
                 out.append((ch, sym if sep else None))
+            # the same target named twice is one target (issue 12: 200 copies of one target
+            # with since_seq started 200 replays); normalized duplicates collapse in _subscribe
+            out = list(dict.fromkeys(out))
         elif "channel" in msg:
             out.append((msg["channel"], msg.get("symbol")))
         else:
@@ -401,7 +415,7 @@ class Session:
         )
 
     def _subscribe(self, msg: dict[str, Any], req_id: Any) -> None:
-        added: list[SubRequest] = []
+        added: dict[Key, SubRequest] = {}  # "BTC/USD" and "btc-usd" are one key: the last wins
         for ch, sym in self._targets(msg):
             try:
                 key = self._key(ch, sym)
@@ -420,10 +434,10 @@ class Session:
                 self.error(exc.code, exc.message, id=req_id, target=f"{ch}:{sym}" if sym else ch)
                 continue
             self.subscriptions[key] = req
-            added.append(req)
+            added[key] = req
         if added:
-            self._ack("subscribed", req_id, [r.name for r in added])
-            self._events.append(Subscribe(tuple(added)))
+            self._ack("subscribed", req_id, [r.name for r in added.values()])
+            self._events.append(Subscribe(tuple(added.values())))
 
     def _unsubscribe(self, msg: dict[str, Any], req_id: Any) -> None:
         removed: list[Key] = []
@@ -464,8 +478,10 @@ class Session:
             raise
         except Exception as exc:  # the verifier's own errors: report, never crash the session
             raise ProtocolError("auth_failed", f"invalid token: {exc}") from None
-        self.principal = principal
-        self._tokens = -1.0  # the new tier's bucket
+        previous, self.principal = self.principal, principal
+        # the bucket keeps its level (capped at the new tier's depth): re-sending auth must
+        # not refill it (issue 12)
+        self._tokens = min(self._tokens, float(principal.tier.burst))
         ack: dict[str, Any] = {
             "type": "authenticated",
             "user": principal.user,
@@ -474,4 +490,4 @@ class Session:
         if req_id is not None:
             ack["id"] = req_id
         self._send(ack)
-        self._events.append(Authenticated(principal))
+        self._events.append(Authenticated(principal, previous))

@@ -29,6 +29,7 @@ from websockets.http11 import Request, Response
 from core.codec import ns_from_iso
 from core.follower import StreamFollower
 from core.health import LIVENESS, Health, add_follower, scope_of, tasks_alive
+from core.ops_http import start_ops_server
 from core.settings import Settings
 from core.tls import server_context
 from gateway_ws import metrics as m
@@ -81,6 +82,9 @@ class Gateway:
         self.per_user: dict[str, int] = {}
         self._ids = itertools.count(1)
         self.server: Server | None = None
+        # MD_WS_METRICS_PORT > 0: /metrics there (MD_OPS_HOST) and not on the public port
+        self.metrics_port = settings.get("MD_WS_METRICS_PORT", int, 0)
+        self.metrics_server: asyncio.Server | None = None
         m.WORKER.info({"pid": str(os.getpid()), "worker": os.environ.get("MD_WS_WORKER", "0")})
 
     # ----------------------------------------------------------------- lifecycle
@@ -88,6 +92,10 @@ class Gateway:
     async def start(self) -> None:
         await self.follower.start()
         self.hub.start()
+        if self.metrics_port:
+            self.metrics_server = await start_ops_server(
+                self.health, self.settings.ops_host, self.metrics_port, reuse_port=True
+            )
         ssl_ctx = None
         if self.cfg.tls_cert and self.cfg.tls_key:
             ssl_ctx = server_context(self.cfg.tls_cert, self.cfg.tls_key)  # core/tls.py policy
@@ -114,6 +122,8 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         if self.server is not None:
             self.server.close(close_connections=True)
             try:
@@ -141,7 +151,7 @@ class Gateway:
                 "application/json",
                 orjson.dumps(body),
             )
-        if url.path == "/metrics":
+        if url.path == "/metrics" and not self.metrics_port:
             return _http(HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
         if url.path != WS_PATH:
             return _http(
@@ -239,9 +249,10 @@ class Gateway:
             session,
             ip,
             binary=binary,
-            high=self.cfg.buffer_high,
             conn_id=next(self._ids),
             user=principal.user,
+            now=session.last_request,
+            preframed=self.cfg.preframed,
         )
         self._count(principal, +1, ip)
         self.hub.add_client(client)
@@ -259,17 +270,22 @@ class Gateway:
         reason = "peer closed"
         try:
             async for data in ws:
-                session.receive_data(data, time.monotonic())
+                now = time.monotonic()
+                client.last_request = now
+                session.receive_data(data, now)
                 for out in session.data_to_send():
-                    client.write(out, force=True)
+                    self.hub.control(client, out)
                 for ev in session.events_received():
                     self._on_event(client, ev)
                 if session.closing is not None:
-                    client.flush()
+                    self.hub.flush()
                     client.closed = True
                     await ws.close(session.closing.code, session.closing.reason)
                     break
                 if client.closed:
+                    self.hub.flush()  # writes what is queued, starts the close with its code
+                    if client.close_task is not None:
+                        await client.close_task
                     break
         except ConnectionClosed:
             pass
@@ -300,9 +316,14 @@ class Gateway:
             old = client.user
             if (
                 ev.principal.user
+                and ev.principal.user != old
                 and self.per_user.get(ev.principal.user, 0) >= ev.principal.tier.max_connections
             ):
-                client.write(
+                # refused: the session goes back to what it was, so the disconnect lowers the
+                # count this connection holds (the IP's or the old user's), not the new user's
+                client.session.revert_auth(ev)
+                self.hub.control(
+                    client,
                     _encoder(client.binary)(
                         {
                             "type": "error",
@@ -310,9 +331,10 @@ class Gateway:
                             "message": "connection limit of this user reached",
                         }
                     ),
-                    force=True,
                 )
-                client.close(CLOSE_TRY_LATER, "too many connections for this user")
+                self.hub.close(
+                    client, CLOSE_TRY_LATER, "too many connections for this user", "limit_user"
+                )
                 return
             if old is None:
                 self.per_ip[client.ip] = max(0, self.per_ip.get(client.ip, 1) - 1)
@@ -321,6 +343,7 @@ class Gateway:
             if ev.principal.user:
                 self.per_user[ev.principal.user] = self.per_user.get(ev.principal.user, 0) + 1
             client.user = ev.principal.user
+            client.expires_at = ev.principal.expires_at
             audit.info(
                 "authenticated",
                 extra={

@@ -46,3 +46,27 @@ def test_tiers_from_json_and_bad_values_name_the_variable() -> None:
         cfg(MD_WS_TIERS='{"vip": 3}')
     with pytest.raises(ConfigError, match="MD_WS_TLS_KEY"):
         cfg(MD_WS_TLS_CERT="/x.pem")
+
+
+def test_hs256_secret_must_have_256_bits() -> None:
+    """Issue 12 / RFC 7518 §3.2: a short HS256 secret was accepted."""
+    with pytest.raises(ConfigError, match="MD_WS_JWT_HS256_SECRET"):
+        cfg(MD_WS_JWT_HS256_SECRET="x" * 31)
+    assert cfg(MD_WS_JWT_HS256_SECRET="x" * 32).jwt_hs256_secret == "x" * 32
+
+
+def test_token_lifetime_and_buffer_bounds_are_settings() -> None:
+    c = cfg(
+        MD_WS_JWT_MAX_LIFETIME_S="600",
+        MD_WS_PROCESS_BUFFER_BYTES="1048576",
+        MD_WS_RESUME_CONCURRENCY="2",
+    )
+    assert (c.jwt_max_lifetime_s, c.process_buffer_bytes, c.resume_concurrency) == (
+        600,
+        1 << 20,
+        2,
+    )
+    with pytest.raises(ConfigError, match="MD_WS_JWT_MAX_LIFETIME_S"):
+        cfg(MD_WS_JWT_MAX_LIFETIME_S="0")
+    with pytest.raises(ConfigError, match="MD_WS_PROCESS_BUFFER_BYTES"):
+        cfg(MD_WS_PROCESS_BUFFER_BYTES="1000")

@@ -241,7 +241,7 @@ def test_auth_switches_tier_and_channels() -> None:
     assert out[0]["code"] == "auth_failed"
     out = feed(s, {"type": "auth", "token": "good", "id": 1})
     assert out == [{"type": "authenticated", "user": "alice", "tier": "pro", "id": 1}]
-    assert s.events_received() == [Authenticated(Principal("alice", pro))]
+    assert s.events_received() == [Authenticated(Principal("alice", pro), restricted)]
     out = feed(s, {"type": "subscribe", "channel": "l3", "symbol": "BTC-USD"})
     assert out[0]["type"] == "subscribed"
 
@@ -254,3 +254,54 @@ def test_parse_interval() -> None:
     for bad in ("", "5", "5h", True, None):
         with pytest.raises(ValueError):
             parse_interval(bad)
+
+
+def test_duplicate_targets_of_one_subscribe_collapse_to_one() -> None:
+    """Issue 12: 200 copies of one target with since_seq started 200 replays."""
+    s = session(principal=Principal(None, Tier("anonymous", max_subscriptions=50)))
+    targets = ["trades:BTC-USD"] * 200 + ["trades:btc/usd", "l2:ETH-USD", "trades:BTC-USD"]
+    out = feed(s, {"type": "subscribe", "channels": targets, "since_seq": 5})
+    assert out == [
+        {
+            "type": "subscribed",
+            "changed": ["trades:BTC-USD", "l2:ETH-USD"],
+            "subscriptions": ["trades:BTC-USD", "l2:ETH-USD"],
+        }
+    ]
+    (ev,) = s.events_received()
+    assert isinstance(ev, Subscribe)
+    assert [r.name for r in ev.requests] == ["trades:BTC-USD", "l2:ETH-USD"]
+    assert all(r.since_seq == 5 for r in ev.requests)
+
+
+def test_auth_does_not_refill_the_rate_limit_bucket() -> None:
+    """Issue 12: each auth message used to reset the bucket to a full burst."""
+    tier = Tier("anonymous", rate=1, burst=3)
+    s = session(principal=Principal(None, tier), verify_token=lambda t: Principal("u", tier))
+    codes = []
+    for _ in range(6):  # all at the same instant: 3 pass, the rest are rate-limited
+        out = feed(s, {"type": "auth", "token": "t"})
+        codes.append(out[0].get("code", out[0]["type"]))
+    assert codes == ["authenticated"] * 3 + ["rate_limited"] * 3
+
+
+def test_auth_bucket_capped_at_the_new_tiers_burst() -> None:
+    big = Tier("anonymous", rate=1, burst=10)
+    small = Tier("basic", rate=1, burst=2)
+    s = session(principal=Principal(None, big), verify_token=lambda t: Principal("u", small))
+    assert feed(s, {"type": "auth", "token": "t"})[0]["type"] == "authenticated"
+    assert [feed(s, {"type": "ping"})[0]["type"] for _ in range(3)] == [
+        "pong",
+        "pong",
+        "error",
+    ]
+
+
+def test_refused_auth_is_reverted_by_the_transport() -> None:
+    pro = Tier("pro")
+    s = session(verify_token=lambda t: Principal("alice", pro))
+    feed(s, {"type": "auth", "token": "t"})
+    (ev,) = s.events_received()
+    assert isinstance(ev, Authenticated) and ev.previous == ANON
+    s.revert_auth(ev)
+    assert s.principal == ANON

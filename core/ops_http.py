@@ -50,9 +50,13 @@ async def _handle(
         writer.close()
 
 
-async def start_ops_server(health: Health, host: str, port: int) -> asyncio.Server:
+async def start_ops_server(
+    health: Health, host: str, port: int, *, reuse_port: bool = False
+) -> asyncio.Server:
+    """``reuse_port``: several worker processes of one gateway share the port (as their client
+    port), so a scrape reaches one of them, as it does on the client port."""
     server = await asyncio.start_server(
-        lambda r, w: _handle(health, r, w), host, port, limit=MAX_REQUEST
+        lambda r, w: _handle(health, r, w), host, port, limit=MAX_REQUEST, reuse_port=reuse_port
     )
     log.info("ops endpoint listening", extra={"url": f"http://{host}:{port}/health"})
     return server

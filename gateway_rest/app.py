@@ -24,6 +24,7 @@ from core.channels import CANDLE_INTERVALS
 from core.codec import ns_from_iso
 from core.errors import CodecError, SymbolError
 from core.health import INFO, LIVE, READINESS, READY, Health, Result
+from core.ops_http import start_ops_server
 from core.settings import Settings
 from core.symbols import normalize_symbol
 from gateway_rest.config import RestConfig, Tier
@@ -145,9 +146,19 @@ def create_app(
     st.catalogue_ttl_s = cfg.catalogue_ttl_s
     depths = book_depths(cfg.book_depth)
 
+    # MD_REST_METRICS_PORT > 0: /metrics there (on MD_OPS_HOST), 404 on the public port
+    metrics_port = s.get("MD_REST_METRICS_PORT", int, 0)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ops = None
+        if metrics_port:
+            ops = await start_ops_server(
+                Health("gateway_rest"), s.ops_host, metrics_port, reuse_port=True
+            )
         yield
+        if ops is not None:
+            ops.close()
         await st.close()
 
     app = FastAPI(
@@ -417,6 +428,8 @@ def create_app(
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
     )
     async def metrics() -> Response:
+        if metrics_port:
+            raise StarletteHTTPException(404, f"/metrics is served on port {metrics_port}")
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     mount_web(app, s)  # the live market page at / (web/dist, built by `make web`)

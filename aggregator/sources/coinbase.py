@@ -238,7 +238,8 @@ class CoinbaseParser:
             return []
         if t == "error":
             log.error(
-                "feed error", extra={"message": msg.get("message"), "reason": msg.get("reason")}
+                "feed error",
+                extra={"error_message": msg.get("message"), "reason": msg.get("reason")},
             )
             return []
         sym = self._product(msg)

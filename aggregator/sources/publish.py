@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import orjson
 from prometheus_client import Counter
@@ -29,6 +29,15 @@ EVENTS_OUT = Counter(
     "events a source published to the input topic",
     ["source", "type"],
 )
+
+
+class EventSink(Protocol):
+    """Where a connector hands its events: the publisher itself, or a failover leg
+    (aggregator/sources/failover.py) that decides whether they reach the publisher."""
+
+    async def publish(self, e: ev.Event, *, recv_ns: int | None = None) -> None: ...
+
+    async def flush(self) -> None: ...
 
 
 class EventPublisher:

@@ -142,3 +142,66 @@ async def test_audit_lines_for_connect_auth_failure_subscribe_and_abuse(
         assert e in events, (e, events)
     failed = next(r for r in caplog.records if getattr(r, "event", None) == "auth_failed")
     assert failed.ip == "127.0.0.1" and failed.reason  # type: ignore[attr-defined]
+
+
+async def test_auth_refused_for_the_user_limit_leaks_no_count(settings: Settings) -> None:
+    """Issue 12: a refused auth lowered the user's count and leaked the IP's."""
+    tiers = {"pro": Tier("pro", max_connections=1)}
+    async with running_gateway(settings, jwt_hs256_secret=SECRET, tiers=tiers) as gw:
+        async with connect(url(gw, f"token={hs('alice')}")) as first:
+            await send(first, {"type": "ping"})
+            await recv_until(first, lambda m: m["type"] == "pong")
+            assert gw.per_user == {"alice": 1}
+            async with connect(url(gw)) as anon:
+                await send(anon, {"type": "ping"})
+                await recv_until(anon, lambda m: m["type"] == "pong")
+                assert gw.per_ip == {"127.0.0.1": 1}
+                await send(anon, {"type": "auth", "token": hs("alice")})
+                err = await recv_until(anon, lambda m: m["type"] == "error")
+                assert err["code"] == "too_many_connections"
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        await recv(anon)
+                assert anon.close_code == 1013
+            async with asyncio.timeout(5):
+                while gw.per_ip:  # noqa: ASYNC110 - the server's handler ends after the close
+                    await asyncio.sleep(0.02)
+            assert gw.per_user == {"alice": 1}  # still counted: a second alice is refused
+            with pytest.raises(InvalidStatus) as exc:
+                async with connect(url(gw, f"token={hs('alice')}")):
+                    pass
+            assert exc.value.response.status_code == 429
+        async with asyncio.timeout(5):
+            while gw.per_user:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+
+
+async def test_open_connection_closed_when_its_token_expires(settings: Settings) -> None:
+    """Issue 12: a token's exp was never checked again on an open connection."""
+    async with running_gateway(settings, jwt_hs256_secret=SECRET, heartbeat_s=0) as gw:
+        async with connect(url(gw, f"token={hs('alice', exp=time.time() + 1.5)}")) as ws:
+            await send(ws, {"type": "subscribe", "channel": "l3", "symbol": "BTC-USD"})
+            assert (await recv(ws))["type"] == "subscribed"
+            err = await recv_until(ws, lambda m: m["type"] == "error", limit=5)
+            assert err["code"] == "token_expired"
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await recv(ws)
+            assert ws.close_code == 4003
+        # a token given by an auth message expires the same way
+        async with connect(url(gw)) as ws:
+            await send(ws, {"type": "auth", "token": hs("bob", exp=time.time() + 1.5)})
+            assert (await recv(ws))["type"] == "authenticated"
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await recv(ws)
+            assert ws.close_code == 4003
+
+
+async def test_token_above_the_maximum_lifetime_refused_at_upgrade(settings: Settings) -> None:
+    async with running_gateway(settings, jwt_hs256_secret=SECRET, jwt_max_lifetime_s=60) as gw:
+        with pytest.raises(InvalidStatus) as exc:
+            async with connect(url(gw, f"token={hs('alice', exp=time.time() + 3600)}")):
+                pass
+        assert exc.value.response.status_code == 401
+        assert b"MD_WS_JWT_MAX_LIFETIME_S" in exc.value.response.body

@@ -36,6 +36,8 @@ def make_producer(
         "max_batch_size": 1 << 20,
         "max_request_size": 4 << 20,
         "compression_type": None,
+        # after a broker's death: how soon the client asks again who leads (default 100 ms)
+        "retry_backoff_ms": s.get("MD_KAFKA_RETRY_BACKOFF_MS", int, 50),
     }
     if transactional_id:
         opts["transactional_id"] = transactional_id
@@ -61,6 +63,7 @@ def make_consumer(
         # a group member that joined before its topic's metadata reached it has no partitions
         # until the next refresh: keep that window short (the default is 5 minutes)
         "metadata_max_age_ms": 10_000,
+        "retry_backoff_ms": s.get("MD_KAFKA_RETRY_BACKOFF_MS", int, 50),
     }
     opts.update(kafka_security_options(s))
     opts.update(kw)

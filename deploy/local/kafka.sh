@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Single-node Kafka 4.x in KRaft mode (broker+controller) on 127.0.0.1:$MD_KAFKA_PORT.
-# MD_KAFKA_BROKERS=N (N > 1): N KRaft nodes in combined mode instead (broker+controller each,
-# static controller quorum of all N), node i (1..N) on 127.0.0.1:$((MD_KAFKA_PORT + 2(i-1))),
-# controller $((MD_KAFKA_CONTROLLER_PORT + 2(i-1))), state in $VAR/kafka-<i>, logs in
+# MD_KAFKA_BROKERS=N (N > 1): N broker-only KRaft nodes and 3 dedicated controllers instead,
+# broker i (1..N) on 127.0.0.1:$((MD_KAFKA_PORT + 2(i-1))), controller j (1..3) on
+# $((MD_KAFKA_CONTROLLER_PORT + 2(j-1))), state in $VAR/kafka-<i> / kafka-c<j>, logs in
 # $VAR/log/kafka-<i>, pid $VAR/run/kafka-<i>.pid; topics default to RF min(N,3), min ISR RF-1.
 # usage: kafka.sh start|stop|status
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -77,22 +77,52 @@ stop() {
 }
 
 # ---- MD_KAFKA_BROKERS > 1: a cluster on loopback ---------------------------------------------
+# N broker-only nodes and a quorum of 3 dedicated controllers (what production runs: in combined
+# mode, killing the node that is also the active controller first costs a controller election,
+# then a fresh broker session: 5 s measured). Broker i (1..N): node id i, port
+# MD_KAFKA_PORT + 2(i-1); controller j (1..3): node id 100+j, port MD_KAFKA_CONTROLLER_PORT + 2(j-1).
+CONTROLLERS=3
 node_port() { echo $((KAFKA_PORT + 2 * ($1 - 1))); }
 node_cport() { echo $((KAFKA_CONTROLLER_PORT + 2 * ($1 - 1))); }
+voters() {
+  local j v=""
+  for ((j = 1; j <= CONTROLLERS; j++)); do v+="${v:+,}$((100 + j))@127.0.0.1:$(node_cport "$j")"; done
+  echo "$v"
+}
+
+write_controller_conf() {
+  local j=$1 dir="$VAR/kafka-c$1"
+  mkdir -p "$dir/data" "$VAR/log/kafka-c$j"
+  cat >"$dir/server.properties" <<PROPS
+process.roles=controller
+node.id=$((100 + j))
+controller.quorum.voters=$(voters)
+listeners=CONTROLLER://127.0.0.1:$(node_cport "$j")
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+# a broker that stops heartbeating is fenced, and its partitions get new leaders, after this
+# long: it is most of the write pause after a broker's kill -9 (default 9 s; issue 11: <= 1 s).
+# Loopback only: on real networks 2-3 s avoids fencing a broker through a GC pause.
+broker.session.timeout.ms=500
+# a lost active controller: the voters notice after the fetch timeout and elect another
+controller.quorum.fetch.timeout.ms=1000
+controller.quorum.election.timeout.ms=500
+controller.quorum.election.backoff.max.ms=500
+PROPS
+}
 
 write_node_conf() {
-  local i=$1 dir="$VAR/kafka-$1" voters="" j
+  local i=$1 dir="$VAR/kafka-$1"
   local port; port=$(node_port "$i")
-  local cport; cport=$(node_cport "$i")
   local rf=$((KAFKA_BROKERS < 3 ? KAFKA_BROKERS : 3))
   local isr=$((rf > 1 ? rf - 1 : 1))
-  for ((j = 1; j <= KAFKA_BROKERS; j++)); do voters+="${voters:+,}$j@127.0.0.1:$(node_cport "$j")"; done
   mkdir -p "$dir/data" "$VAR/log/kafka-$i"
   cat >"$dir/server.properties" <<PROPS
-process.roles=broker,controller
+process.roles=broker
 node.id=$i
-controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+controller.quorum.voters=$(voters)
+listeners=PLAINTEXT://127.0.0.1:$port
 advertised.listeners=PLAINTEXT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -113,38 +143,52 @@ auto.create.topics.enable=true
 log.retention.hours=168
 log.segment.bytes=268435456
 message.max.bytes=4194304
-# a dead broker is fenced (and its partitions' leadership moved) after this long without a
-# heartbeat to the controller quorum: the default 9 s was the whole write pause after a kill -9
-broker.session.timeout.ms=1500
-broker.heartbeat.interval.ms=300
+# well inside the controllers' broker.session.timeout.ms
+broker.heartbeat.interval.ms=100
+# a follower whose leader died retries after this long (default 1 s): until it fetches from the
+# new leader, acks=all writes there wait for it
+replica.fetch.backoff.ms=50
 PROPS
+}
+
+# start_node <name> <conf> <logdir> <pidfile> <heap>
+start_node() {
+  local name=$1 conf=$2 logdir=$3 pidf=$4 heap=$5 cp="$KAFKA_LIBS/*"
+  local cid; cid=$(cat "$VAR/kafka/cluster-id" 2>/dev/null || echo 'mdLocalCluster0000000A')
+  local jopts=(-Xms64m "-Xmx$heap" -XX:+UseG1GC -Djava.awt.headless=true
+    -Dkafka.logs.dir="$logdir" -Dlog4j2.configurationFile="$ROOT/deploy/local/kafka/log4j2.properties")
+  if [[ ! -f "$(dirname "$conf")/data/meta.properties" ]]; then
+    log "formatting $name storage (once)"
+    java "${jopts[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cid" -c "$conf" \
+      >"$logdir/format.log" 2>&1 || die "$name storage format failed (see $logdir/format.log)"
+  fi
+  nohup setsid java "${jopts[@]}" -cp "$cp" kafka.Kafka "$conf" >"$logdir/stdout.log" 2>&1 &
+  echo $! >"$pidf"
 }
 
 start_cluster() {
   [[ -f "$KAFKA_LIBS/.complete" ]] || die "Kafka jars missing in $KAFKA_LIBS: run deploy/local/install.sh"
   command -v java >/dev/null || die "java not found: Java 17+ is required for Kafka"
-  local cp="$KAFKA_LIBS/*" i port logdir conf
-  local cid; cid=$(cat "$VAR/kafka/cluster-id" 2>/dev/null || echo 'mdLocalCluster0000000A')
+  local i j port
   ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  for ((i = 1; i <= KAFKA_BROKERS; i++)); do
-    port=$(node_port "$i") logdir="$VAR/log/kafka-$i" conf="$VAR/kafka-$i/server.properties"
-    if port_open "$port"; then log "Kafka node $i already answers on 127.0.0.1:$port"; continue; fi
-    write_node_conf "$i"
-    # three JVMs: a smaller heap each than the single broker's
-    local jopts=(-Xms128m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
-      -Dkafka.logs.dir="$logdir" -Dlog4j2.configurationFile="$ROOT/deploy/local/kafka/log4j2.properties")
-    if [[ ! -f "$VAR/kafka-$i/data/meta.properties" ]]; then
-      log "formatting Kafka node $i storage (once)"
-      java "${jopts[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cid" -c "$conf" \
-        >"$logdir/format.log" 2>&1 || die "Kafka node $i storage format failed (see $logdir/format.log)"
-    fi
-    log "starting Kafka node $i on 127.0.0.1:$port (controller $(node_cport "$i"))"
-    nohup setsid java "${jopts[@]}" -cp "$cp" kafka.Kafka "$conf" >"$logdir/stdout.log" 2>&1 &
-    echo $! >"$VAR/run/kafka-$i.pid"
+  for ((j = 1; j <= CONTROLLERS; j++)); do
+    if port_open "$(node_cport "$j")"; then log "Kafka controller $j already answers"; continue; fi
+    write_controller_conf "$j"
+    log "starting Kafka controller $j on 127.0.0.1:$(node_cport "$j")"
+    start_node "Kafka controller $j" "$VAR/kafka-c$j/server.properties" "$VAR/log/kafka-c$j" \
+      "$VAR/run/kafka-c$j.pid" 256m
   done
-  # the brokers open their port once the controller quorum (a majority) has elected a leader
-  for ((i = 1; i <= KAFKA_BROKERS; i++)); do wait_port 127.0.0.1 "$(node_port "$i")" 120 "Kafka node $i"; done
-  log "Kafka cluster up: $MD_KAFKA_BOOTSTRAP (RF $MD_KAFKA_REPLICATION_FACTOR, min ISR $MD_KAFKA_MIN_ISR)"
+  for ((i = 1; i <= KAFKA_BROKERS; i++)); do
+    port=$(node_port "$i")
+    if port_open "$port"; then log "Kafka broker $i already answers on 127.0.0.1:$port"; continue; fi
+    write_node_conf "$i"
+    log "starting Kafka broker $i on 127.0.0.1:$port"
+    start_node "Kafka broker $i" "$VAR/kafka-$i/server.properties" "$VAR/log/kafka-$i" \
+      "$VAR/run/kafka-$i.pid" 512m
+  done
+  # a broker opens its port once it has registered with the active controller
+  for ((i = 1; i <= KAFKA_BROKERS; i++)); do wait_port 127.0.0.1 "$(node_port "$i")" 120 "Kafka broker $i"; done
+  log "Kafka cluster up: $MD_KAFKA_BOOTSTRAP (RF $MD_KAFKA_REPLICATION_FACTOR, min ISR $MD_KAFKA_MIN_ISR, $CONTROLLERS controllers)"
 }
 
 stop_pidfile() {
@@ -158,17 +202,20 @@ stop_pidfile() {
   rm -f "$pidf"
 }
 
-# stops every node a cluster run left (whatever MD_KAFKA_BROKERS says now), in parallel:
-# the last nodes standing wait for a quorum to shut down in order, so one at a time is slow
+# stops every node a cluster run left (whatever MD_KAFKA_BROKERS says now), in parallel: brokers
+# first (a broker's controlled shutdown needs the controllers), then the controllers
 stop_cluster() {
-  local f n pids=()
-  for f in "$VAR"/run/kafka-[0-9]*.pid; do
-    [[ -e "$f" ]] || continue
-    n=${f##*/kafka-}; n=${n%.pid}
-    stop_pidfile "$f" "Kafka node $n" &
-    pids+=($!)
+  local f n pids=() glob
+  for glob in "kafka-[0-9]*.pid" "kafka-c[0-9]*.pid"; do
+    pids=()
+    for f in "$VAR"/run/$glob; do
+      [[ -e "$f" ]] || continue
+      n=${f##*/kafka-}; n=${n%.pid}
+      stop_pidfile "$f" "Kafka node $n" &
+      pids+=($!)
+    done
+    for f in "${pids[@]}"; do wait "$f" || true; done
   done
-  for f in "${pids[@]}"; do wait "$f" || true; done
 }
 
 status_cluster() {
@@ -176,6 +223,10 @@ status_cluster() {
   for ((i = 1; i <= KAFKA_BROKERS; i++)); do
     port=$(node_port "$i")
     port_open "$port" && echo "kafka-$i: up 127.0.0.1:$port" || echo "kafka-$i: down"
+  done
+  for ((i = 1; i <= CONTROLLERS; i++)); do
+    port=$(node_cport "$i")
+    port_open "$port" && echo "kafka-c$i: up 127.0.0.1:$port (controller)" || echo "kafka-c$i: down"
   done
 }
 

@@ -63,3 +63,52 @@ def uvicorn_ssl_options(certfile: str, keyfile: str | None) -> dict[str, Any]:
         "ssl_version": ssl.PROTOCOL_TLS_SERVER,
         "ssl_ciphers": TLS12_CIPHERS,
     }
+
+
+def write_self_signed(directory: str, hostname: str = "localhost", days: int = 30) -> None:
+    """``tls.crt`` + ``tls.key`` (0600) for ``hostname`` in ``directory``: a test certificate
+    for docker compose or a demo, never for production (clients must be told to trust it)."""
+    import datetime
+    import os
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(d / "tls.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "self-signed":
+        sys.exit("usage: python -m core.tls self-signed DIR [HOSTNAME]")
+    write_self_signed(sys.argv[2], *(sys.argv[3:4]))
+    print(f"wrote {sys.argv[2]}/tls.crt and tls.key")

@@ -194,7 +194,11 @@ def compose_problems(compose: dict[str, Any], conf: list[ConfService]) -> list[s
                     f"{cs.name}: restart={restart!r}, want one of {sorted(LONG_RUNNING_RESTART)}"
                 )
             want = compose_health_url(cs.health_url)
-            called = re.findall(r"https?://[^\s'\"]+", _health_text(svc))
+            # a gateway with TLS (docs/security.md) checks the same URL over https
+            called = [
+                re.sub(r"^https://", "http://", u)
+                for u in re.findall(r"https?://[^\s'\"]+", _health_text(svc))
+            ]
             if called != [want]:
                 problems.append(
                     f"{cs.name}: health check does not call {want} ({_health_text(svc)!r})"
@@ -612,7 +616,10 @@ def test_prometheus_scrapes_every_service_on_its_port() -> None:
     for cs in load_services_conf():
         if cs.port is None:
             continue
-        assert f"{cs.name}:{cs.port}" in compose_targets.get(cs.name, set()), cs.name
+        # a gateway with MD_*_METRICS_PORT serves /metrics there, not on its public port
+        env = _env(compose["services"][cs.name])
+        port = next((v for k, v in env.items() if k.endswith("_METRICS_PORT")), cs.port)
+        assert f"{cs.name}:{port}" in compose_targets.get(cs.name, set()), cs.name
         assert f"127.0.0.1:{cs.port}" in local_targets.get(cs.name, set()), cs.name
     # compose mounts the folder holding prometheus.yml and alerts.yml
     vols = compose["services"]["prometheus"]["volumes"]

@@ -104,3 +104,17 @@ def test_client_context_verifies_the_server(cert: tuple[Path, Path], tmp_path: P
 def test_uvicorn_options_carry_the_policy(cert: tuple[Path, Path]) -> None:
     opts = uvicorn_ssl_options(str(cert[0]), str(cert[1]))
     assert opts["ssl_ciphers"] == TLS12_CIPHERS and opts["ssl_certfile"] == str(cert[0])
+
+
+def test_self_signed_helper_writes_a_usable_pair(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "core.tls", "self-signed", str(tmp_path), "localhost"],
+        check=True,
+        capture_output=True,
+    )
+    assert (tmp_path / "tls.key").stat().st_mode & 0o077 == 0
+    srv = server_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
+    assert handshake(srv, client_context(str(tmp_path / "tls.crt")))[0] == "TLSv1.3"

@@ -39,7 +39,8 @@ import orjson
 from prometheus_client import Counter
 
 from aggregator import events as ev
-from aggregator.sources.publish import EventPublisher
+from aggregator.sources.feed_monitor import FeedMonitor
+from aggregator.sources.publish import EventPublisher, EventSink
 from core.backoff import Backoff
 from core.codec import now_ns, ns_from_iso
 from core.errors import MarketDataError
@@ -157,6 +158,7 @@ class CoinbaseParser:
     source: str = "coinbase"
     feeds: dict[str, ProductFeed] = field(default_factory=dict)
     resync: set[str] = field(default_factory=set)  # products the client must resubscribe
+    last_products: tuple[str, ...] = ()  # the product the last message concerned (metrics, raw)
     counts: dict[str, int] = field(
         default_factory=lambda: {"malformed": 0, "stale": 0, "gaps": 0, "ignored": 0}
     )
@@ -199,6 +201,7 @@ class CoinbaseParser:
 
     def receive(self, raw: bytes | str, recv_ns: int) -> list[ev.AnyEvent]:
         """Events for one raw feed message (possibly none). Never raises on feed content."""
+        self.last_products = ()
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -246,6 +249,7 @@ class CoinbaseParser:
         if sym is None:
             self.counts["ignored"] += 1
             return []
+        self.last_products = (sym,)
         f = self.feeds[sym]
         ts = self._ts(msg, recv_ns)
         src = self.source
@@ -484,9 +488,12 @@ class CoinbaseConfig:
 
 
 class CoinbaseClient:
-    def __init__(self, cfg: CoinbaseConfig, publisher: EventPublisher) -> None:
+    def __init__(
+        self, cfg: CoinbaseConfig, publisher: EventSink, *, monitor: FeedMonitor | None = None
+    ) -> None:
         self.cfg = cfg
         self.pub = publisher
+        self.monitor = monitor or FeedMonitor("coinbase")
         self.full = "full" in cfg.channels
         self.parser = CoinbaseParser(cfg.products, full=self.full)
         self.backoff = Backoff(initial=0.2, maximum=10.0)
@@ -568,12 +575,16 @@ class CoinbaseClient:
                     raise TimeoutError("feed stalled")
                 raw = recv.result()
                 rn = now_ns()
+                t0 = time.perf_counter()
                 self.last_message = time.monotonic()
-                for e in self.parser.receive(raw, rn):
+                events = self.parser.receive(raw, rn)
+                self.monitor.frame(raw, self.parser.last_products, rn)
+                for e in events:
                     await self.pub.publish(e, recv_ns=rn)
                     self.last_event = self.last_message
                     if isinstance(e, ev.BookSnapshot):
                         self.backoff.reset()
+                self.monitor.processed(time.perf_counter() - t0)
                 again = self.parser.take_resync()
                 if again:
                     await self.pub.flush()
@@ -602,7 +613,8 @@ def config_from_settings(s: Any) -> CoinbaseConfig:
 def main() -> None:
     import argparse
 
-    from core.health import READINESS, Health
+    from aggregator.sources.feed_monitor import monitor_from_settings
+    from core.health import INFO, READINESS, Health
     from core.ops_http import start_ops_server
     from core.service import run
     from core.settings import Settings
@@ -615,16 +627,14 @@ def main() -> None:
         s = Settings.from_env()
         pub = EventPublisher(s, "coinbase", capture=args.capture)
         await pub.start()
-        client = CoinbaseClient(config_from_settings(s), pub)
+        cfg = config_from_settings(s)
+        monitor = monitor_from_settings(s, "coinbase", cfg.products)
+        client = CoinbaseClient(cfg, pub, monitor=monitor)
         health = Health("coinbase")
-        health.add(
-            "feed",
-            lambda: (
-                client.connected,
-                {"last_message_s": round(time.monotonic() - client.last_message, 2)},
-            ),
-            kind=READINESS,  # the upstream feed: not ready while it is away, no restart
-        )
+        # the ingestion document: 503 after a minute without a message (past a 5-minute grace);
+        # the upstream feed is a dependency: not ready while it is away, never a restart
+        health.add("feed_messages", monitor.healthy, kind=READINESS)
+        health.add("feed_connected", lambda: (client.connected, {}), kind=INFO)
         server = await start_ops_server(
             health, s.ops_host, s.get("MD_COINBASE_HTTP_PORT", int, 8015)
         )
@@ -632,6 +642,7 @@ def main() -> None:
             await client.run(stop)
         finally:
             server.close()
+            monitor.close()
             await pub.stop()
 
     run(_main, service="coinbase")

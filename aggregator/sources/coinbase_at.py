@@ -573,7 +573,7 @@ def main() -> None:
         monitor = monitor_from_settings(s, SOURCE, cfg.products)
         client = AdvancedTradeClient(cfg, pub, credentials=creds, monitor=monitor)
         health = Health(SOURCE)
-        health.add("feed", monitor.healthy, kind=READINESS)
+        health.add("feed_messages", monitor.healthy, kind=READINESS)  # 503: a silent minute
         server = await start_ops_server(
             health, s.ops_host, s.get("MD_COINBASE_AT_HTTP_PORT", int, 8016)
         )

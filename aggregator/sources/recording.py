@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from pathlib import Path
 
 from aggregator.sources.coinbase import CoinbaseClient, CoinbaseConfig
 from aggregator.sources.coinbase_mock import MockConfig, serve_mock
+from aggregator.sources.feed_monitor import monitor_from_settings
 from aggregator.sources.publish import EventPublisher
-from core.health import READINESS, Health
+from core.health import INFO, READINESS, Health
 from core.ops_http import start_ops_server
 from core.settings import Settings, parse_bool
 
@@ -50,19 +50,14 @@ async def run_recording(
     )
     pub = EventPublisher(settings, "coinbase", capture=capture)
     await pub.start()
-    client = CoinbaseClient(cfg, pub)
+    monitor = monitor_from_settings(settings, "coinbase", ex.products)
+    client = CoinbaseClient(cfg, pub, monitor=monitor)
     health = Health("recording")
+    health.add("feed_messages", monitor.healthy, kind=READINESS)  # 503: a minute of silence
     health.add(
         "feed",
-        lambda: (
-            client.connected,
-            {
-                "products": list(ex.products),
-                "played": ex.played,
-                "last_message_s": round(time.monotonic() - client.last_message, 2),
-            },
-        ),
-        kind=READINESS,  # the upstream feed: not ready while it is away, no restart
+        lambda: (client.connected, {"products": list(ex.products), "played": ex.played}),
+        kind=INFO,
     )
     ops_server = (
         await start_ops_server(health, settings.ops_host, settings.simulator_http_port)
@@ -76,6 +71,7 @@ async def run_recording(
             ops_server.close()
         server.close()
         ex.play_task.cancel()  # type: ignore[attr-defined]
+        monitor.close()
         await pub.stop()
 
 

@@ -4,7 +4,7 @@
 - The backend (``timescale`` or ``native``) is chosen once per database and recorded in
   ``md_storage_meta``; later runs keep it, because a partitioned table cannot become a hypertable
   in place. ``MD_STORAGE_BACKEND=auto|native|timescale`` (default ``auto``: TimescaleDB when the
-  extension is available).
+  extension is installed and preloaded; otherwise native, with a warning that says why).
 - Each version runs in its own transaction and is recorded in ``md_schema_migrations``.
 - On the native backend every run (and the writer, periodically) creates partitions ahead and
   drops expired ones (:func:`maintain_partitions`).
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass, field
 from datetime import date
 from typing import cast
@@ -67,9 +68,21 @@ async def connect_with_retry(dsn: str, *, wait_s: float = 30.0) -> asyncpg.Conne
             await asyncio.sleep(backoff.next())
 
 
-async def _timescale_available(conn: asyncpg.Connection) -> bool:
-    row = await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-    return row is not None
+async def timescale_status(conn: asyncpg.Connection) -> tuple[bool, str]:
+    """(usable, why not): TimescaleDB can be created in this database only when the server has
+    the extension installed *and* loads it at start (``shared_preload_libraries``); without the
+    preload ``CREATE EXTENSION`` fails with 'extension "timescaledb" must be preloaded'."""
+    if await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
+        return True, ""
+    if not await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"):
+        return False, "the timescaledb extension is not installed on the server"
+    preload = str(await conn.fetchval("SELECT current_setting('shared_preload_libraries')"))
+    if "timescaledb" not in [p.strip() for p in preload.split(",")]:
+        return False, (
+            "the timescaledb extension is installed but not in shared_preload_libraries "
+            f"(currently {preload!r}); add it and restart the server to use TimescaleDB"
+        )
+    return True, ""
 
 
 async def choose_backend(conn: asyncpg.Connection, mode: str) -> Backend:
@@ -83,8 +96,18 @@ async def choose_backend(conn: asyncpg.Connection, mode: str) -> Backend:
                 f"database already uses the {recorded!r} backend; cannot switch to {mode!r} in place",
             )
         return cast(Backend, recorded)
+    ok, why = await timescale_status(conn)
     if mode == "auto":
-        return "timescale" if await _timescale_available(conn) else "native"
+        if ok:
+            return "timescale"
+        log.warning(
+            "storage backend: plain PostgreSQL (native partitions), not TimescaleDB",
+            extra={"reason": why},
+        )
+        print(f"[storage] WARNING: using the native backend: {why}", file=sys.stderr)
+        return "native"
+    if mode == "timescale" and not ok:
+        raise ConfigError("MD_STORAGE_BACKEND", f"timescale requested but {why}")
     return cast(Backend, mode)
 
 

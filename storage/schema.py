@@ -13,8 +13,14 @@ Every time-series table's primary key starts with its natural key and includes t
 column (PostgreSQL requires the partition key in every unique constraint), which is what makes
 ``INSERT ... ON CONFLICT`` idempotent for replayed Kafka records.
 
-The machine this project runs on has plain PostgreSQL only; the TimescaleDB branch is covered
-by SQL-generation tests (tests/unit/test_storage_schema.py).
+Both branches run against the real server in the tests: the local cluster preloads TimescaleDB
+2.28.3 (built by deploy/local/install.sh), and ``MD_STORAGE_BACKEND=native`` selects the plain
+path on the same server (tests/integration/test_storage_migrate.py).
+
+Book history (docs/storage.md "Book history"): ``stream_messages`` keeps every message of the
+history channels (``l2``, ``l3``, ``trades`` by default) exactly as published, and
+``book_snapshots`` a full-depth ``l2_snapshot``/``l3_snapshot`` per symbol every few seconds, so
+the book after any ``seq`` is the nearest snapshot at or before it plus the updates since.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class TimeTable:
     retention_days: int  # partitions entirely older than this are dropped
     compress_after_days: int  # TimescaleDB only
     segment_by: str = "symbol"  # TimescaleDB compression segment
+    order_by: str = ""  # TimescaleDB compression order (default: the time column, newest first)
 
 
 TRADES = TimeTable(
@@ -102,7 +109,56 @@ L2_SNAPSHOTS = TimeTable(
     compress_after_days=1,
 )
 
-TIME_TABLES: tuple[TimeTable, ...] = (TRADES, CANDLES, L2_SNAPSHOTS)
+# every message of the history channels, the bytes exactly as published (the replay source);
+# (channel, symbol, epoch, seq) identifies a message, ts (its `timestamp`) is in the key because
+# the partition column must be
+STREAM_MESSAGES = TimeTable(
+    name="stream_messages",
+    columns="""
+    channel    text        NOT NULL,
+    symbol     text        NOT NULL,
+    epoch      bigint      NOT NULL,
+    seq        bigint      NOT NULL,
+    ts         timestamptz NOT NULL,
+    msg        bytea       NOT NULL,
+    PRIMARY KEY (channel, symbol, epoch, seq, ts)""",
+    time_column="ts",
+    chunk_days=1,
+    retention_days=7,
+    compress_after_days=1,
+    segment_by="channel, symbol",
+    order_by="epoch, seq",
+)
+
+# full-depth book snapshots (l2_snapshot / l3_snapshot messages as published on the snapshot
+# topic), sampled every MD_STORAGE_BOOK_SNAPSHOT_S per symbol: the starting points of a rebuild
+BOOK_SNAPSHOTS = TimeTable(
+    name="book_snapshots",
+    columns="""
+    channel    text        NOT NULL,
+    symbol     text        NOT NULL,
+    epoch      bigint      NOT NULL,
+    seq        bigint      NOT NULL,
+    ts         timestamptz NOT NULL,
+    msg        bytea       NOT NULL,
+    PRIMARY KEY (channel, symbol, epoch, seq, ts)""",
+    time_column="ts",
+    chunk_days=1,
+    retention_days=7,
+    compress_after_days=1,
+    segment_by="channel, symbol",
+    order_by="epoch, seq",
+)
+
+TIME_TABLES: tuple[TimeTable, ...] = (
+    TRADES,
+    CANDLES,
+    L2_SNAPSHOTS,
+    STREAM_MESSAGES,
+    BOOK_SNAPSHOTS,
+)
+# the tables of the first schema version (migration 2); later tables come with their own
+BASE_TIME_TABLES: tuple[TimeTable, ...] = (TRADES, CANDLES, L2_SNAPSHOTS)
 
 SYMBOLS_DDL = """
 CREATE TABLE IF NOT EXISTS symbols (
@@ -155,7 +211,7 @@ def time_table_ddl(t: TimeTable, backend: Backend) -> tuple[str, ...]:
         f"chunk_time_interval => {_interval(t.chunk_days)}, if_not_exists => TRUE)",
         f"ALTER TABLE {t.name} SET (timescaledb.compress, "
         f"timescaledb.compress_segmentby = '{t.segment_by}', "
-        f"timescaledb.compress_orderby = '{t.time_column} DESC')",
+        f"timescaledb.compress_orderby = '{t.order_by or t.time_column + ' DESC'}')",
         f"SELECT add_compression_policy('{t.name}', {_interval(t.compress_after_days)}, "
         f"if_not_exists => TRUE)",
         f"SELECT add_retention_policy('{t.name}', {_interval(t.retention_days)}, "
@@ -169,7 +225,7 @@ def migrations(backend: Backend) -> tuple[Migration, ...]:
         ("CREATE EXTENSION IF NOT EXISTS timescaledb",) if backend == "timescale" else ()
     )
     ts_tables: list[str] = []
-    for t in TIME_TABLES:
+    for t in BASE_TIME_TABLES:
         ts_tables.extend(time_table_ddl(t, backend))
     return (
         Migration(1, "symbol catalogue", (SYMBOLS_DDL,)),
@@ -180,6 +236,17 @@ def migrations(backend: Backend) -> tuple[Migration, ...]:
             ("CREATE INDEX IF NOT EXISTS candles_interval_bucket ON candles (interval, bucket)",),
         ),
         Migration(4, "candle vwap", ("ALTER TABLE candles ADD COLUMN IF NOT EXISTS vwap numeric",)),
+        Migration(
+            5,
+            f"book history: stream messages and full snapshots ({backend})",
+            (
+                *time_table_ddl(STREAM_MESSAGES, backend),
+                *time_table_ddl(BOOK_SNAPSHOTS, backend),
+                # the point-in-time lookup: the last message at or before a time
+                "CREATE INDEX IF NOT EXISTS stream_messages_time "
+                "ON stream_messages (channel, symbol, ts DESC)",
+            ),
+        ),
     )
 
 

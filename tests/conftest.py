@@ -82,7 +82,16 @@ def _server_versions() -> dict[str, str]:
     async def _pg() -> str:
         conn = await asyncpg.connect(BASE.pg_dsn)
         try:
-            return str(await conn.fetchval("SELECT version()")).split(" on ")[0]
+            pg = str(await conn.fetchval("SELECT version()")).split(" on ")[0]
+            ts = await conn.fetchval(
+                "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
+            )
+            preload = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
+            if ts is None:
+                return f"{pg}, no TimescaleDB"
+            return f"{pg}, TimescaleDB {ts}" + (
+                "" if "timescaledb" in preload else " (not preloaded)"
+            )
         finally:
             await conn.close()
 

@@ -21,8 +21,42 @@ if [[ $(id -u) -eq 0 ]]; then
   fi
 fi
 
+# TimescaleDB (built by install.sh) must be in shared_preload_libraries before the server starts;
+# the project owns this cluster, so it configures the preload itself (an external database that
+# lacks it makes the storage fall back to plain PostgreSQL with a warning: docs/storage.md).
+tsdb_installed() {
+  local pg_config
+  pg_config="$(dirname "$(find_pg_bin initdb)")/pg_config"
+  [[ -x "$pg_config" ]] || pg_config=$(find_pg_bin pg_config) || return 1
+  [[ -f "$("$pg_config" --pkglibdir)/timescaledb.so" ]]
+}
+
+configure_timescaledb() {
+  [[ -f "$DATA/postgresql.conf" ]] || return 0
+  tsdb_installed || return 0
+  grep -q "^shared_preload_libraries *= *'timescaledb'" "$DATA/postgresql.conf" && return 0
+  log "PostgreSQL: preloading TimescaleDB (shared_preload_libraries)"
+  cat >>"$DATA/postgresql.conf" <<CONF
+shared_preload_libraries = 'timescaledb'
+timescaledb.telemetry_level = off
+timescaledb.max_background_workers = 8
+max_worker_processes = 16
+CONF
+}
+
 start() {
-  if port_open "$PG_PORT"; then log "PostgreSQL already answers on 127.0.0.1:$PG_PORT"; return 0; fi
+  if port_open "$PG_PORT"; then
+    # a cluster started before TimescaleDB was installed: add the preload and restart it once
+    if [[ -f "$DATA/postmaster.pid" ]] && tsdb_installed \
+      && ! grep -q "^shared_preload_libraries *= *'timescaledb'" "$DATA/postgresql.conf" 2>/dev/null; then
+      configure_timescaledb
+      log "restarting PostgreSQL once to load TimescaleDB"
+      "${RUNAS[@]}" "$(find_pg_bin pg_ctl)" -D "$DATA" -l "$LOGF" -m fast -w -t 60 restart >/dev/null \
+        || die "PostgreSQL did not restart (see $LOGF)"
+      wait_port 127.0.0.1 "$PG_PORT" 30 PostgreSQL
+    fi
+    log "PostgreSQL already answers on 127.0.0.1:$PG_PORT"; return 0
+  fi
   local initdb pg_ctl
   initdb=$(find_pg_bin initdb) || die "PostgreSQL server binaries (initdb) not found: run deploy/local/install.sh or apt-get install postgresql"
   pg_ctl=$(find_pg_bin pg_ctl) || die "pg_ctl not found"
@@ -44,6 +78,7 @@ synchronous_commit = off
 fsync = on
 CONF
   fi
+  configure_timescaledb
   log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
   "${RUNAS[@]}" "$pg_ctl" -D "$DATA" -l "$LOGF" -o "-p $PG_PORT" -w -t 60 start >/dev/null \
     || die "PostgreSQL did not start (see $LOGF)"

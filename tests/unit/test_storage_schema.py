@@ -1,5 +1,5 @@
-"""SQL generation for both backends; the TimescaleDB branch is tested here only (no extension
-on this machine), the native branch also against the real server in integration tests."""
+"""SQL generation for both backends; both also run against the real server (the local cluster
+preloads TimescaleDB) in tests/integration/test_storage_migrate.py."""
 
 from __future__ import annotations
 

@@ -20,13 +20,23 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from aggregator import events as ev
 from aggregator.book import ZERO, Book, fmt
 from core.channels import CANDLE_INTERVALS, data_message
 from core.checksum import book_checksum
 from core.codec import iso_from_ns
+from core.messages import (
+    CandleData,
+    L3Op,
+    Message,
+    MessageType,
+    StatsData,
+    StatusData,
+    TickerData,
+    TradeData,
+)
 from core.symbols import SymbolInfo, default_info
 
 NS = 1_000_000_000
@@ -34,7 +44,7 @@ MINUTE_NS = 60 * NS
 DAY_MINUTES = 1440
 Q8 = Decimal("0.00000001")
 
-Out = tuple[str, dict[str, Any]]  # (channel, message)
+Out = tuple[str, Message]  # (channel, message)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +92,7 @@ class Candle:
         self.quote_volume += px * qty
         self.count += 1
 
-    def data(self, interval: str, secs: int, closed: bool) -> dict[str, Any]:
+    def data(self, interval: str, secs: int, closed: bool) -> CandleData:
         return {
             "interval": interval,
             "start": iso_from_ns(self.start),
@@ -130,9 +140,9 @@ class SymbolState:
         self.l2_only = False
         self.last_ts = 0  # event time of the last applied event
         # pending outputs since the last flush
-        self._l3_ops: list[dict[str, Any]] = []
-        self._trades: list[dict[str, Any]] = []
-        self._closed_candles: list[tuple[str, dict[str, Any], int]] = []
+        self._l3_ops: list[L3Op] = []
+        self._trades: list[TradeData] = []
+        self._closed_candles: list[tuple[str, CandleData, int]] = []
         self._status_dirty = False
         self._book_dirty = False
         self._trade_dirty = False
@@ -140,7 +150,7 @@ class SymbolState:
         self._candle_pub: dict[str, int] = {}  # interval -> event time of its last open update
         self._top_dirty = False
         # trades snapshot / last trade
-        self.recent_trades: deque[dict[str, Any]] = deque(maxlen=self.cfg.trades_snapshot_n)
+        self.recent_trades: deque[TradeData] = deque(maxlen=self.cfg.trades_snapshot_n)
         # 24h window in 1-minute event-time buckets: minute -> [open, high, low, close, volume]
         # (insertion order is event-time order except for rare late trades)
         self.day: dict[int, list[Decimal]] = {}
@@ -151,7 +161,7 @@ class SymbolState:
         self.candles: dict[str, Candle] = {}
         self._next_close = 0  # smallest end of an open candle (0: none open), one compare per event
         # final record of the last closed bucket per interval: the snapshot when none is open
-        self.last_closed: dict[str, dict[str, Any]] = {}
+        self.last_closed: dict[str, CandleData] = {}
         # stats windows
         self.last_top: tuple[Decimal, Decimal] | None = None
         self.mids: deque[tuple[Decimal, Decimal]] = deque(
@@ -165,8 +175,8 @@ class SymbolState:
         self.vw_q = ZERO
         self.vw_last = ZERO  # last trade price
         # last published ticker/stats data, to publish only changes
-        self.last_ticker: dict[str, Any] | None = None
-        self.last_stats: dict[str, Any] | None = None
+        self.last_ticker: TickerData | None = None
+        self.last_stats: StatsData | None = None
 
     # ------------------------------------------------------------------ input
     def apply(self, e: ev.AnyEvent) -> None:
@@ -314,7 +324,7 @@ class SymbolState:
             book.clear()
             self._book_changed()
 
-    def _l3(self, op: dict[str, Any]) -> None:
+    def _l3(self, op: L3Op) -> None:
         if not self.l2_only:
             self._l3_ops.append(op)
 
@@ -359,7 +369,7 @@ class SymbolState:
     def _trade(
         self,
         trade_id: str,
-        side: str,
+        side: Any,
         price: str,
         px: Decimal,
         size: str,
@@ -368,7 +378,7 @@ class SymbolState:
         maker: str | None,
         taker: str | None,
     ) -> None:
-        t: dict[str, Any] = {
+        t: TradeData = {
             "trade_id": trade_id,
             "price": price,
             "size": size,
@@ -377,7 +387,7 @@ class SymbolState:
         }
         if maker is not None:
             t["maker_order_id"] = maker
-            t["taker_order_id"] = taker
+            t["taker_order_id"] = cast(str, taker)
         self._trades.append(t)
         self.recent_trades.append(t)
         self._trade_dirty = True
@@ -458,7 +468,7 @@ class SymbolState:
 
     def _msg(
         self,
-        type_: str,
+        type_: MessageType,
         channel: str,
         now: int,
         data: Any,
@@ -546,16 +556,28 @@ class SymbolState:
         self.flush(0)
 
     # ------------------------------------------------------------------ data shapes
-    def status_data(self) -> dict[str, Any]:
+    def status_data(self) -> StatusData:
         info = self.info or default_info(self.symbol, source="unknown")
         d = info.to_dict()
         d["state"] = "l2_only" if self.l2_only else "live"
-        return d
+        return cast(StatusData, d)
 
-    def ticker_data(self) -> dict[str, Any]:
+    def ticker_data(self) -> TickerData:
         bb, ba = self.book.best("buy"), self.book.best("sell")
         last = self.recent_trades[-1] if self.recent_trades else None
-        d: dict[str, Any] = {
+        if self.day and self.day_high is not None and self.day_low is not None:
+            open_ = next(iter(self.day.values()))[0]
+            chg = self.vw_last - open_
+            open_24h: str | None = fmt(open_)
+            high_24h: str | None = fmt(self.day_high)
+            low_24h: str | None = fmt(self.day_low)
+            volume_24h = fmt(self.day_volume)
+            change_24h: str | None = fmt(chg)
+            change_pct_24h: str | None = q8(chg * 100 / open_)
+        else:
+            open_24h = high_24h = low_24h = change_24h = change_pct_24h = None
+            volume_24h = "0"
+        return {
             "best_bid": bb.price if bb else None,
             "best_bid_size": fmt(bb.total) if bb else None,
             "best_ask": ba.price if ba else None,
@@ -564,30 +586,15 @@ class SymbolState:
             "last_size": last["size"] if last else None,
             "last_side": last["side"] if last else None,
             "last_trade_id": last["trade_id"] if last else None,
+            "open_24h": open_24h,
+            "high_24h": high_24h,
+            "low_24h": low_24h,
+            "volume_24h": volume_24h,
+            "change_24h": change_24h,
+            "change_pct_24h": change_pct_24h,
         }
-        if self.day and self.day_high is not None and self.day_low is not None:
-            open_ = next(iter(self.day.values()))[0]
-            chg = self.vw_last - open_
-            d.update(
-                open_24h=fmt(open_),
-                high_24h=fmt(self.day_high),
-                low_24h=fmt(self.day_low),
-                volume_24h=fmt(self.day_volume),
-                change_24h=fmt(chg),
-                change_pct_24h=q8(chg * 100 / open_),
-            )
-        else:
-            d.update(
-                open_24h=None,
-                high_24h=None,
-                low_24h=None,
-                volume_24h="0",
-                change_24h=None,
-                change_pct_24h=None,
-            )
-        return d
 
-    def stats_data(self) -> dict[str, Any] | None:
+    def stats_data(self) -> StatsData | None:
         bb, ba = self.book.best("buy"), self.book.best("sell")
         if bb is None or ba is None:
             spread = mid = None
@@ -607,14 +614,14 @@ class SymbolState:
         }
 
     # ------------------------------------------------------------------ snapshots
-    def snapshots(self, now: int) -> list[tuple[str, dict[str, Any]]]:
+    def snapshots(self, now: int) -> list[tuple[str, Message]]:
         """``(key, message)`` for the compacted snapshot topic; each ``seq`` is the stream's last."""
         sym = self.symbol
-        out: list[tuple[str, dict[str, Any]]] = []
+        out: list[tuple[str, Message]] = []
 
         def snap(
-            type_: str, channel: str, data: Any, checksum: int | None = None
-        ) -> dict[str, Any]:
+            type_: MessageType, channel: str, data: Any, checksum: int | None = None
+        ) -> Message:
             return data_message(
                 type=type_,
                 channel=channel,
@@ -661,7 +668,7 @@ class SymbolState:
                 )
         return out
 
-    def status_snapshot(self, now: int) -> tuple[str, dict[str, Any]]:
+    def status_snapshot(self, now: int) -> tuple[str, Message]:
         return f"status:{self.symbol}", data_message(
             type="status",
             channel="status",

@@ -3,7 +3,8 @@
 Every data message carries ``type``, ``channel``, ``symbol``, ``seq`` (per channel and symbol,
 +1 per message), ``epoch`` (changes only when a stream's continuity is broken), ``timestamp``
 (when the aggregator published, ISO-8601 UTC µs), ``event_time`` (upstream event time) and
-``data``; book messages add ``checksum`` (see core.checksum).
+``data``; book messages add ``checksum`` (see core.checksum). The shapes are declared in
+core/messages.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.codec import iso_from_ns
+from core.messages import Message, MessageType
 
 CANDLE_INTERVALS: dict[str, int] = {
     "1m": 60,
@@ -32,7 +34,7 @@ def is_data_channel(channel: str) -> bool:
 
 def data_message(
     *,
-    type: str,
+    type: MessageType,
     channel: str,
     symbol: str,
     seq: int,
@@ -41,8 +43,9 @@ def data_message(
     event_ns: int,
     data: Any,
     checksum: int | None = None,
-) -> dict[str, Any]:
-    msg: dict[str, Any] = {
+) -> Message:
+    """The envelope (core/messages.py ``Message``); ``data`` must have the shape of ``type``."""
+    msg: Message = {
         "type": type,
         "channel": channel,
         "symbol": symbol,

@@ -55,6 +55,7 @@ from core.feed import FeedClient, parse_addresses
 from core.kafka import Pacer
 from core.kafka_auth import kafka_security_options
 from core.settings import Settings
+from core.signing import sign
 from core.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,8 @@ def _parse(raw: bytes) -> _Msg:
         raise CodecError("message without integer seq/epoch")
     if not isinstance(d.get("channel"), str) or not isinstance(d.get("symbol"), str):
         raise CodecError("message without channel/symbol")
-    return _Msg(raw, d, seq, epoch, str(d.get("timestamp", "")))
+    # signed once here when a signer is installed (core/signing.py): every copy handed out is
+    return _Msg(sign(raw), d, seq, epoch, str(d.get("timestamp", "")))
 
 
 class StreamJoin:
@@ -603,7 +605,7 @@ class StreamJoin:
                 }
                 if resync:
                     d["resync"] = True
-                raw = st.cache[ck] = orjson.dumps(d)
+                raw = st.cache[ck] = sign(orjson.dumps(d))
             msgs = [raw]
         elif st.kind in (Kind.TAIL, Kind.LATEST):
             assert st.base is not None
@@ -621,7 +623,7 @@ class StreamJoin:
         ck = (-m.seq, True)
         raw = st.cache.get(ck)
         if raw is None:
-            raw = st.cache[ck] = orjson.dumps({**m.parsed, "resync": True})
+            raw = st.cache[ck] = sign(orjson.dumps({**m.parsed, "resync": True}))
         return raw
 
     def seq_of(self, channel: str, symbol: str) -> tuple[int, int, int | None] | None:

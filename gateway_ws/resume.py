@@ -14,6 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from core.codec import ns_from_iso
+from core.signing import sign
 
 Entry = tuple[int, int, bytes]  # seq, epoch, message bytes
 
@@ -27,7 +28,7 @@ def _entry(item: Any) -> Entry:
     eid = eid.decode() if isinstance(eid, bytes) else eid
     seq = int(eid.split("-", 1)[0])
     e = fields.get(b"e", fields.get("e", 0))
-    return seq, int(e), bytes(fields.get(b"m", fields.get("m", b"")))
+    return seq, int(e), sign(bytes(fields.get(b"m", fields.get("m", b""))))  # core/signing.py
 
 
 class History:

@@ -31,6 +31,7 @@ from core.follower import StreamFollower
 from core.health import LIVENESS, Health, add_follower, scope_of, tasks_alive
 from core.ops_http import start_ops_server
 from core.settings import Settings
+from core.signing import Signer, install, keys_document
 from core.tls import server_context
 from gateway_ws import metrics as m
 from gateway_ws.auth import Authenticator
@@ -82,6 +83,10 @@ class Gateway:
         self.per_user: dict[str, int] = {}
         self._ids = itertools.count(1)
         self.server: Server | None = None
+        # optional Ed25519 signatures on every data message (core/signing.py), keys at GET /keys
+        signer = Signer.from_settings(settings)
+        install(signer)
+        self.keys_doc = orjson.dumps(keys_document(signer, settings))
         # MD_WS_METRICS_PORT > 0: /metrics there (MD_OPS_HOST) and not on the public port
         self.metrics_port = settings.get("MD_WS_METRICS_PORT", int, 0)
         self.metrics_server: asyncio.Server | None = None
@@ -151,6 +156,8 @@ class Gateway:
                 "application/json",
                 orjson.dumps(body),
             )
+        if url.path == "/keys":
+            return _http(HTTPStatus.OK, "application/json", self.keys_doc)
         if url.path == "/metrics" and not self.metrics_port:
             return _http(HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
         if url.path != WS_PATH:

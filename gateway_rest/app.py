@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.anonymize import for_tier, rest_anonymizers
 from core.cache_keys import book_depths
 from core.channels import CANDLE_INTERVALS
 from core.codec import ns_from_iso
@@ -28,7 +29,8 @@ from core.ops_http import start_ops_server
 from core.settings import Settings
 from core.symbols import normalize_symbol
 from gateway_rest.config import RestConfig, Tier
-from gateway_rest.middleware import REGISTRY, GatewayMiddleware
+from gateway_rest.history import NoHistory, past_orderbook
+from gateway_rest.middleware import REGISTRY, GatewayApp
 from gateway_rest.models import (
     ERRORS,
     CandlesResponse,
@@ -142,6 +144,7 @@ def create_app(
 ) -> FastAPI:
     s = settings or Settings.from_env()
     cfg = config or RestConfig.from_settings(s)
+    anon = rest_anonymizers(s)  # order ids per tier, no account fields (core/anonymize.py)
     st = store or MarketStore(s)
     st.catalogue_ttl_s = cfg.catalogue_ttl_s
     depths = book_depths(cfg.book_depth)
@@ -161,7 +164,7 @@ def create_app(
             ops.close()
         await st.close()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Market data REST API",
         version="1.0.0",
         description="Order books, tickers, trades, candles and 24h stats. Every answer carries "
@@ -173,7 +176,7 @@ def create_app(
     app.state.store = st
     app.state.config = cfg
     limiter = RateLimiter(st.redis, st.keys)
-    app.add_middleware(GatewayMiddleware, config=cfg, limiter=limiter, store=st)
+    app.install(config=cfg, limiter=limiter, store=st)  # admission + fast path, outermost
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> Response:
@@ -273,9 +276,27 @@ def create_app(
                 "order, where the symbol's source and your tier allow it",
             ),
         ] = 2,
+        seq: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                le=2**63 - 1,
+                description="the book as it was right after this message `seq` (history)",
+            ),
+        ] = None,
+        epoch: Annotated[
+            int | None,
+            Query(ge=0, le=2**63 - 1, description="with `seq`: its epoch (default: the newest)"),
+        ] = None,
+        at: Annotated[
+            str | None,
+            Query(description="the book as of this time (ISO-8601 or Unix s/ms; history)"),
+        ] = None,
     ) -> Response:
         sym, entry = await known(symbol)
         tier = tier_of(request)
+        if seq is not None or at:  # docs/rest.md "The book at a past moment"
+            return await past_book(sym, tier, depth, level, seq, epoch, at)
         if level == 3:
             if "l3" not in entry.get("channels", ()):
                 raise ApiError(
@@ -289,9 +310,40 @@ def create_app(
                     403, "forbidden", f"level: tier {tier.name} may not read level=3", "level"
                 )
             d3 = min(depth, tier.max_depth)
-            return Response(await st.l3_book(sym, d3), media_type=JSON)
+            body = for_tier(anon, tier.name).body(await st.l3_book(sym, d3))
+            return Response(body, media_type=JSON)
         d = min(depth, cfg.book_depth, tier.max_depth)
         return Response(await st.book(sym, d, depths), media_type=JSON)
+
+    async def past_book(
+        sym: str,
+        tier: Tier,
+        depth: int,
+        level: int,
+        seq: int | None,
+        epoch: int | None,
+        at: str | None,
+    ) -> Response:
+        if seq is not None and at:
+            raise ApiError(422, "invalid_parameter", "at: give either seq or at, not both", "at")
+        at_ns = parse_time(at, "at") if at else None
+        if level == 3 and not tier.level3:
+            raise ApiError(
+                403, "forbidden", f"level: tier {tier.name} may not read level=3", "level"
+            )
+        try:
+            body = await past_orderbook(
+                st,
+                sym,
+                level=level,
+                depth=min(depth, tier.max_depth),
+                seq=seq,
+                epoch=epoch,
+                at_ns=at_ns,
+            )
+        except NoHistory as exc:
+            raise ApiError(404, "no_history", str(exc), "at" if at else "seq") from None
+        return Response(body, media_type=JSON)
 
     @app.get(
         PREFIX + "/{symbol:path}/ticker",
@@ -323,6 +375,7 @@ def create_app(
         summary="Recent trades (cache) or a time range (database, paged)",
     )
     async def trades(
+        request: Request,
         symbol: str,
         limit: Annotated[int, Query(ge=1, description=f"capped at {cfg.trades_limit_max}")] = 100,
         start: Annotated[str | None, Query(description="ISO-8601 or Unix s/ms; inclusive")] = None,
@@ -335,9 +388,10 @@ def create_app(
         lim = min(limit, cfg.trades_limit_max)
         s_ns, e_ns = parse_range(start, end)
         cur = parse_cursor(cursor)
+        a = for_tier(anon, tier_of(request).name)
         if s_ns is None and e_ns is None and cur is None:
-            return Response(await st.recent_trades(sym, lim), media_type=JSON)
-        return Response(await st.trades_range(sym, s_ns, e_ns, lim, cur), media_type=JSON)
+            return Response(a.body(await st.recent_trades(sym, lim)), media_type=JSON)
+        return Response(a.body(await st.trades_range(sym, s_ns, e_ns, lim, cur)), media_type=JSON)
 
     @app.get(
         PREFIX + "/{symbol:path}/candles",

@@ -50,6 +50,9 @@ CandleRow = tuple[
     Decimal | None,
 ]
 SnapshotRow = tuple[str, datetime, int, int, int | None, str, str]
+# a stream or snapshot message kept whole: (channel, symbol, epoch, seq, µs since the epoch of
+# its `timestamp`, the bytes exactly as published)
+MessageRow = tuple[str, str, int, int, int, bytes]
 SymbolRow = tuple[str, str, str, Decimal, Decimal, str, str, list[str], int]
 
 
@@ -60,6 +63,8 @@ class RowBatch:
         default_factory=dict
     )
     snapshots: dict[tuple[str, datetime, int], SnapshotRow] = field(default_factory=dict)
+    messages: list[MessageRow] = field(default_factory=list)  # -> stream_messages
+    book_snapshots: list[MessageRow] = field(default_factory=list)  # -> book_snapshots
     symbols: dict[str, tuple[tuple[int, int], SymbolRow]] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(
         default_factory=dict
@@ -68,15 +73,38 @@ class RowBatch:
     bad: int = 0
 
     def rows(self) -> int:
-        return len(self.trades) + len(self.candles) + len(self.snapshots) + len(self.symbols)
+        return (
+            len(self.trades)
+            + len(self.candles)
+            + len(self.snapshots)
+            + len(self.symbols)
+            + len(self.messages)
+            + len(self.book_snapshots)
+        )
+
+
+# channels whose every message is kept whole in stream_messages (MD_STORAGE_HISTORY_CHANNELS)
+DEFAULT_HISTORY_CHANNELS = ("l2", "l3", "trades")
+BOOK_SNAPSHOT_TYPES = {"l2": "l2_snapshot", "l3": "l3_snapshot"}
 
 
 class RowBuilder:
-    def __init__(self, *, snapshot_topic: str, l2_every_s: int = 10, l2_depth: int = 50) -> None:
+    def __init__(
+        self,
+        *,
+        snapshot_topic: str,
+        l2_every_s: int = 10,
+        l2_depth: int = 50,
+        history_channels: tuple[str, ...] = DEFAULT_HISTORY_CHANNELS,
+        book_every_s: float = 10.0,
+    ) -> None:
         self.snapshot_topic = snapshot_topic
         self.l2_every_ns = max(1, l2_every_s) * 1_000_000_000
         self.l2_depth = l2_depth
+        self.history = frozenset(history_channels)
+        self.book_every_ns = max(1, int(book_every_s * 1_000_000_000))
         self._l2_bucket: dict[str, int] = {}  # symbol -> last sampled bucket
+        self._book_bucket: dict[tuple[str, str], int] = {}  # (channel, symbol) -> last bucket
         self._sec_cache: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch seconds
 
     def add(
@@ -97,15 +125,25 @@ class RowBuilder:
             if topic == self.snapshot_topic:
                 skey = (key or b"").decode("utf-8", "replace")
                 if skey.startswith("l2:"):
-                    self._snapshot(b, parse_envelope(value))
+                    env = parse_envelope(value)
+                    self._snapshot(b, env)
+                    self._book_snapshot(b, env)
+                elif skey.startswith("l3:"):
+                    self._book_snapshot(b, parse_envelope(value))
                 elif skey.startswith("status:"):
                     self._status(b, parse_envelope(value))
                 return  # other snapshot keys: the streams carry them
             if self._trade_fast(b, value):
                 return
             env = parse_envelope(value)
+            kept: MessageRow | None = None
+            if env.channel in self.history:
+                if env.seq < 1:
+                    raise BadRecord(f"{env.channel} message without a seq")
+                kept = self._message_row(env)
             if env.channel == "trades":
-                for t in trades_of(env):
+                trades = trades_of(env)  # validates them all before any is kept
+                for t in trades:
                     b.trades.append(
                         (
                             t.symbol,
@@ -122,6 +160,8 @@ class RowBuilder:
                 self._candle(b, env)
             elif env.channel == "status" or env.type == "status":
                 self._status(b, env)
+            if kept is not None:  # kept only once the message proved valid
+                b.messages.append(kept)
         except (BadRecord, CodecError, ValueError, KeyError, TypeError, ArithmeticError):
             b.bad += 1
 
@@ -157,8 +197,34 @@ class RowBuilder:
         p, q = Decimal(price), Decimal(size)  # raises on garbage: counted as bad
         if not (p.is_finite() and q.is_finite()):
             raise BadRecord("price/size not finite")
-        b.trades.append((sym, tid, self._us(t), price, size, side, seq, epoch))
+        row: TradeRow = (sym, tid, self._us(t), price, size, side, seq, epoch)
+        if "trades" in self.history:
+            ts = m.get("timestamp")
+            if not isinstance(ts, str):
+                raise BadRecord("trade message without timestamp")
+            b.messages.append(("trades", sym, epoch, seq, self._us(ts), value))
+        b.trades.append(row)
         return True
+
+    def _message_row(self, env: Envelope) -> MessageRow:
+        if not env.timestamp:
+            raise BadRecord(f"{env.channel} message without timestamp")
+        return (env.channel, env.symbol, env.epoch, env.seq, self._us(env.timestamp), env.raw)
+
+    def _book_snapshot(self, b: RowBatch, env: Envelope) -> None:
+        """One full-depth book snapshot per (channel, symbol) per ``book_every_s`` of publish
+        time: the starting points of a point-in-time rebuild (storage/history.py)."""
+        if env.channel not in BOOK_SNAPSHOT_TYPES or env.type != BOOK_SNAPSHOT_TYPES[env.channel]:
+            return
+        if env.channel not in self.history:
+            return
+        row = self._message_row(env)
+        k = (env.channel, env.symbol)
+        bucket = row[4] * 1000 // self.book_every_ns
+        if self._book_bucket.get(k) == bucket:
+            return
+        self._book_bucket[k] = bucket
+        b.book_snapshots.append(row)
 
     def _us(self, t: str) -> int:
         """µs since the epoch of ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; the seconds part is cached

@@ -33,10 +33,12 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from core.backoff import Backoff
+from core.channels import is_data_channel
+from core.errors import ConfigError
 from core.kafka import Pacer, make_consumer
-from core.settings import Settings
+from core.settings import Settings, parse_list
 from core.topics import Topics
-from storage.db_rows import RowBatch, RowBuilder
+from storage.db_rows import DEFAULT_HISTORY_CHANNELS, MessageRow, RowBatch, RowBuilder
 from storage.errors import is_retriable_db_error
 from storage.migrate import maintain_partitions, recorded_backend
 
@@ -71,6 +73,21 @@ ON CONFLICT (symbol, interval, bucket) DO UPDATE SET
   volume = EXCLUDED.volume, trades = EXCLUDED.trades, closed = EXCLUDED.closed,
   seq = EXCLUDED.seq, epoch = EXCLUDED.epoch, vwap = EXCLUDED.vwap
 WHERE (c.epoch, c.seq) < (EXCLUDED.epoch, EXCLUDED.seq)"""
+# whole messages (stream_messages, book_snapshots): COPY into a staging table, then one INSERT
+# that converts the time and skips what a re-delivered batch already wrote
+MSG_COLS = ["channel", "symbol", "epoch", "seq", "ts_us", "msg"]
+SQL_MSG_STAGE = """CREATE TEMP TABLE IF NOT EXISTS msg_stage (
+  channel text, symbol text, epoch bigint, seq bigint, ts_us bigint, msg bytea
+) ON COMMIT DELETE ROWS"""
+SQL_MSG_INSERT = (
+    "INSERT INTO {table} (channel, symbol, epoch, seq, ts, msg) "
+    f"SELECT channel, symbol, epoch, seq, {_TS.format('ts_us')}, msg FROM msg_stage "
+    "ON CONFLICT DO NOTHING"
+)
+SQL_MSG_ONE = (
+    "INSERT INTO {table} (channel, symbol, epoch, seq, ts, msg) "
+    f"VALUES ($1, $2, $3, $4, {_TS.format('$5::bigint')}, $6) ON CONFLICT DO NOTHING"
+)
 SQL_SNAPSHOTS = """
 INSERT INTO l2_snapshots (symbol, ts, seq, epoch, checksum, bids, asks)
 SELECT s, ts, seq, e, ck, b::jsonb, a::jsonb
@@ -109,6 +126,9 @@ class DbWriterCounters:
     candles_written: int = 0
     candles_unchanged: int = 0
     snapshots_inserted: int = 0
+    messages_inserted: int = 0
+    messages_duplicate: int = 0
+    book_snapshots_inserted: int = 0
     symbols_written: int = 0
     rows_rejected: int = 0
     db_retries: int = 0
@@ -124,6 +144,8 @@ class DbWriterConfig:
     l2_every_s: int = 10  # one stored L2 snapshot per symbol per this many seconds
     l2_depth: int = 50  # levels per side stored
     maintain_every_s: float = 3600.0  # native partitions: create ahead / drop expired
+    history_channels: tuple[str, ...] = DEFAULT_HISTORY_CHANNELS  # kept whole, for replay
+    book_snapshot_s: float = 10.0  # one full book snapshot per symbol per this many seconds
 
     @classmethod
     def from_settings(cls, s: Settings) -> DbWriterConfig:
@@ -132,7 +154,18 @@ class DbWriterConfig:
             batch_records=s.get("MD_STORAGE_BATCH", int, 5000),
             l2_every_s=s.get("MD_STORAGE_L2_SNAPSHOT_S", int, 10),
             l2_depth=s.get("MD_STORAGE_L2_SNAPSHOT_DEPTH", int, 50),
+            history_channels=_history_channels(
+                s.get("MD_STORAGE_HISTORY_CHANNELS", parse_list, DEFAULT_HISTORY_CHANNELS)
+            ),
+            book_snapshot_s=s.get("MD_STORAGE_BOOK_SNAPSHOT_S", float, 10.0),
         )
+
+
+def _history_channels(names: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [n for n in names if not is_data_channel(n)]
+    if bad:
+        raise ConfigError("MD_STORAGE_HISTORY_CHANNELS", f"unknown channel(s) {bad}")
+    return tuple(names)
 
 
 class DbWriter:
@@ -144,6 +177,8 @@ class DbWriter:
             snapshot_topic=self.topics.snapshot,
             l2_every_s=self.config.l2_every_s,
             l2_depth=self.config.l2_depth,
+            history_channels=self.config.history_channels,
+            book_every_s=self.config.book_snapshot_s,
         )
         self.counters = DbWriterCounters()
         self.queue: asyncio.Queue[RowBatch] = asyncio.Queue(maxsize=self.config.queue_batches)
@@ -152,6 +187,9 @@ class DbWriter:
         self.running = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
         self._last_maintain = 0.0
+        # written by the transaction, counted only once it committed
+        self._pending_msgs: tuple[int, int] = (0, 0)
+        self._pending_books = 0
 
     def queue_size(self) -> int:
         return self.queue.qsize()
@@ -179,8 +217,24 @@ class DbWriter:
             )
         return self._pool
 
+    async def _write_messages(
+        self, conn: asyncpg.Connection, table: str, rows: list[MessageRow]
+    ) -> int:
+        await conn.execute(SQL_MSG_STAGE)
+        await conn.copy_records_to_table("msg_stage", records=rows, columns=MSG_COLS)
+        n = _count(await conn.execute(SQL_MSG_INSERT.format(table=table)))
+        await conn.execute("TRUNCATE msg_stage")
+        return n
+
     async def _write_tx(self, conn: asyncpg.Connection, b: RowBatch) -> tuple[int, int, int, int]:
         t = c = s = y = 0
+        if b.messages:
+            m = await self._write_messages(conn, "stream_messages", b.messages)
+            self._pending_msgs = (m, len(b.messages) - m)
+        if b.book_snapshots:
+            self._pending_books = await self._write_messages(
+                conn, "book_snapshots", b.book_snapshots
+            )
         if b.trades:
             await conn.execute(SQL_STAGE)
             await conn.copy_records_to_table("trades_stage", records=b.trades, columns=STAGE_COLS)
@@ -200,7 +254,22 @@ class DbWriter:
         self, conn: asyncpg.Connection, b: RowBatch
     ) -> tuple[int, int, int, int]:
         """After a permanent error: each row under its own savepoint; bad rows are counted."""
-        t = c = s = y = 0
+        t = c = s = y = m = k = 0
+        for table, mrows in (("stream_messages", b.messages), ("book_snapshots", b.book_snapshots)):
+            for mrow in mrows:
+                try:
+                    async with conn.transaction():
+                        n = _count(await conn.execute(SQL_MSG_ONE.format(table=table), *mrow))
+                except asyncpg.PostgresError as exc:
+                    if is_retriable_db_error(exc):
+                        raise
+                    self.counters.rows_rejected += 1
+                    continue
+                if table == "stream_messages":
+                    m += n
+                else:
+                    k += n
+        self._pending_msgs, self._pending_books = (m, len(b.messages) - m), k
         for row in b.trades:
             try:
                 async with conn.transaction():
@@ -247,6 +316,7 @@ class DbWriter:
         backoff = Backoff(initial=0.05, maximum=2.0)
         rowwise = False
         while True:
+            self._pending_msgs, self._pending_books = (0, 0), 0
             try:
                 pool = await self._get_pool()
                 async with pool.acquire() as conn, conn.transaction():
@@ -289,6 +359,9 @@ class DbWriter:
         self.counters.candles_written += c
         self.counters.candles_unchanged += len(b.candles) - c
         self.counters.snapshots_inserted += s
+        self.counters.messages_inserted += self._pending_msgs[0]
+        self.counters.messages_duplicate += self._pending_msgs[1]
+        self.counters.book_snapshots_inserted += self._pending_books
         self.counters.symbols_written += y
         return True
 
@@ -321,11 +394,13 @@ class DbWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         t = self.topics
+        # trades, candles and the catalogue always; every history channel's topic besides
+        base = [t.stream("trades"), t.stream("candles_1m"), t.stream("status")]
+        history = {t.stream(ch) for ch in self.config.history_channels} - set(base)
         consumer = make_consumer(
             self.settings,
-            t.stream("trades"),
-            t.stream("candles_1m"),
-            t.stream("status"),
+            *base,
+            *sorted(history),
             t.snapshot,
             group_id=self.config.group_id,
             # a long database outage must not make us leave the group (which would rebalance

@@ -113,6 +113,12 @@ async def _counts(dsn: str) -> dict[str, int]:
                 "SELECT count(*) FROM l2_snapshots WHERE symbol = $1", SYM
             ),
             "symbols": await c.fetchval("SELECT count(*) FROM symbols WHERE symbol = $1", SYM),
+            "messages": await c.fetchval(
+                "SELECT count(*) FROM stream_messages WHERE symbol = $1", SYM
+            ),
+            "book_snapshots": await c.fetchval(
+                "SELECT count(*) FROM book_snapshots WHERE symbol = $1", SYM
+            ),
         }
     finally:
         await c.close()
@@ -121,7 +127,7 @@ async def _counts(dsn: str) -> dict[str, int]:
 async def test_history_written_once_and_replay_changes_nothing(
     settings: Settings, pg_dsn: str
 ) -> None:
-    await migrate(pg_dsn)
+    await migrate(pg_dsn, mode="native")  # the partition layout is asserted below
     s = dataclasses.replace(settings, pg_dsn=pg_dsn)
     n = 400
     midnight = await _produce_history(s, n)
@@ -159,7 +165,10 @@ async def test_history_written_once_and_replay_changes_nothing(
     await _run_until(
         w2, lambda: w2.counters.records >= total and w2.queue.empty() and w2.counters.commits > 0
     )
+    assert first["messages"] == n  # every trade message kept whole, for replay
+    assert 1 <= first["book_snapshots"] <= 5
     assert w2.counters.trades_inserted == 0 and w2.counters.trades_duplicate == n
+    assert w2.counters.messages_inserted == 0 and w2.counters.messages_duplicate == n
     assert w2.counters.candles_written == 0  # stored candles are not older than the replayed ones
     assert await _counts(pg_dsn) == first
 
@@ -176,7 +185,7 @@ async def test_history_written_once_and_replay_changes_nothing(
 async def test_row_the_database_rejects_is_counted_and_the_rest_written(pg_dsn: str) -> None:
     from storage.db_rows import RowBatch, RowBuilder
 
-    await migrate(pg_dsn)
+    await migrate(pg_dsn, mode="native")
     s = dataclasses.replace(BASE_SETTINGS, pg_dsn=pg_dsn)
     rb = RowBuilder(snapshot_topic="x")
     b = RowBatch()

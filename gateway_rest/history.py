@@ -1,0 +1,52 @@
+"""``GET /orderbook?seq=N`` / ``?at=<time>``: the book as it was, rebuilt from stored history.
+
+The live route (gateway_rest/app.py) hands a request carrying ``seq`` or ``at`` to
+:func:`past_orderbook`; the rebuild itself is :func:`storage.history.book_at`. Outside the
+retained history (or before the first stored snapshot) the answer is a 404 ``no_history`` that
+says so; a database that cannot be reached is a 503 like every database-backed route.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import orjson
+
+from gateway_rest.store import MarketStore, Unavailable
+from storage.history import HistoryError, book_at
+
+# errors that mean "the database is not there", not "the request is wrong"
+_DOWN: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+class NoHistory(Exception):
+    """Maps to 404 ``no_history`` in the app."""
+
+
+async def past_orderbook(
+    store: MarketStore,
+    symbol: str,
+    *,
+    level: int,
+    depth: int,
+    seq: int | None,
+    epoch: int | None,
+    at_ns: int | None,
+) -> bytes:
+    try:
+        pool = await store.pool()
+        body = await book_at(
+            pool, symbol, level=level, depth=depth, seq=seq, epoch=epoch, at_ns=at_ns
+        )
+    except HistoryError as exc:
+        raise NoHistory(str(exc)) from None
+    except asyncpg.exceptions.UndefinedTableError as exc:
+        raise Unavailable("database", "schema missing: run `python -m storage migrate`") from exc
+    except _DOWN as exc:
+        raise Unavailable("database", f"{type(exc).__name__}: {exc}") from exc
+    return orjson.dumps(body)

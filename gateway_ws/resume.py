@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from core.anonymize import apply as anonymize
 from core.codec import ns_from_iso
 from core.signing import sign
 
@@ -28,7 +29,8 @@ def _entry(item: Any) -> Entry:
     eid = eid.decode() if isinstance(eid, bytes) else eid
     seq = int(eid.split("-", 1)[0])
     e = fields.get(b"e", fields.get("e", 0))
-    return seq, int(e), sign(bytes(fields.get(b"m", fields.get("m", b""))))  # core/signing.py
+    raw = anonymize(bytes(fields.get(b"m", fields.get("m", b""))))  # core/anonymize.py
+    return seq, int(e), sign(raw)  # core/signing.py
 
 
 class History:

@@ -26,6 +26,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from core.anonymize import install as install_anonymizer
+from core.anonymize import ws_anonymizer
 from core.codec import ns_from_iso
 from core.follower import StreamFollower
 from core.health import LIVENESS, Health, add_follower, scope_of, tasks_alive
@@ -86,6 +88,7 @@ class Gateway:
         # optional Ed25519 signatures on every data message (core/signing.py), keys at GET /keys
         signer = Signer.from_settings(settings)
         install(signer)
+        install_anonymizer(ws_anonymizer(settings))  # order ids, account fields (MD_WS_ORDER_IDS)
         self.keys_doc = orjson.dumps(keys_document(signer, settings))
         # MD_WS_METRICS_PORT > 0: /metrics there (MD_OPS_HOST) and not on the public port
         self.metrics_port = settings.get("MD_WS_METRICS_PORT", int, 0)

@@ -1,0 +1,225 @@
+"""Order-id anonymization and account-field removal (docs/security.md "Anonymization").
+
+Order-level data can tell a reader which orders belong together (one participant's quoting), and
+across days who is who. Per tier (REST) or per gateway deployment (WebSocket), order ids are:
+
+- ``raw``: as the source sent them (the internal tier only);
+- ``pseudonym``: replaced by ``o_<16 base32 chars>`` = HMAC-SHA256(``MD_ANON_SECRET``, UTC day of
+  the message + order id): stable within a day, so a client can still follow an order from
+  ``add`` through ``change``/``fill`` to ``delete`` and match a trade's maker/taker to the book,
+  but the same order id gives unrelated pseudonyms on different days and nobody without the
+  secret can reverse or link them;
+- ``omit``: removed (an ``l3_snapshot`` row is ``[price, size]``, an ``l3_update`` event has no
+  ``order_id``, a trade no ``maker_order_id``/``taker_order_id``).
+
+Account-like fields (:data:`ACCOUNT_FIELDS`: account, user, client or profile ids) never leave the
+platform whatever the policy: they are removed from every message's ``data`` at any depth.
+
+Where it is applied: ``core.follower`` (every message a WebSocket gateway hands out, before
+signing: :func:`install` with the gateway's ``MD_WS_ORDER_IDS`` policy), the WebSocket resume
+reader, and the REST gateway's ``level=3`` orderbook and trades answers with the caller's tier's
+policy (:func:`policy_for`, ``MD_REST_ORDER_IDS``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import orjson
+
+from core.errors import ConfigError
+from core.settings import Settings, parse_list
+
+Policy = Literal["raw", "pseudonym", "omit"]
+POLICIES: tuple[Policy, ...] = ("raw", "pseudonym", "omit")
+ORDER_ID_FIELDS = ("order_id", "maker_order_id", "taker_order_id")
+ACCOUNT_FIELDS = frozenset(
+    {
+        "account",
+        "account_id",
+        "user",
+        "user_id",
+        "client_id",
+        "client_oid",
+        "profile_id",
+        "owner",
+        "trader",
+        "trader_id",
+        "customer_id",
+        "member_id",
+        "portfolio_id",
+    }
+)
+# bytes that can only be present when there is something to do (cheap test before parsing)
+_ACCOUNT_MARKERS = tuple(f'"{f}"'.encode() for f in ACCOUNT_FIELDS)
+_ID_MARKERS = (*(f'"{f}"'.encode() for f in ORDER_ID_FIELDS), b"l3_", b'"bids"')
+# default per REST tier: only the internal tier sees source order ids
+DEFAULT_REST_POLICY: dict[str, Policy] = {"internal": "raw", "pro": "pseudonym", "*": "omit"}
+
+
+def _policy(raw: str, key: str) -> Policy:
+    p = raw.strip().lower()
+    if p not in POLICIES:
+        raise ConfigError(key, f"expected one of {', '.join(POLICIES)}, got {raw!r}")
+    return p  # type: ignore[return-value]
+
+
+def parse_tier_policies(raw: str, key: str = "MD_REST_ORDER_IDS") -> dict[str, Policy]:
+    """``pro=pseudonym,internal=raw,*=omit`` -> a dict; ``*`` is every other tier."""
+    out: dict[str, Policy] = {}
+    for part in parse_list(raw):
+        tier, sep, pol = part.partition("=")
+        if not sep or not tier.strip():
+            raise ConfigError(key, f"expected tier=policy, got {part!r}")
+        out[tier.strip()] = _policy(pol, key)
+    out.setdefault("*", "omit")
+    return out
+
+
+def policy_for(tier: str, policies: Mapping[str, Policy]) -> Policy:
+    return policies.get(tier, policies.get("*", "omit"))
+
+
+class Anonymizer:
+    """Applies one policy to messages; pure apart from its secret."""
+
+    def __init__(self, secret: bytes, policy: Policy) -> None:
+        if policy == "pseudonym" and len(secret) < 16:
+            raise ConfigError("MD_ANON_SECRET", "pseudonyms need a secret of at least 16 bytes")
+        self.secret = secret
+        self.policy = policy
+        self._cache: dict[tuple[str, str], str] = {}
+        self._markers = _ACCOUNT_MARKERS + (() if policy == "raw" else _ID_MARKERS)
+
+    def pseudonym(self, order_id: str, day: str) -> str:
+        k = (day, order_id)
+        p = self._cache.get(k)
+        if p is None:
+            mac = hmac.new(self.secret, f"{day}\x00{order_id}".encode(), hashlib.sha256).digest()
+            p = "o_" + base64.b32encode(mac[:10]).decode().lower()
+            if len(self._cache) >= 100_000:  # bound: ~100 B per live order id
+                self._cache.clear()
+            self._cache[k] = p
+        return p
+
+    def _id(self, order_id: Any, day: str) -> Any:
+        if self.policy == "pseudonym" and isinstance(order_id, str):
+            return self.pseudonym(order_id, day)
+        return order_id
+
+    def _scrub(self, obj: Any, day: str) -> Any:
+        if isinstance(obj, dict):
+            out = {}
+            for k, v in obj.items():
+                if k in ACCOUNT_FIELDS:
+                    continue
+                if k in ORDER_ID_FIELDS and self.policy != "raw":
+                    if self.policy == "omit":
+                        continue
+                    out[k] = self._id(v, day)
+                else:
+                    out[k] = self._scrub(v, day)
+            return out
+        if isinstance(obj, list):
+            return [self._scrub(v, day) for v in obj]
+        return obj
+
+    def message(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """The message as this policy lets it leave (a new dict; ``msg`` is not changed)."""
+        day = str(msg.get("timestamp", ""))[:10]
+        data = msg.get("data")
+        if msg.get("type") == "l3_snapshot" and isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in ACCOUNT_FIELDS}
+            for side in ("bids", "asks"):
+                rows = data.get(side)
+                if isinstance(rows, list) and self.policy != "raw":
+                    data[side] = [self._row(r, day) for r in rows]
+            return {**msg, "data": data}
+        if data is None:
+            return msg
+        return {**msg, "data": self._scrub(data, day)}
+
+    def _row(self, row: Any, day: str) -> Any:
+        if not isinstance(row, list) or len(row) < 3:
+            return row
+        return row[:2] if self.policy == "omit" else [row[0], row[1], self._id(row[2], day)]
+
+    def raw(self, raw: bytes) -> bytes:
+        """Bytes in, bytes out; the very same bytes when there is nothing to change."""
+        if not any(m in raw for m in self._markers):
+            return raw
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw  # not ours to judge: the caller's parser reports it
+        if not isinstance(msg, dict):
+            return raw
+        out = self.message(msg)
+        return raw if out == msg else orjson.dumps(out)
+
+    def body(self, raw: bytes) -> bytes:
+        """A REST body: an l3 book (``bids``/``asks`` rows) or ``{"trades": [...]}``."""
+        if not any(m in raw for m in self._markers):
+            return raw
+        doc = orjson.loads(raw)
+        if not isinstance(doc, dict):
+            return raw
+        day = str(doc.get("timestamp", ""))[:10]
+        out = dict(doc)
+        for side in ("bids", "asks"):
+            if isinstance(out.get(side), list) and self.policy != "raw":
+                out[side] = [self._row(r, day) for r in out[side]]
+        for k, v in list(out.items()):
+            if k not in ("bids", "asks"):
+                out[k] = self._scrub(v, day) if isinstance(v, list | dict) else v
+        for k in ACCOUNT_FIELDS & out.keys():
+            del out[k]
+        return orjson.dumps(out)
+
+
+def secret_from(s: Settings) -> bytes:
+    return s.get("MD_ANON_SECRET", str, "").encode()
+
+
+def ws_anonymizer(s: Settings) -> Anonymizer:
+    """The WebSocket gateway's: ``MD_WS_ORDER_IDS`` (default ``pseudonym`` when
+    ``MD_ANON_SECRET`` is set, else ``raw``: the development default)."""
+    secret = secret_from(s)
+    default = "pseudonym" if secret else "raw"
+    return Anonymizer(secret, _policy(s.get("MD_WS_ORDER_IDS", str, default), "MD_WS_ORDER_IDS"))
+
+
+def rest_anonymizers(s: Settings) -> dict[str, Anonymizer]:
+    """Tier name (``*``: any other) -> its anonymizer, from ``MD_REST_ORDER_IDS`` (default
+    :data:`DEFAULT_REST_POLICY` when ``MD_ANON_SECRET`` is set, else ``raw`` for every tier)."""
+    secret = secret_from(s)
+    raw = s.get("MD_REST_ORDER_IDS", str, "")
+    if raw:
+        policies = parse_tier_policies(raw)
+    else:
+        policies = dict(DEFAULT_REST_POLICY) if secret else {"*": "raw"}
+    return {tier: Anonymizer(secret, p) for tier, p in policies.items()}
+
+
+def for_tier(anonymizers: Mapping[str, Anonymizer], tier: str) -> Anonymizer:
+    return anonymizers.get(tier) or anonymizers["*"]
+
+
+# ------------------------------------------------------------------ the process's anonymizer
+
+_installed: Anonymizer | None = None
+
+
+def install(a: Anonymizer | None) -> None:
+    """Apply ``a`` to every message :func:`apply` sees in this process (None: stop)."""
+    global _installed
+    _installed = a
+
+
+def apply(raw: bytes) -> bytes:
+    a = _installed
+    return raw if a is None else a.raw(raw)

@@ -319,6 +319,16 @@ def check(msg: object) -> Message:
     return m
 
 
+def check_data(type_: str, data: object) -> Any:
+    """``data`` checked against the declaration of ``type_`` (for readers that look only at
+    ``data``); raises :class:`MessageError`."""
+    checker = _DATA_CHECKS.get(type_)
+    if checker is None:
+        raise MessageError(f"unknown message type {type_!r}")
+    checker(data, f"{type_}.data")
+    return data
+
+
 def decode(raw: bytes | bytearray | memoryview | str) -> Message:
     try:
         msg = orjson.loads(raw)

@@ -1,9 +1,8 @@
 """Parse the aggregator's data messages (docs/internals.md envelope) into what storage keeps.
 
 Pure functions, no I/O. Malformed records raise :class:`storage.errors.BadRecord`; writers count
-and skip them rather than stall a partition on one bad record. Field names follow
-docs/aggregator.md; a few common aliases are accepted (``id``/``trade_id``, ``qty``/``size``,
-``start``/``bucket``) so a small schema drift upstream shows as data, not as a crash.
+and skip them rather than stall a partition on one bad record. ``data`` is checked against its
+declaration in core/messages.py: no aliases, the names are the ones the aggregator writes.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import Any
 from core.channels import CANDLE_INTERVALS
 from core.codec import loads, ns_from_iso
 from core.errors import CodecError
+from core.messages import CandleData, MessageError, TradeData, check_data
 from storage.errors import BadRecord
 
 
@@ -118,37 +118,28 @@ class Trade:
 
 
 def trades_of(env: Envelope) -> list[Trade]:
-    """The trades in a ``trades`` message: ``data`` is one trade, a list, or ``{"trades": [...]}``."""
-    d = env.data
-    if isinstance(d, dict) and isinstance(d.get("trades"), list):
-        items = d["trades"]
-    elif isinstance(d, list):
-        items = d
-    elif isinstance(d, dict):
-        items = [d]
-    else:
-        raise BadRecord("trade data is not an object or list")
+    """The trades of a ``trade`` message (one) or a ``trades_snapshot`` (``{"trades": [...]}``)."""
+    try:
+        if env.type == "trades_snapshot":
+            items: list[TradeData] = check_data("trades_snapshot", env.data)["trades"]
+        else:
+            items = [check_data("trade", env.data)]
+    except MessageError as exc:
+        raise BadRecord(str(exc)) from exc
     out: list[Trade] = []
     for it in items:
-        if not isinstance(it, dict):
-            raise BadRecord("trade is not an object")
-        tid = it.get("trade_id", it.get("id"))
-        if tid is None or tid == "":
+        if not it["trade_id"]:
             raise BadRecord("trade without trade_id")
-        t = it.get("time") or it.get("timestamp") or env.event_time
-        side = str(it.get("side") or it.get("taker_side") or "")
-        if side not in ("buy", "sell"):
-            raise BadRecord(f"bad trade side {side!r}")
-        ts_ns = _ns(t, "trade time")
+        t = it["time"]
         out.append(
             Trade(
                 symbol=env.symbol,
-                trade_id=str(tid),
-                ts_ns=ts_ns,
-                time=t if isinstance(t, str) else env.event_time,
-                price=_dec_str(it.get("price"), "price"),
-                size=_dec_str(it.get("size", it.get("qty", it.get("amount"))), "size"),
-                side=side,
+                trade_id=it["trade_id"],
+                ts_ns=_ns(t, "trade time"),
+                time=t,
+                price=_dec_str(it["price"], "price"),
+                size=_dec_str(it["size"], "size"),
+                side=it["side"],
                 seq=env.seq,
                 epoch=env.epoch,
             )
@@ -186,26 +177,25 @@ def interval_of(env: Envelope) -> str:
 
 
 def candle_of(env: Envelope) -> Candle:
-    d = env.data
-    if not isinstance(d, dict):
-        raise BadRecord("candle data is not an object")
     iv = interval_of(env)
-    start = d.get("start", d.get("bucket", d.get("open_time", d.get("time"))))
-    n = d.get("trades", d.get("count", 0))
+    try:
+        d: CandleData = check_data("candle", env.data)
+    except MessageError as exc:
+        raise BadRecord(str(exc)) from exc
     return Candle(
         symbol=env.symbol,
         interval=iv,
-        bucket_ns=_ns(start, "candle start"),
-        open=_dec_str(d.get("open"), "open"),
-        high=_dec_str(d.get("high"), "high"),
-        low=_dec_str(d.get("low"), "low"),
-        close=_dec_str(d.get("close"), "close"),
-        volume=_dec_str(d.get("volume", "0"), "volume"),
-        trades=int(n) if isinstance(n, int) and not isinstance(n, bool) else 0,
-        closed=bool(d.get("closed", False)),
+        bucket_ns=_ns(d["start"], "candle start"),
+        open=_dec_str(d["open"], "open"),
+        high=_dec_str(d["high"], "high"),
+        low=_dec_str(d["low"], "low"),
+        close=_dec_str(d["close"], "close"),
+        volume=_dec_str(d["volume"], "volume"),
+        trades=d["trades"],
+        closed=d["closed"],
         seq=env.seq,
         epoch=env.epoch,
-        vwap=_dec_str(d["vwap"], "vwap") if d.get("vwap") is not None else None,
+        vwap=_dec_str(d["vwap"], "vwap"),
     )
 
 

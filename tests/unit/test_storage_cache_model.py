@@ -209,7 +209,7 @@ def test_trade_rows_fast_path_matches_general_parser() -> None:
     ):
         rb.add(b, "p.trades", 0, 1, None, bad)
     assert b.bad == 3 and len(b.trades) == 1
-    # a list of trades in one message takes the general path
+    # a list of trades in one message is not what the aggregator sends (core/messages.py): refused
     rb.add(
         b,
         "p.trades",
@@ -232,4 +232,4 @@ def test_trade_rows_fast_path_matches_general_parser() -> None:
             ],
         ),
     )
-    assert b.trades[-1][1] == "l1" and b.bad == 3
+    assert b.trades[-1][1] == "abc" and b.bad == 4

@@ -1,0 +1,309 @@
+"""``python -m gateway_ws.replay_server``: stored history replayed over WebSocket.
+
+A separate process from the live gateway (``ws://127.0.0.1:8002/ws``, ``MD_REPLAY_PORT``), so
+any number of replays, however fast, never take CPU, memory or socket buffers from live
+clients; its only shared resource is the database, held to ``MD_REPLAY_DB_POOL`` connections
+and read a page at a time (storage/replay.py). Protocol (docs/websocket.md "Replay"):
+
+    -> {"type":"replay","channel":"trades","symbol":"BTC-USD","start":"...","end":"...","speed":0,"id":1}
+    <- {"type":"replay_started","id":1,"channel":"trades","symbol":"BTC-USD",...}
+    <- the stored messages of that range, as published live (same seq, epoch, timestamp, data);
+       book channels first get a snapshot of the book as of `start`
+    <- {"type":"replay_done","id":1,"channel":"trades","symbol":"BTC-USD","messages":N}
+
+``speed`` 1 is real time, 10 ten times faster, 0 as fast as the client reads: every send waits
+for the socket to drain (back-pressure), so a slow reader slows only its own replay. Errors are
+``{"type":"error","code":...,"message":...}`` and never close the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import asyncpg
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from core.codec import ns_from_iso
+from core.errors import CodecError, ConfigError, SymbolError
+from core.settings import Settings, parse_list
+from core.symbols import normalize_symbol
+from storage.errors import is_retriable_db_error
+from storage.history import HistoryError
+from storage.replay import replay_messages
+
+log = logging.getLogger(__name__)
+
+REPLAYS = Counter("md_replay_total", "replays by outcome", ["outcome"])
+REPLAY_MESSAGES = Counter("md_replay_messages_total", "messages sent by replays")
+ACTIVE = Gauge("md_replay_active", "replays in progress")
+MAX_SPEED = 1000.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8002
+    channels: tuple[str, ...] = ("l2", "l3", "trades")  # what the database writer keeps
+    max_active: int = 4  # replays at once per connection
+    max_range_s: int = 7 * 86400  # longest range one request may ask for
+    db_pool: int = 4
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ReplayConfig:
+        d = cls()
+        return cls(
+            host=s.get("MD_REPLAY_HOST", str, d.host),
+            port=s.get("MD_REPLAY_PORT", int, d.port),
+            channels=tuple(s.get("MD_STORAGE_HISTORY_CHANNELS", parse_list, d.channels)),
+            max_active=s.get("MD_REPLAY_MAX_ACTIVE", int, d.max_active),
+            max_range_s=s.get("MD_REPLAY_MAX_RANGE_S", int, d.max_range_s),
+            db_pool=s.get("MD_REPLAY_DB_POOL", int, d.db_pool),
+        )
+
+
+class ReplayError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    id: Any
+    channel: str
+    symbol: str
+    start_ns: int
+    end_ns: int
+    speed: float
+
+
+def _time(raw: object, name: str) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw * 1_000_000 if raw > 10**11 else raw * 1_000_000_000
+    if isinstance(raw, str) and raw:
+        try:
+            return ns_from_iso(raw)
+        except CodecError:
+            pass
+    raise ReplayError("invalid_request", f"{name}: expected ISO-8601 time or Unix s/ms")
+
+
+def parse_replay(msg: dict[str, Any], cfg: ReplayConfig) -> ReplayRequest:
+    """Validate a ``replay`` request (pure); every problem is a :class:`ReplayError`."""
+    channel = msg.get("channel")
+    if channel not in cfg.channels:
+        raise ReplayError(
+            "invalid_channel", f"channel: replay serves {list(cfg.channels)}, got {channel!r}"
+        )
+    try:
+        symbol = normalize_symbol(str(msg.get("symbol", "")))
+    except SymbolError as exc:
+        raise ReplayError("invalid_symbol", f"symbol: {exc.reason}") from None
+    start = _time(msg.get("start"), "start")
+    end = _time(msg.get("end"), "end") if msg.get("end") is not None else time.time_ns()
+    if start >= end:
+        raise ReplayError("invalid_request", "start: must be before end")
+    if end - start > cfg.max_range_s * 1_000_000_000:
+        raise ReplayError("invalid_request", f"range longer than {cfg.max_range_s} s")
+    speed = msg.get("speed", 1)
+    if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0 <= speed <= MAX_SPEED:
+        raise ReplayError("invalid_request", f"speed: a number from 0 to {MAX_SPEED:g}")
+    return ReplayRequest(msg.get("id"), channel, symbol, start, end, float(speed))
+
+
+class ReplayServer:
+    def __init__(self, settings: Settings, cfg: ReplayConfig | None = None) -> None:
+        self.settings = settings
+        self.cfg = cfg or ReplayConfig.from_settings(settings)
+        self.server: Server | None = None
+        self._pool: asyncpg.Pool | None = None
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                self.settings.pg_dsn, min_size=0, max_size=self.cfg.db_pool, command_timeout=30
+            )
+        return self._pool
+
+    async def start(self) -> None:
+        self.server = await serve(
+            self._handler,
+            self.cfg.host,
+            self.cfg.port,
+            process_request=self._process_request,
+            max_size=64 * 1024,  # requests are small
+            max_queue=16,
+            close_timeout=2,
+            server_header=None,
+        )
+        log.info("replay listening", extra={"url": f"ws://{self.cfg.host}:{self.cfg.port}/ws"})
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close(close_connections=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+        if self._pool is not None:
+            await self._pool.close()
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path in ("/health", "/health/live", "/health/ready"):
+            body = orjson.dumps(
+                {"status": "ok", "service": "replay", "active": ACTIVE._value.get()}
+            )
+            return _http(HTTPStatus.OK, "application/json", body)
+        if path == "/metrics":
+            return _http(HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+        if path != "/ws":
+            return _http(HTTPStatus.NOT_FOUND, "application/json", b'{"error":"not found"}')
+        return None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        active: dict[int, asyncio.Task[None]] = {}
+        n = 0
+        try:
+            async for data in ws:
+                try:
+                    msg = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    await _send(ws, _error("invalid_json", "not a JSON message"))
+                    continue
+                if not isinstance(msg, dict):
+                    await _send(ws, _error("invalid_request", "a message is a JSON object"))
+                    continue
+                typ = msg.get("type")
+                if typ == "ping":
+                    await _send(ws, {"type": "pong", "id": msg.get("id")})
+                elif typ == "replay":
+                    for k in [k for k, t in active.items() if t.done()]:
+                        del active[k]
+                    if len(active) >= self.cfg.max_active:
+                        await _send(
+                            ws,
+                            _error(
+                                "too_many_replays",
+                                f"at most {self.cfg.max_active} replays at once per connection",
+                                id=msg.get("id"),
+                            ),
+                        )
+                        continue
+                    try:
+                        req = parse_replay(msg, self.cfg)
+                    except ReplayError as exc:
+                        await _send(ws, _error(exc.code, exc.message, id=msg.get("id")))
+                        continue
+                    n += 1
+                    active[n] = asyncio.create_task(self._run(ws, req, n, active))
+                else:
+                    await _send(ws, _error("unknown_type", f"unknown message type {typ!r}"))
+        except ConnectionClosed:
+            pass
+        finally:
+            running = list(active.values())
+            for t in running:
+                t.cancel()
+            for t in running:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    async def _run(
+        self,
+        ws: ServerConnection,
+        req: ReplayRequest,
+        n: int,
+        active: dict[int, asyncio.Task[None]],
+    ) -> None:
+        """One replay; it leaves ``active`` before its last message, so a client may start the
+        next one as soon as it reads ``replay_done``."""
+        ACTIVE.inc()
+        try:
+            final = await self._replay(ws, req)
+        finally:
+            ACTIVE.dec()
+            active.pop(n, None)
+        if final is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await _send(ws, final)
+
+    async def _replay(self, ws: ServerConnection, req: ReplayRequest) -> dict[str, Any] | None:
+        head = {"id": req.id, "channel": req.channel, "symbol": req.symbol}
+        sent = 0
+        try:
+            await _send(ws, {"type": "replay_started", **head, "speed": req.speed})
+            pool = await self.pool()
+            first_ts: int | None = None
+            wall0 = 0.0
+            async for item in replay_messages(
+                pool, req.channel, req.symbol, req.start_ns, req.end_ns
+            ):
+                if req.speed > 0:
+                    if first_ts is None:
+                        first_ts, wall0 = item.ts_ns, time.monotonic()
+                    due = wall0 + (item.ts_ns - first_ts) / 1e9 / req.speed
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                # text frame, like the live gateway; send() waits while the socket's buffer
+                # is above its high-water mark: back-pressure from this client only
+                await ws.send(item.raw.decode())
+                sent += 1
+            REPLAYS.labels("done").inc()
+            return {"type": "replay_done", **head, "messages": sent}
+        except HistoryError as exc:
+            REPLAYS.labels("no_history").inc()
+            return _error("no_history", str(exc), **head, messages=sent)
+        except ConnectionClosed:
+            REPLAYS.labels("disconnected").inc()
+            return None
+        except Exception as exc:
+            if not is_retriable_db_error(exc):
+                log.error("replay failed", exc_info=exc)
+            REPLAYS.labels("failed").inc()
+            return _error("unavailable", "history database unavailable", **head, messages=sent)
+        finally:
+            REPLAY_MESSAGES.inc(sent)
+
+
+def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
+async def _send(ws: ServerConnection, msg: dict[str, Any]) -> None:
+    await ws.send(orjson.dumps(msg).decode())
+
+
+def _http(status: HTTPStatus, ctype: str, body: bytes) -> Response:
+    headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body)))])
+    return Response(status.value, status.phrase, headers, body)
+
+
+async def main(stop: asyncio.Event) -> None:
+    s = Settings.from_env()
+    cfg = ReplayConfig.from_settings(s)
+    if cfg.max_active < 1 or cfg.db_pool < 1:
+        raise ConfigError("MD_REPLAY_MAX_ACTIVE", "MD_REPLAY_MAX_ACTIVE and MD_REPLAY_DB_POOL >= 1")
+    server = ReplayServer(s, cfg)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+if __name__ == "__main__":
+    from core.service import run
+
+    run(main, service="replay")

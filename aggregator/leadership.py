@@ -6,6 +6,14 @@ correctness: consumers drop ``seq <= last``. That is why the lease can be this s
 fast (heartbeat 100 ms, lease 500 ms) instead of waiting for a Kafka group session (6 s minimum):
 a wrong guess (a paused leader, a slow heartbeat) only duplicates identical messages for a moment.
 
+A silent leader is not always a dead one: when the broker that leads the control partition dies,
+nobody can write there until Kafka moves that leadership (~1 s), and every standby's clock runs
+out while the leader is fine. So a standby also writes its own *presence* records to the control
+partition, one in flight at a time, and counts a lease as expired only when it has read back
+``presence_needed`` of them after the leader's latest heartbeat: proof that the partition took
+writes for a while and the leader's did not come. A dead leader costs no extra wait (presence
+accumulates during the lease); an unwritable partition (both silent) never makes a takeover.
+
 Pure and synchronous, with an explicit ``now`` (monotonic seconds): the service feeds it the
 heartbeats it reads and asks it what to do.
 """
@@ -58,9 +66,11 @@ class Heartbeat:
 class Lease:
     """Role of one instance. ``observe`` every heartbeat read (own ones included), ``due`` on a timer."""
 
-    def __init__(self, ident: str, lease_s: float) -> None:
+    def __init__(self, ident: str, lease_s: float, presence_needed: int = 0) -> None:
         self.ident = ident
         self.lease_s = lease_s
+        self.presence_needed = presence_needed
+        self.presence = 0  # own presence records read since the leader's latest heartbeat
         self.current: Claim | None = None  # the highest claim seen
         self.last: Heartbeat | None = None  # the current leader's latest heartbeat
         self.seen_at = 0.0  # when a heartbeat of the current claim was last read
@@ -78,17 +88,24 @@ class Lease:
             self.current = hb.claim
             # a resigning leader's lease ends now (a rolling restart pauses for a scan, not a lease)
             self.seen_at = now - self.lease_s if hb.resign else now
+            self.presence = self.presence_needed if hb.resign else 0
             if hb.claim.ident != self.ident:
                 self.last = hb
                 if hb.resign:
                     self.defer_until = 0.0
         return was_leader and not self.leader
 
+    def observe_presence(self, ident: str) -> None:
+        """A presence record read from the control partition (only this instance's own count)."""
+        if ident == self.ident:
+            self.presence += 1
+
     def should_take_over(self, now: float) -> bool:
-        """Nobody leads, or the leader's heartbeats stopped for the lease."""
+        """Nobody leads, or the leader's heartbeats stopped for the lease while the control
+        partition took this instance's presence records."""
         if self.started_at is None:
             self.started_at = now
-        if self.leader or now < self.defer_until:
+        if self.leader or now < self.defer_until or self.presence < self.presence_needed:
             return False
         if self.current is None:
             # a fresh instance waits one lease for a heartbeat it has not read yet
@@ -99,4 +116,5 @@ class Lease:
         term = self.current.term + 1 if self.current else 1
         self.current = Claim(term, self.ident)
         self.seen_at = now
+        self.presence = 0
         return self.current

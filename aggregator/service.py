@@ -95,6 +95,8 @@ class ServiceConfig:
     group: str
     heartbeat_ms: int = 100  # leader heartbeat period
     lease_ms: int = 500  # a standby takes over after this long without a heartbeat
+    # ... and after reading back this many of its own presence records (leadership.py)
+    lease_presence: int = 3
     checkpoint_ms: int = 5000  # private checkpoint per partition at most this often
     snapshot_ms: int = 500  # public snapshots per symbol at most this often
     max_batch: int = 5000  # records per poll: bounds memory and per-batch latency
@@ -110,6 +112,7 @@ class ServiceConfig:
             group=s.get("MD_AGG_GROUP", str, f"{s.topic_prefix}.aggregator"),
             heartbeat_ms=s.get("MD_AGG_HEARTBEAT_MS", int, 100),
             lease_ms=s.get("MD_AGG_LEASE_MS", int, 500),
+            lease_presence=s.get("MD_AGG_LEASE_PRESENCE", int, 3),
             checkpoint_ms=s.get("MD_AGG_CHECKPOINT_MS", int, 5000),
             snapshot_ms=s.get("MD_AGG_SNAPSHOT_MS", int, 500),
             max_batch=s.get("MD_AGG_MAX_BATCH", int, 5000),
@@ -150,7 +153,8 @@ class Aggregator:
         self.ident = (
             f"{self.cfg.ident or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         )
-        self.lease = Lease(self.ident, self.cfg.lease_ms / 1000)
+        self.lease = Lease(self.ident, self.cfg.lease_ms / 1000, self.cfg.lease_presence)
+        self._presence: asyncio.Future[Any] | None = None
         self.symbols: dict[str, SymbolState] = {}
         self.skip_upto: dict[str, int] = {}  # symbol -> its checkpoint's input offset
         self.checkpointed: set[str] = set()
@@ -476,7 +480,11 @@ class Aggregator:
             if r.key != group:
                 continue  # another pair (MD_AGG_PARTITIONS) leads its own partitions
             try:
-                hb = Heartbeat.decode(orjson.loads(r.value))
+                raw = orjson.loads(r.value)
+                if "presence" in raw:
+                    self.lease.observe_presence(str(raw["presence"]))
+                    continue
+                hb = Heartbeat.decode(raw)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 log.warning("unreadable heartbeat ignored", extra={"offset": r.offset})
                 continue
@@ -576,6 +584,15 @@ class Aggregator:
                 self.acked[p] = max(self.acked.get(p, -1), o)
             self.ticks.popleft()
 
+    async def _send_presence(self) -> asyncio.Future[Any]:
+        assert self.producer is not None
+        return await self.producer.send(
+            self.topics.control,
+            key=self.cfg.group.encode(),
+            value=orjson.dumps({"presence": self.ident, "ts_ms": int(time.time() * 1000)}),
+            partition=0,
+        )
+
     async def _heartbeat(self, now: float, *, resign: bool = False) -> None:
         assert self.producer is not None and self.lease.current is not None
         hb = Heartbeat(self.lease.current, dict(self.acked), dict(self.out), resign)
@@ -611,6 +628,15 @@ class Aggregator:
                     await self._heartbeat(now)
                 except Exception as exc:  # noqa: BLE001 - the broker may be away; keep beating
                     log.warning("heartbeat failed", extra={"error": repr(exc)})
+            elif not self.lease.leader and now - self.last_heartbeat >= period:
+                # one presence record in flight at a time: records queued while the partition
+                # had no leader must not land in a burst and pass for a lease's worth of silence
+                if self._presence is None or self._presence.done():
+                    try:
+                        self._presence = await self._send_presence()
+                    except Exception as exc:  # noqa: BLE001 - as above
+                        log.warning("presence record failed", extra={"error": repr(exc)})
+                    self.last_heartbeat = now
 
     async def _timers(self) -> None:
         now = time.monotonic()

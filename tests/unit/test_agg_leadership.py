@@ -94,3 +94,44 @@ def test_a_resigning_leader_is_replaced_at_once() -> None:
     assert not lease.should_take_over(1.01)
     lease.observe(Heartbeat(Claim(4, "a"), {}, {}, resign=True), 1.02)
     assert lease.should_take_over(1.03)
+
+
+def test_a_silent_control_partition_is_not_a_dead_leader() -> None:
+    """The broker leading the control partition died: neither the leader's heartbeats nor the
+    standby's presence records land, so the lease running out on the clock is not enough."""
+    lease = Lease("b", 0.5, presence_needed=3)
+    lease.observe(Heartbeat(Claim(1, "a")), 1.0)
+    assert not lease.should_take_over(5.0)  # seconds of silence, no presence read back
+    lease.observe_presence("b")
+    lease.observe_presence("b")
+    assert not lease.should_take_over(5.1)
+    lease.observe(Heartbeat(Claim(1, "a")), 5.2)  # the partition is back: so is the leader
+    lease.observe_presence("b")
+    assert not lease.should_take_over(5.8)  # one presence since the heartbeat, not three
+
+
+def test_presence_after_the_last_heartbeat_expires_the_lease() -> None:
+    lease = Lease("b", 0.5, presence_needed=3)
+    lease.observe(Heartbeat(Claim(1, "a")), 1.0)
+    for _ in range(3):
+        lease.observe_presence("b")
+        lease.observe_presence("c")  # another standby's records count for it, not for b
+    assert not lease.should_take_over(1.4)  # presence enough, lease not yet over
+    assert lease.should_take_over(1.5)
+    claim = lease.take_over(1.5)
+    assert claim == Claim(2, "b") and lease.leader and lease.presence == 0
+
+
+def test_only_own_presence_counts() -> None:
+    lease = Lease("b", 0.5, presence_needed=3)
+    lease.observe(Heartbeat(Claim(1, "a")), 1.0)
+    for _ in range(5):
+        lease.observe_presence("c")
+    assert not lease.should_take_over(3.0)
+
+
+def test_a_resigning_leader_needs_no_presence() -> None:
+    lease = Lease("b", 0.5, presence_needed=3)
+    lease.observe(Heartbeat(Claim(1, "a")), 1.0)
+    lease.observe(Heartbeat(Claim(1, "a"), resign=True), 1.1)
+    assert lease.should_take_over(1.1)

@@ -63,12 +63,15 @@ from typing import Any
 
 import httpx
 import orjson
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from core.backoff import Backoff
 from core.book import L2Book
 from core.settings import Settings
+from core.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = Path(os.environ.get("MD_VAR_DIR", ROOT / "var"))
@@ -79,9 +82,13 @@ CONTROL = frozenset(
     "subscribed unsubscribed heartbeat pong error resync gateway_status authenticated".split()
 )
 PAUSE_LIMIT_S = 1.0
-PAUSE_BOUND = ("agg-leader", "agg-standby", "ws-worker")  # pause <= 1 s is part of passing
-NO_EPOCH_CHANGE = ("agg-leader", "agg-standby")
-NO_RESYNC = ("agg-leader", "agg-standby", "ws-worker")
+# pause <= 1 s is part of passing
+PAUSE_BOUND = ("agg-leader", "agg-standby", "ws-worker", "broker-kill")
+NO_EPOCH_CHANGE = ("agg-leader", "agg-standby", "broker-kill")
+NO_RESYNC = ("agg-leader", "agg-standby", "ws-worker", "broker-kill")
+# MD_KAFKA_BROKERS=3 make up: a local cluster (deploy/local/kafka.sh), brokers 1..N
+BROKERS = int(os.environ.get("MD_KAFKA_BROKERS", "1") or "1")
+CLUSTER_ONLY = ("broker-kill",)
 PG_DOWN_S = 30.0
 TOTAL_BUDGET_S = 340.0  # the whole run stays under 6 minutes
 
@@ -1145,6 +1152,72 @@ async def scenario_kafka(ctx: Ctx, w: Window) -> None:
     await asyncio.sleep(3.0)
 
 
+async def _in_partition(settings: Settings, symbol: str) -> tuple[str, int, dict[str, Any]]:
+    """md.in's partition that carries ``symbol`` (the sources key records by symbol) and its
+    leader / ISR, as the cluster describes it now."""
+    topic = Topics.from_settings(settings).input
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        (desc,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    parts = {p["partition"]: p for p in desc["partitions"]}
+    ids = sorted(parts)
+    pick = DefaultPartitioner()(symbol.encode(), ids, ids)
+    return topic, pick, parts[pick]
+
+
+async def scenario_broker_kill(ctx: Ctx, w: Window) -> None:
+    """``kill -9`` of the broker that leads md.in's partition of BTC-USD: the input of every
+    stream the client reads stops until the cluster moves that leadership (issue 11, item 3)."""
+    s = ctx.settings
+    await baseline(ctx, w)
+    topic, part, before = await _in_partition(s, SYMBOLS[0])
+    leader = int(before["leader"])
+    w.check(
+        f"{topic}-{part} fully replicated before",
+        len(before["isr"]) >= 3,
+        f"leader {leader}, isr {before['isr']}",
+    )
+    pid = read_pid(VAR / "run" / f"kafka-{leader}.pid")
+    if not w.check(f"pid of broker {leader}", running(pid), str(pid)):
+        return
+    assert pid is not None
+    w.action = f"kill -9 Kafka broker {leader} (leader of {topic}-{part}, pid {pid})"
+    ctx.to_start = "kafka.sh"
+    kill9(pid)
+    t_kill = now_s()
+    w.event(f"killed broker {leader}")
+
+    async def moved() -> bool:
+        with contextlib.suppress(Exception):
+            _, _, now = await _in_partition(s, SYMBOLS[0])
+            return int(now["leader"]) not in (leader, -1)
+        return False
+
+    ok, took = await wait_until(moved, 20, 0.1)
+    w.check(f"{topic}-{part} has a new leader", ok, f"{took:.2f} s after the kill")
+    await recovered_streams(ctx, w, t_kill, 30, "every subscription flowing")
+    await asyncio.sleep(3.0)  # streaming on the two survivors
+    rc, took, out = await sh("kafka.sh", "start", 100)
+    ctx.to_start = None if rc == 0 else "kafka.sh"
+    w.check(f"broker {leader} started again", rc == 0, f"{took:.1f} s" + ("" if rc == 0 else out))
+
+    async def whole() -> bool:
+        with contextlib.suppress(Exception):
+            _, _, now = await _in_partition(s, SYMBOLS[0])
+            return len(now["isr"]) >= 3
+        return False
+
+    ok, took = await wait_until(whole, 60, 0.5)
+    w.check(f"broker {leader} back in the ISR of {topic}-{part}", ok, f"{took:.1f} s")
+    ok, _ = await wait_until(ctx.http.pair_ok, 20, 0.2)
+    w.check("aggregators: one leader, one standby", ok, str(await ctx.http.roles()))
+    ok, took = await wait_until(lambda: _healthy(f"{ctx.http.storage}/health", ctx.http), 30, 0.2)
+    w.check("storage /health 200", ok, f"{took:.2f} s")
+
+
 async def scenario_pg(ctx: Ctx, w: Window) -> None:
     h = ctx.http
     await baseline(ctx, w)
@@ -1192,6 +1265,7 @@ SCENARIOS: dict[str, Callable[[Ctx, Window], Awaitable[None]]] = {
     "redis-restart": scenario_redis,
     "kafka-restart": scenario_kafka,
     "pg-outage": scenario_pg,
+    "broker-kill": scenario_broker_kill,
 }
 # seconds each scenario may take (its trade check comes on top, bounded by TOTAL_BUDGET_S)
 LIMITS = {
@@ -1201,6 +1275,7 @@ LIMITS = {
     "redis-restart": 30,
     "kafka-restart": 80,
     "pg-outage": 65,
+    "broker-kill": 100,
 }
 WHAT = {
     "agg-leader": "`kill -9` of the aggregator that leads (role from `/health` on 8011/8021); a "
@@ -1218,6 +1293,11 @@ WHAT = {
     "kafka-restart": "`deploy/local/kafka.sh stop` (SIGTERM, graceful) then `start` of the single "
     "broker; every stream must flow again, the aggregator pair, gateway_ws and storage must be "
     "healthy.",
+    "broker-kill": "`MD_KAFKA_BROKERS=3` only (a local cluster: 3 brokers, 3 controllers, RF 3, "
+    "min ISR 2): `kill -9` of the broker leading the `md.in` partition of BTC-USD (found with "
+    "the admin client and the producers' partitioner); that partition must get a new leader, "
+    "every stream must flow again, then `kafka.sh start` brings the broker back and it must "
+    "rejoin the partition's ISR.",
     "pg-outage": f"`deploy/local/postgres.sh stop` (`pg_ctl -m fast`), {PG_DOWN_S:.0f} s down, "
     "`start`; REST orderbook and ticker of BTC-USD and ETH-USD polled every 0.25 s must answer "
     "200 throughout; the database writer must write again.",
@@ -1242,8 +1322,9 @@ async def stack_ready(ctx: Ctx) -> list[str]:
             problems.append(f"{name} is not running (var/run/services/{name}.pid)")
     if not running(read_pid(VAR / "run" / "redis.pid")):
         problems.append("redis is not running (var/run/redis.pid)")
-    if not running(read_pid(VAR / "run" / "kafka.pid")):
-        problems.append("kafka is not running (var/run/kafka.pid)")
+    for f in [f"kafka-{i}.pid" for i in range(1, BROKERS + 1)] if BROKERS > 1 else ["kafka.pid"]:
+        if not running(read_pid(VAR / "run" / f)):
+            problems.append(f"kafka is not running (var/run/{f})")
     for url in (h.ws_health, f"{h.rest}/health", f"{h.storage}/health"):
         if await h.status(url) != 200:
             problems.append(f"{url} does not answer 200")
@@ -1430,6 +1511,9 @@ async def run(args: argparse.Namespace) -> int:
         await http.close()
         return 2
     names = [n.strip() for n in args.only.split(",")] if args.only else list(SCENARIOS)
+    if BROKERS < 3 and not args.only:
+        names = [n for n in names if n not in CLUSTER_ONLY]
+        print(f"chaos: {list(CLUSTER_ONLY)} need MD_KAFKA_BROKERS=3 make up: not run")
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         print(f"chaos: unknown scenarios {unknown}; known: {list(SCENARIOS)}")

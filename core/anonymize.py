@@ -71,7 +71,7 @@ def _policy(raw: str, key: str) -> Policy:
     p = raw.strip().lower()
     if p not in POLICIES:
         raise ConfigError(key, f"expected one of {', '.join(POLICIES)}, got {raw!r}")
-    return p  # type: ignore[return-value]
+    return p
 
 
 def parse_tier_policies(raw: str, key: str = "MD_REST_ORDER_IDS") -> dict[str, Policy]:

@@ -147,7 +147,8 @@ def load_public_pem(pem: bytes) -> Ed25519PublicKey:
 def keys_document(signer: Signer | None, s: Settings) -> dict[str, Any]:
     """The public keys, as a JWK set (RFC 8037 "OKP" keys): the current one first."""
     keys: list[Ed25519PublicKey] = [signer.public_key] if signer else []
-    for path in s.get("MD_SIGNING_PUBLIC_KEYS", parse_list, ()):
+    paths: tuple[str, ...] = s.get("MD_SIGNING_PUBLIC_KEYS", parse_list, ())
+    for path in paths:
         try:
             keys.append(load_public_pem(Path(path).read_bytes()))
         except (OSError, ValueError) as exc:

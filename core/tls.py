@@ -110,5 +110,5 @@ if __name__ == "__main__":
 
     if len(sys.argv) < 3 or sys.argv[1] != "self-signed":
         sys.exit("usage: python -m core.tls self-signed DIR [HOSTNAME]")
-    write_self_signed(sys.argv[2], *(sys.argv[3:4]))
+    write_self_signed(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "localhost")
     print(f"wrote {sys.argv[2]}/tls.crt and tls.key")

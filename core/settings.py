@@ -1,7 +1,8 @@
 """Frozen settings read from the environment once at start.
 
 A wrong value fails at start with the variable's name (Starlette's ``config`` idea), never later
-in a hot path. Every variable is listed in README "Configuration" with its default.
+in a hot path, and so does an unknown ``MD_*`` name (a misspelling; core/env_names.py). Every
+variable is listed in README "Configuration" or its service's docs page with its default.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from core.env_names import check_names
 from core.errors import ConfigError
 
 T = TypeVar("T")
@@ -87,7 +89,6 @@ class Settings:
     sim_rate: float = 200.0  # order events per second per symbol
     sim_seed: int = 42
     book_checksum_depth: int = 10
-    l2_topn: int = 50
     redis_book_depth: int = 100
     # logging
     log_level: str = "INFO"
@@ -96,6 +97,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env
+        check_names(e)
         d = cls()
         return cls(
             kafka_bootstrap=_get(e, "MD_KAFKA_BOOTSTRAP", str, d.kafka_bootstrap),
@@ -117,7 +119,6 @@ class Settings:
             sim_rate=_get(e, "MD_SIM_RATE", float, d.sim_rate),
             sim_seed=_get(e, "MD_SIM_SEED", int, d.sim_seed),
             book_checksum_depth=_get(e, "MD_BOOK_CHECKSUM_DEPTH", int, d.book_checksum_depth),
-            l2_topn=_get(e, "MD_L2_TOPN", int, d.l2_topn),
             redis_book_depth=_get(e, "MD_REDIS_BOOK_DEPTH", int, d.redis_book_depth),
             log_level=_get(e, "MD_LOG_LEVEL", str, d.log_level).upper(),
             extra={k: v for k, v in e.items() if k.startswith("MD_")},

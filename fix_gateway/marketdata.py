@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 ENTRY_TYPES = frozenset({T.ENTRY_BID, T.ENTRY_OFFER, T.ENTRY_TRADE})
 BOOK_TYPES = frozenset({T.ENTRY_BID, T.ENTRY_OFFER})
-# MarketDepth above this is refused (281=5): the aggregator's L2 holds the top MD_L2_TOPN levels
-# anyway, and a W of 1000 levels is ~40 KiB, the size where a FIX peer's buffers start to matter.
+# MarketDepth above this is refused (281=5): a W of 1000 levels is ~40 KiB, the size where a
+# FIX peer's buffers start to matter.
 MAX_DEPTH = 1000
 # Symbols per MarketDataRequest(V): bounds the work one request can cause.
 MAX_SYMBOLS = 500

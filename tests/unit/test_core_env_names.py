@@ -1,0 +1,77 @@
+"""core/env_names.py is the true list of MD_* settings: the code, the scripts and the docs agree
+with it, and a process refuses a name that is not on it."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from core.env_names import KNOWN, UNDOCUMENTED
+from core.errors import ConfigError
+from core.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = re.compile(r"^MD_[A-Z0-9_]*[A-Z0-9]$")
+TOKEN = re.compile(r"\bMD_[A-Z0-9_]*[A-Z0-9]\b")
+SKIP_DIRS = {".venv", "var", "node_modules", ".git", "test-artifacts", "web", ".mypy_cache"}
+SCRIPT_SUFFIXES = {".sh", ".yml", ".yaml", ".toml", ".conf", ".env"}
+# names tests use on purpose as unknown ones
+ON_PURPOSE_UNKNOWN = {"MD_ABSENT", "MD_WS_PROT"}
+
+
+def _used() -> dict[str, set[str]]:
+    """name -> files: Python string constants that are exactly a name, and tokens in scripts,
+    the Makefile, the Dockerfile and the deploy files."""
+    out: dict[str, set[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        for fn in filenames:
+            p = Path(dirpath, fn)
+            names: list[str] = []
+            if p.suffix == ".py":
+                for n in ast.walk(ast.parse(p.read_text())):
+                    if isinstance(n, ast.Constant) and isinstance(n.value, str):
+                        if NAME.match(n.value):
+                            names.append(n.value)
+            elif p.suffix in SCRIPT_SUFFIXES or p.name in ("Makefile", "Dockerfile"):
+                names = TOKEN.findall(p.read_text(errors="replace"))
+            for name in names:
+                out.setdefault(name, set()).add(str(p.relative_to(ROOT)))
+    return out
+
+
+def _documented() -> set[str]:
+    """Names in a table row of README.md or docs/*.md (the configuration tables)."""
+    out: set[str] = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for line in doc.read_text().splitlines():
+            if line.startswith("|"):
+                out.update(TOKEN.findall(line))
+    return out
+
+
+def test_every_name_the_tree_uses_is_known_and_every_known_name_is_used() -> None:
+    used = _used()
+    unknown = {n: sorted(f) for n, f in used.items() if n not in KNOWN | ON_PURPOSE_UNKNOWN}
+    assert not unknown, f"add to core/env_names.py KNOWN (and a docs table row): {unknown}"
+    assert KNOWN - used.keys() == set(), "nothing uses these any more: remove from KNOWN"
+
+
+def test_the_docs_tables_and_the_registry_agree() -> None:
+    documented = _documented()
+    assert documented - KNOWN == set(), "documented settings nothing reads"
+    assert KNOWN - documented - UNDOCUMENTED == set(), "known settings without a table row"
+    assert UNDOCUMENTED <= KNOWN
+    assert UNDOCUMENTED & documented == set(), "documented now: remove from UNDOCUMENTED"
+
+
+def test_a_misspelled_name_stops_the_process_at_start() -> None:
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env({"MD_WS_PROT": "9000"})
+    assert exc.value.key == "MD_WS_PROT" and "MD_WS_PORT" in str(exc.value)
+    assert Settings.from_env({n: "" for n in KNOWN}).ws_port == 8001  # every known name passes
+    assert Settings.from_env({"PATH": "/bin", "MDX": "1"}).ws_port == 8001  # only MD_* is ours

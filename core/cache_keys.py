@@ -20,51 +20,63 @@ def book_depths(max_depth: int) -> tuple[int, ...]:
     return tuple(sorted({d for d in BOOK_DEPTHS if d < max_depth} | {max_depth}))
 
 
+# Field names inside the keys, shared the same way.
+HIST_MESSAGE = "m"  # resume stream entry: the message bytes as published
+HIST_EPOCH = "e"  # resume stream entry: the message's epoch
+
+
 @dataclass(frozen=True)
 class CacheKeys:
+    """Every key name of the cache. ``CacheKeys("")`` (:data:`RELATIVE`) gives the names
+    without a prefix, for the pure cache model; :meth:`under` puts one under this prefix."""
+
     prefix: str = "md"
+
+    def under(self, relative: str) -> str:
+        """A :data:`RELATIVE` key name under this prefix."""
+        return f"{self.prefix}:{relative}" if self.prefix else relative
 
     def book(self, symbol: str) -> str:
         """Hash: ``d<depth>`` -> REST orderbook body (JSON bytes), ``seq``, ``epoch``."""
-        return f"{self.prefix}:book:{symbol}"
+        return self.under(f"book:{symbol}")
 
     def l3(self, symbol: str) -> str:
         """String: REST level=3 orderbook body (latest ``l3_snapshot``)."""
-        return f"{self.prefix}:l3:{symbol}"
+        return self.under(f"l3:{symbol}")
 
     def ticker(self, symbol: str) -> str:
         """String: REST ticker body (JSON bytes)."""
-        return f"{self.prefix}:ticker:{symbol}"
+        return self.under(f"ticker:{symbol}")
 
     def stats(self, symbol: str) -> str:
         """String: REST 24h stats body (JSON bytes)."""
-        return f"{self.prefix}:stats:{symbol}"
+        return self.under(f"stats:{symbol}")
 
     def candle(self, interval: str, symbol: str) -> str:
         """String: the current (latest) candle of ``interval`` (JSON bytes)."""
-        return f"{self.prefix}:candle:{interval}:{symbol}"
+        return self.under(f"candle:{interval}:{symbol}")
 
     def trades(self, symbol: str) -> str:
         """List: recent trades, newest first (JSON bytes each), capped."""
-        return f"{self.prefix}:trades:{symbol}"
+        return self.under(f"trades:{symbol}")
 
     def trades_seq(self, symbol: str) -> str:
         """String: ``<epoch>:<seq>`` of the last trades message in :meth:`trades`."""
-        return f"{self.prefix}:trades_seq:{symbol}"
+        return self.under(f"trades_seq:{symbol}")
 
     @property
     def symbols(self) -> str:
         """Hash: symbol -> catalogue entry (``SymbolInfo.to_dict()`` JSON plus ``seq``)."""
-        return f"{self.prefix}:symbols"
+        return self.under("symbols")
 
     def hist(self, channel: str, symbol: str) -> str:
         """Stream: WebSocket resume window, IDs ``<seq>-0``, fields ``m`` (bytes) and ``e`` (epoch)."""
-        return f"{self.prefix}:hist:{channel}:{symbol}"
+        return self.under(f"hist:{channel}:{symbol}")
 
     @property
     def sentinel(self) -> str:
         """String written by the cache writer; its absence means Redis lost the cache (restart)."""
-        return f"{self.prefix}:cache:alive"
+        return self.under("cache:alive")
 
     def ratelimit(self, who: str, window: int) -> str:
         """Counter of the REST rate limiter for ``who`` (``k:<key>`` / ``ip:<addr>``) in a window.
@@ -74,4 +86,7 @@ class CacheKeys:
         kind, _, ident = who.partition(":")
         if kind != "ip":
             who = f"{kind}:{fingerprint(ident)}"
-        return f"{self.prefix}:rl:{who}:{window}"
+        return self.under(f"rl:{who}:{window}")
+
+
+RELATIVE = CacheKeys("")

@@ -14,23 +14,25 @@ import orjson
 import redis.asyncio as aioredis
 
 from core.anonymize import apply as anonymize
+from core.cache_keys import HIST_EPOCH, HIST_MESSAGE, CacheKeys
 from core.codec import ns_from_iso
 from core.signing import sign
 
 Entry = tuple[int, int, bytes]  # seq, epoch, message bytes
+_E, _M = HIST_EPOCH.encode(), HIST_MESSAGE.encode()
 
 
 def hist_key(prefix: str, channel: str, symbol: str) -> str:
-    return f"{prefix}:hist:{channel}:{symbol}"
+    return CacheKeys(prefix).hist(channel, symbol)  # the names live in core/cache_keys.py
 
 
 def _entry(item: Any) -> Entry:
     eid, fields = item
     eid = eid.decode() if isinstance(eid, bytes) else eid
     seq = int(eid.split("-", 1)[0])
-    e = fields.get(b"e", fields.get("e", 0))
-    raw = anonymize(bytes(fields.get(b"m", fields.get("m", b""))))  # core/anonymize.py
-    return seq, int(e), sign(raw)  # core/signing.py
+    e = fields.get(_E, fields.get(HIST_EPOCH, 0))
+    m = fields.get(_M, fields.get(HIST_MESSAGE, b""))
+    return seq, int(e), sign(anonymize(bytes(m)))  # core/anonymize.py, core/signing.py
 
 
 class History:

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from core.book import L2Book
-from core.cache_keys import book_depths
+from core.cache_keys import RELATIVE, book_depths
 from core.channels import DATA_CHANNELS
 from core.codec import iso_from_ns
 from core.symbols import SymbolInfo
@@ -161,10 +161,12 @@ class CacheModel:
             self._on_status(env)
         elif ch == "ticker":
             self._latest(
-                f"ticker:{env.symbol}", env, env.data if isinstance(env.data, dict) else {}
+                RELATIVE.ticker(env.symbol), env, env.data if isinstance(env.data, dict) else {}
             )
         elif ch == "stats":
-            self._latest(f"stats:{env.symbol}", env, env.data if isinstance(env.data, dict) else {})
+            self._latest(
+                RELATIVE.stats(env.symbol), env, env.data if isinstance(env.data, dict) else {}
+            )
         elif ch.startswith("candles_") or t == "candle":
             c = candle_of(env)
             body = {
@@ -182,12 +184,12 @@ class CacheModel:
                 body["end"] = env.data["end"]
             if isinstance(env.data, dict) and "vwap" in env.data:
                 body["vwap"] = env.data["vwap"]
-            self._latest(f"candle:{c.interval}:{env.symbol}", env, body)
+            self._latest(RELATIVE.candle(c.interval, env.symbol), env, body)
         elif ch == "trades":
             self._on_trades(env)
         elif ch == "l3" and t == "l3_snapshot":
             d = env.data if isinstance(env.data, dict) else {}
-            self._latest(f"l3:{env.symbol}", env, {"level": 3, **d})
+            self._latest(RELATIVE.l3(env.symbol), env, {"level": 3, **d})
         # l3 updates: only the resume window (REST level=3 serves the latest l3 snapshot)
 
     def _latest(self, k: str, env: Envelope, payload: dict[str, Any]) -> None:

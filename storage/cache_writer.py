@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.exceptions import RedisError
 
 from core.backoff import Backoff
-from core.cache_keys import CacheKeys
+from core.cache_keys import HIST_EPOCH, HIST_MESSAGE, CacheKeys
 from core.kafka import Pacer, make_consumer
 from core.settings import Settings
 from core.topics import Topics
@@ -166,7 +166,7 @@ class CacheWriter:
                 continue
             eid, fields = entries[0]
             seq = int(eid.split(b"-")[0])
-            epoch = int(fields.get(b"e", b"0"))
+            epoch = int(fields.get(HIST_EPOCH.encode(), b"0"))
             self._hist_last[k] = (epoch, seq)
 
     async def _apply(self, w: Writes, *, full: bool) -> bool:
@@ -180,7 +180,7 @@ class CacheWriter:
         for sym, fields in w.books.items():
             pipe.hset(k.book(sym), mapping=fields)  # type: ignore[arg-type]
         for suffix, body in w.strings.items():
-            pipe.set(f"{k.prefix}:{suffix}", body)
+            pipe.set(k.under(suffix), body)
         if w.symbols:
             pipe.hset(k.symbols, mapping=w.symbols)  # type: ignore[arg-type]
         for sym, entries in w.trades.items():
@@ -205,7 +205,7 @@ class CacheWriter:
                 resets += 1
             pipe.xadd(
                 key,
-                {"m": raw, "e": str(epoch)},
+                {HIST_MESSAGE: raw, HIST_EPOCH: str(epoch)},
                 id=f"{seq}-0",
                 maxlen=self.config.hist_len,
                 approximate=True,

@@ -31,7 +31,7 @@ Res = list[dict[str, Any]]
 
 # The keys of the Secrets created out of band (10-config.yaml, docs/security.md)
 SECRET_KEYS: dict[str, tuple[str, ...]] = {
-    "md-secrets": ("MD_PG_DSN", "MD_REDIS_PASSWORD"),
+    "md-secrets": ("MD_PG_DSN", "MD_REDIS_PASSWORD", "MD_ANON_SECRET"),
     "md-gateway-ws": ("MD_WS_JWT_HS256_SECRET",),
     "md-gateway-rest": ("MD_REST_API_KEYS",),
 }
@@ -99,6 +99,8 @@ def gateway_problems(res: Res) -> list[str]:
             problems.append(f"{name}: Prometheus scrapes the public port {client_port}")
         if metrics_var is not None and env.get(metrics_var) != port:
             problems.append(f"{name}: {metrics_var}={env.get(metrics_var)} but scraped on {port}")
+        if name != "fix-gateway" and "MD_ANON_SECRET" not in env:
+            problems.append(f"{name}: no MD_ANON_SECRET: order ids leave as the source sent them")
     return problems
 
 
@@ -283,6 +285,11 @@ def _config(**env: str) -> Callable[[Res], Res]:
             gateway_problems,
             _env_set("fix-gateway", "MD_FIX_SESSIONS_FILE", None),
             id="fix-client1",
+        ),
+        pytest.param(
+            gateway_problems,
+            _drop_secret_ref("gateway-rest", "md-secrets"),
+            id="rest-no-anon-secret",
         ),
         pytest.param(
             gateway_problems,

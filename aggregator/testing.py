@@ -19,7 +19,7 @@ from aiokafka import TopicPartition
 from aggregator import events as ev
 from aggregator.recovery import stop_consumer
 from core.book import L2Book
-from core.kafka import make_consumer
+from core.kafka import make_consumer, partitions_of
 from core.settings import Settings
 
 
@@ -28,11 +28,7 @@ async def read_topic(settings: Settings, topic: str, *, limit_s: float = 30.0) -
     c = make_consumer(settings, group_id=None)
     await c.start()
     try:
-        parts = c.partitions_for_topic(topic)
-        if not parts:
-            await c._client.force_metadata_update()  # noqa: SLF001
-            parts = c._client.cluster.partitions_for_topic(topic)  # noqa: SLF001
-        tps = [TopicPartition(topic, p) for p in sorted(parts or ())]
+        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(c, topic))]
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         ends = await c.end_offsets(tps)

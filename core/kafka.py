@@ -92,6 +92,18 @@ class Pacer:
         self._last = loop.time()
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partition numbers of ``topic``. aiokafka's public ``partitions_for_topic`` answers only
+    from metadata the client already holds (nothing for a topic it has not subscribed to or been
+    assigned); then one metadata refresh answers, through the client's private ``_client`` as
+    aiokafka has no public call for it. The one place in the tree that reaches into it."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        parts = consumer._client.cluster.partitions_for_topic(topic)  # noqa: SLF001
+    return set(parts or ())
+
+
 async def _wait_led(admin: AIOKafkaAdminClient, names: list[str], partitions: int) -> None:
     """Until every partition of ``names`` has a leader in the metadata the broker serves.
 

@@ -157,12 +157,11 @@ async def bench_kafka(raw: list[tuple[str, bytes]], events: int | None = None) -
     admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
     await admin.start()
     try:
-        from core.kafka import make_consumer
+        from core.kafka import make_consumer, partitions_of
 
         c = make_consumer(s)
         await c.start()
-        await c._client.force_metadata_update()  # noqa: SLF001 - the topic is new to this client
-        parts = c._client.cluster.partitions_for_topic(t.input) or set()  # noqa: SLF001
+        parts = await partitions_of(c, t.input)
         tps = [TopicPartition(t.input, p) for p in parts]
         c.assign(tps)
         ends = await c.end_offsets(tps)

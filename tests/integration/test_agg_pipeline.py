@@ -24,7 +24,7 @@ from aggregator.testing import (
     reference_books,
 )
 from core.book import L2Book
-from core.kafka import make_consumer
+from core.kafka import make_consumer, partitions_of
 from core.settings import Settings
 from core.topics import Topics
 
@@ -39,10 +39,7 @@ async def wait_caught_up(settings: Settings, group: str, limit_s: float = 60.0) 
     c = make_consumer(settings, group_id=None)
     await c.start()
     try:
-        parts = c.partitions_for_topic(t.input) or set()
-        if not parts:
-            await c._client.force_metadata_update()
-            parts = c._client.cluster.partitions_for_topic(t.input) or set()
+        parts = await partitions_of(c, t.input)
         tps = [TopicPartition(t.input, p) for p in parts]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit_s

@@ -212,17 +212,34 @@ class CoinbaseParser:
         FEED_MESSAGES.labels(t if t in _KNOWN else "other").inc()
         try:
             return self._dispatch(t, msg, recv_ns)
-        except ev.EventError as exc:
-            return self._bad(str(exc), msg)
         except (
             KeyError,
             TypeError,
             ValueError,
             AttributeError,
             ArithmeticError,
-            MarketDataError,
+            MarketDataError,  # EventError among them
         ) as exc:
-            return self._bad(f"{type(exc).__name__}: {exc}", msg)
+            self._resync_after_bad(t, msg)
+            return self._bad(str(exc) if isinstance(exc, ev.EventError) else repr(exc), msg)
+
+    def _resync_after_bad(self, t: str, msg: dict[str, Any]) -> None:
+        """A book message we could not apply leaves that book wrong: resync the product."""
+        if t not in ("snapshot", "l2update", "open", "change", "done"):
+            return
+        try:
+            sym = normalize_symbol(msg.get("product_id"))
+        except MarketDataError:
+            return
+        if sym in self.feeds and self.feeds[sym].have_snapshot:
+            FEED_RESYNCS.labels(sym).inc()
+            self.resync.add(sym)
+            self.feeds[sym].have_snapshot = False
+
+    def synced(self, symbol: str) -> bool:
+        """The product's book is in sync (snapshot received, no gap since)."""
+        f = self.feeds.get(symbol)
+        return f is not None and f.have_snapshot
 
     def _product(self, msg: dict[str, Any]) -> str | None:
         p = msg.get("product_id")

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import orjson
 import pytest
@@ -34,13 +35,13 @@ RECORDING = DEFAULT_FILE
 CATALOGUE = DEFAULT_CATALOGUE
 
 
-def books_from_recording() -> tuple[
-    dict[str, dict[str, dict[Decimal, Decimal]]], dict[str, list[int]]
-]:
+def books_from_recording(
+    path: Path = RECORDING,
+) -> tuple[dict[str, dict[str, dict[Decimal, Decimal]]], dict[str, list[int]]]:
     """Final L2 book and trade ids per product, straight from the file (no platform code)."""
     books: dict[str, dict[str, dict[Decimal, Decimal]]] = {}
     trades: dict[str, list[int]] = {}
-    for line in RECORDING.read_bytes().splitlines():
+    for line in path.read_bytes().splitlines():
         m = orjson.loads(line)["message"]
         p = m.get("product_id")
         if m["type"] == "snapshot":

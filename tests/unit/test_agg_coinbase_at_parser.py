@@ -320,3 +320,17 @@ def test_exchange_feed_error_message_does_not_raise() -> None:
 
     p = CoinbaseParser([P])
     assert p.receive(b'{"type":"error","message":"Failed to subscribe","reason":"x"}', NS) == []
+
+
+def test_exchange_parser_resyncs_a_product_after_a_bad_book_message() -> None:
+    """A level change that cannot be applied leaves the book wrong: resubscribe the product."""
+    from aggregator.sources.coinbase import CoinbaseParser
+
+    p = CoinbaseParser([P])
+    snap = {"type": "snapshot", "product_id": P, "bids": [["100", "1"]], "asks": [["101", "1"]]}
+    assert p.receive(orjson.dumps(snap), NS) and p.synced(P)
+    bad = {"type": "l2update", "product_id": P, "changes": [["buy", "abc", "1"]], "time": "x"}
+    assert p.receive(orjson.dumps(bad), NS) == []
+    assert not p.synced(P) and p.take_resync() == {P}
+    odd = dict(bad, product_id="not a symbol!")
+    assert p.receive(orjson.dumps(odd), NS) == [] and p.counts["malformed"] == 2

@@ -60,7 +60,7 @@ writes the same fields, so what a source can build is exactly what the aggregato
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, ClassVar, TypeVar, get_type_hints
@@ -553,7 +553,7 @@ def decode_record(data: bytes | bytearray | memoryview | str) -> list[AnyEvent]:
     return events
 
 
-def encode_record(events: list[Event]) -> bytes:
+def encode_record(events: Sequence[Event]) -> bytes:
     """The record for ``events`` (one symbol): a plain object for one, an array for several."""
     if len(events) == 1:
         return encode(events[0])

@@ -1,12 +1,21 @@
-"""Storage writer benchmark: trades ingested per second, Kafka -> PostgreSQL.
+"""Storage ingest benchmark: rows per second Kafka -> database, beside raw COPY of the same rows.
 
-    .venv/bin/python -m loadtests.bench_storage [--trades 200000] [--batch 5000] [--writers 1]
+    flock /tmp/md-bench.lock .venv/bin/python -m loadtests.bench_storage \
+        [--rows 300000] [--batch 5000] [--writers 2] [--kinds trades,book]
 
-Isolated like a test: its own topics (3 partitions) and a fresh database (dropped afterwards).
-Produces ``--trades`` trade messages (docs/aggregator.md shape) over 3 symbols, then starts
-``--writers`` database writers in one consumer group and measures from the first fetched record
-to the last trade committed. A second figure writes the same rows straight from memory (no
-Kafka, no JSON): the database path's own ceiling. Prints a Markdown table.
+Isolated like a test: its own topics (6 partitions) and a fresh database (the default backend:
+TimescaleDB where it is preloaded; dropped afterwards). For each kind it produces ``--rows``
+messages (docs/aggregator.md shapes, 3 symbols):
+
+- ``trades``: ``trade`` messages -> the ``trades`` table (and, with the default
+  ``MD_STORAGE_HISTORY_CHANNELS``, each message kept whole in ``stream_messages`` for replay);
+- ``book``: ``l2_update`` messages -> ``stream_messages``.
+
+Then ``--writers`` database writer *processes* (``storage/db_writer.py``, one consumer group)
+consume them; the clock runs from the first record fetched to the last row committed. Beside it,
+in the same run, the same rows written from memory with one raw asyncpg COPY per batch into a
+fresh table of the same schema (no Kafka, no JSON, no conflict handling): the ceiling. Prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -14,9 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import multiprocessing as mp
+import os
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
@@ -25,32 +39,32 @@ from core.kafka import ensure_topics, make_producer
 from core.settings import Settings
 from core.topics import Topics
 from storage import testing as T
-from storage.db_rows import RowBatch, RowBuilder
-from storage.db_writer import DbWriter, DbWriterConfig
 from storage.migrate import migrate
 
 SYMBOLS = ("BTC-USD", "ETH-USD", "LTC-USD")
+KINDS = {"trades": "trades", "book": "l2"}  # kind -> channel
 
 
-async def produce(s: Settings, n: int) -> float:
+def message(kind: str, i: int, base: int) -> tuple[str, bytes]:
+    sym = SYMBOLS[i % 3]
+    seq = i // 3 + 1
+    ts = base + i * 1000
+    if kind == "trades":
+        side = "buy" if i % 2 else "sell"
+        return sym, T.trade(sym, seq, f"b{i}", f"{50000 + i % 100}.25", "0.0100", side, ts_ns=ts)
+    changes = [["buy", f"{50000 + i % 50}.10", f"{i % 7}.5000"], ["sell", "50101.00", "0"]]
+    return sym, T.l2_update(sym, seq, changes, ts_ns=ts, checksum=123456789)
+
+
+async def produce(s: Settings, kind: str, n: int, base: int) -> float:
     p = make_producer(s, linger_ms=20)
     await p.start()
-    topic = Topics.from_settings(s).stream("trades")
+    topic = Topics.from_settings(s).stream(KINDS[kind])
     t0 = time.perf_counter()
-    base = now_ns()
     try:
         futs = []
         for i in range(n):
-            sym = SYMBOLS[i % 3]
-            v = T.trade(
-                sym,
-                i // 3 + 1,
-                f"b{i}",
-                f"{50000 + i % 100}.25",
-                "0.0100",
-                "buy" if i % 2 else "sell",
-                ts_ns=base + i * 1000,
-            )
+            sym, v = message(kind, i, base)
             futs.append(await p.send(topic, value=v, key=sym.encode()))
             if len(futs) >= 20000:
                 await asyncio.gather(*futs)
@@ -61,96 +75,188 @@ async def produce(s: Settings, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def run_writers(s: Settings, n: int, batch: int, writers: int) -> tuple[float, DbWriter]:
-    group = f"{s.topic_prefix}.bench"
-    ws = [DbWriter(s, DbWriterConfig(group_id=group, batch_records=batch)) for _ in range(writers)]
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(w.run(stop)) for w in ws]
-    while True:  # start the clock at the first fetched batch
-        if any(w.counters.records or w.queue.qsize() for w in ws):
-            break
-        await asyncio.sleep(0.001)
-    t0 = time.perf_counter()
-    while sum(w.counters.trades_inserted for w in ws) < n:
-        for t in tasks:
-            if t.done():
-                t.result()
-        await asyncio.sleep(0.005)
-    rate = n / (time.perf_counter() - t0)
-    stop.set()
-    await asyncio.gather(*tasks)
-    return rate, ws[0]
+def _writer_process(env: dict[str, str], batch: int, rows: Any, first: Any, stop: Any) -> None:
+    """One writer process of the consumer group; reports rows written and its first fetch."""
+    os.environ.update(env)
+    from storage.db_writer import DbWriter, DbWriterConfig
+
+    async def run() -> None:
+        s = Settings.from_env()
+        w = DbWriter(s, dataclasses.replace(DbWriterConfig.from_settings(s), batch_records=batch))
+        halt = asyncio.Event()
+        task = asyncio.create_task(w.run(halt))
+        while not stop.is_set():
+            c = w.counters
+            if c.records and not first.value:
+                first.value = time.time()
+            rows.value = c.trades_inserted + c.messages_inserted
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.005)
+        halt.set()
+        await task
+
+    asyncio.run(run())
 
 
-async def db_only(s: Settings, n: int, batch: int) -> float:
-    """Rows built in memory, written by the writer's transaction code: the database ceiling."""
-    w = DbWriter(s, DbWriterConfig(group_id="unused", batch_records=batch))
-    rb = RowBuilder(snapshot_topic="x")
-    base = now_ns() + 10**12
-    batches = []
-    for start in range(0, n, batch):
-        b = RowBatch()
-        for i in range(start, min(n, start + batch)):
-            sym = SYMBOLS[i % 3]
-            rb.add(
-                b,
-                "t",
-                0,
-                i,
-                None,
-                T.trade(sym, i + 1, f"m{i}", "50000.25", "0.0100", ts_ns=base + i * 1000),
+def run_writers(s: Settings, group: str, history: str, n_rows: int, batch: int, k: int) -> float:
+    env = {
+        "MD_TOPIC_PREFIX": s.topic_prefix,
+        "MD_PG_DSN": s.pg_dsn,
+        "MD_STORAGE_DB_GROUP": group,
+        "MD_STORAGE_HISTORY_CHANNELS": history,
+        "MD_DB_FETCH_WAIT_MS": "0",
+        "MD_LOG_LEVEL": "WARNING",
+    }
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    rows = [ctx.Value("q", 0) for _ in range(k)]
+    first = [ctx.Value("d", 0.0) for _ in range(k)]
+    procs = [
+        ctx.Process(target=_writer_process, args=(env, batch, rows[i], first[i], stop))
+        for i in range(k)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        deadline = time.time() + 600
+        while sum(r.value for r in rows) < n_rows:
+            if any(not p.is_alive() for p in procs):
+                raise RuntimeError("a writer process died")
+            if time.time() > deadline:
+                raise TimeoutError(f"writers stalled at {sum(r.value for r in rows)} rows")
+            time.sleep(0.002)
+        end = time.time()
+        start = min(f.value for f in first if f.value)
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(30)
+    return n_rows / (end - start)
+
+
+async def raw_copy(s: Settings, kind: str, n: int, batch: int, base: int) -> float:
+    """The same rows from memory, one asyncpg COPY per batch into a fresh table like the
+    writer's target: what the database takes with no Kafka, no parsing, no conflict check."""
+    conn = await asyncpg.connect(s.pg_dsn)
+    target = "trades" if kind == "trades" else "stream_messages"
+    table = f"ceiling_{kind}"
+    try:
+        await conn.execute(f"CREATE TABLE {table} (LIKE {target} INCLUDING ALL)")
+        if await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
+            await conn.execute(
+                f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => interval '1 day')"
             )
-        batches.append(b)
-    t0 = time.perf_counter()
-    for b in batches:
-        await w.write(b)
-    rate = n / (time.perf_counter() - t0)
-    if w._pool is not None:  # noqa: SLF001
-        await w._pool.close()  # noqa: SLF001
-    return rate
+        e0 = datetime(1970, 1, 1, tzinfo=UTC)
+        recs: list[tuple[Any, ...]] = []
+        for i in range(n):
+            sym, v = message(kind, i + n, base)
+            ts = e0 + timedelta(microseconds=(base + (i + n) * 1000) // 1000)
+            if kind == "trades":
+                recs.append((sym, f"c{i}", ts, Decimal("50000.25"), Decimal("0.0100"), "buy", i, 1))
+            else:
+                recs.append(("l2", sym, 1, i + 1, ts, v))
+        cols = (
+            ["symbol", "trade_id", "ts", "price", "size", "side", "seq", "epoch"]
+            if kind == "trades"
+            else ["channel", "symbol", "epoch", "seq", "ts", "msg"]
+        )
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            async with conn.transaction():
+                await conn.copy_records_to_table(table, records=recs[i : i + batch], columns=cols)
+        return n / (time.perf_counter() - t0)
+    finally:
+        await conn.close()
 
 
-async def main() -> None:
+async def setup(s: Settings) -> str:
+    return (await migrate(s.pg_dsn)).backend
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--trades", type=int, default=200_000)
-    ap.add_argument("--batch", type=int, default=5000)
-    ap.add_argument("--writers", type=int, default=1)
+    ap.add_argument("--rows", type=int, default=300_000, help="messages per kind")
+    ap.add_argument("--batch", type=int, default=5000, help="records per fetch = transaction")
+    ap.add_argument("--writers", type=int, default=2, help="writer processes (one group)")
+    ap.add_argument("--kinds", default="trades,book")
     args = ap.parse_args()
-    base = Settings.from_env()
+    kinds = [k for k in args.kinds.split(",") if k]
+    base_s = Settings.from_env()
     tag = uuid.uuid4().hex[:8]
     db = f"bench_{tag}"
-    admin = base.pg_dsn.rsplit("/", 1)[0] + "/postgres"
-    c = await asyncpg.connect(admin)
-    await c.execute(f'CREATE DATABASE "{db}"')
-    await c.close()
+    admin = base_s.pg_dsn.rsplit("/", 1)[0] + "/postgres"
+
+    async def admin_sql(sql: str) -> None:
+        c = await asyncpg.connect(admin)
+        try:
+            await c.execute(sql)
+        finally:
+            await c.close()
+
+    asyncio.run(admin_sql(f'CREATE DATABASE "{db}"'))
     s = dataclasses.replace(
-        base,
+        base_s,
         topic_prefix=f"bench.{tag}",
         redis_prefix=f"bench:{tag}",
-        pg_dsn=base.pg_dsn.rsplit("/", 1)[0] + f"/{db}",
+        pg_dsn=base_s.pg_dsn.rsplit("/", 1)[0] + f"/{db}",
     )
+    out: list[str] = []
     try:
-        await migrate(s.pg_dsn)
-        await ensure_topics(s, partitions=3)
-        prod = await produce(s, args.trades)
-        print(f"produced {args.trades} trades at {prod:.0f}/s", file=sys.stderr)
-        rate, w = await run_writers(s, args.trades, args.batch, args.writers)
-        print(f"kafka -> db: {rate:.0f} trades/s ({w.counters})", file=sys.stderr)
-        ceiling = await db_only(s, min(args.trades, 100_000), args.batch)
-        print(f"db only: {ceiling:.0f} trades/s", file=sys.stderr)
-        print("\n| path | trades/s |\n| --- | --- |")
+        backend = asyncio.run(setup(s))
+        asyncio.run(ensure_topics(s, partitions=6))
+        base = now_ns() - 3600 * 1_000_000_000
+        for kind in kinds:
+            prod = asyncio.run(produce(s, kind, args.rows, base))
+            print(f"produced {args.rows} {kind} messages at {prod:.0f}/s", file=sys.stderr)
+            # trades: the default history channels (each trade message kept for replay too)
+            history = "l2,l3,trades" if kind == "trades" else "l2,l3"
+            rows_per_msg = 2 if kind == "trades" else 1
+            rate = run_writers(
+                s,
+                f"{s.topic_prefix}.{kind}",
+                history,
+                args.rows * rows_per_msg,
+                args.batch,
+                args.writers,
+            )
+            msgs = rate / rows_per_msg
+            ceiling = asyncio.run(raw_copy(s, kind, args.rows, args.batch, base))
+            print(
+                f"{kind}: {msgs:.0f} msg/s via Kafka, ceiling {ceiling:.0f} rows/s", file=sys.stderr
+            )
+            out.append(
+                f"| {kind} ({'trade' if kind == 'trades' else 'l2_update'} messages) | "
+                f"{msgs:,.0f} | {rate:,.0f} | {ceiling:,.0f} | {msgs / ceiling:.0%} | {prod:,.0f} |"
+            )
         print(
-            f"| Kafka -> writer -> PostgreSQL ({args.writers} writer, batch {args.batch}) | {rate:.0f} |"
+            f"\nbackend {backend}, {args.rows} messages per kind, {args.writers} writer "
+            f"process(es), batch {args.batch}, load average {os.getloadavg()[0]:.1f}\n"
         )
-        print(f"| rows from memory -> PostgreSQL (COPY + INSERT ON CONFLICT) | {ceiling:.0f} |")
-        print(f"| (producing the input, for reference) | {prod:.0f} |")
+        print(
+            "| kind | messages/s Kafka -> database | rows/s written | raw COPY of the same rows, "
+            "rows/s | ratio | produce/s |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+        )
+        print("\n".join(out))
     finally:
-        c = await asyncpg.connect(admin)
-        await c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        await c.close()
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        asyncio.run(drop_topics(s))
+
+
+async def drop_topics(s: Settings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(s.topic_prefix + ".")]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -6,8 +6,10 @@ fills, the fetch task blocks, and Kafka holds the backlog, not our memory). The 
 one batch, writes it in ONE transaction, and only after ``COMMIT`` commits the batch's Kafka
 offsets. A crash between the two re-delivers the batch; natural primary keys make that harmless:
 
-- trades: ``COPY`` into a temporary staging table, then ``INSERT ... SELECT ... ON CONFLICT DO
-  NOTHING`` (COPY itself cannot skip duplicates);
+- trades (text COPY) and whole messages (``stream_messages``, ``book_snapshots``: binary COPY)
+  go straight into their table under a savepoint; only a batch that holds an already stored
+  row (a re-delivery) is rolled back to it and goes through a staging table and ``INSERT ...
+  SELECT ... ON CONFLICT DO NOTHING`` (COPY itself cannot skip duplicates);
 - candles: ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE ... WHERE`` the stored
   candle is older by ``(epoch, seq)``, so a replayed candle never overwrites a newer one;
 - L2 snapshots: ``unnest`` insert, ``ON CONFLICT DO NOTHING``; symbols: upsert.
@@ -38,7 +40,15 @@ from core.errors import ConfigError
 from core.kafka import Pacer, make_consumer
 from core.settings import Settings, parse_list
 from core.topics import Topics
-from storage.db_rows import DEFAULT_HISTORY_CHANNELS, MessageRow, RowBatch, RowBuilder
+from storage.db_rows import (
+    DEFAULT_HISTORY_CHANNELS,
+    MESSAGE_COLUMNS,
+    TRADE_COLUMNS,
+    RowBatch,
+    RowBuilder,
+    TradeCopy,
+    messages_copy,
+)
 from storage.errors import is_retriable_db_error
 from storage.migrate import maintain_partitions, recorded_backend
 
@@ -46,17 +56,7 @@ log = logging.getLogger(__name__)
 
 TRADE_COLS = ["symbol", "trade_id", "ts", "price", "size", "side", "seq", "epoch"]
 
-# staging columns are text / bigint (cheapest for COPY to encode); the INSERT casts once, in C
-STAGE_COLS = ["symbol", "trade_id", "ts_us", "price", "size", "side", "seq", "epoch"]
-SQL_STAGE = """CREATE TEMP TABLE IF NOT EXISTS trades_stage (
-  symbol text, trade_id text, ts_us bigint, price text, size text, side text, seq bigint, epoch bigint
-) ON COMMIT DELETE ROWS"""
 _TS = "timestamptz 'epoch' + {} * interval '1 microsecond'"
-SQL_TRADES = (
-    f"INSERT INTO trades ({', '.join(TRADE_COLS)}) "
-    f"SELECT symbol, trade_id, {_TS.format('ts_us')}, price::numeric, size::numeric, side, seq, epoch "
-    "FROM trades_stage ON CONFLICT DO NOTHING"
-)
 SQL_TRADE_ONE = (
     f"INSERT INTO trades ({', '.join(TRADE_COLS)}) "
     f"VALUES ($1, $2, {_TS.format('$3::bigint')}, $4::text::numeric, $5::text::numeric, $6, $7, $8) "
@@ -73,17 +73,6 @@ ON CONFLICT (symbol, interval, bucket) DO UPDATE SET
   volume = EXCLUDED.volume, trades = EXCLUDED.trades, closed = EXCLUDED.closed,
   seq = EXCLUDED.seq, epoch = EXCLUDED.epoch, vwap = EXCLUDED.vwap
 WHERE (c.epoch, c.seq) < (EXCLUDED.epoch, EXCLUDED.seq)"""
-# whole messages (stream_messages, book_snapshots): COPY into a staging table, then one INSERT
-# that converts the time and skips what a re-delivered batch already wrote
-MSG_COLS = ["channel", "symbol", "epoch", "seq", "ts_us", "msg"]
-SQL_MSG_STAGE = """CREATE TEMP TABLE IF NOT EXISTS msg_stage (
-  channel text, symbol text, epoch bigint, seq bigint, ts_us bigint, msg bytea
-) ON COMMIT DELETE ROWS"""
-SQL_MSG_INSERT = (
-    "INSERT INTO {table} (channel, symbol, epoch, seq, ts, msg) "
-    f"SELECT channel, symbol, epoch, seq, {_TS.format('ts_us')}, msg FROM msg_stage "
-    "ON CONFLICT DO NOTHING"
-)
 SQL_MSG_ONE = (
     "INSERT INTO {table} (channel, symbol, epoch, seq, ts, msg) "
     f"VALUES ($1, $2, $3, $4, {_TS.format('$5::bigint')}, $6) ON CONFLICT DO NOTHING"
@@ -131,6 +120,7 @@ class DbWriterCounters:
     book_snapshots_inserted: int = 0
     symbols_written: int = 0
     rows_rejected: int = 0
+    copy_conflicts: int = 0  # batches that held an already stored row (went through staging)
     db_retries: int = 0
     commits: int = 0
     commit_failures: int = 0
@@ -190,6 +180,7 @@ class DbWriter:
         # written by the transaction, counted only once it committed
         self._pending_msgs: tuple[int, int] = (0, 0)
         self._pending_books = 0
+        self._trade_copy = TradeCopy()
 
     def queue_size(self) -> int:
         return self.queue.qsize()
@@ -217,28 +208,71 @@ class DbWriter:
             )
         return self._pool
 
-    async def _write_messages(
-        self, conn: asyncpg.Connection, table: str, rows: list[MessageRow]
+    async def _copy(
+        self,
+        conn: asyncpg.Connection,
+        table: str,
+        columns: list[str],
+        payload: bytes,
+        fmt: str,
+        rows: int,
     ) -> int:
-        await conn.execute(SQL_MSG_STAGE)
-        await conn.copy_records_to_table("msg_stage", records=rows, columns=MSG_COLS)
-        n = _count(await conn.execute(SQL_MSG_INSERT.format(table=table)))
-        await conn.execute("TRUNCATE msg_stage")
+        """COPY straight into the table (the fast path: no staging, no ON CONFLICT); when the
+        batch holds a row already stored (a re-delivery after a crash), the COPY's savepoint is
+        rolled back and the batch goes through a staging table with ``ON CONFLICT DO NOTHING``.
+        Returns the rows inserted."""
+        try:
+            async with conn.transaction():  # a savepoint inside the batch's transaction
+                await conn.copy_to_table(
+                    table, source=memoryview(payload), columns=columns, format=fmt
+                )
+            return rows
+        except asyncpg.UniqueViolationError:
+            self.counters.copy_conflicts += 1
+        stage = f"{table}_stage"
+        cols = ", ".join(columns)
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS"
+        )
+        await conn.copy_to_table(stage, source=memoryview(payload), columns=columns, format=fmt)
+        n = _count(
+            await conn.execute(
+                f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
+            )
+        )
+        await conn.execute(f"TRUNCATE {stage}")
         return n
 
     async def _write_tx(self, conn: asyncpg.Connection, b: RowBatch) -> tuple[int, int, int, int]:
         t = c = s = y = 0
         if b.messages:
-            m = await self._write_messages(conn, "stream_messages", b.messages)
+            m = await self._copy(
+                conn,
+                "stream_messages",
+                MESSAGE_COLUMNS,
+                messages_copy(b.messages),
+                "binary",
+                len(b.messages),
+            )
             self._pending_msgs = (m, len(b.messages) - m)
         if b.book_snapshots:
-            self._pending_books = await self._write_messages(
-                conn, "book_snapshots", b.book_snapshots
+            self._pending_books = await self._copy(
+                conn,
+                "book_snapshots",
+                MESSAGE_COLUMNS,
+                messages_copy(b.book_snapshots),
+                "binary",
+                len(b.book_snapshots),
             )
         if b.trades:
-            await conn.execute(SQL_STAGE)
-            await conn.copy_records_to_table("trades_stage", records=b.trades, columns=STAGE_COLS)
-            t = _count(await conn.execute(SQL_TRADES))
+            t = await self._copy(
+                conn,
+                "trades",
+                TRADE_COLUMNS,
+                self._trade_copy.build(b.trades),
+                "text",
+                len(b.trades),
+            )
         if b.candles:
             candles = [r for _, r in b.candles.values()]
             c = _count(await conn.execute(SQL_CANDLES, *_columns(candles, 13)))

@@ -226,3 +226,51 @@ async def test_writer_commits_durably_whatever_the_server_default(pg_dsn: str) -
     finally:
         await pool.close()
     assert server_default == "off"  # the case this guards against is the one we run
+
+
+async def test_copy_keeps_awkward_values_exactly_and_a_redelivered_batch_once(
+    pg_dsn: str,
+) -> None:
+    """The COPY fast path: ids with COPY's special characters, exact decimals and µs times come
+    back unchanged; the same batch written again (a re-delivery) falls back to ON CONFLICT and
+    adds nothing."""
+    from storage.db_rows import RowBatch, RowBuilder
+
+    await migrate(pg_dsn, mode="native")
+    s = dataclasses.replace(BASE_SETTINGS, pg_dsn=pg_dsn)
+    rb = RowBuilder(snapshot_topic="x")
+    b = RowBatch()
+    ids = ["tab\there", "back\\slash", "new\nline", "cr\rx", "plain"]
+    t0 = 1_795_503_050_123_456_000
+    for i, tid in enumerate(ids):
+        rb.add(
+            b,
+            "t",
+            0,
+            i,
+            None,
+            T.trade("CPY-USD", i + 1, tid, "0.00000001", "12345.678900", ts_ns=t0),
+        )
+    rb.add(b, "t", 0, 9, None, T.l2_update("CPY-USD", 1, [["buy", "1", "1"]], ts_ns=t0))
+    w = DbWriter(s, DbWriterConfig(group_id="unused"))
+    try:
+        assert await w.write(b)
+        assert w.counters.trades_inserted == 5 and w.counters.copy_conflicts == 0
+        assert await w.write(b)
+        assert w.counters.trades_inserted == 5 and w.counters.trades_duplicate == 5
+        assert w.counters.messages_duplicate == 6 and w.counters.copy_conflicts >= 2
+        c = await asyncpg.connect(pg_dsn)
+        try:
+            rows = await c.fetch(
+                "SELECT trade_id, price::text, size::text, ts FROM trades WHERE symbol = 'CPY-USD'"
+            )
+            assert sorted(r["trade_id"] for r in rows) == sorted(ids)
+            assert {(r["price"], r["size"]) for r in rows} == {("0.00000001", "12345.678900")}
+            assert {r["ts"] for r in rows} == {datetime(2026, 11, 24, 6, 50, 50, 123456, UTC)}
+            msgs = await c.fetch("SELECT msg FROM stream_messages WHERE symbol = 'CPY-USD'")
+            assert {bytes(m["msg"]) for m in msgs} == {r[5] for r in b.messages}
+        finally:
+            await c.close()
+    finally:
+        if w._pool is not None:  # noqa: SLF001
+            await w._pool.close()  # noqa: SLF001

@@ -301,8 +301,10 @@ Size = Annotated[str, Check(_size, into="qty")]
 OptPrice = Annotated[str | None, Check(_opt_price)]
 Size0 = Annotated[str, Check(_size0, into="qty")]
 OptSize0 = Annotated[str | None, Check(_opt_size0)]
-Levels = Annotated[list[Level], Check(_levels, dump=_dump_levels)]
-Changes = Annotated[list[LevelChange], Check(_changes, dump=_dump_changes)]
+# built from wire lists (``[[price, size], ...]``), kept parsed (``list[Level]``): typed ``Any`` so
+# a source can pass what it received
+Levels = Annotated[list[Any], Check(_levels, dump=_dump_levels)]
+Changes = Annotated[list[Any], Check(_changes, dump=_dump_changes)]
 
 # --- the events ------------------------------------------------------------------------------
 

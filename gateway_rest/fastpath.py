@@ -37,6 +37,7 @@ class FastPath:
         self._inflight: dict[tuple[str, int], asyncio.Future[bytes]] = {}
         self.shared = 0  # requests answered by another request's in-flight read
         self.micro_s = config.microcache_ms / 1000.0
+        self._symbols: dict[str, str] = {}  # path spelling -> canonical symbol
 
     def match(self, path: str) -> tuple[str, str] | None:
         m = _PATH.match(path)
@@ -58,10 +59,14 @@ class FastPath:
         return depth
 
     async def answer(self, kind: str, raw_symbol: str, qs: bytes, tier: Tier) -> bytes | None:
-        try:
-            sym = normalize_symbol(unquote(raw_symbol))
-        except SymbolError:
-            return None
+        sym = self._symbols.get(raw_symbol)
+        if sym is None:
+            try:
+                sym = normalize_symbol(unquote(raw_symbol))
+            except SymbolError:
+                return None
+            if len(self._symbols) < 4096:  # bound: spellings of real symbols, not every typo
+                self._symbols[raw_symbol] = sym
         try:
             cat = await self.store.catalogue()
         except Unavailable:

@@ -7,12 +7,19 @@ must not add a task and a body copy per request. Rate-limit headers are added to
 
 from __future__ import annotations
 
+import logging
 import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import orjson
+from fastapi import FastAPI
 from prometheus_client import REGISTRY as _DEFAULT
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.audit import AuditLog
@@ -23,18 +30,60 @@ from gateway_rest.store import MarketStore
 
 # the default registry: process/python collectors plus ours (each uvicorn worker process has its own)
 REGISTRY: CollectorRegistry = _DEFAULT
+log = logging.getLogger(__name__)
 AUDIT = AuditLog("gateway_rest")  # refused keys, missing keys, rate limits (docs/security.md)
 
-REQUESTS = Counter(
-    "md_rest_requests_total", "REST requests", ["route", "method", "status"], registry=REGISTRY
-)
-LATENCY = Histogram(
-    "md_rest_request_seconds",
-    "REST request latency (in the gateway, from first byte in to response start)",
-    ["route"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-    registry=REGISTRY,
-)
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class RequestMetrics(Collector):
+    """``md_rest_requests_total{route,method,status}`` and the ``md_rest_request_seconds{route}``
+    histogram, counted in plain ints and turned into families only when scraped.
+
+    Why not prometheus_client's Counter/Histogram: ``labels()`` (a locked dict lookup) and
+    ``observe()`` (a Python loop over the buckets) cost ~5 µs a request on the hot path, where
+    the whole fast-path answer costs ~15 µs (docs/benchmarks.md "REST per core"). One event
+    loop per process updates these, so no lock is needed; a scrape reads a consistent enough
+    snapshot (each count is one int).
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = {}
+        # route -> [count per bucket (not cumulative) ..., +Inf count, sum of seconds]
+        self.hist: dict[str, list[float]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, str(status))
+        self.counts[key] = self.counts.get(key, 0) + 1
+        h = self.hist.get(route)
+        if h is None:
+            h = self.hist[route] = [0.0] * (len(BUCKETS) + 2)
+        h[bisect_left(BUCKETS, seconds)] += 1
+        h[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(
+            "md_rest_requests", "REST requests", labels=["route", "method", "status"]
+        )
+        for key, n in list(self.counts.items()):
+            c.add_metric(list(key), n)
+        yield c
+        h = HistogramMetricFamily(
+            "md_rest_request_seconds",
+            "REST request latency (in the gateway, from first byte in to response start)",
+            labels=["route"],
+        )
+        for route, row in list(self.hist.items()):
+            acc, buckets = 0.0, []
+            for le, n in zip((*map(str, BUCKETS), "+Inf"), row[:-1], strict=True):
+                acc += n
+                buckets.append((le, acc))
+            h.add_metric([route], buckets, row[-1])
+        yield h
+
+
+METRICS = RequestMetrics()
+REGISTRY.register(METRICS)
 RATE_LIMITED = Counter(
     "md_rest_rate_limited_total", "requests answered 429", ["tier"], registry=REGISTRY
 )
@@ -57,6 +106,10 @@ def _json(
 
 
 class GatewayMiddleware:
+    """Admission (API key, tier, rate limit), the fast path and per-route metrics, in front of
+    the FastAPI app. :class:`GatewayApp` calls it before FastAPI's own stack (telemetry, body
+    limit, Starlette's error and exception middleware, routing), which the fast path skips."""
+
     def __init__(
         self, app: ASGIApp, *, config: RestConfig, limiter: RateLimiter, store: MarketStore
     ) -> None:
@@ -92,9 +145,13 @@ class GatewayMiddleware:
                     m = self.fast.match(path)
                     if m is not None:
                         tier = scope["state"]["tier"]
-                        body = await self.fast.answer(
-                            m[1], m[0], scope.get("query_string", b""), tier
-                        )
+                        try:
+                            body = await self.fast.answer(
+                                m[1], m[0], scope.get("query_string", b""), tier
+                            )
+                        except Exception:  # a bug: logged, and the route gives the answer
+                            log.exception("fast path failed", extra={"path": path})
+                            body = None
                         if body is not None:
                             fast_route = ROUTES[m[1]]
                             status_box[0] = 200
@@ -125,8 +182,7 @@ class GatewayMiddleware:
             # label cardinality stays bounded whatever clients send
             route = scope.get("route")
             name = fast_route or str(getattr(route, "path", "unmatched")).replace(":path}", "}")
-            REQUESTS.labels(name, scope.get("method", ""), str(status_box[0])).inc()
-            LATENCY.labels(name).observe(time.perf_counter() - t0)
+            METRICS.observe(name, scope.get("method", ""), status_box[0], time.perf_counter() - t0)
 
     async def _admit(
         self, scope: Scope, rl_headers: list[tuple[bytes, bytes]]
@@ -196,3 +252,27 @@ class GatewayMiddleware:
             },
             rl_headers,
         )
+
+
+class GatewayApp(FastAPI):
+    """The FastAPI app with :class:`GatewayMiddleware` outermost once :meth:`install` ran.
+
+    A subclass rather than ``add_middleware``: Starlette's stack (and FastAPI's own wrappers in
+    ``FastAPI.__call__``) cost ~20 µs a request before the middleware ran (py-spy,
+    docs/benchmarks.md "REST per core"); the requests the fast path answers now skip them, and
+    every other request goes through ``FastAPI.__call__`` exactly as before.
+    """
+
+    gateway: GatewayMiddleware | None = None
+
+    def install(self, *, config: RestConfig, limiter: RateLimiter, store: MarketStore) -> None:
+        self.gateway = GatewayMiddleware(
+            partial(FastAPI.__call__, self), config=config, limiter=limiter, store=store
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gateway
+        if gw is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await gw(scope, receive, send)

@@ -13,6 +13,7 @@ limits still hold per instance and requests are not refused because the limiter'
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class RateLimiter:
         self._local: dict[tuple[str, int], int] = {}
         # (who, window) -> [count in Redis after our last reservation, tokens left locally]
         self._reserved: dict[tuple[str, int], list[int]] = {}
+        self._pending: dict[tuple[str, int], asyncio.Future[None]] = {}
         self.redis_failures = 0
         self.last_error: str | None = None
 
@@ -79,11 +81,23 @@ class RateLimiter:
         count: int | None = None
         self.last_error = None
         if use_redis:
-            res = self._reserved.get((who, idx))
-            if res is not None and res[1] > 0:
-                res[1] -= 1
-                return decide(res[0] - res[1], limit, now, window_s)
+            k = (who, idx)
+            # single flight: while one request reserves tokens in Redis, the others of the same
+            # client wait for its answer and take from it (64 connections of one client made 64
+            # concurrent INCRBY calls, each overwriting the other's reservation: py-spy showed
+            # the limiter at 18 % of the gateway's CPU)
+            for _ in range(2):
+                res = self._reserved.get(k)
+                if res is not None and res[1] > 0:
+                    res[1] -= 1
+                    return decide(res[0] - res[1], limit, now, window_s)
+                pending = self._pending.get(k)
+                if pending is None:
+                    break
+                await asyncio.shield(pending)
             n = chunk_for(limit)
+            done = asyncio.get_running_loop().create_future()
+            self._pending[k] = done
             try:
                 total = int(
                     await self._script(
@@ -92,11 +106,14 @@ class RateLimiter:
                 )
                 if len(self._reserved) > 100_000:  # bound: one entry per client per window
                     self._reserved = {k: v for k, v in self._reserved.items() if k[1] >= idx}
-                self._reserved[(who, idx)] = [total, n - 1]
+                self._reserved[k] = [total, n - 1]
                 count = total - (n - 1)
             except (RedisError, OSError) as exc:
                 self.redis_failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
+            finally:
+                del self._pending[k]
+                done.set_result(None)  # waiters look again (and count locally if Redis failed)
         if count is None:
             count = self._local_hit(who, idx)
         return decide(count, limit, now, window_s)

@@ -89,9 +89,5 @@ async def test_concurrent_reads_share_one_redis_call(redis_settings: Settings) -
             *(c.get(f"/api/v1/market/{SYM}/orderbook?depth=5") for _ in range(50))
         )
     assert {r.status_code for r in rs} == {200} and len({r.content for r in rs}) == 1
-    mw = app.middleware_stack  # built on first request
-    fast = None
-    while mw is not None and fast is None:
-        fast = getattr(mw, "fast", None)
-        mw = getattr(mw, "app", None)
-    assert fast is not None and fast.shared > 0
+    assert app.gateway is not None and app.gateway.fast is not None
+    assert app.gateway.fast.shared > 0

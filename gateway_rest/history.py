@@ -12,6 +12,7 @@ import asyncpg
 import orjson
 
 from gateway_rest.store import MarketStore, Unavailable
+from storage.archive import history_source
 from storage.history import HistoryError, book_at
 
 # errors that mean "the database is not there", not "the request is wrong"
@@ -40,8 +41,9 @@ async def past_orderbook(
 ) -> bytes:
     try:
         pool = await store.pool()
+        source = history_source(pool, store.settings.get("MD_ARCHIVE_URL", str, ""))
         body = await book_at(
-            pool, symbol, level=level, depth=depth, seq=seq, epoch=epoch, at_ns=at_ns
+            source, symbol, level=level, depth=depth, seq=seq, epoch=epoch, at_ns=at_ns
         )
     except HistoryError as exc:
         raise NoHistory(str(exc)) from None

@@ -38,6 +38,7 @@ from core.codec import ns_from_iso
 from core.errors import CodecError, ConfigError, SymbolError
 from core.settings import Settings, parse_list
 from core.symbols import normalize_symbol
+from storage.archive import history_source
 from storage.errors import is_retriable_db_error
 from storage.history import HistoryError
 from storage.replay import replay_messages
@@ -58,6 +59,7 @@ class ReplayConfig:
     max_active: int = 4  # replays at once per connection
     max_range_s: int = 7 * 86400  # longest range one request may ask for
     db_pool: int = 4
+    archive_url: str = ""  # MD_ARCHIVE_URL: archived days are replayed too
 
     @classmethod
     def from_settings(cls, s: Settings) -> ReplayConfig:
@@ -69,6 +71,7 @@ class ReplayConfig:
             max_active=s.get("MD_REPLAY_MAX_ACTIVE", int, d.max_active),
             max_range_s=s.get("MD_REPLAY_MAX_RANGE_S", int, d.max_range_s),
             db_pool=s.get("MD_REPLAY_DB_POOL", int, d.db_pool),
+            archive_url=s.get("MD_ARCHIVE_URL", str, d.archive_url),
         )
 
 
@@ -243,11 +246,11 @@ class ReplayServer:
         sent = 0
         try:
             await _send(ws, {"type": "replay_started", **head, "speed": req.speed})
-            pool = await self.pool()
+            source = history_source(await self.pool(), self.cfg.archive_url)
             first_ts: int | None = None
             wall0 = 0.0
             async for item in replay_messages(
-                pool, req.channel, req.symbol, req.start_ns, req.end_ns
+                source, req.channel, req.symbol, req.start_ns, req.end_ns
             ):
                 if req.speed > 0:
                     if first_ts is None:

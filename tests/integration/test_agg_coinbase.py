@@ -159,12 +159,12 @@ async def test_faulty_feed_is_detected_and_healed(settings: Settings) -> None:
     mock = MockConfig(
         path=RECORDING,
         port=free_port(),
-        speed=15,
+        speed=3,  # ~10 s: on a loaded machine the faults must land while the recording plays
         gap_every=9,
         reorder_every=13,
         malformed_every=400,
-        disconnect_every=1500,
-        stall_every=2200,
+        disconnect_every=700,  # the first connection is closed ...
+        stall_every=1100,  # ... the second goes silent (counted over all connections)
     )
     client, ex = await run_platform_on_recording(settings, mock, stall_s=2.5)  # heartbeats: 1/s
     assert FEED_DISCONNECTS.labels("stalled")._value.get() > stalled  # a silent feed is noticed

@@ -41,7 +41,6 @@ KNOWN: frozenset[str] = frozenset(
         "MD_AGG_SNAPSHOT_MS",
         "MD_AGG_STANDBY_FETCH_MS",
         "MD_AGG_TRADES_SNAPSHOT",
-        "MD_ALLOW",
         "MD_ALLOW_INSECURE",
         "MD_ANON_SECRET",
         "MD_BOOK_CHECKSUM_DEPTH",
@@ -209,7 +208,6 @@ KNOWN: frozenset[str] = frozenset(
 UNDOCUMENTED: frozenset[str] = frozenset(
     (
         "MD_AGG_LEASE_PRESENCE",
-        "MD_ALLOW",
         "MD_COINBASE_AT_CHANNELS",
         "MD_COINBASE_AT_HTTP_PORT",
         "MD_COINBASE_AT_KEY_FILE",

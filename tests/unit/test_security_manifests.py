@@ -367,7 +367,7 @@ def compose_security_problems(c: dict[str, Any]) -> list[str]:
         env = {
             k: _strip_default(v)  # ${VAR:?message} stays: compose refuses to start without VAR
             for k, v in _env(s[svc]).items()
-            if k.startswith(("MD_WS_", "MD_REST_", "MD_FIX_", "MD_ALLOW"))
+            if k.startswith(("MD_WS_", "MD_REST_", "MD_FIX_")) or k == "MD_ALLOW_INSECURE"
         }
         if env.get("MD_ALLOW_INSECURE"):
             problems.append(f"{svc}: MD_ALLOW_INSECURE")

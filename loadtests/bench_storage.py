@@ -15,7 +15,8 @@ Then ``--writers`` database writer *processes* (``storage/db_writer.py``, one co
 consume them; the clock runs from the first record fetched to the last row committed. Beside it,
 in the same run, the same rows written from memory with one raw asyncpg COPY per batch into a
 fresh table of the same schema (no Kafka, no JSON, no conflict handling): the ceiling. Prints a
-Markdown table.
+Markdown table. Last, the query side: a day of one symbol's trades read through the REST app
+(p50/p99, before and after TimescaleDB compresses the day).
 """
 
 from __future__ import annotations
@@ -170,6 +171,87 @@ async def raw_copy(s: Settings, kind: str, n: int, batch: int, base: int) -> flo
         await conn.close()
 
 
+async def query_latency(s: Settings, n: int, requests: int) -> list[tuple[str, float, float]]:
+    """A day of one symbol's trades (``n`` rows, 3 days ago) read through the REST app in
+    process (``GET /trades?start=&end=&limit=1000`` at random cursors, the first page
+    included), before and after the day's chunk is compressed (TimescaleDB). p50/p99 in ms."""
+    import random
+
+    import httpx
+
+    from gateway_rest.app import create_app
+
+    sym = "QRY-USD"
+    day = (datetime.now(UTC) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+    conn = await asyncpg.connect(s.pg_dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO symbols (symbol, base, quote, tick_size, min_size, status, source, "
+            "channels, seq) VALUES ($1, 'QRY', 'USD', 0.01, 0.0001, 'online', 'bench', "
+            "'{trades}', 1) ON CONFLICT DO NOTHING",
+            sym,
+        )
+        step = 86_400_000_000 // n
+        recs = [
+            (
+                sym,
+                f"q{i}",
+                day + timedelta(microseconds=i * step),
+                Decimal("100.25"),
+                Decimal("0.5"),
+                "buy",
+                i + 1,
+                1,
+            )
+            for i in range(n)
+        ]
+        for i in range(0, n, 50_000):
+            await conn.copy_records_to_table(
+                "trades",
+                records=recs[i : i + 50_000],
+                columns=["symbol", "trade_id", "ts", "price", "size", "side", "seq", "epoch"],
+            )
+        await conn.execute("ANALYZE trades")
+        timescale = bool(
+            await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+        )
+        start = day.isoformat().replace("+00:00", "Z")
+        end = (day + timedelta(days=1)).isoformat().replace("+00:00", "Z")
+        out: list[tuple[str, float, float]] = []
+        rng = random.Random(1)
+        for phase in ("uncompressed", "compressed"):
+            if phase == "compressed":
+                if not timescale:
+                    break
+                await conn.execute(
+                    "SELECT compress_chunk(c) FROM show_chunks('trades', older_than => "
+                    "interval '2 days') c"
+                )
+            app = create_app(s)
+            times: list[float] = []
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://bench"
+            ) as c:
+                url = f"/api/v1/market/{sym}/trades"
+                for k in range(requests + 20):
+                    params = {"start": start, "end": end, "limit": "1000"}
+                    if k % 10:
+                        r = recs[rng.randrange(n)]
+                        ns = int(r[2].timestamp()) * 1_000_000_000 + r[2].microsecond * 1000
+                        params["cursor"] = f"{ns}:{r[1]}"
+                    t0 = time.perf_counter()
+                    resp = await c.get(url, params=params)
+                    dt = time.perf_counter() - t0
+                    assert resp.status_code == 200, resp.text
+                    if k >= 20:  # warm-up: pool, plans
+                        times.append(dt * 1000)
+            times.sort()
+            out.append((phase, times[len(times) // 2], times[int(len(times) * 0.99) - 1]))
+        return out
+    finally:
+        await conn.close()
+
+
 async def setup(s: Settings) -> str:
     return (await migrate(s.pg_dsn)).backend
 
@@ -182,6 +264,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=5000, help="records per fetch = transaction")
     ap.add_argument("--writers", type=int, default=2, help="writer processes (one group)")
     ap.add_argument("--kinds", default="trades,book")
+    ap.add_argument("--day-trades", type=int, default=400_000, help="0: no query phase")
+    ap.add_argument("--requests", type=int, default=300)
     args = ap.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     base_s = Settings.from_env()
@@ -240,6 +324,15 @@ def main() -> None:
             "rows/s | ratio | produce/s |\n| --- | ---: | ---: | ---: | ---: | ---: |"
         )
         print("\n".join(out))
+        if args.day_trades:
+            lat = asyncio.run(query_latency(s, args.day_trades, args.requests))
+            print(
+                f"\nA day of one symbol's trades ({args.day_trades:,} rows), REST in process, "
+                f"`trades?start=&end=&limit=1000` at random cursors, {args.requests} requests\n"
+            )
+            print("| chunk | p50 ms | p99 ms |\n| --- | ---: | ---: |")
+            for phase, p50, p99 in lat:
+                print(f"| {phase} | {p50:.1f} | {p99:.1f} |")
     finally:
         asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
         asyncio.run(drop_topics(s))

@@ -72,6 +72,9 @@ from core.backoff import Backoff
 from core.book import L2Book
 from core.settings import Settings
 from core.topics import Topics
+from fix_gateway.client import FixClient
+from fix_gateway.codec import Message
+from fix_gateway.store import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = Path(os.environ.get("MD_VAR_DIR", ROOT / "var"))
@@ -1218,6 +1221,120 @@ async def scenario_broker_kill(ctx: Ctx, w: Window) -> None:
     w.check("storage /health 200", ok, f"{took:.2f} s")
 
 
+_ENTRY = frozenset({279, 269, 55, 270, 271, 83})
+
+
+def _md_request(req: str, symbol: str) -> list[tuple[int, str | int]]:
+    """MarketDataRequest (35=V): snapshot + incremental refresh of bids, offers and trades."""
+    head: list[tuple[int, str | int]] = [(262, req), (263, "1"), (264, 0), (265, "1"), (267, 3)]
+    return head + [(269, "0"), (269, "1"), (269, "2"), (146, 1), (55, symbol)]
+
+
+async def scenario_fix(ctx: Ctx, w: Window) -> None:
+    """``kill -9`` of the FIX gateway under a live session: the initiator logs on again with its
+    sequence numbers (no reset), recovers what it missed by ResendRequest / gap fill, and
+    subscribes again (issue 11, item 2)."""
+    s = ctx.settings
+    store = MemoryStore()
+    got: list[tuple[float, str, int]] = []  # (time, MsgType, book RptSeq or -1)
+
+    def on_app(m: Message) -> None:
+        rpt = -1
+        if m.msg_type == "W":
+            rpt = int(m.get(83) or -1)
+        elif m.msg_type == "X":  # RptSeq of the l2 stream on book entries (trades: their own)
+            book = [e for e in m.group(268, _ENTRY) if e.get(269) in ("0", "1")]
+            rpt = int(book[0][83]) if book else -1
+        got.append((now_s(), m.msg_type, rpt))
+
+    async def connect(reset: bool) -> FixClient:
+        c = await FixClient.connect(
+            s.fix_host, s.fix_port, store=store, reset=reset, heartbeat=5, on_app=on_app
+        )
+        await c.logged_on(wait=5)
+        return c
+
+    c = await connect(True)
+    c.send("V", _md_request("chaos-1", SYMBOLS[0]))
+    ok, _ = await wait_until(lambda: any(t == "X" for _, t, _ in got), 10, 0.05)
+    if not w.check("FIX session streaming before", ok, f"{len(got)} app messages"):
+        return
+    await asyncio.sleep(2.0)
+    pid = service_pid("fix_gateway")
+    if not w.check("pid of fix_gateway", running(pid), str(pid)):
+        return
+    assert pid is not None
+    w.action = f"kill -9 fix_gateway (pid {pid}) under a live FIX session"
+    # messages in flight when the gateway dies are lost to the initiator: stop reading for a
+    # moment, then drop what the socket holds, so the restarted gateway's Logon is ahead
+    assert c.transport is not None
+    c.transport.pause_reading()
+    await asyncio.sleep(0.3)
+    expected = store.next_target_seq
+    kill9(pid)
+    t_kill = now_s()
+    c.transport.abort()
+    w.event(f"killed fix_gateway; the initiator expects MsgSeqNum {expected} next")
+    ok, took = await wait_until(lambda: c.closed_evt.is_set(), 10, 0.05)
+    w.check("the initiator saw the connection drop", ok, f"{took:.2f} s")
+    backoff = Backoff(initial=0.1, maximum=2.0)
+    c2: FixClient | None = None
+    attempts = 0
+    while now_s() - t_kill < 30:
+        attempts += 1
+        try:
+            c2 = await connect(False)
+            break
+        except (OSError, TimeoutError):
+            await asyncio.sleep(backoff.next())
+    t_logon = now_s()
+    if not w.check(
+        "logged on again without a reset",
+        c2 is not None,
+        f"{t_logon - t_kill:.2f} s, {attempts} attempts",
+    ):
+        return
+    assert c2 is not None
+    n0 = len(got)
+    c2.send("V", _md_request("chaos-2", SYMBOLS[0]))
+
+    def resubscribed() -> bool:
+        return any(t == "W" for _, t, _ in got[n0:]) and any(t == "X" for _, t, _ in got[n0:])
+
+    ok, took = await wait_until(resubscribed, 15, 0.05)
+    first = next((t for t, _, _ in got[n0:]), None)
+    w.check(
+        "snapshot and increments again",
+        ok,
+        f"first message {first - t_kill:.2f} s after the kill" if first else "none",
+    )
+    if first is not None:
+        w.extra["FIX pause (kill -> first market data)"] = f"{first - t_kill:.2f} s"
+    await asyncio.sleep(2.0)
+    sess = c2.session
+    w.check(
+        "the gap closed by ResendRequest / gap fill",
+        sess.counters.get("resend_requests_sent", 0) >= 1
+        and getattr(sess, "_resend_until", None) is None
+        and store.next_target_seq > expected,
+        f"resend requests {sess.counters.get('resend_requests_sent', 0)}, "
+        f"next expected {store.next_target_seq} (was {expected} at the kill)",
+    )
+    w.check("no MsgSeqNum too low", sess.counters.get("seq_too_low", 0) == 0, "")
+    # from the new snapshot on, book RptSeq stays or moves by one (docs/fix.md "Gap detection")
+    after = got[n0:]
+    w_at = next((i for i, (_, t, _) in enumerate(after) if t == "W"), None)
+    rpt = [r for _, t, r in after[w_at:] if r >= 0] if w_at is not None else []
+    holes = sum(1 for a, b in zip(rpt, rpt[1:], strict=False) if b not in (a, a + 1))
+    w.check(
+        "book RptSeq continuous from the new snapshot",
+        bool(rpt) and holes == 0,
+        f"{len(rpt)} messages, {holes} jumps",
+    )
+    with contextlib.suppress(Exception):
+        await c2.logout()
+
+
 async def scenario_pg(ctx: Ctx, w: Window) -> None:
     h = ctx.http
     await baseline(ctx, w)
@@ -1266,6 +1383,7 @@ SCENARIOS: dict[str, Callable[[Ctx, Window], Awaitable[None]]] = {
     "kafka-restart": scenario_kafka,
     "pg-outage": scenario_pg,
     "broker-kill": scenario_broker_kill,
+    "fix-gateway": scenario_fix,
 }
 # seconds each scenario may take (its trade check comes on top, bounded by TOTAL_BUDGET_S)
 LIMITS = {
@@ -1276,6 +1394,7 @@ LIMITS = {
     "kafka-restart": 80,
     "pg-outage": 65,
     "broker-kill": 100,
+    "fix-gateway": 60,
 }
 WHAT = {
     "agg-leader": "`kill -9` of the aggregator that leads (role from `/health` on 8011/8021); a "
@@ -1298,6 +1417,12 @@ WHAT = {
     "the admin client and the producers' partitioner); that partition must get a new leader, "
     "every stream must flow again, then `kafka.sh start` brings the broker back and it must "
     "rejoin the partition's ISR.",
+    "fix-gateway": "`kill -9` of `fix_gateway` while a FIX 4.4 initiator (`fix_gateway/client.py`, "
+    "session CLIENT1, heartbeat 5 s) streams BTC-USD market data; the supervisor restarts it; "
+    "the initiator reconnects with backoff + jitter, logs on WITHOUT a sequence reset (its store "
+    "kept), closes any gap by ResendRequest / SequenceReset-GapFill, subscribes again and must "
+    "get a snapshot then increments with continuous RptSeq. The gateway's file store is "
+    "flushed before each socket write, so its Logon can never be below what the initiator saw.",
     "pg-outage": f"`deploy/local/postgres.sh stop` (`pg_ctl -m fast`), {PG_DOWN_S:.0f} s down, "
     "`start`; REST orderbook and ticker of BTC-USD and ETH-USD polled every 0.25 s must answer "
     "200 throughout; the database writer must write again.",
@@ -1579,7 +1704,11 @@ async def run(args: argparse.Namespace) -> int:
         delta = {k: v for k, v in delta.items() if v}
         if delta:
             w.extra["supervisor restarts"] = delta
-        killed = {"agg-leader": "aggregator", "agg-standby": "aggregator"}.get(name)
+        killed = {
+            "agg-leader": "aggregator",
+            "agg-standby": "aggregator",
+            "fix-gateway": "fix_gateway",
+        }.get(name)
         unexpected = {k: v for k, v in delta.items() if not (killed and k.startswith(killed))}
         if unexpected:
             w.note(

@@ -9,6 +9,8 @@ live feed: one playback (started by the first ``subscribe``) at the recorded pac
 ``speed`` (0: as fast as possible), broadcast to every connection by product and channel. It keeps
 each product's level-2 book from the recording, so a ``subscribe`` (or a resubscribe after a
 resync) to ``level2``/``level2_batch``/``level2_50`` gets a ``snapshot`` of the *current* book,
+``level2_50`` capped at the best ``TOP_N`` (50) levels a side, then only the changes of those top
+levels (a level entering the top 50 is sent with its size, one leaving it with size ``"0"``),
 exactly as Coinbase does; ``matches`` subscribers get the product's ``last_match``; ``heartbeat``
 subscribers get one ``heartbeat`` per product per second with ``last_trade_id``. With ``--loop``
 the recording repeats with its times, trade ids and sequences shifted forward, so it looks like
@@ -46,6 +48,7 @@ from core.codec import iso_from_ns, ns_from_iso
 log = logging.getLogger("aggregator.coinbase_mock")
 
 L2 = ("level2", "level2_batch", "level2_50")
+TOP_N = 50  # level2_50: the book's best 50 levels a side
 CHANNEL_OF = {
     "snapshot": "level2",
     "l2update": "level2",
@@ -113,13 +116,31 @@ class MockBook:
             else:
                 book[Decimal(p)] = (p, s)
 
-    def snapshot(self, product: str) -> dict[str, Any]:
+    def snapshot(self, product: str, depth: int | None = None) -> dict[str, Any]:
         return {
             "type": "snapshot",
             "product_id": product,
-            "bids": [list(self.bids[k]) for k in sorted(self.bids, reverse=True)],
-            "asks": [list(self.asks[k]) for k in sorted(self.asks)],
+            "bids": [list(self.bids[k]) for k in sorted(self.bids, reverse=True)[:depth]],
+            "asks": [list(self.asks[k]) for k in sorted(self.asks)[:depth]],
         }
+
+    def top(self, depth: int) -> dict[str, dict[str, str]]:
+        """The best ``depth`` levels a side as ``{side: {price: size}}`` (level2_50's view)."""
+        snap = self.snapshot("", depth)
+        return {
+            "buy": {p: s for p, s in snap["bids"]},
+            "sell": {p: s for p, s in snap["asks"]},
+        }
+
+
+def top_changes(old: dict[str, dict[str, str]], new: dict[str, dict[str, str]]) -> list[list[str]]:
+    """``l2update`` changes turning one top-N view into the next (leaving levels get ``"0"``)."""
+    out: list[list[str]] = []
+    for side in ("buy", "sell"):
+        o, n = old.get(side, {}), new.get(side, {})
+        out += [[side, p, s] for p, s in n.items() if o.get(p) != s]
+        out += [[side, p, "0"] for p in o if p not in n]
+    return out
 
 
 @dataclass(eq=False)
@@ -136,6 +157,7 @@ class MockExchange:
         self.cfg = cfg
         self.recording = load_recording(cfg.path)
         self.books: dict[str, MockBook] = {}
+        self.top_views: dict[str, dict[str, dict[str, str]]] = {}  # level2_50: last top sent
         self.last_match: dict[str, dict[str, Any]] = {}
         self.conns: set[Conn] = set()
         self.started = asyncio.Event()
@@ -188,11 +210,13 @@ class MockExchange:
         self.played += 1
         if t == "snapshot":
             self.books.setdefault(p, MockBook()).load(msg)
+            self._top50(p, msg, snapshot=True)
         elif t == "l2update":
             b = self.books.get(p)
             if b is None:
                 return
             b.apply(msg["changes"])
+            self._top50(p, msg, snapshot=False)
         elif t in ("match", "last_match"):
             self.last_match[p] = msg
             if t == "match":
@@ -216,6 +240,24 @@ class MockExchange:
         ):
             held, self._held = self._held, None
             self._broadcast(p, "matches", orjson.dumps(held))
+
+    def _top50(self, p: str, msg: dict[str, Any], *, snapshot: bool) -> None:
+        """level2_50 subscribers: the capped snapshot, or the changes of the top levels."""
+        if not any((p, "level2_50") in c.subs for c in self.conns):
+            self.top_views.pop(p, None)
+            return
+        book = self.books[p]
+        new = book.top(TOP_N)
+        if snapshot or p not in self.top_views:
+            out: dict[str, Any] = book.snapshot(p, TOP_N)
+        else:
+            changes = top_changes(self.top_views[p], new)
+            out = {"type": "l2update", "product_id": p, "changes": changes, "time": msg["time"]}
+            if not changes:
+                self.top_views[p] = new
+                return
+        self.top_views[p] = new
+        self._broadcast(p, "level2_50", orjson.dumps(out))
 
     def _broadcast(self, product: str, channel: str, data: bytes) -> None:
         for c in list(self.conns):
@@ -284,7 +326,7 @@ class MockExchange:
                 if isinstance(ch, str)
                 else (ch.get("name"), ch.get("product_ids") or top_products)
             )
-            fam = "level2" if name in L2 else name
+            fam = name if name == "level2_50" else ("level2" if name in L2 else name)
             pairs += [(p, fam) for p in prods]
         if kind == "unsubscribe":
             c.subs.difference_update(pairs)
@@ -307,6 +349,9 @@ class MockExchange:
             for p, fam in new:
                 if fam == "level2" and p in self.books:
                     self._enqueue(c, orjson.dumps(self.books[p].snapshot(p)))
+                elif fam == "level2_50" and p in self.books:
+                    self.top_views[p] = self.books[p].top(TOP_N)  # the view diffs start from
+                    self._enqueue(c, orjson.dumps(self.books[p].snapshot(p, TOP_N)))
                 elif fam == "matches" and p in self.last_match:
                     self._enqueue(c, orjson.dumps(dict(self.last_match[p], type="last_match")))
             self.started.set()

@@ -184,3 +184,56 @@ async def test_faulty_feed_is_detected_and_healed(settings: Settings) -> None:
         got = [int(m["data"]["trade_id"]) for m in stream if m["symbol"] == p]
         assert len(got) == len(set(got)) and set(got) <= set(ref_trades[p])
         assert got == sorted(got)
+
+
+async def test_level2_50_is_capped_at_50_levels() -> None:
+    """The mock serves ``level2_50`` as Coinbase does: the best 50 levels a side, then changes
+    of those (levels entering and leaving the top); the connector's book never holds more."""
+    from aggregator import events as ev
+
+    mock = MockConfig(path=RECORDING, port=free_port(), speed=0)
+    ex, server = await serve_mock(mock)
+    books: dict[str, L2Book] = {}
+    deepest = 0
+
+    class Sink:
+        async def publish(self, e: ev.Event, *, recv_ns: int | None = None) -> None:
+            nonlocal deepest
+            b = books.setdefault(e.symbol, L2Book())
+            if isinstance(e, ev.BookSnapshot):
+                b.load([(p, s) for p, _x, s, _q in e.bids], [(p, s) for p, _x, s, _q in e.asks])
+            elif isinstance(e, ev.BookUpdate):
+                b.apply([(side, p, s) for side, p, _x, s, _q in e.changes])
+            deepest = max(deepest, len(b.bids), len(b.asks))
+
+        async def flush(self) -> None:
+            pass
+
+    client = CoinbaseClient(
+        CoinbaseConfig(
+            url=f"ws://127.0.0.1:{mock.port}",
+            products=tuple(ex.products),
+            channels=("level2_50", "heartbeat"),
+        ),
+        Sink(),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(client.run(stop))
+    try:
+        await asyncio.wait_for(ex.finished.wait(), 60)
+        while time.monotonic() - client.last_event < 2:  # noqa: ASYNC110 - drain the backlog
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        server.close()
+        ex.play_task.cancel()  # type: ignore[attr-defined]
+    ref_books, _ = books_from_recording()
+    assert deepest == 50  # the recording's books are deeper: the cap is what holds them
+    assert client.parser.counts["gaps"] == 0
+    for p, ref in ref_books.items():
+        top = {
+            "buy": dict(sorted(ref["buy"].items(), reverse=True)[:50]),
+            "sell": dict(sorted(ref["sell"].items())[:50]),
+        }
+        assert as_dec(l2book_as_dict(books[p])) == as_dec(top), p

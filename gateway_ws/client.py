@@ -79,7 +79,8 @@ class Client(Conn):
     async def aclose(self, code: int, reason: str) -> None:
         """Close with ``code``; the close frame waits behind what the transport holds (a slow
         consumer's full buffer), so the peer gets CLOSE_WAIT_S to read it before the abort."""
+        self.ws.close_timeout = CLOSE_WAIT_S  # the library's own wait (2 s by default here)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code, reason), CLOSE_WAIT_S)
+            await asyncio.wait_for(self.ws.close(code, reason), CLOSE_WAIT_S + 1)
         with contextlib.suppress(Exception):
             self.ws.transport.abort()

@@ -42,6 +42,10 @@ audit = logging.getLogger("gateway_ws.audit")
 RESUME_CHUNK = 500
 # a replay waits this long for a connection to drain below its bound, then it is slow
 RESUME_DRAIN_S = 5.0
+# the next flush waits as long as the last one took (so writing takes at most about half of
+# the loop, and under load each connection's frames of several messages go out in one
+# write, like Centrifugo's per-connection writer), but never longer than this
+MAX_FLUSH_GAP_S = 0.010
 
 
 class Hub:
@@ -69,6 +73,7 @@ class Hub:
         self.resumes: dict[Sub, asyncio.Task[None]] = {}
         self._resume_slots = asyncio.Semaphore(max(1, cfg.resume_concurrency))
         self._flush_scheduled = False
+        self._flush_next = 0.0  # loop time before which no flush runs (see kick)
         # publish times (ns) of the messages queued for the next flush: md_ws_hop_seconds
         # {hop="publish_to_send"} is observed once the bytes are written (one loop turn's worth)
         self._queued_pub: list[int] = []
@@ -103,19 +108,27 @@ class Hub:
             t.cancel()
 
     def kick(self) -> None:
-        """Schedule a flush if the core has anything to write or close."""
+        """Schedule a flush if the core has anything to write or close.
+
+        At the next loop turn, or, when the last flush was costly (thousands of sockets), once
+        as much time has passed again: a self-tuning write delay, zero at light load."""
         if not self._flush_scheduled and self.core.has_output:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = asyncio.get_running_loop()
+            if self._flush_next > loop.time():
+                loop.call_at(self._flush_next, self.flush)
+            else:
+                loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write every connection's queued frames: once per loop turn, one syscall each."""
+        """Write every connection's queued frames: one ``transport.write`` each."""
         self._flush_scheduled = False
+        t0 = time.perf_counter()
         core = self.core
+        report = core.report_backlog
         for c, chunks in core.data_to_send():
-            assert isinstance(c, Client)
-            c.write_out(chunks)
-            core.report_backlog(c, c.buffered())
+            c.write_out(chunks)  # type: ignore[attr-defined]  # every Conn here is a Client
+            report(c, c.buffered())  # type: ignore[attr-defined]
         for cl in core.closes_to_send():
             self._close(cl)
         if self._queued_pub:
@@ -124,6 +137,8 @@ class Hub:
             observe = m.HOP_SEND.observe
             for pub in queued:
                 observe(max(0, now - pub) / 1e9)
+        cost = time.perf_counter() - t0
+        self._flush_next = asyncio.get_running_loop().time() + min(cost, MAX_FLUSH_GAP_S)
         self.kick()  # a slow client found while writing may have queued a close
 
     def _close(self, cl: CloseConn) -> None:

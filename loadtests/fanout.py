@@ -63,22 +63,30 @@ async def _client_main(
     out: Any,
     idx: int,
     sample_every: int,
+    server: str = "gateway",
 ) -> None:
     stats = Stats()
     stats.sample_every = sample_every
     conns: list[FanoutClient] = []
+    cf = server == "centrifugo"
 
     async def one(sub: str) -> None:
         ch, sym = sub.split(":")
+        body: dict[str, Any] | bytes = {"type": "subscribe", "channel": ch, "symbol": sym}
+        if cf:  # Centrifugo's JSON protocol: connect, then subscribe, in one frame
+            body = b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"%s"}}' % (
+                centrifugo_channel(ch, sym).encode()
+            )
         for attempt in range(5):
             try:
                 conns.append(
                     await open_client(
                         "127.0.0.1",
                         port,
-                        "/ws",
-                        {"type": "subscribe", "channel": ch, "symbol": sym},
+                        "/connection/websocket" if cf else "/ws",
+                        body,
                         stats,
+                        centrifugo=cf,
                     )
                 )
                 return
@@ -124,22 +132,45 @@ def _client_proc(
     out: Any,
     idx: int,
     sample_every: int,
+    server: str = "gateway",
 ) -> None:
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    uvloop.run(_client_main(port, subs, ready, go, stop_at, out, idx, sample_every))
+    uvloop.run(_client_main(port, subs, ready, go, stop_at, out, idx, sample_every, server))
 
 
 # ------------------------------------------------------------------------------ publisher
 
 
-async def _publish(s: Settings, symbols: list[str], rate: float, until: float, levels: int) -> int:
+def centrifugo_channel(channel: str, symbol: str) -> str:
+    """``l2:BTC-USD`` as a Centrifugo channel (``:`` is its namespace separator)."""
+    return f"{channel}_{symbol}"
+
+
+async def _publish(
+    s: Settings,
+    symbols: list[str],
+    rate: float,
+    until: float,
+    levels: int,
+    centrifugo: bool = False,
+) -> int:
+    """``rate`` l2 updates per second per symbol into the stream topic, until ``until``.
+
+    ``centrifugo``: each record also carries the ``centrifugo-channels`` header, so Centrifugo's
+    Kafka consumer (publication data mode) publishes the same bytes the gateway follows."""
     t = Topics.from_settings(s)
     prod = make_producer(s, linger_ms=1)
     await prod.start()
     books = {sym: L2Book() for sym in symbols}
     seqs = dict.fromkeys(symbols, 0)
+    headers: dict[str, list[tuple[str, bytes]] | None] = {
+        sym: [("centrifugo-channels", centrifugo_channel("l2", sym).encode())]
+        if centrifugo
+        else None
+        for sym in symbols
+    }
     n = 0
     try:
         for sym in symbols:
@@ -184,7 +215,9 @@ async def _publish(s: Settings, symbols: list[str], rate: float, until: float, l
                     data={"changes": ch},
                     checksum=b.checksum(),
                 )
-                await prod.send(t.stream("l2"), orjson.dumps(msg), key=sym.encode())
+                await prod.send(
+                    t.stream("l2"), orjson.dumps(msg), key=sym.encode(), headers=headers[sym]
+                )
                 n += 1
             nxt += interval
             delay = nxt - time.monotonic()
@@ -255,8 +288,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         MD_SYMBOLS=",".join(args.symbols),
         MD_WS_PREFRAMED="0" if args.library_framing else "1",
     )
-    module = "loadtests.fanout_picows" if args.server == "picows" else "gateway_ws"
-    gw = await asyncio.create_subprocess_exec(sys.executable, "-m", module, env=env)
+    if args.server == "centrifugo":
+        gw = await start_centrifugo(s, port, args.gw_processes, tag)
+    else:
+        module = "loadtests.fanout_picows" if args.server == "picows" else "gateway_ws"
+        gw = await asyncio.create_subprocess_exec(sys.executable, "-m", module, env=env)
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # clean up on kill
@@ -280,7 +316,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(k):
             p = ctx.Process(
                 target=_client_proc,
-                args=(port, subs[i::k], ready, go, stop_at, out, i, args.sample_every),
+                args=(
+                    port,
+                    subs[i::k],
+                    ready,
+                    go,
+                    stop_at,
+                    out,
+                    i,
+                    args.sample_every,
+                    args.server,
+                ),
             )
             p.start()
             procs.append(p)
@@ -293,7 +339,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         start = time.time() + args.warmup
         stop_at.value = start + args.duration
         pub = asyncio.create_task(
-            _publish(s, args.symbols, args.rate, stop_at.value + 0.5, args.levels)
+            _publish(
+                s,
+                args.symbols,
+                args.rate,
+                stop_at.value + 0.5,
+                args.levels,
+                centrifugo=args.server == "centrifugo",
+            )
         )
         await asyncio.sleep(args.warmup)
         go.set()
@@ -357,6 +410,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await _delete_topics(s)
 
 
+async def start_centrifugo(
+    s: Settings, port: int, cores: int, tag: str
+) -> asyncio.subprocess.Process:
+    """Centrifugo on ``port``, consuming the run's l2 stream topic from Kafka (publication data
+    mode: the record value is published as is to the channels named in its header), on
+    ``cores`` cores (GOMAXPROCS). Anonymous clients may subscribe to any channel, like the
+    gateway's default; no history, no presence: plain fan-out, as the gateway does."""
+    from loadtests.bench_peer_ws import CENTRIFUGO_BIN, centrifugo_config
+
+    if not CENTRIFUGO_BIN.exists():
+        raise RuntimeError(
+            f"{CENTRIFUGO_BIN} missing: run python -m loadtests.bench_peer_ws --build"
+        )
+    cfg_path = CENTRIFUGO_BIN.parent.parent / f"centrifugo-{tag}.json"
+    cfg_path.write_bytes(
+        orjson.dumps(
+            centrifugo_config(port, s.kafka_bootstrap, Topics.from_settings(s).stream("l2"), tag)
+        )
+    )
+    env = dict(os.environ, GOMAXPROCS=str(cores))
+    return await asyncio.create_subprocess_exec(
+        str(CENTRIFUGO_BIN), "-c", str(cfg_path), env=env, stdout=asyncio.subprocess.DEVNULL
+    )
+
+
 async def _delete_topics(s: Settings) -> None:
     """Drop this run's topics: every partition costs the broker open files, and a shared
     broker that keeps every benchmark's topics runs out of them."""
@@ -400,9 +478,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--server",
-        choices=["gateway", "picows"],
+        choices=["gateway", "picows", "centrifugo"],
         default="gateway",
-        help="picows = the minimal picows fan-out server (library comparison)",
+        help="picows = the minimal picows fan-out server (library comparison); centrifugo = "
+        "Centrifugo v6 from var/peers (loadtests/bench_peer_ws.py builds it), GOMAXPROCS = "
+        "--gw-processes",
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

@@ -7,6 +7,11 @@ server frames parsed by their 2/4/10-byte headers (§5.2), pong replies to pings
 Per message it finds ``seq`` by byte search (no JSON parsing) and counts gaps; for messages
 whose ``seq`` is a multiple of ``sample_every`` it takes receive time minus the message's own
 ``timestamp`` as a latency sample (every connection samples the same messages).
+
+``centrifugo=True`` speaks Centrifugo's JSON protocol instead (for ``loadtests/bench_peer_ws.py``):
+the first frame carries ``connect`` and ``subscribe`` commands, newline-delimited; a frame from
+the server may hold several replies or pushes, one per line, each publication's ``data`` being
+the gateway's message bytes unchanged; an empty ``{}`` (application ping) is answered ``{}``.
 """
 
 from __future__ import annotations
@@ -62,8 +67,17 @@ class Stats:
 
 
 class FanoutClient(asyncio.Protocol):
-    def __init__(self, host: str, port: int, path: str, subscribe: bytes, stats: Stats) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        subscribe: bytes,
+        stats: Stats,
+        centrifugo: bool = False,
+    ) -> None:
         self.host, self.port, self.path = host, port, path
+        self.centrifugo = centrifugo
         self.subscribe = subscribe
         self.stats = stats
         self.transport: asyncio.Transport | None = None
@@ -130,7 +144,10 @@ class FanoutClient(asyncio.Protocol):
             i += hl + ln
             op = b0 & 0x0F
             if op == 0x1 or op == 0x2:
-                self._message(payload, st)
+                if self.centrifugo:
+                    self._centrifugo(payload, st)
+                else:
+                    self._message(payload, st)
             elif op == 0x9:  # ping -> pong with the same payload
                 assert self.transport is not None
                 self.transport.write(client_frame(payload, 0xA))
@@ -140,9 +157,19 @@ class FanoutClient(asyncio.Protocol):
                 return
         self.buf = buf[i:]
 
-    def _message(self, raw: bytes, st: Stats) -> None:
-        if raw.startswith(b'{"type":"l2_update"'):
-            j = raw.find(_SEQ, 20) + 6
+    def _centrifugo(self, frame: bytes, st: Stats) -> None:
+        for line in frame.split(b"\n"):
+            if line == b"{}":  # application-level ping (Centrifugo protocol v2): answer it
+                assert self.transport is not None
+                self.transport.write(client_frame(b"{}"))
+                continue
+            k = line.find(b'{"type":"l2_update"')
+            if k >= 0:
+                self._message(line, st, k)
+
+    def _message(self, raw: bytes, st: Stats, start: int = 0) -> None:
+        if raw.startswith(b'{"type":"l2_update"', start):
+            j = raw.find(_SEQ, start + 20) + 6
             seq = int(raw[j : raw.find(b",", j)])
             if self.last >= 0 and seq != self.last + 1:
                 st.gaps += 1
@@ -150,7 +177,7 @@ class FanoutClient(asyncio.Protocol):
             if st.measuring:
                 st.msgs += 1
                 if seq % st.sample_every == 0 and len(st.lat) < st.cap:
-                    k = raw.find(_TS)
+                    k = raw.find(_TS, start)
                     if k > 0:
                         st.lat.append(time.time_ns() - st.ts_ns(raw, k))
         elif raw.startswith(b'{"type":"l2_snapshot"'):
@@ -161,14 +188,19 @@ class FanoutClient(asyncio.Protocol):
 
 
 async def open_client(
-    host: str, port: int, path: str, subscribe: dict[str, Any], stats: Stats
+    host: str,
+    port: int,
+    path: str,
+    subscribe: dict[str, Any] | bytes,
+    stats: Stats,
+    centrifugo: bool = False,
 ) -> FanoutClient:
     import orjson
 
     loop = asyncio.get_running_loop()
-    body = orjson.dumps(subscribe)
+    body = subscribe if isinstance(subscribe, bytes) else orjson.dumps(subscribe)
     _, proto = await loop.create_connection(
-        lambda: FanoutClient(host, port, path, body, stats), host, port
+        lambda: FanoutClient(host, port, path, body, stats, centrifugo), host, port
     )
     await asyncio.wait_for(proto.ready, 30)
     return proto

@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
 .PHONY: web install infra infra-down run up stop stop-services logs test test-unit test-integration lint format typecheck clean \
-        bench bench-aggregator bench-fanout bench-rest bench-e2e chaos load-rest load-ws load-rest-headless load-ws-headless
+        bench bench-aggregator bench-fanout bench-peer-ws bench-rest bench-e2e chaos load-rest load-ws load-rest-headless load-ws-headless
 
 install:            ## install what is missing (Debian packages, .venv, Kafka jars)
 	@deploy/local/install.sh
@@ -78,6 +78,9 @@ bench-aggregator: infra
 
 bench-fanout: infra
 	$(PY) -m loadtests.fanout
+
+bench-peer-ws: infra   ## gateway_ws vs Centrifugo v6 (built into var/peers by go install), side by side
+	flock /tmp/md-bench.lock $(PY) -m loadtests.bench_peer_ws --connections 1000,5000 --cores 1,2
 
 bench-rest: infra
 	$(PY) -m loadtests.bench_rest

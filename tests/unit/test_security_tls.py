@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.tls import TLS12_CIPHERS, client_context, server_context, uvicorn_ssl_options
+from core.tls import client_context, server_context, uvicorn_ssl_options
 from tests.helpers import self_signed_cert
 
 
@@ -101,9 +101,38 @@ def test_client_context_verifies_the_server(cert: tuple[Path, Path], tmp_path: P
         handshake(srv, client_context(str(other)))
 
 
+def _uvicorn_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
+    """The context uvicorn builds from our options (what the REST gateway listens with)."""
+    from uvicorn.config import create_ssl_context
+
+    o = uvicorn_ssl_options(str(cert[0]), str(cert[1]))
+    return create_ssl_context(
+        o["ssl_certfile"],
+        o["ssl_keyfile"],
+        None,
+        o["ssl_version"],
+        ssl.CERT_NONE,
+        None,
+        o["ssl_ciphers"],
+    )
+
+
 def test_uvicorn_options_carry_the_policy(cert: tuple[Path, Path]) -> None:
-    opts = uvicorn_ssl_options(str(cert[0]), str(cert[1]))
-    assert opts["ssl_ciphers"] == TLS12_CIPHERS and opts["ssl_certfile"] == str(cert[0])
+    srv = _uvicorn_context(cert)
+    assert handshake(srv, client_context(str(cert[0])))[0] == "TLSv1.3"
+    cbc = permissive_client(
+        cert[0], max_version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-SHA256"
+    )
+    with pytest.raises(ssl.SSLError):
+        handshake(srv, cbc)
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+def test_uvicorn_context_refuses_tls11(cert: tuple[Path, Path]) -> None:
+    with pytest.raises(ssl.SSLError):
+        handshake(
+            _uvicorn_context(cert), permissive_client(cert[0], max_version=ssl.TLSVersion.TLSv1_1)
+        )
 
 
 def test_self_signed_helper_writes_a_usable_pair(tmp_path: Path) -> None:

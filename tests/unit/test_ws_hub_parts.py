@@ -106,9 +106,9 @@ def test_cross_rates_direct_inverse_and_via_usd() -> None:
 def test_asyncapi_parses_and_lists_every_error_code() -> None:
     doc = yaml.safe_load((ROOT / "docs/asyncapi.yaml").read_text())
     codes = set(doc["components"]["messages"]["error"]["payload"]["properties"]["code"]["enum"])
-    src = (ROOT / "gateway_ws/protocol.py").read_text() + (
-        ROOT / "gateway_ws/server.py"
-    ).read_text()
+    src = "".join(
+        (ROOT / f"gateway_ws/{name}.py").read_text() for name in ("protocol", "server", "fanout")
+    )
     used = (
         set(re.findall(r'ProtocolError\(\s*"([a-z_]+)"', src))
         | set(re.findall(r'"code": "([a-z_]+)"', src))

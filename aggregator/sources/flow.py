@@ -17,7 +17,16 @@ from aggregator import events as ev
 from aggregator.sources.matching import MatchingEngine
 
 # starting mids of the default symbols (others start at 100)
-START_PRICES = {"BTC-USD": "50000", "ETH-USD": "3000", "LTC-USD": "200", "SOL-USD": "150"}
+START_PRICES = {
+    "BTC-USD": "50000",
+    "ETH-USD": "3000",
+    "LTC-USD": "200",
+    "SOL-USD": "150",
+    # FX pairs (simulator.py publishes them by default so ticker ``currencies`` can convert)
+    "EUR-USD": "1.08",
+    "GBP-USD": "1.27",
+    "JPY-USD": "0.0067",
+}
 
 
 class OrderFlow:

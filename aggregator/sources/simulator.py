@@ -7,6 +7,11 @@ second per symbol; each action yields 1..n events), ``MD_SIM_SEED``; ``/health``
 on ``MD_SIMULATOR_HTTP_PORT`` (8013). On start it publishes each symbol's ``symbol_info`` and a
 ``reset`` (a restarted simulator starts a new book, and the aggregator must drop the old one).
 
+FX pairs: ``MD_SIM_FX`` (default ``EUR-USD,GBP-USD,JPY-USD``; empty for none) are simulated too,
+at ``MD_SIM_FX_RATE`` (5) actions per second with FX tick sizes, so a ticker subscription's
+``currencies`` (EUR, GBP, JPY) converts out of the box. They run only in the timed mode: with
+``--steps`` (tests, benchmarks) the run stays the deterministic function of the seed it was.
+
 ``MD_SOURCE=recording`` makes this process (the source slot of ``deploy/local/services.conf``)
 play a Coinbase recording through the mock feed and the real connector instead
 (``aggregator/sources/recording.py``; ``make run-recording``).
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import logging
 import time
+from decimal import Decimal
 from pathlib import Path
 
 from aggregator import events as ev
@@ -27,10 +33,28 @@ from core.codec import now_ns
 from core.health import READINESS, Health
 from core.ops_http import start_ops_server
 from core.settings import Settings
-from core.symbols import default_info
+from core.symbols import SymbolInfo, default_info, normalize_symbol
 
 log = logging.getLogger("aggregator.simulator")
 TICK_S = 0.02  # publishing cadence: 50 wake-ups/s, events spread over ticks
+DEFAULT_FX = ("EUR-USD", "GBP-USD", "JPY-USD")
+FX_RATE = 5.0  # actions/s per FX pair: enough for a live rate, a fraction of the crypto load
+# (tick, lot) of the FX pairs: pips and a tenth of a pip, as FX venues quote
+FX_INCREMENTS = {"JPY-USD": (Decimal("0.00000001"), Decimal("1"))}
+FX_DEFAULT_INCREMENTS = (Decimal("0.00001"), Decimal("1"))
+
+
+def fx_info(symbol: str) -> SymbolInfo:
+    tick, lot = FX_INCREMENTS.get(symbol, FX_DEFAULT_INCREMENTS)
+    base, quote = symbol.split("-")
+    return SymbolInfo(symbol, base, quote, tick, lot, source="simulator")
+
+
+def fx_pairs(settings: Settings) -> tuple[str, ...]:
+    from core.settings import parse_list
+
+    pairs = settings.get("MD_SIM_FX", parse_list, DEFAULT_FX)
+    return tuple(p for p in (normalize_symbol(x) for x in pairs) if p not in settings.symbols)
 
 
 async def run_simulator(
@@ -57,19 +81,28 @@ async def run_simulator(
     )
     await pub.start()
     flows = {s: OrderFlow(s, settings.sim_seed) for s in settings.symbols}
+    fx = fx_pairs(settings) if steps is None else ()
+    fx_flows = {
+        s: OrderFlow(s, settings.sim_seed, tick=fx_info(s).tick_size, lot=fx_info(s).min_size)
+        for s in fx
+    }
+    fx_rate = settings.get("MD_SIM_FX_RATE", float, FX_RATE)
     published = 0
     try:
         ts = now_ns()
-        for sym in settings.symbols:
-            await pub.publish(ev.symbol_info(default_info(sym, "simulator"), ts))
-            await pub.publish(ev.reset(sym, ts, "simulator start"))
+        infos = [default_info(sym, "simulator") for sym in settings.symbols]
+        for info in [*infos, *(fx_info(s) for s in fx)]:
+            await pub.publish(ev.symbol_info(info, ts))
+            await pub.publish(ev.reset(info.symbol, ts, "simulator start"))
             published += 2
+        fx_budget = 0.0
         budget = 0.0
         done_steps = 0
         t_last = time.monotonic()
         while not stop.is_set() and (steps is None or done_steps < steps):
             now = time.monotonic()
             budget += (now - t_last) * settings.sim_rate
+            fx_budget += (now - t_last) * fx_rate
             t_last = now
             n = int(budget)
             if steps is not None:
@@ -83,6 +116,11 @@ async def run_simulator(
                 ts = now_ns()
                 for sym, flow in flows.items():
                     tick[sym].extend(flow.step(ts))
+            n_fx, fx_budget = int(fx_budget), fx_budget - int(fx_budget)
+            for _ in range(n_fx):
+                ts = now_ns()
+                for sym, flow in fx_flows.items():
+                    tick.setdefault(sym, []).extend(flow.step(ts))
             for events in tick.values():
                 await pub.publish_many(events)
                 published += len(events)

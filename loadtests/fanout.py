@@ -64,6 +64,7 @@ async def _client_main(
     idx: int,
     sample_every: int,
     server: str = "gateway",
+    wave: int = 200,
 ) -> None:
     stats = Stats()
     stats.sample_every = sample_every
@@ -93,8 +94,8 @@ async def _client_main(
             except (OSError, TimeoutError, ConnectionError):
                 await asyncio.sleep(0.2 * (attempt + 1))
 
-    for i in range(0, len(subs), 200):  # connect in waves: a SYN flood helps nobody
-        await asyncio.gather(*(one(s) for s in subs[i : i + 200]))
+    for i in range(0, len(subs), wave):  # in waves (--wave); one wave of all = a storm
+        await asyncio.gather(*(one(s) for s in subs[i : i + wave]))
     await asyncio.sleep(1.0)  # snapshots delivered
     ready.put(idx)
     while not go.is_set():  # noqa: ASYNC110 - a multiprocessing event
@@ -116,6 +117,7 @@ async def _client_main(
             "resyncs": stats.resyncs,
             "closed": stats.closed,
             "conns": len(conns),
+            "setup": stats.setup.tobytes(),
         }
     )
     for c in conns:
@@ -133,11 +135,12 @@ def _client_proc(
     idx: int,
     sample_every: int,
     server: str = "gateway",
+    wave: int = 200,
 ) -> None:
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    uvloop.run(_client_main(port, subs, ready, go, stop_at, out, idx, sample_every, server))
+    uvloop.run(_client_main(port, subs, ready, go, stop_at, out, idx, sample_every, server, wave))
 
 
 # ------------------------------------------------------------------------------ publisher
@@ -326,6 +329,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     i,
                     args.sample_every,
                     args.server,
+                    args.wave // k or 1,
                 ),
             )
             p.start()
@@ -362,11 +366,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             p.join(10)
             if p.is_alive():
                 p.kill()
-        lat = array("q")
+        lat, setup = array("q"), array("q")
         for r in results:
             a = array("q")
             a.frombytes(r["lat"])
             lat.extend(a)
+            b = array("q")
+            b.frombytes(r["setup"])
+            setup.extend(b)
         msgs = sum(r["msgs"] for r in results)
         elapsed = max(r["elapsed"] for r in results)
         pct = percentiles(lat, (50, 99, 99.9, 100))
@@ -390,6 +397,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "resyncs": sum(r["resyncs"] for r in results),
             "closed": sum(r["closed"] for r in results),
             "connect_s": round(connect_s, 1),
+            # connect() -> subscribed -> snapshot received (Centrifugo: subscribe reply), per
+            # connection, --wave connections at once across the client processes
+            "setup_ms": {
+                k2: round(v / 1e6, 1) for k2, v in percentiles(setup, (50, 99, 100)).items()
+            },
             "gateway_cpu_s": round(cpu1 - cpu0, 2),
             "gateway_cpu_us_per_msg": round((cpu1 - cpu0) * 1e6 / max(1, msgs), 2),
             "machine_load_avg": [load0, load1],
@@ -465,6 +477,13 @@ def main() -> None:
     ap.add_argument("--gw-processes", type=int, default=1)
     ap.add_argument("--client-procs", type=int, default=2)
     ap.add_argument("--levels", type=int, default=50)
+    ap.add_argument(
+        "--wave",
+        type=int,
+        default=600,
+        help="connections opened at once (split across the client processes); "
+        "= --connections for a connection storm",
+    )
     ap.add_argument(
         "--sample-every",
         type=int,

@@ -54,6 +54,7 @@ class Stats:
         self.resyncs = 0
         self.closed = 0
         self.connected = 0
+        self.setup = array("q")  # ns from connect() to the first snapshot (or subscribe reply)
         self._minute: dict[bytes, int] = {}
 
     def ts_ns(self, raw: bytes, i: int) -> int:
@@ -78,6 +79,8 @@ class FanoutClient(asyncio.Protocol):
     ) -> None:
         self.host, self.port, self.path = host, port, path
         self.centrifugo = centrifugo
+        self.t_start = time.monotonic_ns()
+        self.set_up = False
         self.subscribe = subscribe
         self.stats = stats
         self.transport: asyncio.Transport | None = None
@@ -158,6 +161,9 @@ class FanoutClient(asyncio.Protocol):
         self.buf = buf[i:]
 
     def _centrifugo(self, frame: bytes, st: Stats) -> None:
+        if not self.set_up and b'"id":2' in frame:  # the subscribe reply: subscribed
+            self.set_up = True
+            st.setup.append(time.monotonic_ns() - self.t_start)
         for line in frame.split(b"\n"):
             if line == b"{}":  # application-level ping (Centrifugo protocol v2): answer it
                 assert self.transport is not None
@@ -181,6 +187,9 @@ class FanoutClient(asyncio.Protocol):
                     if k > 0:
                         st.lat.append(time.time_ns() - st.ts_ns(raw, k))
         elif raw.startswith(b'{"type":"l2_snapshot"'):
+            if not self.set_up:
+                self.set_up = True
+                st.setup.append(time.monotonic_ns() - self.t_start)
             if b'"resync":true' in raw:
                 st.resyncs += 1
             j = raw.find(_SEQ) + 6

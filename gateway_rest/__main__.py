@@ -6,12 +6,18 @@ Redis/PostgreSQL connections and its own /metrics. SIGTERM drains in-flight requ
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import uvicorn
 from fastapi import FastAPI
 
+from core.errors import ConfigError
 from core.logs import setup_logging
 from core.security import require_secure, rest_findings
 from core.settings import Settings
+from core.tls import uvicorn_ssl_options
+from gateway_rest.http_protocol import DEFAULT_HEADER_TIMEOUT_S, HeaderTimeoutProtocol
 
 
 def factory() -> FastAPI:
@@ -20,7 +26,30 @@ def factory() -> FastAPI:
 
     s = Settings.from_env()
     setup_logging("gateway_rest", s.log_level)
+    HeaderTimeoutProtocol.header_timeout = header_timeout(s)
     return create_app(s)
+
+
+def header_timeout(s: Settings) -> float:
+    t = s.get("MD_REST_HEADER_TIMEOUT_S", float, DEFAULT_HEADER_TIMEOUT_S)
+    if not 0 < t <= 300:
+        raise ConfigError("MD_REST_HEADER_TIMEOUT_S", f"must be in (0, 300] seconds, got {t}")
+    return t
+
+
+def tls_options(s: Settings) -> dict[str, Any]:
+    """``MD_REST_TLS_CERT`` / ``MD_REST_TLS_KEY``: HTTPS with the platform's policy (core/tls.py:
+    TLS 1.2 minimum, ECDHE+AEAD suites), as the WebSocket and FIX listeners."""
+    cert = s.get("MD_REST_TLS_CERT", str, "")
+    key = s.get("MD_REST_TLS_KEY", str, "") or None
+    if key and not cert:
+        raise ConfigError("MD_REST_TLS_CERT", "MD_REST_TLS_KEY is set but no certificate")
+    if not cert:
+        return {}
+    for name, path in (("MD_REST_TLS_CERT", cert), ("MD_REST_TLS_KEY", key)):
+        if path and not Path(path).is_file():
+            raise ConfigError(name, f"no such file: {path}")
+    return uvicorn_ssl_options(cert, key)
 
 
 def main() -> None:
@@ -28,6 +57,7 @@ def main() -> None:
     setup_logging("gateway_rest", s.log_level)
     require_secure("gateway_rest", s.rest_host, rest_findings(s), s)  # docs/security.md
     workers = s.get("MD_REST_PROCESSES", int, 1)
+    header_timeout(s)  # a bad value stops the start here, not in each worker
     uvicorn.run(
         "gateway_rest.__main__:factory",
         factory=True,
@@ -35,10 +65,11 @@ def main() -> None:
         port=s.rest_port,
         workers=workers if workers > 1 else None,
         loop="uvloop",
-        http="auto",
+        http=HeaderTimeoutProtocol,  # httptools + a header deadline (slowloris)
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        **tls_options(s),
     )
 
 

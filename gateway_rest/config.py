@@ -61,6 +61,13 @@ class RestConfig:
     # the body still carries its seq, so a client sees exactly how fresh it is
     microcache_ms: int = 0
     fast_path: bool = True
+    # /health*, /metrics, /docs, the page: per client IP and second, counted in this process (a
+    # probe every few seconds, a scrape every 15 s, a page load's assets fit; a loop hammering
+    # the health check, which pings Redis and PostgreSQL, does not); 0 = unlimited
+    ops_limit: int = 20
+    # requests with an unknown API key, per client IP and second (key guessing gets 429s, a
+    # misconfigured client still sees its 401s); shared across instances through Redis
+    bad_key_limit: int = 5
 
     @classmethod
     def from_settings(cls, s: Settings) -> RestConfig:
@@ -74,7 +81,8 @@ class RestConfig:
             max_depth=tiers["anonymous"].max_depth,
             level3=s.get("MD_REST_ANON_L3", parse_bool, True),
         )
-        if s.get("MD_REST_RATE_LIMIT", parse_bool, True) is False:
+        limits = s.get("MD_REST_RATE_LIMIT", parse_bool, True)
+        if not limits:
             tiers = {
                 k: Tier(t.name, 0, t.window_s, t.max_depth, t.level3) for k, t in tiers.items()
             }
@@ -85,4 +93,13 @@ class RestConfig:
             tiers=tiers,
             microcache_ms=s.get("MD_REST_MICROCACHE_MS", int, 10),
             fast_path=s.get("MD_REST_FAST_PATH", parse_bool, True),
+            ops_limit=_nonneg(s, "MD_REST_OPS_RPS", 20) if limits else 0,
+            bad_key_limit=_nonneg(s, "MD_REST_BAD_KEY_RPS", 5) if limits else 0,
         )
+
+
+def _nonneg(s: Settings, name: str, default: int) -> int:
+    v = s.get(name, int, default)
+    if v < 0:
+        raise ConfigError(name, "must be >= 0")
+    return v

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.audit import AuditLog
 from gateway_rest.config import RestConfig, Tier
 from gateway_rest.fastpath import ROUTES, FastPath
+from gateway_rest.http_protocol import HeaderTimeoutProtocol
 from gateway_rest.ratelimit import Decision, RateLimiter
 from gateway_rest.store import MarketStore
 
@@ -80,6 +81,11 @@ class RequestMetrics(Collector):
                 buckets.append((le, acc))
             h.add_metric([route], buckets, row[-1])
         yield h
+        yield CounterMetricFamily(
+            "md_rest_header_timeouts",
+            "connections closed because a request's headers were not complete in time",
+            value=HeaderTimeoutProtocol.timeouts,
+        )
 
 
 METRICS = RequestMetrics()
@@ -87,6 +93,20 @@ REGISTRY.register(METRICS)
 RATE_LIMITED = Counter(
     "md_rest_rate_limited_total", "requests answered 429", ["tier"], registry=REGISTRY
 )
+
+
+_LIMITED_BODY_OPS = {
+    "error": "rate_limited",
+    "message": "too many requests to the ops endpoints from this address; retry after the "
+    "Retry-After seconds",
+    "parameter": None,
+}
+_LIMITED_BODY_BAD_KEY = {
+    "error": "rate_limited",
+    "message": "too many requests with an unknown API key from this address; retry after the "
+    "Retry-After seconds",
+    "parameter": None,
+}
 
 
 def _json(
@@ -134,7 +154,14 @@ class GatewayMiddleware:
         path: str = scope.get("path", "")
         rl_headers: list[tuple[bytes, bytes]] = []
         try:
-            if path.startswith("/api/"):
+            if not path.startswith("/api/"):
+                denied = self._admit_ops(scope)
+                if denied is not None:
+                    status_box[0] = 429
+                    await send(denied[0])
+                    await send(denied[1])
+                    return
+            else:
                 denied = await self._admit(scope, rl_headers)
                 if denied is not None:
                     status_box[0] = denied[0]["status"]
@@ -184,6 +211,17 @@ class GatewayMiddleware:
             name = fast_route or str(getattr(route, "path", "unmatched")).replace(":path}", "}")
             METRICS.observe(name, scope.get("method", ""), status_box[0], time.perf_counter() - t0)
 
+    def _admit_ops(self, scope: Scope) -> tuple[Message, Message] | None:
+        """The ops paths' own per-IP budget, counted in this process: /health must answer
+        even when Redis does not, and must not cost a Redis call per probe."""
+        if self.config.ops_limit <= 0:
+            return None
+        d = self.limiter.hit_local(f"ops:{self._client(scope)}", self.config.ops_limit)
+        if d.allowed:
+            return None
+        RATE_LIMITED.labels("ops").inc()
+        return _json(429, _LIMITED_BODY_OPS, d.headers())
+
     async def _admit(
         self, scope: Scope, rl_headers: list[tuple[bytes, bytes]]
     ) -> tuple[Message, Message] | None:
@@ -196,6 +234,15 @@ class GatewayMiddleware:
             tier_name = self.config.api_keys.get(key)
             if tier_name is None:
                 ip = self._client(scope)
+                if self.config.bad_key_limit > 0:
+                    d = await self.limiter.hit(
+                        f"badkey:{ip}",
+                        self.config.bad_key_limit,
+                        use_redis=self.store.redis_available(),
+                    )
+                    if not d.allowed:  # key guessing: throttled like any other client
+                        RATE_LIMITED.labels("unknown_key").inc()
+                        return _json(429, _LIMITED_BODY_BAD_KEY, d.headers())
                 AUDIT.event("key_refused", limit_key=ip, ip=ip, api_key=key, reason="unknown key")
                 return _json(
                     401,

@@ -118,6 +118,11 @@ class RateLimiter:
             count = self._local_hit(who, idx)
         return decide(count, limit, now, window_s)
 
+    def hit_local(self, who: str, limit: int, window_s: int = 1) -> Decision:
+        """The same fixed windows counted in this process only (no Redis call)."""
+        now = time.time()
+        return decide(self._local_hit(who, int(now // window_s)), limit, now, window_s)
+
     def _local_hit(self, who: str, idx: int) -> int:
         if len(self._local) > 100_000:  # bound: one entry per client per window
             self._local = {k: v for k, v in self._local.items() if k[1] >= idx}

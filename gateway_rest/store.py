@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REDIS_RETRY_S = 1.0
-PING_TIMEOUT_S = 1.0  # /health/ready: each dependency's answer (probes time out at 2 s)
+PING_TIMEOUT_S = 1.0
+DB_POOL_SIZE = 4  # history reads are rare next to the Redis-served hot routes
+DB_ACQUIRE_TIMEOUT_S = 2.0  # a request waits this long for a free connection, then 503
+DB_MAX_WAITERS = 32  # ... and no more than this many wait at once (the rest: 503 at once)  # /health/ready: each dependency's answer (probes time out at 2 s)
 
 
 def _b(v: bytes | str) -> bytes:
@@ -70,6 +73,7 @@ class MarketStore:
         )
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        self._db_waiting = 0
         self._redis_down_until = 0.0
         self.redis_last_error: str | None = None
         self.db_last_error: str | None = None
@@ -111,14 +115,29 @@ class MarketStore:
                 if self._pool is None:
                     # min_size=0: creating the pool never needs the database to be up
                     self._pool = await asyncpg.create_pool(
-                        self.settings.pg_dsn, min_size=0, max_size=4, command_timeout=5
+                        self.settings.pg_dsn, min_size=0, max_size=DB_POOL_SIZE, command_timeout=5
                     )
         return self._pool
 
     async def db(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        # bounded wait for one of the pool's DB_POOL_SIZE connections: at most DB_MAX_WAITERS
+        # requests queue, each for at most DB_ACQUIRE_TIMEOUT_S; past that a 503 at once, so
+        # slow history queries never pile up every request's memory and task behind them
+        if self._db_waiting >= DB_MAX_WAITERS:
+            raise Unavailable("database", f"busy: {DB_MAX_WAITERS} requests already waiting")
         try:
             pool = await self.pool()
-            rows = await pool.fetch(query, *args, timeout=5)
+            self._db_waiting += 1
+            try:
+                con = await pool.acquire(timeout=DB_ACQUIRE_TIMEOUT_S)
+            except TimeoutError as exc:
+                raise Unavailable("database", "busy: no connection free in time") from exc
+            finally:
+                self._db_waiting -= 1
+            try:
+                rows = await con.fetch(query, *args, timeout=5)
+            finally:
+                await pool.release(con)
         except (
             asyncpg.PostgresConnectionError,
             asyncpg.InterfaceError,

@@ -1,0 +1,400 @@
+"""FIX per core beside its peer: ``fix_gateway`` vs a QuickFIX/J acceptor (issue 17).
+
+    .venv/bin/python -m loadtests.bench_peer_fix [--sessions 100] [--rates 5000,20000,80000]
+    make bench-peer-fix
+
+The same ``--sessions`` raw-socket clients (Logon with ResetSeqNumFlag=Y, one
+MarketDataRequest(V) for BTC-USD full depth, incremental; they count the ``35=X`` frames and
+take SendingTime(52) -> receipt of the last X of each read) log on to each server in turn:
+
+- ``fix_gateway``: ``python -m fix_gateway`` (``--gateways`` processes, the sessions split
+  between them), fed by this process playing the aggregator: ``rate / sessions`` one-change
+  ``l2_update`` messages per second on the real Kafka, so each update is one X per session;
+- ``QuickFIX/J memory`` and ``QuickFIX/J file``: ``peer.PeerAcceptor``
+  (``loadtests/peers/quickfixj``, QuickFIX/J 2.3.2 from Maven Central, built once into
+  ``var/peers/quickfixj``) with its MemoryStore or FileStore, sending the same X (one entry:
+  279/269/55/270/271/83 after 262) to every subscribed session at the same update rate.
+
+Per rate, ``--seconds`` of sending: the X messages delivered, the server's CPU (user+sys of its
+processes from ``/proc``, from the first update until the last X arrived) per delivered X, and the
+p50/p99 of SendingTime -> receipt. The clients and the producer share the machine with the
+servers (Kafka too), so the CPU per message is the figure to compare; the delivered rate says
+whether a server kept up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from core.kafka import ensure_topics
+from core.settings import Settings
+from fix_gateway.codec import encode, parse_utc_timestamp, utc_timestamp
+from fix_gateway.testing import GatewayProcess, Platform, Publisher
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_SRC = ROOT / "loadtests" / "peers" / "quickfixj"
+PEER_OUT = ROOT / "var" / "peers" / "quickfixj"
+PEER_JAR = PEER_OUT / "peer-quickfixj-1.0.jar"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build_peer() -> Path:
+    """``mvn package`` into var/peers/quickfixj when the jar is missing or older than its sources."""
+    sources = [PEER_SRC / "pom.xml", *PEER_SRC.glob("src/**/*.java")]
+    if PEER_JAR.exists() and all(PEER_JAR.stat().st_mtime >= s.stat().st_mtime for s in sources):
+        return PEER_JAR
+    if not shutil.which("mvn") or not shutil.which("javac"):
+        raise SystemExit("the QuickFIX/J peer needs a Java 17 JDK and Maven (openjdk-17-jdk maven)")
+    subprocess.run(["mvn", "-B", "-q", "package", "-DskipTests"], cwd=PEER_SRC, check=True)
+    return PEER_JAR
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """User+sys CPU seconds of the processes (/proc/<pid>/stat fields 14 and 15, all threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+class Client(asyncio.Protocol):
+    """A light FIX client: Logon + MarketDataRequest as raw bytes, then counts ``35=X``."""
+
+    def __init__(self, sender: str, stats: Stats) -> None:
+        self.sender = sender
+        self.stats = stats
+        self.seq = 0
+        self.tail = b""
+        self.transport: asyncio.Transport | None = None
+        self.logged_on = asyncio.get_running_loop().create_future()
+
+    def _send(self, mt: str, fields: list[tuple[int, str | int]]) -> None:
+        self.seq += 1
+        assert self.transport is not None
+        self.transport.write(
+            encode(
+                mt,
+                [(49, self.sender), (56, "MDGW"), (34, self.seq), (52, utc_timestamp()), *fields],
+            )
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._send("A", [(98, 0), (108, 30), (141, "Y")])
+        self._hb = asyncio.get_running_loop().call_later(10, self._heartbeat)
+
+    def subscribe(self) -> None:
+        self._send(
+            "V",
+            [(262, "b1"), (263, "1"), (264, 0), (265, "1"), (267, 2), (269, "0"), (269, "1")]
+            + [(146, 1), (55, "BTC-USD")],
+        )
+
+    def _heartbeat(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._send("0", [])
+            self._hb = asyncio.get_running_loop().call_later(10, self._heartbeat)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        if not self.logged_on.done() and b"\x0135=A\x01" in data:
+            self.logged_on.set_result(None)
+        buf = self.tail + data
+        n = buf.count(b"\x0135=X\x01")
+        self.tail = buf[-8:]
+        n -= self.tail.count(b"\x0135=X\x01")
+        if n:
+            self.stats.received += n
+            i = data.rfind(b"\x0152=")
+            if i >= 0 and len(data) >= i + 25 and self.stats.measure:
+                try:
+                    sent = parse_utc_timestamp(data[i + 4 : i + 25].decode())
+                except ValueError:
+                    return
+                self.stats.lat.append((now - sent) / 1e6)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._hb.cancel()
+
+    def close(self) -> None:
+        self._hb.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+
+@dataclasses.dataclass
+class Stats:
+    received: int = 0
+    measure: bool = True
+    lat: list[float] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Row:
+    rate: int
+    delivered: int
+    expected: int
+    seconds: float
+    cpu_s: float
+    lat: list[float]
+
+    @property
+    def us_per_x(self) -> float:
+        return self.cpu_s / max(1, self.delivered) * 1e6
+
+    def pct(self, p: float) -> float:
+        xs = sorted(self.lat)
+        return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
+
+
+async def connect_all(ports: list[int], sessions: int, stats: Stats) -> list[Client]:
+    loop = asyncio.get_running_loop()
+    clients = []
+    for i in range(1, sessions + 1):
+        port = ports[(i - 1) % len(ports)]
+        _, c = await loop.create_connection(
+            lambda i=i: Client(f"BENCH{i}", stats), "127.0.0.1", port
+        )
+        clients.append(c)
+    await asyncio.wait_for(asyncio.gather(*(c.logged_on for c in clients)), 60)
+    for c in clients:
+        c.subscribe()
+    await asyncio.sleep(1.5)
+    return clients
+
+
+async def wait_delivered(stats: Stats, want: int, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    last, still = -1, time.monotonic()
+    while stats.received < want and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        if stats.received != last:
+            last, still = stats.received, time.monotonic()
+        elif time.monotonic() - still > 3:
+            return  # nothing new for 3 s: what arrived is what was delivered
+
+
+def changes(i: int) -> list[list[str]]:
+    side = "buy" if i % 2 else "sell"
+    px = f"{(90 if side == 'buy' else 101) + i % 9}.{i % 100:02d}"
+    return [[side, px, str(1 + i % 5)]]
+
+
+async def run_gateway(args: argparse.Namespace, rates: list[int], work: Path) -> list[Row]:
+    tag = uuid.uuid4().hex[:8]
+    s = dataclasses.replace(
+        Settings.from_env(), topic_prefix=f"bench.pfix.{tag}", redis_prefix=f"bench:pfix:{tag}"
+    )
+    await ensure_topics(s, partitions=3)
+    sessions_file = work / "sessions.toml"
+    sessions_file.write_text(
+        '[defaults]\nreset_time = ""\n'
+        + "".join(
+            f'[[session]]\nsender_comp_id = "BENCH{i}"\n' for i in range(1, args.sessions + 1)
+        )
+    )
+    env = dict(
+        os.environ,
+        MD_TOPIC_PREFIX=s.topic_prefix,
+        MD_REDIS_PREFIX=s.redis_prefix,
+        MD_FIX_SESSIONS_FILE=str(sessions_file),
+    )
+    btc = Platform("BTC-USD")
+    rows: list[Row] = []
+    async with Publisher(s) as pub:
+        await pub.seed(btc, levels=20)
+        gws = [
+            GatewayProcess(env, free_port(), free_port(), work / f"store{g}")
+            for g in range(args.gateways)
+        ]
+        for gw in gws:
+            await gw.start()
+        stats = Stats()
+        clients: list[Client] = []
+        try:
+            clients = await connect_all([g.fix_port for g in gws], args.sessions, stats)
+            pids = [g.proc.pid for g in gws if g.proc is not None]
+            i = 0
+            phases = [(rates[0], args.warmup, True)] if args.warmup > 0 else []
+            phases += [(r, args.seconds, False) for r in rates]
+            for rate, secs, warm in phases:  # a warm-up first, not kept
+                ups = rate / args.sessions
+                n = int(ups * secs)
+                stats.received, stats.lat = 0, []
+                cpu0, t0 = tree_cpu(pids), time.perf_counter()
+                for k in range(n):
+                    i += 1
+                    await pub.prod.send(pub.t.stream("l2"), btc.update(changes(i)), key=b"BTC-USD")
+                    delay = t0 + (k + 1) / ups - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await wait_delivered(stats, n * args.sessions, args.seconds + 30)
+                if warm:
+                    continue
+                rows.append(
+                    Row(
+                        rate,
+                        stats.received,
+                        n * args.sessions,
+                        time.perf_counter() - t0,
+                        tree_cpu(pids) - cpu0,
+                        list(stats.lat),
+                    )
+                )
+                print(f"  fix_gateway {rate:>6} X/s: {_line(rows[-1])}", file=sys.stderr)
+        finally:
+            for c in clients:
+                c.close()
+            for gw in gws:
+                await gw.stop()
+    return rows
+
+
+async def run_peer(args: argparse.Namespace, rates: list[int], store: str, work: Path) -> list[Row]:
+    jar = build_peer()
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        "java",
+        "-Xms256m",
+        "-Xmx1g",
+        "-cp",
+        f"{jar}{os.pathsep}{PEER_OUT / 'lib' / '*'}",
+        "peer.PeerAcceptor",
+        str(port),
+        str(args.sessions),
+        store,
+        str(work / f"qfj-{store}"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    async def ask(line: str) -> str:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(line.encode() + b"\n")
+        await proc.stdin.drain()
+        return (await proc.stdout.readline()).decode().strip()
+
+    rows: list[Row] = []
+    stats = Stats()
+    clients: list[Client] = []
+    try:
+        if (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() != b"READY":
+            raise SystemExit("the QuickFIX/J peer did not start")
+        clients = await connect_all([port], args.sessions, stats)
+        subs = await ask("subs")
+        if subs != f"OK subs {args.sessions}":
+            raise SystemExit(f"QuickFIX/J peer: {subs}")
+        if args.warmup > 0:  # the JIT compiles the send path: not part of the figures
+            ups = max(1, round(rates[0] / args.sessions))
+            sent = await ask(f"run {ups} {args.warmup}")
+            await wait_delivered(stats, int(sent.split()[-1]), 30)
+        for rate in rates:
+            ups = max(1, round(rate / args.sessions))
+            stats.received, stats.lat = 0, []
+            cpu0, t0 = tree_cpu([proc.pid]), time.perf_counter()
+            sent = await ask(f"run {ups} {args.seconds}")
+            await wait_delivered(stats, int(sent.split()[-1]), 30)
+            rows.append(
+                Row(
+                    rate,
+                    stats.received,
+                    int(ups * args.seconds) * args.sessions,
+                    time.perf_counter() - t0,
+                    tree_cpu([proc.pid]) - cpu0,
+                    list(stats.lat),
+                )
+            )
+            print(f"  QuickFIX/J {store:6} {rate:>6} X/s: {_line(rows[-1])}", file=sys.stderr)
+    finally:
+        for c in clients:
+            c.close()
+        if proc.returncode is None:
+            proc.stdin.write(b"quit\n")
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+    return rows
+
+
+def _line(r: Row) -> str:
+    return (
+        f"{r.delivered:,}/{r.expected:,} X in {r.seconds:.1f} s, {r.us_per_x:.1f} CPU us/X, "
+        f"p50 {r.pct(0.5):.1f} ms p99 {r.pct(0.99):.1f} ms"
+    )
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--sessions", type=int, default=100)
+    ap.add_argument("--rates", default="5000,20000,80000", help="X messages per second in all")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds at the first rate, not kept")
+    ap.add_argument("--gateways", type=int, default=1, help="fix_gateway processes")
+    ap.add_argument("--peers", default="memory,file", help="QuickFIX/J stores to run (or none)")
+    args = ap.parse_args()
+    rates = [int(r) for r in args.rates.split(",")]
+    work = ROOT / "var" / "cache" / f"bench_peer_fix_{uuid.uuid4().hex[:8]}"
+    work.mkdir(parents=True)
+    results: dict[str, list[Row]] = {}
+    try:
+        results[f"fix_gateway x{args.gateways}"] = await run_gateway(args, rates, work)
+        for store in [p for p in args.peers.split(",") if p and p != "none"]:
+            results[f"QuickFIX/J {store}"] = await run_peer(args, rates, store, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"\nmachine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; "
+        f"{args.sessions} sessions, {args.seconds:g} s per rate\n"
+    )
+    peer = "QuickFIX/J memory" if "QuickFIX/J memory" in results else None
+    print(
+        "| server | X/s asked | delivered | CPU µs per X | x QuickFIX/J memory | p50 ms | p99 ms |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, rows in results.items():
+        for i, r in enumerate(rows):
+            ratio = f"{r.us_per_x / results[peer][i].us_per_x:.2f}" if peer is not None else "n/a"
+            print(
+                f"| {name} | {r.rate:,} | {r.delivered / r.seconds:,.0f}/s "
+                f"({r.delivered / max(1, r.expected):.0%}) | {r.us_per_x:.1f} | {ratio} | "
+                f"{r.pct(0.5):.1f} | {r.pct(0.99):.1f} |"
+            )
+    for name, rows in results.items():
+        lat = [x for r in rows for x in r.lat]
+        if lat:
+            print(f"{name}: median latency over all rates {statistics.median(lat):.2f} ms")
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main())

@@ -75,6 +75,7 @@ from core.topics import Topics
 from fix_gateway.client import FixClient
 from fix_gateway.codec import Message
 from fix_gateway.store import MemoryStore
+from loadtests.faultproxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = Path(os.environ.get("MD_VAR_DIR", ROOT / "var"))
@@ -86,9 +87,17 @@ CONTROL = frozenset(
 )
 PAUSE_LIMIT_S = 1.0
 # pause <= 1 s is part of passing
-PAUSE_BOUND = ("agg-leader", "agg-standby", "ws-worker", "broker-kill")
+PAUSE_BOUND = ("agg-leader", "agg-standby", "ws-worker", "broker-kill", "ws-kafka-cut")
 NO_EPOCH_CHANGE = ("agg-leader", "agg-standby", "broker-kill")
-NO_RESYNC = ("agg-leader", "agg-standby", "ws-worker", "broker-kill")
+NO_RESYNC = (
+    "agg-leader",
+    "agg-standby",
+    "ws-worker",
+    "broker-kill",
+    "ws-kafka-cut",
+    "ws-kafka-cut-nofeed",
+)
+KAFKA_CUT_S = 10.0
 # MD_KAFKA_BROKERS=3 make up: a local cluster (deploy/local/kafka.sh), brokers 1..N
 BROKERS = int(os.environ.get("MD_KAFKA_BROKERS", "1") or "1")
 CLUSTER_ONLY = ("broker-kill",)
@@ -1335,6 +1344,117 @@ async def scenario_fix(ctx: Ctx, w: Window) -> None:
         await c2.logout()
 
 
+def _proc_env(pid: int | None) -> dict[str, str]:
+    env: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            k, sep, v = kv.decode(errors="replace").partition("=")
+            if sep:
+                env[k] = v
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return int(sk.getsockname()[1])
+
+
+async def scenario_ws_kafka_cut(ctx: Ctx, w: Window, feed: bool = True) -> None:
+    """A gateway_ws process whose every Kafka connection goes through a fault proxy is
+    partitioned from Kafka for ``KAFKA_CUT_S`` (issue 11, item 4): its own verifying client must
+    see no gap, no duplicate, no resync; the process must stay live (no restart) and ready
+    again after the heal. Without the aggregators' direct feed (``feed=False``) the gateway has
+    only Kafka: its client then waits out the cut (no bound on that pause), but must still see
+    no gap and no duplicate."""
+    s = ctx.settings
+    ports = [int(hp.rsplit(":", 1)[1]) for hp in s.kafka_bootstrap.split(",")]
+    proxies = [FaultProxy(p + 200, "127.0.0.1", p + 100) for p in ports]
+    for p in ports:  # the brokers' CHAOS listener (deploy/local/kafka.sh)
+        try:
+            _, wr = await asyncio.open_connection("127.0.0.1", p + 100)
+            wr.close()
+        except OSError:
+            w.check(f"Kafka CHAOS listener on {p + 100}", False, "restart Kafka with kafka.sh")
+            return
+    for px in proxies:
+        await px.start()
+    port = _free_port()
+    env = _proc_env(service_pid("gateway_ws")) or dict(os.environ)
+    env.update(
+        MD_WS_PORT=str(port),
+        MD_WS_PROCESSES="1",
+        MD_KAFKA_BOOTSTRAP=",".join(f"127.0.0.1:{p + 200}" for p in ports),
+    )
+    if not feed:
+        env["MD_AGG_FEED"] = ""
+    log_path = VAR / "log" / "services" / "gateway_ws_chaos.log"
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a fork, once per run
+        [sys.executable, "-m", "gateway_ws"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    client = VerifyingClient(f"ws://127.0.0.1:{port}/ws")
+    w2 = Window("ws-kafka-cut (its client)")
+    client.window = w2
+    try:
+        ok, took = await wait_until(lambda: _healthy(f"{base}/health", ctx.http), 40, 0.25)
+        if not w.check(f"a gateway_ws behind the proxy (pid {proc.pid})", ok, f"{took:.1f} s"):
+            return
+        client.start()
+        ok, _ = await wait_until(client.synced, 20)
+        if not w.check("its client in sync", ok, ""):
+            return
+        await asyncio.sleep(2.0)
+        w2.inter = array("d")  # count from here: the window's pause is this client's
+        w.action = f"gateway_ws (pid {proc.pid}) cut off from every broker for {KAFKA_CUT_S:.0f} s"
+        for px in proxies:
+            px.cut()
+        t_cut = now_s()
+        held = sum(px.bytes for px in proxies)
+        w.event("cut")
+        live: Counter[int] = Counter()
+        ready: Counter[int] = Counter()
+        while now_s() - t_cut < KAFKA_CUT_S:
+            live[await ctx.http.status(f"{base}/health/live")] += 1
+            ready[await ctx.http.status(f"{base}/health/ready")] += 1
+            await asyncio.sleep(0.25)
+        moved = sum(px.bytes for px in proxies) - held
+        w.check("no byte crossed the proxies during the cut", moved == 0, f"{moved} bytes")
+        for px in proxies:
+            px.heal()
+        t_heal = now_s()
+        w.event(f"healed ({sum(px.bytes for px in proxies)} bytes through the proxies)")
+        w.check("live throughout the cut (no restart)", set(live) == {200}, str(dict(live)))
+        w.note(f"/health/ready during the cut: {dict(ready)}")
+        w.check("the process did not exit", proc.poll() is None, "")
+        ok, took = await wait_until(lambda: _healthy(f"{base}/health/ready", ctx.http), 30, 0.25)
+        w.check("ready after the heal", ok, f"{took:.2f} s")
+        ok, took = await wait_until(lambda: client.synced() and client.live_since(t_heal), 20)
+        w.check("its client streaming after the heal", ok, f"{took:.2f} s")
+        await asyncio.sleep(3.0)
+    finally:
+        await client.close()
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(proc.wait, 15)
+        if proc.poll() is None:
+            proc.kill()
+        for px in proxies:
+            await px.stop()
+        # the window reports the partitioned gateway's client: its pause, gaps and duplicates
+        w.inter = w2.inter
+        for f in ("gaps", "missed", "duplicates", "epoch_changes", "resyncs", "checksum_errors"):
+            setattr(w, f, getattr(w, f) + getattr(w2, f))
+        w.resync_reasons.update(w2.resync_reasons)
+        w.protocol_errors += w2.protocol_errors
+        w.extra["its client"] = f"{w2.messages} data messages, {w2.reconnects} reconnects"
+
+
 async def scenario_pg(ctx: Ctx, w: Window) -> None:
     h = ctx.http
     await baseline(ctx, w)
@@ -1384,6 +1504,8 @@ SCENARIOS: dict[str, Callable[[Ctx, Window], Awaitable[None]]] = {
     "pg-outage": scenario_pg,
     "broker-kill": scenario_broker_kill,
     "fix-gateway": scenario_fix,
+    "ws-kafka-cut": scenario_ws_kafka_cut,
+    "ws-kafka-cut-nofeed": lambda c, w: scenario_ws_kafka_cut(c, w, feed=False),
 }
 # seconds each scenario may take (its trade check comes on top, bounded by TOTAL_BUDGET_S)
 LIMITS = {
@@ -1395,6 +1517,8 @@ LIMITS = {
     "pg-outage": 65,
     "broker-kill": 100,
     "fix-gateway": 60,
+    "ws-kafka-cut": 100,
+    "ws-kafka-cut-nofeed": 100,
 }
 WHAT = {
     "agg-leader": "`kill -9` of the aggregator that leads (role from `/health` on 8011/8021); a "
@@ -1423,6 +1547,16 @@ WHAT = {
     "kept), closes any gap by ResendRequest / SequenceReset-GapFill, subscribes again and must "
     "get a snapshot then increments with continuous RptSeq. The gateway's file store is "
     "flushed before each socket write, so its Logon can never be below what the initiator saw.",
+    "ws-kafka-cut": "a second gateway_ws process (one worker, the stack's settings) whose Kafka "
+    "bootstrap is `loadtests/faultproxy.py` in front of every broker's `CHAOS` listener (which "
+    "advertises the proxy, so metadata keeps it behind the proxy); a second verifying client on "
+    f"it; the proxy then holds every byte both ways for {KAFKA_CUT_S:.0f} s (a partition, not a "
+    "reset) and heals. Its client must see no gap, duplicate or resync and pause <= 1 s; the "
+    "process must stay live (`/health/live` 200 throughout: no restart) and be ready after the "
+    "heal. The row reports that client, not the stack's.",
+    "ws-kafka-cut-nofeed": "the same with `MD_AGG_FEED` empty: the gateway has only Kafka, so its "
+    "client waits out the cut (its pause is not bounded), but must see no gap, duplicate or "
+    "resync once the partition heals.",
     "pg-outage": f"`deploy/local/postgres.sh stop` (`pg_ctl -m fast`), {PG_DOWN_S:.0f} s down, "
     "`start`; REST orderbook and ticker of BTC-USD and ETH-USD polled every 0.25 s must answer "
     "200 throughout; the database writer must write again.",

@@ -4,6 +4,10 @@
 # broker i (1..N) on 127.0.0.1:$((MD_KAFKA_PORT + 2(i-1))), controller j (1..3) on
 # $((MD_KAFKA_CONTROLLER_PORT + 2(j-1))), state in $VAR/kafka-<i> / kafka-c<j>, logs in
 # $VAR/log/kafka-<i>, pid $VAR/run/kafka-<i>.pid; topics default to RF min(N,3), min ISR RF-1.
+# Every broker also listens on CHAOS (its port + 100) and advertises it at its port + 200, where
+# `make chaos` runs a fault-injecting proxy (loadtests/faultproxy.py): a client bootstrapped there
+# reaches every broker only through the proxy, which can then partition it (nothing listens on
+# port + 200 otherwise).
 # usage: kafka.sh start|stop|status
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DATA="$VAR/kafka/data"
@@ -17,10 +21,10 @@ write_conf() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,CHAOS://127.0.0.1:$((KAFKA_PORT + 100))
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CHAOS://127.0.0.1:$((KAFKA_PORT + 200))
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,CHAOS:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$DATA
 num.partitions=6
@@ -122,10 +126,10 @@ write_node_conf() {
 process.roles=broker
 node.id=$i
 controller.quorum.voters=$(voters)
-listeners=PLAINTEXT://127.0.0.1:$port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CHAOS://127.0.0.1:$((port + 100))
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,CHAOS://127.0.0.1:$((port + 200))
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,CHAOS:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
 num.partitions=6

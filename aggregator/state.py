@@ -13,6 +13,11 @@ function of the input *events* (never of how they were batched, and never of the
 so state checkpointed at input offset O plus a silent replay of the events after O gives the
 same state as the crashed instance had; only the ``seq`` counters depend on batching and they
 are recorded in every transaction (see ``aggregator/service.py``).
+
+The derived parts with state of their own live in their modules, each with its save/restore:
+:mod:`aggregator.candles` (buckets of every interval), :mod:`aggregator.day_window` (24h),
+:mod:`aggregator.stats_window` (mid/spread/VWAP windows). This class keeps the book, the trades,
+the sequence numbers and the messages.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from decimal import Decimal
 from typing import Any, cast
 
 from aggregator import events as ev
-from aggregator.book import ZERO, Book, fmt
-from core.channels import CANDLE_INTERVALS, data_message
+from aggregator.book import Book, fmt
+from aggregator.candles import CandleSeries, q8
+from aggregator.day_window import DayWindow
+from aggregator.stats_window import StatsWindows
+from core.channels import data_message
 from core.checksum import book_checksum
 from core.codec import iso_from_ns
 from core.messages import (
-    CandleData,
     L3Op,
     Message,
     MessageType,
@@ -38,11 +45,6 @@ from core.messages import (
     TradeData,
 )
 from core.symbols import SymbolInfo, default_info
-
-NS = 1_000_000_000
-MINUTE_NS = 60 * NS
-DAY_MINUTES = 1440
-Q8 = Decimal("0.00000001")
 
 Out = tuple[str, Message]  # (channel, message)
 
@@ -64,69 +66,6 @@ class AggConfig:
     candle_update_ms: int = 1000
 
 
-def q8(d: Decimal) -> str:
-    """Derived values (averages) rounded to 8 decimals, plain notation, no trailing zeros."""
-    s = fmt(d.quantize(Q8))
-    if "." in s:
-        s = s.rstrip("0").rstrip(".")
-    return s or "0"
-
-
-class Candle:
-    __slots__ = ("start", "open", "high", "low", "close", "volume", "quote_volume", "count")
-
-    def __init__(self, start: int, px: Decimal, qty: Decimal) -> None:
-        self.start = start
-        self.open = self.high = self.low = self.close = px
-        self.volume = qty
-        self.quote_volume = px * qty
-        self.count = 1
-
-    def add(self, px: Decimal, qty: Decimal) -> None:
-        if px > self.high:
-            self.high = px
-        if px < self.low:
-            self.low = px
-        self.close = px
-        self.volume += qty
-        self.quote_volume += px * qty
-        self.count += 1
-
-    def data(self, interval: str, secs: int, closed: bool) -> CandleData:
-        return {
-            "interval": interval,
-            "start": iso_from_ns(self.start),
-            "end": iso_from_ns(self.start + secs * NS),
-            "open": fmt(self.open),
-            "high": fmt(self.high),
-            "low": fmt(self.low),
-            "close": fmt(self.close),
-            "volume": fmt(self.volume),
-            "vwap": q8(self.quote_volume / self.volume) if self.volume else fmt(self.close),
-            "trades": self.count,
-            "closed": closed,
-        }
-
-    def to_state(self) -> list[Any]:
-        return [
-            self.start,
-            fmt(self.open),
-            fmt(self.high),
-            fmt(self.low),
-            fmt(self.close),
-            fmt(self.volume),
-            fmt(self.quote_volume),
-            self.count,
-        ]
-
-    @classmethod
-    def from_state(cls, st: list[Any]) -> Candle:
-        c = cls(int(st[0]), Decimal(st[1]), Decimal(st[5]))
-        c.high, c.low, c.close = Decimal(st[2]), Decimal(st[3]), Decimal(st[4])
-        c.quote_volume, c.count = Decimal(st[6]), int(st[7])
-        return c
-
-
 class SymbolState:
     """All derived state of one symbol. See the module docstring for the contract."""
 
@@ -142,38 +81,15 @@ class SymbolState:
         # pending outputs since the last flush
         self._l3_ops: list[L3Op] = []
         self._trades: list[TradeData] = []
-        self._closed_candles: list[tuple[str, CandleData, int]] = []
         self._status_dirty = False
         self._book_dirty = False
         self._trade_dirty = False
-        self._candle_dirty: set[str] = set()
-        self._candle_pub: dict[str, int] = {}  # interval -> event time of its last open update
         self._top_dirty = False
         # trades snapshot / last trade
         self.recent_trades: deque[TradeData] = deque(maxlen=self.cfg.trades_snapshot_n)
-        # 24h window in 1-minute event-time buckets: minute -> [open, high, low, close, volume]
-        # (insertion order is event-time order except for rare late trades)
-        self.day: dict[int, list[Decimal]] = {}
-        self.day_volume = ZERO
-        self.day_high: Decimal | None = None
-        self.day_low: Decimal | None = None
-        # candles: interval -> current bucket
-        self.candles: dict[str, Candle] = {}
-        self._next_close = 0  # smallest end of an open candle (0: none open), one compare per event
-        # final record of the last closed bucket per interval: the snapshot when none is open
-        self.last_closed: dict[str, CandleData] = {}
-        # stats windows
-        self.last_top: tuple[Decimal, Decimal] | None = None
-        self.mids: deque[tuple[Decimal, Decimal]] = deque(
-            maxlen=self.cfg.stats_mid_window
-        )  # (mid, spread)
-        self.mid_sum = ZERO
-        self.vw: deque[tuple[Decimal, Decimal]] = deque(
-            maxlen=self.cfg.stats_vwap_window
-        )  # (px*qty, qty)
-        self.vw_pq = ZERO
-        self.vw_q = ZERO
-        self.vw_last = ZERO  # last trade price
+        self.day = DayWindow()
+        self.candles = CandleSeries()
+        self.stats = StatsWindows(self.cfg.stats_mid_window, self.cfg.stats_vwap_window)
         # last published ticker/stats data, to publish only changes
         self.last_ticker: TickerData | None = None
         self.last_stats: StatsData | None = None
@@ -184,8 +100,8 @@ class SymbolState:
         ts = e.ts
         if ts > self.last_ts:
             self.last_ts = ts
-        if self._next_close and ts >= self._next_close:
-            self._close_candles(ts)
+        if self.candles.next_close and ts >= self.candles.next_close:
+            self.candles.close(ts)
         _APPLY[type(e)](self, e)
 
     def _on_open(self, e: ev.Open) -> None:
@@ -356,15 +272,7 @@ class SymbolState:
         if not bids or not asks:
             return
         # first keys without SortedDict.peekitem's bounds/index machinery (hot path)
-        top = (-bids._list._lists[0][0], asks._list._lists[0][0])  # type: ignore[attr-defined]
-        if top != self.last_top:
-            self.last_top = top
-            bb, ba = top
-            mid = (bb + ba) / 2
-            if len(self.mids) == self.mids.maxlen:
-                self.mid_sum -= self.mids[0][0]
-            self.mids.append((mid, ba - bb))
-            self.mid_sum += mid
+        self.stats.on_top((-bids._list._lists[0][0], asks._list._lists[0][0]))  # type: ignore[attr-defined]
 
     def _trade(
         self,
@@ -391,74 +299,9 @@ class SymbolState:
         self._trades.append(t)
         self.recent_trades.append(t)
         self._trade_dirty = True
-        # 24h window (1-minute buckets of event time)
-        minute = ts // MINUTE_NS
-        b = self.day.get(minute)
-        if b is None:
-            self.day[minute] = [px, px, px, px, qty]
-        else:
-            if px > b[1]:
-                b[1] = px
-            if px < b[2]:
-                b[2] = px
-            b[3] = px
-            b[4] += qty
-        self.day_volume += qty
-        if self.day_high is None or px > self.day_high:
-            self.day_high = px
-        if self.day_low is None or px < self.day_low:
-            self.day_low = px
-        self._evict_day(minute)
-        # candles
-        for name, secs in CANDLE_INTERVALS.items():
-            start = ts - ts % (secs * NS)
-            c = self.candles.get(name)
-            if c is None or start > c.start:
-                self.candles[name] = Candle(start, px, qty)
-                end = start + secs * NS
-                if not self._next_close or end < self._next_close:
-                    self._next_close = end
-            else:  # same bucket, or a late trade (event time before the open bucket): counted in it
-                c.add(px, qty)
-            self._candle_dirty.add(name)
-        # stats VWAP window
-        self.vw_last = px
-        pq = px * qty
-        if len(self.vw) == self.vw.maxlen:
-            opq, oq = self.vw[0]
-            self.vw_pq -= opq
-            self.vw_q -= oq
-        self.vw.append((pq, qty))
-        self.vw_pq += pq
-        self.vw_q += qty
-
-    def _evict_day(self, minute: int) -> None:
-        oldest = minute - DAY_MINUTES + 1
-        if next(iter(self.day)) < oldest:
-            for m in [m for m in self.day if m < oldest]:
-                self.day_volume -= self.day.pop(m)[4]
-            self._recompute_day()
-
-    def _recompute_day(self) -> None:
-        vals = self.day.values()
-        self.day_high = max((b[1] for b in vals), default=None)
-        self.day_low = min((b[2] for b in vals), default=None)
-        self.day_volume = sum((b[4] for b in vals), ZERO)
-
-    def _close_candles(self, ts: int) -> None:
-        """A bucket is final once the symbol's event time reaches its end (event time, so a
-        replay closes the same buckets with the same content)."""
-        for name, c in list(self.candles.items()):
-            secs = CANDLE_INTERVALS[name]
-            if ts >= c.start + secs * NS:
-                final = c.data(name, secs, True)
-                self._closed_candles.append((name, final, c.start + secs * NS))
-                self.last_closed[name] = final
-                del self.candles[name]
-                self._candle_dirty.discard(name)
-        self._next_close = min(
-            (c.start + CANDLE_INTERVALS[n] * NS for n, c in self.candles.items()), default=0
-        )
+        self.day.add(ts, px, qty)
+        self.candles.add(ts, px, qty)
+        self.stats.on_trade(px, qty)
 
     # ------------------------------------------------------------------ output
     def _next(self, channel: str) -> int:
@@ -514,26 +357,10 @@ class SymbolState:
             for t in self._trades:
                 out.append(self._msg("trade", "trades", now, t))
             self._trades = []
-        for name, data, _end in self._closed_candles:
+        for name, data in self.candles.take_closed():
             out.append(self._msg("candle", f"candles_{name}", now, data))
-        self._closed_candles.clear()
-        if self._candle_dirty:
-            due_before = self.last_ts - self.cfg.candle_update_ms * 1_000_000
-            for name in CANDLE_INTERVALS:
-                if name in self._candle_dirty and (
-                    name == "1m" or self._candle_pub.get(name, -1) <= due_before
-                ):
-                    c = self.candles[name]
-                    out.append(
-                        self._msg(
-                            "candle",
-                            f"candles_{name}",
-                            now,
-                            c.data(name, CANDLE_INTERVALS[name], False),
-                        )
-                    )
-                    self._candle_pub[name] = self.last_ts
-                    self._candle_dirty.discard(name)
+        for name, data in self.candles.take_updates(self.last_ts, self.cfg.candle_update_ms):
+            out.append(self._msg("candle", f"candles_{name}", now, data))
         if self._top_dirty or self._trade_dirty:
             tick = self.ticker_data()
             if tick != self.last_ticker:
@@ -565,13 +392,14 @@ class SymbolState:
     def ticker_data(self) -> TickerData:
         bb, ba = self.book.best("buy"), self.book.best("sell")
         last = self.recent_trades[-1] if self.recent_trades else None
-        if self.day and self.day_high is not None and self.day_low is not None:
-            open_ = next(iter(self.day.values()))[0]
-            chg = self.vw_last - open_
+        day = self.day
+        open_ = day.first_open()
+        if open_ is not None and day.high is not None and day.low is not None:
+            chg = self.stats.last_px - open_
             open_24h: str | None = fmt(open_)
-            high_24h: str | None = fmt(self.day_high)
-            low_24h: str | None = fmt(self.day_low)
-            volume_24h = fmt(self.day_volume)
+            high_24h: str | None = fmt(day.high)
+            low_24h: str | None = fmt(day.low)
+            volume_24h = fmt(day.volume)
             change_24h: str | None = fmt(chg)
             change_pct_24h: str | None = q8(chg * 100 / open_)
         else:
@@ -595,23 +423,7 @@ class SymbolState:
         }
 
     def stats_data(self) -> StatsData | None:
-        bb, ba = self.book.best("buy"), self.book.best("sell")
-        if bb is None or ba is None:
-            spread = mid = None
-        else:
-            b, a = -self.book.bids.peekitem(0)[0], self.book.asks.peekitem(0)[0]
-            spread, mid = fmt(a - b), q8((a + b) / 2)
-        if spread is None and not self.vw:
-            return None
-        return {
-            "spread": spread,
-            "mid": mid,
-            "max_spread": fmt(max(s for _, s in self.mids)) if self.mids else None,
-            "mid_sma": q8(self.mid_sum / len(self.mids)) if self.mids else None,
-            "mid_sma_window": len(self.mids),
-            "vwap": q8(self.vw_pq / self.vw_q) if self.vw_q else None,
-            "vwap_window": len(self.vw),
-        }
+        return self.stats.data(self.book)
 
     # ------------------------------------------------------------------ snapshots
     def snapshots(self, now: int) -> list[tuple[str, Message]]:
@@ -650,22 +462,8 @@ class SymbolState:
                 snap("trades_snapshot", "trades", {"trades": list(self.recent_trades)}),
             )
         )
-        for name, secs in CANDLE_INTERVALS.items():
-            c = self.candles.get(name)
-            if c is not None:
-                out.append(
-                    (
-                        f"candles_{name}:{sym}",
-                        snap("candle", f"candles_{name}", c.data(name, secs, False)),
-                    )
-                )
-            elif name in self.last_closed:
-                out.append(
-                    (
-                        f"candles_{name}:{sym}",
-                        snap("candle", f"candles_{name}", self.last_closed[name]),
-                    )
-                )
+        for name, data in self.candles.snapshot():
+            out.append((f"candles_{name}:{sym}", snap("candle", f"candles_{name}", data)))
         return out
 
     def status_snapshot(self, now: int) -> tuple[str, Message]:
@@ -682,7 +480,9 @@ class SymbolState:
 
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> dict[str, Any]:
-        return {
+        candles = self.candles.to_state()
+        stats = self.stats.to_state()
+        return {  # the key order is the checkpoint's byte layout: keep it
             "v": 1,
             "symbol": self.symbol,
             "epoch": self.epoch,
@@ -692,16 +492,16 @@ class SymbolState:
             "last_ts": self.last_ts,
             "book": self.book.to_state(),
             "recent_trades": list(self.recent_trades),
-            "day": [[m, *map(fmt, b)] for m, b in sorted(self.day.items())],
-            "candles": {k: c.to_state() for k, c in self.candles.items()},
-            "last_closed": self.last_closed,
-            "last_top": [fmt(x) for x in self.last_top] if self.last_top else None,
-            "mids": [[fmt(m), fmt(s)] for m, s in self.mids],
-            "vw": [[fmt(pq), fmt(q)] for pq, q in self.vw],
+            "day": self.day.to_state(),
+            "candles": candles["candles"],
+            "last_closed": candles["last_closed"],
+            "last_top": stats["last_top"],
+            "mids": stats["mids"],
+            "vw": stats["vw"],
             "last_ticker": self.last_ticker,
             "last_stats": self.last_stats,
-            "candle_dirty": sorted(self._candle_dirty),
-            "candle_pub": self._candle_pub,
+            "candle_dirty": candles["candle_dirty"],
+            "candle_pub": candles["candle_pub"],
         }
 
     @classmethod
@@ -713,30 +513,12 @@ class SymbolState:
         s.last_ts = int(st["last_ts"])
         s.book = Book.from_state(st["book"])
         s.recent_trades.extend(st["recent_trades"])
-        for m, *b in st["day"]:
-            s.day[int(m)] = [Decimal(x) for x in b]
-        s._recompute_day()
-        if s.recent_trades:
-            s.vw_last = Decimal(s.recent_trades[-1]["price"])
-        s.candles = {k: Candle.from_state(v) for k, v in st["candles"].items()}
-        s.last_closed = dict(st.get("last_closed") or {})
-        s._next_close = min(
-            (c.start + CANDLE_INTERVALS[n] * NS for n, c in s.candles.items()), default=0
-        )
-        s.last_top = (
-            (Decimal(st["last_top"][0]), Decimal(st["last_top"][1])) if st.get("last_top") else None
-        )
-        for m, sp in st["mids"]:
-            s.mids.append((Decimal(m), Decimal(sp)))
-        s.mid_sum = sum((m for m, _ in s.mids), ZERO)
-        for pq, q in st["vw"]:
-            s.vw.append((Decimal(pq), Decimal(q)))
-        s.vw_pq = sum((pq for pq, _ in s.vw), ZERO)
-        s.vw_q = sum((q for _, q in s.vw), ZERO)
+        s.day = DayWindow.from_state(st["day"])
+        s.candles = CandleSeries.from_state(st)
+        last_px = Decimal(s.recent_trades[-1]["price"]) if s.recent_trades else s.stats.last_px
+        s.stats.restore(st, last_px)
         s.last_ticker = st.get("last_ticker")
         s.last_stats = st.get("last_stats")
-        s._candle_dirty = set(st.get("candle_dirty") or ()) & set(s.candles)
-        s._candle_pub = {str(k): int(v) for k, v in dict(st.get("candle_pub") or {}).items()}
         return s
 
 

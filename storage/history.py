@@ -154,12 +154,16 @@ def cut_levels(orders: list[list[str]], depth: int) -> list[list[str]]:
 
 # --- queries ------------------------------------------------------------------------------
 
+# the newest epoch that has message `seq`: only epochs with a stored snapshot can be rebuilt,
+# and there are few of them, so each is checked by a primary-key lookup (a scan for `seq`
+# alone would read every message of the symbol: the key starts with the epoch)
 SQL_SEQ_EPOCH = """
-SELECT epoch FROM (
-  SELECT epoch FROM stream_messages WHERE channel = $1 AND symbol = $2 AND seq = $3
-  UNION ALL
-  SELECT epoch FROM book_snapshots WHERE channel = $1 AND symbol = $2 AND seq = $3
-) u ORDER BY epoch DESC LIMIT 1"""
+SELECT e.epoch FROM (SELECT DISTINCT epoch FROM book_snapshots WHERE channel = $1 AND symbol = $2) e
+WHERE EXISTS (SELECT 1 FROM stream_messages m
+              WHERE m.channel = $1 AND m.symbol = $2 AND m.epoch = e.epoch AND m.seq = $3)
+   OR EXISTS (SELECT 1 FROM book_snapshots b
+              WHERE b.channel = $1 AND b.symbol = $2 AND b.epoch = e.epoch AND b.seq = $3)
+ORDER BY e.epoch DESC LIMIT 1"""
 SQL_AT = """
 SELECT epoch, seq, ts FROM (
   (SELECT epoch, seq, ts FROM stream_messages WHERE channel = $1 AND symbol = $2 AND ts <= $3

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from core.cache_keys import CacheKeys
 from core.codec import iso_from_ns, ns_from_iso
+from core.errors import MarketDataError
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,10 @@ def _b(v: bytes | str) -> bytes:
     return v if isinstance(v, bytes) else v.encode()
 
 
-class Unavailable(Exception):
+class Unavailable(MarketDataError):
     """A dependency needed for this answer is down: 503 with ``reason``."""
+
+    retriable = True
 
     def __init__(self, dependency: str, reason: str) -> None:
         self.dependency = dependency
@@ -48,7 +51,7 @@ class Unavailable(Exception):
         super().__init__(f"{dependency}: {reason}")
 
 
-class NotCached(Exception):
+class NotCached(MarketDataError):
     """The symbol is listed but the cache holds no data for it yet (404 with a reason)."""
 
 

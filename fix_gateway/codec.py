@@ -68,14 +68,14 @@ class Message:
         v = self.get(tag)
         if v is None:
             return None
-        if not v.isdigit() and not (v[:1] == "-" and v[1:].isdigit()):
+        if not _is_int(v):
             raise FieldError(T.REJ_INCORRECT_FORMAT, tag, f"tag {tag} must be an integer")
         return int(v)
 
     def get_int_or_none(self, tag: int) -> int | None:
         """An int field, or None when absent or malformed."""
         v = self.get(tag)
-        return int(v) if v is not None and v.isdigit() else None
+        return int(v) if v is not None and _is_int(v) and v[:1] != "-" else None
 
     def require(self, tag: int) -> str:
         v = self.get(tag)
@@ -101,7 +101,7 @@ class Message:
         for i, (tag, val) in enumerate(fs):
             if tag != count_tag:
                 continue
-            if not val.isdigit():
+            if not _is_int(val) or val[:1] == "-":
                 raise FieldError(
                     T.REJ_INCORRECT_FORMAT, count_tag, f"NumInGroup {count_tag} not a count"
                 )
@@ -128,6 +128,18 @@ class Message:
                 )
             return out
         return out
+
+
+# An int field is ASCII digits with an optional minus, at most 18 of them (FIX 4.4 Vol. 1 "int":
+# a sequence of digits). str.isdigit() alone also accepts "²" and other Unicode digits that int()
+# refuses, and int() refuses more than 4,300 digits: both raised out of the session and dropped
+# the connection without a Logout (issue 12); 18 digits still hold every MsgSeqNum and length.
+MAX_INT_DIGITS = 18
+
+
+def _is_int(v: str) -> bool:
+    d = v[1:] if v[:1] == "-" else v
+    return 0 < len(d) <= MAX_INT_DIGITS and d.isascii() and d.isdigit()
 
 
 def _checksum(data: bytes | bytearray | memoryview) -> int:

@@ -80,6 +80,20 @@ class GatewayConfig:
     # Outbound bytes buffered per connection before the session is logged out as too slow.
     # 8 MiB is ~25k incremental refreshes: seconds of a busy book; 100 sessions cost <= 800 MiB.
     max_buffer: int = 8 * 1024 * 1024
+    # Connections at once (each costs a socket, ~10 KiB of buffers and a session object): far
+    # above the sessions a gateway serves, low enough that a connection flood cannot exhaust
+    # file descriptors (the default limit is 1024 per process).
+    max_connections: int = 900
+    # Connections from one IP address that have not logged on yet: a client needs one per
+    # session it logs on at once; a flood of idle or garbage connections from one address does
+    # not crowd out everyone else's logons.
+    max_pending_per_ip: int = 16
+    # Messages a ResendRequest is answered with per event-loop pass: a whole day's store is
+    # replayed in steps between the other sessions' traffic, never in one blocking burst.
+    resend_chunk: int = 500
+    # Sent messages kept per session for ResendRequest (older ones are gap-filled): bounds the
+    # store between daily resets to ~25 MB RAM index + file per session at ~230 B a message.
+    store_max_messages: int = 100_000
 
     @classmethod
     def from_settings(cls, s: Settings) -> GatewayConfig:
@@ -98,7 +112,18 @@ class GatewayConfig:
             certfile=certfile,
             keyfile=keyfile,
             max_buffer=s.get("MD_FIX_MAX_BUFFER", int, 8 * 1024 * 1024),
+            max_connections=_positive(s, "MD_FIX_MAX_CONNECTIONS", 900),
+            max_pending_per_ip=_positive(s, "MD_FIX_MAX_PENDING_PER_IP", 16),
+            resend_chunk=_positive(s, "MD_FIX_RESEND_CHUNK", 500),
+            store_max_messages=_positive(s, "MD_FIX_STORE_MAX_MESSAGES", 100_000),
         )
+
+
+def _positive(s: Settings, name: str, default: int) -> int:
+    v = s.get(name, int, default)
+    if v < 1:
+        raise ConfigError(name, f"must be >= 1, got {v}")
+    return v
 
 
 def default_sessions() -> dict[tuple[str, str], SessionConfig]:

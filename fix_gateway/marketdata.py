@@ -383,7 +383,10 @@ class MarketDataApp:
             self._md_reject(sink, req_id, T.MDREJ_DUPLICATE_ID, f"duplicate MDReqID {req_id}")
             return
         depth_raw = msg.require(T.MarketDepth)
-        if not depth_raw.isdigit() or int(depth_raw) > MAX_DEPTH:
+        if (
+            not (depth_raw.isascii() and depth_raw.isdigit() and len(depth_raw) <= 9)
+            or int(depth_raw) > MAX_DEPTH
+        ):
             self._md_reject(
                 sink,
                 req_id,

@@ -31,6 +31,10 @@ SLOW_DISCONNECTS = Counter(
     "fix_slow_consumer_disconnects_total", "Sessions logged out for a full send buffer"
 )
 SESSIONS = Gauge("fix_sessions", "Logged-on FIX sessions")
+CONNECTIONS_REFUSED = Counter(
+    "fix_connections_refused_total",
+    "Connections closed at accept: over MD_FIX_MAX_CONNECTIONS or MD_FIX_MAX_PENDING_PER_IP",
+)
 CONNECTIONS = Gauge("fix_connections", "Open FIX TCP connections")
 LATENCY = Histogram(
     "fix_publish_to_send_seconds",

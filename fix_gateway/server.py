@@ -13,6 +13,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -51,16 +52,34 @@ class Registry:
             sc = self.cfg.sessions.get((peer, ours))
             if sc is None:
                 return "unknown session"
-            other = self.active.get(sc.session_id)
-            if other is not None and other is not conn and not other.session.closed:
-                return "session already logged on"
             store = self.stores.get(sc.session_id)
             if store is None:
-                store = self.stores[sc.session_id] = FileStore(self.cfg.store_dir, sc.session_id)
-            self.active[sc.session_id] = conn
+                store = self.stores[sc.session_id] = FileStore(
+                    self.cfg.store_dir, sc.session_id, max_messages=self.cfg.store_max_messages
+                )
             return sc, store
 
         return resolve
+
+    def claimer(self, conn: Connection) -> Callable[[str], str | None]:
+        """Called once a Logon is authenticated: the session becomes ``conn``'s. A connection
+        still holding it (a peer that vanished without a FIN keeps it until its heartbeat
+        timeout, up to 660 s, and locked its own reconnects out) gets Logout(5) and is closed:
+        the newest authenticated logon wins. A failed logon never touches the session."""
+
+        def claim(session_id: str) -> str | None:
+            other = self.active.get(session_id)
+            if other is not None and other is not conn and not other.session.closed:
+                log.warning(
+                    "FIX session taken over by a new logon",
+                    extra={"session": session_id, "old_peer": other.peer, "new_peer": conn.peer},
+                )
+                other.session.terminate("session taken over by a new logon")
+                other._after()
+            self.active[session_id] = conn
+            return None
+
+        return claim
 
     def release(self, conn: Connection) -> None:
         sid = conn.session.session_id
@@ -75,27 +94,63 @@ class Registry:
 class Connection(asyncio.Protocol):
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.session = FixSession(resolve=gw.registry.resolver(self))
+        self.session = FixSession(
+            resolve=gw.registry.resolver(self),
+            claim=gw.registry.claimer(self),
+            resend_chunk=gw.cfg.resend_chunk,
+        )
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.logged_on = False
         self._flush_scheduled = False
+        self.ip = ""
+        self.pending = False  # counted in gw.pending_by_ip until logged on
+        self.refused = False  # over a connection cap: aborted in connection_made
+        self._paused = False  # the transport's write buffer is above its high-water mark
+        self._resend_scheduled = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(
             asyncio.Transport, transport
         )  # uvloop's is no asyncio.Transport subclass
-        self.peer = str(transport.get_extra_info("peername"))
-        self.gw.connections.add(self)
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername)
+        self.ip = str(peername[0]) if isinstance(peername, tuple) else self.peer
+        gw = self.gw
+        pending = gw.pending_by_ip.get(self.ip, 0)
+        if len(gw.connections) >= gw.cfg.max_connections or pending >= gw.cfg.max_pending_per_ip:
+            # over a cap: closed at once, before any byte is read or logged per connection
+            M.CONNECTIONS_REFUSED.inc()
+            self.refused = True
+            self.transport.abort()
+            return
+        gw.pending_by_ip[self.ip] = pending + 1
+        self.pending = True
+        gw.connections.add(self)
         M.CONNECTIONS.inc()
         log.info("FIX connection", extra={"peer": self.peer})
 
+    def _not_pending(self) -> None:
+        """Logged on or gone: no longer counted against its address's pending cap."""
+        if self.pending:
+            self.pending = False
+            n = self.gw.pending_by_ip.get(self.ip, 1) - 1
+            if n > 0:
+                self.gw.pending_by_ip[self.ip] = n
+            else:
+                self.gw.pending_by_ip.pop(self.ip, None)
+
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
         self.session.receive_data(data)
         self._after()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            return
+        self._not_pending()
         self.session.connection_lost()
         self._after()
         self.gw.connections.discard(self)
@@ -139,12 +194,35 @@ class Connection(asyncio.Protocol):
                 t.abort()
         M.export_session_counters(self.session.counters)
         M.export_app_counters(self.gw.app.counters)
+        if self.session.resend_pending and not self._paused and not self._resend_scheduled:
+            self._resend_scheduled = True
+            asyncio.get_running_loop().call_soon(self._resend_more)
+
+    def _resend_more(self) -> None:
+        """The next step of a long resend, once the socket took the previous one (flow control
+        through pause_writing/resume_writing): other sessions run in between."""
+        self._resend_scheduled = False
+        if self._paused or self.transport is None or self.transport.is_closing():
+            return
+        self.session.continue_resend()
+        self._flush()
+
+    # asyncio flow control: the transport's buffer passed its high-water mark / drained
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.session.resend_pending and not self._resend_scheduled:
+            self._resend_scheduled = True
+            asyncio.get_running_loop().call_soon(self._resend_more)
 
     def _after(self) -> None:
         for ev in self.session.events_received():
             if isinstance(ev, AppMessage):
                 self.gw.app.on_message(self, ev.msg)
             elif isinstance(ev, LoggedOn):
+                self._not_pending()
                 self.logged_on = True
                 AUDIT.event("logon", session=ev.session_id, peer=self.peer, reset=ev.reset)
                 M.SESSIONS.inc()
@@ -182,6 +260,7 @@ class Gateway:
         self.registry = Registry(self.cfg)
         self.app = MarketDataApp(symbols=settings.symbols)
         self.connections: set[Connection] = set()
+        self.pending_by_ip: dict[str, int] = {}  # connections not logged on yet, per address
         self.follower = StreamFollower(settings, channels=["l2", "trades", "status"])
         self.follower.add_callback(self._on_deliver)
         self.follower.add_reset_callback(self._on_reset)

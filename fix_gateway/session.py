@@ -93,6 +93,7 @@ SessionEvent = LoggedOn | AppMessage | Closed | RejectReceived
 Resolver = Callable[[str, str], "tuple[SessionConfig, Store] | str"]
 
 NS = 1_000_000_000
+GARBLED_LOG_INTERVAL_S = 10
 
 
 def hmac_signature(key: bytes, sending_time: str, seq: int, sender: str, target: str) -> str:
@@ -125,8 +126,11 @@ class FixSession:
         logon_timeout: float = 10.0,
         logout_timeout: float = 5.0,
         logon_fields: Iterable[tuple[int, Value]] = (),
+        resend_chunk: int = 500,
+        claim: Callable[[str], str | None] | None = None,
     ) -> None:
         self.role = role
+        self._claim = claim  # acceptor: take the session once authenticated (None = refused)
         self._resolve = resolve
         self.config = config
         self.store: Store | None = store
@@ -149,6 +153,10 @@ class FixSession:
         self._test_req_n = 0
         self._logout_at = 0
         self._resend_until: int | None = None  # our pending ResendRequest covers up to this seq
+        self._garbled_logged_at = -(10**30)
+        self.resend_chunk = resend_chunk
+        self._resend_next, self._resend_end = 1, 0  # the ResendRequest being answered
+        self._garbled_unlogged = 0
         self.close_reason: str | None = None
         self._fixed: dict[str, tuple[bytes, int]] = {}  # MsgType -> constant header part, byte sum
         if role is Role.INITIATOR and (config is None or store is None):
@@ -197,15 +205,37 @@ class FixSession:
                 break
             if isinstance(item, GarbledMessage):
                 self.counters["garbled"] += 1
-                log.warning(
-                    "garbled FIX message dropped",
-                    extra={"session": self.session_id, "reason": item.reason},
-                )
+                if self.state is State.AWAITING_LOGON:
+                    # the first message must be a Logon(A): a peer that opens with garbage is
+                    # disconnected, with one log line for the connection, never one per frame
+                    # (a garbage flood wrote a WARNING per frame and starved every session)
+                    self._close(f"garbled data before Logon: {item.reason}")
+                    break
+                self._log_garbled(item)
                 continue
             self.counters["messages_in"] += 1
             self._last_recv = self.clock()
             self._test_req = None
             self._handle(item)
+
+    def _log_garbled(self, item: GarbledMessage) -> None:
+        """Garbled frames of a logged-on peer: the first logged, then one line per
+        ``GARBLED_LOG_INTERVAL_S`` with the count meanwhile (FIX 4.4 Vol. 2: drop, do not
+        disconnect; but a log line per frame turns a noisy peer into a disk and CPU problem)."""
+        now = self.clock()
+        if now - self._garbled_logged_at < GARBLED_LOG_INTERVAL_S * NS:
+            self._garbled_unlogged += 1
+            return
+        log.warning(
+            "garbled FIX message dropped",
+            extra={
+                "session": self.session_id,
+                "reason": item.reason,
+                "dropped_since_last_line": self._garbled_unlogged,
+            },
+        )
+        self._garbled_logged_at = now
+        self._garbled_unlogged = 0
 
     def send(self, msg_type: str, body: Body | Iterable[tuple[int, Value]]) -> int:
         """Send an application message; returns its MsgSeqNum(34)."""
@@ -228,6 +258,14 @@ class FixSession:
             self._to(Event.SEND_LOGOUT)
         elif self.state is State.AWAITING_LOGON:
             self._close("logout before logon")
+
+    def terminate(self, text: str) -> None:
+        """Logout(5) with ``text`` and close at once, without waiting for the peer's answer
+        (the session was taken over by a newer authenticated logon)."""
+        if self.state in (State.ACTIVE, State.LOGOUT_SENT):
+            self._logout_and_close(text)
+        elif self.state is not State.CLOSED:
+            self._close(text)
 
     def connection_lost(self) -> None:
         if self.state is not State.CLOSED:
@@ -264,6 +302,8 @@ class FixSession:
             self._test_req = (req_id, now)
         if now - self._last_sent >= hb:
             self._send_admin(T.HEARTBEAT, [])
+        if self.resend_pending:  # the transport normally drives it; this keeps it moving
+            self.continue_resend()
 
     # --- sending ---------------------------------------------------------------------------------
     def _to(self, event: Event) -> None:
@@ -587,10 +627,39 @@ class FixSession:
             )
             return
         self.counters["resend_requests_received"] += 1
-        stored = {m.seq: m for m in self.store.get(begin, end)}
-        gap_start: int | None = None
+        # a later ResendRequest replaces one still being answered: the peer asks from where it is
+        self._resend_next, self._resend_end = begin, end
+        self.continue_resend()
+
+    @property
+    def resend_pending(self) -> bool:
+        """A ResendRequest is being answered in steps (:meth:`continue_resend`)."""
+        return self._resend_next <= self._resend_end
+
+    def continue_resend(self) -> None:
+        """Answer the next ``resend_chunk`` sequence numbers of the pending ResendRequest.
+
+        Bounded and incremental (issue 12): ``7=1 16=0`` on a day's store was one synchronous
+        replay of every message (~42 µs each: minutes with the loop blocked). The transport
+        calls this again once the socket has drained (or the ticker does), so a long resend
+        runs between the other sessions' traffic and never holds more than one chunk in memory.
+        Numbers older than what the store keeps (``oldest_seq``) are one gap fill."""
+        if not self.resend_pending or self.store is None:
+            return
+        if self.state not in (State.ACTIVE, State.LOGOUT_SENT):
+            self._resend_next, self._resend_end = 1, 0
+            return
+        begin, end = self._resend_next, self._resend_end
         now_st = utc_timestamp(self.clock())
-        for s in range(begin, end + 1):
+        oldest = self.store.oldest_seq()
+        if begin < oldest:  # trimmed from the store: one gap fill over all of it
+            top = min(oldest, end + 1)
+            self._gap_fill(begin, top, now_st)
+            begin = top
+        stop = min(end, begin + self.resend_chunk - 1)
+        stored = {m.seq: m for m in self.store.get(begin, stop)} if begin <= stop else {}
+        gap_start: int | None = None
+        for s in range(begin, stop + 1):
             m = stored.get(s)
             if m is None or m.msg_type in T.ADMIN_TYPES:
                 if gap_start is None:
@@ -604,7 +673,8 @@ class FixSession:
             )
             self.counters["resent"] += 1
         if gap_start is not None:
-            self._gap_fill(gap_start, end + 1, now_st)
+            self._gap_fill(gap_start, stop + 1, now_st)
+        self._resend_next = stop + 1
         self._last_sent = self.clock()
 
     def _gap_fill(self, seq: int, new_seq: int, now_st: str) -> None:
@@ -646,11 +716,16 @@ class FixSession:
         if abs(now - sent) > cfg.sending_time_tolerance * NS:
             self._refuse("Logon rejected: SendingTime accuracy problem")
             return
-        problem = self._check_credentials(msg, seq)
+        problem = self._check_credentials(msg, seq, sent)
         if problem:
             self.counters["auth_failures"] += 1
             self._refuse(f"Logon rejected: {problem}")
             return
+        if self._claim is not None:
+            taken = self._claim(cfg.session_id)
+            if taken:
+                self._refuse(f"Logon rejected: {taken}")
+                return
         reset = msg.get(T.ResetSeqNumFlag) == "Y"
         if reset:
             if seq != 1:
@@ -681,17 +756,29 @@ class FixSession:
             store.set_next_target(seq + 1)
 
     def _refuse(self, text: str) -> None:
-        """A refused Logon: Logout(5) with Text(58), then disconnect (FIX 4.4 Vol. 2 "Logon")."""
+        """A refused Logon: Logout(5) with Text(58), then disconnect (FIX 4.4 Vol. 2 "Logon").
+
+        The Logout is not stored and takes no sequence number of the session: whoever failed
+        to log on must not grow the real peer's store nor move its sequence (issue 12)."""
         self.counters["logons_refused"] += 1
-        self._send_admin(T.LOGOUT, [(T.Text, text)])
+        assert self.store is not None
+        now = self.clock()
+        self._out.append(
+            frame(
+                T.LOGOUT,
+                self._header(self.store.next_sender_seq, utc_timestamp(now)),
+                Body.from_fields([(T.Text, text)]),
+            )
+        )
+        self._last_sent = now
         self._to(Event.SEND_LOGOUT)
         self.close_reason = text
         self._events.append(Closed(text))
         log.info("FIX logon refused", extra={"session": self.session_id, "reason": text})
 
-    def _check_credentials(self, msg: Message, seq: int) -> str | None:
+    def _check_credentials(self, msg: Message, seq: int, sent_ns: int) -> str | None:
         cfg = self.config
-        assert cfg is not None
+        assert cfg is not None and self.store is not None
         if cfg.username is not None and not hmac.compare_digest(
             (msg.get(T.Username) or "").encode(), cfg.username.encode()
         ):
@@ -706,6 +793,12 @@ class FixSession:
             )
             if not hmac.compare_digest((msg.get(T.RawData) or "").encode(), want.encode()):
                 return "bad signature in RawData(96)"
+            # the signature covers SendingTime(52): a signed Logon is good once. One whose
+            # SendingTime is not after the last accepted one is a replay (within the SendingTime
+            # tolerance a captured Logon was otherwise good for 120 s)
+            if sent_ns <= self.store.last_signed_logon_ns:
+                return "signed Logon replayed (SendingTime not after the last signed Logon)"
+            self.store.set_last_signed_logon(sent_ns)
         return None
 
     def _on_logon_answer(self, msg: Message, seq: int) -> None:

@@ -14,15 +14,23 @@ answered with the original sequence numbers.
   with a ResendRequest or a reset.
 - ``target_seq``: the next MsgSeqNum expected from the peer, replaced atomically.
 - ``created``: when the sequence was (re)started, for the reset schedule.
+- ``last_signed_logon``: SendingTime(52) of the last accepted HMAC-signed Logon (replay guard).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
+
+# Sent messages kept per session for ResendRequest(2); older ones are answered with a gap fill.
+# 100,000 is hours of a busy book per session; at ~106 B of index and ~230 B of file per
+# message it bounds a session's store to ~10 MB of RAM and ~25 MB of disk between daily resets.
+DEFAULT_MAX_MESSAGES = 100_000
+COMPACT_MIN_BYTES = 1 << 20  # the file is compacted only when its dead head is above this
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +46,15 @@ class Store(Protocol):
     next_target_seq: int
     created_ns: int
 
+    last_signed_logon_ns: int
+
     def save(self, seq: int, msg_type: str, sending_time: str, body: bytes) -> None: ...
+    def set_last_signed_logon(self, ns: int) -> None: ...
     def flush(self) -> None: ...
     def set_next_target(self, seq: int) -> None: ...
     def set_next_sender(self, seq: int) -> None: ...
     def get(self, begin: int, end: int) -> list[Stored]: ...
+    def oldest_seq(self) -> int: ...
     def reset(self, now_ns: int | None = None) -> None: ...
     def close(self) -> None: ...
 
@@ -50,15 +62,24 @@ class Store(Protocol):
 class MemoryStore:
     """The same contract in memory, for unit tests and benchmarks."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
         self.next_sender_seq = 1
         self.next_target_seq = 1
         self.created_ns = time.time_ns()
+        self.max_messages = max_messages
         self.messages: dict[int, Stored] = {}
+        self.last_signed_logon_ns = 0
+
+    def set_last_signed_logon(self, ns: int) -> None:
+        self.last_signed_logon_ns = ns
 
     def save(self, seq: int, msg_type: str, sending_time: str, body: bytes) -> None:
         self.messages[seq] = Stored(seq, msg_type, sending_time, body)
+        self.messages.pop(seq - self.max_messages, None)
         self.next_sender_seq = seq + 1
+
+    def oldest_seq(self) -> int:
+        return max(1, self.next_sender_seq - self.max_messages)
 
     def flush(self) -> None:
         pass
@@ -84,16 +105,21 @@ class MemoryStore:
 class FileStore:
     """File-backed :class:`Store` (layout in the module docstring)."""
 
-    def __init__(self, root: Path, session_id: str) -> None:
+    def __init__(
+        self, root: Path, session_id: str, *, max_messages: int = DEFAULT_MAX_MESSAGES
+    ) -> None:
+        self.max_messages = max_messages
         self.dir = Path(root) / session_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self._log_path = self.dir / "messages.log"
         self._target_path = self.dir / "target_seq"
         self._created_path = self.dir / "created"
+        self._signed_path = self.dir / "last_signed_logon"
         self._index: dict[int, int] = {}  # seq -> offset of its record header
         self.next_sender_seq = 1
         self.next_target_seq = 1
         self.created_ns = 0
+        self.last_signed_logon_ns = 0
         self._load()
         self._log: IO[bytes] = open(self._log_path, "ab")  # noqa: SIM115 - closed in close()
         self._offset = self._log.tell()
@@ -102,6 +128,8 @@ class FileStore:
         if not self._created_path.exists():
             self._write_atomic(self._created_path, str(time.time_ns()))
         self.created_ns = int(self._created_path.read_text().strip() or 0)
+        if self._signed_path.exists():
+            self.last_signed_logon_ns = int(self._signed_path.read_text().strip() or 0)
         if self._target_path.exists():
             self.next_target_seq = int(self._target_path.read_text().strip() or 1)
         if self._log_path.exists():
@@ -127,6 +155,8 @@ class FileStore:
             if good < len(data):
                 with open(self._log_path, "r+b") as f:
                     f.truncate(good)
+            for seq in [q for q in self._index if q < self.next_sender_seq - self.max_messages]:
+                del self._index[seq]
 
     @staticmethod
     def _write_atomic(path: Path, text: str) -> None:
@@ -146,6 +176,28 @@ class FileStore:
         self._log.write(rec)
         self._offset += len(rec)
         self.next_sender_seq = seq + 1
+        self._index.pop(seq - self.max_messages, None)
+        head = self._index.get(seq - self.max_messages + 1, 0)
+        if head > COMPACT_MIN_BYTES and head > self._offset - head:
+            self._compact(head)
+
+    def oldest_seq(self) -> int:
+        return max(1, self.next_sender_seq - self.max_messages)
+
+    def _compact(self, head: int) -> None:
+        """Drop the trimmed records at the start of the file (they are more than half of it):
+        the live tail is copied to a new file that replaces the log atomically. Amortized: it
+        runs once per ~``max_messages`` messages, copying at most as much as it frees."""
+        self._log.flush()
+        tmp = self._log_path.with_suffix(".compact")
+        with open(self._log_path, "rb") as src, open(tmp, "wb") as dst:
+            src.seek(head)
+            shutil.copyfileobj(src, dst, 1 << 20)
+        self._log.close()
+        os.replace(tmp, self._log_path)
+        self._log = open(self._log_path, "ab")  # noqa: SIM115 - closed in close()
+        self._index = {q: off - head for q, off in self._index.items() if off >= head}
+        self._offset -= head
 
     def flush(self) -> None:
         """Hand buffered records to the OS. The transport calls it before writing the same
@@ -155,6 +207,11 @@ class FileStore:
     def set_next_target(self, seq: int) -> None:
         self.next_target_seq = seq
         self._write_atomic(self._target_path, str(seq))
+
+    def set_last_signed_logon(self, ns: int) -> None:
+        """Kept across restarts: a signed Logon captured before a restart stays refused."""
+        self.last_signed_logon_ns = ns
+        self._write_atomic(self._signed_path, str(ns))
 
     def set_next_sender(self, seq: int) -> None:
         self.next_sender_seq = seq

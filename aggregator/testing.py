@@ -20,6 +20,8 @@ from aggregator import events as ev
 from aggregator.recovery import stop_consumer
 from core.book import L2Book
 from core.kafka import make_consumer, partitions_of
+from core.messages import MessageError
+from core.messages import check as check_message
 from core.settings import Settings
 
 
@@ -176,40 +178,48 @@ class StreamCheck:
         if m["seq"] != expected:
             self.errors.append(f"{key}: seq {m['seq']} expected {expected}")
         self.last_seq[key] = m["seq"]
+        try:
+            check_message(m)
+        except MessageError as exc:
+            self.errors.append(f"{key} seq {m['seq']}: not a declared message: {exc}")
         if m["type"] == "l2_update":
-            b = self.books.setdefault(m["symbol"], L2Book())
-            b.apply(m["data"]["changes"])
-            if self.check_crossed and b.crossed():
-                self.errors.append(f"{key} seq {m['seq']}: book crossed")
-            if b.checksum(self.depth) != m["checksum"]:
-                self.errors.append(f"{key} seq {m['seq']}: checksum mismatch")
+            self._l2_update(key, m)
         elif m["type"] == "l3_update":
-            o = self.orders.setdefault(m["symbol"], {})
-            for e in m["data"]["events"]:
-                op, oid = e["op"], e["order_id"]
-                if op == "add":
-                    if oid in o:
-                        self.errors.append(f"{key} seq {m['seq']}: add of resting order {oid}")
-                    o[oid] = (e["side"], e["price"], Decimal(e["size"]))
-                elif oid not in o:
-                    self.errors.append(f"{key} seq {m['seq']}: {op} of unknown order {oid}")
-                elif op == "change":
-                    o[oid] = (o[oid][0], o[oid][1], Decimal(e["size"]))
-                elif op == "fill":
-                    rest = o[oid][2] - Decimal(e["size"])
-                    if rest != Decimal(e["remaining"]):
-                        self.errors.append(
-                            f"{key} seq {m['seq']}: fill remaining mismatch for {oid}"
-                        )
-                    if rest > 0:
-                        o[oid] = (o[oid][0], o[oid][1], rest)
-                    else:
-                        del o[oid]
-                elif op == "delete":
-                    del o[oid]
-            if self.l3_as_l2(m["symbol"]).checksum(self.depth) != m["checksum"]:
-                self.errors.append(f"{key} seq {m['seq']}: l3 checksum mismatch")
+            self._l3_update(key, m)
         return m
+
+    def _l2_update(self, key: tuple[str, str], m: dict[str, Any]) -> None:
+        b = self.books.setdefault(m["symbol"], L2Book())
+        b.apply(m["data"]["changes"])
+        if self.check_crossed and b.crossed():
+            self.errors.append(f"{key} seq {m['seq']}: book crossed")
+        if b.checksum(self.depth) != m["checksum"]:
+            self.errors.append(f"{key} seq {m['seq']}: checksum mismatch")
+
+    def _l3_update(self, key: tuple[str, str], m: dict[str, Any]) -> None:
+        o = self.orders.setdefault(m["symbol"], {})
+        for e in m["data"]["events"]:
+            op, oid = e["op"], e["order_id"]
+            if op == "add":
+                if oid in o:
+                    self.errors.append(f"{key} seq {m['seq']}: add of resting order {oid}")
+                o[oid] = (e["side"], e["price"], Decimal(e["size"]))
+            elif oid not in o:
+                self.errors.append(f"{key} seq {m['seq']}: {op} of unknown order {oid}")
+            elif op == "change":
+                o[oid] = (o[oid][0], o[oid][1], Decimal(e["size"]))
+            elif op == "fill":
+                rest = o[oid][2] - Decimal(e["size"])
+                if rest != Decimal(e["remaining"]):
+                    self.errors.append(f"{key} seq {m['seq']}: fill remaining mismatch for {oid}")
+                if rest > 0:
+                    o[oid] = (o[oid][0], o[oid][1], rest)
+                else:
+                    del o[oid]
+            elif op == "delete":
+                del o[oid]
+        if self.l3_as_l2(m["symbol"]).checksum(self.depth) != m["checksum"]:
+            self.errors.append(f"{key} seq {m['seq']}: l3 checksum mismatch")
 
     def l3_as_l2(self, symbol: str) -> L2Book:
         """The l3 client book summed per price (sizes printed as the aggregator prints sums)."""

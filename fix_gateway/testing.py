@@ -1,5 +1,5 @@
-"""Test and benchmark helpers: contract-conforming platform messages on the test's topics (playing
-the aggregator, docs/internals.md), a ``python -m fix_gateway`` child process, /metrics reads."""
+"""Test and benchmark helpers: a ``python -m fix_gateway`` child process, /metrics reads; the fake
+aggregator (``Platform``, ``Publisher``) is testkit/fake_aggregator.py's, re-exported here."""
 
 from __future__ import annotations
 
@@ -12,103 +12,10 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import orjson
-
-from core.book import L2Book
-from core.channels import data_message
-from core.codec import now_ns
-from core.kafka import make_producer
-from core.settings import Settings
-from core.symbols import default_info
-from core.topics import Topics
+from testkit.fake_aggregator import Platform as Platform
+from testkit.fake_aggregator import Publisher as Publisher
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Platform:
-    """Plays the aggregator for one symbol: l2 snapshot/updates, trades and status on the test's topics."""
-
-    def __init__(self, symbol: str, epoch: int = 1) -> None:
-        self.symbol = symbol
-        self.epoch = epoch
-        self.book = L2Book()
-        self.seq = 0
-        self.trade_seq = 0
-
-    def _msg(
-        self, type_: str, channel: str, seq: int, data: object, checksum: int | None = None
-    ) -> bytes:
-        ns = now_ns()
-        return orjson.dumps(
-            data_message(
-                type=type_,
-                channel=channel,
-                symbol=self.symbol,
-                seq=seq,
-                epoch=self.epoch,
-                publish_ns=ns,
-                event_ns=ns,
-                data=data,
-                checksum=checksum,
-            )
-        )
-
-    def snapshot(self) -> bytes:
-        return self._msg("l2_snapshot", "l2", self.seq, self.book.snapshot(), self.book.checksum())
-
-    def update(self, changes: list[list[str]]) -> bytes:
-        self.book.apply(changes)
-        self.seq += 1
-        return self._msg("l2_update", "l2", self.seq, {"changes": changes}, self.book.checksum())
-
-    def trade(self, price: str, size: str) -> bytes:
-        self.trade_seq += 1
-        return self._msg(
-            "trade",
-            "trades",
-            self.trade_seq,
-            {
-                "trade_id": str(self.trade_seq),
-                "price": price,
-                "size": size,
-                "side": "buy",
-                "time": "2026-11-24T06:51:12.123456Z",
-            },
-        )
-
-    def status(self) -> bytes:
-        return self._msg("status", "status", 1, default_info(self.symbol).to_dict())
-
-
-class Publisher:
-    def __init__(self, settings: Settings) -> None:
-        self.t = Topics.from_settings(settings)
-        self.prod = make_producer(settings)
-
-    async def __aenter__(self) -> Publisher:
-        await self.prod.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.prod.stop()
-
-    async def seed(self, p: Platform, levels: int = 5) -> None:
-        """Status, an initial book and its snapshot record."""
-        await self.prod.send_and_wait(self.t.stream("status"), p.status(), key=p.symbol.encode())
-        await self.prod.send_and_wait(
-            self.t.snapshot, p.status(), key=f"status:{p.symbol}".encode()
-        )
-        for i in range(levels):
-            await self.l2(p, [["buy", f"{100 - i}.00", "1"], ["sell", f"{101 + i}.00", "2"]])
-        await self.prod.send_and_wait(self.t.snapshot, p.snapshot(), key=f"l2:{p.symbol}".encode())
-
-    async def l2(self, p: Platform, changes: list[list[str]]) -> None:
-        await self.prod.send_and_wait(self.t.stream("l2"), p.update(changes), key=p.symbol.encode())
-
-    async def trade(self, p: Platform, price: str, size: str) -> None:
-        await self.prod.send_and_wait(
-            self.t.stream("trades"), p.trade(price, size), key=p.symbol.encode()
-        )
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:

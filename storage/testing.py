@@ -1,185 +1,30 @@
-"""Contract-conforming aggregator messages for tests and benchmarks (docs/internals.md shapes).
+"""The fake aggregator's builders, under the name the storage/REST tests and benchmarks import:
+they live in testkit/fake_aggregator.py (one fake aggregator, outside the service packages)."""
 
-Lives in the package (not under tests/) because the benchmarks produce the same records. The
-named builders check what they build against core/messages.py, so a fake can no longer drift
-from what the aggregator publishes; :func:`msg` builds anything (for tests of bad input).
-"""
+from testkit.fake_aggregator import (
+    EPOCH,
+    candle,
+    l2_snapshot,
+    l2_update,
+    msg,
+    produce,
+    produce_stream,
+    stats,
+    status,
+    ticker,
+    trade,
+)
 
-from __future__ import annotations
-
-from collections.abc import Iterable
-from typing import Any
-
-import orjson
-from aiokafka import AIOKafkaProducer
-
-from core.channels import CANDLE_INTERVALS, data_message
-from core.codec import dumps, iso_from_ns, now_ns, ns_from_iso
-from core.messages import CandleData, StatsData, TickerData
-from core.messages import check as check_message
-from core.symbols import default_info
-from core.topics import Topics
-
-EPOCH = 1795503050651
-
-
-def msg(
-    type: str,
-    channel: str,
-    symbol: str,
-    seq: int,
-    data: Any,
-    *,
-    epoch: int = EPOCH,
-    ts_ns: int | None = None,
-    checksum: int | None = None,
-) -> bytes:
-    t = ts_ns if ts_ns is not None else now_ns()
-    return dumps(
-        data_message(
-            type=type,  # type: ignore[arg-type]  # any string: tests of bad input use it too
-            channel=channel,
-            symbol=symbol,
-            seq=seq,
-            epoch=epoch,
-            publish_ns=t,
-            event_ns=t,
-            data=data,
-            checksum=checksum,
-        )
-    )
-
-
-def _checked(raw: bytes) -> bytes:
-    check_message(orjson.loads(raw))
-    return raw
-
-
-def status(symbol: str, seq: int = 1, **kw: Any) -> bytes:
-    info = default_info(symbol).to_dict()
-    info.update(kw)
-    info["state"] = "live" if "l3" in info["channels"] else "l2_only"  # type: ignore[operator]
-    return _checked(msg("status", "status", symbol, seq, info))
-
-
-def l2_snapshot(
-    symbol: str, seq: int, bids: list[list[str]], asks: list[list[str]], **kw: Any
-) -> bytes:
-    return _checked(msg("l2_snapshot", "l2", symbol, seq, {"bids": bids, "asks": asks}, **kw))
-
-
-def l2_update(symbol: str, seq: int, changes: list[list[str]], **kw: Any) -> bytes:
-    return _checked(msg("l2_update", "l2", symbol, seq, {"changes": changes}, **kw))
-
-
-def trade(
-    symbol: str,
-    seq: int,
-    trade_id: str,
-    price: str,
-    size: str,
-    side: str = "buy",
-    *,
-    ts_ns: int | None = None,
-    **kw: Any,
-) -> bytes:
-    t = ts_ns if ts_ns is not None else now_ns()
-    return _checked(
-        msg(
-            "trade",
-            "trades",
-            symbol,
-            seq,
-            {
-                "trade_id": trade_id,
-                "price": price,
-                "size": size,
-                "side": side,
-                "time": iso_from_ns(t),
-            },
-            ts_ns=t,
-            **kw,
-        )
-    )
-
-
-def candle(
-    symbol: str,
-    interval: str,
-    seq: int,
-    start_iso: str,
-    o: str,
-    h: str,
-    low: str,
-    c: str,
-    v: str,
-    *,
-    closed: bool = False,
-    trades: int = 1,
-    **kw: Any,
-) -> bytes:
-    end_ns = ns_from_iso(start_iso) + CANDLE_INTERVALS[interval] * 1_000_000_000
-    data: CandleData = {
-        "interval": interval,
-        "start": start_iso,
-        "end": iso_from_ns(end_ns),
-        "open": o,
-        "high": h,
-        "low": low,
-        "close": c,
-        "volume": v,
-        "vwap": c,
-        "trades": trades,
-        "closed": closed,
-    }
-    return _checked(msg("candle", f"candles_{interval}", symbol, seq, data, **kw))
-
-
-def ticker(symbol: str, seq: int, **data: Any) -> bytes:
-    base: TickerData = {
-        "best_bid": "100.00",
-        "best_bid_size": "1",
-        "best_ask": "100.50",
-        "best_ask_size": "2",
-        "last_price": "100.25",
-        "last_size": "0.5",
-        "last_side": "buy",
-        "last_trade_id": "1",
-        "open_24h": "90",
-        "high_24h": "110",
-        "low_24h": "85",
-        "volume_24h": "1234.5",
-        "change_24h": "10.25",
-        "change_pct_24h": "11.38888889",
-    }
-    base.update(data)  # type: ignore[typeddict-item]
-    return _checked(msg("ticker", "ticker", symbol, seq, base))
-
-
-def stats(symbol: str, seq: int, **data: Any) -> bytes:
-    base: StatsData = {
-        "spread": "0.50",
-        "mid": "100.25",
-        "max_spread": "1.00",
-        "mid_sma": "100.2",
-        "mid_sma_window": 10,
-        "vwap": "100.1",
-        "vwap_window": 200,
-    }
-    base.update(data)  # type: ignore[typeddict-item]
-    return _checked(msg("stats", "stats", symbol, seq, base))
-
-
-async def produce(
-    producer: AIOKafkaProducer, topic: str, records: Iterable[tuple[str, bytes]]
-) -> None:
-    """Send ``(key, value)`` records and wait until all are acknowledged."""
-    futs = [await producer.send(topic, value=v, key=k.encode()) for k, v in records]
-    for f in futs:
-        await f
-
-
-async def produce_stream(
-    producer: AIOKafkaProducer, topics: Topics, channel: str, records: Iterable[tuple[str, bytes]]
-) -> None:
-    await produce(producer, topics.stream(channel), records)
+__all__ = [
+    "EPOCH",
+    "candle",
+    "l2_snapshot",
+    "l2_update",
+    "msg",
+    "produce",
+    "produce_stream",
+    "stats",
+    "status",
+    "ticker",
+    "trade",
+]

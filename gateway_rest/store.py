@@ -330,6 +330,9 @@ class MarketStore:
             args.append(_dt(cursor[0]))
             args.append(cursor[1])
             conds.append(f"(ts, trade_id) > (${len(args) - 1}, ${len(args)})")
+            # the same bound on ts alone: TimescaleDB prunes compressed batches by their min/max
+            # ts only with a plain comparison (a day's page: 270 ms -> 8 ms, docs/benchmarks.md)
+            conds.append(f"ts >= ${len(args) - 1}")
         order = "ts DESC, trade_id DESC" if newest_first else "ts, trade_id"
         args.append(limit + 1)
         rows = await self.db(

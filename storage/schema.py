@@ -247,6 +247,15 @@ def migrations(backend: Backend) -> tuple[Migration, ...]:
                 "ON stream_messages (channel, symbol, ts DESC)",
             ),
         ),
+        Migration(
+            6,
+            "trades compressed in reading order",
+            # REST pages a day of trades ascending by (ts, trade_id): compressed in that order,
+            # a page decompresses only its own batches (was: the whole day, 270 ms a page)
+            ("ALTER TABLE trades SET (timescaledb.compress_orderby = 'ts, trade_id')",)
+            if backend == "timescale"
+            else (),
+        ),
     )
 
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 async def test_migrate_twice_is_idempotent(pg_dsn: str) -> None:
     first = await migrate(pg_dsn, mode="native", today=date(2026, 11, 24))
     assert first.backend == "native"
-    assert first.applied == [1, 2, 3, 4, 5]
+    assert first.applied == [1, 2, 3, 4, 5, 6]
     assert "trades_p20261124" in first.partitions_created
     second = await migrate(pg_dsn, mode="auto", today=date(2026, 11, 24))
     assert second.applied == [] and second.partitions_created == [] and second.backend == "native"
@@ -33,7 +33,7 @@ async def test_migrate_twice_is_idempotent(pg_dsn: str) -> None:
     try:
         parts = await existing_partitions(conn, "trades")
         assert {"trades_default", "trades_p20261122", "trades_p20261127"} <= set(parts)
-        assert await conn.fetchval("SELECT count(*) FROM md_schema_migrations") == 5
+        assert await conn.fetchval("SELECT count(*) FROM md_schema_migrations") == 6
     finally:
         await conn.close()
 
@@ -103,7 +103,7 @@ async def test_auto_picks_timescaledb_with_hypertables_compression_and_policies(
     fresh_dsn: str,
 ) -> None:
     result = await migrate(fresh_dsn)  # auto, as make run / make test do
-    assert result.backend == "timescale" and result.applied == [1, 2, 3, 4, 5]
+    assert result.backend == "timescale" and result.applied == [1, 2, 3, 4, 5, 6]
     assert result.partitions_created == []
     conn = await asyncpg.connect(fresh_dsn)
     try:
@@ -126,6 +126,15 @@ async def test_auto_picks_timescaledb_with_hypertables_compression_and_policies(
             )
         }
         assert ("trades", "symbol") in seg and ("stream_messages", "channel") in seg
+        order = [
+            r["attname"]
+            for r in await conn.fetch(
+                "SELECT attname FROM timescaledb_information.compression_settings "
+                "WHERE hypertable_name = 'trades' AND orderby_column_index IS NOT NULL "
+                "ORDER BY orderby_column_index"
+            )
+        ]
+        assert order == ["ts", "trade_id"]  # the order REST pages a day in
         jobs = {
             (r["proc_name"], r["hypertable_name"])
             for r in await conn.fetch(

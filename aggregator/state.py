@@ -336,23 +336,7 @@ class SymbolState:
         if self._status_dirty:
             self._status_dirty = False
             out.append(self._msg("status", "status", now, self.status_data()))
-        book_dirty = self._book_dirty
-        csum: int | None = None
-        if book_dirty:
-            self._book_dirty = False
-            changes = self.book.take_l2_changes()
-            if changes:
-                csum = self.book.checksum(self.cfg.checksum_depth)
-                out.append(self._msg("l2_update", "l2", now, {"changes": changes}, csum))
-        if self._l3_ops:
-            if self.l2_only:  # the last l3 message of a symbol turned L2-only: all orders deleted
-                l3_csum = book_checksum([], [])
-            else:
-                if csum is None:
-                    csum = self.book.checksum(self.cfg.checksum_depth)
-                l3_csum = csum
-            out.append(self._msg("l3_update", "l3", now, {"events": self._l3_ops}, l3_csum))
-            self._l3_ops = []
+        self._flush_book(now, out)
         if self._trades:
             for t in self._trades:
                 out.append(self._msg("trade", "trades", now, t))
@@ -377,6 +361,25 @@ class SymbolState:
                     out.append(self._msg("stats", "stats", now, st))
         self._top_dirty = self._trade_dirty = False
         return out
+
+    def _flush_book(self, now: int, out: list[Out]) -> None:
+        """The ``l2_update`` and ``l3_update`` since the last flush (one checksum for both)."""
+        csum: int | None = None
+        if self._book_dirty:
+            self._book_dirty = False
+            changes = self.book.take_l2_changes()
+            if changes:
+                csum = self.book.checksum(self.cfg.checksum_depth)
+                out.append(self._msg("l2_update", "l2", now, {"changes": changes}, csum))
+        if self._l3_ops:
+            if self.l2_only:  # the last l3 message of a symbol turned L2-only: all orders deleted
+                l3_csum = book_checksum([], [])
+            else:
+                if csum is None:
+                    csum = self.book.checksum(self.cfg.checksum_depth)
+                l3_csum = csum
+            out.append(self._msg("l3_update", "l3", now, {"events": self._l3_ops}, l3_csum))
+            self._l3_ops = []
 
     def discard(self) -> None:
         """Drop pending outputs (silent replay during recovery) but keep ``last_*`` current."""

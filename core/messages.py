@@ -36,7 +36,6 @@ import orjson
 from core.errors import CodecError
 
 
-
 class OneOf(frozenset[str]):
     """``Annotated[str, OneOf(...)]``: a string from a set, checked by :func:`decode` but typed
     ``str`` for producers (the book's sides come from validated input as plain strings)."""
@@ -233,23 +232,26 @@ def _fail(path: str, why: str) -> None:
     raise MessageError(why, path)
 
 
+_SCALARS: dict[Any, _Check] = {
+    Any: lambda v, p: None,
+    str: lambda v, p: None if type(v) is str else _fail(p, "must be a string"),
+    int: lambda v, p: None if type(v) is int else _fail(p, "must be an integer"),
+    bool: lambda v, p: None if type(v) is bool else _fail(p, "must be true or false"),
+    None: lambda v, p: None if v is None else _fail(p, "must be null"),
+    type(None): lambda v, p: None if v is None else _fail(p, "must be null"),
+}
+
+
 def _compile(tp: Any) -> _Check:
     """A checker for one annotation: str, int, bool, None, Literal, X | Y, list[X], TypedDict."""
-    if tp is Any:
-        return lambda v, p: None
+    scalar = _SCALARS.get(tp)
+    if scalar is not None:
+        return scalar
     one_of = next((m for m in getattr(tp, "__metadata__", ()) if isinstance(m, OneOf)), None)
     if one_of is not None:
         return lambda v, p: None if v in one_of else _fail(p, f"must be one of {sorted(one_of)}")
     if get_origin(tp) in (NotRequired, Required, Annotated):
         return _compile(get_args(tp)[0])
-    if tp is str:
-        return lambda v, p: None if type(v) is str else _fail(p, "must be a string")
-    if tp is int:
-        return lambda v, p: None if type(v) is int else _fail(p, "must be an integer")
-    if tp is bool:
-        return lambda v, p: None if type(v) is bool else _fail(p, "must be true or false")
-    if tp is None or tp is type(None):
-        return lambda v, p: None if v is None else _fail(p, "must be null")
     origin = get_origin(tp)
     if origin is Literal:
         allowed = frozenset(get_args(tp))

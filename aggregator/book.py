@@ -56,14 +56,14 @@ class Book:
     __slots__ = ("bids", "asks", "orders", "_touched")
 
     def __init__(self) -> None:
-        self.bids: SortedDict = SortedDict()  # -px -> Level
-        self.asks: SortedDict = SortedDict()  # px -> Level
+        self.bids: SortedDict[Decimal, Level] = SortedDict()  # -px -> Level
+        self.asks: SortedDict[Decimal, Level] = SortedDict()  # px -> Level
         self.orders: dict[str, Order] = {}
         # (side, key) -> (price string, size string published before this batch, "0" if none)
         self._touched: dict[tuple[str, Decimal], tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ internals
-    def _side(self, side: str) -> SortedDict:
+    def _side(self, side: str) -> SortedDict[Decimal, Level]:
         return self.bids if side == "buy" else self.asks
 
     def _touch(self, side: str, key: Decimal, lvl: Level | None, price: str) -> None:
@@ -181,7 +181,7 @@ class Book:
     def crossed(self) -> bool:
         if not self.bids or not self.asks:
             return False
-        return -self.bids.peekitem(0)[0] >= self.asks.peekitem(0)[0]
+        return bool(-self.bids.peekitem(0)[0] >= self.asks.peekitem(0)[0])
 
     def l2_snapshot(self, depth: int | None = None) -> dict[str, list[list[str]]]:
         return {
@@ -203,7 +203,7 @@ class Book:
     def to_state(self) -> dict[str, Any]:
         """Compact recovery state: levels with their orders in priority order."""
 
-        def dump(levels: SortedDict) -> list[Any]:
+        def dump(levels: SortedDict[Decimal, Level]) -> list[Any]:
             return [
                 [lvl.price, fmt(lvl.total), [[o, fmt(s)] for o, s in lvl.orders.items()]]
                 for lvl in levels.values()

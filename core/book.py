@@ -38,8 +38,8 @@ class L2Book:
 
     def __init__(self) -> None:
         # bids keyed by -price so that iteration is best (highest) first
-        self.bids: SortedDict = SortedDict()
-        self.asks: SortedDict = SortedDict()
+        self.bids: SortedDict[Decimal, Level] = SortedDict()
+        self.asks: SortedDict[Decimal, Level] = SortedDict()
 
     def clear(self) -> None:
         self.bids.clear()

@@ -65,7 +65,9 @@ def run_check(name: str, kind: str, fn: Check) -> Result:
     return Result(name, kind, bool(ok), detail)
 
 
-def summarize(service: str, results: Iterable[Result], scope: str = READY) -> tuple[bool, dict]:
+def summarize(
+    service: str, results: Iterable[Result], scope: str = READY
+) -> tuple[bool, dict[str, Any]]:
     """The verdict of ``scope`` (``live`` or ``ready``) over ``results`` and the response body."""
     if scope not in (LIVE, READY):
         raise ValueError(f"scope must be {LIVE!r} or {READY!r}, got {scope!r}")
@@ -110,17 +112,19 @@ class Health:
             if scope == READY or kind == LIVENESS
         ]
 
-    def evaluate(self, scope: str = READY, extra: Iterable[Result] = ()) -> tuple[bool, dict]:
+    def evaluate(
+        self, scope: str = READY, extra: Iterable[Result] = ()
+    ) -> tuple[bool, dict[str, Any]]:
         """Verdict and body of ``scope``; ``extra`` adds results computed elsewhere (async pings)."""
         return summarize(self.service, [*self.results(scope), *extra], scope)
 
-    def live(self) -> tuple[bool, dict]:
+    def live(self) -> tuple[bool, dict[str, Any]]:
         return self.evaluate(LIVE)
 
-    def ready(self) -> tuple[bool, dict]:
+    def ready(self) -> tuple[bool, dict[str, Any]]:
         return self.evaluate(READY)
 
-    def report(self) -> tuple[bool, dict]:
+    def report(self) -> tuple[bool, dict[str, Any]]:
         """``/health``: the combined view, same verdict as readiness."""
         return self.evaluate(READY)
 

@@ -53,7 +53,7 @@ from fix_gateway.codec import (
 )
 from fix_gateway.config import SessionConfig
 from fix_gateway.errors import FieldError, GarbledMessage, SessionMisuse
-from fix_gateway.states import Event, State, transition
+from fix_gateway.states import ALLOWED, ON_UNEXPECTED, Event, State, transition
 from fix_gateway.store import MemoryStore, Store
 
 log = logging.getLogger(__name__)
@@ -394,14 +394,17 @@ class FixSession:
             else:
                 self._logout_and_close(f"Incorrect BeginString {msg.begin_string}")
             return
+        allowed = ALLOWED[st]
+        if allowed is not None and msg.msg_type not in allowed:
+            # the state table decides (states.py): before logon anything else disconnects
+            if ON_UNEXPECTED[st] == "disconnect":
+                self._close(f"{msg.msg_type!r} not allowed in state {st.value}")
+            return
         if st is State.AWAITING_LOGON:
-            if msg.msg_type != T.LOGON or self.role is not Role.ACCEPTOR:
-                self._close(f"first message {msg.msg_type!r} is not a Logon")
+            if self.role is not Role.ACCEPTOR:
+                self._close("data before connect(): an initiator speaks first")
                 return
             self._on_logon_acceptor(msg)
-            return
-        if st is State.LOGON_SENT and msg.msg_type not in (T.LOGON, T.LOGOUT):
-            self._close(f"expected Logon, got {msg.msg_type!r}")
             return
         try:
             seq = msg.require_int(T.MsgSeqNum)

@@ -206,3 +206,22 @@ def test_resend_of_trimmed_messages_is_one_gap_fill() -> None:
     out = decode(acc.data_to_send())
     assert out[0].msg_type == "4" and out[0].get(34) == "1" and out[0].get(36) == "42"
     assert [int(m.get(34) or 0) for m in out[1:]] == list(range(42, 52))
+
+
+def test_session_is_driven_by_the_state_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_handle`` reads ALLOWED / ON_UNEXPECTED (issue 14: they were written and never read):
+    changing the table changes what a first non-Logon message does."""
+    from fix_gateway import states
+
+    clock = Clock()
+    acc = FixSession(resolve=Gateway(), clock=clock)
+    acc.receive_data(raw("0", 1, clock))
+    assert acc.closed  # the table: disconnect
+    monkeypatch.setitem(states.ON_UNEXPECTED, State.AWAITING_LOGON, "ignore")
+    acc = FixSession(resolve=Gateway(), clock=clock)
+    acc.receive_data(raw("0", 1, clock))
+    assert acc.state is State.AWAITING_LOGON and acc.data_to_send() == []
+    monkeypatch.setitem(states.ALLOWED, State.AWAITING_LOGON, frozenset({"A", "0"}))
+    acc = FixSession(resolve=Gateway(), clock=clock)
+    acc.receive_data(raw("A", 1, clock, (98, 0), (108, 30)))
+    assert acc.state is State.ACTIVE

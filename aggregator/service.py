@@ -97,6 +97,7 @@ class ServiceConfig:
     lease_ms: int = 500  # a standby takes over after this long without a heartbeat
     # ... and after reading back this many of its own presence records (leadership.py)
     lease_presence: int = 3
+    kafka_linger_ms: int = 10  # the output producer's batching (the direct feed is not delayed)
     checkpoint_ms: int = 5000  # private checkpoint per partition at most this often
     snapshot_ms: int = 500  # public snapshots per symbol at most this often
     max_batch: int = 5000  # records per poll: bounds memory and per-batch latency
@@ -113,6 +114,7 @@ class ServiceConfig:
             heartbeat_ms=s.get("MD_AGG_HEARTBEAT_MS", int, 100),
             lease_ms=s.get("MD_AGG_LEASE_MS", int, 500),
             lease_presence=s.get("MD_AGG_LEASE_PRESENCE", int, 3),
+            kafka_linger_ms=s.get("MD_AGG_KAFKA_LINGER_MS", int, 10),
             checkpoint_ms=s.get("MD_AGG_CHECKPOINT_MS", int, 5000),
             snapshot_ms=s.get("MD_AGG_SNAPSHOT_MS", int, 500),
             max_batch=s.get("MD_AGG_MAX_BATCH", int, 5000),
@@ -173,6 +175,7 @@ class Aggregator:
         self.last_snapshot: dict[str, float] = {}
         self.last_checkpoint = 0.0
         self.last_heartbeat = 0.0
+        self._last_commit = 0.0
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._probe: AIOKafkaConsumer | None = None  # takeover reads (recovery.probe_consumer)
@@ -206,7 +209,10 @@ class Aggregator:
         self.consumer = make_consumer(
             s, group_id=self.cfg.group, isolation_level="read_uncommitted"
         )
-        self.producer = make_producer(s)
+        # the gateways get every message over the direct feed at once; Kafka is the durable
+        # copy, so batching the records of a few milliseconds into one produce request costs
+        # no client latency and saves the aggregator and the broker a request per record
+        self.producer = make_producer(s, linger_ms=self.cfg.kafka_linger_ms)
         await self.consumer.start()
         await self.producer.start()
         self._probe = probe_consumer(s)
@@ -653,6 +659,9 @@ class Aggregator:
             partition=0,
         )
         self.last_heartbeat = now
+        if now - self._last_commit < 1.0:
+            return  # the group's offsets are for lag monitoring: once a second is plenty
+        self._last_commit = now
         offsets = {
             TopicPartition(self.topics.input, p): o + 1
             for p, o in self.acked.items()

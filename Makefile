@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
 .PHONY: web install infra infra-down run up stop stop-services logs test test-unit test-integration lint format typecheck clean \
-        bench bench-aggregator bench-fanout bench-peer-ws bench-rest bench-e2e chaos load-rest load-ws load-rest-headless load-ws-headless
+        bench bench-aggregator bench-fanout bench-peer-ws bench-peer-rest bench-peer-fix bench-rest bench-e2e chaos load-rest load-ws load-rest-headless load-ws-headless
 
 install:            ## install what is missing (Debian packages, .venv, Kafka jars)
 	@deploy/local/install.sh
@@ -81,6 +81,12 @@ bench-fanout: infra
 
 bench-peer-ws: infra   ## gateway_ws vs Centrifugo v6 (built into var/peers by go install), side by side
 	flock /tmp/md-bench.lock $(PY) -m loadtests.bench_peer_ws --connections 1000,5000 --cores 1,2
+
+bench-peer-rest: infra   ## gateway_rest vs a bare uvicorn route (same wrk, CPU per request); ARGS="--servers bare-uvicorn,gateway,bare-granian,gateway-granian"
+	$(PY) -m loadtests.bench_peer_rest $(ARGS)
+
+bench-peer-fix: infra    ## fix_gateway vs a QuickFIX/J acceptor (built into var/peers by Maven), same clients; ARGS="--gateways 2"
+	$(PY) -m loadtests.bench_peer_fix $(ARGS)
 
 bench-rest: infra
 	$(PY) -m loadtests.bench_rest

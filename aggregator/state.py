@@ -32,7 +32,7 @@ from aggregator.book import Book, fmt
 from aggregator.candles import CandleSeries, q8
 from aggregator.day_window import DayWindow
 from aggregator.stats_window import StatsWindows
-from core.channels import data_message
+from core.channels import data_message, snapshot_key
 from core.checksum import book_checksum
 from core.codec import iso_from_ns
 from core.messages import (
@@ -450,27 +450,35 @@ class SymbolState:
             )
 
         csum = self.book.checksum(self.cfg.checksum_depth)
-        out.append((f"l2:{sym}", snap("l2_snapshot", "l2", self.book.l2_snapshot(), csum)))
-        if not self.l2_only:
-            out.append((f"l3:{sym}", snap("l3_snapshot", "l3", self.book.l3_snapshot(), csum)))
         out.append(
-            (f"ticker:{sym}", snap("ticker", "ticker", self.last_ticker or self.ticker_data()))
+            (snapshot_key("l2", sym), snap("l2_snapshot", "l2", self.book.l2_snapshot(), csum))
+        )
+        if not self.l2_only:
+            out.append(
+                (snapshot_key("l3", sym), snap("l3_snapshot", "l3", self.book.l3_snapshot(), csum))
+            )
+        out.append(
+            (
+                snapshot_key("ticker", sym),
+                snap("ticker", "ticker", self.last_ticker or self.ticker_data()),
+            )
         )
         st = self.last_stats or self.stats_data()
         if st is not None:
-            out.append((f"stats:{sym}", snap("stats", "stats", st)))
+            out.append((snapshot_key("stats", sym), snap("stats", "stats", st)))
         out.append(
             (
-                f"trades:{sym}",
+                snapshot_key("trades", sym),
                 snap("trades_snapshot", "trades", {"trades": list(self.recent_trades)}),
             )
         )
         for name, data in self.candles.snapshot():
-            out.append((f"candles_{name}:{sym}", snap("candle", f"candles_{name}", data)))
+            ch = f"candles_{name}"
+            out.append((snapshot_key(ch, sym), snap("candle", ch, data)))
         return out
 
     def status_snapshot(self, now: int) -> tuple[str, Message]:
-        return f"status:{self.symbol}", data_message(
+        return snapshot_key("status", self.symbol), data_message(
             type="status",
             channel="status",
             symbol=self.symbol,

@@ -28,6 +28,16 @@ CANDLE_CHANNELS = tuple(f"candles_{i}" for i in CANDLE_INTERVALS)
 DATA_CHANNELS = BASE_CHANNELS + CANDLE_CHANNELS
 
 
+def snapshot_key(channel: str, symbol: str) -> str:
+    """The key of ``channel:symbol``'s latest message on the compacted snapshot topic."""
+    return f"{channel}:{symbol}"
+
+
+def snapshot_key_channel(key: str) -> str:
+    """The channel of a snapshot topic key (keys of other kinds, ``agg:...``, give theirs)."""
+    return key.partition(":")[0]
+
+
 def is_data_channel(channel: str) -> bool:
     return channel in DATA_CHANNELS
 

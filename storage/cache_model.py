@@ -27,7 +27,7 @@ import orjson
 
 from core.book import L2Book
 from core.cache_keys import RELATIVE, book_depths
-from core.channels import DATA_CHANNELS
+from core.channels import DATA_CHANNELS, snapshot_key_channel
 from core.codec import iso_from_ns
 from core.symbols import SymbolInfo
 from storage.errors import BadRecord
@@ -131,7 +131,7 @@ class CacheModel:
         if value is None or key is None:
             return  # tombstone
         k = key.decode("utf-8", "replace")
-        channel = k.split(":", 1)[0]
+        channel = snapshot_key_channel(k)
         if k.startswith("agg:") or not (channel in DATA_CHANNELS or channel == "status"):
             self.counters.unknown_keys += 1
             return

@@ -34,6 +34,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_AGG_GROUP",
         "MD_AGG_HEARTBEAT_MS",
         "MD_AGG_ID",
+        "MD_AGG_KAFKA_LINGER_MS",
         "MD_AGG_LEASE_MS",
         "MD_AGG_LEASE_PRESENCE",
         "MD_AGG_MAX_BATCH",
@@ -217,16 +218,10 @@ KNOWN: frozenset[str] = frozenset(
 # Read by the code but not yet in a configuration table (see the module docstring).
 UNDOCUMENTED: frozenset[str] = frozenset(
     (
-        "MD_AGG_LEASE_PRESENCE",
         "MD_EXTERNAL_KAFKA",
         "MD_EXTERNAL_PG",
         "MD_EXTERNAL_REDIS",
-        "MD_FIX_MAX_CONNECTIONS",
-        "MD_FIX_MAX_PENDING_PER_IP",
-        "MD_FIX_RESEND_CHUNK",
         "MD_FIX_SESSIONS",
-        "MD_FIX_STORE_MAX_MESSAGES",
-        "MD_KAFKA_RETRY_BACKOFF_MS",
         "MD_PG_PASSWORD",
         "MD_SERVICES_CONF",
         "MD_TEST_KAFKA_CLUSTER",

@@ -79,13 +79,7 @@ def _dec_str(v: object, name: str) -> str:
 
 
 def _ns(text: object, name: str) -> int:
-    if isinstance(text, int) and not isinstance(text, bool):
-        # integers are taken as ns / ms / s since the epoch by magnitude
-        if text > 10**17:
-            return text
-        if text > 10**11:
-            return text * 1_000_000
-        return text * 1_000_000_000
+    """An ISO-8601 time (the only form the messages carry, core/messages.py) in ns."""
     if not isinstance(text, str) or not text:
         raise BadRecord(f"{name} missing")
     try:

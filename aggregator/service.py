@@ -195,6 +195,8 @@ class Aggregator:
             "last_poll_s": round(age, 2),
             "role": "leader" if self.lease.leader else "standby",
             "term": self.lease.current.term if self.lease.current else 0,
+            # a standby's own presence records read back since the leader's last heartbeat
+            "presence": self.lease.presence,
             "partitions": sorted(self.positions),
             "symbols": len(self.symbols),
             "error": self.fatal,
@@ -285,11 +287,11 @@ class Aggregator:
         for tp in itps:
             c.seek(tp, checkpoints[tp.partition].start)
         await c.seek_to_end(ctp)
-        if hb is None or hb[1] >= 2 * self.cfg.lease_ms or hb[0].resign:
-            # nobody has led for longer than a standby needs to notice: lead now rather than
-            # replay into a standby buffer first (a restart right after the leader died waits
-            # a lease instead, so the hot standby takes over)
-            await self._take_over(time.monotonic())
+        # No "lead at once" even when the last heartbeat is old or a resignation: a hot standby
+        # may be claiming this very moment, and two claims of one term settle by ident, which
+        # let a restarted instance (still replaying) displace the standby that had just taken
+        # over (seen in make chaos: a second takeover and a 2.3 s pause). The lease and the
+        # presence rule decide, as for everyone; a cold start waits one lease.
         log.info(
             "aggregator started",
             extra={
@@ -581,6 +583,10 @@ class Aggregator:
                     self.feed.publish(o.value)
             self.feed.flush()
         LEADER.set(1)
+        log.warning(
+            "claimed the lead: scanning the outputs",
+            extra={"term": claim.term, "previous": prev.claim.ident if prev else None},
+        )
         self._scan_ctx = (acked, prev, claim, time.monotonic(), saved)
         self._scan = asyncio.create_task(
             scan_published(self.settings, out, self.topics.all_streams(), self._probe),
@@ -703,6 +709,7 @@ class Aggregator:
             if not self.lease.leader:  # a higher claim came while scanning
                 self._scan.cancel()
                 self._scan = None
+                log.warning("takeover abandoned: a higher claim leads")
             elif self._scan.done():
                 await self._finish_take_over()
             return

@@ -87,10 +87,18 @@ CONTROL = frozenset(
 )
 PAUSE_LIMIT_S = 1.0
 # pause <= 1 s is part of passing
-PAUSE_BOUND = ("agg-leader", "agg-standby", "ws-worker", "broker-kill", "ws-kafka-cut")
-NO_EPOCH_CHANGE = ("agg-leader", "agg-standby", "broker-kill")
+PAUSE_BOUND = (
+    "agg-leader",
+    "agg-leader-sigterm",
+    "agg-standby",
+    "ws-worker",
+    "broker-kill",
+    "ws-kafka-cut",
+)
+NO_EPOCH_CHANGE = ("agg-leader", "agg-leader-sigterm", "agg-standby", "broker-kill")
 NO_RESYNC = (
     "agg-leader",
+    "agg-leader-sigterm",
     "agg-standby",
     "ws-worker",
     "broker-kill",
@@ -854,7 +862,7 @@ async def recovered_streams(ctx: Ctx, w: Window, since: float, within: float, wh
     return w.check(what, ok, f"{took:.2f} s after the fault" if ok else f"not within {within}s")
 
 
-async def scenario_agg(ctx: Ctx, w: Window, kill_role: str) -> None:
+async def scenario_agg(ctx: Ctx, w: Window, kill_role: str, sig: int = signal.SIGKILL) -> None:
     h = ctx.http
     ok, _ = await wait_until(h.pair_ok, 30, 0.2)
     roles = await h.roles()
@@ -867,8 +875,12 @@ async def scenario_agg(ctx: Ctx, w: Window, kill_role: str) -> None:
         w.check(f"pid of {victim}", False, "no running pid in var/run/services")
         return
     await baseline(ctx, w)
-    w.action = f"kill -9 {victim} ({kill_role}, pid {pid})"
-    kill9(pid)
+    how = "kill -9" if sig == signal.SIGKILL else f"kill -{signal.Signals(sig).name}"
+    w.action = f"{how} {victim} ({kill_role}, pid {pid})"
+    if sig == signal.SIGKILL:
+        kill9(pid)
+    else:
+        os.kill(pid, sig)  # a clean stop: the leader resigns in its last heartbeat
     t_kill = now_s()
     w.event(f"killed {victim} pid {pid} ({kill_role})")
     if kill_role == "leader":
@@ -1498,6 +1510,7 @@ async def scenario_pg(ctx: Ctx, w: Window) -> None:
 SCENARIOS: dict[str, Callable[[Ctx, Window], Awaitable[None]]] = {
     "agg-leader": lambda c, w: scenario_agg(c, w, "leader"),
     "agg-standby": lambda c, w: scenario_agg(c, w, "standby"),
+    "agg-leader-sigterm": lambda c, w: scenario_agg(c, w, "leader", signal.SIGTERM),
     "ws-worker": scenario_ws_worker,
     "redis-restart": scenario_redis,
     "kafka-restart": scenario_kafka,
@@ -1511,6 +1524,7 @@ SCENARIOS: dict[str, Callable[[Ctx, Window], Awaitable[None]]] = {
 LIMITS = {
     "agg-leader": 40,
     "agg-standby": 35,
+    "agg-leader-sigterm": 40,
     "ws-worker": 35,
     "redis-restart": 30,
     "kafka-restart": 80 if BROKERS < 3 else 180,  # a cluster: six JVMs stop and start
@@ -1525,6 +1539,9 @@ WHAT = {
     "new leader must take over (the hot standby, by design; which one did is noted), the "
     "supervisor restarts the killed one and the pair must be whole again (one leader, one "
     "standby).",
+    "agg-leader-sigterm": "SIGTERM to the leading aggregator (a rolling restart): it flushes, "
+    "resigns in its last heartbeat and exits; the standby takes over without waiting for the "
+    "lease; the supervisor starts the stopped one again and it rejoins as standby.",
     "agg-standby": "`kill -9` of the standby aggregator; the leader keeps publishing, the killed "
     "one is restarted and rejoins as standby.",
     "ws-worker": "`kill -9` of the gateway_ws worker that serves the verifying client (found from "
@@ -1840,6 +1857,7 @@ async def run(args: argparse.Namespace) -> int:
             w.extra["supervisor restarts"] = delta
         killed = {
             "agg-leader": "aggregator",
+            "agg-leader-sigterm": "aggregator",
             "agg-standby": "aggregator",
             "fix-gateway": "fix_gateway",
         }.get(name)

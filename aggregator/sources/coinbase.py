@@ -53,6 +53,9 @@ FEED_MALFORMED = Counter("md_coinbase_malformed_total", "feed messages dropped a
 FEED_STALE = Counter("md_coinbase_stale_total", "out-of-order or repeated messages dropped")
 FEED_GAPS = Counter("md_coinbase_gaps_total", "sequence/trade_id gaps detected", ["product"])
 FEED_RESYNCS = Counter("md_coinbase_resyncs_total", "product resyncs requested", ["product"])
+FEED_LOST_TRADES = Counter(
+    "md_coinbase_lost_trades_total", "trade ids skipped across a reconnect", ["product"]
+)
 FEED_RECONNECTS = Counter("md_coinbase_reconnects_total", "connections (re)established")
 FEED_DISCONNECTS = Counter("md_coinbase_disconnects_total", "connections lost", ["reason"])
 
@@ -160,7 +163,13 @@ class CoinbaseParser:
     resync: set[str] = field(default_factory=set)  # products the client must resubscribe
     last_products: tuple[str, ...] = ()  # the product the last message concerned (metrics, raw)
     counts: dict[str, int] = field(
-        default_factory=lambda: {"malformed": 0, "stale": 0, "gaps": 0, "ignored": 0}
+        default_factory=lambda: {
+            "malformed": 0,
+            "stale": 0,
+            "gaps": 0,
+            "ignored": 0,
+            "lost_trades": 0,  # trade ids skipped across a reconnect: gone for good
+        }
     )
 
     def __post_init__(self) -> None:
@@ -327,6 +336,16 @@ class CoinbaseParser:
             and not self.full
         ):
             self._gap(sym, "trade_id", f.last_trade_id + 1, tid)
+        elif t == "last_match" and f.last_trade_id is not None and tid > f.last_trade_id + 1:
+            # a (re)subscription's last trade is ahead: the ones between went out while we were
+            # away; the feed cannot replay them (the book is whole again from its snapshot)
+            lost = tid - f.last_trade_id - 1
+            self.counts["lost_trades"] += lost
+            FEED_LOST_TRADES.labels(sym).inc(lost)
+            log.warning(
+                "trades missed while disconnected",
+                extra={"product": sym, "after": f.last_trade_id, "next": tid, "lost": lost},
+            )
         f.last_trade_id = tid
         src = self.source
         taker_side = OPPOSITE[maker_side]

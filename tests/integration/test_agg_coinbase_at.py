@@ -187,8 +187,8 @@ async def test_advanced_trade_faults_are_detected_and_healed(settings: Settings)
         speed=3,  # ~10 s: the faults land while the recording plays
         gap_every=97,
         malformed_every=350,
-        disconnect_every=700,  # the first connection is closed ...
-        stall_every=1100,  # ... the second goes silent (counted over all connections)
+        stall_every=500,  # the first connection goes silent (counted over all connections) ...
+        disconnect_every=900,  # ... a later one is closed
     )
     client, ex = await run_at_on_recording(settings, mock, None, stall_s=2.5)
     assert ex.gaps_made > 0

@@ -334,3 +334,23 @@ def test_exchange_parser_resyncs_a_product_after_a_bad_book_message() -> None:
     assert not p.synced(P) and p.take_resync() == {P}
     odd = dict(bad, product_id="not a symbol!")
     assert p.receive(orjson.dumps(odd), NS) == [] and p.counts["malformed"] == 2
+
+
+def test_exchange_parser_counts_trades_lost_across_a_reconnect() -> None:
+    """After a reconnect the subscription's ``last_match`` may be ahead of the last trade seen:
+    the trades between are gone (the feed cannot replay them) and are counted, not hidden."""
+    from aggregator.sources.coinbase import CoinbaseParser
+
+    def m(kind: str, tid: int) -> bytes:
+        return orjson.dumps(
+            {"type": kind, "trade_id": tid, "maker_order_id": "a", "taker_order_id": "b",
+             "side": "buy", "size": "1", "price": "1", "product_id": P, "sequence": tid,
+             "time": "2021-04-17T16:43:37.075687Z"}
+        )  # fmt: skip
+
+    p = CoinbaseParser([P])
+    assert len(p.receive(m("last_match", 10), NS)) == 1
+    p.on_connect()
+    assert len(p.receive(m("last_match", 14), NS)) == 1
+    assert p.counts["lost_trades"] == 3 and p.counts["gaps"] == 0
+    assert len(p.receive(m("match", 15), NS)) == 1 and p.counts["gaps"] == 0

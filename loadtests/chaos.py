@@ -1696,7 +1696,8 @@ def write_doc(path: Path, windows: list[Window], meta: dict[str, str]) -> None:
         "(loopback only). One verifying WebSocket client streams through every scenario; the "
         "scenarios run one after another, each bounded in time. Issue 11.",
         "",
-        f"- machine: {meta['machine']}",
+        f"- machine: {meta['machine']}; load average at the start {meta['loadavg']} (other work "
+        "running on the machine shows here)",
         f"- run: {meta['date']}, {meta['elapsed']}",
         f"- load: the stack's own simulator, {meta['sim']} (its default), no extra load; the "
         "client subscribes to `l2`, `trades`, `ticker` of BTC-USD and ETH-USD",
@@ -1769,6 +1770,7 @@ async def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     http = Http(settings)
     t_start = now_s()
+    load0 = os.getloadavg()[0]
     print(
         f"chaos: machine {socket.gethostname()}, nproc {os.cpu_count()}, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}"
     )
@@ -1876,6 +1878,7 @@ async def run(args: argparse.Namespace) -> int:
         "elapsed": f"{elapsed:.0f} s",
         "sim": sim,
         "open": args.open_notes or "",
+        "loadavg": f"{load0:.1f}",
         "kafka": (
             f"{BROKERS} brokers + 3 controllers (KRaft, RF 3, min ISR 2)"
             if BROKERS > 1

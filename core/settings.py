@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -60,69 +60,107 @@ def _port(raw: str) -> int:
     return p
 
 
+def _symbols(raw: str) -> tuple[str, ...]:
+    from core.symbols import normalize_symbol
+
+    return tuple(normalize_symbol(s) for s in _list(raw))
+
+
+def setting(
+    env: str,
+    default: T,
+    cast: Callable[[str], T],
+    doc: str,
+    *,
+    post: Callable[[Mapping[str, str], T], T] | None = None,
+    secret: bool = False,
+) -> T:
+    """A field of :class:`Settings` declared once: its variable, default, cast (which holds its
+    bounds), the doc line of its README row, and ``post`` to combine it with other variables."""
+    meta = {"env": env, "cast": cast, "doc": doc, "post": post}
+    return field(default=default, repr=not secret, metadata=meta)
+
+
+def _upper(env: Mapping[str, str], v: str) -> str:
+    return v.upper()
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     # infrastructure
-    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_bootstrap: str = setting(
+        "MD_KAFKA_BOOTSTRAP", "127.0.0.1:19092", str, "Kafka bootstrap servers"
+    )
     # may carry passwords (MD_REDIS_PASSWORD is merged in): kept out of repr() and so of logs
-    pg_dsn: str = field(default="postgresql://postgres@127.0.0.1:15432/marketdata", repr=False)
-    redis_url: str = field(default="redis://127.0.0.1:16379/0", repr=False)
+    pg_dsn: str = setting(
+        "MD_PG_DSN",
+        "postgresql://postgres@127.0.0.1:15432/marketdata",
+        str,
+        "PostgreSQL/TimescaleDB DSN",
+        post=lambda e, v: _pg_tls(e, v),
+        secret=True,
+    )
+    redis_url: str = setting(
+        "MD_REDIS_URL",
+        "redis://127.0.0.1:16379/0",
+        str,
+        "Redis URL",
+        post=lambda e, v: _redis_auth(e, v),
+        secret=True,
+    )
     # topics are "<prefix>.<name>"; tests use a unique prefix to isolate themselves
-    topic_prefix: str = "md"
+    topic_prefix: str = setting("MD_TOPIC_PREFIX", "md", str, "Kafka topics are `<prefix>.in`")
     # Redis keys are "<prefix>:..."; tests use a unique prefix too
-    redis_prefix: str = "md"
+    redis_prefix: str = setting("MD_REDIS_PREFIX", "md", str, "Redis keys are `<prefix>:...`")
     # listeners
-    rest_host: str = "127.0.0.1"
-    rest_port: int = 8000
-    ws_host: str = "127.0.0.1"
-    ws_port: int = 8001
-    fix_host: str = "127.0.0.1"
-    fix_port: int = 9876
+    rest_host: str = setting("MD_REST_HOST", "127.0.0.1", str, "REST listen address")
+    rest_port: int = setting("MD_REST_PORT", 8000, _port, "REST port")
+    ws_host: str = setting("MD_WS_HOST", "127.0.0.1", str, "WebSocket listen address")
+    ws_port: int = setting("MD_WS_PORT", 8001, _port, "WebSocket port")
+    fix_host: str = setting("MD_FIX_HOST", "127.0.0.1", str, "FIX acceptor listen address")
+    fix_port: int = setting("MD_FIX_PORT", 9876, _port, "FIX acceptor port")
     # /metrics + /health of processes that have no HTTP server of their own: the address they
     # bind (0.0.0.0 in containers, so Prometheus and probes reach them) and their ports
-    ops_host: str = "127.0.0.1"
-    aggregator_http_port: int = 8011
-    storage_http_port: int = 8012
-    simulator_http_port: int = 8013
+    ops_host: str = setting("MD_OPS_HOST", "127.0.0.1", str, "bind address of /health, /metrics")
+    aggregator_http_port: int = setting(
+        "MD_AGGREGATOR_HTTP_PORT", 8011, _port, "aggregator /health and /metrics"
+    )
+    storage_http_port: int = setting(
+        "MD_STORAGE_HTTP_PORT", 8012, _port, "storage /health and /metrics"
+    )
+    simulator_http_port: int = setting(
+        "MD_SIMULATOR_HTTP_PORT", 8013, _port, "simulator /health and /metrics"
+    )
     # market
-    symbols: tuple[str, ...] = ("BTC-USD", "ETH-USD", "LTC-USD")
-    sim_rate: float = 200.0  # order events per second per symbol
-    sim_seed: int = 42
-    book_checksum_depth: int = 10
-    redis_book_depth: int = 100
+    symbols: tuple[str, ...] = setting(
+        "MD_SYMBOLS", ("BTC-USD", "ETH-USD", "LTC-USD"), _symbols, "the simulator's symbols"
+    )
+    sim_rate: float = setting(
+        "MD_SIM_RATE", 200.0, float, "simulator order events per second per symbol"
+    )
+    sim_seed: int = setting("MD_SIM_SEED", 42, int, "simulator seed")
+    book_checksum_depth: int = setting(
+        "MD_BOOK_CHECKSUM_DEPTH", 10, int, "levels per side in the book checksum"
+    )
+    redis_book_depth: int = setting(
+        "MD_REDIS_BOOK_DEPTH", 100, int, "levels per side cached in Redis for REST"
+    )
     # logging
-    log_level: str = "INFO"
+    log_level: str = setting("MD_LOG_LEVEL", "INFO", str, "log level", post=_upper)
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env
         check_names(e)
-        d = cls()
-        return cls(
-            kafka_bootstrap=_get(e, "MD_KAFKA_BOOTSTRAP", str, d.kafka_bootstrap),
-            pg_dsn=_pg_tls(e, _get(e, "MD_PG_DSN", str, d.pg_dsn)),
-            redis_url=_redis_auth(e, _get(e, "MD_REDIS_URL", str, d.redis_url)),
-            topic_prefix=_get(e, "MD_TOPIC_PREFIX", str, d.topic_prefix),
-            redis_prefix=_get(e, "MD_REDIS_PREFIX", str, d.redis_prefix),
-            rest_host=_get(e, "MD_REST_HOST", str, d.rest_host),
-            rest_port=_get(e, "MD_REST_PORT", _port, d.rest_port),
-            ws_host=_get(e, "MD_WS_HOST", str, d.ws_host),
-            ws_port=_get(e, "MD_WS_PORT", _port, d.ws_port),
-            fix_host=_get(e, "MD_FIX_HOST", str, d.fix_host),
-            fix_port=_get(e, "MD_FIX_PORT", _port, d.fix_port),
-            ops_host=_get(e, "MD_OPS_HOST", str, d.ops_host),
-            aggregator_http_port=_get(e, "MD_AGGREGATOR_HTTP_PORT", _port, d.aggregator_http_port),
-            storage_http_port=_get(e, "MD_STORAGE_HTTP_PORT", _port, d.storage_http_port),
-            simulator_http_port=_get(e, "MD_SIMULATOR_HTTP_PORT", _port, d.simulator_http_port),
-            symbols=_get(e, "MD_SYMBOLS", _symbols, d.symbols),
-            sim_rate=_get(e, "MD_SIM_RATE", float, d.sim_rate),
-            sim_seed=_get(e, "MD_SIM_SEED", int, d.sim_seed),
-            book_checksum_depth=_get(e, "MD_BOOK_CHECKSUM_DEPTH", int, d.book_checksum_depth),
-            redis_book_depth=_get(e, "MD_REDIS_BOOK_DEPTH", int, d.redis_book_depth),
-            log_level=_get(e, "MD_LOG_LEVEL", str, d.log_level).upper(),
-            extra={k: v for k, v in e.items() if k.startswith("MD_")},
-        )
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            meta = f.metadata
+            if "env" not in meta:
+                continue
+            v = _get(e, meta["env"], meta["cast"], f.default)
+            values[f.name] = v if meta["post"] is None else meta["post"](e, v)
+        return cls(**values, extra={k: v for k, v in e.items() if k.startswith("MD_")})  # type: ignore[arg-type]
 
     def get(self, key: str, cast: Callable[[str], T], default: T) -> T:
         """Service-specific settings (``MD_WS_*``, ``MD_FIX_*``...) with the same strict casting."""
@@ -164,12 +202,6 @@ def _redis_auth(env: Mapping[str, str], url: str) -> str:
     user = quote(env.get("MD_REDIS_USERNAME", ""), safe="")
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
-
-
-def _symbols(raw: str) -> tuple[str, ...]:
-    from core.symbols import normalize_symbol
-
-    return tuple(normalize_symbol(s) for s in _list(raw))
 
 
 parse_bool = _bool

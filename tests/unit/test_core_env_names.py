@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,32 @@ def test_a_misspelled_name_stops_the_process_at_start() -> None:
     assert exc.value.key == "MD_WS_PROT" and "MD_WS_PORT" in str(exc.value)
     assert Settings.from_env({n: "" for n in KNOWN}).ws_port == 8001  # every known name passes
     assert Settings.from_env({"PATH": "/bin", "MDX": "1"}).ws_port == 8001  # only MD_* is ours
+
+
+def _readme_defaults() -> dict[str, str]:
+    """``| `MD_X` | `default` | ...`` rows of README.md: name -> default (without backticks)."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        m = re.match(r"^\| `(MD_[A-Z0-9_]+)` \| `([^`]*)` \|", line)
+        if m:
+            rows[m.group(1)] = m.group(2)
+    return rows
+
+
+def _as_documented(v: object) -> str:
+    if isinstance(v, tuple):
+        return ",".join(map(str, v))
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def test_core_settings_defaults_are_the_documented_ones() -> None:
+    """Settings declares each core variable once (name, default, cast, doc line); where README
+    has the variable's own row, the default written there is the one in the code."""
+    rows = _readme_defaults()
+    declared = {f.metadata["env"]: f.default for f in fields(Settings) if "env" in f.metadata}
+    assert len(declared) >= 20 and declared.keys() <= KNOWN
+    checked = {k: v for k, v in declared.items() if k in rows}
+    assert len(checked) >= 10  # the Configuration table's rows, not the Ports table's
+    assert {k: _as_documented(v) for k, v in checked.items()} == {k: rows[k] for k in checked}

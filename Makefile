@@ -49,8 +49,10 @@ logs:
 COV_ARGS ?= --cov --cov-report=term:skip-covered --cov-report=html:var/coverage/html --cov-report=xml:var/coverage/coverage.xml
 test: infra         ## the whole suite, unit and integration, on the real servers
 	@$(PY) -m storage migrate >/dev/null
-	@mkdir -p var/coverage && rm -f var/coverage/.coverage*
-	$(PY) -m pytest -q -p no:cacheprovider $(COV_ARGS) $(PYTEST_ARGS)
+	@mkdir -p var/coverage
+	@# a data file per run (pytest-cov erases its own at start): two runs in one tree never mix
+	COVERAGE_FILE=$(CURDIR)/var/coverage/.coverage.run$$$$ $(PY) -m pytest -q -p no:cacheprovider $(COV_ARGS) $(PYTEST_ARGS); \
+	  rc=$$?; rm -f var/coverage/.coverage.run$$$$*; exit $$rc
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)

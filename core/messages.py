@@ -321,6 +321,14 @@ def check(msg: object) -> Message:
     return m
 
 
+def check_envelope(msg: object) -> Message:
+    """``msg`` checked as a :class:`Message` except for its ``data`` (for readers that check
+    only the data they use, with :func:`check_data`); raises :class:`MessageError`."""
+    _ENVELOPE(msg, "message")
+    m: Message = msg  # type: ignore[assignment]
+    return m
+
+
 def check_data(type_: str, data: object) -> Any:
     """``data`` checked against the declaration of ``type_`` (for readers that look only at
     ``data``); raises :class:`MessageError`."""

@@ -14,7 +14,7 @@ from typing import Any
 from core.channels import CANDLE_INTERVALS
 from core.codec import loads, ns_from_iso
 from core.errors import CodecError
-from core.messages import CandleData, MessageError, TradeData, check_data
+from core.messages import CandleData, MessageError, TradeData, check_data, check_envelope
 from storage.errors import BadRecord
 
 
@@ -42,28 +42,22 @@ def parse_envelope(raw: bytes) -> Envelope:
         m = loads(raw)
     except CodecError as exc:
         raise BadRecord(str(exc)) from exc
-    if not isinstance(m, dict):
-        raise BadRecord("message is not a JSON object")
     try:
-        seq = m.get("seq", 0)
-        epoch = m.get("epoch", 0)
-        if not isinstance(seq, int) or not isinstance(epoch, int):
-            raise BadRecord("seq/epoch must be integers")
-        ck = m.get("checksum")
-        return Envelope(
-            type=str(m["type"]),
-            channel=str(m.get("channel", "")),
-            symbol=str(m["symbol"]),
-            seq=seq,
-            epoch=epoch,
-            timestamp=str(m.get("timestamp", "")),
-            event_time=str(m.get("event_time") or m.get("timestamp") or ""),
-            data=m.get("data"),
-            checksum=ck if isinstance(ck, int) else None,
-            raw=bytes(raw),
-        )
-    except KeyError as exc:
-        raise BadRecord(f"missing field {exc}") from exc
+        e = check_envelope(m)
+    except MessageError as exc:
+        raise BadRecord(str(exc)) from exc
+    return Envelope(
+        type=e["type"],
+        channel=e["channel"],
+        symbol=e["symbol"],
+        seq=e["seq"],
+        epoch=e["epoch"],
+        timestamp=e["timestamp"],
+        event_time=e["event_time"],
+        data=e["data"],
+        checksum=e.get("checksum"),
+        raw=bytes(raw),
+    )
 
 
 def _dec_str(v: object, name: str) -> str:

@@ -100,8 +100,15 @@ def _run_one(server: str, connections: int, rate: float, cores: int, a: argparse
         str(a.sample_every),
         "--json",
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    return orjson.loads(out.stdout.strip().splitlines()[-1])
+    # stderr (the servers' logs) is not captured: a leftover server process holding it cannot
+    # keep this run waiting for end of file
+    out = subprocess.run(
+        cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+    )
+    for line in reversed(out.stdout.strip().splitlines()):
+        if line.startswith("{") and '"delivered"' in line:
+            return orjson.loads(line)
+    raise RuntimeError(f"no result from {' '.join(cmd)}")
 
 
 def _fmt(r: dict[str, Any]) -> str:

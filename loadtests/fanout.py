@@ -295,7 +295,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         gw = await start_centrifugo(s, port, args.gw_processes, tag)
     else:
         module = "loadtests.fanout_picows" if args.server == "picows" else "gateway_ws"
-        gw = await asyncio.create_subprocess_exec(sys.executable, "-m", module, env=env)
+        # the server's logs go to stderr: stdout carries only the --json result line
+        gw = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, env=env, stdout=sys.stderr.fileno()
+        )
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # clean up on kill
@@ -443,7 +446,7 @@ async def start_centrifugo(
     )
     env = dict(os.environ, GOMAXPROCS=str(cores))
     return await asyncio.create_subprocess_exec(
-        str(CENTRIFUGO_BIN), "-c", str(cfg_path), env=env, stdout=asyncio.subprocess.DEVNULL
+        str(CENTRIFUGO_BIN), "-c", str(cfg_path), env=env, stdout=sys.stderr.fileno()
     )
 
 

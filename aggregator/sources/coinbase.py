@@ -540,10 +540,10 @@ class CoinbaseClient:
 
     def _sub(self, kind: str, products: Iterable[str]) -> bytes:
         msg: WireSubscribe = {
-            "type": kind,
+            "type": kind,  # type: ignore[typeddict-item]
             "product_ids": list(products),
             "channels": list(self.cfg.channels),
-        }  # type: ignore[typeddict-item]
+        }
         return orjson.dumps(msg)
 
     async def run(self, stop: asyncio.Event) -> None:

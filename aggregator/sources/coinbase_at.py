@@ -353,7 +353,7 @@ class AdvancedTradeParser:
                 )
         for e in out:  # only once the whole message is valid
             f = self.feeds[e.symbol]
-            f.last_trade_id = int(e.trade_id)  # type: ignore[attr-defined]
+            f.last_trade_id = int(e.trade_id)  # type: ignore[union-attr]  # all trades here
         self.last_products = tuple(dict.fromkeys(touched))
         return out
 

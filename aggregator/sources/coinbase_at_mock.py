@@ -94,7 +94,8 @@ class AdvancedTradeMock(MockExchange):
         if t == "subscriptions" or not isinstance(p, str):
             return
         self.played += 1
-        etime = msg.get("time") if isinstance(msg.get("time"), str) else _now()
+        t_msg = msg.get("time")
+        etime = t_msg if isinstance(t_msg, str) else _now()
         if t == "snapshot":
             book = self.books.setdefault(p, MockBook())
             book.load(msg)
@@ -164,7 +165,7 @@ class AdvancedTradeMock(MockExchange):
     def _broadcast(self, product: str, channel: str, data: Any) -> None:
         for c in list(self.conns):
             if (product, channel) in c.subs:
-                self._enqueue(c, data)  # type: ignore[arg-type]
+                self._enqueue(c, data)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -193,7 +194,7 @@ class AdvancedTradeMock(MockExchange):
         except Exception as exc:  # a client vanishing is routine for a feed server
             log.debug("connection ended", extra={"error": repr(exc)})
         finally:
-            self.conns.discard(c)  # type: ignore[arg-type]
+            self.conns.discard(c)
             c.queue.put_nowait(None)
             await asyncio.gather(writer, return_exceptions=True)
 
@@ -235,7 +236,7 @@ class AdvancedTradeMock(MockExchange):
                 self.auth_failures += 1
                 log.info("subscribe refused", extra={"reason": why})
                 return "authentication failure"
-            self.jwts.append(token)
+            self.jwts.append(str(token))  # a str: verified above
         return ""
 
     def _initial(self, c: AtConn, p: str, ch: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -64,7 +65,7 @@ class EventPublisher:
     async def publish(self, e: ev.Event, *, recv_ns: int | None = None) -> None:
         await self.publish_many([e], recv_ns=recv_ns)  # one event: the plain object record
 
-    async def publish_many(self, events: list[ev.Event], *, recv_ns: int | None = None) -> None:
+    async def publish_many(self, events: Sequence[ev.Event], *, recv_ns: int | None = None) -> None:
         """One record for the events of one upstream action of one symbol (events.py: arrays)."""
         if not events:
             return

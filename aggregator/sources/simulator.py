@@ -37,7 +37,7 @@ from core.symbols import SymbolInfo, default_info, normalize_symbol
 
 log = logging.getLogger("aggregator.simulator")
 TICK_S = 0.02  # publishing cadence: 50 wake-ups/s, events spread over ticks
-DEFAULT_FX = ("EUR-USD", "GBP-USD", "JPY-USD")
+DEFAULT_FX: tuple[str, ...] = ("EUR-USD", "GBP-USD", "JPY-USD")
 FX_RATE = 5.0  # actions/s per FX pair: enough for a live rate, a fraction of the crypto load
 # (tick, lot) of the FX pairs: pips and a tenth of a pip, as FX venues quote
 FX_INCREMENTS = {"JPY-USD": (Decimal("0.00000001"), Decimal("1"))}

@@ -250,7 +250,7 @@ async def compare_clients(values: list[tuple[bytes, bytes]]) -> dict[str, tuple[
         if b.append(key=k, value=v, timestamp=None) is None:  # type: ignore[attr-defined]
             sent.append(await prod.send_batch(b, topic, partition=p))
             b = builders[p] = prod.create_batch()
-            b.append(key=k, value=v, timestamp=None)  # type: ignore[attr-defined]
+            b.append(key=k, value=v, timestamp=None)
     for p, b in builders.items():
         sent.append(await prod.send_batch(b, topic, partition=p))
     await asyncio.gather(*sent)

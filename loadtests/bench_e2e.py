@@ -290,7 +290,7 @@ class BenchClient(FanoutClient):
 
     tracker: Tracker
 
-    def _message(self, raw: bytes, st: Stats) -> None:
+    def _message(self, raw: bytes, st: Stats, start: int = 0) -> None:
         self.tracker.feed(raw, time.time_ns())
 
 

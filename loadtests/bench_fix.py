@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 from core.kafka import ensure_topics
@@ -60,7 +61,7 @@ class LightClient(asyncio.Protocol):
         self.tail = b""
         self.transport: asyncio.Transport | None = None
 
-    def _send(self, mt: str, fields: list[tuple[int, object]]) -> None:
+    def _send(self, mt: str, fields: list[tuple[int, str | int]]) -> None:
         self.seq += 1
         assert self.transport is not None
         self.transport.write(
@@ -68,7 +69,7 @@ class LightClient(asyncio.Protocol):
                 mt,
                 [(49, self.sender), (56, "MDGW"), (34, self.seq), (52, utc_timestamp()), *fields],
             )
-        )  # type: ignore[list-item]
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -200,7 +201,7 @@ async def main() -> None:
                     clients.append(c)
                 else:
                     _, lc = await loop.create_connection(
-                        lambda i=i: LightClient(f"BENCH{i}", light_count), "127.0.0.1", gw.fix_port
+                        partial(LightClient, f"BENCH{i}", light_count), "127.0.0.1", gw.fix_port
                     )
                     light.append(lc)
             for c in clients:
@@ -328,7 +329,7 @@ def _ts(raw: bytes) -> int:
     return ns_from_iso(orjson.loads(raw)["timestamp"])
 
 
-async def _until(cond, limit: float) -> None:  # type: ignore[no-untyped-def]
+async def _until(cond, limit: float) -> None:
     async with asyncio.timeout(limit):
         while not cond():  # noqa: ASYNC110 - polling a plain predicate
             await asyncio.sleep(0.01)

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 from core.kafka import ensure_topics
@@ -105,8 +106,10 @@ class Client(asyncio.Protocol):
     def subscribe(self) -> None:
         self._send(
             "V",
-            [(262, "b1"), (263, "1"), (264, 0), (265, "1"), (267, 2), (269, "0"), (269, "1")]
-            + [(146, 1), (55, "BTC-USD")],
+            [
+                *((262, "b1"), (263, "1"), (264, 0), (265, "1"), (267, 2), (269, "0"), (269, "1")),
+                *((146, 1), (55, "BTC-USD")),
+            ],
         )
 
     def _heartbeat(self) -> None:
@@ -171,9 +174,7 @@ async def connect_all(ports: list[int], sessions: int, stats: Stats) -> list[Cli
     clients = []
     for i in range(1, sessions + 1):
         port = ports[(i - 1) % len(ports)]
-        _, c = await loop.create_connection(
-            lambda i=i: Client(f"BENCH{i}", stats), "127.0.0.1", port
-        )
+        _, c = await loop.create_connection(partial(Client, f"BENCH{i}", stats), "127.0.0.1", port)
         clients.append(c)
     await asyncio.wait_for(asyncio.gather(*(c.logged_on for c in clients)), 60)
     for c in clients:

@@ -46,7 +46,7 @@ class MarketDataApiUser(FastHttpUser):
         self.rng = random.Random()
         key = os.environ.get("LOCUST_API_KEY")
         self.headers = {os.environ.get("LOCUST_API_KEY_HEADER", "X-API-Key"): key} if key else {}
-        self.symbols = symbols_from_env()
+        self.symbol_names = symbols_from_env()  # (``symbols`` is the task below)
         # discover the catalogue once per user, as a real client would
         with self.client.get(
             f"{API}/symbols", name=f"{API}/symbols", headers=self.headers, catch_response=True
@@ -54,7 +54,7 @@ class MarketDataApiUser(FastHttpUser):
             if self._check(r):
                 found = _symbol_names(r.json())
                 if found:
-                    self.symbols = found
+                    self.symbol_names = found
 
     def _check(self, r: Any, *, want: str | None = None) -> bool:
         if r.status_code == 429:
@@ -79,7 +79,7 @@ class MarketDataApiUser(FastHttpUser):
             self._check(r, want=want)
 
     def _sym(self) -> str:
-        return self.rng.choice(self.symbols)
+        return self.rng.choice(self.symbol_names)
 
     @task(35)
     def orderbook(self) -> None:

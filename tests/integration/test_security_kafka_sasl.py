@@ -43,7 +43,7 @@ def _up(port: int) -> bool:
 @pytest.fixture(scope="module")
 def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     if not (LIBS / ".complete").exists() or shutil.which("java") is None:
-        pytest.skip("Kafka jars or java missing: run deploy/local/install.sh")
+        pytest.fail("Kafka jars or java missing: run deploy/local/install.sh (make test does)")
     d = tmp_path_factory.mktemp("kafka-sasl")
     cert, key = self_signed_cert(d)
     pem = d / "keystore.pem"

@@ -139,6 +139,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_REST_PROCESSES",
         "MD_REST_RATE_LIMIT",
         "MD_REST_REQUIRE_KEY",
+        "MD_REST_SERVER",
         "MD_REST_TLS_CERT",
         "MD_REST_TLS_KEY",
         "MD_SERVICES_CONF",

@@ -52,12 +52,55 @@ def tls_options(s: Settings) -> dict[str, Any]:
     return uvicorn_ssl_options(cert, key)
 
 
+def granian_factory() -> Any:
+    """The same app for granian, behind uvicorn's proxy-header middleware so that per-IP limits
+    see the client behind a load balancer exactly as under uvicorn (``FORWARDED_ALLOW_IPS``)."""
+    import os
+
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    return ProxyHeadersMiddleware(factory(), trusted_hosts=trusted)
+
+
+def run_granian(s: Settings, workers: int) -> None:
+    """``MD_REST_SERVER=granian``: the same app on granian (Rust HTTP/1.1 and TLS, one Python
+    event loop per worker); the header deadline and the TLS policy map to granian's options
+    (TLS 1.2 minimum; granian's rustls offers only AEAD ECDHE suites)."""
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
+
+    tls = tls_options(s)
+    Granian(
+        "gateway_rest.__main__:granian_factory",
+        address=s.rest_host,
+        port=s.rest_port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        factory=True,
+        log_access=False,
+        http1_settings=HTTP1Settings(header_read_timeout=int(header_timeout(s) * 1000)),
+        ssl_cert=Path(tls["ssl_certfile"]) if tls else None,
+        ssl_key=Path(tls["ssl_keyfile"]) if tls and tls["ssl_keyfile"] else None,
+        ssl_protocol_min="tls1.2",
+        workers_kill_timeout=5,
+    ).serve()
+
+
 def main() -> None:
     s = Settings.from_env()
     setup_logging("gateway_rest", s.log_level)
     require_secure("gateway_rest", s.rest_host, rest_findings(s), s)  # docs/security.md
     workers = s.get("MD_REST_PROCESSES", int, 1)
     header_timeout(s)  # a bad value stops the start here, not in each worker
+    server = s.get("MD_REST_SERVER", str, "uvicorn")
+    if server == "granian":
+        run_granian(s, workers)
+        return
+    if server != "uvicorn":
+        raise ConfigError("MD_REST_SERVER", f"expected uvicorn or granian, got {server!r}")
     uvicorn.run(
         "gateway_rest.__main__:factory",
         factory=True,

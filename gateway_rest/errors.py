@@ -3,6 +3,7 @@
 exceptions to it, so bad input is a 404/422 naming the parameter and never a 500."""
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -42,7 +43,7 @@ def error_response(
     message: str,
     parameter: str | None = None,
     details: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     body: dict[str, Any] = {"error": error, "message": message, "parameter": parameter}
     if details:

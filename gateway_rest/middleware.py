@@ -26,7 +26,7 @@ from core.audit import AuditLog
 from gateway_rest.config import RestConfig, Tier
 from gateway_rest.fastpath import ROUTES, FastPath
 from gateway_rest.http_protocol import HeaderTimeoutProtocol
-from gateway_rest.ratelimit import Decision, RateLimiter
+from gateway_rest.ratelimit import RateLimiter
 from gateway_rest.store import MarketStore
 
 # the default registry: process/python collectors plus ours (each uvicorn worker process has its own)
@@ -76,8 +76,8 @@ class RequestMetrics(Collector):
         )
         for route, row in list(self.hist.items()):
             acc, buckets = 0.0, []
-            for le, n in zip((*map(str, BUCKETS), "+Inf"), row[:-1], strict=True):
-                acc += n
+            for le, count in zip((*map(str, BUCKETS), "+Inf"), row[:-1], strict=True):
+                acc += count
                 buckets.append((le, acc))
             h.add_metric([route], buckets, row[-1])
         yield h
@@ -273,7 +273,7 @@ class GatewayMiddleware:
         scope.setdefault("state", {})["tier"] = tier
         if tier.limit <= 0:
             return None
-        d: Decision = await self.limiter.hit(
+        d = await self.limiter.hit(
             who, tier.limit, tier.window_s, use_redis=self.store.redis_available()
         )
         if self.limiter.last_error is not None:
@@ -287,7 +287,7 @@ class GatewayMiddleware:
             limit_key=who,
             ip=self._client(scope),
             tier=tier.name,
-            **({"api_key": key} if key is not None else {}),
+            api_key=key,
         )
         return _json(
             429,

@@ -179,7 +179,7 @@ def test_error_message_is_kept_and_unknown_products_ignored() -> None:
     assert p.receive(m.l2("snapshot", [("bid", "1", "1")], product="DOGE-USD"), NS) == []
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.one_of(
         st.binary(max_size=200),

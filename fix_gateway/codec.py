@@ -255,7 +255,7 @@ def _find_resync(buf: bytearray, start: int) -> int:
     i = buf.find(b"8=FIX", start)
     while i > 0 and 0x30 <= buf[i - 1] <= 0x39:
         soh = buf.find(b"\x01", i)
-        if soh < 0 or buf[soh + 1 : soh + 3] in (b"9=", b"9", b""):
+        if soh < 0 or bytes(buf[soh + 1 : soh + 3]) in (b"9=", b"9", b""):
             return i
         i = buf.find(b"8=FIX", i + 1)
     return i

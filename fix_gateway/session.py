@@ -201,7 +201,7 @@ class FixSession:
             return
         self.parser.receive_data(data)
         for item in self.parser.events_received():
-            if self.state is State.CLOSED:
+            if self.state is State.CLOSED:  # type: ignore[comparison-overlap]  # set by an item
                 break
             if isinstance(item, GarbledMessage):
                 self.counters["garbled"] += 1

@@ -8,6 +8,7 @@ aborted transaction's messages (the aggregator publishes transactionally).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -171,10 +172,8 @@ async def ensure_topics(
             cfg["min.insync.replicas"] = min_isr
             new.append(NewTopic(name, num_partitions=n, replication_factor=rf, topic_configs=cfg))
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
             log.info("topics created", extra={"topics": [n.name for n in new]})
         # always (one request): a topic an older version made, or one a racing creator made
         # first (list_topics may not show it yet), gets the same compaction

@@ -35,9 +35,12 @@ def _used() -> dict[str, set[str]]:
             names: list[str] = []
             if p.suffix == ".py":
                 for n in ast.walk(ast.parse(p.read_text())):
-                    if isinstance(n, ast.Constant) and isinstance(n.value, str):
-                        if NAME.match(n.value):
-                            names.append(n.value)
+                    if (
+                        isinstance(n, ast.Constant)
+                        and isinstance(n.value, str)
+                        and NAME.match(n.value)
+                    ):
+                        names.append(n.value)
             elif p.suffix in SCRIPT_SUFFIXES or p.name in ("Makefile", "Dockerfile"):
                 names = TOKEN.findall(p.read_text(errors="replace"))
             for name in names:

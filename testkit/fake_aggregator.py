@@ -37,8 +37,10 @@ def msg(
     *,
     epoch: int = EPOCH,
     ts_ns: int | None = None,
+    event_ns: int | None = None,
     checksum: int | None = None,
 ) -> bytes:
+    """Any message (no check): publish time ``ts_ns`` (now), event time ``event_ns`` (the same)."""
     t = ts_ns if ts_ns is not None else now_ns()
     return dumps(
         data_message(
@@ -48,7 +50,7 @@ def msg(
             seq=seq,
             epoch=epoch,
             publish_ns=t,
-            event_ns=t,
+            event_ns=t if event_ns is None else event_ns,
             data=data,
             checksum=checksum,
         )
@@ -193,14 +195,19 @@ async def produce_stream(
 
 class Platform:
     """Plays the aggregator for one symbol: l2 snapshot/updates (seq, checksum), trades and
-    status, each a checked message."""
+    status, each a checked message. With ``t0`` its clock is fixed: l2 message ``seq`` s is
+    published at ``t0`` + s µs with event time ``t0`` (tests that resume by time rely on it)."""
 
-    def __init__(self, symbol: str, epoch: int = 1) -> None:
+    def __init__(self, symbol: str, epoch: int = 1, *, t0: int | None = None) -> None:
         self.symbol = symbol
         self.epoch = epoch
+        self.t0 = t0
         self.book = L2Book()
         self.seq = 0
         self.trade_seq = 0
+
+    def _times(self) -> dict[str, int]:
+        return {} if self.t0 is None else {"ts_ns": self.t0 + self.seq * 1000, "event_ns": self.t0}
 
     def snapshot(self) -> bytes:
         snap = self.book.snapshot()
@@ -211,13 +218,19 @@ class Platform:
             snap["asks"],
             epoch=self.epoch,
             checksum=self.book.checksum(),
+            **self._times(),
         )
 
     def update(self, changes: list[list[str]]) -> bytes:
         self.book.apply(changes)
         self.seq += 1
         return l2_update(
-            self.symbol, self.seq, changes, epoch=self.epoch, checksum=self.book.checksum()
+            self.symbol,
+            self.seq,
+            changes,
+            epoch=self.epoch,
+            checksum=self.book.checksum(),
+            **self._times(),
         )
 
     def trade(self, price: str, size: str) -> bytes:

@@ -7,40 +7,16 @@ import orjson
 from core.book import L2Book
 from core.channels import data_message
 from core.follower import Deliver, Reset, Rewind, StreamJoin
+from testkit.fake_aggregator import Platform
 
 T0 = 1_795_503_050_000_000_000
 
 
-class Producer:
-    """Builds contract-conforming l2 messages with a reference book (like the aggregator)."""
+class Producer(Platform):
+    """testkit's fake aggregator on this module's fixed clock (seq s published at T0 + s µs)."""
 
     def __init__(self, symbol: str = "BTC-USD", epoch: int = 1) -> None:
-        self.symbol, self.epoch, self.seq = symbol, epoch, 0
-        self.book = L2Book()
-
-    def snapshot(self) -> bytes:
-        return self._message("l2_snapshot", self.book.snapshot())
-
-    def update(self, changes: list[list[str]]) -> bytes:
-        self.seq += 1
-        self.book.apply(changes)
-        return self._message("l2_update", {"changes": changes})
-
-    def _message(self, typ: str, data: object) -> bytes:
-        """An l2 message at the current seq, with the reference book's checksum."""
-        return orjson.dumps(
-            data_message(
-                type=typ,
-                channel="l2",
-                symbol=self.symbol,
-                seq=self.seq,
-                epoch=self.epoch,
-                publish_ns=T0 + self.seq * 1000,
-                event_ns=T0,
-                data=data,
-                checksum=self.book.checksum(),
-            )
-        )
+        super().__init__(symbol, epoch, t0=T0)
 
 
 def tick(seq: int, epoch: int = 1, channel: str = "ticker", price: str = "100") -> bytes:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from core.follower import Reset, StreamFollower
 from core.isotime import ns_from_iso_cached
@@ -276,8 +276,7 @@ class Hub:
     def _tick(self) -> None:
         for c in self.core.conns:
             if c.stale:
-                assert isinstance(c, Client)
-                self.core.report_backlog(c, c.buffered())
+                self.core.report_backlog(c, cast(Client, c).buffered())
         self.core.tick(self.clock(), time.time_ns())
         self.kick()
 
@@ -357,8 +356,9 @@ class Hub:
         return False
 
     async def _replay(self, sub: Sub) -> str:
-        req, c, core = sub.req, sub.conn, self.core
-        assert self.history is not None and isinstance(c, Client)
+        req, core = sub.req, self.core
+        c = cast(Client, sub.conn)  # every Conn of this shell is a Client (or quacks like one)
+        assert self.history is not None
         resume_max = self.cfg.resume_max
         deadline = self.clock() + 1.0
         while True:

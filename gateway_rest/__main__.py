@@ -60,7 +60,7 @@ def granian_factory() -> Any:
     from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
     trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
-    return ProxyHeadersMiddleware(factory(), trusted_hosts=trusted)
+    return ProxyHeadersMiddleware(factory(), trusted_hosts=trusted)  # type: ignore[arg-type]
 
 
 def run_granian(s: Settings, workers: int) -> None:
@@ -68,7 +68,7 @@ def run_granian(s: Settings, workers: int) -> None:
     event loop per worker); the header deadline and the TLS policy map to granian's options
     (TLS 1.2 minimum; granian's rustls offers only AEAD ECDHE suites)."""
     from granian import Granian
-    from granian.constants import Interfaces, Loops
+    from granian.constants import Interfaces, Loops, SSLProtocols
     from granian.http import HTTP1Settings
 
     tls = tls_options(s)
@@ -84,7 +84,7 @@ def run_granian(s: Settings, workers: int) -> None:
         http1_settings=HTTP1Settings(header_read_timeout=int(header_timeout(s) * 1000)),
         ssl_cert=Path(tls["ssl_certfile"]) if tls else None,
         ssl_key=Path(tls["ssl_keyfile"]) if tls and tls["ssl_keyfile"] else None,
-        ssl_protocol_min="tls1.2",
+        ssl_protocol_min=SSLProtocols.tls12,
         workers_kill_timeout=5,
     ).serve()
 

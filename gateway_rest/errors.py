@@ -13,14 +13,16 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.codec import ns_from_iso
-from core.errors import CodecError
+from core.errors import CodecError, MarketDataError
 from gateway_rest.store import NotCached, Unavailable
 
 log = logging.getLogger("gateway_rest.app")
 JSON = "application/json"
 
 
-class ApiError(Exception):
+class ApiError(MarketDataError):
+    """An answer other than 200: its status, the stable ``error`` code and the message."""
+
     def __init__(
         self,
         status: int,

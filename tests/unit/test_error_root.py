@@ -14,7 +14,6 @@ KNOWN_OUTSIDE = {
     "aggregator.recovery.RecoveryError",
     "gateway_ws.protocol.ProtocolError",
     "gateway_ws.replay_server.ReplayError",
-    "gateway_rest.errors.ApiError",
     "gateway_rest.history.NoHistory",
 }
 

@@ -86,8 +86,9 @@ class GatewayConfig:
     max_connections: int = 900
     # Connections from one IP address that have not logged on yet: a client needs one per
     # session it logs on at once; a flood of idle or garbage connections from one address does
-    # not crowd out everyone else's logons.
-    max_pending_per_ip: int = 16
+    # not crowd out everyone else's logons. 100: every session of a 100-session client (or of
+    # all clients behind one SNAT address of a load balancer) may reconnect at once.
+    max_pending_per_ip: int = 100
     # Messages a ResendRequest is answered with per event-loop pass: a whole day's store is
     # replayed in steps between the other sessions' traffic, never in one blocking burst.
     resend_chunk: int = 500
@@ -113,7 +114,7 @@ class GatewayConfig:
             keyfile=keyfile,
             max_buffer=s.get("MD_FIX_MAX_BUFFER", int, 8 * 1024 * 1024),
             max_connections=_positive(s, "MD_FIX_MAX_CONNECTIONS", 900),
-            max_pending_per_ip=_positive(s, "MD_FIX_MAX_PENDING_PER_IP", 16),
+            max_pending_per_ip=_positive(s, "MD_FIX_MAX_PENDING_PER_IP", 100),
             resend_chunk=_positive(s, "MD_FIX_RESEND_CHUNK", 500),
             store_max_messages=_positive(s, "MD_FIX_STORE_MAX_MESSAGES", 100_000),
         )

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from core.channels import DATA_CHANNELS, error_message
-from core.errors import SymbolError
+from core.errors import MarketDataError, SymbolError
 from core.symbols import normalize_symbol
 
 Key = tuple[str, str]  # (channel, symbol); the status channel uses symbol "*" for "all"
@@ -50,7 +50,7 @@ CLOSE_AUTH = 4003  # authentication required / token expired
 _INTERVAL = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
 
 
-class ProtocolError(Exception):
+class ProtocolError(MarketDataError):
     """A client request we refuse; ``code`` is stable, the message is for humans."""
 
     def __init__(self, code: str, message: str) -> None:

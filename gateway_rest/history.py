@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncpg
 import orjson
 
+from core.errors import MarketDataError
 from gateway_rest.store import MarketStore, Unavailable
 from storage.archive import history_source
 from storage.history import HistoryError, book_at
@@ -25,7 +26,7 @@ _DOWN: tuple[type[BaseException], ...] = (
 )
 
 
-class NoHistory(Exception):
+class NoHistory(MarketDataError):
     """Maps to 404 ``no_history`` in the app."""
 
 

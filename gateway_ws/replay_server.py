@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from core.codec import ns_from_iso
-from core.errors import CodecError, ConfigError, SymbolError
+from core.errors import CodecError, ConfigError, MarketDataError, SymbolError
 from core.settings import Settings, parse_list
 from core.symbols import normalize_symbol
 from storage.archive import history_source
@@ -75,7 +75,7 @@ class ReplayConfig:
         )
 
 
-class ReplayError(Exception):
+class ReplayError(MarketDataError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code

@@ -9,11 +9,9 @@ import pkgutil
 from core.errors import MarketDataError
 
 PACKAGES = ("core", "aggregator", "gateway_ws", "gateway_rest", "fix_gateway", "storage")
-# Today's exceptions outside the root, to burn down (one leaves when it is re-based).
+# Outside the root still (aggregator/recovery.py belongs to the sequencer work: left to it).
 KNOWN_OUTSIDE = {
     "aggregator.recovery.RecoveryError",
-    "gateway_ws.replay_server.ReplayError",
-    "gateway_rest.history.NoHistory",
 }
 
 

@@ -509,6 +509,8 @@ class SymbolState:
             "last_top": stats["last_top"],
             "mids": stats["mids"],
             "vw": stats["vw"],
+            # any further state of the stats windows (their own save/restore decides what)
+            **{k: v for k, v in stats.items() if k not in ("last_top", "mids", "vw")},
             "last_ticker": self.last_ticker,
             "last_stats": self.last_stats,
             "candle_dirty": candles["candle_dirty"],

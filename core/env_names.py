@@ -11,7 +11,8 @@ scripts, the Makefile and the deploy files use is in :data:`KNOWN`; every name i
 is documented in a configuration table of README.md or docs/*.md unless it is listed in
 :data:`UNDOCUMENTED` (today's backlog, to burn down: a name leaves it when its table row is
 written); every name a table documents is in :data:`KNOWN`. A new setting is one line here
-and one row in its table.
+and one row in its table; ``.venv/bin/python -m tests.unit.test_core_env_names`` rewrites both
+lists from the tree (read the diff: a name you did not mean to add is a typo somewhere).
 """
 
 from __future__ import annotations

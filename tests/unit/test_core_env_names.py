@@ -108,3 +108,29 @@ def test_core_settings_defaults_are_the_documented_ones() -> None:
     checked = {k: v for k, v in declared.items() if k in rows}
     assert len(checked) >= 10  # the Configuration table's rows, not the Ports table's
     assert {k: _as_documented(v) for k, v in checked.items()} == {k: rows[k] for k in checked}
+
+
+def regenerate() -> None:
+    """Rewrite core/env_names.py's KNOWN and UNDOCUMENTED from the tree as it is: run
+    ``.venv/bin/python -m tests.unit.test_core_env_names`` after adding or documenting a name,
+    then read the diff (a name you did not mean to add is a typo somewhere)."""
+    used = set(_used()) - ON_PURPOSE_UNKNOWN
+    documented = _documented()
+    path = ROOT / "core" / "env_names.py"
+    text = path.read_text()
+    for name, names in (("KNOWN", used), ("UNDOCUMENTED", used - documented)):
+        body = "".join(f'        "{n}",\n' for n in sorted(names))
+        text = re.sub(
+            rf"{name}: frozenset\[str\] = frozenset\(\n    \(\n.*?    \)\n\)",
+            f"{name}: frozenset[str] = frozenset(\n    (\n{body}    )\n)",
+            text,
+            count=1,
+            flags=re.S,
+        )
+    path.write_text(text)
+    print(f"{len(used)} known, {len(used - documented)} undocumented; stale docs rows:", end=" ")
+    print(sorted(documented - used) or "none")
+
+
+if __name__ == "__main__":
+    regenerate()

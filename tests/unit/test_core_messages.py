@@ -80,3 +80,20 @@ def test_rest_models_serve_the_declared_fields() -> None:
     assert set(models.SymbolEntry.model_fields) - {"seq"} <= _keys(m.StatusData)
     assert {"bids", "asks"} <= set(models.OrderBook.model_fields)
     assert _keys(m.L2Data) == {"bids", "asks"}
+
+
+def test_rest_ticker_and_stats_bodies_are_the_declared_data_plus_position() -> None:
+    """The cache writer stores ``data`` plus the stream position; REST serves those bytes."""
+    from core.cache_keys import RELATIVE
+    from storage.cache_model import CacheModel
+    from testkit import fake_aggregator as fake
+
+    model = CacheModel()
+    model.on_stream_record(fake.ticker("BTC-USD", 3))
+    model.on_stream_record(fake.stats("BTC-USD", 4))
+    writes = model.take_writes()
+    position = {"symbol", "seq", "epoch", "timestamp"}
+    ticker = orjson.loads(writes.strings[RELATIVE.ticker("BTC-USD")])
+    stats = orjson.loads(writes.strings[RELATIVE.stats("BTC-USD")])
+    assert set(ticker) == _keys(m.TickerData) | position
+    assert set(stats) == _keys(m.StatsData) | position

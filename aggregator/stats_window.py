@@ -1,5 +1,7 @@
 """The ``stats`` channel's windows: mid moving average and widest spread over the last N
-top-of-book changes, VWAP over the last N trades (``MD_STATS_MID_WINDOW``/``_VWAP_WINDOW``).
+top-of-book changes, VWAP over the last N trades (``MD_STATS_MID_WINDOW``/``_VWAP_WINDOW``),
+and the widest spread since the symbol's state began (``max_spread``, the seed's definition: a
+running maximum, kept in the checkpoint so a standby or a replay carries it on).
 
 Part of the derivation of :mod:`aggregator.state`; pure, with its own save/restore. Running
 sums make each update O(1); the bounded deques drop the oldest entry (and its share of the sum).
@@ -17,7 +19,7 @@ from core.messages import StatsData
 
 
 class StatsWindows:
-    __slots__ = ("last_top", "mids", "mid_sum", "vw", "vw_pq", "vw_q", "last_px")
+    __slots__ = ("last_top", "mids", "mid_sum", "vw", "vw_pq", "vw_q", "last_px", "max_spread")
 
     def __init__(self, mid_window: int, vwap_window: int) -> None:
         self.last_top: tuple[Decimal, Decimal] | None = None
@@ -27,6 +29,7 @@ class StatsWindows:
         self.vw_pq = ZERO
         self.vw_q = ZERO
         self.last_px = ZERO  # last trade price
+        self.max_spread: Decimal | None = None  # widest spread since start (running maximum)
 
     def on_top(self, top: tuple[Decimal, Decimal]) -> None:
         """Best bid and ask after a book change; counted only when they moved."""
@@ -38,6 +41,8 @@ class StatsWindows:
                 self.mid_sum -= self.mids[0][0]
             self.mids.append((mid, ba - bb))
             self.mid_sum += mid
+            if self.max_spread is None or ba - bb > self.max_spread:
+                self.max_spread = ba - bb
 
     def on_trade(self, px: Decimal, qty: Decimal) -> None:
         self.last_px = px
@@ -62,7 +67,8 @@ class StatsWindows:
         return {
             "spread": spread,
             "mid": mid,
-            "max_spread": fmt(max(s for _, s in self.mids)) if self.mids else None,
+            "max_spread": fmt(self.max_spread) if self.max_spread is not None else None,
+            "max_spread_window": fmt(max(s for _, s in self.mids)) if self.mids else None,
             "mid_sma": q8(self.mid_sum / len(self.mids)) if self.mids else None,
             "mid_sma_window": len(self.mids),
             "vwap": q8(self.vw_pq / self.vw_q) if self.vw_q else None,
@@ -74,6 +80,7 @@ class StatsWindows:
             "last_top": [fmt(x) for x in self.last_top] if self.last_top else None,
             "mids": [[fmt(m), fmt(s)] for m, s in self.mids],
             "vw": [[fmt(pq), fmt(q)] for pq, q in self.vw],
+            "max_spread": fmt(self.max_spread) if self.max_spread is not None else None,
         }
 
     def restore(self, st: dict[str, Any], last_px: Decimal) -> None:
@@ -87,3 +94,7 @@ class StatsWindows:
         self.vw_pq = sum((pq for pq, _ in self.vw), ZERO)
         self.vw_q = sum((q for _, q in self.vw), ZERO)
         self.last_px = last_px
+        ms = st.get("max_spread")  # absent in checkpoints of older versions: the window's max
+        self.max_spread = (
+            Decimal(ms) if ms is not None else max((s for _, s in self.mids), default=None)
+        )

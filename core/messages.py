@@ -132,7 +132,8 @@ class TickerData(TypedDict):
 class StatsData(TypedDict):
     spread: str | None
     mid: str | None
-    max_spread: str | None
+    max_spread: str | None  # widest spread since start (seed 000: a running maximum)
+    max_spread_window: str | None  # widest among the mid window's entries
     mid_sma: str | None
     mid_sma_window: int
     vwap: str | None

@@ -169,6 +169,7 @@ def stats(symbol: str, seq: int, **data: Any) -> bytes:
         "spread": "0.50",
         "mid": "100.25",
         "max_spread": "1.00",
+        "max_spread_window": "1.00",
         "mid_sma": "100.2",
         "mid_sma_window": 10,
         "vwap": "100.1",

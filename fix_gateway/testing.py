@@ -1,5 +1,5 @@
-"""Test and benchmark helpers: a ``python -m fix_gateway`` child process, /metrics reads; the fake
-aggregator (``Platform``, ``Publisher``) is testkit/fake_aggregator.py's, re-exported here."""
+"""Test and benchmark helpers: a ``python -m fix_gateway`` child process, /metrics reads (the fake
+aggregator the FIX tests publish with is testkit/fake_aggregator.py's ``Platform``/``Publisher``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-
-from testkit.fake_aggregator import Platform as Platform
-from testkit.fake_aggregator import Publisher as Publisher
 
 ROOT = Path(__file__).resolve().parents[1]
 

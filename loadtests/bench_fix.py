@@ -38,7 +38,8 @@ from core.kafka import ensure_topics
 from core.settings import Settings
 from fix_gateway.client import FixClient
 from fix_gateway.codec import Message, encode, parse_utc_timestamp, utc_timestamp
-from fix_gateway.testing import GatewayProcess, Platform, Publisher, metric
+from fix_gateway.testing import GatewayProcess, metric
+from testkit.fake_aggregator import Platform, Publisher
 
 ROOT = Path(__file__).resolve().parents[1]
 

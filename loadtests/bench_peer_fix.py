@@ -40,7 +40,8 @@ from pathlib import Path
 from core.kafka import ensure_topics
 from core.settings import Settings
 from fix_gateway.codec import encode, parse_utc_timestamp, utc_timestamp
-from fix_gateway.testing import GatewayProcess, Platform, Publisher
+from fix_gateway.testing import GatewayProcess
+from testkit.fake_aggregator import Platform, Publisher
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_SRC = ROOT / "loadtests" / "peers" / "quickfixj"

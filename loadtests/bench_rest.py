@@ -31,8 +31,8 @@ import httpx
 from core.kafka import ensure_topics, make_producer
 from core.settings import Settings
 from core.topics import Topics
-from storage import testing as T
 from storage.cache_writer import CacheWriter
+from testkit import fake_aggregator as T
 
 SYM = "BTC-USD"
 

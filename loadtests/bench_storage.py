@@ -39,8 +39,8 @@ from core.codec import now_ns
 from core.kafka import ensure_topics, make_producer
 from core.settings import Settings
 from core.topics import Topics
-from storage import testing as T
 from storage.migrate import migrate
+from testkit import fake_aggregator as T
 
 SYMBOLS = ("BTC-USD", "ETH-USD", "LTC-USD")
 KINDS = {"trades": "trades", "book": "l2"}  # kind -> channel

@@ -14,7 +14,8 @@ import pytest
 
 from core.settings import Settings
 from fix_gateway.codec import Message, Parser, encode, utc_timestamp
-from fix_gateway.testing import Platform, Publisher, gateway, metric
+from fix_gateway.testing import gateway, metric
+from testkit.fake_aggregator import Platform, Publisher
 from tests.conftest import free_port
 from tests.integration.test_fix_gateway import md_request, raw_logon, recv_msgs
 

@@ -19,7 +19,8 @@ from core.settings import Settings
 from fix_gateway.client import FixClient
 from fix_gateway.codec import Message, Parser, encode, utc_timestamp
 from fix_gateway.store import MemoryStore
-from fix_gateway.testing import Platform, Publisher, gateway, metric
+from fix_gateway.testing import gateway, metric
+from testkit.fake_aggregator import Platform, Publisher
 from tests.conftest import free_port
 from tests.helpers import eventually, self_signed_cert
 

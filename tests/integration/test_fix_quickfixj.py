@@ -29,7 +29,8 @@ import orjson
 import pytest
 
 from core.settings import Settings
-from fix_gateway.testing import GatewayProcess, Platform, Publisher, metric
+from fix_gateway.testing import GatewayProcess, metric
+from testkit.fake_aggregator import Platform, Publisher
 from tests.conftest import free_port
 
 

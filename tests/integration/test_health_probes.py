@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaConnectionError
 from core.kafka import make_producer
 from core.settings import Settings
 from core.topics import Topics
-from storage import testing as T
+from testkit import fake_aggregator as T
 from tests.conftest import free_port
 from tests.helpers import eventually, stop_procs
 from tests.integration.ws_helpers import running_gateway

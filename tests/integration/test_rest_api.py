@@ -25,10 +25,10 @@ from gateway_rest.models import (
     Ticker,
     TradesResponse,
 )
-from storage import testing as T
 from storage.cache_writer import CacheWriter
 from storage.db_writer import DbWriter
 from storage.migrate import migrate
+from testkit import fake_aggregator as T
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ from core.cache_keys import CacheKeys
 from core.settings import Settings
 from gateway_rest.app import create_app
 from gateway_rest.config import RestConfig
-from storage import testing as T
 from storage.cache_model import CacheModel
+from testkit import fake_aggregator as T
 from tests.helpers import put_cache_writes
 
 pytestmark = pytest.mark.integration

@@ -14,11 +14,11 @@ from jsonschema import Draft202012Validator
 from core.cache_keys import CacheKeys
 from core.settings import Settings
 from gateway_rest.app import create_app
-from storage import testing as T
 from storage.cache_model import CacheModel
 from storage.db_rows import RowBatch, RowBuilder
 from storage.db_writer import DbWriter, DbWriterConfig
 from storage.migrate import migrate
+from testkit import fake_aggregator as T
 from tests.helpers import put_cache_writes
 
 pytestmark = pytest.mark.integration

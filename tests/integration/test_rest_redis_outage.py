@@ -19,10 +19,10 @@ from core.kafka import make_producer
 from core.settings import Settings
 from core.topics import Topics
 from gateway_rest.app import create_app
-from storage import testing as T
 from storage.cache_writer import CacheWriter
 from storage.db_writer import DbWriter
 from storage.migrate import migrate
+from testkit import fake_aggregator as T
 from tests.conftest import free_port
 from tests.helpers import eventually
 

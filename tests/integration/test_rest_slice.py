@@ -16,8 +16,8 @@ from core.kafka import make_producer
 from core.settings import Settings
 from core.topics import Topics
 from gateway_rest.app import create_app
-from storage import testing as T
 from storage.cache_writer import CacheWriter
+from testkit import fake_aggregator as T
 from tests.conftest import free_port
 from tests.helpers import eventually, stop_procs
 

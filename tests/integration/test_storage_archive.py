@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.book import L2Book
-from storage import testing as T
 from storage.archive import ArchiveFetcher, HistoryFetcher, archive, restore
 from storage.db_rows import RowBatch, RowBuilder
 from storage.db_writer import DbWriter, DbWriterConfig
 from storage.history import HistoryError, book_at
 from storage.migrate import migrate
 from storage.replay import replay_messages
+from testkit import fake_aggregator as T
 from tests.conftest import BASE
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from core.cache_keys import CacheKeys
 from core.kafka import make_producer
 from core.settings import Settings
 from core.topics import Topics
-from storage import testing as T
 from storage.cache_writer import CacheWriter
+from testkit import fake_aggregator as T
 from tests.helpers import run_until
 
 pytestmark = pytest.mark.integration

@@ -20,9 +20,9 @@ import pytest
 from core.kafka import make_producer
 from core.settings import Settings
 from core.topics import Topics
-from storage import testing as T
 from storage.db_writer import DbWriter, DbWriterConfig
 from storage.migrate import migrate
+from testkit import fake_aggregator as T
 from tests.conftest import free_port
 from tests.helpers import eventually
 

@@ -14,9 +14,9 @@ from core.codec import iso_from_ns
 from core.kafka import make_producer
 from core.settings import Settings
 from core.topics import Topics
-from storage import testing as T
 from storage.db_writer import DbWriter, DbWriterConfig
 from storage.migrate import migrate
+from testkit import fake_aggregator as T
 from tests.conftest import BASE as BASE_SETTINGS
 from tests.helpers import run_until
 

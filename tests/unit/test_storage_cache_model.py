@@ -5,11 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from storage import testing as T
 from storage.cache_model import CacheModel, HistAction, hist_action
 from storage.db_rows import RowBatch, RowBuilder
 from storage.errors import BadRecord
 from storage.messages import candle_of, parse_envelope, trades_of
+from testkit import fake_aggregator as T
 
 S = "BTC-USD"
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from storage import testing as T
 from storage.db_rows import RowBatch, RowBuilder
 from storage.history import BookRebuild, HistoryError, cut_levels
+from testkit import fake_aggregator as T
 
 
 def test_history_messages_are_the_published_bytes() -> None:

@@ -47,7 +47,7 @@ logs:
 # coverage of `make test` (pyproject [tool.coverage]): total printed, HTML and XML under var/coverage;
 # COV_ARGS= turns it off; below 80 % the run fails (measured total: docs/operations.md "Coverage")
 COV_ARGS ?= --cov --cov-report=term:skip-covered --cov-report=html:var/coverage/html --cov-report=xml:var/coverage/coverage.xml --cov-fail-under=80
-test: infra         ## the whole suite, unit and integration, on the real servers
+test: lint typecheck infra  ## lint and types first, then the whole suite on the real servers
 	@$(PY) -m storage migrate >/dev/null
 	@mkdir -p var/coverage
 	@# a data file per run (pytest-cov erases its own at start): two runs in one tree never mix
@@ -60,13 +60,13 @@ test-unit: install
 test-integration: infra
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
 
-lint:
+lint:               ## ruff: style, complexity <= 15, no blind except, simplifications; formatting
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 format:
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
-typecheck:
+typecheck:          ## mypy over every package; strict flags for core/ and the protocol cores
 	$(PY) -m mypy
 
 clean:              ## stop everything and remove var/ (data, logs, caches)

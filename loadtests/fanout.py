@@ -422,6 +422,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.wait_for(gw.wait(), 15)
         except TimeoutError:
             gw.kill()
+        if args.server == "centrifugo":  # its per-run config file
+            from loadtests.bench_peer_ws import CENTRIFUGO_BIN
+
+            (CENTRIFUGO_BIN.parent.parent / f"centrifugo-{tag}.json").unlink(missing_ok=True)
         await _delete_topics(s)
 
 

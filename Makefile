@@ -60,13 +60,13 @@ test-unit: install
 test-integration: infra
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
 
-lint:               ## ruff: style, complexity <= 15, no blind except, simplifications; formatting
+lint: install      ## ruff: style, complexity <= 15, no blind except, simplifications; formatting
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 format:
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
-typecheck:          ## mypy over every package; strict flags for core/ and the protocol cores
+typecheck: install  ## mypy over every package; strict flags for core/ and the protocol cores
 	$(PY) -m mypy
 
 clean:              ## stop everything and remove var/ (data, logs, caches)

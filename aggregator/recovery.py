@@ -26,7 +26,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aggregator.leadership import Heartbeat
 from aggregator.outbox import StreamKey
 from aggregator.state import AggConfig, SymbolState
-from core.kafka import make_consumer
+from core.errors import MarketDataError
+from core.kafka import make_consumer, partitions_of
 from core.settings import Settings
 from core.topics import Topics
 
@@ -34,7 +35,7 @@ log = logging.getLogger("aggregator.recovery")
 READ_TIMEOUT_S = 30.0
 
 
-class RecoveryError(Exception):
+class RecoveryError(MarketDataError):
     """Recovery could not read what it needs (retriable: the broker may be slow)."""
 
     retriable = True
@@ -231,11 +232,7 @@ async def scan_published(
     async with _probe(settings, consumer) as c:
         tps: list[TopicPartition] = []
         for t in topics:
-            parts = c.partitions_for_topic(t)
-            if not parts:
-                await c._client.force_metadata_update()  # noqa: SLF001 - one-time lookup
-                parts = c._client.cluster.partitions_for_topic(t)  # noqa: SLF001
-            tps.extend(TopicPartition(t, p) for p in sorted(parts or ()))
+            tps.extend(TopicPartition(t, p) for p in sorted(await partitions_of(c, t)))
         c.assign(tps)
         ends = await c.end_offsets(tps)
         ranges = {tp: (out.get(out_key(tp.topic, tp.partition)), ends[tp]) for tp in tps}

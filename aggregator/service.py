@@ -61,7 +61,7 @@ from core.codec import now_ns
 from core.feed import FeedServer
 from core.health import Health
 from core.isotime import HOP_BUCKETS
-from core.kafka import Pacer, ensure_topics, make_consumer, make_producer
+from core.kafka import Pacer, ensure_topics, make_consumer, make_producer, partitions_of
 from core.settings import Settings
 from core.topics import Topics
 
@@ -330,13 +330,8 @@ class Aggregator:
                 self.out[k] = min(self.out.get(k, v), v)
 
     async def _partitions(self, topic: str) -> set[int]:
-        c = self.consumer
-        assert c is not None
-        parts = c.partitions_for_topic(topic)
-        if not parts:
-            await c._client.force_metadata_update()  # noqa: SLF001 - one-time lookup
-            parts = c._client.cluster.partitions_for_topic(topic)  # noqa: SLF001
-        return set(parts or ())
+        assert self.consumer is not None
+        return await partitions_of(self.consumer, topic)
 
     # ------------------------------------------------------------------ processing
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:

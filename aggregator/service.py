@@ -483,12 +483,7 @@ class Aggregator:
         p = self._partition_cache.get(k)
         if p is None:
             assert self.producer is not None
-            client = self.producer.client
-            parts = client.cluster.partitions_for_topic(topic)
-            if not parts:
-                await client._wait_on_metadata(topic)  # noqa: SLF001 - first use of the topic
-                parts = client.cluster.partitions_for_topic(topic)
-            all_parts = sorted(parts)
+            all_parts = sorted(await self.producer.partitions_for(topic))  # cached: once a key
             p = self._partitioner(key, all_parts, all_parts)
             self._partition_cache[k] = p
         return p

@@ -525,11 +525,15 @@ class Aggregator:
             if not await self._leader_alive():
                 await self._take_over(time.monotonic())
         except Exception as exc:  # noqa: BLE001 - KafkaConnectionError, timeouts, RecoveryError
-            self.lease.current, self.lease.seen_at, self.lease.last = saved
-            self.lease.seen_at = self.lease.started_at = time.monotonic()  # retry in a lease
-            self.gate = None
-            LEADER.set(0)
-            log.warning("takeover postponed: Kafka unreachable", extra={"error": repr(exc)})
+            self._postpone_take_over(saved, exc)
+
+    def _postpone_take_over(self, saved: tuple[Any, float, Any], exc: Exception) -> None:
+        """Back to standby with the lease as it was before the claim; retry in a lease."""
+        self.lease.current, self.lease.seen_at, self.lease.last = saved
+        self.lease.seen_at = self.lease.started_at = time.monotonic()
+        self.gate = None
+        LEADER.set(0)
+        log.warning("takeover postponed: Kafka unreachable", extra={"error": repr(exc)})
 
     async def _leader_alive(self) -> bool:
         """Confirm a missed lease by reading the control topic afresh: a standby busy with a big
@@ -591,11 +595,7 @@ class Aggregator:
         try:
             published = scan.result()
         except Exception as exc:  # noqa: BLE001 - KafkaConnectionError, timeouts, RecoveryError
-            # stay a standby and try again in a lease; the buffer is intact
-            self.lease.current, self.lease.seen_at, self.lease.last = saved
-            self.lease.seen_at = self.lease.started_at = time.monotonic()
-            LEADER.set(0)
-            log.warning("takeover postponed: Kafka unreachable", extra={"error": repr(exc)})
+            self._postpone_take_over(saved, exc)  # the buffer is intact
             return
         self.gate = Gate(acked, published)
         builders: dict[tuple[str, int], Any] = {}

@@ -1610,13 +1610,7 @@ async def stack_ready(ctx: Ctx) -> list[str]:
 
 
 def sim_rate() -> str:
-    pid = service_pid("simulator")
-    env: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-            k, _, v = kv.decode(errors="replace").partition("=")
-            env[k] = v
-    s = Settings.from_env(env)
+    s = Settings.from_env(_proc_env(service_pid("simulator")))
     return f"{s.sim_rate:g} ev/s per symbol x {len(s.symbols)} symbols"
 
 

@@ -17,11 +17,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
+
+from core.book import L2Book
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from aggregator.testing import StreamCheck
     from core.cache_keys import CacheKeys
+    from core.follower import Reset, StreamFollower
     from storage.cache_model import Writes
 
 
@@ -157,3 +162,22 @@ def stop_procs(procs: Iterable[subprocess.Popen[bytes]], timeout: float) -> None
             p.wait(timeout)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def check_follower(follower: StreamFollower, seen: StreamCheck) -> list[Reset]:
+    """Feed every message ``follower`` delivers to ``seen``; a (re)join resets the check to its
+    snapshot (seq, epoch, l2 book). Returns the resets as they come."""
+    resets: list[Reset] = []
+    follower.add_callback(lambda ch, sym, seq, raw, parsed: seen.feed(raw))
+
+    def on_reset(r: Reset) -> None:
+        resets.append(r)
+        seen.last_seq[(r.channel, r.symbol)] = r.seq
+        seen.epochs[(r.channel, r.symbol)] = r.epoch
+        cur = follower.current(r.channel, r.symbol)
+        if r.channel == "l2" and cur is not None:
+            data = orjson.loads(cur.messages[0])["data"]
+            seen.books.setdefault(r.symbol, L2Book()).load(data["bids"], data["asks"])
+
+    follower.add_reset_callback(on_reset)
+    return resets

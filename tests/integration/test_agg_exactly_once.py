@@ -29,12 +29,11 @@ from aggregator.testing import (
     read_topic,
     reference_books,
 )
-from core.book import L2Book
-from core.follower import Reset, StreamFollower
+from core.follower import StreamFollower
 from core.settings import Settings
 from core.topics import Topics
 from tests.conftest import free_port
-from tests.helpers import stop_procs
+from tests.helpers import check_follower, stop_procs
 from tests.integration.test_agg_pipeline import as_dec, wait_caught_up
 
 pytestmark = pytest.mark.integration
@@ -99,19 +98,7 @@ async def test_kill_9_of_the_leader_is_gapless_and_exact(
     fs = dataclasses.replace(s, extra={**s.extra, "MD_AGG_FEED": f"127.0.0.1:{fa},127.0.0.1:{fb}"})
     follower = StreamFollower(fs, channels=["l2", "trades", "ticker"])
     seen = StreamCheck(depth=s.book_checksum_depth)
-    follower.add_callback(lambda ch, sym, seq, raw, parsed: seen.feed(raw))
-    resets: list[Reset] = []
-
-    def on_reset(r: Reset) -> None:  # a (re)join: the check continues from the snapshot
-        resets.append(r)
-        seen.last_seq[(r.channel, r.symbol)] = r.seq
-        seen.epochs[(r.channel, r.symbol)] = r.epoch
-        cur = follower.current(r.channel, r.symbol)
-        if r.channel == "l2" and cur is not None:
-            data = orjson.loads(cur.messages[0])["data"]
-            seen.books.setdefault(r.symbol, L2Book()).load(data["bids"], data["asks"])
-
-    follower.add_reset_callback(on_reset)
+    resets = check_follower(follower, seen)
     try:
         roles = await wait_roles([pa, pb])
         await follower.start()

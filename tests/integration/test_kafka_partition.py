@@ -14,16 +14,14 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-import orjson
 import pytest
 
 from aggregator.sources.simulator import run_simulator
 from aggregator.testing import StreamCheck
-from core.book import L2Book
-from core.follower import Reset, StreamFollower
+from core.follower import StreamFollower
 from core.settings import Settings
 from loadtests.faultproxy import FaultProxy
-from tests.helpers import stop_procs
+from tests.helpers import check_follower, stop_procs
 from tests.integration.test_agg_exactly_once import start_aggregator, wait_roles
 from tests.integration.test_agg_pipeline import wait_caught_up
 
@@ -65,19 +63,7 @@ async def test_a_follower_partitioned_from_kafka_resumes_gapless(
     )
     follower = StreamFollower(fs, channels=["l2", "trades", "ticker"])
     seen = StreamCheck(depth=s.book_checksum_depth)
-    follower.add_callback(lambda ch, sym, seq, raw, parsed: seen.feed(raw))
-    resets: list[Reset] = []
-
-    def on_reset(r: Reset) -> None:
-        resets.append(r)
-        seen.last_seq[(r.channel, r.symbol)] = r.seq
-        seen.epochs[(r.channel, r.symbol)] = r.epoch
-        cur = follower.current(r.channel, r.symbol)
-        if r.channel == "l2" and cur is not None:  # the check continues from the snapshot
-            data = orjson.loads(cur.messages[0])["data"]
-            seen.books.setdefault(r.symbol, L2Book()).load(data["bids"], data["asks"])
-
-    follower.add_reset_callback(on_reset)
+    resets = check_follower(follower, seen)
     try:
         await wait_roles([http])
         await follower.start()

@@ -20,6 +20,11 @@ earlier keys still accepted during a rotation. ``python -m core.verify`` checks 
 Where messages are signed: :func:`sign` is called by ``core.follower`` for everything it hands a
 gateway (live messages, snapshots it builds, resync-flagged copies) and by the WebSocket resume
 reader; :func:`install` switches it on in a process (the WebSocket gateway, from settings).
+
+REST answers carry a *detached* signature instead, because an answer may be any JSON value and
+HTTP has headers for metadata: ``X-MD-Signature: kid=<kid>;sig=<base64url>`` over the exact body
+bytes (:meth:`Signer.header`, :meth:`Verifier.verify_detached`). The same keys sign both, so one
+``GET /keys`` document verifies a WebSocket capture and a REST answer.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from core.errors import ConfigError
 from core.settings import Settings, parse_list
 
+HEADER = "x-md-signature"  # REST: the detached signature of the body (RFC 9110 field names are case-insensitive)
+_HEADER_VALUE = re.compile(r"^kid=([0-9A-Za-z_-]{1,64});sig=([0-9A-Za-z_-]{86})$")
 _TAIL = re.compile(rb',"kid":"([0-9A-Za-z_-]{1,64})","sig":"([0-9A-Za-z_-]{86})"\}$')
 
 
@@ -73,6 +80,10 @@ class Signer:
             self.kid.encode(),
             sig.encode(),
         )
+
+    def header(self, body: bytes) -> bytes:
+        """The ``X-MD-Signature`` value of an HTTP body: ``kid=<kid>;sig=<base64url>``."""
+        return b"kid=%s;sig=%s" % (self.kid.encode(), _b64(self.key.sign(body)).encode())
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -124,6 +135,22 @@ class Verifier:
             return f"unknown key id {kid}"
         try:
             key.verify(sig, body)
+        except InvalidSignature:
+            return "bad signature"
+        return None
+
+    def verify_detached(self, body: bytes, header: str | None) -> str | None:
+        """None when ``header`` (an ``X-MD-Signature`` value) signs ``body`` by a known key."""
+        if not header:
+            return "unsigned"
+        m = _HEADER_VALUE.match(header.strip())
+        if m is None:
+            return "malformed signature header"
+        key = self.keys.get(m.group(1))
+        if key is None:
+            return f"unknown key id {m.group(1)}"
+        try:
+            key.verify(_unb64(m.group(2).encode()), body)
         except InvalidSignature:
             return "bad signature"
         return None

@@ -17,6 +17,7 @@ from core.anonymize import rest_anonymizers
 from core.health import Health
 from core.ops_http import start_ops_server
 from core.settings import Settings
+from core.signing import Signer
 from gateway_rest.config import RestConfig
 from gateway_rest.errors import (
     ApiError,
@@ -29,6 +30,7 @@ from gateway_rest.middleware import GatewayApp
 from gateway_rest.ratelimit import RateLimiter
 from gateway_rest.routes_market import PREFIX, market_router
 from gateway_rest.routes_ops import ops_router
+from gateway_rest.signing import ResponseSigner, keys_router
 from gateway_rest.store import MarketStore
 from gateway_rest.web_page import mount_web
 
@@ -77,8 +79,12 @@ def create_app(
     limiter = RateLimiter(st.redis, st.keys)
     app.install(config=cfg, limiter=limiter, store=st)  # admission + fast path, outermost
 
+    signer = Signer.from_settings(s)  # optional Ed25519 X-MD-Signature (gateway_rest/signing.py)
+    if signer is not None:
+        app.wrap_send = ResponseSigner(signer).wrap
     install_error_handlers(app)
     app.include_router(market_router(cfg, st, anon))
     app.include_router(ops_router(st, metrics_port))
+    app.include_router(keys_router(signer, s))
     mount_web(app, s)  # the live market page at / (web/dist, built by `make web`)
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -311,6 +311,8 @@ class GatewayApp(FastAPI):
     """
 
     gateway: GatewayMiddleware | None = None
+    # optional: wraps every request's ``send`` (gateway_rest/signing.py signs the answers)
+    wrap_send: Callable[[Scope, Send], Send] | None = None
 
     def install(self, *, config: RestConfig, limiter: RateLimiter, store: MarketStore) -> None:
         self.gateway = GatewayMiddleware(
@@ -319,6 +321,8 @@ class GatewayApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gateway
+        if self.wrap_send is not None:
+            send = self.wrap_send(scope, send)
         if gw is None:
             await super().__call__(scope, receive, send)
         else:

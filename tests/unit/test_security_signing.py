@@ -125,3 +125,74 @@ def test_resume_entries_from_redis_are_signed(installed: Signer) -> None:
 
     seq, epoch, raw = _entry((b"7-0", {b"m": MSG, b"e": b"1"}))
     assert (seq, epoch) == (7, 1) and Verifier([installed.public_key]).verify(raw) is None
+
+
+# ------------------------------------------------------------------ REST: detached signatures
+
+BODY = b'{"symbol":"BTC-USD","seq":7,"epoch":1,"bid":"100.5","ask":"100.6"}'
+
+
+def test_detached_header_verifies_the_exact_body(signer: Signer, tmp_path: Path) -> None:
+    header = signer.header(BODY).decode()
+    v = Verifier([signer.public_key])
+    assert header.startswith(f"kid={signer.kid};sig=") and v.verify_detached(BODY, header) is None
+    assert v.verify_detached(BODY.replace(b"100.5", b"100.4"), header) == "bad signature"
+    assert v.verify_detached(BODY + b" ", header) == "bad signature"  # bytes, not JSON values
+    assert v.verify_detached(BODY, None) == "unsigned"
+    assert v.verify_detached(BODY, "sig=abc") == "malformed signature header"
+    other = Signer.from_pem(write_keypair(str(tmp_path / "o"))[0].read_bytes())
+    assert v.verify_detached(BODY, other.header(BODY).decode()) == f"unknown key id {other.kid}"
+
+
+def test_verify_tool_checks_a_saved_rest_body(
+    signer: Signer, keys: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = tmp_path / "body.json"
+    body.write_bytes(BODY)
+    sig = signer.header(BODY).decode()
+    assert main([str(body), "--signature", sig, "--public-key", str(keys[1])]) == 0
+    assert "OK: verified 1" in capsys.readouterr().out
+    body.write_bytes(BODY.replace(b"100.6", b"100.7"))
+    assert main([str(body), "--signature", sig, "--public-key", str(keys[1])]) == 1
+    assert "bad signature" in capsys.readouterr().out
+
+
+def test_verify_tool_fetches_rest_answers(
+    signer: Signer, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--http``: a real HTTP server; the signed answer passes, an unsigned or forged one fails,
+    and ``--header`` reaches the server (an API key)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(self.headers.get("X-API-Key"))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(BODY)))
+            if self.path == "/signed":
+                self.send_header("X-MD-Signature", signer.header(BODY).decode())
+            elif self.path == "/forged":
+                self.send_header("X-MD-Signature", signer.header(BODY + b"x").decode())
+            self.end_headers()
+            self.wfile.write(BODY)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        pub = ["--public-key", str(keys[1])]
+        assert main(["--http", f"{base}/signed", "--header", "X-API-Key: k1", *pub]) == 0
+        assert seen == ["k1"]
+        assert main(["--http", f"{base}/signed", "--http", f"{base}/plain", *pub]) == 1
+        assert f"{base}/plain: unsigned" in capsys.readouterr().out
+        assert main(["--http", f"{base}/forged", *pub]) == 1
+        assert f"{base}/forged: bad signature" in capsys.readouterr().out
+    finally:
+        srv.shutdown()
+        srv.server_close()

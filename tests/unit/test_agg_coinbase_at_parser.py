@@ -126,13 +126,19 @@ def test_new_connection_restarts_sequence_and_needs_snapshots() -> None:
     assert p.counts["gaps"] == 0
 
 
+def trades(out: list[ev.AnyEvent]) -> list[ev.Trade]:
+    """``out`` as trades; any other event fails the test."""
+    assert all(isinstance(t, ev.Trade) for t in out), out
+    return [t for t in out if isinstance(t, ev.Trade)]
+
+
 def test_trades_taker_side_order_and_dedupe() -> None:
     p, m = parser(), Msgs()
-    out = p.receive(m.trades([("12", "BUY"), ("11", "SELL")], kind="snapshot"), NS)
-    assert [(t.trade_id, t.taker_side) for t in out] == [("11", "buy"), ("12", "sell")]  # type: ignore[attr-defined]
+    out = trades(p.receive(m.trades([("12", "BUY"), ("11", "SELL")], kind="snapshot"), NS))
+    assert [(t.trade_id, t.taker_side) for t in out] == [("11", "buy"), ("12", "sell")]
     assert out[0].ts == 1675974771000001000
-    again = p.receive(m.trades([("12", "BUY"), ("13", "SELL")]), NS)  # a reconnect's snapshot
-    assert [t.trade_id for t in again] == ["13"]  # type: ignore[attr-defined]
+    again = trades(p.receive(m.trades([("12", "BUY"), ("13", "SELL")]), NS))  # reconnect's snapshot
+    assert [t.trade_id for t in again] == ["13"]
     assert p.counts["stale"] == 1
 
 
@@ -140,7 +146,7 @@ def test_bad_trade_drops_the_whole_message_and_keeps_state() -> None:
     p, m = parser(), Msgs()
     assert p.receive(m.trades([("5", "BUY"), ("6", "UP")]), NS) == []
     assert p.counts["malformed"] == 1
-    assert [t.trade_id for t in p.receive(m.trades([("5", "BUY")]), NS)] == ["5"]  # type: ignore[attr-defined]
+    assert [t.trade_id for t in trades(p.receive(m.trades([("5", "BUY")]), NS))] == ["5"]
 
 
 def test_malformed_level_resyncs_books() -> None:

@@ -16,9 +16,16 @@ Account-like fields (:data:`ACCOUNT_FIELDS`: account, user, client or profile id
 platform whatever the policy: they are removed from every message's ``data`` at any depth.
 
 Where it is applied: ``core.follower`` (every message a WebSocket gateway hands out, before
-signing: :func:`install` with the gateway's ``MD_WS_ORDER_IDS`` policy), the WebSocket resume
-reader, and the REST gateway's ``level=3`` orderbook and trades answers with the caller's tier's
-policy (:func:`policy_for`, ``MD_REST_ORDER_IDS``).
+signing: :func:`install` with the gateway's base policy), the WebSocket resume reader, the
+WebSocket fan-out per client tier (:class:`TierViews`, ``MD_WS_ORDER_IDS``), and the REST
+gateway's ``level=3`` orderbook and trades answers with the caller's tier's policy
+(:func:`policy_for`, ``MD_REST_ORDER_IDS``).
+
+Per tier on the WebSocket gateway, yet serialized once: when every tier has the same policy the
+follower applies it (nothing per client). Otherwise the follower keeps order ids (``raw``: account
+fields are still removed there) and each other policy's copy of a message is made, and re-signed,
+once per message and policy at delivery (:meth:`View.variant`), then shared by every client of
+that policy. Only ``l3`` and ``trades`` messages carry order ids.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import orjson
 
 from core.errors import ConfigError
 from core.settings import Settings, parse_list
+from core.signing import sign, split_signed
 
 Policy = Literal["raw", "pseudonym", "omit"]
 POLICIES: tuple[Policy, ...] = ("raw", "pseudonym", "omit")
@@ -100,6 +108,8 @@ class Anonymizer:
         self.policy = policy
         self._cache: dict[tuple[str, str], str] = {}
         self._marker = _ACCOUNT_RE if policy == "raw" else _ANY_RE
+        # the WebSocket gateway's other tiers' policies, applied at delivery (ws_anonymizer)
+        self.tiers: TierViews | None = None
 
     def pseudonym(self, order_id: str, day: str) -> str:
         k = (day, order_id)
@@ -192,12 +202,75 @@ def secret_from(s: Settings) -> bytes:
     return s.get("MD_ANON_SECRET", str, "").encode()
 
 
+def ws_policies(s: Settings) -> dict[str, Policy]:
+    """Tier name (``*``: any other, ``anonymous`` for clients without a token) -> policy, from
+    ``MD_WS_ORDER_IDS``: ``tier=policy,...`` as ``MD_REST_ORDER_IDS``, or one policy for every
+    tier. Default as REST: :data:`DEFAULT_REST_POLICY` with ``MD_ANON_SECRET``, else ``raw``."""
+    raw = s.get("MD_WS_ORDER_IDS", str, "").strip()
+    if "=" in raw:
+        return parse_tier_policies(raw, "MD_WS_ORDER_IDS")
+    if raw:
+        return {"*": _policy(raw, "MD_WS_ORDER_IDS")}
+    return dict(DEFAULT_REST_POLICY) if secret_from(s) else {"*": "raw"}
+
+
 def ws_anonymizer(s: Settings) -> Anonymizer:
-    """The WebSocket gateway's: ``MD_WS_ORDER_IDS`` (default ``pseudonym`` when
-    ``MD_ANON_SECRET`` is set, else ``raw``: the development default)."""
+    """The WebSocket gateway's base anonymizer, for the follower (:func:`install`): the one
+    policy of every tier, or ``raw`` with :attr:`Anonymizer.tiers` making the other policies'
+    copies at delivery (:class:`TierViews`)."""
     secret = secret_from(s)
-    default = "pseudonym" if secret else "raw"
-    return Anonymizer(secret, _policy(s.get("MD_WS_ORDER_IDS", str, default), "MD_WS_ORDER_IDS"))
+    policies = ws_policies(s)
+    distinct = set(policies.values())
+    base: Policy = distinct.pop() if len(distinct) == 1 else "raw"
+    a = Anonymizer(secret, base)
+    if any(p != base for p in policies.values()):
+        a.tiers = TierViews(secret, policies, base)
+    return a
+
+
+# copies kept per policy: a message in flight to that policy's clients, its frames included
+# (~4 x 300 B each, ~5 MiB at most per policy); cleared when full
+VIEW_CACHE_MAX = 4096
+
+
+class View:
+    """One policy's copies of the base messages: made and signed once, shared by its clients."""
+
+    def __init__(self, anonymizer: Anonymizer) -> None:
+        self.anonymizer = anonymizer
+        # base bytes -> (the copy, its encoding cache) or None when the policy changes nothing;
+        # the cache list is the fan-out's per-message [msgpack, json frame, msgpack frame]
+        self.cache: dict[bytes, tuple[bytes, list[bytes | None]] | None] = {}
+
+    def variant(self, raw: bytes) -> tuple[bytes, list[bytes | None]] | None:
+        """This policy's copy of ``raw`` (re-signed when ``raw`` was signed), None if the same."""
+        try:
+            return self.cache[raw]
+        except KeyError:
+            pass
+        parts = split_signed(raw)
+        body = raw if parts is None else parts[0]
+        out = self.anonymizer.raw(body)
+        hit: tuple[bytes, list[bytes | None]] | None = None
+        if out is not body:
+            hit = ((out if parts is None else sign(out)), [None, None, None])
+        if len(self.cache) >= VIEW_CACHE_MAX:
+            self.cache.clear()
+        self.cache[raw] = hit
+        return hit
+
+
+class TierViews:
+    """Tier name -> the :class:`View` of its policy, None for the base policy's tiers."""
+
+    def __init__(self, secret: bytes, policies: Mapping[str, Policy], base: Policy) -> None:
+        views = {p: View(Anonymizer(secret, p)) for p in set(policies.values()) if p != base}
+        self.policies = dict(policies)
+        self._by_tier = {t: views.get(p) for t, p in policies.items()}
+        self._other = self._by_tier.get("*")
+
+    def for_tier(self, tier: str) -> View | None:
+        return self._by_tier.get(tier, self._other)
 
 
 def rest_anonymizers(s: Settings) -> dict[str, Anonymizer]:
@@ -230,3 +303,9 @@ def install(a: Anonymizer | None) -> None:
 def apply(raw: bytes) -> bytes:
     a = _installed
     return raw if a is None else a.raw(raw)
+
+
+def installed_tiers() -> TierViews | None:
+    """The per-tier views of the installed anonymizer (None: one policy for everyone)."""
+    a = _installed
+    return None if a is None else a.tiers

@@ -30,9 +30,10 @@ from core.isotime import ns_from_iso_cached
 from gateway_ws import metrics as m
 from gateway_ws.client import Client
 from gateway_ws.config import WsConfig
-from gateway_ws.fanout import CloseConn, Conn, FanoutCore, Sub
+from gateway_ws.fanout import CloseConn, Conn, Sub
 from gateway_ws.protocol import Key, SubRequest
 from gateway_ws.resume import History
+from gateway_ws.tier_views import TieredFanoutCore
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("gateway_ws.audit")
@@ -63,7 +64,7 @@ class Hub:
         self.follower = follower
         self.history = history
         self.clock = clock
-        self.core = FanoutCore(
+        self.core = TieredFanoutCore(  # order ids per client tier (gateway_ws/tier_views.py)
             follower,
             buffer_high=cfg.buffer_high,
             process_high=cfg.process_buffer_bytes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -14,6 +15,7 @@ from core.anonymize import (
     parse_tier_policies,
     rest_anonymizers,
     ws_anonymizer,
+    ws_policies,
 )
 from core.errors import ConfigError
 from core.follower import _parse
@@ -21,7 +23,7 @@ from core.settings import Settings
 
 SECRET = b"0123456789abcdef-secret"
 TS = "2026-12-06T10:00:00.000000Z"
-SNAP = {
+SNAP: dict[str, Any] = {
     "type": "l3_snapshot",
     "channel": "l3",
     "symbol": "BTC-USD",
@@ -54,7 +56,7 @@ UPDATE = {
         ]
     },
 }
-TRADE = {
+TRADE: dict[str, Any] = {
     "type": "trade",
     "channel": "trades",
     "symbol": "BTC-USD",
@@ -114,7 +116,7 @@ def test_account_fields_never_leave(policy: str) -> None:
 def test_bytes_untouched_when_nothing_to_do() -> None:
     raw = b'{"type":"l2_update","channel":"l2","symbol":"BTC-USD","seq":1,"data":{"changes":[]}}'
     for policy in ("raw", "pseudonym", "omit"):
-        assert Anonymizer(SECRET, policy).raw(raw) is raw  # type: ignore[arg-type]
+        assert Anonymizer(SECRET, policy).raw(raw) is raw
     snap = orjson.dumps(SNAP)
     assert Anonymizer(SECRET, "raw").raw(snap) is snap
 
@@ -147,10 +149,52 @@ def test_settings() -> None:
         "pseudonym",
         "raw",
     ]
-    assert (
-        ws_anonymizer(Settings.from_env({"MD_ANON_SECRET": SECRET.decode()})).policy == "pseudonym"
-    )
-    assert ws_anonymizer(Settings.from_env({"MD_WS_ORDER_IDS": "omit"})).policy == "omit"
+    one = ws_anonymizer(Settings.from_env({"MD_WS_ORDER_IDS": "omit"}))
+    assert one.policy == "omit" and one.tiers is None  # one policy: the follower applies it
+
+
+def test_ws_policies_per_tier_as_rest() -> None:
+    env = {"MD_ANON_SECRET": SECRET.decode()}
+    assert ws_policies(Settings.from_env(env)) == {
+        "internal": "raw",
+        "pro": "pseudonym",
+        "*": "omit",
+    }
+    assert ws_policies(Settings.from_env({})) == {"*": "raw"}
+    assert ws_policies(Settings.from_env({**env, "MD_WS_ORDER_IDS": "pseudonym"})) == {
+        "*": "pseudonym"
+    }
+    mixed = ws_anonymizer(Settings.from_env({**env, "MD_WS_ORDER_IDS": "vip=raw,*=pseudonym"}))
+    assert mixed.policy == "raw" and mixed.tiers is not None  # ids kept until delivery
+    assert mixed.tiers.for_tier("vip") is None  # the base policy: nothing to do per client
+    view = mixed.tiers.for_tier("basic")
+    assert view is not None and view.anonymizer.policy == "pseudonym"
+    assert mixed.tiers.for_tier("anonymous") is view  # one copy per policy, shared by tiers
+    with pytest.raises(ConfigError) as ei:
+        ws_policies(Settings.from_env({"MD_WS_ORDER_IDS": "pro=hidden"}))
+    assert ei.value.key == "MD_WS_ORDER_IDS"
+
+
+def test_view_copies_once_per_message_and_resigns(tmp_path: Any) -> None:
+    from core import signing
+    from core.signing import Signer, Verifier, write_keypair
+
+    signer = Signer.from_pem(write_keypair(str(tmp_path))[0].read_bytes())
+    signing.install(signer)
+    try:
+        a = ws_anonymizer(Settings.from_env({"MD_ANON_SECRET": SECRET.decode()}))
+        assert a.tiers is not None
+        view = a.tiers.for_tier("anonymous")
+        assert view is not None
+        raw = signing.sign(orjson.dumps(UPDATE))
+        hit = view.variant(raw)
+        assert hit is not None and view.variant(raw) is hit  # made once, then shared
+        assert Verifier([signer.public_key]).verify(hit[0]) is None  # the copy is re-signed
+        assert b"ord-" not in hit[0] and b"order_id" not in hit[0]
+        l2 = signing.sign(b'{"type":"l2_update","channel":"l2","seq":1,"data":{"changes":[]}}')
+        assert view.variant(l2) is None  # nothing to change: the base bytes go out
+    finally:
+        signing.install(None)
 
 
 @pytest.fixture

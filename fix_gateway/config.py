@@ -95,6 +95,11 @@ class GatewayConfig:
     # Sent messages kept per session for ResendRequest (older ones are gap-filled): bounds the
     # store between daily resets to ~25 MB RAM index + file per session at ~230 B a message.
     store_max_messages: int = 100_000
+    # "file" (default): sequence numbers and sent messages survive a restart (FileStore).
+    # "memory": they live as long as the process (MemoryStore, QuickFIX/J's MemoryStore
+    # equivalent): no file write per session per loop pass, but after a restart every session
+    # starts again at 1 and its peer must log on with ResetSeqNumFlag(141)=Y.
+    store: str = "file"
 
     @classmethod
     def from_settings(cls, s: Settings) -> GatewayConfig:
@@ -117,7 +122,18 @@ class GatewayConfig:
             max_pending_per_ip=_positive(s, "MD_FIX_MAX_PENDING_PER_IP", 100),
             resend_chunk=_positive(s, "MD_FIX_RESEND_CHUNK", 500),
             store_max_messages=_positive(s, "MD_FIX_STORE_MAX_MESSAGES", 100_000),
+            store=_store_kind(s),
         )
+
+
+STORE_KINDS = ("file", "memory")
+
+
+def _store_kind(s: Settings) -> str:
+    v = s.get("MD_FIX_STORE", str, "file")
+    if v not in STORE_KINDS:
+        raise ConfigError("MD_FIX_STORE", f"expected one of {', '.join(STORE_KINDS)}, got {v!r}")
+    return v
 
 
 def _positive(s: Settings, name: str, default: int) -> int:

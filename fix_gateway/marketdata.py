@@ -24,6 +24,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Protocol
 
 from core.book import L2Book
@@ -85,9 +86,16 @@ def _group(entries: list[bytes]) -> Body:
     return Body.of(b"268=%d\x01" % len(entries) + b"".join(entries))
 
 
-def _prefixed(req_id: str, body: Body) -> Body:
+@lru_cache(maxsize=4096)  # bound: live subscriptions' MDReqIDs; a miss only costs the encode
+def _req_prefix(req_id: str) -> tuple[bytes, int]:
     prefix = f"262={req_id}\x01".encode("latin-1")
-    return Body(prefix + body.data, sum(prefix) + body.byte_sum)
+    return prefix, sum(prefix)
+
+
+def _prefixed(req_id: str, body: Body) -> Body:
+    """``body`` for one subscriber: its MDReqID(262) first (once per message per session)."""
+    prefix, prefix_sum = _req_prefix(req_id)
+    return Body(prefix + body.data, prefix_sum + body.byte_sum)
 
 
 class MarketDataApp:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -32,7 +33,7 @@ from fix_gateway.config import GatewayConfig, SessionConfig
 from fix_gateway.errors import FieldError, SessionMisuse
 from fix_gateway.marketdata import MarketDataApp
 from fix_gateway.session import AppMessage, Closed, FixSession, LoggedOn, RejectReceived
-from fix_gateway.store import FileStore, Store
+from fix_gateway.store import FileStore, MemoryStore, Store
 
 log = logging.getLogger(__name__)
 AUDIT = AuditLog("fix_gateway")  # logons, refusals, session ends (docs/security.md)
@@ -54,12 +55,15 @@ class Registry:
                 return "unknown session"
             store = self.stores.get(sc.session_id)
             if store is None:
-                store = self.stores[sc.session_id] = FileStore(
-                    self.cfg.store_dir, sc.session_id, max_messages=self.cfg.store_max_messages
-                )
+                store = self.stores[sc.session_id] = self._new_store(sc.session_id)
             return sc, store
 
         return resolve
+
+    def _new_store(self, session_id: str) -> Store:
+        if self.cfg.store == "memory":  # MD_FIX_STORE=memory: for this process's lifetime
+            return MemoryStore(max_messages=self.cfg.store_max_messages)
+        return FileStore(self.cfg.store_dir, session_id, max_messages=self.cfg.store_max_messages)
 
     def claimer(self, conn: Connection) -> Callable[[str], str | None]:
         """Called once a Logon is authenticated: the session becomes ``conn``'s. A connection
@@ -99,10 +103,14 @@ class Connection(asyncio.Protocol):
             claim=gw.registry.claimer(self),
             resend_chunk=gw.cfg.resend_chunk,
         )
+        # every session of the process counts into one dict, exported once per loop pass
+        self.session.counters = gw.session_counters
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.logged_on = False
         self._flush_scheduled = False
+        # application messages waiting for this pass's flush, framed there (see send_app)
+        self._queued: list[tuple[str, Body]] = []
         self.ip = ""
         self.pending = False  # counted in gw.pending_by_ip until logged on
         self.refused = False  # over a connection cap: aborted in connection_made
@@ -160,12 +168,14 @@ class Connection(asyncio.Protocol):
 
     # application side (marketdata.Sink)
     def send_app(self, msg_type: str, body: Body) -> None:
-        """Queue an application message; the bytes go out once per event-loop pass (one store
-        flush and one socket write for all the messages a Kafka batch produced)."""
-        try:
-            self.session.send(msg_type, body)
-        except SessionMisuse:
+        """Queue an application message; it is framed (MsgSeqNum, SendingTime), stored and
+        written once per event-loop pass, with all the others a Kafka batch produced for this
+        session: one store flush and one socket write. Framing at the flush rather than here
+        stamps SendingTime(52) just before this session's write, not before the framing of
+        every other session's copy (100 sessions: ~2 ms of waiting inside the stamp)."""
+        if self.session.closed:
             return
+        self._queued.append((msg_type, body))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -179,8 +189,18 @@ class Connection(asyncio.Protocol):
         self._after()
 
     # internals
+    def _frame_queued(self) -> None:
+        q, self._queued = self._queued, []
+        try:
+            for msg_type, body in q:
+                self.session.send(msg_type, body)
+        except SessionMisuse:  # closed or logging out meanwhile: the rest is not sent either
+            return
+
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._queued:
+            self._frame_queued()
         out = self.session.data_to_send()
         t = self.transport
         if out and t is not None and not t.is_closing():
@@ -192,8 +212,7 @@ class Connection(asyncio.Protocol):
                 )
                 self.gw.app.drop_session(self)
                 t.abort()
-        M.export_session_counters(self.session.counters)
-        M.export_app_counters(self.gw.app.counters)
+        self.gw.export_soon()
         if self.session.resend_pending and not self._paused and not self._resend_scheduled:
             self._resend_scheduled = True
             asyncio.get_running_loop().call_soon(self._resend_more)
@@ -266,6 +285,21 @@ class Gateway:
         self.follower.add_reset_callback(self._on_reset)
         self.server: asyncio.Server | None = None
         self._drained = asyncio.Event()  # set when the last connection is gone
+        self.session_counters: Counter[str] = Counter()  # all sessions' (FixSession.counters)
+        self._export_scheduled = False
+
+    # metrics
+    def export_soon(self) -> None:
+        """Move the sessions' and the application's counters into Prometheus once, after this
+        loop pass (not once per session flush: ~3 µs each, a fifth of an X's cost)."""
+        if not self._export_scheduled:
+            self._export_scheduled = True
+            asyncio.get_running_loop().call_soon(self._export)
+
+    def _export(self) -> None:
+        self._export_scheduled = False
+        M.export_session_counters(self.session_counters)
+        M.export_app_counters(self.app.counters)
 
     # feed
     def _on_deliver(

@@ -2,6 +2,7 @@
 gateway_rest/history.py), ticker, stats, trades, candles. Hot answers are the cache writer's
 bytes as they are (no model validation, no re-encoding); the models only document them."""
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -49,6 +50,12 @@ def market_router(cfg: RestConfig, st: MarketStore, anon: dict[str, Anonymizer])
     def tier_of(request: Request) -> Tier:
         t: Tier | None = getattr(request.state, "tier", None)
         return t or cfg.tiers["anonymous"]
+
+    def allow_level3(tier: Tier) -> None:
+        if not tier.level3:
+            raise ApiError(
+                403, "forbidden", f"level: tier {tier.name} may not read level=3", "level"
+            )
 
     @router.get(
         f"{PREFIX}/symbols",
@@ -118,10 +125,7 @@ def market_router(cfg: RestConfig, st: MarketStore, anon: dict[str, Anonymizer])
                     f"level: {sym} has no order-by-order book (source {entry.get('source')})",
                     "level",
                 )
-            if not tier.level3:
-                raise ApiError(
-                    403, "forbidden", f"level: tier {tier.name} may not read level=3", "level"
-                )
+            allow_level3(tier)
             d3 = min(depth, tier.max_depth)
             body = for_tier(anon, tier.name).body(await st.l3_book(sym, d3))
             return Response(body, media_type=JSON)
@@ -140,10 +144,8 @@ def market_router(cfg: RestConfig, st: MarketStore, anon: dict[str, Anonymizer])
         if seq is not None and at:
             raise ApiError(422, "invalid_parameter", "at: give either seq or at, not both", "at")
         at_ns = parse_time(at, "at") if at else None
-        if level == 3 and not tier.level3:
-            raise ApiError(
-                403, "forbidden", f"level: tier {tier.name} may not read level=3", "level"
-            )
+        if level == 3:
+            allow_level3(tier)
         try:
             body = await past_orderbook(
                 st,
@@ -158,27 +160,29 @@ def market_router(cfg: RestConfig, st: MarketStore, anon: dict[str, Anonymizer])
             raise ApiError(404, "no_history", str(exc), "at" if at else "seq") from None
         return Response(body, media_type=JSON)
 
-    @router.get(
-        PREFIX + "/{symbol:path}/ticker",
-        response_model=Ticker,
-        responses=ERRORS,
-        tags=["market"],
-        summary="Latest ticker (L1)",
-    )
-    async def ticker(symbol: str) -> Response:
-        sym, _ = await known(symbol)
-        return Response(await st.string(st.keys.ticker(sym), "ticker"), media_type=JSON)
+    def latest(kind: str, key_of: Callable[[str], str]) -> Callable[[str], Awaitable[Response]]:
+        """A route answering the cache writer's latest ``kind`` message of a symbol, as is."""
 
-    @router.get(
-        PREFIX + "/{symbol:path}/stats",
-        response_model=Stats,
-        responses=ERRORS,
-        tags=["market"],
-        summary="24h statistics",
-    )
-    async def stats(symbol: str) -> Response:
-        sym, _ = await known(symbol)
-        return Response(await st.string(st.keys.stats(sym), "stats"), media_type=JSON)
+        async def route(symbol: str) -> Response:
+            sym, _ = await known(symbol)
+            return Response(await st.string(key_of(sym), kind), media_type=JSON)
+
+        return route
+
+    for kind, key_of, model, summary in (
+        ("ticker", st.keys.ticker, Ticker, "Latest ticker (L1)"),
+        ("stats", st.keys.stats, Stats, "24h statistics"),
+    ):
+        router.add_api_route(
+            PREFIX + "/{symbol:path}/" + kind,
+            latest(kind, key_of),
+            methods=["GET"],
+            name=kind,  # the operationId stays ``<kind>_api_v1_market__symbol__<kind>_get``
+            response_model=model,
+            responses=ERRORS,
+            tags=["market"],
+            summary=summary,
+        )
 
     @router.get(
         PREFIX + "/{symbol:path}/trades",

@@ -37,75 +37,20 @@ from pathlib import Path
 from core.kafka import ensure_topics
 from core.settings import Settings
 from fix_gateway.client import FixClient
-from fix_gateway.codec import Message, encode, parse_utc_timestamp, utc_timestamp
+from fix_gateway.codec import Message, parse_utc_timestamp
 from fix_gateway.testing import GatewayProcess, metric
+from loadtests.bench_fix_clients import (
+    Counts,
+    LightClient,
+    cpu_seconds,
+    free_port,
+    l2_change,
+    pct,
+    write_sessions,
+)
 from testkit.fake_aggregator import Platform, Publisher
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LightClient(asyncio.Protocol):
-    """Logon + MarketDataRequest as raw bytes, then counts ``35=X`` frames; heartbeats every 10 s."""
-
-    def __init__(self, sender: str, counter: list[int]) -> None:
-        self.sender = sender
-        self.counter = counter
-        self.seq = 0
-        self.tail = b""
-        self.transport: asyncio.Transport | None = None
-
-    def _send(self, mt: str, fields: list[tuple[int, str | int]]) -> None:
-        self.seq += 1
-        assert self.transport is not None
-        self.transport.write(
-            encode(
-                mt,
-                [(49, self.sender), (56, "MDGW"), (34, self.seq), (52, utc_timestamp()), *fields],
-            )
-        )
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self._send("A", [(98, 0), (108, 30), (141, "Y")])
-        self._send(
-            "V",
-            [
-                (262, "L"),
-                (263, "1"),
-                (264, 0),
-                (265, "1"),
-                (267, 2),
-                (269, "0"),
-                (269, "1"),
-                (146, 1),
-                (55, "BTC-USD"),
-            ],
-        )
-        self._hb = asyncio.get_running_loop().call_later(10, self._heartbeat)
-
-    def _heartbeat(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self._send("0", [])
-            self._hb = asyncio.get_running_loop().call_later(10, self._heartbeat)
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.tail + data
-        self.counter[0] += buf.count(b"\x0135=X\x01")
-        self.tail = buf[-8:]
-        self.counter[0] -= self.tail.count(b"\x0135=X\x01")
-
-    def close(self) -> None:
-        self._hb.cancel()
-        if self.transport is not None:
-            self.transport.close()
 
 
 class Stats:
@@ -143,13 +88,6 @@ class Stats:
         self.recv_lat.append((now - pub) / 1e6)
 
 
-def pct(xs: list[float], p: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * p))]
-
-
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=100)
@@ -165,13 +103,7 @@ async def main() -> None:
     await ensure_topics(s, partitions=3)
     work = ROOT / "var" / "cache" / f"bench_fix_{tag}"
     work.mkdir(parents=True, exist_ok=True)
-    sessions = work / "sessions.toml"
-    sessions.write_text(
-        '[defaults]\nreset_time = ""\n'
-        + "".join(
-            f'[[session]]\nsender_comp_id = "BENCH{i}"\n' for i in range(1, args.sessions + 1)
-        )
-    )
+    sessions = write_sessions(work / "sessions.toml", args.sessions)
     env = dict(
         os.environ,
         MD_TOPIC_PREFIX=s.topic_prefix,
@@ -187,7 +119,7 @@ async def main() -> None:
         await gw.start()
         clients: list[FixClient] = []
         light: list[LightClient] = []
-        light_count = [0]
+        light_count = Counts(measure=False)
         loop = asyncio.get_running_loop()
         try:
             for i in range(1, args.sessions + 1):
@@ -202,11 +134,16 @@ async def main() -> None:
                     clients.append(c)
                 else:
                     _, lc = await loop.create_connection(
-                        partial(LightClient, f"BENCH{i}", light_count), "127.0.0.1", gw.fix_port
+                        partial(LightClient, f"BENCH{i}", light_count, "L"),
+                        "127.0.0.1",
+                        gw.fix_port,
                     )
                     light.append(lc)
             for c in clients:
                 await c.logged_on()
+            await asyncio.wait_for(asyncio.gather(*(lc.logged_on for lc in light)), 60)
+            for lc in light:
+                lc.subscribe()
             for i, c in enumerate(clients):
                 c.send(
                     "V",
@@ -225,18 +162,13 @@ async def main() -> None:
             await asyncio.sleep(1.0)
 
             def delivered() -> int:
-                return stats.received + light_count[0]
-
-            def changes(i: int) -> list[list[str]]:
-                side = "buy" if i % 2 else "sell"
-                px = f"{(90 if side == 'buy' else 101) + i % 9}.{i % 100:02d}"
-                return [[side, px, str(1 + i % 5)]]
+                return stats.received + light_count.received
 
             # phase 1: paced, latency
             n1 = int(args.rate * args.seconds)
             t0 = time.perf_counter()
             for i in range(n1):
-                raw = btc.update(changes(i))
+                raw = btc.update(l2_change(i))
                 stats.publish_ns[btc.seq] = _ts(raw)
                 await pub.prod.send(pub.t.stream("l2"), raw, key=b"BTC-USD")
                 delay = t0 + (i + 1) / args.rate - time.perf_counter()
@@ -249,7 +181,7 @@ async def main() -> None:
             # phase 2: burst, throughput
             stats.measure = False
             stats.received = 0
-            light_count[0] = 0
+            light_count.received = 0
             first: list[float] = []
 
             async def watch() -> None:
@@ -259,13 +191,13 @@ async def main() -> None:
 
             watcher = asyncio.create_task(watch())
             assert gw.proc is not None
-            cpu0 = _cpu_seconds(gw.proc.pid)
+            cpu0 = cpu_seconds([gw.proc.pid])
             t_prod = time.perf_counter()
             futs = []
             for i in range(args.updates):
                 futs.append(
                     await pub.prod.send(
-                        pub.t.stream("l2"), btc.update(changes(n1 + i)), key=b"BTC-USD"
+                        pub.t.stream("l2"), btc.update(l2_change(n1 + i)), key=b"BTC-USD"
                     )
                 )
             await asyncio.gather(*futs)
@@ -273,7 +205,7 @@ async def main() -> None:
             want = args.updates * args.sessions
             await _until(lambda: delivered() >= want, 300)
             burst_s = time.perf_counter() - first[0]
-            gw_cpu = _cpu_seconds(gw.proc.pid) - cpu0
+            gw_cpu = cpu_seconds([gw.proc.pid]) - cpu0
             await watcher
             out_total = metric(gw.http_port, "fix_messages_out_total")
         finally:
@@ -307,12 +239,6 @@ async def main() -> None:
     )
     print(f"gateway fix_messages_out_total: {out_total:,.0f}")
     print(f"mean send latency {statistics.fmean(lat_send) if lat_send else float('nan'):.1f} ms")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (/proc/<pid>/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_name() -> str:

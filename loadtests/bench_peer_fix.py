@@ -8,8 +8,9 @@ MarketDataRequest(V) for BTC-USD full depth, incremental; they count the ``35=X`
 take SendingTime(52) -> receipt of the last X of each read) log on to each server in turn:
 
 - ``fix_gateway``: ``python -m fix_gateway`` (``--gateways`` processes, the sessions split
-  between them), fed by this process playing the aggregator: ``rate / sessions`` one-change
-  ``l2_update`` messages per second on the real Kafka, so each update is one X per session;
+  between them; ``--gateway-stores file,memory`` runs it with each ``MD_FIX_STORE``), fed by
+  this process playing the aggregator: ``rate / sessions`` one-change ``l2_update`` messages
+  per second on the real Kafka, so each update is one X per session;
 - ``QuickFIX/J memory`` and ``QuickFIX/J file``: ``peer.PeerAcceptor``
   (``loadtests/peers/quickfixj``, QuickFIX/J 2.3.2 from Maven Central, built once into
   ``var/peers/quickfixj``) with its MemoryStore or FileStore, sending the same X (one entry:
@@ -19,7 +20,8 @@ Per rate, ``--seconds`` of sending: the X messages delivered, the server's CPU (
 processes from ``/proc``, from the first update until the last X arrived) per delivered X, and the
 p50/p99 of SendingTime -> receipt. The clients and the producer share the machine with the
 servers (Kafka too), so the CPU per message is the figure to compare; the delivered rate says
-whether a server kept up.
+whether a server kept up, and the cores busy (server, this harness, the whole machine) say what
+held it back when it did not.
 """
 
 from __future__ import annotations
@@ -39,22 +41,22 @@ from pathlib import Path
 
 from core.kafka import ensure_topics
 from core.settings import Settings
-from fix_gateway.codec import encode, parse_utc_timestamp, utc_timestamp
 from fix_gateway.testing import GatewayProcess
+from loadtests.bench_fix_clients import (
+    Counts,
+    CpuWindow,
+    LightClient,
+    free_port,
+    l2_change,
+    pct,
+    write_sessions,
+)
 from testkit.fake_aggregator import Platform, Publisher
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_SRC = ROOT / "loadtests" / "peers" / "quickfixj"
 PEER_OUT = ROOT / "var" / "peers" / "quickfixj"
 PEER_JAR = PEER_OUT / "peer-quickfixj-1.0.jar"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build_peer() -> Path:
@@ -68,114 +70,38 @@ def build_peer() -> Path:
     return PEER_JAR
 
 
-def tree_cpu(pids: list[int]) -> float:
-    """User+sys CPU seconds of the processes (/proc/<pid>/stat fields 14 and 15, all threads)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-class Client(asyncio.Protocol):
-    """A light FIX client: Logon + MarketDataRequest as raw bytes, then counts ``35=X``."""
-
-    def __init__(self, sender: str, stats: Stats) -> None:
-        self.sender = sender
-        self.stats = stats
-        self.seq = 0
-        self.tail = b""
-        self.transport: asyncio.Transport | None = None
-        self.logged_on = asyncio.get_running_loop().create_future()
-
-    def _send(self, mt: str, fields: list[tuple[int, str | int]]) -> None:
-        self.seq += 1
-        assert self.transport is not None
-        self.transport.write(
-            encode(
-                mt,
-                [(49, self.sender), (56, "MDGW"), (34, self.seq), (52, utc_timestamp()), *fields],
-            )
-        )
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self._send("A", [(98, 0), (108, 30), (141, "Y")])
-        self._hb = asyncio.get_running_loop().call_later(10, self._heartbeat)
-
-    def subscribe(self) -> None:
-        self._send(
-            "V",
-            [
-                *((262, "b1"), (263, "1"), (264, 0), (265, "1"), (267, 2), (269, "0"), (269, "1")),
-                *((146, 1), (55, "BTC-USD")),
-            ],
-        )
-
-    def _heartbeat(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self._send("0", [])
-            self._hb = asyncio.get_running_loop().call_later(10, self._heartbeat)
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
-        if not self.logged_on.done() and b"\x0135=A\x01" in data:
-            self.logged_on.set_result(None)
-        buf = self.tail + data
-        n = buf.count(b"\x0135=X\x01")
-        self.tail = buf[-8:]
-        n -= self.tail.count(b"\x0135=X\x01")
-        if n:
-            self.stats.received += n
-            i = data.rfind(b"\x0152=")
-            if i >= 0 and len(data) >= i + 25 and self.stats.measure:
-                try:
-                    sent = parse_utc_timestamp(data[i + 4 : i + 25].decode())
-                except ValueError:
-                    return
-                self.stats.lat.append((now - sent) / 1e6)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._hb.cancel()
-
-    def close(self) -> None:
-        self._hb.cancel()
-        if self.transport is not None:
-            self.transport.close()
-
-
-@dataclasses.dataclass
-class Stats:
-    received: int = 0
-    measure: bool = True
-    lat: list[float] = dataclasses.field(default_factory=list)
-
-
 @dataclasses.dataclass
 class Row:
     rate: int
     delivered: int
     expected: int
-    seconds: float
-    cpu_s: float
+    cpu: CpuWindow  # the server's processes, this harness, the machine, first update -> last X
     lat: list[float]
 
     @property
+    def seconds(self) -> float:
+        return self.cpu.wall_s
+
+    @property
     def us_per_x(self) -> float:
-        return self.cpu_s / max(1, self.delivered) * 1e6
+        return self.cpu.server_s / max(1, self.delivered) * 1e6
+
+    @property
+    def harness_us_per_x(self) -> float:
+        return self.cpu.harness_s / max(1, self.delivered) * 1e6
 
     def pct(self, p: float) -> float:
-        xs = sorted(self.lat)
-        return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
+        return pct(self.lat, p)
 
 
-async def connect_all(ports: list[int], sessions: int, stats: Stats) -> list[Client]:
+async def connect_all(ports: list[int], sessions: int, stats: Counts) -> list[LightClient]:
     loop = asyncio.get_running_loop()
     clients = []
     for i in range(1, sessions + 1):
         port = ports[(i - 1) % len(ports)]
-        _, c = await loop.create_connection(partial(Client, f"BENCH{i}", stats), "127.0.0.1", port)
+        _, c = await loop.create_connection(
+            partial(LightClient, f"BENCH{i}", stats), "127.0.0.1", port
+        )
         clients.append(c)
     await asyncio.wait_for(asyncio.gather(*(c.logged_on for c in clients)), 60)
     for c in clients:
@@ -184,7 +110,7 @@ async def connect_all(ports: list[int], sessions: int, stats: Stats) -> list[Cli
     return clients
 
 
-async def wait_delivered(stats: Stats, want: int, limit: float) -> None:
+async def wait_delivered(stats: Counts, want: int, limit: float) -> None:
     deadline = time.monotonic() + limit
     last, still = -1, time.monotonic()
     while stats.received < want and time.monotonic() < deadline:
@@ -195,43 +121,34 @@ async def wait_delivered(stats: Stats, want: int, limit: float) -> None:
             return  # nothing new for 3 s: what arrived is what was delivered
 
 
-def changes(i: int) -> list[list[str]]:
-    side = "buy" if i % 2 else "sell"
-    px = f"{(90 if side == 'buy' else 101) + i % 9}.{i % 100:02d}"
-    return [[side, px, str(1 + i % 5)]]
-
-
-async def run_gateway(args: argparse.Namespace, rates: list[int], work: Path) -> list[Row]:
+async def run_gateway(
+    args: argparse.Namespace, rates: list[int], store: str, work: Path
+) -> list[Row]:
     tag = uuid.uuid4().hex[:8]
     s = dataclasses.replace(
         Settings.from_env(), topic_prefix=f"bench.pfix.{tag}", redis_prefix=f"bench:pfix:{tag}"
     )
     await ensure_topics(s, partitions=3)
-    sessions_file = work / "sessions.toml"
-    sessions_file.write_text(
-        '[defaults]\nreset_time = ""\n'
-        + "".join(
-            f'[[session]]\nsender_comp_id = "BENCH{i}"\n' for i in range(1, args.sessions + 1)
-        )
-    )
+    sessions_file = write_sessions(work / "sessions.toml", args.sessions)
     env = dict(
         os.environ,
         MD_TOPIC_PREFIX=s.topic_prefix,
         MD_REDIS_PREFIX=s.redis_prefix,
         MD_FIX_SESSIONS_FILE=str(sessions_file),
+        MD_FIX_STORE=store,
     )
     btc = Platform("BTC-USD")
     rows: list[Row] = []
     async with Publisher(s) as pub:
         await pub.seed(btc, levels=20)
         gws = [
-            GatewayProcess(env, free_port(), free_port(), work / f"store{g}")
+            GatewayProcess(env, free_port(), free_port(), work / f"{store}{g}")
             for g in range(args.gateways)
         ]
         for gw in gws:
             await gw.start()
-        stats = Stats()
-        clients: list[Client] = []
+        stats = Counts()
+        clients: list[LightClient] = []
         try:
             clients = await connect_all([g.fix_port for g in gws], args.sessions, stats)
             pids = [g.proc.pid for g in gws if g.proc is not None]
@@ -242,26 +159,20 @@ async def run_gateway(args: argparse.Namespace, rates: list[int], work: Path) ->
                 ups = rate / args.sessions
                 n = int(ups * secs)
                 stats.received, stats.lat = 0, []
-                cpu0, t0 = tree_cpu(pids), time.perf_counter()
+                cpu, t0 = CpuWindow(pids).start(), time.perf_counter()
                 for k in range(n):
                     i += 1
-                    await pub.prod.send(pub.t.stream("l2"), btc.update(changes(i)), key=b"BTC-USD")
+                    await pub.prod.send(
+                        pub.t.stream("l2"), btc.update(l2_change(i)), key=b"BTC-USD"
+                    )
                     delay = t0 + (k + 1) / ups - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 await wait_delivered(stats, n * args.sessions, args.seconds + 30)
+                cpu.stop()
                 if warm:
                     continue
-                rows.append(
-                    Row(
-                        rate,
-                        stats.received,
-                        n * args.sessions,
-                        time.perf_counter() - t0,
-                        tree_cpu(pids) - cpu0,
-                        list(stats.lat),
-                    )
-                )
+                rows.append(Row(rate, stats.received, n * args.sessions, cpu, list(stats.lat)))
                 print(f"  fix_gateway {rate:>6} X/s: {_line(rows[-1])}", file=sys.stderr)
         finally:
             for c in clients:
@@ -298,8 +209,8 @@ async def run_peer(args: argparse.Namespace, rates: list[int], store: str, work:
         return (await proc.stdout.readline()).decode().strip()
 
     rows: list[Row] = []
-    stats = Stats()
-    clients: list[Client] = []
+    stats = Counts()
+    clients: list[LightClient] = []
     try:
         if (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() != b"READY":
             raise SystemExit("the QuickFIX/J peer did not start")
@@ -314,19 +225,12 @@ async def run_peer(args: argparse.Namespace, rates: list[int], store: str, work:
         for rate in rates:
             ups = max(1, round(rate / args.sessions))
             stats.received, stats.lat = 0, []
-            cpu0, t0 = tree_cpu([proc.pid]), time.perf_counter()
+            cpu = CpuWindow([proc.pid]).start()
             sent = await ask(f"run {ups} {args.seconds}")
             await wait_delivered(stats, int(sent.split()[-1]), 30)
-            rows.append(
-                Row(
-                    rate,
-                    stats.received,
-                    int(ups * args.seconds) * args.sessions,
-                    time.perf_counter() - t0,
-                    tree_cpu([proc.pid]) - cpu0,
-                    list(stats.lat),
-                )
-            )
+            cpu.stop()
+            expected = int(ups * args.seconds) * args.sessions
+            rows.append(Row(rate, stats.received, expected, cpu, list(stats.lat)))
             print(f"  QuickFIX/J {store:6} {rate:>6} X/s: {_line(rows[-1])}", file=sys.stderr)
     finally:
         for c in clients:
@@ -344,7 +248,7 @@ async def run_peer(args: argparse.Namespace, rates: list[int], store: str, work:
 def _line(r: Row) -> str:
     return (
         f"{r.delivered:,}/{r.expected:,} X in {r.seconds:.1f} s, {r.us_per_x:.1f} CPU us/X, "
-        f"p50 {r.pct(0.5):.1f} ms p99 {r.pct(0.99):.1f} ms"
+        f"p50 {r.pct(0.5):.1f} ms p99 {r.pct(0.99):.1f} ms; {r.cpu.summary()}"
     )
 
 
@@ -357,6 +261,9 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds at the first rate, not kept")
     ap.add_argument("--gateways", type=int, default=1, help="fix_gateway processes")
+    ap.add_argument(
+        "--gateway-stores", default="file", help="MD_FIX_STORE of fix_gateway runs: file,memory"
+    )
     ap.add_argument("--peers", default="memory,file", help="QuickFIX/J stores to run (or none)")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
@@ -364,7 +271,9 @@ async def main() -> None:
     work.mkdir(parents=True)
     results: dict[str, list[Row]] = {}
     try:
-        results[f"fix_gateway x{args.gateways}"] = await run_gateway(args, rates, work)
+        for store in args.gateway_stores.split(","):
+            name = f"fix_gateway x{args.gateways} {store} store"
+            results[name] = await run_gateway(args, rates, store, work)
         for store in [p for p in args.peers.split(",") if p and p != "none"]:
             results[f"QuickFIX/J {store}"] = await run_peer(args, rates, store, work)
     finally:
@@ -374,17 +283,23 @@ async def main() -> None:
         f"{args.sessions} sessions, {args.seconds:g} s per rate\n"
     )
     peer = "QuickFIX/J memory" if "QuickFIX/J memory" in results else None
+    # cores busy: what limited a run (a server near 1.0 per process, the harness near 1.0, or the
+    # machine near its core count with neither saturated: they shared the cores)
     print(
-        "| server | X/s asked | delivered | CPU µs per X | x QuickFIX/J memory | p50 ms | p99 ms |"
+        "| server | X/s asked | delivered | CPU µs per X | x QuickFIX/J memory | p50 ms | p99 ms "
+        "| cores: server / harness / machine | harness µs per X |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, rows in results.items():
         for i, r in enumerate(rows):
             ratio = f"{r.us_per_x / results[peer][i].us_per_x:.2f}" if peer is not None else "n/a"
+            c = r.cpu
             print(
                 f"| {name} | {r.rate:,} | {r.delivered / r.seconds:,.0f}/s "
                 f"({r.delivered / max(1, r.expected):.0%}) | {r.us_per_x:.1f} | {ratio} | "
-                f"{r.pct(0.5):.1f} | {r.pct(0.99):.1f} |"
+                f"{r.pct(0.5):.1f} | {r.pct(0.99):.1f} | {c.cores(c.server_s):.2f} / "
+                f"{c.cores(c.harness_s):.2f} / {c.cores(c.machine_busy_s):.2f} | "
+                f"{r.harness_us_per_x:.1f} |"
             )
     for name, rows in results.items():
         lat = [x for r in rows for x in r.lat]

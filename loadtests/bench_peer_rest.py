@@ -178,14 +178,18 @@ def servers(s: Settings, body_file: Path, wanted: list[str]) -> list[Server]:
     uv += ["--no-access-log", "--log-level", "warning", "--factory"]
     gr = [py, "-m", "granian", "--interface", "asgi", "--port", "{port}", "--workers", "1"]
     gr += ["--loop", "uvloop", "--no-access-log", "--log-level", "warning", "--factory"]
+    gw = [py, "-m", "gateway_rest"]  # the production entry point, MD_REST_SERVER chooses
     table = {
         "bare-uvicorn": Server(
             "bare uvicorn", [*uv, "--lifespan", "off", "loadtests.bench_peer_rest:bare_app"], base
         ),
-        "gateway": Server("gateway_rest (defaults)", [py, "-m", "gateway_rest"], gw_env),
+        "gateway": Server("gateway_rest (defaults)", gw, gw_env),
+        "gateway-uvicorn": Server(
+            "gateway_rest on uvicorn", gw, dict(gw_env, MD_REST_SERVER="uvicorn")
+        ),
         "bare-granian": Server("bare granian", [*gr, "loadtests.bench_peer_rest:bare_app"], base),
         "gateway-granian": Server(
-            "gateway_rest app on granian", [*gr, "gateway_rest.__main__:factory"], gw_env
+            "gateway_rest on granian", gw, dict(gw_env, MD_REST_SERVER="granian")
         ),
     }
     for name in wanted:
@@ -227,7 +231,8 @@ def main() -> None:
     ap.add_argument(
         "--servers",
         default="bare-uvicorn,gateway",
-        help="comma list of bare-uvicorn, gateway, bare-granian, gateway-granian",
+        help="comma list of bare-uvicorn, gateway (the default server), gateway-uvicorn, "
+        "bare-granian, gateway-granian; the first is the ceiling the ratios divide by",
     )
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -259,18 +264,22 @@ def main() -> None:
         f"GET {PATH} ({len(body):,}-byte body); wrk -t2 -d{args.duration}s x{args.runs} "
         f"(medians), server on core {SERVER_CORE}, wrk on core {LOAD_CORE}\n"
     )
+    # "x ceiling": req/s over the ceiling's req/s; "per core": the ceiling's CPU per request over
+    # this server's (req/s per core when both had a whole core: the steadier figure when the
+    # machine is shared, where a server with more threads takes a larger share of a busy core)
     head = "| server |" + "".join(
-        f" {c} conns req/s | p99 ms | CPU µs/req | x {ceiling} |" for c in conns
+        f" {c} conns req/s | p99 ms | CPU µs/req | x {ceiling} | per core x {ceiling} |"
+        for c in conns
     )
     print(head)
-    print("| --- |" + " ---: | ---: | ---: | ---: |" * len(conns))
+    print("| --- |" + " ---: | ---: | ---: | ---: | ---: |" * len(conns))
     for srv in srvs:
         cells = ""
         for c in conns:
             r, base = results[(srv.name, c)], results[(ceiling, c)]
             cells += (
                 f" {r['rps']:,.0f} | {r['p99_ms']:.2f} | {r['cpu_us']:.0f} |"
-                f" {r['rps'] / base['rps']:.2f} |"
+                f" {r['rps'] / base['rps']:.2f} | {base['cpu_us'] / r['cpu_us']:.2f} |"
             )
         print(f"| {srv.name} |{cells}")
 

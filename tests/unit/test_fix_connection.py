@@ -1,0 +1,110 @@
+"""The acceptor's connection around the session core, with a fake transport (no socket, no Kafka):
+application messages queued in one loop pass go out framed in one write, with consecutive
+MsgSeqNum(34) and a SendingTime(52) taken at the write; counters reach Prometheus once per pass."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from core.errors import ConfigError
+from core.settings import Settings
+from fix_gateway.codec import Body, Parser, encode, parse_utc_timestamp, utc_timestamp
+from fix_gateway.config import GatewayConfig
+from fix_gateway.server import Connection, Gateway
+from fix_gateway.store import MemoryStore
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
+
+def frames(data: bytes) -> list[Any]:
+    p = Parser()
+    p.receive_data(data)
+    return p.events_received()
+
+
+def out_total() -> float:
+    return REGISTRY.get_sample_value("fix_messages_out_total") or 0.0
+
+
+async def logged_on(tmp_path: Path, store: str = "file") -> tuple[Connection, FakeTransport]:
+    s = Settings.from_env()
+    base = GatewayConfig.from_settings(s)
+    cfg = dataclasses.replace(base, store_dir=tmp_path / "store", store=store)
+    gw = Gateway(s, cfg)
+    conn = Connection(gw)
+    t = FakeTransport()
+    conn.connection_made(t)  # type: ignore[arg-type]
+    logon = [(49, "CLIENT1"), (56, "MDGW"), (34, 1), (52, utc_timestamp())]
+    conn.data_received(encode("A", [*logon, (98, 0), (108, 30), (141, "Y")]))
+    assert conn.logged_on and [m.msg_type for m in frames(b"".join(t.writes))] == ["A"]
+    t.writes.clear()
+    return conn, t
+
+
+async def test_messages_of_one_pass_leave_in_one_write_framed_at_the_write(tmp_path: Path) -> None:
+    conn, t = await logged_on(tmp_path)
+    before = out_total()
+    conn.send_app("X", Body.of(b"262=a\x01268=0\x01"))
+    conn.send_app("X", Body.of(b"262=b\x01268=0\x01"))
+    assert t.writes == []  # nothing framed or written inside the pass that queued them
+    t0 = utc_timestamp()
+    await asyncio.sleep(0)  # the pass ends: one flush
+    assert len(t.writes) == 1
+    msgs = frames(t.writes[0])
+    assert [(m.msg_type, m.get(262), m.get_int(34)) for m in msgs] == [("X", "a", 2), ("X", "b", 3)]
+    assert all(parse_utc_timestamp(m.get(52)) >= parse_utc_timestamp(t0) for m in msgs)
+    await asyncio.sleep(0)  # the gateway's export pass
+    assert out_total() - before == 3  # the Logon answer and the two X
+
+
+async def test_messages_queued_for_a_session_that_closed_are_dropped(tmp_path: Path) -> None:
+    conn, t = await logged_on(tmp_path)
+    conn.send_app("X", Body.of(b"262=a\x01268=0\x01"))
+    conn.session.terminate("taken over")  # Logout(5), closed before the pass ends
+    conn.send_app("X", Body.of(b"262=b\x01268=0\x01"))  # ignored: the session is closed
+    await asyncio.sleep(0)
+    sent = [m.msg_type for w in t.writes for m in frames(w)]
+    assert sent == ["5"], sent
+
+
+async def test_memory_store_keeps_the_session_in_memory_only(tmp_path: Path) -> None:
+    conn, t = await logged_on(tmp_path, store="memory")
+    assert isinstance(conn.session.store, MemoryStore)
+    conn.send_app("X", Body.of(b"262=a\x01268=0\x01"))
+    await asyncio.sleep(0)
+    assert [s.seq for s in conn.session.store.get(1, 10)] == [1, 2]  # Logon answer, X
+    assert not any(p.is_file() for p in (tmp_path / "store").rglob("*"))
+
+
+def test_store_kind_is_checked_at_start() -> None:
+    with pytest.raises(ConfigError) as e:
+        GatewayConfig.from_settings(Settings.from_env({"MD_FIX_STORE": "redis"}))
+    assert e.value.key == "MD_FIX_STORE"
+    assert GatewayConfig.from_settings(Settings.from_env({})).store == "file"

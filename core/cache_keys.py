@@ -73,6 +73,12 @@ class CacheKeys:
         """Stream: WebSocket resume window, IDs ``<seq>-0``, fields ``m`` (bytes) and ``e`` (epoch)."""
         return self.under(f"hist:{channel}:{symbol}")
 
+    def client(self, owner: str, client_id: str) -> str:
+        """String: a WebSocket client's subscription set for resume by ``client_id`` (JSON
+        ``{"subs": [...]}``, gateway_ws/client_ids.py), expiring ``MD_WS_CLIENT_TTL_S`` after its
+        last write. ``owner`` is ``anon`` or the user's fingerprint, never the user name."""
+        return self.under(f"client:{owner}:{client_id}")
+
     @property
     def sentinel(self) -> str:
         """String written by the cache writer; its absence means Redis lost the cache (restart)."""

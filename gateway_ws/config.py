@@ -84,6 +84,9 @@ class WsConfig:
     pending_max: int = 10_000
     # resumes reading Redis at once per process (each reads 500 entries at a time)
     resume_concurrency: int = 8
+    # resume by client_id: a client's stored subscription set expires this long after its
+    # last change or disconnect (one small string per client id in Redis)
+    client_ttl_s: float = 24 * 3600
     heartbeat_s: float = 5.0
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
@@ -118,6 +121,8 @@ class WsConfig:
             raise ConfigError("MD_WS_PROCESS_BUFFER_BYTES", "must be at least MD_WS_BUFFER_BYTES")
         if self.resume_concurrency < 1:
             raise ConfigError("MD_WS_RESUME_CONCURRENCY", "must be >= 1")
+        if self.client_ttl_s <= 0:
+            raise ConfigError("MD_WS_CLIENT_TTL_S", "must be > 0 seconds")
 
     @classmethod
     def from_settings(cls, s: Settings) -> WsConfig:
@@ -159,6 +164,7 @@ class WsConfig:
             resume_max=g("MD_WS_RESUME_MAX", int, d.resume_max),
             pending_max=g("MD_WS_PENDING_MAX", int, d.pending_max),
             resume_concurrency=g("MD_WS_RESUME_CONCURRENCY", int, d.resume_concurrency),
+            client_ttl_s=g("MD_WS_CLIENT_TTL_S", float, d.client_ttl_s),
             heartbeat_s=g("MD_WS_HEARTBEAT_S", float, d.heartbeat_s),
             ping_interval_s=g("MD_WS_PING_INTERVAL_S", float, d.ping_interval_s),
             ping_timeout_s=g("MD_WS_PING_TIMEOUT_S", float, d.ping_timeout_s),

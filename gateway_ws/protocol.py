@@ -10,7 +10,11 @@ it with plain calls and an explicit clock, the shape of ``websockets.protocol.Pr
 Rules, all here:
 
 - a request is one JSON object with a ``type``: ``subscribe``, ``unsubscribe``, ``auth``,
-  ``ping``; anything else is an ``unknown_type`` error;
+  ``ping``, ``resume``; anything else is an ``unknown_type`` error;
+- a ``client_id`` (URL query, or on ``subscribe``/``resume``) names the client across
+  connections: the transport stores the subscription set of a named session
+  (:meth:`Session.stored_targets`, gateway_ws/client_ids.py), and ``resume`` with a ``since``
+  asks for it back (:class:`ResumeClient`, answered by :meth:`Session.resume_with`);
 - subscribe/unsubscribe take ``channel`` + ``symbol`` or ``channels: ["l2:BTC-USD", ...]``;
   each target is validated on its own, so one bad target does not void the others;
 - every error is ``{"type":"error","code":..,"message":..}`` and the session stays open;
@@ -21,16 +25,19 @@ Rules, all here:
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from core.channels import DATA_CHANNELS, error_message
+from core.codec import iso_from_ns
 from core.errors import MarketDataError, SymbolError
 from core.symbols import normalize_symbol
+from gateway_ws.client_ids import STORED_OPTIONS, check_client_id
 
 Key = tuple[str, str]  # (channel, symbol); the status channel uses symbol "*" for "all"
 
@@ -48,6 +55,9 @@ CLOSE_IDLE = 4002  # no subscription and no request for too long
 CLOSE_AUTH = 4003  # authentication required / token expired
 
 _INTERVAL = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
+_UNIX_S = re.compile(r"^\d+(?:\.\d+)?$")
+# Unix seconds above this (year 5138) are milliseconds or nanoseconds sent by mistake
+_MAX_UNIX_S = 1e11
 
 
 class ProtocolError(MarketDataError):
@@ -123,12 +133,29 @@ class Authenticated:
 
 
 @dataclass(frozen=True, slots=True)
+class Bind:
+    """The session took a ``client_id``: the transport stores its subscription set from now on."""
+
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeClient:
+    """``resume``: the transport reads the client's stored set and calls
+    :meth:`Session.resume_with` with it (None when nothing is stored under the id)."""
+
+    client_id: str
+    since_ns: int
+    req_id: Any = None
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     code: int
     reason: str
 
 
-Event = Subscribe | Unsubscribe | Authenticated | Close
+Event = Subscribe | Unsubscribe | Authenticated | Bind | ResumeClient | Close
 
 
 @dataclass(slots=True)
@@ -160,6 +187,25 @@ def parse_interval(raw: object) -> int:
     raise ValueError("interval must be a string like '5s' or '250ms', or a number of seconds")
 
 
+def parse_since(raw: object, ns_from_iso: Callable[[str], int]) -> int:
+    """A start time as ns since the epoch: an ISO-8601 string, or Unix seconds as a number or a
+    string of digits (``1796557200``, ``1796557200.25``)."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ValueError("'since' is an ISO-8601 time or Unix seconds")
+    if isinstance(raw, str) and not _UNIX_S.match(raw.strip()):
+        try:
+            return ns_from_iso(raw)
+        except Exception:
+            raise ValueError(f"bad 'since' timestamp {raw!r}") from None
+    secs = float(raw)
+    if not math.isfinite(secs) or not 0 <= secs < _MAX_UNIX_S:
+        raise ValueError(f"'since' {raw!r} is not Unix seconds (milliseconds sent by mistake?)")
+    whole, _, frac = str(raw).strip().partition(".")
+    if isinstance(raw, float):
+        return round(raw * 1e9)
+    return int(whole) * 10**9 + int((frac + "0" * 9)[:9] or 0)
+
+
 @dataclass(slots=True)
 class Session:
     """One client's protocol state; see the module docstring."""
@@ -170,6 +216,7 @@ class Session:
     encode: Callable[[dict[str, Any]], bytes] = orjson.dumps
     limits: Limits = field(default_factory=Limits)
     verify_token: Callable[[str], Principal] | None = None
+    client_id: str | None = None  # set by the URL query, or by the first request naming one
     on_error: Callable[[str], None] | None = None  # told each error code (metrics)
     now: float = 0.0
     subscriptions: dict[Key, SubRequest] = field(default_factory=dict)
@@ -213,12 +260,15 @@ class Session:
                 self._unsubscribe(msg, req_id)
             elif typ == "auth":
                 self._auth(msg.get("token"), req_id)
+            elif typ == "resume":
+                self._resume(msg, req_id)
             elif typ == "ping":
                 self._send({"type": "pong", **({"id": req_id} if req_id is not None else {})})
             else:
                 raise ProtocolError(
                     "unknown_type",
-                    f"unknown request type {typ!r}; expected subscribe, unsubscribe, auth or ping",
+                    f"unknown request type {typ!r}; "
+                    "expected subscribe, unsubscribe, auth, ping or resume",
                 )
         except ProtocolError as exc:
             self.error(exc.code, exc.message, id=req_id)
@@ -342,14 +392,10 @@ class Session:
             raise ProtocolError("bad_request", "'since_seq' must be a non-negative integer")
         since_ns = None
         if msg.get("since") is not None:
-            if not isinstance(msg["since"], str):
-                raise ProtocolError("bad_request", "'since' must be an ISO-8601 timestamp")
             try:
-                since_ns = self.ns_from_iso(msg["since"])
-            except Exception:
-                raise ProtocolError(
-                    "bad_request", f"bad 'since' timestamp {msg['since']!r}"
-                ) from None
+                since_ns = parse_since(msg["since"], self.ns_from_iso)
+            except ValueError as exc:
+                raise ProtocolError("bad_request", str(exc)) from None
         epoch = msg.get("epoch")
         if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
             raise ProtocolError("bad_request", "'epoch' must be an integer")
@@ -415,6 +461,8 @@ class Session:
         )
 
     def _subscribe(self, msg: dict[str, Any], req_id: Any) -> None:
+        if msg.get("client_id") is not None:
+            self.bind(msg["client_id"])
         added: dict[Key, SubRequest] = {}  # "BTC/USD" and "btc-usd" are one key: the last wins
         for ch, sym in self._targets(msg):
             try:
@@ -438,6 +486,115 @@ class Session:
         if added:
             self._ack("subscribed", req_id, [r.name for r in added.values()])
             self._events.append(Subscribe(tuple(added.values())))
+
+    # ----------------------------------------------------------------- client_id
+
+    def bind(self, raw: object) -> str:
+        """Name this session ``raw`` (validated); one name per connection."""
+        try:
+            cid = check_client_id(raw)
+        except ValueError as exc:
+            raise ProtocolError("bad_request", str(exc)) from None
+        if self.client_id == cid:
+            return cid
+        if self.client_id is not None:
+            raise ProtocolError(
+                "client_id_conflict", f"this connection is already client_id {self.client_id!r}"
+            )
+        self.client_id = cid
+        self._events.append(Bind(cid))
+        return cid
+
+    def _resume(self, msg: dict[str, Any], req_id: Any) -> None:
+        raw_id = msg.get("client_id", self.client_id)
+        if raw_id is None:
+            raise ProtocolError("bad_request", "'resume' needs a 'client_id'")
+        if msg.get("since") is None:
+            raise ProtocolError("bad_request", "'resume' needs 'since' (ISO-8601 or Unix seconds)")
+        try:
+            since_ns = parse_since(msg["since"], self.ns_from_iso)
+        except ValueError as exc:
+            raise ProtocolError("bad_request", str(exc)) from None
+        self._events.append(ResumeClient(self.bind(raw_id), since_ns, req_id))
+
+    def resume_with(
+        self,
+        ev: ResumeClient,
+        targets: list[dict[str, Any]] | None,
+        beyond_window: Mapping[Key, str | None] | None = None,
+    ) -> None:
+        """Subscribe again to every stored target of ``ev.client_id`` with its ``since``.
+
+        Each target goes through the same checks as a ``subscribe`` (channel, symbol, tier,
+        option ranges, subscription limit), so a stored set can never grant more than the
+        client could ask for now. Conflated targets (``interval``) and ``status`` get a fresh
+        latest value: they have nothing to replay. ``beyond_window`` names the streams whose
+        retained window starts after ``since`` (the ISO time of their oldest message, None when
+        nothing is retained): they are listed in the ``resumed`` answer, and each of them
+        gets the ``resync`` (``resume_too_old``) and a flagged snapshot."""
+        if targets is None:
+            self.error(
+                "unknown_client_id",
+                f"nothing stored for client_id {ev.client_id!r} (never subscribed, or expired)",
+                id=ev.req_id,
+            )
+            return
+        added: dict[Key, SubRequest] = {}
+        beyond: list[dict[str, str | None]] = []
+        for t in targets:
+            opts = {k: t[k] for k in STORED_OPTIONS if k in t and k != "interval_ms"}
+            if t.get("interval_ms") is not None:
+                opts["interval"] = f"{t['interval_ms']}ms"
+            try:
+                key = self._key(t["channel"], t["symbol"])
+                req = self._options(key[0], key[1], opts)
+                if req.interval_ms is None and key[0] != STATUS:
+                    req = SubRequest(
+                        req.channel, req.symbol, None, ev.since_ns, None, req.depth, None,
+                        req.currencies, req.limit,
+                    )  # fmt: skip
+                if (
+                    key not in self.subscriptions
+                    and len(self.subscriptions) >= self.principal.tier.max_subscriptions
+                ):
+                    raise ProtocolError("too_many_subscriptions", "subscription limit reached")
+            except ProtocolError as exc:
+                target = f"{t['channel']}:{t['symbol']}"
+                self.error(exc.code, exc.message, id=ev.req_id, target=target)
+                continue
+            self.subscriptions[key] = req
+            added[key] = req
+            if beyond_window and req.since_ns is not None and key in beyond_window:
+                beyond.append({"target": req.name, "window_start": beyond_window[key]})
+        ack: dict[str, Any] = {
+            "type": "resumed",
+            "client_id": ev.client_id,
+            "since": iso_from_ns(ev.since_ns),
+            "changed": [r.name for r in added.values()],
+            "subscriptions": [r.name for r in self.subscriptions.values()],
+            "beyond_window": beyond,
+        }
+        if ev.req_id is not None:
+            ack["id"] = ev.req_id
+        self._send(ack)
+        if added:
+            self._events.append(Subscribe(tuple(added.values())))
+
+    def stored_targets(self) -> list[dict[str, Any]]:
+        """The subscription set as :class:`~gateway_ws.client_ids.ClientStore` keeps it."""
+        out = []
+        for r in self.subscriptions.values():
+            t: dict[str, Any] = {"channel": r.channel, "symbol": r.symbol}
+            if r.depth is not None:
+                t["depth"] = r.depth
+            if r.limit is not None:
+                t["limit"] = r.limit
+            if r.interval_ms is not None:
+                t["interval_ms"] = r.interval_ms
+            if r.currencies:
+                t["currencies"] = list(r.currencies)
+            out.append(t)
+        return out
 
     def _unsubscribe(self, msg: dict[str, Any], req_id: Any) -> None:
         removed: list[Key] = []

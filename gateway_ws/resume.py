@@ -52,6 +52,33 @@ class History:
         )
         return [_entry(i) for i in items or ()]
 
+    async def window_starts(
+        self, keys: list[tuple[str, str]], since_ns: int
+    ) -> dict[tuple[str, str], str | None]:
+        """The streams of ``keys`` whose window does not reach back to ``since_ns``: key ->
+        the ISO time of its oldest retained message (None when nothing is retained). One
+        pipelined round trip; the same rule as :meth:`seq_at` returning None."""
+        if not keys:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for ch, sym in keys:
+            pipe.xrange(hist_key(self.prefix, ch, sym), count=1)
+        firsts = await pipe.execute()
+        out: dict[tuple[str, str], str | None] = {}
+        for key, first in zip(keys, firsts, strict=True):
+            if not first:
+                out[key] = None
+                continue
+            _seq, _fields = first[0]
+            m = _fields.get(_M, _fields.get(HIST_MESSAGE, b""))
+            try:
+                ts = orjson.loads(m)["timestamp"]
+                if ns_from_iso(ts) >= since_ns:
+                    out[key] = ts
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # unreadable: the replay itself will say too_old or gap
+        return out
+
     async def seq_at(self, channel: str, symbol: str, since_ns: int) -> int | None:
         """The last seq published before ``since_ns``: resuming after it gives every message
         at or after that time. None when the window does not reach back that far."""

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -28,24 +29,30 @@ from websockets.http11 import Request, Response
 
 from core.anonymize import install as install_anonymizer
 from core.anonymize import ws_anonymizer
+from core.channels import error_message
 from core.codec import ns_from_iso
+from core.errors import SymbolError
 from core.follower import StreamFollower
 from core.health import LIVENESS, Health, add_follower, scope_of, tasks_alive
 from core.ops_http import start_ops_server
 from core.settings import Settings
 from core.signing import Signer, install, keys_document
+from core.symbols import normalize_symbol
 from core.tls import server_context
 from gateway_ws import metrics as m
 from gateway_ws.auth import Authenticator
 from gateway_ws.client import Client
+from gateway_ws.client_ids import ClientStore, check_client_id, owner_of
 from gateway_ws.config import WsConfig
 from gateway_ws.hub import Hub
 from gateway_ws.protocol import (
     CLOSE_TRY_LATER,
+    STATUS,
     Authenticated,
     Close,
     Principal,
     ProtocolError,
+    ResumeClient,
     Session,
     Subscribe,
     Unsubscribe,
@@ -74,6 +81,10 @@ class Gateway:
         self.follower = StreamFollower(settings, trades_keep=self.cfg.trades_keep)
         self.history = History(settings.redis_url, settings.redis_prefix)
         self.hub = Hub(self.cfg, self.follower, self.history)
+        # resume by client_id: subscription sets in the same Redis as the resume window
+        self.client_store = ClientStore(
+            self.history.redis, settings.redis_prefix, self.cfg.client_ttl_s
+        )
         self.auth = Authenticator(self.cfg)
         self.health = Health("gateway_ws")
         # readiness "kafka": the feed is connected and was read to its end (no new clients
@@ -219,6 +230,17 @@ class Gateway:
                 "application/json",
                 b'{"error":"encoding is json or msgpack"}',
             )
+        cid = (q.get("client_id") or [None])[0]
+        if cid is not None:
+            try:
+                check_client_id(cid)
+            except ValueError as exc:
+                return _http(
+                    HTTPStatus.BAD_REQUEST,
+                    "application/json",
+                    orjson.dumps({"error": "bad_request", "message": str(exc)}),
+                )
+        conn.md_client_id = cid  # type: ignore[attr-defined]
         conn.md_principal = principal  # type: ignore[attr-defined]
         conn.md_binary = enc == "msgpack"  # type: ignore[attr-defined]
         return None
@@ -252,6 +274,7 @@ class Gateway:
             verify_token=self.auth.verify if self.auth.enabled else None,
             now=time.monotonic(),
             on_error=_count_error,
+            client_id=getattr(ws, "md_client_id", None),
         )
         session.last_request = time.monotonic()
         client = Client(
@@ -285,8 +308,7 @@ class Gateway:
                 session.receive_data(data, now)
                 for out in session.data_to_send():
                     self.hub.control(client, out)
-                for ev in session.events_received():
-                    self._on_event(client, ev)
+                await self._events(client)
                 if session.closing is not None:
                     self.hub.flush()
                     client.closed = True
@@ -304,6 +326,11 @@ class Gateway:
                 reason = session.closing.reason
             self.hub.remove_client(client)
             self._count(session.principal, -1, ip)
+            if session.client_id is not None:  # the set outlives the connection by the TTL
+                with contextlib.suppress(Exception):
+                    await self.client_store.touch(
+                        owner_of(session.principal.user), session.client_id
+                    )
             audit.info(
                 "disconnect",
                 extra={
@@ -315,6 +342,65 @@ class Gateway:
                     "code": ws.close_code,
                 },
             )
+
+    async def _events(self, client: Client) -> None:
+        """Carry out what the session asked for; a named session's set is stored after a change.
+
+        A ``resume`` reads Redis here, in the connection's reader: the client's next request
+        is read once the resumed subscriptions are in place, so requests keep their order."""
+        session = client.session
+        changed = False
+        while evs := session.events_received():
+            for ev in evs:
+                if isinstance(ev, ResumeClient):
+                    await self._resume_client(client, ev)
+                    for out in session.data_to_send():
+                        self.hub.control(client, out)
+                    continue
+                self._on_event(client, ev)
+                changed = changed or isinstance(ev, Subscribe | Unsubscribe)
+        if changed and session.client_id is not None:
+            try:
+                await self.client_store.save(
+                    owner_of(session.principal.user), session.client_id, session.stored_targets()
+                )
+            except (RedisError, OSError) as exc:
+                log.warning("client set not stored", extra={"error": repr(exc)})
+                self._notify(
+                    client, "client_store_unavailable", "subscriptions not stored for resume"
+                )
+
+    async def _resume_client(self, client: Client, ev: ResumeClient) -> None:
+        """Read the client's stored set (and which streams' windows start after ``since``)."""
+        owner = owner_of(client.session.principal.user)
+        try:
+            targets = await self.client_store.load(owner, ev.client_id)
+            keys = []
+            for t in targets or ():
+                if t["channel"] != STATUS and t.get("interval_ms") is None:
+                    with contextlib.suppress(SymbolError):
+                        keys.append((t["channel"], normalize_symbol(t["symbol"])))
+            beyond = await self.history.window_starts(keys, ev.since_ns)
+        except (RedisError, OSError) as exc:
+            log.warning("client resume failed", extra={"error": repr(exc)})
+            self._notify(client, "resume_unavailable", "the stored subscriptions could not be read")
+            return
+        audit.info(
+            "resume client",
+            extra={
+                "event": "resume_client",
+                "conn": client.conn_id,
+                "ip": client.ip,
+                "user": client.user,
+                "client_id": ev.client_id,
+                "targets": len(targets or ()),
+            },
+        )
+        client.session.resume_with(ev, targets, beyond)
+
+    def _notify(self, client: Client, code: str, message: str) -> None:
+        """An error the server caused (Redis down): not counted against the client."""
+        self.hub.control(client, _encoder(client.binary)(error_message(code, message)))
 
     def _on_event(self, client: Client, ev: Any) -> None:
         if isinstance(ev, Subscribe):

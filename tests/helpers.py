@@ -14,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import orjson
@@ -148,6 +148,12 @@ async def put_cache_writes(r: Redis, k: CacheKeys, w: Writes) -> None:
         await r.set(f"{k.prefix}:{suffix}", body)
 
 
+async def stream_entries(r: Redis, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """XRANGE of the whole stream ``key`` (redis-py annotates the sync and async answers as one
+    union with ``None``; the async client without decode_responses answers this)."""
+    return cast("list[tuple[bytes, dict[bytes, bytes]]]", await r.xrange(key))
+
+
 def stop_procs(procs: Iterable[subprocess.Popen[bytes]], timeout: float) -> None:
     """SIGTERM every process still running, then reap each, killing any that outlives ``timeout``.
 
@@ -168,7 +174,11 @@ def check_follower(follower: StreamFollower, seen: StreamCheck) -> list[Reset]:
     """Feed every message ``follower`` delivers to ``seen``; a (re)join resets the check to its
     snapshot (seq, epoch, l2 book). Returns the resets as they come."""
     resets: list[Reset] = []
-    follower.add_callback(lambda ch, sym, seq, raw, parsed: seen.feed(raw))
+
+    def on_message(ch: str, sym: str, seq: int, raw: bytes, parsed: dict[str, Any]) -> None:
+        seen.feed(raw)
+
+    follower.add_callback(on_message)
 
     def on_reset(r: Reset) -> None:
         resets.append(r)

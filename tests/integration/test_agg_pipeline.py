@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import pytest
@@ -93,7 +94,7 @@ async def test_simulator_to_l2_stream_and_snapshot(settings: Settings) -> None:
     assert set(check.books) == set(s.symbols)
 
     ref = reference_books(await read_topic(s, t.input))
-    snaps: dict[str, dict] = {}
+    snaps: dict[str, Any] = {}
     for r in await read_topic(s, t.snapshot):
         snaps[r.key.decode()] = orjson.loads(r.value) if r.value else None
     for sym in s.symbols:

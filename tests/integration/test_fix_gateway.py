@@ -30,8 +30,8 @@ ENTRY = frozenset({279, 269, 55, 270, 271, 83})
 
 def md_request(
     req: str, symbols: list[str], types: list[str], depth: int = 0
-) -> list[tuple[int, object]]:
-    f: list[tuple[int, object]] = [
+) -> list[tuple[int, str | int]]:
+    f: list[tuple[int, str | int]] = [
         (262, req),
         (263, "1"),
         (264, depth),
@@ -144,7 +144,7 @@ async def test_subscribe_and_rebuild_book_equal_to_platform(
             # bad requests get MarketDataRequestReject(Y), the session stays up
             c.send("V", md_request("md2", ["NOPE-USD"], ["0"]))
             c.send("V", md_request("md1", ["BTC-USD"], ["0"]))
-            rejects = []
+            rejects: list[tuple[str | None, str | None]] = []
             while len(rejects) < 2:
                 m = await c.next_app()
                 if m.msg_type == "Y":
@@ -299,14 +299,13 @@ async def test_new_epoch_resnapshots_and_slow_consumer_is_cut(
             while w.msg_type != "W":
                 w = await c.next_app()
             view.apply(w)
-            await eventually(
-                lambda: (
-                    (c.app.empty() or view.apply(c.app.get_nowait()) or True)
-                    and view.seq["BTC-USD"] == fresh.seq
-                ),
-                10,
-                interval=0.02,
-            )
+
+            def caught_up() -> bool:
+                if not c.app.empty():
+                    view.apply(c.app.get_nowait())
+                return view.seq["BTC-USD"] == fresh.seq
+
+            await eventually(caught_up, 10, interval=0.02)
             assert view.books["BTC-USD"].snapshot() == fresh.book.snapshot()
 
             # a client that stops reading: its buffer passes MD_FIX_MAX_BUFFER and it is cut, counted.

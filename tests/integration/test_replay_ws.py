@@ -89,9 +89,10 @@ async def _produce(s: Settings, t0: int, sym: str) -> dict[str, Any]:
     return {"updates": updates, "trades": trades, "books": books, "sym": sym}
 
 
-async def _collect(ws: ClientConnection, rid: Any) -> list[dict[str, Any] | bytes]:
-    """Frames of one replay until its replay_done / error (data messages as raw bytes)."""
-    out: list[dict[str, Any] | bytes] = []
+async def _collect(ws: ClientConnection, rid: Any) -> list[Any]:
+    """Frames of one replay until its replay_done / error: control messages decoded (dicts),
+    data messages as the raw bytes sent."""
+    out: list[Any] = []
     while True:
         frame = await asyncio.wait_for(ws.recv(), 30)
         raw = frame.encode() if isinstance(frame, str) else frame

@@ -13,6 +13,7 @@ from core.cache_keys import CacheKeys
 from core.settings import Settings
 from gateway_rest.app import create_app
 from gateway_rest.config import RestConfig
+from gateway_rest.middleware import GatewayApp
 from storage.cache_model import CacheModel
 from testkit import fake_aggregator as T
 from tests.helpers import put_cache_writes
@@ -89,5 +90,6 @@ async def test_concurrent_reads_share_one_redis_call(redis_settings: Settings) -
             *(c.get(f"/api/v1/market/{SYM}/orderbook?depth=5") for _ in range(50))
         )
     assert {r.status_code for r in rs} == {200} and len({r.content for r in rs}) == 1
-    assert app.gateway is not None and app.gateway.fast is not None
+    assert isinstance(app, GatewayApp) and app.gateway is not None
+    assert app.gateway.fast is not None
     assert app.gateway.fast.shared > 0

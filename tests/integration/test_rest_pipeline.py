@@ -25,6 +25,7 @@ from gateway_rest.app import create_app
 from storage.cache_writer import CacheWriter
 from storage.db_writer import DbWriter
 from storage.migrate import migrate
+from tests.helpers import stream_entries
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +106,9 @@ async def test_pipeline_to_rest(settings: Settings, pg_dsn: str) -> None:
         try:
             ids = [
                 int(eid.split(b"-")[0])
-                for eid, _ in await r.xrange(CacheKeys(s.redis_prefix).hist("l2", "BTC-USD"))
+                for eid, _ in await stream_entries(
+                    r, CacheKeys(s.redis_prefix).hist("l2", "BTC-USD")
+                )
             ]
             assert ids and ids == list(range(ids[0], ids[0] + len(ids)))  # contiguous window
         finally:

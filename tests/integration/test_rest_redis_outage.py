@@ -173,11 +173,11 @@ async def test_redis_down_then_back_empty(
         assert (await c.get(f"{url}/orderbook")).json().get("source") is None  # from Redis again
         assert (await c.get("/health")).status_code == 200
         assert len((await c.get(f"{url}/trades")).json()["trades"]) == 3
-    r = aioredis.Redis.from_url(own_redis.url)
+    rc = aioredis.Redis.from_url(own_redis.url)
     try:
-        assert await r.exists(CacheKeys(s.redis_prefix).sentinel)
+        assert await rc.exists(CacheKeys(s.redis_prefix).sentinel)
     finally:
-        await r.aclose()
+        await rc.aclose()
 
 
 async def test_writer_refills_redis_flushed_while_running(

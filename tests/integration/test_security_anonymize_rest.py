@@ -41,7 +41,7 @@ async def test_level3_per_tier(redis_settings: Settings) -> None:
     )
     cfg = RestConfig(api_keys={"kp-123": "pro", "ki-123": "internal"})
     app = create_app(s, config=cfg)
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
     url = f"/api/v1/market/{SYM}/orderbook?level=3&depth=5"
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         anon = (await c.get(url)).json()

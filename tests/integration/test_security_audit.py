@@ -28,18 +28,20 @@ async def test_rest_audits_refused_and_missing_keys(
 ) -> None:
     cfg = RestConfig(api_keys={"good-key-0123456789": "basic"}, require_key=True)
     app = create_app(redis_settings, config=cfg)
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
     with caplog.at_level(logging.INFO, logger="gateway_rest.audit"):
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             url = "/api/v1/market/symbols"
             assert (await c.get(url, headers={"X-API-Key": "stolen-key-42"})).status_code == 401
             assert (await c.get(url)).status_code == 401
     events = [
-        (r.event, getattr(r, "reason", None)) for r in caplog.records if r.name.endswith("audit")
+        (vars(r)["event"], getattr(r, "reason", None))
+        for r in caplog.records
+        if r.name.endswith("audit")
     ]
     assert ("key_refused", "unknown key") in events and ("key_missing", "no API key") in events
     refused = next(r for r in caplog.records if getattr(r, "reason", "") == "unknown key")
-    assert refused.key_id == fingerprint("stolen-key-42")
+    assert vars(refused)["key_id"] == fingerprint("stolen-key-42")
     assert not any("stolen-key-42" in str(r.__dict__) for r in caplog.records)
 
 
@@ -58,16 +60,17 @@ async def test_fix_audits_logon_and_refusal(
             bad = await FixClient.connect("127.0.0.1", port, sender="INTRUDER")
 
             def audited() -> set[str]:
-                return {r.event for r in caplog.records if r.name == "fix_gateway.audit"}
+                return {vars(r)["event"] for r in caplog.records if r.name == "fix_gateway.audit"}
 
             await eventually(lambda: {"logon", "logon_refused"} <= audited(), 10)
             await ok.logout()
             await eventually(lambda: "session_end" in audited(), 10)
-            bad.transport and bad.transport.close()
+            if bad.transport:
+                bad.transport.close()
     finally:
         await gw.stop()
     logon = next(r for r in caplog.records if getattr(r, "event", "") == "logon")
-    assert logon.session == "MDGW-CLIENT1" and "127.0.0.1" in logon.peer
+    assert vars(logon)["session"] == "MDGW-CLIENT1" and "127.0.0.1" in vars(logon)["peer"]
     refused = next(r for r in caplog.records if getattr(r, "event", "") == "logon_refused")
-    assert "unknown session" in refused.reason
+    assert "unknown session" in vars(refused)["reason"]
     await asyncio.sleep(0)

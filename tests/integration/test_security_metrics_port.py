@@ -40,7 +40,7 @@ async def test_websocket_metrics_stay_on_the_client_port_by_default(settings: Se
 async def test_rest_metrics_on_their_own_port(redis_settings: Settings) -> None:
     port = free_port()
     app = create_app(_with(redis_settings, MD_REST_METRICS_PORT=str(port)))
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient() as c:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as public:
             r = await public.get("/metrics")

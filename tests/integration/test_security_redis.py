@@ -17,7 +17,7 @@ API_KEY = "sk_live_9f8e7d6c5b4a"
 
 async def test_api_key_is_hashed_in_rate_limit_keys(redis_settings: Settings) -> None:
     app = create_app(redis_settings, config=RestConfig(api_keys={API_KEY: "basic"}))
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         r = await c.get("/api/v1/market/symbols", headers={"X-API-Key": API_KEY})
         assert "x-ratelimit-limit" in r.headers  # the limiter counted it in Redis

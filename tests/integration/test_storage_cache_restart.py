@@ -3,6 +3,8 @@ epoch deletes the window before its first message (docs/internals.md "Redis").""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -13,13 +15,13 @@ from core.settings import Settings
 from core.topics import Topics
 from storage.cache_writer import CacheWriter
 from testkit import fake_aggregator as T
-from tests.helpers import run_until
+from tests.helpers import run_until, stream_entries
 
 pytestmark = pytest.mark.integration
 SYM = "RS-USD"
 
 
-async def _run_until(w: CacheWriter, pred) -> None:  # type: ignore[no-untyped-def]
+async def _run_until(w: CacheWriter, pred: Callable[[], object]) -> None:
     await run_until(w, pred, 20, lambda: f"not reached: {w.counters} {w.model.counters}")
 
 
@@ -31,7 +33,7 @@ async def test_restart_continues_window_and_new_epoch_resets_it(settings: Settin
     await p.start()
 
     async def ids() -> list[int]:
-        return [int(e.split(b"-")[0]) for e, _ in await r.xrange(k.hist("l2", SYM))]
+        return [int(e.split(b"-")[0]) for e, _ in await stream_entries(r, k.hist("l2", SYM))]
 
     async def book_seq() -> tuple[int, int]:
         b = await r.hget(k.book(SYM), "d1")
@@ -78,7 +80,7 @@ async def test_restart_continues_window_and_new_epoch_resets_it(settings: Settin
 
         await _run_until(w3, third)
         assert await ids() == [1, 2]
-        entries = await r.xrange(k.hist("l2", SYM))
+        entries = await stream_entries(r, k.hist("l2", SYM))
         assert all(f[b"e"] == b"2" for _, f in entries)
         assert orjson.loads(entries[0][1][b"m"])["epoch"] == 2
         assert w3.counters.hist_resets == 1

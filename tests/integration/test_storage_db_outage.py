@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from core.kafka import make_producer
 from core.settings import Settings
@@ -94,7 +95,7 @@ def own_pg() -> Iterator[ThrowawayPostgres]:
     pg.destroy()
 
 
-async def _trades(p, t: Topics, lo: int, hi: int) -> None:  # type: ignore[no-untyped-def]
+async def _trades(p: AIOKafkaProducer, t: Topics, lo: int, hi: int) -> None:
     await T.produce_stream(
         p, t, "trades", [(SYM, T.trade(SYM, i, f"o{i}", "1.5", "2")) for i in range(lo, hi)]
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -29,7 +30,7 @@ def _ns(dt: datetime) -> int:
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
 
 
-async def _run_until(w: DbWriter, done, wait_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+async def _run_until(w: DbWriter, done: Callable[[], object], wait_s: float = 20.0) -> None:
     await run_until(w, done, wait_s, lambda: f"writer did not finish: {w.counters}")
 
 

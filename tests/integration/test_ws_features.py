@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from core.channels import data_message
+from core.messages import MessageType
 from core.settings import Settings
 from core.topics import Topics
 from tests.helpers import self_signed_cert
@@ -33,7 +34,7 @@ from tests.unit.test_follower_join import T0
 pytestmark = pytest.mark.integration
 
 
-def _message(channel: str, symbol: str, seq: int, epoch: int, data: object) -> bytes:
+def _message(channel: MessageType, symbol: str, seq: int, epoch: int, data: object) -> bytes:
     """A message of a self-contained channel (its type is the channel's name)."""
     return orjson.dumps(
         data_message(
@@ -294,7 +295,9 @@ async def test_tls_when_a_certificate_is_configured(settings: Settings, tmp_path
             assert (await recv(ws))["type"] == "pong"
 
 
-def _msg(type_: str, channel: str, seq: int, data: object, symbol: str = "BTC-USD") -> bytes:
+def _msg(
+    type_: MessageType, channel: str, seq: int, data: object, symbol: str = "BTC-USD"
+) -> bytes:
     return orjson.dumps(
         data_message(
             type=type_,

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+from typing import Any
 
 import orjson
 import pytest
@@ -23,7 +24,7 @@ from tests.integration.ws_helpers import (
 pytestmark = pytest.mark.integration
 
 
-async def _health(port: int) -> tuple[int, dict]:  # type: ignore[type-arg]
+async def _health(port: int) -> tuple[int, dict[str, Any]]:
     r, w = await asyncio.open_connection("127.0.0.1", port)
     w.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     data = await asyncio.wait_for(r.read(), 5)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from core.codec import iso_from_ns
 from core.settings import Settings
@@ -52,13 +52,13 @@ async def r(settings: Settings) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
-async def _subscribe_l2(ws, symbol: str, **resume: object) -> None:  # type: ignore[no-untyped-def]
+async def _subscribe_l2(ws: ClientConnection, symbol: str, **resume: object) -> None:
     """Subscribe to ``symbol``'s l2, with resume fields (since_seq, since, epoch) when given."""
     await send(ws, {"type": "subscribe", "channel": "l2", "symbol": symbol, **resume})
 
 
-async def _drain_to(ws, cb: ClientBook, seq: int) -> list[int]:  # type: ignore[no-untyped-def]
-    seen = []
+async def _drain_to(ws: ClientConnection, cb: ClientBook, seq: int) -> list[int]:
+    seen: list[int] = []
     while cb.seq != seq:
         msg = await recv_until(ws, lambda m: m["type"] in ("l2_update", "l2_snapshot", "resync"))
         assert msg["type"] == "l2_update", msg
@@ -133,7 +133,7 @@ async def test_resume_since_timestamp(settings: Settings, r: aioredis.Redis) -> 
             # Producer stamps message seq s at T0 + s µs: "since" seq 25's time gives 25..40
             await _subscribe_l2(ws, "BTC-USD", since=iso_from_ns(T0 + 25_000))
             await recv_until(ws, lambda m: m["type"] == "subscribed")
-            got = []
+            got: list[int] = []
             while not got or got[-1] != 40:
                 msg = await recv_until(ws, lambda m: True)
                 assert msg["type"] == "l2_update", msg

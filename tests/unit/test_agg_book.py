@@ -9,7 +9,9 @@ replayed with different batching ends identical (the exactly-once recovery relie
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -109,7 +111,7 @@ def test_book_properties(ops: list[tuple], flush_every: int) -> None:
     assert check.counts["trades"] == len(matches)
 
 
-def _bytes(msg: dict) -> bytes:
+def _bytes(msg: Mapping[str, Any]) -> bytes:
     import orjson
 
     return orjson.dumps(msg)

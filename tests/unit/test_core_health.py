@@ -93,7 +93,12 @@ def test_live_runs_only_liveness_checks() -> None:
         raise AssertionError("a dependency probe ran for /health/live")
 
     h.add("dep", dep)
-    h.add("loop", lambda: (calls.append("loop") or True, None), kind=LIVENESS)
+
+    def loop() -> tuple[bool, None]:
+        calls.append("loop")
+        return True, None
+
+    h.add("loop", loop, kind=LIVENESS)
     ok, body = h.live()
     assert ok and calls == ["loop"] and list(body["checks"]) == ["loop"] and "ready" not in body
     ok, body = h.ready()  # the readiness probe does run it: a check that raises is a failure

@@ -346,10 +346,10 @@ def kafka_durability_problems(compose: dict[str, Any], conf: list[ConfService]) 
     # bootstrap creates the topics; the sources and the aggregators create missing ones too, so
     # every process that reaches Kafka gets the same topic settings and waits for every broker
     for name in ["bootstrap"] + [cs.name for cs in conf if cs.health_url]:
-        svc = services.get(name)
-        if svc is None:
+        if name not in services:
             problems.append(f"{name}: missing")
             continue
+        svc = services[name]
         env = _env(svc)
         for b in brokers:
             if (_depends(svc).get(b) or {}).get("condition") != "service_healthy":

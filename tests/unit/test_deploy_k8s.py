@@ -529,7 +529,8 @@ def test_aggregator_feed_has_a_stable_address_per_replica() -> None:
     want = {f"aggregator-{i}.aggregator-feed:{FEED_PORT}" for i in range(sts["spec"]["replicas"])}
     for gw in FEED_FOLLOWERS:
         c = _by_kind(res, "Deployment")[k8s_name(gw)]["spec"]["template"]["spec"]["containers"][0]
-        assert set(resolved_env(res, c)["MD_AGG_FEED"].split(",")) == want, gw
+        feed = resolved_env(res, c)["MD_AGG_FEED"]
+        assert feed is not None and set(feed.split(",")) == want, gw
 
 
 def _gateway_env(gw: str, **env: str):

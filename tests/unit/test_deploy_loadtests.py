@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from loadtests.locust_common import StreamChecker, parse_ts, pick_subscriptions
 from loadtests.run_locust import HEADER, SECTION, TABLE_END, TABLE_START, table_row, update_section
@@ -84,7 +85,7 @@ def test_streams_are_independent_per_channel_and_symbol() -> None:
 
 def test_resubscribe_ignores_in_flight_messages_until_the_ack() -> None:
     c = StreamChecker()
-    t = {"channel": "ticker", "type_": "ticker", "symbol": "LTC-USD"}
+    t: dict[str, Any] = {"channel": "ticker", "type_": "ticker", "symbol": "LTC-USD"}
     assert c.observe(msg(7000, **t)) is None
     c.forget("ticker", "LTC-USD")  # unsubscribed
     assert c.observe(msg(7001, **t)) is None  # in flight: becomes the baseline...

@@ -22,11 +22,9 @@ from tests.unit.test_fix_session import Clock, Gateway, decode, logged_on, pump,
 def test_bad_msgseqnum_on_logon_is_answered_by_logout(bad: str) -> None:
     clock = Clock()
     acc = FixSession(resolve=Gateway(), clock=clock)
-    frame = encode(
-        "A",
-        [(49, "CLIENT1"), (56, "MDGW"), (34, bad), (52, utc_timestamp(clock())), (98, 0)]
-        + [(108, 30)],
-    )
+    fields: list[tuple[int, str | int]] = [(49, "CLIENT1"), (56, "MDGW"), (34, bad)]
+    fields += [(52, utc_timestamp(clock())), (98, 0), (108, 30)]
+    frame = encode("A", fields)
     acc.receive_data(frame)  # raised ValueError out of the session before
     out = decode(acc.data_to_send())
     assert [m.msg_type for m in out] == ["5"] and "34" in (out[0].get(58) or "")

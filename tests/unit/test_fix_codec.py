@@ -75,7 +75,8 @@ def test_body_length_and_checksum_exact() -> None:
 
 
 def test_frame_with_cached_body_sum_equals_plain_encode() -> None:
-    fields = [(262, "req1"), (268, 1), (279, 0), (269, 0), (270, "100.5"), (271, "2")]
+    fields: list[tuple[int, str | int]] = [(262, "req1"), (268, 1), (279, 0), (269, 0)]
+    fields += [(270, "100.5"), (271, "2")]
     head = encode_fields([(49, "MDGW"), (56, "C"), (34, 9), (52, "20260101-00:00:00.000")])
     body = Body.from_fields(fields)
     assert frame("X", head, body) == encode(

@@ -87,7 +87,7 @@ def raw(
     mt: str,
     seq: int,
     clock: Clock,
-    *extra: tuple[int, object],
+    *extra: tuple[int, str | int],
     sender: str = "CLIENT1",
     target: str = "MDGW",
     sending_time: str | None = None,
@@ -101,7 +101,7 @@ def raw(
             (52, sending_time or utc_timestamp(clock())),
             *extra,
         ],
-    )  # type: ignore[list-item]
+    )
 
 
 # --- state table -----------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_unknown_comp_id_disconnects_without_answer() -> None:
     ],
 )
 def test_refused_logon_answers_logout_with_text(
-    fields: tuple[tuple[int, object], ...], text: str
+    fields: tuple[tuple[int, str | int], ...], text: str
 ) -> None:
     clock = Clock()
     gw = Gateway(SessionConfig(peer_comp_id="FUND7", password="pw", reset_time=None))

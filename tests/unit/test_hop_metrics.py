@@ -15,6 +15,7 @@ import core.isotime
 from core.channels import data_message
 from core.codec import iso_from_ns, ns_from_iso
 from core.errors import CodecError
+from core.messages import MessageType
 from gateway_ws.metrics import HOP_BUCKETS
 from loadtests import bench_e2e as b
 
@@ -107,7 +108,7 @@ def msg(
     pub: int = T0,
     ev: int = T0,
     *,
-    type: str = "l2_update",
+    type: MessageType = "l2_update",
     channel: str = "l2",
     epoch: int = 7,
     **extra: object,

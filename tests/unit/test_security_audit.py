@@ -23,15 +23,16 @@ def test_credential_becomes_a_key_id(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="svc.audit"):
         assert a.event("auth_failed", api_key="sk_live_123456", ip="10.0.0.1")
     (rec,) = caplog.records
-    assert rec.name == "svc.audit" and rec.audit is True and rec.event == "auth_failed"
-    assert rec.key_id == fingerprint("sk_live_123456") and rec.ip == "10.0.0.1"
+    f = vars(rec)  # the audit fields are extra attributes of the record
+    assert rec.name == "svc.audit" and f["audit"] is True and f["event"] == "auth_failed"
+    assert f["key_id"] == fingerprint("sk_live_123456") and f["ip"] == "10.0.0.1"
     assert "sk_live_123456" not in str(rec.__dict__)
 
 
 def test_peer_values_are_truncated(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="svc.audit"):
         AuditLog("svc").event("logon_refused", reason="x" * 10_000)
-    assert len(caplog.records[0].reason) == MAX_VALUE
+    assert len(vars(caplog.records[0])["reason"]) == MAX_VALUE
 
 
 def test_repeated_events_of_one_peer_are_suppressed_and_counted(
@@ -47,7 +48,7 @@ def test_repeated_events_of_one_peer_are_suppressed_and_counted(
         clock.t += 1.5
         assert a.event("auth_failed", limit_key="10.0.0.1")
     assert len(caplog.records) == 4
-    assert caplog.records[-1].suppressed == 50
+    assert vars(caplog.records[-1])["suppressed"] == 50
 
 
 def test_key_table_is_bounded() -> None:

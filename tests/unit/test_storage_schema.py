@@ -61,7 +61,7 @@ def test_native_path_partitions_by_range_with_default() -> None:
 
 def test_every_statement_is_idempotent() -> None:
     for backend in ("native", "timescale"):
-        for m in migrations(backend):  # type: ignore[arg-type]
+        for m in migrations(backend):
             for s in m.statements:
                 assert (
                     ("IF NOT EXISTS" in s)

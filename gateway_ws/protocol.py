@@ -38,6 +38,7 @@ from core.codec import iso_from_ns
 from core.errors import MarketDataError, SymbolError
 from core.symbols import normalize_symbol
 from gateway_ws.client_ids import STORED_OPTIONS, check_client_id
+from gateway_ws.rates import no_path_message
 
 Key = tuple[str, str]  # (channel, symbol); the status channel uses symbol "*" for "all"
 
@@ -217,6 +218,8 @@ class Session:
     limits: Limits = field(default_factory=Limits)
     verify_token: Callable[[str], Principal] | None = None
     client_id: str | None = None  # set by the URL query, or by the first request naming one
+    # (quote, currency) -> whether the gateway follows tickers that convert (gateway_ws/rates.py)
+    can_convert: Callable[[str, str], bool] | None = None
     on_error: Callable[[str], None] | None = None  # told each error code (metrics)
     now: float = 0.0
     subscriptions: dict[Key, SubRequest] = field(default_factory=dict)
@@ -452,6 +455,10 @@ class Session:
                     f"{lim.max_currencies} currency codes, ticker only",
                 )
             currencies = tuple(dict.fromkeys(c.upper() for c in cur))
+            quote = symbol.partition("-")[2]
+            for c in currencies:
+                if self.can_convert is not None and not self.can_convert(quote, c):
+                    raise ProtocolError("no_conversion_path", no_path_message(quote, c))
         if (since_seq is not None or since_ns is not None) and interval_ms is not None:
             raise ProtocolError(
                 "bad_request", "resume ('since_seq'/'since') and 'interval' exclude each other"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -24,6 +25,40 @@ _PRICE_FIELDS = (
     "low",
     "close",
 )
+
+
+def _direct(quote: str, currency: str, has: Callable[[str], bool]) -> str | None:
+    for sym in (f"{quote}-{currency}", f"{currency}-{quote}"):
+        if has(sym):
+            return sym
+    return None
+
+
+def conversion_path(
+    quote: str, currency: str, has: Callable[[str], bool]
+) -> tuple[str, ...] | None:
+    """The tickers a conversion from ``quote`` to ``currency`` reads, by the rules of
+    :meth:`CrossRates.rate` (``Q-C`` or ``C-Q``, else through USD); None when ``has`` (is this
+    symbol followed?) knows none that would do. A path can exist before its tickers have a
+    price: until then :meth:`CrossRates.convert` sends no copy."""
+    if quote == currency:
+        return ()
+    d = _direct(quote, currency, has)
+    if d is not None:
+        return (d,)
+    if "USD" not in (quote, currency):
+        a, b = _direct(quote, "USD", has), _direct("USD", currency, has)
+        if a is not None and b is not None:
+            return (a, b)
+    return None
+
+
+def no_path_message(quote: str, currency: str) -> str:
+    """Why ``currency`` cannot be served for a ``quote``-quoted symbol, naming what would do."""
+    legs = f"{quote}-{currency} or {currency}-{quote}"
+    if "USD" not in (quote, currency):
+        legs += f", or {quote}-USD and USD-{currency} (either direction)"
+    return f"no conversion from {quote} to {currency}: this gateway follows no ticker of {legs}"
 
 
 class CrossRates:

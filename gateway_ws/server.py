@@ -57,6 +57,7 @@ from gateway_ws.protocol import (
     Subscribe,
     Unsubscribe,
 )
+from gateway_ws.rates import conversion_path
 from gateway_ws.resume import History
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,10 @@ class Gateway:
 
     def is_symbol(self, sym: str) -> bool:
         return sym in self.symbols or sym in self.follower.join.symbols_seen()
+
+    def can_convert(self, quote: str, currency: str) -> bool:
+        """Whether ``currencies`` can name ``currency`` on a ``quote``-quoted ticker here."""
+        return conversion_path(quote, currency, self.is_symbol) is not None
 
     # ----------------------------------------------------------------- HTTP side
 
@@ -275,6 +280,7 @@ class Gateway:
             now=time.monotonic(),
             on_error=_count_error,
             client_id=getattr(ws, "md_client_id", None),
+            can_convert=self.can_convert,
         )
         session.last_request = time.monotonic()
         client = Client(

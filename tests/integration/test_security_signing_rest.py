@@ -44,7 +44,7 @@ async def _seed(s: Settings) -> None:
 
 def _client(s: Settings) -> httpx.AsyncClient:
     app = create_app(s, config=RestConfig(api_keys={"ki-123": "internal"}))
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
     return httpx.AsyncClient(transport=transport, base_url="http://t")
 
 

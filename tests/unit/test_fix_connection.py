@@ -61,7 +61,8 @@ async def logged_on(tmp_path: Path, store: str = "file") -> tuple[Connection, Fa
     conn = Connection(gw)
     t = FakeTransport()
     conn.connection_made(t)  # type: ignore[arg-type]
-    logon = [(49, "CLIENT1"), (56, "MDGW"), (34, 1), (52, utc_timestamp())]
+    logon: list[tuple[int, str | int]] = [(49, "CLIENT1"), (56, "MDGW"), (34, 1)]
+    logon.append((52, utc_timestamp()))
     conn.data_received(encode("A", [*logon, (98, 0), (108, 30), (141, "Y")]))
     assert conn.logged_on and [m.msg_type for m in frames(b"".join(t.writes))] == ["A"]
     t.writes.clear()

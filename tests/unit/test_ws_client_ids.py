@@ -99,7 +99,7 @@ def test_resume_needs_a_client_id_and_a_since() -> None:
 def test_resume_with_resubscribes_the_stored_set_from_since() -> None:
     s = session(client_id="c1")
     ev = ResumeClient("c1", T * 10**9, "r")
-    stored = [
+    stored: list[dict[str, Any]] = [
         {"channel": "l2", "symbol": "BTC-USD", "depth": 10},
         {"channel": "ticker", "symbol": "ETH-USD", "interval_ms": 1000},
         {"channel": "status", "symbol": "*"},
@@ -128,7 +128,7 @@ def test_resume_with_resubscribes_the_stored_set_from_since() -> None:
 
 def test_resume_with_checks_every_stored_target_again() -> None:
     s = session(client_id="c1", principal=Principal(None, Tier("t", channels=frozenset({"l2"}))))
-    stored = [
+    stored: list[dict[str, Any]] = [
         {"channel": "l2", "symbol": "BTC-USD", "depth": 5000},  # over the depth limit
         {"channel": "l3", "symbol": "BTC-USD"},  # not in this tier
         {"channel": "l2", "symbol": "DOGE-EUR"},  # not a symbol here

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -82,7 +83,7 @@ async def _connect_when_up(port: int, query: str = "") -> ClientConnection:
                 await asyncio.sleep(0.2)
 
 
-def _updates(msgs: list[dict]) -> dict[str, list[int]]:  # type: ignore[type-arg]
+def _updates(msgs: list[dict[str, Any]]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for m in msgs:
         assert m["type"] == "l2_update", m
@@ -108,7 +109,7 @@ async def test_resume_by_client_id_on_another_process_gets_every_channel_it_had(
             ws.transport.abort()  # gone without a closing handshake
         # the set is in Redis, under the anonymous owner, whatever process wrote it
         stored = await r.get(CacheKeys(settings.redis_prefix).client(owner_of(None), "desk-1"))
-        assert orjson.loads(stored)["subs"] == [
+        assert stored is not None and orjson.loads(stored)["subs"] == [
             {"channel": "l2", "symbol": "BTC-USD"},
             {"channel": "l2", "symbol": "ETH-USD"},
         ]

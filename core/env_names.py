@@ -80,6 +80,8 @@ KNOWN: frozenset[str] = frozenset(
         "MD_FIX_RESEND_CHUNK",
         "MD_FIX_SESSIONS",
         "MD_FIX_SESSIONS_FILE",
+        "MD_FIX_SESSION_LEASE_S",
+        "MD_FIX_SESSION_LOCK",
         "MD_FIX_STORE",
         "MD_FIX_STORE_DIR",
         "MD_FIX_STORE_MAX_MESSAGES",

@@ -33,6 +33,7 @@ from fix_gateway.config import GatewayConfig, SessionConfig
 from fix_gateway.errors import FieldError, SessionMisuse
 from fix_gateway.marketdata import MarketDataApp
 from fix_gateway.session import AppMessage, Closed, FixSession, LoggedOn, RejectReceived
+from fix_gateway.session_lock import SessionLock
 from fix_gateway.store import FileStore, MemoryStore, Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Registry:
         self.cfg = cfg
         self.stores: dict[str, Store] = {}
         self.active: dict[str, Connection] = {}
+        self.lock: SessionLock | None = None  # across processes (fix_gateway/session_lock.py)
 
     def resolver(self, conn: Connection) -> Any:
         def resolve(peer: str, ours: str) -> tuple[SessionConfig, Store] | str:
@@ -72,6 +74,8 @@ class Registry:
         the newest authenticated logon wins. A failed logon never touches the session."""
 
         def claim(session_id: str) -> str | None:
+            if self.lock is not None and (refused := self.lock.acquire(session_id)):
+                return refused  # held by another process
             other = self.active.get(session_id)
             if other is not None and other is not conn and not other.session.closed:
                 log.warning(
@@ -89,10 +93,14 @@ class Registry:
         sid = conn.session.session_id
         if sid and self.active.get(sid) is conn:
             del self.active[sid]
+            if self.lock is not None:
+                self.lock.release_soon(sid, lambda: sid in self.active)
 
     def close(self) -> None:
         for s in self.stores.values():
             s.close()
+        if self.lock is not None:
+            self.lock.close()
 
 
 class Connection(asyncio.Protocol):
@@ -277,6 +285,8 @@ class Gateway:
         self.settings = settings
         self.cfg = cfg or GatewayConfig.from_settings(settings)
         self.registry = Registry(self.cfg)
+        # MD_FIX_SESSION_LOCK=redis: one process per session (fix_gateway/session_lock.py)
+        self.registry.lock = SessionLock.from_settings(settings, self.registry)
         self.app = MarketDataApp(symbols=settings.symbols)
         self.connections: set[Connection] = set()
         self.pending_by_ip: dict[str, int] = {}  # connections not logged on yet, per address

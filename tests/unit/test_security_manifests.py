@@ -101,7 +101,24 @@ def gateway_problems(res: Res) -> list[str]:
             problems.append(f"{name}: {metrics_var}={env.get(metrics_var)} but scraped on {port}")
         if name != "fix-gateway" and "MD_ANON_SECRET" not in env:
             problems.append(f"{name}: no MD_ANON_SECRET: order ids leave as the source sent them")
+        if name == "fix-gateway" and dep["spec"].get("replicas", 1) > 1:
+            # two pods must not serve one session (fix_gateway/session_lock.py)
+            labels = dep["spec"]["template"]["metadata"].get("labels", {})
+            if env.get("MD_FIX_SESSION_LOCK") != "redis":
+                problems.append(f"{name}: several replicas without MD_FIX_SESSION_LOCK=redis")
+            elif 6379 not in egress_ports(res, labels):
+                problems.append(f"{name}: MD_FIX_SESSION_LOCK=redis but no egress to Redis")
     return problems
+
+
+def egress_ports(res: Res, labels: dict[str, str]) -> set[int]:
+    """The ports a pod with ``labels`` may connect to (the union over the policies)."""
+    out: set[int] = set()
+    for pol in (r for r in res if r["kind"] == "NetworkPolicy"):
+        if "Egress" in pol["spec"].get("policyTypes", []) and _selected(pol, labels):
+            for rule in pol["spec"].get("egress") or []:
+                out |= {int(p["port"]) for p in rule.get("ports") or [] if "port" in p}
+    return out
 
 
 def internal_traffic_problems(res: Res) -> list[str]:
@@ -290,6 +307,21 @@ def _config(**env: str) -> Callable[[Res], Res]:
             gateway_problems,
             _drop_secret_ref("gateway-rest", "md-secrets"),
             id="rest-no-anon-secret",
+        ),
+        pytest.param(
+            gateway_problems,
+            _env_set("fix-gateway", "MD_FIX_SESSION_LOCK", None),
+            id="fix-no-session-lock",
+        ),
+        pytest.param(
+            gateway_problems,
+            _policy(
+                "redis-egress",
+                lambda p: p["spec"]["podSelector"]["matchExpressions"][0]["values"].remove(
+                    "fix-gateway"
+                ),
+            ),
+            id="fix-lock-no-redis-egress",
         ),
         pytest.param(
             gateway_problems,

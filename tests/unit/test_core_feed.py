@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -10,7 +11,7 @@ from core.feed import FEED_DROPPED, HEADER, MAX_FRAME, FeedClient, FeedServer, p
 from tests.conftest import free_port
 
 
-async def wait_for(cond, limit_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(cond: Callable[[], object], limit_s: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + limit_s
     while not cond():
         if asyncio.get_running_loop().time() > deadline:

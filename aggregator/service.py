@@ -58,6 +58,7 @@ from aggregator.recovery import (
 )
 from aggregator.state import AggConfig, SymbolState
 from core.codec import now_ns
+from core.errors import ConfigError
 from core.feed import FeedServer
 from core.health import Health
 from core.isotime import HOP_BUCKETS
@@ -90,6 +91,28 @@ _HOP_EVENT = HOP.labels("event_to_append")
 _HOP_PUBLISH = HOP.labels("append_to_publish")
 
 
+#: Output batching with a direct feed: Kafka is the durable copy and every gateway's backup, not
+#: the latency path. Each produce request carries a batch per output partition (11 stream topics
+#: x 6 partitions), and its cost to the broker and the aggregator is per request and partition,
+#: not per record: 10 -> 100 ms took the broker from 27 to 15 % of a core and the aggregator from
+#: 20 to 10 % at the default simulator rate (docs/benchmarks.md, issue 10).
+FEED_LINGER_MS = 100
+#: Without a direct feed Kafka is the only path to the gateways: batch briefly.
+NO_FEED_LINGER_MS = 5
+
+
+def _opt_int(raw: str, name: str) -> int | None:
+    if not raw.strip():
+        return None
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected an integer, got {raw!r}") from None
+    if v < 0:
+        raise ConfigError(name, "must be >= 0")
+    return v
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
     group: str
@@ -97,7 +120,9 @@ class ServiceConfig:
     lease_ms: int = 500  # a standby takes over after this long without a heartbeat
     # ... and after reading back this many of its own presence records (leadership.py)
     lease_presence: int = 3
-    kafka_linger_ms: int = 10  # the output producer's batching (the direct feed is not delayed)
+    # the output producer's batching; None: FEED_LINGER_MS with a direct feed (gateways get
+    # every message from it at once, so Kafka only has to be durable), NO_FEED_LINGER_MS without
+    kafka_linger_ms: int | None = None
     checkpoint_ms: int = 5000  # private checkpoint per partition at most this often
     snapshot_ms: int = 500  # public snapshots per symbol at most this often
     max_batch: int = 5000  # records per poll: bounds memory and per-batch latency
@@ -114,7 +139,9 @@ class ServiceConfig:
             heartbeat_ms=s.get("MD_AGG_HEARTBEAT_MS", int, 100),
             lease_ms=s.get("MD_AGG_LEASE_MS", int, 500),
             lease_presence=s.get("MD_AGG_LEASE_PRESENCE", int, 3),
-            kafka_linger_ms=s.get("MD_AGG_KAFKA_LINGER_MS", int, 10),
+            kafka_linger_ms=_opt_int(
+                s.get("MD_AGG_KAFKA_LINGER_MS", str, ""), "MD_AGG_KAFKA_LINGER_MS"
+            ),
             checkpoint_ms=s.get("MD_AGG_CHECKPOINT_MS", int, 5000),
             snapshot_ms=s.get("MD_AGG_SNAPSHOT_MS", int, 500),
             max_batch=s.get("MD_AGG_MAX_BATCH", int, 5000),
@@ -177,6 +204,9 @@ class Aggregator:
         self.last_heartbeat = 0.0
         self._last_commit = 0.0
         self.producer: AIOKafkaProducer | None = None
+        # heartbeats and presence records leave at once, whatever the outputs' batching: the
+        # lease is timed in hundreds of milliseconds (leadership.py)
+        self.control_producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._probe: AIOKafkaConsumer | None = None  # takeover reads (recovery.probe_consumer)
         self.health = Health("aggregator")
@@ -214,9 +244,14 @@ class Aggregator:
         # the gateways get every message over the direct feed at once; Kafka is the durable
         # copy, so batching the records of a few milliseconds into one produce request costs
         # no client latency and saves the aggregator and the broker a request per record
-        self.producer = make_producer(s, linger_ms=self.cfg.kafka_linger_ms)
+        linger = self.cfg.kafka_linger_ms
+        if linger is None:
+            linger = FEED_LINGER_MS if self.feed is not None else NO_FEED_LINGER_MS
+        self.producer = make_producer(s, linger_ms=linger)
+        self.control_producer = make_producer(s, linger_ms=0)
         await self.consumer.start()
         await self.producer.start()
+        await self.control_producer.start()
         self._probe = probe_consumer(s)
         await self._probe.start()
         if self.feed is not None:
@@ -243,7 +278,7 @@ class Aggregator:
                 await self.producer.flush()
                 self._settle_ticks()
                 await self._heartbeat(time.monotonic(), resign=True)
-                await self.producer.flush()
+                await self.control_producer.flush()
         finally:
             beat.cancel()
             if self._scan is not None:
@@ -253,6 +288,7 @@ class Aggregator:
                 await self.feed.stop()
             await self.consumer.stop()
             await self.producer.stop()
+            await self.control_producer.stop()
             if self._probe is not None:
                 await stop_consumer(self._probe)
 
@@ -358,6 +394,11 @@ class Aggregator:
                 outs = self._apply_record(p, r, now_ns())
                 if outs:
                     await self._route(outs, builders)
+            if self.feed is not None:
+                # one write per receiver for a partition's records of this poll (a tick of every
+                # symbol on it), not one per record: a write costs the sender and wakes the
+                # receiver, and the records of one poll arrived together anyway
+                self.feed.flush()
             if builders:  # a partition's records are done: nothing else of its symbols waits
                 await self._ship(builders, inputs)
                 builders, inputs = {}, {}
@@ -447,8 +488,7 @@ class Aggregator:
                 # taking over: gateways get it now (they drop what they had by seq); Kafka gets
                 # it when the scan has told what the old leader wrote
                 for o in outs:
-                    self.feed.publish(o.value)
-                self.feed.flush()
+                    self.feed.publish(o.value, (o.stream, o.epoch, o.seq))
             return
         gate = self.gate
         for o in outs:
@@ -457,8 +497,6 @@ class Aggregator:
             ):
                 continue
             await self._append(o, builders)
-        if self.feed is not None:
-            self.feed.flush()
 
     async def _append(
         self, o: Out, builders: dict[tuple[str, int], Any], *, feed: bool = True
@@ -470,7 +508,8 @@ class Aggregator:
         if b is None:
             b = builders[tp] = producer.create_batch()
         if feed and self.feed is not None:
-            self.feed.publish(o.value)  # gateways get it now; Kafka is the durable copy
+            # gateways get it now; Kafka is the durable copy
+            self.feed.publish(o.value, (o.stream, o.epoch, o.seq))
         if b.append(key=o.key, value=o.value, timestamp=None) is None:  # full: ship it
             fut = await producer.send_batch(b, tp[0], partition=tp[1])
             self.ticks.append(_Tick({}, [(out_key(*tp), fut)]))
@@ -574,7 +613,7 @@ class Aggregator:
         if self.feed is not None:
             for q in self.buffer.by_partition.values():
                 for o in q:
-                    self.feed.publish(o.value)
+                    self.feed.publish(o.value, (o.stream, o.epoch, o.seq))
             self.feed.flush()
         LEADER.set(1)
         log.warning(
@@ -637,8 +676,8 @@ class Aggregator:
             self.ticks.popleft()
 
     async def _send_presence(self) -> asyncio.Future[Any]:
-        assert self.producer is not None
-        return await self.producer.send(
+        assert self.control_producer is not None
+        return await self.control_producer.send(
             self.topics.control,
             key=self.cfg.group.encode(),
             value=orjson.dumps({"presence": self.ident, "ts_ms": int(time.time() * 1000)}),
@@ -646,9 +685,9 @@ class Aggregator:
         )
 
     async def _heartbeat(self, now: float, *, resign: bool = False) -> None:
-        assert self.producer is not None and self.lease.current is not None
+        assert self.control_producer is not None and self.lease.current is not None
         hb = Heartbeat(self.lease.current, dict(self.acked), dict(self.out), resign)
-        await self.producer.send(
+        await self.control_producer.send(
             self.topics.control,
             key=self.cfg.group.encode(),
             value=orjson.dumps(hb.encode(int(time.time() * 1000))),
@@ -679,6 +718,10 @@ class Aggregator:
             now = time.monotonic()
             if self.lease.leader and now - self.last_heartbeat >= period:
                 self._settle_ticks()
+                if self.feed is not None:
+                    # the heads tell each gateway that its copy of the feed is whole, so it can
+                    # leave Kafka unread (core/feed.py); they go first: the broker may be away
+                    self.feed.heartbeat(int(time.time() * 1000))
                 try:
                     await self._heartbeat(now)
                 except Exception as exc:  # noqa: BLE001 - the broker may be away; keep beating

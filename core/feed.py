@@ -13,9 +13,16 @@ because every instance derives the same message for the same ``seq`` (aggregator
 if the leader dies after pushing ``seq`` N but before Kafka has it, the next leader writes the
 same N.
 
+A receiver's connection carries every message in order or is closed: the server closes a
+receiver that lags by more than ``high_water`` bytes instead of skipping messages for it, and the
+leader sends a heartbeat frame (``FEED_HEARTBEAT``) every ``MD_AGG_HEARTBEAT_MS`` with the last
+``(epoch, seq)`` it pushed for each stream. A receiver that is at or past every head has lost
+nothing and may stop reading Kafka until the feed breaks (``core/follower.py``).
+
 Wire format (the contract): a stream of frames, each a 4-byte big-endian length followed by
-one data message exactly as published to Kafka (UTF-8 JSON). The server never reads from a
-receiver; a receiver never writes.
+one data message exactly as published to Kafka (UTF-8 JSON), or a heartbeat
+``{"type":"feed_heartbeat","ts_ms":<leader wall clock>,"heads":{"<channel>:<symbol>":[epoch,seq]}}``.
+The server never reads from a receiver; a receiver never writes.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+import orjson
 from prometheus_client import Counter, Gauge
 
 from core.backoff import Backoff
@@ -35,10 +43,12 @@ from core.backoff import Backoff
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!I")
+FEED_HEARTBEAT = "feed_heartbeat"
+HEARTBEAT_PREFIX = b'{"type":"feed_heartbeat"'  # how a receiver tells one from a data message
 MAX_FRAME = 4 << 20  # a receiver refuses larger frames (a corrupt length, not a message)
 
 FEED_DROPPED = Counter(
-    "md_feed_dropped_total", "direct feed messages not sent to a receiver that lagged"
+    "md_feed_dropped_total", "direct feed receivers closed because they lagged (Kafka fills in)"
 )
 FEED_RECEIVERS = Gauge("md_feed_receivers", "receivers connected to this direct feed")
 FEED_RECEIVED = Counter("md_feed_received_total", "direct feed messages received", ["source"])
@@ -82,8 +92,9 @@ class FeedServer:
     receiver at once (the aggregator flushes after each input record: one syscall per record
     and receiver, not one per message).
 
-    A receiver whose socket buffer holds more than ``high_water`` bytes is skipped for that
-    message (counted): it will get it from Kafka, and the leader never waits for anyone.
+    A receiver whose socket buffer holds more than ``high_water`` bytes is closed (counted): it
+    reconnects and gets what it missed from Kafka, and the leader never waits for anyone. Closing
+    rather than skipping keeps every open connection gapless, which the heartbeat's heads rely on.
     """
 
     def __init__(self, host: str, port: int, *, high_water: int = 4 << 20) -> None:
@@ -92,14 +103,18 @@ class FeedServer:
         self.receivers: set[_Receiver] = set()
         self._pending: list[bytes] = []
         self._server: asyncio.base_events.Server | None = None
+        self.heads: dict[tuple[str, str], tuple[int, int]] = {}  # (channel, symbol) -> (epoch, seq)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Receiver(self), self.host, self.port)
         log.info("direct feed listening", extra={"host": self.host, "port": self.port})
 
-    def publish(self, raw: bytes) -> None:
-        """Queue one message; :meth:`flush` sends what is queued (one write per receiver)."""
+    def publish(self, raw: bytes, head: tuple[tuple[str, str], int, int] | None = None) -> None:
+        """Queue one message; :meth:`flush` sends what is queued (one write per receiver).
+        ``head`` = ((channel, symbol), epoch, seq) of a data message, for the heartbeats."""
+        if head is not None:
+            self.heads[head[0]] = (head[1], head[2])
         if self.receivers:
             self._pending.append(HEADER.pack(len(raw)))
             self._pending.append(raw)
@@ -115,8 +130,18 @@ class FeedServer:
                 continue
             if t.get_write_buffer_size() > self.high_water:
                 FEED_DROPPED.inc()
+                log.warning("direct feed receiver lagged, closed", extra={"feed": self.port})
+                t.abort()  # close() would wait for a reader that does not read
                 continue
             t.write(data)
+
+    def heartbeat(self, ts_ms: int) -> None:
+        """Send the heads (the leader only): what every receiver must have by now."""
+        if not self.receivers:
+            return
+        heads = {f"{c}:{s}": [e, q] for (c, s), (e, q) in self.heads.items()}
+        self.publish(orjson.dumps({"type": FEED_HEARTBEAT, "ts_ms": ts_ms, "heads": heads}))
+        self.flush()
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -48,11 +48,12 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Gauge
 
 from core.anonymize import apply as anonymize
 from core.book import L2Book
 from core.errors import CodecError
-from core.feed import FeedClient, parse_addresses
+from core.feed import HEARTBEAT_PREFIX, FeedClient, parse_addresses
 from core.kafka import Pacer
 from core.kafka_auth import kafka_security_options
 from core.settings import Settings
@@ -60,6 +61,11 @@ from core.signing import sign
 from core.topics import Topics
 
 log = logging.getLogger(__name__)
+
+BACKUP_PAUSED = Gauge(
+    "md_follower_kafka_backup_paused",
+    "1 while Kafka is left unread because the direct feed's heartbeats prove it whole",
+)
 
 Key = tuple[str, str]  # (channel, symbol)
 
@@ -245,6 +251,7 @@ class StreamJoin:
         self.direct_taken = 0  # messages the direct feed brought first
         self.direct_skipped = 0  # direct messages left to Kafka (not in sync, other epoch, old)
         self.ahead_max = 2_000  # direct messages held per key while Kafka fills a hole
+        self.feed_whole_at: int | None = None  # see on_feed_heartbeat
 
     # ----------------------------------------------------------------- inputs
 
@@ -319,6 +326,9 @@ class StreamJoin:
         sync is applied at once; one further ahead is held until Kafka, which carries every
         message, fills the seqs below it (a startup, a lost frame), then released in order;
         anything else is left to Kafka."""
+        if value.startswith(HEARTBEAT_PREFIX):
+            self.on_feed_heartbeat(value)
+            return []
         try:
             m = _parse(value)
         except CodecError:
@@ -335,6 +345,34 @@ class StreamJoin:
             return []
         self.direct_taken += 1
         return self._on_stream_msg(m, "", 0) + self._release_ahead(st)
+
+    def on_feed_heartbeat(self, value: bytes) -> None:
+        """The leader's heads: ``feed_whole_at`` is its clock at the last heartbeat that found
+        every wanted key in sync and at or past its head (None: Kafka is needed). Keys of an
+        epoch this join retired are stale heads of an old leader and are ignored."""
+        try:
+            d = orjson.loads(value)
+            ts, heads = int(d["ts_ms"]), d["heads"]
+            items = [(k, int(e), int(q)) for k, (e, q) in heads.items()]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            self.malformed += 1
+            self.feed_whole_at = None
+            return
+        for k, epoch, seq in items:
+            channel, _, symbol = k.partition(":")
+            if not self.wants(channel, symbol):
+                continue
+            st = self.keys.get((channel, symbol))
+            if st is not None and epoch in st.retired:
+                continue
+            if st is None or st.state is not State.SYNCED or st.epoch != epoch or st.seq < seq:
+                self.feed_whole_at = None
+                return
+        self.feed_whole_at = ts
+
+    def in_sync(self) -> bool:
+        """Every key has a base and no direct message waits for Kafka to fill a hole."""
+        return all(st.state is State.SYNCED and not st.ahead for st in self.keys.values())
 
     def _release_ahead(self, st: _KeyState) -> list[Action]:
         ahead = st.ahead
@@ -706,6 +744,14 @@ class StreamFollower:
         self._end_at_start: dict[TopicPartition, int] = {}
         self._feed: FeedClient | None = None
         self.backup_wait_ms = settings.get("MD_FOLLOWER_BACKUP_WAIT_MS", int, 100)
+        # Kafka left unread while the direct feed proves itself whole (core/feed.py heartbeats):
+        # most of a gateway's idle cost was fetching and dropping Kafka's copy of what the feed
+        # had brought. Five missed feed heartbeats and Kafka is read again.
+        self.feed_timeout_s = 5 * settings.get("MD_AGG_HEARTBEAT_MS", int, 100) / 1000
+        self._beat_at = 0.0  # monotonic time of the last feed heartbeat
+        self._whole_at: int | None = None  # leader clock (ms) of the last heartbeat found whole
+        self.backup_paused = False
+        self.backup_resumes = 0  # times Kafka was read again after a pause
 
     def add_callback(self, cb: DeliverCallback) -> None:
         self._callbacks.append(cb)
@@ -732,6 +778,7 @@ class StreamFollower:
             "lag": sum(self.lag.values()),
             # the direct feed only accelerates (Kafka carries everything): informative, not a check
             "direct": dict(self._feed.connected) if self._feed is not None else None,
+            "kafka_backup": "paused, direct feed whole" if self.backup_paused else "reading",
             "direct_taken": self.join.direct_taken,
         }
 
@@ -835,8 +882,7 @@ class StreamFollower:
         ]
         feeds = parse_addresses(self.settings.get("MD_AGG_FEED", str, ""))
         if feeds:
-            run, on_direct = self._run, self.join.on_direct
-            self._feed = FeedClient(feeds, lambda raw: run(on_direct(raw)))
+            self._feed = FeedClient(feeds, self._on_direct)
             self._feed.start()
         log.info(
             "follower started",
@@ -876,6 +922,49 @@ class StreamFollower:
             else:
                 asyncio.get_running_loop().create_task(self._rewind(a))
 
+    def _on_direct(self, raw: bytes) -> None:
+        if raw.startswith(HEARTBEAT_PREFIX):
+            self.join.on_feed_heartbeat(raw)
+            self._beat_at = time.monotonic()
+            if self.join.feed_whole_at is not None:
+                self._whole_at = self.join.feed_whole_at
+            return
+        self._run(self.join.on_direct(raw))
+
+    def _direct_only(self) -> bool:
+        """The direct feed alone suffices: its last heartbeat is recent and found nothing missing,
+        and no key waits for a base or for Kafka to fill a hole."""
+        return (
+            self._feed is not None
+            and self.ready.is_set()
+            and self.join.feed_whole_at is not None
+            and time.monotonic() - self._beat_at < self.feed_timeout_s
+            and self.join.in_sync()
+        )
+
+    async def _resume_backup(self, tc: AIOKafkaConsumer) -> None:
+        """Read Kafka again from shortly before the last heartbeat that found the feed whole:
+        everything published before it was received; the margin covers clock skew between the
+        leader's heartbeat and its producer's record timestamps. What the feed already brought
+        is dropped by ``seq`` (a cheap head match)."""
+        tps = self._stream_tps
+        since = max(0, (self._whole_at or 0) - self.join.margin_ms)
+        offsets = await tc.offsets_for_times({tp: since for tp in tps})
+        to_end = []
+        for tp in tps:
+            o = offsets.get(tp)
+            if o is None:
+                to_end.append(tp)  # nothing as new as that: all of it was had
+            elif o.offset > await tc.position(tp):
+                tc.seek(tp, o.offset)
+        if to_end:
+            await tc.seek_to_end(*to_end)
+        tc.resume(*tps)
+        self.backup_paused = False
+        self.backup_resumes += 1
+        BACKUP_PAUSED.set(0)
+        log.info("kafka backup resumed", extra={"since_ms": since})
+
     async def _rewind(self, a: Rewind) -> None:
         tc = self._stream_consumer
         assert tc is not None
@@ -907,6 +996,16 @@ class StreamFollower:
         join, run = self.join, self._run
         pacer = Pacer(self.backup_wait_ms / 1000)
         while True:
+            if self._direct_only():
+                if not self.backup_paused:
+                    tc.pause(*self._stream_tps)
+                    self.backup_paused = True
+                    BACKUP_PAUSED.set(1)
+                    log.info("kafka backup paused: the direct feed is whole")
+                await asyncio.sleep(self.backup_wait_ms / 1000)
+                continue
+            if self.backup_paused:
+                await self._resume_backup(tc)
             if self._feed is not None and self._feed.live():
                 # a live direct feed brings the messages: Kafka only fills what it missed, so
                 # one fetch per MD_FOLLOWER_BACKUP_WAIT_MS instead of one per produce (most of a
@@ -950,7 +1049,9 @@ class StreamFollower:
                     tc.end_offsets(self._stream_tps), max(5.0, self.watchdog_s * 2)
                 )
                 self.lag = {
-                    f"{tp.topic}:{tp.partition}": max(0, end - self._next_offset.get(tp, end))
+                    f"{tp.topic}:{tp.partition}": 0
+                    if self.backup_paused  # the feed is whole: nothing is behind
+                    else max(0, end - self._next_offset.get(tp, end))
                     for tp, end in ends.items()
                 }
                 if not self.connected:

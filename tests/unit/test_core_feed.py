@@ -5,9 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import orjson
 import pytest
 
-from core.feed import FEED_DROPPED, HEADER, MAX_FRAME, FeedClient, FeedServer, parse_addresses
+from core.feed import (
+    FEED_DROPPED,
+    HEADER,
+    HEARTBEAT_PREFIX,
+    MAX_FRAME,
+    FeedClient,
+    FeedServer,
+    parse_addresses,
+)
 from tests.conftest import free_port
 
 
@@ -48,22 +57,51 @@ async def test_frames_arrive_whole_and_in_order_and_the_client_reconnects() -> N
         await server.stop()
 
 
-async def test_a_receiver_that_does_not_read_is_skipped_never_waited_for() -> None:
+async def test_a_receiver_that_does_not_read_is_closed_never_waited_for() -> None:
+    """Closed, not skipped: an open connection must carry every message (the heads of the
+    heartbeats promise it); the receiver reconnects and Kafka fills what it missed."""
     port = free_port()
     server = FeedServer("127.0.0.1", port, high_water=64 << 10)
     await server.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)  # connects, never reads
     try:
         await wait_for(lambda: len(server.receivers) == 1)
+        (r,) = server.receivers
         before = FEED_DROPPED._value.get()  # noqa: SLF001 - the counter's value
         for _ in range(2_000):
             server.publish(b"y" * 10_000)  # 20 MB: more than any kernel buffer takes
             server.flush()
-        assert FEED_DROPPED._value.get() - before > 0  # noqa: SLF001
-        (r,) = server.receivers
-        assert r.transport is not None and r.transport.get_write_buffer_size() < 256 << 10
+        assert FEED_DROPPED._value.get() - before == 1  # noqa: SLF001 - once, then closed
+        assert r.transport is not None and r.transport.is_closing()
+        await wait_for(lambda: not server.receivers)
     finally:
         writer.close()
+        await server.stop()
+
+
+async def test_heartbeat_follows_the_data_and_names_the_last_seq_of_each_stream() -> None:
+    port = free_port()
+    server = FeedServer("127.0.0.1", port)
+    await server.start()
+    got: list[bytes] = []
+    client = FeedClient([("127.0.0.1", port)], got.append)
+    client.start()
+    try:
+        await wait_for(lambda: len(server.receivers) == 1)
+        server.publish(b'{"a":1}', (("l2", "BTC-USD"), 3, 7))
+        server.publish(b'{"a":2}', (("l2", "BTC-USD"), 3, 8))
+        server.publish(b'{"a":3}', (("trades", "ETH-USD"), 3, 2))
+        server.heartbeat(1234)
+        await wait_for(lambda: len(got) == 4)
+        assert got[:3] == [b'{"a":1}', b'{"a":2}', b'{"a":3}']
+        assert got[3].startswith(HEARTBEAT_PREFIX)
+        assert orjson.loads(got[3]) == {
+            "type": "feed_heartbeat",
+            "ts_ms": 1234,
+            "heads": {"l2:BTC-USD": [3, 8], "trades:ETH-USD": [3, 2]},
+        }
+    finally:
+        await client.stop()
         await server.stop()
 
 

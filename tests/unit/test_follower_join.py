@@ -372,3 +372,49 @@ async def test_a_dead_follower_loop_fails_health() -> None:
     with contextlib.suppress(asyncio.CancelledError, RuntimeError):
         await alive
         await crashed
+
+
+def beat(heads: dict[str, list[int]], ts_ms: int = 1_000) -> bytes:
+    return orjson.dumps({"type": "feed_heartbeat", "ts_ms": ts_ms, "heads": heads})
+
+
+def test_feed_heartbeat_finds_the_feed_whole_only_when_every_key_reached_its_head() -> None:
+    j, p = synced_l2()
+    head = p.seq
+    assert j.on_direct(beat({"l2:BTC-USD": [1, head]}, 5)) == []  # consumed, never delivered
+    assert j.feed_whole_at == 5 and j.in_sync()
+    assert j.on_direct(beat({"l2:BTC-USD": [1, head + 1]}, 6)) == []  # one message missing
+    assert j.feed_whole_at is None
+    j.on_direct(p.update([level(2)]))
+    j.on_direct(beat({"l2:BTC-USD": [1, head + 1]}, 7))
+    assert j.feed_whole_at == 7
+
+
+def test_feed_heartbeat_needs_kafka_for_unknown_keys_and_new_epochs_not_for_retired_ones() -> None:
+    j, p = synced_l2()
+    j.on_direct(beat({"l2:BTC-USD": [1, p.seq], "l2:ETH-USD": [1, 3]}))
+    assert j.feed_whole_at is None  # a key this follower has no base for: Kafka + snapshot
+    j.on_direct(beat({"l2:BTC-USD": [2, 1]}))
+    assert j.feed_whole_at is None  # a new epoch only ever comes through Kafka
+    j.keys[("l2", "BTC-USD")].retired.append(0)
+    j.on_direct(beat({"l2:BTC-USD": [1, p.seq], "l2:BTC-USD-OLD": [0, 9]}, 9))
+    assert j.feed_whole_at is None  # unknown key again (BTC-USD-OLD): not whole
+    j.on_direct(beat({"l2:BTC-USD": [0, 10**6]}, 10))  # an old leader's stale head: ignored
+    assert j.feed_whole_at == 10
+
+
+def test_feed_heartbeat_ignores_keys_the_follower_does_not_want_and_refuses_garbage() -> None:
+    j = StreamJoin(channels=["ticker"])
+    j.on_snapshot(b"ticker:BTC-USD", tick(4), 0)
+    j.on_direct(beat({"ticker:BTC-USD": [1, 4], "l2:BTC-USD": [1, 99]}, 3))
+    assert j.feed_whole_at == 3
+    before = j.malformed
+    assert j.on_direct(b'{"type":"feed_heartbeat","ts_ms":"x"}') == []
+    assert j.feed_whole_at is None and j.malformed == before + 1
+
+
+def test_a_hole_held_for_kafka_means_not_in_sync() -> None:
+    j, p = synced_l2()
+    p.update([level(2)])
+    j.on_direct(p.update([level(3)]))  # the one before it was lost: held
+    assert not j.in_sync()

@@ -66,7 +66,7 @@ lint: install      ## ruff: style, complexity <= 15, no blind except, simplifica
 format:
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
-typecheck: install  ## mypy over every package; strict flags for core/ and the protocol cores
+typecheck: install  ## mypy over every package and the tests; strict flags for core/ and the protocol cores
 	$(PY) -m mypy
 
 clean:              ## stop everything and remove var/ (data, logs, caches)

@@ -76,6 +76,8 @@ class SymbolState:
         self.book = Book()
         self.seq: dict[str, int] = {}
         self.info: SymbolInfo | None = None
+        # the last source switch: {"source_reason": why, "previous_source": from} (status data)
+        self.switch: dict[str, str] | None = None
         self.l2_only = False
         self.last_ts = 0  # event time of the last applied event
         # pending outputs since the last flush
@@ -216,6 +218,13 @@ class SymbolState:
         info = e.info
         if self.l2_only and "l3" in info.channels:
             info = _without_l3(info)
+        old = self.info.source if self.info is not None else None
+        if e.reason is not None or (old is not None and info.source != old):
+            # a source switch (the failover says why): the next status names it
+            self.switch = {"source_reason": e.reason or "changed"}
+            if old is not None:
+                self.switch["previous_source"] = old
+            self._status_dirty = True
         if info != self.info:
             self.info = info
             self._status_dirty = True
@@ -390,6 +399,8 @@ class SymbolState:
         info = self.info or default_info(self.symbol, source="unknown")
         d = info.to_dict()
         d["state"] = "l2_only" if self.l2_only else "live"
+        if self.switch is not None:
+            d.update(self.switch)
         return cast(StatusData, d)
 
     def ticker_data(self) -> TickerData:
@@ -515,6 +526,8 @@ class SymbolState:
             "last_stats": self.last_stats,
             "candle_dirty": candles["candle_dirty"],
             "candle_pub": candles["candle_pub"],
+            # only once a source switch happened: checkpoints without one keep their layout
+            **({"switch": self.switch} if self.switch is not None else {}),
         }
 
     @classmethod
@@ -522,6 +535,7 @@ class SymbolState:
         s = cls(st["symbol"], int(st["epoch"]), cfg)
         s.seq = {k: int(v) for k, v in st["seq"].items()}
         s.info = SymbolInfo.from_dict(st["info"]) if st.get("info") else None
+        s.switch = dict(st["switch"]) if st.get("switch") else None
         s.l2_only = bool(st["l2_only"])
         s.last_ts = int(st["last_ts"])
         s.book = Book.from_state(st["book"])

@@ -38,6 +38,9 @@ Control events:
 =================  ===========================================================================
 ``symbol_info``    ``info``: ``core.symbols.SymbolInfo.to_dict()``; the catalogue flows from the
                    sources (tick size, status, which channels exist for the symbol).
+                   ``reason`` (optional): the source *switched* the symbol to this feed and
+                   says why (``stalled``, ``gap``, ``garbage``, ``disconnected``: the failover,
+                   aggregator/sources/failover.py); the ``status`` message carries it.
 ``reset``          ``reason``: the source lost its state for the symbol (restart, resync of an
                    order-level feed); the aggregator empties the book, publishing the removals.
 =================  ===========================================================================
@@ -178,6 +181,11 @@ def _text(v: object, name: str) -> str:
     if not isinstance(v, str):
         raise EventError(f"{name} must be a string", v)
     return v[:200]
+
+
+def _opt_text(v: object, name: str) -> str | None:
+    """Optional free text: None stays None (a ``symbol_info`` without a switch reason)."""
+    return None if v is None else _text(v, name)
 
 
 _SYMBOL_CACHE: dict[str, str] = {}
@@ -470,6 +478,7 @@ class Trade(Event):
 @dataclass(slots=True)
 class SymbolInfoEvent(Event):
     info: Annotated[SymbolInfo, Check(_info, dump=_dump_info)]
+    reason: Annotated[str | None, Check(_opt_text)] = field(default=None, kw_only=True)
     type: ClassVar[str] = "symbol_info"
 
     def _cross_check(self) -> None:
@@ -500,10 +509,18 @@ reset = Reset
 
 
 def symbol_info(
-    info: SymbolInfo, ts: int, *, source: str | None = None, src_seq: int | None = None
+    info: SymbolInfo,
+    ts: int,
+    *,
+    source: str | None = None,
+    src_seq: int | None = None,
+    reason: str | None = None,
 ) -> SymbolInfoEvent:
-    """The catalogue entry as an event; ``source`` defaults to the entry's own."""
-    return SymbolInfoEvent(info.symbol, ts, info, source=source or info.source, src_seq=src_seq)
+    """The catalogue entry as an event; ``source`` defaults to the entry's own; ``reason`` only
+    when the symbol was just switched to this feed (why)."""
+    return SymbolInfoEvent(
+        info.symbol, ts, info, source=source or info.source, src_seq=src_seq, reason=reason
+    )
 
 
 # --- wire codec --------------------------------------------------------------------------------

@@ -168,6 +168,11 @@ class StatusData(TypedDict):
     source: str
     channels: list[str]
     state: Literal["live", "l2_only"]
+    # only after a source switch (the failover, docs/sources.md): why the symbol now comes from
+    # ``source`` (``stalled``, ``gap``, ``garbage``, ``disconnected``, or ``changed`` when the
+    # source gave no reason) and which source it came from before; kept while it stays there
+    source_reason: NotRequired[str]
+    previous_source: NotRequired[str]
 
 
 MessageType = Literal[

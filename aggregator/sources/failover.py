@@ -18,16 +18,16 @@ How continuity is kept. Every event of every leg goes through :class:`FailoverSo
 - every ``check_s`` (and on each event), when the active leg is unhealthy for a symbol and
   another leg is healthy, the symbol switches: the new leg's shadow book goes out as one
   ``book_snapshot`` (the aggregator publishes the *difference* to its book as an ordinary
-  ``l2_update``: same epoch, seq +1, checksums valid), then the new leg's symbol_info (the
-  ``status`` message clients see names the new source) and the trades it has that were never
+  ``l2_update``: same epoch, seq +1, checksums valid), then the new leg's symbol_info with the
+  switch's ``reason`` (the ``status`` message clients see names the new source, the previous one
+  and why: ``source_reason``) and the trades it has that were never
   published (the ones the stalled primary missed). Switching is sticky: the backup stays active
   until it fails in turn (no flapping back and forth on a noisy primary).
 
 When continuity cannot be kept: trades lost by *both* legs stay lost (their ids are skipped, the
 trades stream's seq stays gapless); with no healthy leg the symbol stays on the active one,
 which resyncs itself from its own next snapshot, again as a difference. A new epoch is never
-needed on this side; see docs/sources.md for what the aggregator would have to add to say "why"
-in the status message.
+needed on this side.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge
@@ -46,6 +46,7 @@ from aggregator import events as ev
 from aggregator.sources.publish import EventSink
 from core.book import L2Book
 from core.codec import now_ns
+from core.symbols import default_info
 
 log = logging.getLogger("aggregator.failover")
 
@@ -217,7 +218,11 @@ class FailoverSource:
         snap = sh.book.snapshot()
         await self.out.publish(ev.book_snapshot(sym, ts, snap["bids"], snap["asks"], source=src))
         if sh.info is not None:
-            await self.out.publish(ev.symbol_info(sh.info.info, ts))
+            info = sh.info.info
+        else:  # the new leg sent no catalogue entry yet: the old one's, under the new source
+            old = frm.shadows[sym].info
+            info = replace(old.info, source=src) if old is not None else default_info(sym, src)
+        await self.out.publish(ev.symbol_info(info, ts, reason=reason))
         for t in sorted(sh.trades, key=_trade_order):
             if self._new_trade(sym, t):
                 await self.out.publish(t)  # the trades the old leg missed
@@ -260,8 +265,6 @@ def make_client(
     kind: str, s: Any, sink: EventSink, name: str, products: tuple[str, ...]
 ) -> FeedClient:
     """A connector of ``kind`` from its own settings, for ``products``, publishing to ``sink``."""
-    from dataclasses import replace
-
     from aggregator.sources.feed_monitor import FeedMonitor
 
     if kind == "coinbase":

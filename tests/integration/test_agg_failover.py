@@ -119,8 +119,12 @@ async def test_failover_keeps_one_continuous_stream(
         assert as_dec(l2book_as_dict(check.books[p])) == as_dec(ref), f"{p}: served book differs"
         got = [int(m["data"]["trade_id"]) for m in trades if m["symbol"] == p]
         assert got == sorted(set(got)) and set(got) <= set(ref_trades[p])  # none twice
-        if p in switched:  # the status message names the feed now serving the symbol
+        if p in switched:  # the status message names the feed now serving the symbol, and why
             now = ("coinbase", "coinbase_at")[sup.active[p]]
-            assert snaps[f"status:{p}"]["data"]["source"] == now, sup.switches
+            status = snaps[f"status:{p}"]["data"]
+            assert status["source"] == now, sup.switches
+            _sym, frm, _to, why = [sw for sw in sup.switches if sw[0] == p][-1]
+            before = {"primary": "coinbase", "backup": "coinbase_at"}[frm]
+            assert (status["source_reason"], status["previous_source"]) == (why, before)
         if fault == "stalled":  # what the silent primary missed came from the backup
             assert got == ref_trades[p]

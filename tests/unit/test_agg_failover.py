@@ -103,6 +103,8 @@ async def test_stall_switches_with_the_backups_book_and_missed_trades() -> None:
     book.load([(p, s) for p, _x, s, _q in new[0].bids], [(p, s) for p, _x, s, _q in new[0].asks])
     assert book.snapshot() == {"bids": [["100", "3"]], "asks": [["101", "1"]]}
     assert isinstance(new[1], ev.SymbolInfoEvent) and new[1].info.source == "at"
+    assert new[1].reason == "stalled"  # the status message says why (aggregator/state.py)
+    assert ev.decode(ev.encode(new[1])).reason == "stalled"  # and it crosses md.in
     assert [t.trade_id for t in new[2:]] == ["2", "3"]  # type: ignore[attr-defined]
     # from now on the backup is forwarded, the old primary is not; no trade twice
     await sup.sink(1).publish(trade(3, "at"))
@@ -166,3 +168,15 @@ async def test_run_stops_its_legs(monkeypatch: Any) -> None:
     await asyncio.sleep(0.05)
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+async def test_a_switch_to_a_leg_without_catalogue_entry_still_says_why() -> None:
+    sup, out, _clock, a, _b = setup()
+    await sup.sink(0).publish(ev.symbol_info(default_info(S, "cb"), NS))
+    await sup.sink(0).publish(snap([["100", "1"]], [["101", "1"]], "cb"))
+    await sup.sink(1).publish(snap([["100", "2"]], [["101", "1"]], "at"))  # no symbol_info
+    a.connected = False
+    await sup.check()
+    info = [e for e in out.events if isinstance(e, ev.SymbolInfoEvent)][-1]
+    assert info.reason == "disconnected"
+    assert info.info == default_info(S, "backup")  # the old entry under the new leg's name

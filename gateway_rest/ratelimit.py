@@ -86,7 +86,10 @@ class RateLimiter:
             # client wait for its answer and take from it (64 connections of one client made 64
             # concurrent INCRBY calls, each overwriting the other's reservation: py-spy showed
             # the limiter at 18 % of the gateway's CPU)
-            for _ in range(2):
+            # (waiters look again after each reservation until one is free to make the next: a
+            # bounded "look twice" let a third waiter overwrite the second's pending entry and
+            # the second's cleanup raise KeyError, a 500, under 64 connections of one client)
+            while True:
                 res = self._reserved.get(k)
                 if res is not None and res[1] > 0:
                     res[1] -= 1
@@ -112,7 +115,8 @@ class RateLimiter:
                 self.redis_failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
-                del self._pending[k]
+                if self._pending.get(k) is done:
+                    del self._pending[k]
                 done.set_result(None)  # waiters look again (and count locally if Redis failed)
         if count is None:
             count = self._local_hit(who, idx)

@@ -34,6 +34,19 @@ from storage.cache_model import CacheModel, HistAction, Pos, Writes, hist_action
 
 log = logging.getLogger(__name__)
 
+# One command per resume window and flush instead of one XADD per message: redis-py spends
+# ~30 µs of Python per pipelined command (packing it, parsing its reply), which at live rates
+# was the largest share of the cache writer's CPU. KEYS[1] the stream; ARGV: MAXLEN (approximate
+# trim, as before), the two field names (core/cache_keys.py), then (id, message, epoch) triples.
+XADD_MANY = """
+local n = 0
+for i = 4, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[i], ARGV[2], ARGV[i + 1], ARGV[3], ARGV[i + 2])
+  n = n + 1
+end
+return n
+"""
+
 
 @dataclass
 class CacheWriterCounters:
@@ -85,6 +98,8 @@ class CacheWriter:
         self._next_try = 0.0
         self.last_flush_at = 0.0
         self.last_turn_at = 0.0  # each turn of the main loop, Redis up or not: liveness
+        self._xadd_sha = ""  # XADD_MANY, loaded with every full write (a restarted Redis lost it)
+        self._xadd_head = (str(self.config.hist_len), HIST_MESSAGE, HIST_EPOCH)
 
     # --- start-up --------------------------------------------------------------------------
 
@@ -193,6 +208,8 @@ class CacheWriter:
             epoch, seq = w.trades_pos[sym]
             pipe.set(k.trades_seq(sym), f"{epoch}:{seq}")
         added = resets = 0
+        # per stream: the entries to add in order, and whether the key is deleted first
+        adds: dict[str, tuple[bool, list[bytes | str]]] = {}
         for ch, sym, epoch, seq, raw in w.hist:
             if seq <= 0:
                 continue  # stream IDs must be > 0-0
@@ -201,17 +218,16 @@ class CacheWriter:
             if act is HistAction.SKIP:
                 continue
             if act is HistAction.RESET:
-                pipe.delete(key)
+                adds[key] = (True, [])  # what this batch added before is deleted with the rest
                 resets += 1
-            pipe.xadd(
-                key,
-                {HIST_MESSAGE: raw, HIST_EPOCH: str(epoch)},
-                id=f"{seq}-0",
-                maxlen=self.config.hist_len,
-                approximate=True,
-            )
+            adds.setdefault(key, (False, []))[1].extend((f"{seq}-0", raw, str(epoch)))
             self._hist_last[key] = (epoch, seq)
             added += 1
+        for key, (reset, args) in adds.items():
+            if reset:
+                pipe.delete(key)
+            if args:
+                pipe.evalsha(self._xadd_sha, 1, key, *self._xadd_head, *args)
         res = await pipe.execute()
         self.counters.flushes += 1
         self.counters.hist_added += added
@@ -228,6 +244,7 @@ class CacheWriter:
             if loop.time() < self._next_try:
                 return
             try:
+                self._xadd_sha = await self.redis.script_load(XADD_MANY)
                 self._hist_last.clear()
                 full = self.model.full_writes()
                 full.hist = w.hist
@@ -272,10 +289,14 @@ class CacheWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
-        # not a latency path for clients (REST reads tolerate a few ms of cache age): one fetch
-        # per MD_STORAGE_FETCH_WAIT_MS, not one per record (issue 10: those fetches were most of
-        # this process's CPU)
-        pacer = Pacer(self.settings.get("MD_STORAGE_FETCH_WAIT_MS", int, 20) / 1000)
+        # not a latency path for clients: one fetch and one Redis pipeline per
+        # MD_STORAGE_FETCH_WAIT_MS, not one per record. Each costs a Kafka fetch of every stream
+        # partition and a round trip to Redis whatever it carries, so at live rates the pace is
+        # the cost: 20 ms took 13.6 % of a core at the default simulator rate, 100 ms 6.4 %
+        # (docs/benchmarks.md "Storage CPU"). REST answers are then at most ~0.1 s older than
+        # the stream (they carry their `seq`), and a WebSocket resume that finds Redis behind
+        # its gateway waits for it (up to 1 s, gateway_ws/hub.py).
+        pacer = Pacer(self.settings.get("MD_STORAGE_FETCH_WAIT_MS", int, 100) / 1000)
         await consumer.start()
         try:
             parts = await self._partitions(

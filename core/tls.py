@@ -65,10 +65,17 @@ def uvicorn_ssl_options(certfile: str, keyfile: str | None) -> dict[str, Any]:
     }
 
 
-def write_self_signed(directory: str, hostname: str = "localhost", days: int = 30) -> None:
-    """``tls.crt`` + ``tls.key`` (0600) for ``hostname`` in ``directory``: a test certificate
-    for docker compose or a demo, never for production (clients must be told to trust it)."""
+def write_self_signed(
+    directory: str, hostname: str = "localhost", days: int = 30, *, also: tuple[str, ...] = ()
+) -> None:
+    """``tls.crt`` + ``tls.key`` (0600) for ``hostname`` (and the names or IP addresses in
+    ``also``, as further subjectAltNames) in ``directory``, and ``keystore.pem`` (0600: key and
+    certificate in one file, Kafka's PEM keystore). A test certificate for docker compose or a
+    demo, never for production: clients are told to trust it as its own CA (compose's Kafka and
+    PostgreSQL: ``python -m core.tls self-signed var/tls-internal kafka kafka-2 kafka-3
+    timescaledb localhost 127.0.0.1``)."""
     import datetime
+    import ipaddress
     import os
     from pathlib import Path
 
@@ -77,6 +84,12 @@ def write_self_signed(directory: str, hostname: str = "localhost", days: int = 3
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
+    sans: list[x509.GeneralName] = []
+    for host in (hostname, *also):
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
@@ -88,27 +101,29 @@ def write_self_signed(directory: str, hostname: str = "localhost", days: int = 3
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .sign(key, hashes.SHA256())
     )
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(d / "tls.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    (d / "tls.crt").write_bytes(cert_pem)
+    for fname, data in (("tls.key", key_pem), ("keystore.pem", key_pem + cert_pem)):
+        fd = os.open(d / fname, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
 
 
 if __name__ == "__main__":
     import sys
 
     if len(sys.argv) < 3 or sys.argv[1] != "self-signed":
-        sys.exit("usage: python -m core.tls self-signed DIR [HOSTNAME]")
-    write_self_signed(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "localhost")
-    print(f"wrote {sys.argv[2]}/tls.crt and tls.key")
+        sys.exit("usage: python -m core.tls self-signed DIR [HOSTNAME [MORE-NAMES-OR-IPS...]]")
+    hosts = sys.argv[3:] or ["localhost"]
+    write_self_signed(sys.argv[2], hosts[0], also=tuple(hosts[1:]))
+    print(f"wrote {sys.argv[2]}/tls.crt, tls.key and keystore.pem for {', '.join(hosts)}")

@@ -408,6 +408,74 @@ def compose_security_problems(c: dict[str, Any]) -> list[str]:
     r = _env(s["redis"]) | {"cmd": " ".join(map(str, s["redis"].get("command") or []))}
     if "requirepass" not in r["cmd"]:
         problems.append("redis: no AUTH (requirepass)")
+    return problems + compose_tls_problems(c)
+
+
+def _mounted(svc: dict[str, Any], path: str) -> bool:
+    """Whether ``path`` inside the container is (or is under) one of its volumes' targets."""
+    for v in svc.get("volumes") or []:
+        target = _strip_default(str(v)).split(":")[-2] if str(v).count(":") >= 2 else ""
+        if target and (path == target or path.startswith(target.rstrip("/") + "/")):
+            return True
+    return False
+
+
+def _broker_tls_problems(name: str, svc: dict[str, Any], env: dict[str, str]) -> list[str]:
+    problems: list[str] = []
+    protocols = {p.split(":")[1] for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")}
+    if protocols - {"SSL", "SASL_SSL"}:
+        problems.append(f"{name}: a listener without TLS ({sorted(protocols)})")
+    for var in ("KAFKA_SSL_KEYSTORE_LOCATION", "KAFKA_SSL_TRUSTSTORE_LOCATION"):
+        if not _mounted(svc, env.get(var, "-")):
+            problems.append(f"{name}: {var} is not a mounted file")
+    if env.get("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "https") != "https":
+        problems.append(f"{name}: brokers do not verify each other's host names")
+    if "--command-config" not in " ".join(map(str, svc["healthcheck"]["test"])):
+        problems.append(f"{name}: the health check cannot speak TLS")
+    return problems
+
+
+def _client_tls_problems(name: str, svc: dict[str, Any], env: dict[str, str]) -> list[str]:
+    problems: list[str] = []
+    if env.get("MD_KAFKA_SECURITY_PROTOCOL") not in ("SSL", "SASL_SSL"):
+        problems.append(f"{name}: Kafka without TLS")
+    if env.get("MD_PG_SSLMODE") != "verify-full":
+        problems.append(f"{name}: PostgreSQL without verify-full")
+    for var in ("MD_KAFKA_SSL_CAFILE", "MD_PG_SSLROOTCERT"):
+        if not _mounted(svc, env.get(var, "-")):
+            problems.append(f"{name}: {var} is not a mounted file")
+    return problems
+
+
+def compose_tls_problems(c: dict[str, Any]) -> list[str]:
+    """Kafka and PostgreSQL speak TLS only in compose, and every service verifies them."""
+    problems: list[str] = []
+    s = c["services"]
+    for name, svc in s.items():
+        env = _env(svc)
+        if "KAFKA_LISTENERS" in env:  # a broker
+            problems += _broker_tls_problems(name, svc, env)
+        elif "MD_KAFKA_BOOTSTRAP" in env or "MD_PG_DSN" in env:  # a platform service
+            problems += _client_tls_problems(name, svc, env)
+    pg = s["timescaledb"]
+    cmd = " ".join(map(str, pg.get("command") or []))
+    if "ssl=on" not in cmd:
+        problems.append("timescaledb: no ssl=on")
+    hba = next(
+        (v for v in pg.get("volumes") or [] if str(v).endswith(":/etc/md/pg_hba.conf:ro")), ""
+    )
+    if "hba_file=/etc/md/pg_hba.conf" not in cmd or not hba:
+        problems.append("timescaledb: not the repository's pg_hba.conf")
+    else:
+        rules = [
+            ln.split()[0]
+            for ln in (COMPOSE.parent / str(hba).split(":")[0]).read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")
+        ]
+        if set(rules) - {"local", "hostssl"}:
+            problems.append(f"timescaledb: pg_hba.conf allows connections without TLS ({rules})")
+    if "--tls.enabled" not in (s["kafka-exporter"].get("command") or []):
+        problems.append("kafka-exporter: Kafka without TLS")
     return problems
 
 
@@ -434,6 +502,28 @@ def test_compose_runs_production_settings() -> None:
         pytest.param(
             lambda c: c["services"]["gateway_ws"]["environment"].pop("MD_WS_TLS_CERT"),
             id="ws-no-tls",
+        ),
+        pytest.param(
+            lambda c: c["services"]["kafka-2"]["environment"].update(
+                KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="SSL:SSL,CONTROLLER:PLAINTEXT,EXTERNAL:SSL"
+            ),
+            id="kafka-controller-plaintext",
+        ),
+        pytest.param(
+            lambda c: c["services"]["storage"]["environment"].update(MD_PG_SSLMODE="require"),
+            id="pg-no-verify",
+        ),
+        pytest.param(
+            lambda c: c["services"]["gateway_ws"]["environment"].pop("MD_KAFKA_SECURITY_PROTOCOL"),
+            id="ws-kafka-plaintext",
+        ),
+        pytest.param(
+            lambda c: c["services"]["gateway_rest"].update(volumes=[]),
+            id="rest-ca-not-mounted",
+        ),
+        pytest.param(
+            lambda c: c["services"]["timescaledb"]["command"].remove("ssl=on"),
+            id="pg-no-ssl",
         ),
         pytest.param(
             lambda c: c["services"]["fix_gateway"]["environment"].update(MD_ALLOW_INSECURE="1"),

@@ -147,3 +147,39 @@ def test_self_signed_helper_writes_a_usable_pair(tmp_path: Path) -> None:
     assert (tmp_path / "tls.key").stat().st_mode & 0o077 == 0
     srv = server_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
     assert handshake(srv, client_context(str(tmp_path / "tls.crt")))[0] == "TLSv1.3"
+
+
+def test_self_signed_for_several_names_verifies_each(tmp_path: Path) -> None:
+    """compose's internal certificate: one for every Kafka node and PostgreSQL, trusted as its
+    own CA; each name verifies, another does not; keystore.pem is key + certificate (Kafka)."""
+    import contextlib
+    import subprocess
+    import sys
+
+    names = ["kafka", "kafka-2", "timescaledb", "127.0.0.1"]
+    subprocess.run(
+        [sys.executable, "-m", "core.tls", "self-signed", str(tmp_path), *names],
+        check=True,
+        capture_output=True,
+    )
+    assert (tmp_path / "keystore.pem").stat().st_mode & 0o077 == 0
+    ks = (tmp_path / "keystore.pem").read_text()
+    assert ks == (tmp_path / "tls.key").read_text() + (tmp_path / "tls.crt").read_text()
+    srv = server_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
+
+    def shake(host: str) -> None:
+        c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+        cli = client_context(str(tmp_path / "tls.crt")).wrap_bio(c_in, c_out, server_hostname=host)
+        s = srv.wrap_bio(s_in, s_out, server_side=True)
+        for _ in range(10):
+            for obj in (cli, s):
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    obj.do_handshake()
+            s_in.write(c_out.read())
+            c_in.write(s_out.read())
+        cli.do_handshake()
+
+    for host in names:
+        shake(host)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        shake("kafka-3")

@@ -69,6 +69,10 @@ def _server_versions() -> dict[str, str]:
     import asyncpg
     import redis
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    # what a server that is down or refusing us raises; anything else is a bug worth seeing
+    unreachable = (OSError, TimeoutError, KafkaError, asyncpg.PostgresError, redis.RedisError)
 
     async def _kafka() -> str:
         admin = AIOKafkaAdminClient(bootstrap_servers=BASE.kafka_bootstrap)
@@ -99,12 +103,12 @@ def _server_versions() -> dict[str, str]:
     for name, fn in (("Kafka", _kafka), ("PostgreSQL", _pg)):
         try:
             out[name] = asyncio.run(fn())
-        except Exception as exc:
+        except unreachable as exc:
             out[name] = f"unreachable ({exc!r})"
     try:
         info = redis.Redis.from_url(BASE.redis_url).info("server")
         out["Redis"] = f"Redis {info['redis_version']}"
-    except Exception as exc:
+    except unreachable as exc:
         out["Redis"] = f"unreachable ({exc!r})"
     return out
 
@@ -153,6 +157,8 @@ async def _delete_test_data(s: Settings) -> None:
     and every one holds files open in the broker."""
     import redis.asyncio as aioredis
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+    from redis.exceptions import RedisError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
     try:
@@ -160,7 +166,7 @@ async def _delete_test_data(s: Settings) -> None:
         names = [t for t in await admin.list_topics() if t.startswith(s.topic_prefix + ".")]
         if names:
             await admin.delete_topics(names)
-    except Exception as exc:  # cleanup must never fail the test that used the topics
+    except (KafkaError, OSError, TimeoutError) as exc:  # cleanup never fails the test
         print(f"[cleanup] could not delete topics of {s.topic_prefix}: {exc!r}")
     finally:
         await admin.close()
@@ -169,7 +175,7 @@ async def _delete_test_data(s: Settings) -> None:
         keys = [k async for k in r.scan_iter(match=f"{s.redis_prefix}:*", count=1000)]
         for i in range(0, len(keys), 500):
             await r.delete(*keys[i : i + 500])
-    except Exception as exc:
+    except (RedisError, OSError) as exc:
         print(f"[cleanup] could not delete Redis keys of {s.redis_prefix}: {exc!r}")
     finally:
         await r.aclose()

@@ -139,9 +139,11 @@ def test_rest_tls_option_serves_tls12_and_up_only(
         # a TLS 1.2-only client is served
         v12 = ssl.create_default_context(cafile=str(cert))
         v12.maximum_version = ssl.TLSVersion.TLSv1_2
-        with socket.create_connection(("127.0.0.1", port)) as raw:
-            with v12.wrap_socket(raw, server_hostname="localhost") as tls:
-                assert tls.version() == "TLSv1.2"
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            v12.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            assert tls.version() == "TLSv1.2"
     finally:
         next(it, None)
 

@@ -131,10 +131,12 @@ def test_production_settings_start_on_a_reachable_address(
         deadline = 60
         for _ in range(deadline * 5):
             try:
-                with socket.create_connection(("127.0.0.1", fix_port), timeout=2) as raw:
-                    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-                        assert s.version() in ("TLSv1.2", "TLSv1.3")
-                        break
+                with (
+                    socket.create_connection(("127.0.0.1", fix_port), timeout=2) as raw,
+                    ctx.wrap_socket(raw, server_hostname="localhost") as s,
+                ):
+                    assert s.version() in ("TLSv1.2", "TLSv1.3")
+                    break
             except (ConnectionRefusedError, ssl.SSLError):
                 assert procs[1].poll() is None, procs[1].communicate()[0][-3000:]
                 time.sleep(0.2)

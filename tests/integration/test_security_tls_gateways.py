@@ -31,9 +31,11 @@ def _cbc_client(cert: Path) -> ssl.SSLContext:
 
 
 def _handshake(port: int, ctx: ssl.SSLContext) -> str | None:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-            return s.version()
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
+        return s.version()
 
 
 async def _check(port: int, cert: Path) -> None:

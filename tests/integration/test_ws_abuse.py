@@ -98,67 +98,66 @@ async def _never_reading(port: int) -> ClientConnection:
 async def test_five_never_reading_resume_abusers_bound_memory_and_latency(
     settings: Settings, window: None
 ) -> None:
-    async with running_gateway(settings, ping_interval_s=0) as gw:
-        # another client, reading normally, answered throughout
-        async with connect(url(gw)) as fast:
-            await send(fast, {"type": "ping", "id": 0})
-            await recv_until(fast, lambda m: m["type"] == "pong")
-            base = _rss()
-            peak = base
-            worst = 0.0
-            stop = asyncio.Event()
+    # ``fast``: another client, reading normally, answered throughout
+    async with running_gateway(settings, ping_interval_s=0) as gw, connect(url(gw)) as fast:
+        await send(fast, {"type": "ping", "id": 0})
+        await recv_until(fast, lambda m: m["type"] == "pong")
+        base = _rss()
+        peak = base
+        worst = 0.0
+        stop = asyncio.Event()
 
-            async def probe() -> None:
-                nonlocal peak, worst
-                i = 0
-                while not stop.is_set():
-                    i += 1
-                    t0 = time.monotonic()
-                    await send(fast, {"type": "ping", "id": i})
-                    await recv_until(fast, lambda m, i=i: m.get("id") == i, limit=10)
-                    worst = max(worst, time.monotonic() - t0)
-                    peak = max(peak, _rss())
-                    await asyncio.sleep(0.1)  # 10 requests/s: under the anonymous rate
+        async def probe() -> None:
+            nonlocal peak, worst
+            i = 0
+            while not stop.is_set():
+                i += 1
+                t0 = time.monotonic()
+                await send(fast, {"type": "ping", "id": i})
+                await recv_until(fast, lambda m, i=i: m.get("id") == i, limit=10)
+                worst = max(worst, time.monotonic() - t0)
+                peak = max(peak, _rss())
+                await asyncio.sleep(0.1)  # 10 requests/s: under the anonymous rate
 
-            probing = asyncio.create_task(probe())
-            abusers = [await _never_reading(gw.cfg.port) for _ in range(5)]
-            attack = orjson.dumps(
-                {"type": "subscribe", "channels": ["trades:BTC-USD"] * 200, "since_seq": 0}
-            ).decode()
-            again = orjson.dumps(
-                {"type": "subscribe", "channel": "trades", "symbol": "BTC-USD", "since_seq": 0}
-            ).decode()
-            most_resumes = 0
+        probing = asyncio.create_task(probe())
+        abusers = [await _never_reading(gw.cfg.port) for _ in range(5)]
+        attack = orjson.dumps(
+            {"type": "subscribe", "channels": ["trades:BTC-USD"] * 200, "since_seq": 0}
+        ).decode()
+        again = orjson.dumps(
+            {"type": "subscribe", "channel": "trades", "symbol": "BTC-USD", "since_seq": 0}
+        ).decode()
+        most_resumes = 0
+        for ws in abusers:
+            await ws.send(attack)
+        for _ in range(20):  # each replaces the running resume: the old one is cancelled
             for ws in abusers:
-                await ws.send(attack)
-            for _ in range(20):  # each replaces the running resume: the old one is cancelled
-                for ws in abusers:
-                    await ws.send(again)
-                await asyncio.sleep(0.01)
-                most_resumes = max(most_resumes, len(gw.hub.resumes))
-            # the replays stop at the bound; after RESUME_DRAIN_S without reading each
-            # never-reading socket is a slow consumer: served nothing more, its close frame
-            # queued (it is dropped CLOSE_WAIT_S later)
-            deadline = time.monotonic() + RESUME_DRAIN_S + 20
+                await ws.send(again)
+            await asyncio.sleep(0.01)
+            most_resumes = max(most_resumes, len(gw.hub.resumes))
+        # the replays stop at the bound; after RESUME_DRAIN_S without reading each
+        # never-reading socket is a slow consumer: served nothing more, its close frame
+        # queued (it is dropped CLOSE_WAIT_S later)
+        deadline = time.monotonic() + RESUME_DRAIN_S + 20
 
-            def served() -> int:
-                return sum(1 for c in gw.hub.clients if not c.closed)
+        def served() -> int:
+            return sum(1 for c in gw.hub.clients if not c.closed)
 
-            while served() > 1 and time.monotonic() < deadline:
-                most_resumes = max(most_resumes, len(gw.hub.resumes))
-                await asyncio.sleep(0.1)
-            stop.set()
-            await probing
-            assert served() == 1, "the never-reading sockets are still served"
-            assert not gw.hub.resumes
-            for ws in abusers:
-                ws.transport.abort()
-            grown = peak - base
-            assert most_resumes <= len(abusers), most_resumes  # one resume per socket at most
-            assert grown < 64 * 2**20, f"gateway grew by {grown / 2**20:.1f} MiB"
-            assert worst < 1.5, f"another client waited {worst:.2f} s"
-            await send(fast, {"type": "ping", "id": "after"})
-            assert (await recv_until(fast, lambda m: m["type"] == "pong"))["id"] == "after"
+        while served() > 1 and time.monotonic() < deadline:
+            most_resumes = max(most_resumes, len(gw.hub.resumes))
+            await asyncio.sleep(0.1)
+        stop.set()
+        await probing
+        assert served() == 1, "the never-reading sockets are still served"
+        assert not gw.hub.resumes
+        for ws in abusers:
+            ws.transport.abort()
+        grown = peak - base
+        assert most_resumes <= len(abusers), most_resumes  # one resume per socket at most
+        assert grown < 64 * 2**20, f"gateway grew by {grown / 2**20:.1f} MiB"
+        assert worst < 1.5, f"another client waited {worst:.2f} s"
+        await send(fast, {"type": "ping", "id": "after"})
+        assert (await recv_until(fast, lambda m: m["type"] == "pong"))["id"] == "after"
 
 
 async def test_a_reading_client_gets_the_whole_window_in_order(

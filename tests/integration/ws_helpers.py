@@ -25,12 +25,13 @@ from tests.unit.test_follower_join import Producer
 async def delete_topics(settings: Settings) -> None:
     """Best effort: each test's 9 topics x 3 partitions hold open files in the shared broker."""
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
         await admin.start()
         await admin.delete_topics(Topics.from_settings(settings).all())
-    except Exception:
+    except (KafkaError, OSError):
         pass
     finally:
         with contextlib.suppress(Exception):

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from core.errors import MarketDataError
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +96,7 @@ def settings_var_defaults() -> dict[str, Any]:
         for probe in ("1", "127.0.0.1:1", "BTC-USD"):
             try:
                 changed = Settings.from_env({var: probe})
-            except Exception:
+            except MarketDataError:  # not a value this variable takes (ConfigError, SymbolError)
                 continue
             diff = [
                 f
@@ -189,48 +190,8 @@ def compose_problems(compose: dict[str, Any], conf: list[ConfService]) -> list[s
             if restart not in ("no", None):
                 problems.append(f"{cs.name}: one-shot but restart={restart!r}")
         else:
-            if restart not in LONG_RUNNING_RESTART:
-                problems.append(
-                    f"{cs.name}: restart={restart!r}, want one of {sorted(LONG_RUNNING_RESTART)}"
-                )
-            want = compose_health_url(cs.health_url)
-            # a gateway with TLS (docs/security.md) checks the same URL over https
-            called = [
-                re.sub(r"^https://", "http://", u)
-                for u in re.findall(r"https?://[^\s'\"]+", _health_text(svc))
-            ]
-            if called != [want]:
-                problems.append(
-                    f"{cs.name}: health check does not call {want} ({_health_text(svc)!r})"
-                )
-            deps = svc.get("depends_on") or {}
-            for infra in INFRA:
-                if (deps.get(infra) or {}).get("condition") != "service_healthy":
-                    problems.append(f"{cs.name}: does not wait for {infra} to be healthy")
-            for one_shot in (c.name for c in conf if c.health_url is None):
-                if (deps.get(one_shot) or {}).get("condition") != "service_completed_successfully":
-                    problems.append(f"{cs.name}: does not wait for {one_shot} to complete")
-            port_vars = [k for k, v in env.items() if k.endswith("_PORT") and v == str(cs.port)]
-            exposed = {int(str(e)) for e in svc.get("expose") or []} | {
-                c for _, c in _published(svc)
-            }
-            if cs.port not in exposed:
-                problems.append(f"{cs.name}: port {cs.port} neither exposed nor published")
-            if (
-                not port_vars
-                and cs.port not in defaults.values()
-                and command_port(cs.command) != cs.port
-            ):
-                problems.append(
-                    f"{cs.name}: no MD_*_PORT sets {cs.port} and no setting defaults to it"
-                )
-        for k, v in env.items():
-            if k.startswith("MD_") and k not in known:
-                problems.append(f"{cs.name}: {k} is read by no code (typo?)")
-            if k.endswith("_PORT") and k in defaults and int(_strip_default(v)) != defaults[k]:
-                problems.append(
-                    f"{cs.name}: {k}={v} but core/settings.py default is {defaults[k]} (make run uses that)"
-                )
+            problems += _long_running_problems(cs, svc, env, conf, defaults)
+        problems += _env_problems(cs.name, env, known, defaults)
         problems += _infra_url_problems(cs.name, env, services)
     # the public listeners are published on the same host port as `make run` uses
     for name, var in (
@@ -245,6 +206,61 @@ def compose_problems(compose: dict[str, Any], conf: list[ConfService]) -> list[s
             problems.append(f"{infra}: missing")
         elif not (services[infra].get("healthcheck") or {}).get("test"):
             problems.append(f"{infra}: no health check")
+    return problems
+
+
+def _long_running_problems(
+    cs: ConfService,
+    svc: dict[str, Any],
+    env: dict[str, str],
+    conf: list[ConfService],
+    defaults: dict[str, Any],
+) -> list[str]:
+    """A long-running service: restarts, health check on its URL, waits for the infrastructure
+    and the one-shots, its port exposed and set."""
+    problems: list[str] = []
+    assert cs.health_url is not None
+    restart = svc.get("restart")
+    if restart not in LONG_RUNNING_RESTART:
+        problems.append(
+            f"{cs.name}: restart={restart!r}, want one of {sorted(LONG_RUNNING_RESTART)}"
+        )
+    want = compose_health_url(cs.health_url)
+    # a gateway with TLS (docs/security.md) checks the same URL over https
+    called = [
+        re.sub(r"^https://", "http://", u)
+        for u in re.findall(r"https?://[^\s'\"]+", _health_text(svc))
+    ]
+    if called != [want]:
+        problems.append(f"{cs.name}: health check does not call {want} ({_health_text(svc)!r})")
+    deps = svc.get("depends_on") or {}
+    for infra in INFRA:
+        if (deps.get(infra) or {}).get("condition") != "service_healthy":
+            problems.append(f"{cs.name}: does not wait for {infra} to be healthy")
+    for one_shot in (c.name for c in conf if c.health_url is None):
+        if (deps.get(one_shot) or {}).get("condition") != "service_completed_successfully":
+            problems.append(f"{cs.name}: does not wait for {one_shot} to complete")
+    port_vars = [k for k, v in env.items() if k.endswith("_PORT") and v == str(cs.port)]
+    exposed = {int(str(e)) for e in svc.get("expose") or []} | {c for _, c in _published(svc)}
+    if cs.port not in exposed:
+        problems.append(f"{cs.name}: port {cs.port} neither exposed nor published")
+    if not port_vars and cs.port not in defaults.values() and command_port(cs.command) != cs.port:
+        problems.append(f"{cs.name}: no MD_*_PORT sets {cs.port} and no setting defaults to it")
+    return problems
+
+
+def _env_problems(
+    name: str, env: dict[str, str], known: set[str], defaults: dict[str, Any]
+) -> list[str]:
+    """The service's MD_* variables: each read by some code, each port the one make run uses."""
+    problems: list[str] = []
+    for k, v in env.items():
+        if k.startswith("MD_") and k not in known:
+            problems.append(f"{name}: {k} is read by no code (typo?)")
+        if k.endswith("_PORT") and k in defaults and int(_strip_default(v)) != defaults[k]:
+            problems.append(
+                f"{name}: {k}={v} but core/settings.py default is {defaults[k]} (make run uses that)"
+            )
     return problems
 
 
@@ -316,54 +332,70 @@ def kafka_durability_problems(compose: dict[str, Any], conf: list[ConfService]) 
     if len(cluster_ids) != 1 or None in cluster_ids:
         problems.append(f"the brokers do not share one CLUSTER_ID: {cluster_ids}")
     for name, svc in brokers.items():
-        env = _env(svc)
-        if set(env.get("KAFKA_PROCESS_ROLES", "").split(",")) != {"broker", "controller"}:
-            problems.append(f"{name}: not a combined broker,controller node")
-        voters = {
-            (v.partition("@")[0], v.partition("@")[2].partition(":")[0])
-            for v in env.get("KAFKA_CONTROLLER_QUORUM_VOTERS", "").split(",")
-        }
-        if voters != want_voters:
-            problems.append(f"{name}: controller quorum {sorted(voters)} != {sorted(want_voters)}")
-        # the broker defaults, so Kafka's own topics (offsets, transactions) are replicated too
-        for var, want in (
-            ("KAFKA_DEFAULT_REPLICATION_FACTOR", TOPIC_RF),
-            ("KAFKA_MIN_INSYNC_REPLICAS", TOPIC_MIN_ISR),
-            ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", TOPIC_RF),
-            ("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", TOPIC_RF),
-            ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", TOPIC_MIN_ISR),
-        ):
-            if env.get(var) != str(want):
-                problems.append(f"{name}: {var}={env.get(var)!r}, want {want}")
-        data = _volume_sources(svc, env.get("KAFKA_LOG_DIRS", ""))
-        if len(data) != 1 or any(d.startswith((".", "/")) for d in data):
-            problems.append(f"{name}: KAFKA_LOG_DIRS is not on a named volume of its own")
-        for other, osvc in brokers.items():
-            if other != name and data & _volume_sources(osvc):
-                problems.append(f"{name}: shares its data volume with {other}")
-        if _depends(svc).keys() & brokers.keys():
-            problems.append(f"{name}: waits for another broker (the quorum needs them together)")
+        problems += _broker_problems(name, svc, brokers, want_voters)
     # bootstrap creates the topics; the sources and the aggregators create missing ones too, so
     # every process that reaches Kafka gets the same topic settings and waits for every broker
     for name in ["bootstrap"] + [cs.name for cs in conf if cs.health_url]:
         if name not in services:
             problems.append(f"{name}: missing")
             continue
-        svc = services[name]
-        env = _env(svc)
-        for b in brokers:
-            if (_depends(svc).get(b) or {}).get("condition") != "service_healthy":
-                problems.append(f"{name}: does not wait for broker {b} to be healthy")
-        for var, want in (
-            ("MD_KAFKA_REPLICATION_FACTOR", TOPIC_RF),
-            ("MD_KAFKA_MIN_ISR", TOPIC_MIN_ISR),
-        ):
-            got = _strip_default(env.get(var, ""))
-            if got != str(want):
-                problems.append(f"{name}: {var}={got or 'unset (1)'}, want {want}")
-        boot = {b.strip().partition(":")[0] for b in env.get("MD_KAFKA_BOOTSTRAP", "").split(",")}
-        if not brokers.keys() <= boot:
-            problems.append(f"{name}: MD_KAFKA_BOOTSTRAP does not list every broker")
+        problems += _kafka_client_problems(name, services[name], brokers)
+    return problems
+
+
+def _broker_problems(
+    name: str, svc: dict[str, Any], brokers: dict[str, Any], want_voters: set[tuple[str, str]]
+) -> list[str]:
+    """One KRaft broker: combined roles, the whole quorum, replicated defaults, its own volume."""
+    problems: list[str] = []
+    env = _env(svc)
+    if set(env.get("KAFKA_PROCESS_ROLES", "").split(",")) != {"broker", "controller"}:
+        problems.append(f"{name}: not a combined broker,controller node")
+    voters = {
+        (v.partition("@")[0], v.partition("@")[2].partition(":")[0])
+        for v in env.get("KAFKA_CONTROLLER_QUORUM_VOTERS", "").split(",")
+    }
+    if voters != want_voters:
+        problems.append(f"{name}: controller quorum {sorted(voters)} != {sorted(want_voters)}")
+    # the broker defaults, so Kafka's own topics (offsets, transactions) are replicated too
+    for var, want in (
+        ("KAFKA_DEFAULT_REPLICATION_FACTOR", TOPIC_RF),
+        ("KAFKA_MIN_INSYNC_REPLICAS", TOPIC_MIN_ISR),
+        ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", TOPIC_RF),
+        ("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", TOPIC_RF),
+        ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", TOPIC_MIN_ISR),
+    ):
+        if env.get(var) != str(want):
+            problems.append(f"{name}: {var}={env.get(var)!r}, want {want}")
+    data = _volume_sources(svc, env.get("KAFKA_LOG_DIRS", ""))
+    if len(data) != 1 or any(d.startswith((".", "/")) for d in data):
+        problems.append(f"{name}: KAFKA_LOG_DIRS is not on a named volume of its own")
+    for other, osvc in brokers.items():
+        if other != name and data & _volume_sources(osvc):
+            problems.append(f"{name}: shares its data volume with {other}")
+    if _depends(svc).keys() & brokers.keys():
+        problems.append(f"{name}: waits for another broker (the quorum needs them together)")
+    return problems
+
+
+def _kafka_client_problems(name: str, svc: dict[str, Any], brokers: dict[str, Any]) -> list[str]:
+    """A process that reaches Kafka: waits for every broker, creates topics with RF 3 / min ISR 2,
+    bootstraps from every broker."""
+    problems: list[str] = []
+    env = _env(svc)
+    for b in brokers:
+        if (_depends(svc).get(b) or {}).get("condition") != "service_healthy":
+            problems.append(f"{name}: does not wait for broker {b} to be healthy")
+    for var, want in (
+        ("MD_KAFKA_REPLICATION_FACTOR", TOPIC_RF),
+        ("MD_KAFKA_MIN_ISR", TOPIC_MIN_ISR),
+    ):
+        got = _strip_default(env.get(var, ""))
+        if got != str(want):
+            problems.append(f"{name}: {var}={got or 'unset (1)'}, want {want}")
+    boot = {b.strip().partition(":")[0] for b in env.get("MD_KAFKA_BOOTSTRAP", "").split(",")}
+    if not brokers.keys() <= boot:
+        problems.append(f"{name}: MD_KAFKA_BOOTSTRAP does not list every broker")
     return problems
 
 

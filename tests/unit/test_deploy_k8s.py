@@ -285,6 +285,27 @@ def _by_kind(res: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {r["metadata"]["name"]: r for r in res if r["kind"] == kind}
 
 
+def gateway_scaling_problems(
+    svc: str, name: str, hpas: dict[str, dict[str, Any]], res: list[dict[str, Any]]
+) -> list[str]:
+    """A gateway scales out: a CPU HorizontalPodAutoscaler on its Deployment, a Service in front."""
+    problems: list[str] = []
+    h = hpas.get(name)
+    if h is None or h["spec"]["scaleTargetRef"] != {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": name,
+    }:
+        problems.append(f"{svc}: no HorizontalPodAutoscaler targeting Deployment {name}")
+    elif not any(
+        m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in h["spec"]["metrics"]
+    ):
+        problems.append(f"{svc}: HPA does not scale on CPU")
+    if not any(r["kind"] == "Service" and r["metadata"]["name"] == name for r in res):
+        problems.append(f"{svc}: no Service in front of the gateway")
+    return problems
+
+
 def k8s_problems(res: list[dict[str, Any]], conf: list[ConfService]) -> list[str]:
     problems: list[str] = []
     deployments = _by_kind(res, "Deployment")
@@ -330,22 +351,7 @@ def k8s_problems(res: list[dict[str, Any]], conf: list[ConfService]) -> list[str
             continue
         problems += probe_problems(cs, c)
         if cs.name in GATEWAYS:
-            h = hpas.get(name)
-            if h is None or h["spec"]["scaleTargetRef"] != {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "name": name,
-            }:
-                problems.append(
-                    f"{cs.name}: no HorizontalPodAutoscaler targeting Deployment {name}"
-                )
-            elif not any(
-                m["type"] == "Resource" and m["resource"]["name"] == "cpu"
-                for m in h["spec"]["metrics"]
-            ):
-                problems.append(f"{cs.name}: HPA does not scale on CPU")
-            if not any(r["kind"] == "Service" and r["metadata"]["name"] == name for r in res):
-                problems.append(f"{cs.name}: no Service in front of the gateway")
+            problems += gateway_scaling_problems(cs.name, name, hpas, res)
     for infra in ("kafka", "timescaledb", "redis"):
         svc = next(
             (r for r in res if r["kind"] == "Service" and r["metadata"]["name"] == infra), None

@@ -128,10 +128,9 @@ def promql_problems(expr: str) -> list[str]:
     for ch in no_strings:
         if ch in "([{":
             stack.append(ch)
-        elif ch in pairs:
-            if not stack or stack.pop() != pairs[ch]:
-                problems.append(f"unbalanced {ch!r}")
-                break
+        elif ch in pairs and (not stack or stack.pop() != pairs[ch]):
+            problems.append(f"unbalanced {ch!r}")
+            break
     if stack:
         problems.append(f"unclosed {stack[-1]!r}")
     for d in re.findall(r"\[([^\]]*)\]", no_strings):
@@ -182,6 +181,33 @@ def load_rules() -> dict[str, Any]:
     return yaml.safe_load(ALERTS.read_text())
 
 
+def _rule_problems(r: dict[str, Any]) -> list[str]:
+    """One alerting or recording rule: known keys, an expr that parses, string labels; an alert
+    compares, has a valid name and a summary."""
+    problems: list[str] = []
+    keys = RULE_KEYS_ALERT if "alert" in r else RULE_KEYS_RECORD
+    label = r.get("alert") or r.get("record")
+    if set(r) - keys:
+        problems.append(f"{label}: unknown keys {sorted(set(r) - keys)}")
+    if not isinstance(r.get("expr"), str) or not r["expr"].strip():
+        problems.append(f"{label}: no expr")
+        return problems
+    if "for" in r and not DURATION.match(str(r["for"])):
+        problems.append(f"{label}: bad 'for' {r['for']!r}")
+    for k in ("labels", "annotations"):
+        if not all(isinstance(v, str) for v in (r.get(k) or {}).values()):
+            problems.append(f"{label}: {k} values must be strings")
+    if "alert" in r:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", r["alert"]):
+            problems.append(f"{label}: alert name is not a valid label value")
+        if not re.search(r"[<>]=?|==|!=", r["expr"]):
+            problems.append(f"{label}: expr has no comparison, it would always fire")
+        if "summary" not in (r.get("annotations") or {}):
+            problems.append(f"{label}: no summary annotation")
+    problems += [f"{label}: {p}" for p in promql_problems(r["expr"])]
+    return problems
+
+
 def rule_file_problems(doc: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     if set(doc) != {"groups"}:
@@ -195,26 +221,7 @@ def rule_file_problems(doc: dict[str, Any]) -> list[str]:
         if not g.get("rules"):
             problems.append(f"group {g.get('name')}: no rules")
         for r in g.get("rules", []):
-            keys = RULE_KEYS_ALERT if "alert" in r else RULE_KEYS_RECORD
-            label = r.get("alert") or r.get("record")
-            if set(r) - keys:
-                problems.append(f"{label}: unknown keys {sorted(set(r) - keys)}")
-            if not isinstance(r.get("expr"), str) or not r["expr"].strip():
-                problems.append(f"{label}: no expr")
-                continue
-            if "for" in r and not DURATION.match(str(r["for"])):
-                problems.append(f"{label}: bad 'for' {r['for']!r}")
-            for k in ("labels", "annotations"):
-                if not all(isinstance(v, str) for v in (r.get(k) or {}).values()):
-                    problems.append(f"{label}: {k} values must be strings")
-            if "alert" in r:
-                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", r["alert"]):
-                    problems.append(f"{label}: alert name is not a valid label value")
-                if not re.search(r"[<>]=?|==|!=", r["expr"]):
-                    problems.append(f"{label}: expr has no comparison, it would always fire")
-                if "summary" not in (r.get("annotations") or {}):
-                    problems.append(f"{label}: no summary annotation")
-            problems += [f"{label}: {p}" for p in promql_problems(r["expr"])]
+            problems += _rule_problems(r)
     return problems
 
 

@@ -62,6 +62,10 @@ from core.topics import Topics
 
 log = logging.getLogger(__name__)
 
+#: The snapshot topic's read interval while the direct feed is whole (``MD_AGG_SNAPSHOT_MS`` is
+#: 500: every key has about two snapshots a second, of which only the newest is applied).
+SNAPSHOT_WAIT_WHOLE_S = 1.0
+
 BACKUP_PAUSED = Gauge(
     "md_follower_kafka_backup_paused",
     "1 while Kafka is left unread because the direct feed's heartbeats prove it whole",
@@ -159,8 +163,9 @@ class _Msg:
 
 @dataclass(slots=True)
 class _Snap:
-    msg: _Msg
+    msg: _Msg | None  # None until needed: ``raw`` is parsed by StreamJoin._snap
     ts_ms: int  # Kafka record timestamp of the snapshot record
+    raw: bytes = b""
 
 
 @dataclass(slots=True)
@@ -278,6 +283,13 @@ class StreamJoin:
         channel, sep, symbol = k.partition(":")
         if not sep or channel == "agg" or not self.wants(channel, symbol):
             return []  # private (agg:) or unknown keys are ignored per the contract
+        st = self.keys.get((channel, symbol))
+        if st is not None and st.state is State.SYNCED and st.kind is not Kind.TAIL:
+            h = _HEAD.match(value)
+            if h is not None and int(h[4]) == st.epoch:
+                # in sync: only a later hole needs it, so it is parsed then (most never are)
+                st.latest_snap = _Snap(None, ts_ms, value)
+                return []
         try:
             m = _parse(value)
         except CodecError:
@@ -487,20 +499,35 @@ class StreamJoin:
         self._rebase(st, m)
         return [self._reset(st, reason)]
 
-    def _try_base(self, st: _KeyState, reason: str) -> list[Action]:
+    def _snap(self, st: _KeyState) -> _Snap | None:
+        """The key's newest snapshot, parsed now if it was kept as bytes."""
         snap = st.latest_snap
+        if snap is not None and snap.msg is None:
+            try:
+                snap.msg = _parse(snap.raw)
+            except CodecError:
+                self.malformed += 1
+                st.latest_snap = None
+                return None
+            snap.raw = b""
+        return snap
+
+    def _try_base(self, st: _KeyState, reason: str) -> list[Action]:
+        snap = self._snap(st)
+        sm = snap.msg if snap is not None else None
         if st.kind in (Kind.LATEST, Kind.TRADES):
-            if snap is None:
+            if sm is None:
                 return []
-            self._rebase(st, snap.msg)
+            self._rebase(st, sm)
             return [self._reset(st, reason)]
         if (
             snap is None
-            or (st.want_epoch is not None and snap.msg.epoch != st.want_epoch)
-            or (snap.msg.seq < st.min_snap_seq)
+            or sm is None
+            or (st.want_epoch is not None and sm.epoch != st.want_epoch)
+            or (sm.seq < st.min_snap_seq)
         ):
             return []
-        s = snap.msg.seq
+        s = sm.seq
         later = [q for q in st.buffer if q > s]
         if later and min(later) > s + 1:
             # the snapshot is older than what we buffered: re-read the stream from its time
@@ -509,7 +536,7 @@ class StreamJoin:
                 topic, part = st.buffer_tp
                 return [Rewind(topic, part, max(0, snap.ts_ms - self.margin_ms))]
             return []  # wait for a newer snapshot
-        self._rebase(st, snap.msg)
+        self._rebase(st, sm)
         nxt = s + 1
         while nxt in st.buffer:
             if not self._apply(st, st.buffer[nxt]):
@@ -572,15 +599,16 @@ class StreamJoin:
                     return False
         elif st.kind is Kind.TAIL:
             st.tail.append(m)
-            snap = st.latest_snap
+            snap = self._snap(st)
+            sm = snap.msg if snap is not None else None
             if (
-                snap is not None
-                and snap.msg.seq == m.seq
-                and snap.msg.epoch == m.epoch
-                and (st.base is not None and snap.msg.seq > st.base.seq)
+                sm is not None
+                and sm.seq == m.seq
+                and sm.epoch == m.epoch
+                and (st.base is not None and sm.seq > st.base.seq)
             ):
                 # the stream caught up with a snapshot that arrived ahead of it: rebase the tail
-                st.base = snap.msg
+                st.base = sm
                 st.tail.clear()
             elif len(st.tail) > self.tail_max:
                 # no newer snapshot came: keep serving, but a new subscriber would miss the
@@ -981,13 +1009,20 @@ class StreamFollower:
     async def _snapshot_loop(self) -> None:
         sc = self._snap_consumer
         assert sc is not None
-        # snapshots only serve joins and resyncs: collect them per interval, do not chase each one
+        # snapshots only serve joins and resyncs: collect them per interval, do not chase each
+        # one; while the direct feed is whole nothing needs one soon (a hole makes Kafka read
+        # again, and the interval shortens with it)
         pacer = Pacer(self.backup_wait_ms / 1000)
         while True:
+            pacer.interval_s = (
+                SNAPSHOT_WAIT_WHOLE_S if self.backup_paused else self.backup_wait_ms / 1000
+            )
             await pacer.wait()
             batch = await sc.getmany(timeout_ms=200, max_records=1000)
             for recs in batch.values():
-                for r in recs:
+                # only the newest record of a key counts (each replaces the one before)
+                newest = {r.key: r for r in recs}
+                for r in newest.values():
                     self._run(self.join.on_snapshot(r.key, r.value, r.timestamp))
 
     async def _stream_loop(self) -> None:

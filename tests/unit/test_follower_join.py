@@ -418,3 +418,31 @@ def test_a_hole_held_for_kafka_means_not_in_sync() -> None:
     p.update([level(2)])
     j.on_direct(p.update([level(3)]))  # the one before it was lost: held
     assert not j.in_sync()
+
+
+def test_a_snapshot_of_a_synced_key_is_kept_as_bytes_and_still_heals_a_later_gap() -> None:
+    j, p = synced_l2()
+    j.on_stream(p.update([level(2)]), "md.l2", 0)
+    j.on_snapshot(b"l2:BTC-USD", p.snapshot(), 0)  # in sync: kept unparsed
+    snap = j.keys[("l2", "BTC-USD")].latest_snap
+    assert snap is not None and snap.msg is None and snap.raw
+    p.update([level(3)])  # lost
+    acts = j.on_stream(p.update([level(4)]), "md.l2", 0)  # a gap: the kept snapshot is too old
+    assert j.seq_of("l2", "BTC-USD") is None and not any(isinstance(a, Deliver) for a in acts)
+    acts = j.on_snapshot(b"l2:BTC-USD", p.snapshot(), 0)  # out of sync: parsed, rebased
+    assert [a.reason for a in acts if isinstance(a, Reset)] == ["gap"]
+    assert j.seq_of("l2", "BTC-USD")[0] == p.seq  # type: ignore[index]
+
+
+def test_a_kept_snapshot_that_is_garbage_counts_as_malformed_and_never_becomes_the_book() -> None:
+    j, p = synced_l2()
+    good = p.snapshot()
+    j.on_snapshot(b"l2:BTC-USD", good[:-3] + b"!!}", 0)  # its head is fine: kept unparsed
+    before = j.malformed
+    p.update([level(2)])  # lost
+    acts = j.on_stream(p.update([level(3)]), "md.l2", 0)  # a gap: now the snapshot is needed
+    assert j.malformed == before + 1 and not acts
+    assert j.keys[("l2", "BTC-USD")].latest_snap is None
+    assert j.seq_of("l2", "BTC-USD") is None  # out of sync, not rebuilt from garbage
+    acts = j.on_snapshot(b"l2:BTC-USD", p.snapshot(), 0)
+    assert [a.reason for a in acts if isinstance(a, Reset)] == ["gap"]

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import os
 import ssl
 import subprocess
@@ -67,7 +68,8 @@ PCTS = (50, 99, 99.9, 100)
 PCT_KEYS = ("p50", "p99", "p99.9", "max")
 # the gateway's own messages (docs/websocket.md); everything else with a seq is stream data
 CONTROL = frozenset(
-    "subscribed unsubscribed heartbeat pong error resync gateway_status authenticated".split()
+    ["subscribed", "unsubscribed", "heartbeat", "pong", "error", "resync", "gateway_status"]
+    + ["authenticated"]
 )
 
 # ------------------------------------------------------------------ client side (pure parts)
@@ -415,7 +417,7 @@ def fetch(url: str, timeout: float = 2.0) -> str | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.read().decode()
-    except Exception:  # unreachable, refused, timeout: the caller prints n/a
+    except (OSError, http.client.HTTPException, ValueError):  # down, refused, timeout: n/a
         return None
 
 
@@ -524,11 +526,10 @@ def postmaster(root: Path, ppids: dict[int, int]) -> int | None:
     port = os.environ.get("MD_PG_PORT", "15432")
     for pid, pp in ppids.items():
         cmd = _cmdline(pid)
-        if cmd.split(" ")[0].endswith("postgres") and not _cmdline(pp).split(" ")[0].endswith(
-            "postgres"
-        ):
-            if str(root / "var") in cmd or f"-p {port}" in cmd:
-                return pid
+        ours = str(root / "var") in cmd or f"-p {port}" in cmd
+        postgres = cmd.split(" ")[0].endswith("postgres")
+        if ours and postgres and not _cmdline(pp).split(" ")[0].endswith("postgres"):
+            return pid  # the postmaster: a postgres whose parent is not one
     return None
 
 
@@ -869,10 +870,21 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) ->
     return "\n".join(lines)
 
 
-LATENCY_HEAD = "channel|n|pub p50|p99|p99.9|max|event p50|p99|p99.9|max".split("|")
+LATENCY_HEAD = [
+    "channel",
+    "n",
+    "pub p50",
+    "p99",
+    "p99.9",
+    "max",
+    "event p50",
+    "p99",
+    "p99.9",
+    "max",
+]
 CONTINUITY = ("messages", "snapshots", "resyncs", "gaps", "missed", "duplicates")
 CONTINUITY_HEAD = ["channel", *CONTINUITY, "epoch changes", "catch-up"]
-HOP_HEAD = "service|hop|n|p50|p99|p99.9|max <=|mean|metric".split("|")
+HOP_HEAD = ["service", "hop", "n", "p50", "p99", "p99.9", "max <=", "mean", "metric"]
 
 
 def _client_report(cl: dict[str, Any]) -> list[str]:

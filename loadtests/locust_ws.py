@@ -26,6 +26,7 @@ need NTP/PTP-synchronised clocks or the numbers include the clock offset (docs/o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import ssl
@@ -53,6 +54,8 @@ from loadtests.locust_common import (  # noqa: E402
 )
 
 LAT = "WS-LAT"
+# what a refused, dropped or closed connection raises (websocket-client's own errors, socket/TLS)
+WS_ERRORS = (websocket.WebSocketException, OSError)
 
 
 class WebSocketUser(User):
@@ -75,10 +78,8 @@ class WebSocketUser(User):
         if self.receiver is not None:
             self.receiver.kill(block=False)
         if self.ws is not None:
-            try:
+            with contextlib.suppress(*WS_ERRORS):
                 self.ws.close()
-            except Exception:
-                pass
 
     # -- connection -------------------------------------------------------------------------
     def _url(self) -> str:
@@ -113,7 +114,7 @@ class WebSocketUser(User):
                 skip_utf8_validation=True,
                 sslopt={"cert_reqs": ssl.CERT_NONE},
             )
-        except Exception as exc:
+        except WS_ERRORS as exc:
             self._fire("WS", "connect", (time.perf_counter() - t0) * 1000, exc=exc)
             self.ws = None
             return
@@ -137,7 +138,7 @@ class WebSocketUser(User):
         while True:
             try:
                 raw = ws.recv()
-            except Exception as exc:  # closed by the server or the network
+            except WS_ERRORS as exc:  # closed by the server or the network
                 if self.stopping:
                     return
                 self._fire("WS", "disconnect", 0, exc=exc)

@@ -14,6 +14,7 @@ Bounded: every probe runs for seconds and sends traffic only to 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import socket
@@ -97,10 +98,8 @@ def stack_pids() -> dict[str, list[int]]:
 def _cpu_of(pids: list[int]) -> float:
     total = 0.0
     for p in pids:
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # gone: counts nothing
             total += cpu_seconds(p)
-        except (FileNotFoundError, ProcessLookupError):
-            pass
     return total
 
 

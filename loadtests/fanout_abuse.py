@@ -83,6 +83,25 @@ async def _never_reading(port: int) -> ClientConnection:
     return ws
 
 
+async def _wait_healthy(port: int, within_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + within_s
+    while not await loop.run_in_executor(None, _healthy, port):
+        if time.monotonic() > deadline:
+            raise RuntimeError("gateway did not become healthy")
+        await asyncio.sleep(0.1)
+
+
+async def _stop(gw: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after 15 s."""
+    with contextlib.suppress(ProcessLookupError):
+        gw.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(gw.wait(), 15)
+    except TimeoutError:
+        gw.kill()
+
+
 async def run(a: argparse.Namespace) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     s = dataclasses.replace(
@@ -109,12 +128,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     abusers: list[ClientConnection] = []
     try:
         loop = asyncio.get_running_loop()
-        for _ in range(200):
-            if await loop.run_in_executor(None, _healthy, port):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise RuntimeError("gateway did not become healthy")
+        await _wait_healthy(port)
         await asyncio.sleep(0.5)
         base = rss_kib(gw.pid)
         peak = base
@@ -176,12 +190,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     finally:
         for ws in abusers:
             ws.transport.abort()
-        with contextlib.suppress(ProcessLookupError):
-            gw.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(gw.wait(), 15)
-        except TimeoutError:
-            gw.kill()
+        await _stop(gw)
         await r.delete(key)
         await r.aclose()
         await _delete_topics(s)

@@ -121,7 +121,7 @@ class Server:
 
     def start(self, port: int) -> None:
         argv = [a.replace("{port}", str(port)) for a in self.argv]
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - open while it runs; stop() closes it
         if shutil.which("taskset"):
             argv = ["taskset", "-c", SERVER_CORE, *argv]
         self.proc = subprocess.Popen(
@@ -161,6 +161,9 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
 
 def servers(s: Settings, body_file: Path, wanted: list[str]) -> list[Server]:

@@ -86,6 +86,18 @@ class RowBatch:
         )
 
 
+SAMPLE_EDGE_NS = 1_000_000_000  # far more than a message's timestamp precedes its Kafka time
+
+
+def _inside(last: int | None, ns: int, every: int) -> bool:
+    """``ns`` is in bucket ``last`` (of ``every`` ns) and at least SAMPLE_EDGE_NS from its
+    edges."""
+    if last is None or ns // every != last:
+        return False
+    into = ns % every
+    return into >= SAMPLE_EDGE_NS and every - into >= SAMPLE_EDGE_NS
+
+
 # channels whose every message is kept whole in stream_messages (MD_STORAGE_HISTORY_CHANNELS)
 DEFAULT_HISTORY_CHANNELS = ("l2", "l3", "trades")
 BOOK_SNAPSHOT_TYPES = {"l2": "l2_snapshot", "l3": "l3_snapshot"}
@@ -118,7 +130,10 @@ class RowBuilder:
         offset: int,
         key: bytes | None,
         value: bytes | None,
+        ts_ms: int | None = None,
     ) -> None:
+        """One Kafka record; ``ts_ms`` (the record's Kafka timestamp) lets a book snapshot that
+        cannot be sampled skip its parse."""
         b.records += 1
         k = (topic, partition)
         b.offsets[k] = max(b.offsets.get(k, 0), offset + 1)
@@ -126,16 +141,8 @@ class RowBuilder:
             return
         try:
             if topic == self.snapshot_topic:
-                skey = (key or b"").decode("utf-8", "replace")
-                if skey.startswith("l2:"):
-                    env = parse_envelope(value)
-                    self._snapshot(b, env)
-                    self._book_snapshot(b, env)
-                elif skey.startswith("l3:"):
-                    self._book_snapshot(b, parse_envelope(value))
-                elif skey.startswith("status:"):
-                    self._status(b, parse_envelope(value))
-                return  # other snapshot keys: the streams carry them
+                self._snapshot_record(b, (key or b"").decode("utf-8", "replace"), value, ts_ms)
+                return
             m = orjson.loads(value)  # a JSONDecodeError is a ValueError: counted as bad
             if isinstance(m, dict) and (
                 self._trade_fast(b, m, value) or self._message_fast(b, m, value)
@@ -170,6 +177,35 @@ class RowBuilder:
                 b.messages.append(kept)
         except (BadRecord, CodecError, ValueError, KeyError, TypeError, ArithmeticError):
             b.bad += 1
+
+    def _snapshot_record(self, b: RowBatch, skey: str, value: bytes, ts_ms: int | None) -> None:
+        if ts_ms is not None and self._sampled(skey, ts_ms * 1_000_000):
+            return
+        if skey.startswith("l2:"):
+            env = parse_envelope(value)
+            self._snapshot(b, env)
+            self._book_snapshot(b, env)
+        elif skey.startswith("l3:"):
+            self._book_snapshot(b, parse_envelope(value))
+        elif skey.startswith("status:"):
+            self._status(b, parse_envelope(value))
+        # other snapshot keys: the streams carry them
+
+    def _sampled(self, skey: str, ns: int) -> bool:
+        """True when a book snapshot published at Kafka time ``ns`` falls in buckets already
+        sampled, so parsing it (most of the records this writer reads from the snapshot topic:
+        each book every ~0.5 s, sampled every 10 s) would only drop it. The buckets are those of
+        the message's own ``timestamp``, which precedes its Kafka time by milliseconds: a record
+        within ``SAMPLE_EDGE_NS`` of a bucket's edge is parsed, so a replay samples the same
+        messages."""
+        channel, _, symbol = skey.partition(":")
+        if channel not in BOOK_SNAPSHOT_TYPES:
+            return False
+        if channel in self.history and not _inside(
+            self._book_bucket.get((channel, symbol)), ns, self.book_every_ns
+        ):
+            return False
+        return channel != "l2" or _inside(self._l2_bucket.get(symbol), ns, self.l2_every_ns)
 
     def _message_fast(self, b: RowBatch, m: dict[str, Any], value: bytes) -> bool:
         """The other hot case, a book update (any history channel but trades), kept whole

@@ -188,6 +188,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_WS_ANON_CHANNELS",
         "MD_WS_ANON_MAX_SUBSCRIPTIONS",
         "MD_WS_ANON_RATE",
+        "MD_WS_BACKLOG",
         "MD_WS_BUFFER_BYTES",
         "MD_WS_CLIENT_TTL_S",
         "MD_WS_DEFAULT_TIER",

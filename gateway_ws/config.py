@@ -102,6 +102,12 @@ class WsConfig:
     trades_keep: int = 100
     limits: Limits = field(default_factory=Limits)
     max_connections: int = 20_000  # per process: above it new clients get 1013
+    # listen(2) backlog: connections the kernel completes before the process accepts them.
+    # asyncio's default is 100: a storm of thousands (a gateway restart brings every client
+    # back at once) overflowed it, the kernel dropped the SYNs and the clients retried after
+    # 1, 3, 7 s (setup p50 of seconds, docs/benchmarks.md). The kernel caps it at
+    # net.core.somaxconn (4096 on current kernels); ~100 bytes of kernel memory per entry
+    backlog: int = 4096
 
     def __post_init__(self) -> None:
         # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits);
@@ -117,6 +123,8 @@ class WsConfig:
             )
         if self.jwt_max_lifetime_s <= 0:
             raise ConfigError("MD_WS_JWT_MAX_LIFETIME_S", "must be > 0 seconds")
+        if self.backlog < 1:
+            raise ConfigError("MD_WS_BACKLOG", "must be >= 1")
         if self.process_buffer_bytes < self.buffer_high:
             raise ConfigError("MD_WS_PROCESS_BUFFER_BYTES", "must be at least MD_WS_BUFFER_BYTES")
         if self.resume_concurrency < 1:
@@ -175,6 +183,7 @@ class WsConfig:
             tls_key=g("MD_WS_TLS_KEY", str, None),
             limits=lim,
             max_connections=g("MD_WS_MAX_CONNECTIONS", int, d.max_connections),
+            backlog=g("MD_WS_BACKLOG", int, d.backlog),
         )
         check_hs256_secret("MD_WS_JWT_HS256_SECRET", cfg.jwt_hs256_secret)
         if cfg.default_tier not in cfg.tiers:

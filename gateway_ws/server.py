@@ -124,6 +124,7 @@ class Gateway:
             self.cfg.host,
             self.cfg.port,
             reuse_port=True,
+            backlog=self.cfg.backlog,
             ssl=ssl_ctx,
             process_request=self._process_request,
             compression="deflate" if self.cfg.deflate else None,

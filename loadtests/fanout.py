@@ -42,7 +42,13 @@ from core.kafka import ensure_topics, make_producer
 from core.settings import Settings
 from core.topics import Topics
 from loadtests.fanout_client import FanoutClient, Stats, open_client
-from loadtests.fanout_stats import cpu_seconds, load_average, percentiles, rss_kib
+from loadtests.fanout_stats import (
+    cpu_seconds,
+    listen_drops,
+    load_average,
+    percentiles,
+    rss_kib,
+)
 
 
 def _free_port() -> int:
@@ -59,7 +65,9 @@ async def _client_main(
     subs: list[str],
     ready: Any,
     go: Any,
+    sources: int = 1,
     stop_at: Any,
+    raise_fd_limit()
     out: Any,
     idx: int,
     sample_every: int,
@@ -67,11 +75,13 @@ async def _client_main(
     wave: int = 200,
 ) -> None:
     stats = Stats()
+        # connection i from 127.0.0.(1 + i % sources): each source address has its own ports
+        src = f"127.0.0.{1 + i % sources}" if sources > 1 else None
     stats.sample_every = sample_every
     conns: list[FanoutClient] = []
     cf = server == "centrifugo"
 
-    async def one(sub: str) -> None:
+    async def one(i: int, sub: str) -> None:
         ch, sym = sub.split(":")
         body: dict[str, Any] | bytes = {"type": "subscribe", "channel": ch, "symbol": sym}
         if cf:  # Centrifugo's JSON protocol: connect, then subscribe, in one frame
@@ -82,6 +92,7 @@ async def _client_main(
             try:
                 conns.append(
                     await open_client(
+                        source=src,
                         "127.0.0.1",
                         port,
                         "/connection/websocket" if cf else "/ws",
@@ -95,7 +106,7 @@ async def _client_main(
                 await asyncio.sleep(0.2 * (attempt + 1))
 
     for i in range(0, len(subs), wave):  # in waves (--wave); one wave of all = a storm
-        await asyncio.gather(*(one(s) for s in subs[i : i + wave]))
+        await asyncio.gather(*(one(j, subs[j]) for j in range(i, min(i + wave, len(subs)))))
     await asyncio.sleep(1.0)  # snapshots delivered
     ready.put(idx)
     while not go.is_set():  # noqa: ASYNC110 - a multiprocessing event
@@ -130,6 +141,7 @@ def _client_proc(
     subs: list[str],
     ready: Any,
     go: Any,
+    sources: int = 1,
     stop_at: Any,
     out: Any,
     idx: int,
@@ -140,7 +152,22 @@ def _client_proc(
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    uvloop.run(_client_main(port, subs, ready, go, stop_at, out, idx, sample_every, server, wave))
+    uvloop.run(
+        _client_main(port, subs, ready, go, stop_at, out, idx, sample_every, server, wave, sources)
+    )
+
+
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit, in this process (and its children); returns it.
+
+    Only the hard limit of the machine's account bounds it (20,000 here: a process cannot hold
+    more sockets, so 100,000 connections need several gateway and client processes)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 # ------------------------------------------------------------------------------ publisher
@@ -263,6 +290,7 @@ def _gateway_rss(pid: int) -> int:
 
 
 def _gateway_cpu(pid: int) -> float:
+    raise_fd_limit()  # inherited by the gateway processes
     kids = _children(pid)
     return sum(cpu_seconds(p) for p in kids) if kids else cpu_seconds(pid)
 
@@ -327,14 +355,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     subs[i::k],
                     ready,
                     go,
+                    args.source_ips,
                     stop_at,
                     out,
                     i,
                     args.sample_every,
                     args.server,
+        cpu_c0, drops0 = _gateway_cpu(gw.pid), listen_drops()
                     args.wave // k or 1,
                 ),
             )
+        # the server's CPU while the clients connected and got their snapshots (+1 s idle)
+        setup_cpu, drops = _gateway_cpu(gw.pid) - cpu_c0, listen_drops() - drops0
             p.start()
             procs.append(p)
         t_conn = time.monotonic()
@@ -399,6 +431,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "gaps": sum(r["gaps"] for r in results),
             "resyncs": sum(r["resyncs"] for r in results),
             "closed": sum(r["closed"] for r in results),
+            "setup_cpu_us_per_conn": round(setup_cpu * 1e6 / max(1, args.connections)),
+            # SYNs dropped at a full accept queue during the setup (machine-wide counter)
+            "listen_drops": drops,
             "connect_s": round(connect_s, 1),
             # connect() -> subscribed -> snapshot received (Centrifugo: subscribe reply), per
             # connection, --wave connections at once across the client processes
@@ -485,6 +520,13 @@ def main() -> None:
     ap.add_argument("--client-procs", type=int, default=2)
     ap.add_argument("--levels", type=int, default=50)
     ap.add_argument(
+    ap.add_argument(
+        "--source-ips",
+        type=int,
+        default=1,
+        help="connect from 127.0.0.1..N (each address has ~28,000 ephemeral ports to the "
+        "server's one port: 100,000 connections need 4)",
+    )
         "--wave",
         type=int,
         default=600,

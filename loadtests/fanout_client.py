@@ -203,13 +203,20 @@ async def open_client(
     subscribe: dict[str, Any] | bytes,
     stats: Stats,
     centrifugo: bool = False,
+    source: str | None = None,
 ) -> FanoutClient:
+    """One connection, upgraded; ``source``: the local address to connect from (a loopback
+    address other than 127.0.0.1 gives another ~28,000 ephemeral ports towards one server
+    port, what 100,000 connections on one machine need)."""
     import orjson
 
     loop = asyncio.get_running_loop()
     body = subscribe if isinstance(subscribe, bytes) else orjson.dumps(subscribe)
     _, proto = await loop.create_connection(
-        lambda: FanoutClient(host, port, path, body, stats, centrifugo), host, port
+        lambda: FanoutClient(host, port, path, body, stats, centrifugo),
+        host,
+        port,
+        local_addr=(source, 0) if source else None,
     )
     await asyncio.wait_for(proto.ready, 30)
     return proto

@@ -48,3 +48,19 @@ def load_average() -> float:
             return float(fh.read().split()[0])
     except OSError:
         return 0.0
+
+
+def listen_drops() -> int:
+    """The kernel's count of connections dropped at a full accept queue (``ListenDrops`` in
+    /proc/net/netstat, machine-wide): a dropped SYN is retried by the client after 1, 3, 7 s,
+    so any rise during a connection storm shows up as seconds of setup time."""
+    try:
+        with open("/proc/net/netstat") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(row.get("ListenDrops", 0))
+    return 0

@@ -65,24 +65,24 @@ async def _client_main(
     subs: list[str],
     ready: Any,
     go: Any,
-    sources: int = 1,
     stop_at: Any,
-    raise_fd_limit()
     out: Any,
     idx: int,
     sample_every: int,
     server: str = "gateway",
     wave: int = 200,
+    sources: int = 1,
 ) -> None:
+    raise_fd_limit()
     stats = Stats()
-        # connection i from 127.0.0.(1 + i % sources): each source address has its own ports
-        src = f"127.0.0.{1 + i % sources}" if sources > 1 else None
     stats.sample_every = sample_every
     conns: list[FanoutClient] = []
     cf = server == "centrifugo"
 
     async def one(i: int, sub: str) -> None:
         ch, sym = sub.split(":")
+        # connection i from 127.0.0.(1 + i % sources): each source address has its own ports
+        src = f"127.0.0.{1 + i % sources}" if sources > 1 else None
         body: dict[str, Any] | bytes = {"type": "subscribe", "channel": ch, "symbol": sym}
         if cf:  # Centrifugo's JSON protocol: connect, then subscribe, in one frame
             body = b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"%s"}}' % (
@@ -92,13 +92,13 @@ async def _client_main(
             try:
                 conns.append(
                     await open_client(
-                        source=src,
                         "127.0.0.1",
                         port,
                         "/connection/websocket" if cf else "/ws",
                         body,
                         stats,
                         centrifugo=cf,
+                        source=src,
                     )
                 )
                 return
@@ -141,13 +141,13 @@ def _client_proc(
     subs: list[str],
     ready: Any,
     go: Any,
-    sources: int = 1,
     stop_at: Any,
     out: Any,
     idx: int,
     sample_every: int,
     server: str = "gateway",
     wave: int = 200,
+    sources: int = 1,
 ) -> None:
     import uvloop
 
@@ -290,13 +290,13 @@ def _gateway_rss(pid: int) -> int:
 
 
 def _gateway_cpu(pid: int) -> float:
-    raise_fd_limit()  # inherited by the gateway processes
     kids = _children(pid)
     return sum(cpu_seconds(p) for p in kids) if kids else cpu_seconds(pid)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     base = Settings.from_env()
+    raise_fd_limit()  # inherited by the gateway processes
     tag = uuid.uuid4().hex[:8]
     import dataclasses
 
@@ -355,24 +355,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     subs[i::k],
                     ready,
                     go,
-                    args.source_ips,
                     stop_at,
                     out,
                     i,
                     args.sample_every,
                     args.server,
-        cpu_c0, drops0 = _gateway_cpu(gw.pid), listen_drops()
                     args.wave // k or 1,
+                    args.source_ips,
                 ),
             )
-        # the server's CPU while the clients connected and got their snapshots (+1 s idle)
-        setup_cpu, drops = _gateway_cpu(gw.pid) - cpu_c0, listen_drops() - drops0
             p.start()
             procs.append(p)
         t_conn = time.monotonic()
+        cpu_c0, drops0 = _gateway_cpu(gw.pid), listen_drops()
         for _ in range(k):
             await asyncio.get_running_loop().run_in_executor(None, ready.get, True, 300)
         connect_s = time.monotonic() - t_conn
+        # the server's CPU while the clients connected and got their snapshots (+1 s idle)
+        setup_cpu, drops = _gateway_cpu(gw.pid) - cpu_c0, listen_drops() - drops0
         rss1 = _gateway_rss(gw.pid)
         # warm up, then measure
         start = time.time() + args.warmup
@@ -431,15 +431,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "gaps": sum(r["gaps"] for r in results),
             "resyncs": sum(r["resyncs"] for r in results),
             "closed": sum(r["closed"] for r in results),
-            "setup_cpu_us_per_conn": round(setup_cpu * 1e6 / max(1, args.connections)),
-            # SYNs dropped at a full accept queue during the setup (machine-wide counter)
-            "listen_drops": drops,
             "connect_s": round(connect_s, 1),
             # connect() -> subscribed -> snapshot received (Centrifugo: subscribe reply), per
             # connection, --wave connections at once across the client processes
             "setup_ms": {
                 k2: round(v / 1e6, 1) for k2, v in percentiles(setup, (50, 99, 100)).items()
             },
+            "setup_cpu_us_per_conn": round(setup_cpu * 1e6 / max(1, args.connections)),
+            # SYNs dropped at a full accept queue during the setup (machine-wide counter)
+            "listen_drops": drops,
             "gateway_cpu_s": round(cpu1 - cpu0, 2),
             "gateway_cpu_us_per_msg": round((cpu1 - cpu0) * 1e6 / max(1, msgs), 2),
             "machine_load_avg": [load0, load1],
@@ -520,18 +520,18 @@ def main() -> None:
     ap.add_argument("--client-procs", type=int, default=2)
     ap.add_argument("--levels", type=int, default=50)
     ap.add_argument(
+        "--wave",
+        type=int,
+        default=600,
+        help="connections opened at once (split across the client processes); "
+        "= --connections for a connection storm",
+    )
     ap.add_argument(
         "--source-ips",
         type=int,
         default=1,
         help="connect from 127.0.0.1..N (each address has ~28,000 ephemeral ports to the "
         "server's one port: 100,000 connections need 4)",
-    )
-        "--wave",
-        type=int,
-        default=600,
-        help="connections opened at once (split across the client processes); "
-        "= --connections for a connection storm",
     )
     ap.add_argument(
         "--sample-every",

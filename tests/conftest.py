@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from core.settings import Settings
+from testkit.ports import free_port as free_port  # the tests import it from here
 
 BASE = Settings.from_env()
 
@@ -199,12 +200,6 @@ def pg_dsn() -> Iterator[str]:
     asyncio.run(_exec(f'CREATE DATABASE "{name}"'))
     yield BASE.pg_dsn.rsplit("/", 1)[0] + f"/{name}"
     asyncio.run(_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

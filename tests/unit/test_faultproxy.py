@@ -4,15 +4,9 @@ them in order; reset closes. Pure asyncio against an echo server on loopback."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 from loadtests.faultproxy import FaultProxy
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from testkit.ports import free_port
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -25,7 +19,7 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 async def test_cut_holds_both_ways_and_heal_delivers_in_order() -> None:
     server = await asyncio.start_server(_echo, "127.0.0.1", 0)
     target = server.sockets[0].getsockname()[1]
-    proxy = FaultProxy(_free_port(), "127.0.0.1", target)
+    proxy = FaultProxy(free_port(), "127.0.0.1", target)
     await proxy.start()
     try:
         r, w = await asyncio.open_connection("127.0.0.1", proxy.listen_port)

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,14 +32,9 @@ from core.settings import Settings
 from core.topics import Topics
 from storage.cache_writer import CacheWriter
 from testkit import fake_aggregator as T
+from testkit.ports import free_port
 
 SYM = "BTC-USD"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def fill_cache(s: Settings) -> None:

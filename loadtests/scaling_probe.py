@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import glob
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from testkit.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = ("in", "l2", "l3", "trades", "ticker", "candles", "stats", "snapshot")
@@ -30,12 +31,6 @@ TOPICS = ("in", "l2", "l3", "trades", "ticker", "candles", "stats", "snapshot")
 def cpu_seconds(pid: int) -> float:
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def end_offsets(prefix: str) -> dict[str, list[int]]:

@@ -78,6 +78,7 @@ from fix_gateway.client import FixClient
 from fix_gateway.codec import Message
 from fix_gateway.store import MemoryStore
 from loadtests.faultproxy import FaultProxy
+from testkit.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = Path(os.environ.get("MD_VAR_DIR", ROOT / "var"))
@@ -1368,12 +1369,6 @@ def _proc_env(pid: int | None) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        return int(sk.getsockname()[1])
-
-
 async def scenario_ws_kafka_cut(ctx: Ctx, w: Window, feed: bool = True) -> None:
     """A gateway_ws process whose every Kafka connection goes through a fault proxy is
     partitioned from Kafka for ``KAFKA_CUT_S`` (issue 11, item 4): its own verifying client must
@@ -1393,7 +1388,7 @@ async def scenario_ws_kafka_cut(ctx: Ctx, w: Window, feed: bool = True) -> None:
             return
     for px in proxies:
         await px.start()
-    port = _free_port()
+    port = free_port()
     env = _proc_env(service_pid("gateway_ws")) or dict(os.environ)
     env.update(
         MD_WS_PORT=str(port),

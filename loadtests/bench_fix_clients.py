@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import os
 import resource
-import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,12 +20,6 @@ from pathlib import Path
 from fix_gateway.codec import encode, parse_utc_timestamp, utc_timestamp
 
 X_MARK = b"\x0135=X\x01"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_sessions(path: Path, sessions: int) -> Path:

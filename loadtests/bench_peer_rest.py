@@ -43,7 +43,8 @@ from typing import Any
 import httpx
 
 from core.settings import Settings
-from loadtests.bench_rest import SYM, fill_cache, free_port, parse_wrk
+from loadtests.bench_rest import SYM, fill_cache, parse_wrk
+from testkit.ports import free_port
 
 PATH = f"/api/v1/market/{SYM}/orderbook?depth=20"
 SERVER_CORE = "0"

@@ -35,8 +35,9 @@ from core.channels import data_message
 from core.kafka import ensure_topics
 from core.settings import Settings
 from gateway_ws.resume import hist_key
-from loadtests.fanout import _delete_topics, _free_port, _healthy
+from loadtests.fanout import _delete_topics, _healthy
 from loadtests.fanout_stats import rss_kib
+from testkit.ports import free_port
 
 WINDOW = 10_000
 
@@ -114,7 +115,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     for seq in range(1, WINDOW + 1):
         pipe.xadd(key, {"m": _trade(seq), "e": 1}, id=f"{seq}-0")
     await pipe.execute()
-    port = _free_port()
+    port = free_port()
     env = dict(
         os.environ,
         MD_TOPIC_PREFIX=s.topic_prefix,

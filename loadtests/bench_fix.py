@@ -43,12 +43,12 @@ from loadtests.bench_fix_clients import (
     Counts,
     LightClient,
     cpu_seconds,
-    free_port,
     l2_change,
     pct,
     write_sessions,
 )
 from testkit.fake_aggregator import Platform, Publisher
+from testkit.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

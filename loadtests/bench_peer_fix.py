@@ -46,12 +46,12 @@ from loadtests.bench_fix_clients import (
     Counts,
     CpuWindow,
     LightClient,
-    free_port,
     l2_change,
     pct,
     write_sessions,
 )
 from testkit.fake_aggregator import Platform, Publisher
+from testkit.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_SRC = ROOT / "loadtests" / "peers" / "quickfixj"

@@ -49,13 +49,7 @@ from loadtests.fanout_stats import (
     percentiles,
     rss_kib,
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+from testkit.ports import free_port
 
 # ------------------------------------------------------------------------------ clients
 
@@ -304,7 +298,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         base, topic_prefix=f"bench.fanout.{tag}", redis_prefix=f"bench:fanout:{tag}"
     )
     await ensure_topics(s, partitions=3)
-    port = _free_port()
+    port = free_port()
     env = dict(
         os.environ,
         MD_TOPIC_PREFIX=s.topic_prefix,

@@ -37,6 +37,7 @@ class Client(Conn):
         ip: str,
         *,
         binary: bool,
+        batch: bool = False,
         conn_id: int,
         user: str | None,
         now: float,
@@ -45,6 +46,7 @@ class Client(Conn):
         super().__init__(
             binary=binary,
             framed=preframed and not ws.protocol.extensions,
+            batch=batch,
             conn_id=conn_id,
             ip=ip,
             user=user,

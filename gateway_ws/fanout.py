@@ -100,11 +100,43 @@ def frame(payload: bytes, binary: bool) -> bytes:
     return head + payload
 
 
+# payload bytes per batched frame (``/ws?batch=1``): large enough to carry a loop turn's
+# messages of a busy connection (~250 B each) in a few frames, small enough for clients that
+# cap a message's size (browsers do not; websockets' client default is 1 MiB)
+BATCH_MAX_BYTES = 64 * 1024
+
+
+def batch_frames(payloads: list[bytes], binary: bool, framed: bool) -> list[bytes]:
+    """A loop turn's messages of one batching connection as few WebSocket messages.
+
+    JSON: the messages of one frame are joined by ``\\n`` (NDJSON, as Centrifugo does; a
+    JSON text from orjson never holds a raw newline, so splitting on it is exact); one message
+    alone is the same frame an unbatched client gets. MessagePack: the objects are concatenated
+    (a MessagePack stream; any unpacker reads them in order). Frames are built here when the
+    core frames for the connection, else the shell frames (and compresses) each batch.
+    """
+    sep = b"" if binary else b"\n"
+    batches: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for p in payloads:
+        if group and size + len(p) > BATCH_MAX_BYTES:
+            batches.append(group[0] if len(group) == 1 else sep.join(group))
+            group, size = [], 0
+        group.append(p)
+        size += len(p) + len(sep)
+    if group:
+        batches.append(group[0] if len(group) == 1 else sep.join(group))
+    return [frame(b, binary) for b in batches] if framed else batches
+
+
 class Conn:
     """One connection as the core sees it: its subscriptions and the bytes queued for it.
 
     ``framed``: the core builds the WebSocket frames (uncompressed connections); False means
     ``out`` holds payloads that the shell frames per connection (permessage-deflate).
+    ``batch``: the client asked for batched frames (:func:`batch_frames`): ``out`` holds
+    payloads, joined into as few messages as fit at each :meth:`FanoutCore.data_to_send`.
     ``backlog``: bytes the transport still held after the last write, as the shell reported.
     ``expires_at``: the token's ``exp`` (Unix seconds), enforced by :meth:`FanoutCore.tick`.
     """
@@ -112,6 +144,7 @@ class Conn:
     __slots__ = (
         "binary",
         "framed",
+        "batch",
         "subs",
         "out",
         "out_bytes",
@@ -132,6 +165,7 @@ class Conn:
         *,
         binary: bool = False,
         framed: bool = True,
+        batch: bool = False,
         conn_id: int = 0,
         ip: str = "?",
         user: str | None = None,
@@ -140,6 +174,7 @@ class Conn:
     ) -> None:
         self.binary = binary
         self.framed = framed
+        self.batch = batch
         self.subs: dict[Key, Sub] = {}
         self.out: list[bytes] = []
         self.out_bytes = 0
@@ -258,7 +293,7 @@ class FanoutCore:
                 if not c.closed:
                     self.slow(c)
                 continue
-            out.append((c, chunks))
+            out.append((c, batch_frames(chunks, c.binary, c.framed) if c.batch else chunks))
         return out
 
     def closes_to_send(self) -> list[CloseConn]:
@@ -330,7 +365,7 @@ class FanoutCore:
             self._close_slow(c)
             return False
         payload = msg if isinstance(msg, bytes) else self.encode(c, msg)
-        self._queue(c, frame(payload, c.binary) if c.framed else payload)
+        self._queue(c, frame(payload, c.binary) if c.framed and not c.batch else payload)
         return True
 
     def _payload(self, c: Conn, raw: bytes, cache: list[bytes | None]) -> bytes:
@@ -351,7 +386,7 @@ class FanoutCore:
             return True
         if c.backlog + c.out_bytes > limit:
             return False
-        if not c.framed:
+        if not c.framed or c.batch:
             self._queue(c, self._payload(c, raw, cache))
             return True
         i = 2 if c.binary else 1
@@ -369,7 +404,9 @@ class FanoutCore:
         A replaced subscription is dropped first: the shell cancels its resume, if any."""
         self._drop(c, req.key)
         sub = Sub(c, req)
-        sub.fast = c.framed and not c.binary and not req.interval_ms and not req.currencies
+        sub.fast = (
+            c.framed and not c.batch and not c.binary and not req.interval_ms and not req.currencies
+        )
         c.subs[req.key] = sub
         self.index.setdefault(req.key, {})[sub] = None
         if req.interval_ms:

@@ -229,6 +229,9 @@ class Gateway:
                 "application/json",
                 b'{"error":"too many connections for this user"}',
             )
+        batch = (q.get("batch") or ["0"])[0]  # opt-in batched frames (docs/websocket.md)
+        if batch not in ("0", "1"):
+            return _http(HTTPStatus.BAD_REQUEST, "application/json", b'{"error":"batch is 0 or 1"}')
         enc = (q.get("encoding") or ["json"])[0]
         if enc not in ("json", "msgpack"):
             return _http(
@@ -249,6 +252,7 @@ class Gateway:
         conn.md_client_id = cid  # type: ignore[attr-defined]
         conn.md_principal = principal  # type: ignore[attr-defined]
         conn.md_binary = enc == "msgpack"  # type: ignore[attr-defined]
+        conn.md_batch = batch == "1"  # type: ignore[attr-defined]
         return None
 
     @staticmethod
@@ -289,6 +293,7 @@ class Gateway:
             session,
             ip,
             binary=binary,
+            batch=bool(getattr(ws, "md_batch", False)),
             conn_id=next(self._ids),
             user=principal.user,
             now=session.last_request,

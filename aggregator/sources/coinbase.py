@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -41,7 +40,7 @@ from prometheus_client import Counter
 from aggregator import events as ev
 from aggregator.sources.feed_monitor import FeedMonitor
 from aggregator.sources.publish import EventPublisher, EventSink
-from core.backoff import Backoff
+from aggregator.sources.ws_feed import WsFeed
 from core.codec import now_ns, ns_from_iso
 from core.errors import MarketDataError
 from core.symbols import SymbolInfo, normalize_symbol
@@ -523,20 +522,24 @@ class CoinbaseConfig:
     max_message: int = 16 << 20  # a level2 snapshot of a deep book is several MB
 
 
-class CoinbaseClient:
+class CoinbaseClient(WsFeed[CoinbaseConfig, CoinbaseParser]):
+    """The Exchange feed: one subscribe for every channel; a gap resubscribes its products."""
+
+    label = "coinbase"
+    reconnects = FEED_RECONNECTS
+    disconnects = FEED_DISCONNECTS
+
     def __init__(
         self, cfg: CoinbaseConfig, publisher: EventSink, *, monitor: FeedMonitor | None = None
     ) -> None:
-        self.cfg = cfg
-        self.pub = publisher
-        self.monitor = monitor or FeedMonitor("coinbase")
         self.full = "full" in cfg.channels
-        self.parser = CoinbaseParser(cfg.products, full=self.full)
-        self.backoff = Backoff(initial=0.2, maximum=10.0)
-        self.connected = False
-        self.last_message = time.monotonic()
-        self.last_event = time.monotonic()  # last message that produced an event (not heartbeats)
-        self.infos = load_catalogue(cfg.catalogue, cfg.products, full=self.full)
+        super().__init__(
+            cfg,
+            publisher,
+            CoinbaseParser(cfg.products, full=self.full),
+            monitor or FeedMonitor("coinbase"),
+            load_catalogue(cfg.catalogue, cfg.products, full=self.full),
+        )
 
     def _sub(self, kind: str, products: Iterable[str]) -> bytes:
         msg: WireSubscribe = {
@@ -546,90 +549,13 @@ class CoinbaseClient:
         }
         return orjson.dumps(msg)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        import websockets
+    async def subscribe(self, ws: Any) -> None:
+        await ws.send(self._sub("subscribe", self.cfg.products))
 
-        ts = now_ns()
-        for info in self.infos.values():
-            await self.pub.publish(ev.symbol_info(info, ts))
-        while not stop.is_set():
-            reason = "closed"
-            try:
-                async with websockets.connect(
-                    self.cfg.url,
-                    max_size=self.cfg.max_message,
-                    open_timeout=10,
-                    ping_interval=20,
-                    close_timeout=2,
-                ) as ws:
-                    FEED_RECONNECTS.inc()
-                    self.connected = True
-                    self.parser.on_connect()
-                    await ws.send(self._sub("subscribe", self.cfg.products))
-                    log.info(
-                        "coinbase connected",
-                        extra={"url": self.cfg.url, "products": list(self.cfg.products)},
-                    )
-                    await self._read(ws, stop)
-            except TimeoutError:
-                reason = "stalled"
-            except (
-                OSError,
-                websockets.ConnectionClosed,
-                websockets.InvalidHandshake,
-                websockets.InvalidURI,
-            ) as exc:
-                reason = type(exc).__name__
-            finally:
-                self.connected = False
-            if stop.is_set():
-                break
-            FEED_DISCONNECTS.labels(reason).inc()
-            delay = self.backoff.next()
-            log.warning(
-                "coinbase disconnected, reconnecting",
-                extra={"reason": reason, "delay_s": round(delay, 3)},
-            )
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
-        await self.pub.flush()
-
-    async def _read(self, ws: Any, stop: asyncio.Event) -> None:
-        stop_wait = asyncio.ensure_future(stop.wait())
-        try:
-            while not stop.is_set():
-                recv = asyncio.ensure_future(ws.recv())
-                done, _ = await asyncio.wait(
-                    {recv, stop_wait}, timeout=self.cfg.stall_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                if recv not in done:
-                    recv.cancel()
-                    if stop.is_set():
-                        return
-                    raise TimeoutError("feed stalled")
-                raw = recv.result()
-                rn = now_ns()
-                t0 = time.perf_counter()
-                self.last_message = time.monotonic()
-                events = self.parser.receive(raw, rn)
-                self.monitor.frame(raw, self.parser.last_products, rn)
-                for e in events:
-                    await self.pub.publish(e, recv_ns=rn)
-                    self.last_event = self.last_message
-                    if isinstance(e, ev.BookSnapshot):
-                        self.backoff.reset()
-                self.monitor.processed(time.perf_counter() - t0)
-                again = self.parser.take_resync()
-                if again:
-                    await self.pub.flush()
-                    await ws.send(self._sub("unsubscribe", sorted(again)))
-                    await ws.send(self._sub("subscribe", sorted(again)))
-                    log.info("resubscribed for resync", extra={"products": sorted(again)})
-        finally:
-            stop_wait.cancel()
-            await self.pub.flush()
+    async def resync(self, ws: Any, what: set[str]) -> None:
+        await ws.send(self._sub("unsubscribe", sorted(what)))
+        await ws.send(self._sub("subscribe", sorted(what)))
+        log.info("resubscribed for resync", extra={"products": sorted(what)})
 
 
 def config_from_settings(s: Any) -> CoinbaseConfig:

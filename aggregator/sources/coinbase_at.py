@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,8 +51,8 @@ from aggregator.sources.coinbase import load_catalogue
 from aggregator.sources.coinbase_auth import CdpCredentials
 from aggregator.sources.feed_monitor import FeedMonitor
 from aggregator.sources.publish import EventSink
-from core.backoff import Backoff
-from core.codec import now_ns, ns_from_iso
+from aggregator.sources.ws_feed import WsFeed
+from core.codec import ns_from_iso
 from core.errors import MarketDataError
 from core.symbols import normalize_symbol
 
@@ -415,8 +414,13 @@ class AdvancedTradeConfig:
     max_message: int = 16 << 20  # a level2 snapshot of a deep book is several MB
 
 
-class AdvancedTradeClient:
-    """One connection to the feed for ``cfg.products``; events go to ``sink``."""
+class AdvancedTradeClient(WsFeed[AdvancedTradeConfig, AdvancedTradeParser]):
+    """One connection to the feed for ``cfg.products``; events go to ``sink``. One subscribe
+    per channel (with a fresh JWT each when credentials are given); a gap resubscribes level2."""
+
+    label = "coinbase advanced trade"
+    reconnects = AT_RECONNECTS
+    disconnects = AT_DISCONNECTS
 
     def __init__(
         self,
@@ -427,20 +431,19 @@ class AdvancedTradeClient:
         monitor: FeedMonitor | None = None,
         source: str = SOURCE,
     ) -> None:
-        self.cfg = cfg
-        self.pub = sink
-        self.credentials = credentials
-        self.monitor = monitor or FeedMonitor(source)
-        self.source = source
-        self.parser = AdvancedTradeParser(cfg.products, source=source)
-        self.backoff = Backoff(initial=0.2, maximum=10.0)
-        self.connected = False
-        self.last_message = time.monotonic()
-        self.last_event = time.monotonic()
-        self.infos = {
+        infos = {
             s: replace(i, source=source)
             for s, i in load_catalogue(cfg.catalogue, cfg.products, full=False).items()
         }
+        super().__init__(
+            cfg,
+            sink,
+            AdvancedTradeParser(cfg.products, source=source),
+            monitor or FeedMonitor(source),
+            infos,
+        )
+        self.credentials = credentials
+        self.source = source
 
     def subscribe_message(self, kind: str, channel: str, products: Iterable[str]) -> bytes:
         msg: AtSubscribe = {"type": kind, "product_ids": list(products), "channel": channel}  # type: ignore[typeddict-item]
@@ -448,97 +451,19 @@ class AdvancedTradeClient:
             msg["jwt"] = self.credentials.websocket_jwt()  # fresh: a JWT lives two minutes
         return orjson.dumps(msg)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        import websockets
+    def connect_details(self) -> dict[str, Any]:
+        return {**super().connect_details(), "authenticated": self.credentials is not None}
 
-        ts = now_ns()
-        for info in self.infos.values():
-            await self.pub.publish(ev.symbol_info(info, ts))
-        while not stop.is_set():
-            reason = "closed"
-            try:
-                async with websockets.connect(
-                    self.cfg.url,
-                    max_size=self.cfg.max_message,
-                    open_timeout=10,
-                    ping_interval=20,
-                    close_timeout=2,
-                ) as ws:
-                    AT_RECONNECTS.inc()
-                    self.connected = True
-                    self.parser.on_connect()
-                    for ch in self.cfg.channels:
-                        await ws.send(self.subscribe_message("subscribe", ch, self.cfg.products))
-                    log.info(
-                        "coinbase advanced trade connected",
-                        extra={
-                            "url": self.cfg.url,
-                            "products": list(self.cfg.products),
-                            "authenticated": self.credentials is not None,
-                        },
-                    )
-                    await self._read(ws, stop)
-            except TimeoutError:
-                reason = "stalled"
-            except (
-                OSError,
-                websockets.ConnectionClosed,
-                websockets.InvalidHandshake,
-                websockets.InvalidURI,
-            ) as exc:
-                reason = type(exc).__name__
-            finally:
-                self.connected = False
-            if stop.is_set():
-                break
-            AT_DISCONNECTS.labels(reason).inc()
-            delay = self.backoff.next()
-            log.warning(
-                "coinbase advanced trade disconnected, reconnecting",
-                extra={"reason": reason, "delay_s": round(delay, 3)},
-            )
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
-        await self.pub.flush()
+    async def subscribe(self, ws: Any) -> None:
+        for ch in self.cfg.channels:
+            await ws.send(self.subscribe_message("subscribe", ch, self.cfg.products))
 
-    async def _read(self, ws: Any, stop: asyncio.Event) -> None:
-        stop_wait = asyncio.ensure_future(stop.wait())
-        mon = self.monitor
-        try:
-            while not stop.is_set():
-                recv = asyncio.ensure_future(ws.recv())
-                done, _ = await asyncio.wait(
-                    {recv, stop_wait}, timeout=self.cfg.stall_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                if recv not in done:
-                    recv.cancel()
-                    if stop.is_set():
-                        return
-                    raise TimeoutError("feed stalled")
-                raw = recv.result()
-                rn = now_ns()
-                t0 = time.perf_counter()
-                self.last_message = time.monotonic()
-                events = self.parser.receive(raw, rn)
-                mon.frame(raw, self.parser.last_products, rn)
-                for e in events:
-                    await self.pub.publish(e, recv_ns=rn)
-                    self.last_event = self.last_message
-                    if isinstance(e, ev.BookSnapshot):
-                        self.backoff.reset()
-                mon.processed(time.perf_counter() - t0)
-                if self.parser.take_resync():
-                    AT_RESYNCS.inc()
-                    await self.pub.flush()
-                    ps = self.cfg.products
-                    await ws.send(self.subscribe_message("unsubscribe", L2_CHANNEL, ps))
-                    await ws.send(self.subscribe_message("subscribe", L2_CHANNEL, ps))
-                    log.info("resubscribed level2 for resync", extra={"products": list(ps)})
-        finally:
-            stop_wait.cancel()
-            await self.pub.flush()
+    async def resync(self, ws: Any, what: bool) -> None:
+        AT_RESYNCS.inc()
+        ps = self.cfg.products
+        await ws.send(self.subscribe_message("unsubscribe", L2_CHANNEL, ps))
+        await ws.send(self.subscribe_message("subscribe", L2_CHANNEL, ps))
+        log.info("resubscribed level2 for resync", extra={"products": list(ps)})
 
 
 def config_from_settings(s: Any) -> AdvancedTradeConfig:

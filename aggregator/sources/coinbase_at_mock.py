@@ -38,7 +38,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ import orjson
 
 from aggregator.sources.coinbase_auth import verify_websocket_jwt
 from aggregator.sources.coinbase_mock import MockBook, MockConfig, MockExchange
+from aggregator.sources.mock_feed import Conn, serve
 from core.codec import iso_from_ns, ns_from_iso
 
 log = logging.getLogger("aggregator.coinbase_at_mock")
@@ -65,14 +66,9 @@ class AtMockConfig(MockConfig):
 
 
 @dataclass(eq=False)
-class AtConn:
-    ws: Any
-    subs: set[tuple[str, str]] = field(default_factory=set)  # (product, channel)
-    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    sent: int = 0
+class AtConn(Conn):
     seq: int = 0  # the next sequence_num of this connection
     heartbeat: int = 0
-    closing: bool = False
 
 
 class AdvancedTradeMock(MockExchange):
@@ -162,46 +158,28 @@ class AdvancedTradeMock(MockExchange):
         c["volume"] = str(Decimal(c["volume"]) + sz)
         self.candles[p] = c
 
-    def _broadcast(self, product: str, channel: str, data: Any) -> None:
-        for c in list(self.conns):
-            if (product, channel) in c.subs:
-                self._enqueue(c, data)
-
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             hb = _envelope("heartbeats", [{"current_time": _now(), "heartbeat_counter": 0}])
             for c in list(self.conns):
                 if HEARTBEATS_KEY in c.subs:
-                    self._enqueue(c, hb)  # type: ignore[arg-type]
+                    self._enqueue(c, hb)
             for p, candle in self.candles.items():  # "updates every second"
                 env = _envelope("candles", [{"type": "update", "candles": [dict(candle)]}])
                 self._broadcast(p, "candles", env)
 
     # -------------------------------------------------------------- connections
-    async def handler(self, ws: Any) -> None:
-        c = AtConn(ws)
-        self.conns.add(c)  # type: ignore[arg-type]
-        writer = asyncio.create_task(self._at_writer(c))
-        try:
-            async for raw in ws:
-                try:
-                    req = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    self._enqueue(c, {"type": "error", "message": "failed to parse message"})  # type: ignore[arg-type]
-                    continue
-                self._at_request(c, req)
-        except Exception as exc:  # a client vanishing is routine for a feed server
-            log.debug("connection ended", extra={"error": repr(exc)})
-        finally:
-            self.conns.discard(c)
-            c.queue.put_nowait(None)
-            await asyncio.gather(writer, return_exceptions=True)
+    def new_conn(self, ws: Any) -> AtConn:
+        return AtConn(ws)
 
-    def _at_request(self, c: AtConn, req: Any) -> None:
+    def bad_json_reply(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"type": "error", "message": "failed to parse message"}
+
+    def request(self, c: AtConn, req: Any) -> None:  # type: ignore[override]
         err = self._check_request(req)
         if err:
-            self._enqueue(c, {"type": "error", "message": err})  # type: ignore[arg-type]
+            self._enqueue(c, {"type": "error", "message": err})
             return
         kind, channel = req["type"], req["channel"]
         products = [str(p) for p in req.get("product_ids") or []]
@@ -216,7 +194,7 @@ class AdvancedTradeMock(MockExchange):
         subs: dict[str, list[str]] = {}
         for p, ch in sorted(c.subs):
             subs.setdefault(ch, []).append(p)
-        self._enqueue(c, _envelope("subscriptions", [{"subscriptions": subs}]))  # type: ignore[arg-type]
+        self._enqueue(c, _envelope("subscriptions", [{"subscriptions": subs}]))
         if kind == "subscribe":
             self.started.set()
 
@@ -242,51 +220,33 @@ class AdvancedTradeMock(MockExchange):
     def _initial(self, c: AtConn, p: str, ch: str) -> None:
         """What a subscribe returns before the updates: the channel's current state."""
         if ch == "level2" and p in self.books:
-            self._enqueue(c, _l2_snapshot(p, self.books[p]))  # type: ignore[arg-type]
+            self._enqueue(c, _l2_snapshot(p, self.books[p]))
         elif ch == "market_trades" and self.trades.get(p):
             recent = list(reversed(self.trades[p]))  # most recent first, as Coinbase sends
             ev = {"type": "snapshot", "trades": recent}
-            self._enqueue(c, _envelope("market_trades", [ev]))  # type: ignore[arg-type]
+            self._enqueue(c, _envelope("market_trades", [ev]))
         elif ch == "ticker" and p in self.tickers:
             ev = {"type": "snapshot", "tickers": [self.tickers[p]]}
-            self._enqueue(c, _envelope("ticker", [ev]))  # type: ignore[arg-type]
+            self._enqueue(c, _envelope("ticker", [ev]))
         elif ch == "candles" and p in self.candles:
             ev = {"type": "snapshot", "candles": [dict(self.candles[p])]}
-            self._enqueue(c, _envelope("candles", [ev]))  # type: ignore[arg-type]
+            self._enqueue(c, _envelope("candles", [ev]))
 
-    async def _at_writer(self, c: AtConn) -> None:
-        cfg = self.cfg
-        while True:
-            item = await c.queue.get()
-            if item is None:
-                break
-            env = dict(item)
-            if "channel" in env:  # an envelope: this connection's sequence_num
-                env["sequence_num"] = c.seq
-                c.seq += 1
-                if env["channel"] == "heartbeats":
-                    env["events"] = [dict(env["events"][0], heartbeat_counter=c.heartbeat)]
-                    c.heartbeat += 1
-            c.sent += 1
-            if cfg.gap_every and c.sent % cfg.gap_every == 0 and "channel" in env:
-                self.gaps_made += 1  # lost on the way: the number is used, nothing is sent
-            else:
-                await c.ws.send(orjson.dumps(env))
-            if cfg.malformed_every and c.sent % cfg.malformed_every == 0:
-                await c.ws.send(self._garbage(c, c.sent // cfg.malformed_every))
-            self.sent_total += 1
-            if cfg.stall_every and self.sent_total % cfg.stall_every == 0:
-                c.closing = True  # silent from now on; the connection stays open
-                break
-            if cfg.disconnect_every and c.sent % cfg.disconnect_every == 0:
-                self._disconnects += 1
-                if self._disconnects % 2:
-                    await c.ws.close(1011, "mock disconnect")
-                else:
-                    c.ws.transport.abort()
-                break
+    async def deliver(self, c: AtConn, item: Any) -> None:  # type: ignore[override]
+        env = dict(item)
+        if "channel" in env:  # an envelope: this connection's sequence_num
+            env["sequence_num"] = c.seq
+            c.seq += 1
+            if env["channel"] == "heartbeats":
+                env["events"] = [dict(env["events"][0], heartbeat_counter=c.heartbeat)]
+                c.heartbeat += 1
+        c.sent += 1
+        if self.cfg.gap_every and c.sent % self.cfg.gap_every == 0 and "channel" in env:
+            self.gaps_made += 1  # lost on the way: the number is used, nothing is sent
+        else:
+            await c.ws.send(orjson.dumps(env))
 
-    def _garbage(self, c: AtConn, n: int) -> bytes:
+    def garbage(self, c: AtConn, n: int) -> bytes:  # type: ignore[override]
         p = self.products[0] if self.products else "X-Y"
         kind = n % 5
         if kind == 0:
@@ -335,12 +295,8 @@ def _l2_snapshot(p: str, book: MockBook) -> dict[str, Any]:
 
 async def serve_at_mock(cfg: AtMockConfig) -> tuple[AdvancedTradeMock, Any]:
     """Start the mock (returns the exchange and the websockets server; close the server to stop)."""
-    from websockets.asyncio.server import serve
-
     ex = AdvancedTradeMock(cfg)
-    server = await serve(ex.handler, cfg.host, cfg.port, max_size=1 << 20, compression=None)
-    ex.play_task = asyncio.create_task(ex.play())  # type: ignore[attr-defined]
-    return ex, server
+    return ex, await serve(ex, cfg.host, cfg.port)
 
 
 def main() -> None:

@@ -36,13 +36,14 @@ import argparse
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from aggregator.sources.mock_feed import Conn, MockFeedServer, serve
 from core.codec import iso_from_ns, ns_from_iso
 
 log = logging.getLogger("aggregator.coinbase_mock")
@@ -143,31 +144,21 @@ def top_changes(old: dict[str, dict[str, str]], new: dict[str, dict[str, str]]) 
     return out
 
 
-@dataclass(eq=False)
-class Conn:
-    ws: Any
-    subs: set[tuple[str, str]] = field(default_factory=set)  # (product, channel family)
-    queue: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue())
-    sent: int = 0
-    closing: bool = False
+class MockExchange(MockFeedServer):
+    """The Exchange protocol over the shared plumbing (aggregator/sources/mock_feed.py)."""
 
-
-class MockExchange:
     def __init__(self, cfg: MockConfig) -> None:
+        super().__init__(cfg)
         self.cfg = cfg
         self.recording = load_recording(cfg.path)
         self.books: dict[str, MockBook] = {}
         self.top_views: dict[str, dict[str, dict[str, str]]] = {}  # level2_50: last top sent
         self.last_match: dict[str, dict[str, Any]] = {}
-        self.conns: set[Conn] = set()
-        self.started = asyncio.Event()
         self.finished = asyncio.Event()
         self.played = 0
         self.dropped = 0
         self._matches = 0
         self._held: dict[str, Any] | None = None
-        self._disconnects = 0
-        self.sent_total = 0  # over all connections: stalls interleave with per-connection faults
         self.products = sorted(
             {m["product_id"] for _, m in self.recording if isinstance(m.get("product_id"), str)}
         )
@@ -259,20 +250,6 @@ class MockExchange:
         self.top_views[p] = new
         self._broadcast(p, "level2_50", orjson.dumps(out))
 
-    def _broadcast(self, product: str, channel: str, data: bytes) -> None:
-        for c in list(self.conns):
-            if (product, channel) in c.subs:
-                self._enqueue(c, data)
-
-    def _enqueue(self, c: Conn, data: bytes) -> None:
-        if c.closing:
-            return
-        if c.queue.qsize() >= self.cfg.queue_max:
-            c.closing = True
-            c.queue.put_nowait(None)
-            return
-        c.queue.put_nowait(data)
-
     async def _heartbeats(self) -> None:
         seq = 0
         while True:
@@ -292,28 +269,20 @@ class MockExchange:
                 self._broadcast(p, "heartbeat", orjson.dumps(hb))
 
     # -------------------------------------------------------------- connections
-    async def handler(self, ws: Any) -> None:
-        c = Conn(ws)
-        self.conns.add(c)
-        writer = asyncio.create_task(self._writer(c))
-        try:
-            async for raw in ws:
-                try:
-                    req = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    self._enqueue(
-                        c, orjson.dumps({"type": "error", "message": "Failed to parse message"})
-                    )
-                    continue
-                self._request(c, req)
-        except Exception as exc:  # a client vanishing is routine for a feed server
-            log.debug("connection ended", extra={"error": repr(exc)})
-        finally:
-            self.conns.discard(c)
-            c.queue.put_nowait(None)
-            await asyncio.gather(writer, return_exceptions=True)
+    def bad_json_reply(self) -> bytes:
+        return orjson.dumps({"type": "error", "message": "Failed to parse message"})
 
-    def _request(self, c: Conn, req: dict[str, Any]) -> None:
+    async def deliver(self, c: Conn, item: bytes) -> None:
+        await c.ws.send(item)
+        c.sent += 1
+
+    def garbage(self, c: Conn, n: int) -> bytes:
+        bad = MALFORMED[n % len(MALFORMED)]
+        if b"%s" in bad:
+            bad = bad.replace(b"%s", (self.products[0] if self.products else "X-Y").encode())
+        return bad
+
+    def request(self, c: Conn, req: dict[str, Any]) -> None:
         kind = req.get("type")
         if kind not in ("subscribe", "unsubscribe"):
             self._enqueue(c, orjson.dumps({"type": "error", "message": f"unknown type {kind!r}"}))
@@ -356,33 +325,6 @@ class MockExchange:
                     self._enqueue(c, orjson.dumps(dict(self.last_match[p], type="last_match")))
             self.started.set()
 
-    async def _writer(self, c: Conn) -> None:
-        cfg = self.cfg
-        while True:
-            data = await c.queue.get()
-            if data is None:
-                break
-            await c.ws.send(data)
-            c.sent += 1
-            if cfg.malformed_every and c.sent % cfg.malformed_every == 0:
-                bad = MALFORMED[(c.sent // cfg.malformed_every) % len(MALFORMED)]
-                if b"%s" in bad:
-                    bad = bad.replace(
-                        b"%s", (self.products[0] if self.products else "X-Y").encode()
-                    )
-                await c.ws.send(bad)
-            self.sent_total += 1
-            if cfg.stall_every and self.sent_total % cfg.stall_every == 0:
-                c.closing = True  # silent from now on; the connection stays open
-                break
-            if cfg.disconnect_every and c.sent % cfg.disconnect_every == 0:
-                self._disconnects += 1
-                if self._disconnects % 2:
-                    await c.ws.close(1011, "mock disconnect")
-                else:
-                    c.ws.transport.abort()
-                break
-
 
 def _shift(msg: dict[str, Any], n: int, span: float) -> dict[str, Any]:
     """The n-th loop of the recording: times, trade ids and sequences moved forward."""
@@ -398,12 +340,8 @@ def _shift(msg: dict[str, Any], n: int, span: float) -> dict[str, Any]:
 
 async def serve_mock(cfg: MockConfig) -> tuple[MockExchange, Any]:
     """Start the mock (returns the exchange and the websockets server; close the server to stop)."""
-    from websockets.asyncio.server import serve
-
     ex = MockExchange(cfg)
-    server = await serve(ex.handler, cfg.host, cfg.port, max_size=1 << 20, compression=None)
-    ex.play_task = asyncio.create_task(ex.play())  # type: ignore[attr-defined]
-    return ex, server
+    return ex, await serve(ex, cfg.host, cfg.port)
 
 
 def main() -> None:

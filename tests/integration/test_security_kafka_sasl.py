@@ -1,6 +1,8 @@
 """Kafka over SASL_SSL for real (issue 12): a throwaway KRaft broker whose client listener only
 speaks TLS + SCRAM-SHA-512; the platform's clients, configured by MD_KAFKA_* settings alone, create
 topics, produce and consume through it, and a wrong password or a plaintext client gets nothing.
+The broker enforces ACLs (StandardAuthorizer): core/kafka_acls.py's per-principal bindings are
+applied by md-bootstrap, after which a gateway principal cannot produce to the input topic.
 
 The broker is the project's own Kafka (var/cache/kafka-libs, as deploy/local/kafka.sh runs it) in a
 temporary directory on free ports, with a self-signed certificate for ``localhost``.
@@ -9,6 +11,7 @@ temporary directory on free ports, with a self-signed certificate for ``localhos
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import socket
@@ -18,9 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
 
+from core.errors import ConfigError
 from core.kafka import ensure_topics, make_consumer, make_producer
+from core.kafka_acls import apply, platform_acls
 from core.settings import Settings
 from core.topics import Topics
 from tests.conftest import free_port
@@ -30,6 +39,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 LIBS = ROOT / "var" / "cache" / "kafka-libs"
 USER, PASSWORD = "md-test", "scram-secret-123"
+# principals of core/kafka_acls.py (same password here); md-test and md-bootstrap are super users
+ACL_USERS = ("md-bootstrap", "md-simulator", "md-aggregator", "md-gateway-ws", "md-nobody")
 
 
 def _up(port: int) -> bool:
@@ -63,6 +74,8 @@ sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 ssl.keystore.type=PEM
 ssl.keystore.location={pem}
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:{USER};User:md-bootstrap
 log.dirs={d / "data"}
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -95,6 +108,11 @@ group.initial.rebalance.delay.ms=0
             str(conf),
             "--add-scram",
             f"SCRAM-SHA-512=[name={USER},password={PASSWORD}]",
+            *(
+                arg
+                for u in ACL_USERS
+                for arg in ("--add-scram", f"SCRAM-SHA-512=[name={u},password={PASSWORD}]")
+            ),
         ],
         check=True,
         capture_output=True,
@@ -179,3 +197,51 @@ async def test_plaintext_client_gets_nothing(sasl_broker: tuple[int, Path]) -> N
             await asyncio.wait_for(producer.start(), 10)
         finally:
             await producer.stop()
+
+
+async def _produce(s: Settings, topic: str) -> None:
+    producer = make_producer(s, request_timeout_ms=10_000)
+    try:
+        await asyncio.wait_for(producer.start(), 20)
+        await asyncio.wait_for(producer.send_and_wait(topic, b"{}", key=b"BTC-USD"), 20)
+    finally:
+        await producer.stop()
+
+
+async def test_acls_per_principal(sasl_broker: tuple[int, Path]) -> None:
+    """INTERNAL and CONTROLLER (plaintext, loopback only) are the broker's own listeners, as
+    ANONYMOUS super user; every client comes through SASL_SSL as its own principal."""
+    port, cert = sasl_broker
+    prefix = f"acl{os.getpid()}"
+
+    def as_(user: str) -> Settings:
+        return _settings(port, cert, MD_KAFKA_SASL_USERNAME=user, MD_TOPIC_PREFIX=prefix)
+
+    boot = as_("md-bootstrap")
+    t = Topics.from_settings(boot)
+    await ensure_topics(boot, partitions=1)
+    acls = platform_acls(t)
+    assert await apply(boot, acls) == len(acls)
+    assert await apply(boot, acls) == len(acls)  # idempotent: a second run changes nothing
+
+    await _produce(as_("md-simulator"), t.input)  # a source writes the input
+    # a gateway (or nobody) cannot: with WRITE on no topic at all, its idempotent producer does
+    # not even get a producer id (InitProducerId: cluster authorization failed, KIP-679)
+    refused = (TopicAuthorizationFailedError, ClusterAuthorizationFailedError)
+    for user in ("md-gateway-ws", "md-nobody"):
+        with pytest.raises(refused):
+            await _produce(as_(user), t.input)
+    with pytest.raises(refused):
+        await _produce(as_("md-gateway-ws"), t.stream("l2"))  # nor forge a stream
+    with pytest.raises(TopicAuthorizationFailedError):  # a source writes only the input
+        await _produce(as_("md-simulator"), t.stream("l2"))
+    await _produce(as_("md-aggregator"), t.stream("l2"))
+    consumer = make_consumer(as_("md-gateway-ws"), t.stream("l2"))  # but reads it
+    await consumer.start()
+    try:
+        msg = await asyncio.wait_for(consumer.getone(), 30)
+        assert msg.value == b"{}"
+    finally:
+        await consumer.stop()
+    with pytest.raises(ConfigError):  # a principal without ALTER cannot grant itself more
+        await apply(as_("md-gateway-ws"), [dataclasses.replace(acls[0], principal="md-gateway-ws")])

@@ -138,6 +138,25 @@ def internal_traffic_problems(res: Res) -> list[str]:
     return problems
 
 
+def kafka_acl_problems(res: Res) -> list[str]:
+    """The brokers' ACLs (core/kafka_acls.py) are applied by the bootstrap Job, as md-bootstrap,
+    over SASL_SSL, before it creates the topics."""
+    job = workloads(res).get("bootstrap")
+    if job is None:
+        return ["bootstrap: missing"]
+    inits = job["spec"]["template"]["spec"].get("initContainers") or []
+    acl = [c for c in inits if c.get("command", [])[-2:] == ["core.kafka_acls", "apply"]]
+    if not acl:
+        return ["bootstrap: no initContainer runs python -m core.kafka_acls apply"]
+    env = env_of(res, acl[0])
+    problems = []
+    if not env.get("MD_KAFKA_SASL_USERNAME", "").startswith("<md-kafka-bootstrap:"):
+        problems.append("kafka-acls: not applied as md-bootstrap")
+    if env.get("MD_KAFKA_SECURITY_PROTOCOL") != "SASL_SSL":
+        problems.append("kafka-acls: Kafka without SASL_SSL")
+    return problems
+
+
 def _selected(policy: dict[str, Any], labels: dict[str, str]) -> bool:
     sel = policy["spec"]["podSelector"]
     for k, v in (sel.get("matchLabels") or {}).items():
@@ -223,6 +242,10 @@ def test_gateways_run_production_settings() -> None:
 
 def test_internal_traffic_is_encrypted_and_authenticated() -> None:
     assert internal_traffic_problems(resources()) == []
+
+
+def test_kafka_acls_are_applied() -> None:
+    assert kafka_acl_problems(resources()) == []
 
 
 def test_network_policies() -> None:
@@ -345,6 +368,24 @@ def _config(**env: str) -> Callable[[Res], Res]:
             network_problems,
             lambda r: [x for x in r if x["metadata"]["name"] != "default-deny"],
             id="no-default-deny",
+        ),
+        pytest.param(
+            kafka_acl_problems,
+            lambda r: [
+                workloads(r)["bootstrap"]["spec"]["template"]["spec"].pop("initContainers"),
+                r,
+            ][1],
+            id="no-kafka-acls",
+        ),
+        pytest.param(
+            kafka_acl_problems,
+            lambda r: [
+                workloads(r)["bootstrap"]["spec"]["template"]["spec"]["initContainers"][0][
+                    "envFrom"
+                ].pop(),
+                r,
+            ][1],
+            id="kafka-acls-no-principal",
         ),
         pytest.param(
             network_problems,

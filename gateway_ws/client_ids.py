@@ -56,7 +56,7 @@ def encode_set(targets: Iterable[dict[str, Any]]) -> bytes:
     return orjson.dumps({"subs": list(targets)})
 
 
-def decode_set(raw: bytes | None) -> list[dict[str, Any]]:
+def decode_set(raw: bytes | str | None) -> list[dict[str, Any]]:
     """The stored targets, each ``{"channel": str, "symbol": str, <STORED_OPTIONS>...}``.
 
     Entries that are not of that shape are skipped (logged): the session validates every target

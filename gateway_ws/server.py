@@ -239,7 +239,7 @@ class Gateway:
                 "application/json",
                 b'{"error":"encoding is json or msgpack"}',
             )
-        cid = (q.get("client_id") or [None])[0]
+        cid = q["client_id"][0] if q.get("client_id") else None
         if cid is not None:
             try:
                 check_client_id(cid)

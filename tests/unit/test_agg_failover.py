@@ -104,7 +104,8 @@ async def test_stall_switches_with_the_backups_book_and_missed_trades() -> None:
     assert book.snapshot() == {"bids": [["100", "3"]], "asks": [["101", "1"]]}
     assert isinstance(new[1], ev.SymbolInfoEvent) and new[1].info.source == "at"
     assert new[1].reason == "stalled"  # the status message says why (aggregator/state.py)
-    assert ev.decode(ev.encode(new[1])).reason == "stalled"  # and it crosses md.in
+    back = ev.decode(ev.encode(new[1]))  # and it crosses md.in
+    assert isinstance(back, ev.SymbolInfoEvent) and back.reason == "stalled"
     assert [t.trade_id for t in new[2:]] == ["2", "3"]  # type: ignore[attr-defined]
     # from now on the backup is forwarded, the old primary is not; no trade twice
     await sup.sink(1).publish(trade(3, "at"))

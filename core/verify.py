@@ -5,6 +5,7 @@
     python -m core.verify --keys https://md.example.com:8000/keys \
         --http https://md.example.com:8000/api/v1/market/BTC-USD/ticker --header 'X-API-Key: ...'
     python -m core.verify body.json --signature 'kid=...;sig=...' --public-key signing.pub
+    python -m core.verify --fix session.fix --public-key signing.pub
 
 The capture holds one message per line, as a WebSocket client received them (``-`` reads stdin).
 Data messages (those with a ``seq``) must be signed by a known key; control messages
@@ -12,6 +13,8 @@ Data messages (those with a ``seq``) must be signed by a known key; control mess
 carry a detached signature in the ``X-MD-Signature`` header: ``--http`` fetches answers and checks
 them, ``--signature`` checks one saved body (the file's exact bytes, e.g. ``curl -o``). Exit status
 0 when everything checked verifies, 1 otherwise, 2 on bad usage. Signature format: core/signing.py.
+``--fix`` reads a captured FIX byte stream (SOH, or ``|`` as in logs): every market-data message
+(W, X) must carry a good Signature(89) (core/signing_fix.py), other messages are control.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import orjson
 
+from core import signing_fix
 from core.signing import HEADER, Verifier, load_public_pem
 
 
@@ -51,6 +55,23 @@ def check(lines: Iterable[bytes], verifier: Verifier) -> tuple[Counter[str], lis
         counts[reason.split(" ")[0] if reason.startswith("unknown") else reason] += 1
         if len(problems) < 20:
             problems.append(f"line {n}: {reason}")
+    return counts, problems
+
+
+def check_fix(data: bytes, verifier: Verifier) -> tuple[Counter[str], list[str]]:
+    """Like :func:`check`, for a FIX capture: W and X must be signed, the rest is control."""
+    counts: Counter[str] = Counter()
+    problems: list[str] = []
+    for n, raw in enumerate(signing_fix.messages(data), 1):
+        reason = signing_fix.verify(raw, verifier)
+        if reason is None:
+            counts["verified"] += 1
+        elif reason == "unsigned" and signing_fix.msg_type(raw) not in signing_fix.SIGNED_TYPES:
+            counts["control"] += 1
+        else:
+            counts[reason.split(" ")[0] if reason.startswith("unknown") else reason] += 1
+            if len(problems) < 20:
+                problems.append(f"message {n} (35={signing_fix.msg_type(raw)!r}): {reason}")
     return counts, problems
 
 
@@ -105,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http", action="append", help="GET this REST URL and check its answer")
     ap.add_argument("--header", action="append", help="'Name: value' sent with --http")
     ap.add_argument("--signature", help="the X-MD-Signature value of the body in CAPTURE")
+    ap.add_argument("--fix", action="store_true", help="CAPTURE is a FIX byte stream")
     args = ap.parse_args(argv)
     if (args.capture is None) == (args.http is None):
         ap.error("give a CAPTURE or --http URL, not both")
@@ -116,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             hdrs = _headers(args.header)
             answers = [(url, *fetch(url, hdrs)) for url in args.http]
             counts, problems = check_http(answers, verifier)
+        elif args.fix:
+            data = (
+                sys.stdin.buffer.read() if args.capture == "-" else Path(args.capture).read_bytes()
+            )
+            counts, problems = check_fix(data, verifier)
         elif args.signature is not None:
             body = (
                 sys.stdin.buffer.read() if args.capture == "-" else Path(args.capture).read_bytes()

@@ -26,6 +26,8 @@ from core.isotime import ns_from_iso_cached
 from core.ops_http import start_ops_server
 from core.security import fix_findings, require_secure
 from core.settings import Settings
+from core.signing import Signer
+from core.signing_fix import sign as sign_fix
 from core.tls import server_context
 from fix_gateway import metrics as M
 from fix_gateway.codec import Body, Message
@@ -210,6 +212,9 @@ class Connection(asyncio.Protocol):
         if self._queued:
             self._frame_queued()
         out = self.session.data_to_send()
+        signer = self.gw.signer
+        if out and signer is not None:  # MD_SIGNING_KEY: W and X carry 93/89 (core/signing_fix.py)
+            out = [sign_fix(m, signer) for m in out]
         t = self.transport
         if out and t is not None and not t.is_closing():
             t.write(b"".join(out))
@@ -287,6 +292,7 @@ class Gateway:
         self.registry = Registry(self.cfg)
         # MD_FIX_SESSION_LOCK=redis: one process per session (fix_gateway/session_lock.py)
         self.registry.lock = SessionLock.from_settings(settings, self.registry)
+        self.signer = Signer.from_settings(settings)  # optional Ed25519 on market data
         self.app = MarketDataApp(symbols=settings.symbols)
         self.connections: set[Connection] = set()
         self.pending_by_ip: dict[str, int] = {}  # connections not logged on yet, per address

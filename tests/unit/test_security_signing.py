@@ -13,7 +13,7 @@ from core.errors import ConfigError
 from core.follower import _parse
 from core.settings import Settings
 from core.signing import Signer, Verifier, keys_document, split_signed, write_keypair
-from core.verify import check, main
+from core.verify import check, check_fix, main
 
 MSG = b'{"type":"l2_update","channel":"l2","symbol":"BTC-USD","seq":7,"epoch":1,"data":{"changes":[["buy","100.5","2"]]}}'
 
@@ -196,3 +196,29 @@ def test_verify_tool_fetches_rest_answers(
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# ------------------------------------------------------------------ FIX: the standard trailer
+
+
+def test_fix_trailer_signature_is_a_valid_frame(signer: Signer, keys: tuple[Path, Path]) -> None:
+    from core import signing_fix
+    from fix_gateway.codec import Message, Parser, encode
+
+    fields: list[tuple[int, str | int]] = [(49, "MDGW"), (56, "CLIENT1"), (34, 7), (262, "r1")]
+    w = encode("W", [*fields, (55, "BTC-USD"), (268, 1), (269, "0"), (270, "100.5"), (271, "2")])
+    signed = signing_fix.sign(w, signer)
+    p = Parser()
+    p.receive_data(signed)
+    (msg,) = p.events_received()
+    assert isinstance(msg, Message) and msg.error is None  # BodyLength and CheckSum still exact
+    assert msg.get(89, "").startswith(signer.kid + ":") and msg.get(93) == str(len(msg.get(89, "")))
+    v = Verifier([signer.public_key])
+    assert signing_fix.verify(signed, v) is None
+    assert signing_fix.verify(signed.replace(b"100.5", b"100.6"), v) == "bad signature"
+    assert signing_fix.verify(w, v) == "unsigned"
+    heartbeat = encode("0", fields)
+    assert signing_fix.sign(heartbeat, signer) == heartbeat  # session messages are not signed
+    log = (heartbeat + signed).replace(b"\x01", b"|")  # a log line with | for SOH
+    counts, problems = check_fix(log, v)
+    assert counts == {"control": 1, "verified": 1} and problems == []

@@ -186,3 +186,12 @@ async def ensure_topics(
         return [n.name for n in new]
     finally:
         await admin.close()
+
+
+async def partitions_by_topic(consumer: AIOKafkaConsumer, topics: list[str]) -> dict[str, set[int]]:
+    """The partition numbers of each of ``topics`` from ONE metadata fetch of the whole cluster
+    (a topic missing from it maps to an empty set): for a consumer that assigns partitions
+    itself, before it subscribed to or was assigned any. Through the client's private
+    ``_client`` for the reason :func:`partitions_of` gives."""
+    cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+    return {t: set(cluster.partitions_for_topic(t) or ()) for t in topics}

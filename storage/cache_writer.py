@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from core.backoff import Backoff
 from core.cache_keys import HIST_EPOCH, HIST_MESSAGE, CacheKeys
-from core.kafka import Pacer, make_consumer
+from core.kafka import Pacer, make_consumer, partitions_by_topic
 from core.settings import Settings
 from core.topics import Topics
 from storage.cache_model import CacheModel, HistAction, Pos, Writes, hist_action
@@ -108,9 +108,9 @@ class CacheWriter:
     ) -> dict[str, list[TopicPartition]]:
         """Partitions of ``topics`` from one metadata fetch (the cluster may hold many topics)."""
         for _ in range(600):  # a minute: `python -m core.bootstrap` may still be creating topics
-            # consumer.topics() does not feed partitions_for_topic(); the fetched cluster does
-            cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
-            found = {t: sorted(cluster.partitions_for_topic(t) or ()) for t in topics}
+            found = {
+                t: sorted(ps) for t, ps in (await partitions_by_topic(consumer, topics)).items()
+            }
             if all(found.values()):
                 return {t: [TopicPartition(t, p) for p in ps] for t, ps in found.items()}
             await asyncio.sleep(0.1)

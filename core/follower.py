@@ -1040,7 +1040,13 @@ class StreamFollower:
                 await asyncio.sleep(self.backup_wait_ms / 1000)
                 continue
             if self.backup_paused:
-                await self._resume_backup(tc)
+                try:
+                    await self._resume_backup(tc)
+                except Exception as exc:  # noqa: BLE001 - the broker may be away: try again
+                    self.last_error = repr(exc)
+                    log.warning("kafka backup not resumed yet", extra={"error": repr(exc)})
+                    await asyncio.sleep(self.backup_wait_ms / 1000)
+                    continue
             if self._feed is not None and self._feed.live():
                 # a live direct feed brings the messages: Kafka only fills what it missed, so
                 # one fetch per MD_FOLLOWER_BACKUP_WAIT_MS instead of one per produce (most of a

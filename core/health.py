@@ -199,8 +199,8 @@ def add_follower(
 ) -> None:
     """The two halves of :meth:`core.follower.StreamFollower.health` as two checks.
 
-    ``name`` (readiness): Kafka reachable (watchdog) and the streams read to their end once at
-    start; its detail is the follower's whole report. ``loops`` (liveness): none of the
+    ``name`` (readiness): Kafka reachable (watchdog) or the direct feed proven whole, and the
+    streams read to their end once at start; its detail is the follower's whole report. ``loops`` (liveness): none of the
     follower's loop tasks died (``dead_loops``): a dead loop freezes every book it serves.
     """
 
@@ -208,7 +208,9 @@ def add_follower(
         _, detail = follower.health()
         ev: _Event | None = getattr(follower, "ready", None)
         caught_up = ev.is_set() if ev is not None else bool(detail.get("ready"))
-        return bool(follower.connected and caught_up), detail
+        # Kafka away but the direct feed proven whole (core/follower.py): the books are live
+        fed = bool(getattr(follower, "backup_paused", False))
+        return bool((follower.connected or fed) and caught_up), detail
 
     def alive() -> tuple[bool, Any]:
         _, detail = follower.health()

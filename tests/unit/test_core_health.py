@@ -204,6 +204,11 @@ async def test_follower_checks_split_kafka_from_dead_loops() -> None:
     ok, body = h.ready()
     assert not ok and body["live"] and body["checks"]["kafka"]["detail"]["kafka"] == "lost"
     assert h.live()[0]
+    # ... unless the direct feed is proven whole: its books are live without Kafka
+    f.backup_paused = True
+    ok, body = h.ready()
+    assert ok and body["checks"]["kafka"]["detail"]["kafka_backup"].startswith("paused")
+    f.backup_paused = False
     f.connected = True
 
     async def crashes() -> None:

@@ -54,11 +54,9 @@ from storage.migrate import maintain_partitions, recorded_backend
 
 log = logging.getLogger(__name__)
 
-TRADE_COLS = ["symbol", "trade_id", "ts", "price", "size", "side", "seq", "epoch"]
-
 _TS = "timestamptz 'epoch' + {} * interval '1 microsecond'"
 SQL_TRADE_ONE = (
-    f"INSERT INTO trades ({', '.join(TRADE_COLS)}) "
+    f"INSERT INTO trades ({', '.join(TRADE_COLUMNS)}) "
     f"VALUES ($1, $2, {_TS.format('$3::bigint')}, $4::text::numeric, $5::text::numeric, $6, $7, $8) "
     "ON CONFLICT DO NOTHING"
 )

@@ -109,12 +109,14 @@ L2_SNAPSHOTS = TimeTable(
     compress_after_days=1,
 )
 
-# every message of the history channels, the bytes exactly as published (the replay source);
-# (channel, symbol, epoch, seq) identifies a message, ts (its `timestamp`) is in the key because
-# the partition column must be
-STREAM_MESSAGES = TimeTable(
-    name="stream_messages",
-    columns="""
+
+def _message_table(name: str) -> TimeTable:
+    """A table of whole messages, the bytes exactly as published; (channel, symbol, epoch, seq)
+    identifies a message, ts (its `timestamp`) is in the key because the partition column must
+    be. Compressed per (channel, symbol) in stream order, which is how every reader reads them."""
+    return TimeTable(
+        name=name,
+        columns="""
     channel    text        NOT NULL,
     symbol     text        NOT NULL,
     epoch      bigint      NOT NULL,
@@ -122,33 +124,20 @@ STREAM_MESSAGES = TimeTable(
     ts         timestamptz NOT NULL,
     msg        bytea       NOT NULL,
     PRIMARY KEY (channel, symbol, epoch, seq, ts)""",
-    time_column="ts",
-    chunk_days=1,
-    retention_days=7,
-    compress_after_days=1,
-    segment_by="channel, symbol",
-    order_by="epoch, seq",
-)
+        time_column="ts",
+        chunk_days=1,
+        retention_days=7,
+        compress_after_days=1,
+        segment_by="channel, symbol",
+        order_by="epoch, seq",
+    )
 
+
+# every message of the history channels (the replay source)
+STREAM_MESSAGES = _message_table("stream_messages")
 # full-depth book snapshots (l2_snapshot / l3_snapshot messages as published on the snapshot
 # topic), sampled every MD_STORAGE_BOOK_SNAPSHOT_S per symbol: the starting points of a rebuild
-BOOK_SNAPSHOTS = TimeTable(
-    name="book_snapshots",
-    columns="""
-    channel    text        NOT NULL,
-    symbol     text        NOT NULL,
-    epoch      bigint      NOT NULL,
-    seq        bigint      NOT NULL,
-    ts         timestamptz NOT NULL,
-    msg        bytea       NOT NULL,
-    PRIMARY KEY (channel, symbol, epoch, seq, ts)""",
-    time_column="ts",
-    chunk_days=1,
-    retention_days=7,
-    compress_after_days=1,
-    segment_by="channel, symbol",
-    order_by="epoch, seq",
-)
+BOOK_SNAPSHOTS = _message_table("book_snapshots")
 
 TIME_TABLES: tuple[TimeTable, ...] = (
     TRADES,

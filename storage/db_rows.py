@@ -86,18 +86,6 @@ class RowBatch:
         )
 
 
-SAMPLE_EDGE_NS = 1_000_000_000  # far more than a message's timestamp precedes its Kafka time
-
-
-def _inside(last: int | None, ns: int, every: int) -> bool:
-    """``ns`` is in bucket ``last`` (of ``every`` ns) and at least SAMPLE_EDGE_NS from its
-    edges."""
-    if last is None or ns // every != last:
-        return False
-    into = ns % every
-    return into >= SAMPLE_EDGE_NS and every - into >= SAMPLE_EDGE_NS
-
-
 # channels whose every message is kept whole in stream_messages (MD_STORAGE_HISTORY_CHANNELS)
 DEFAULT_HISTORY_CHANNELS = ("l2", "l3", "trades")
 BOOK_SNAPSHOT_TYPES = {"l2": "l2_snapshot", "l3": "l3_snapshot"}
@@ -130,10 +118,7 @@ class RowBuilder:
         offset: int,
         key: bytes | None,
         value: bytes | None,
-        ts_ms: int | None = None,
     ) -> None:
-        """One Kafka record; ``ts_ms`` (the record's Kafka timestamp) lets a book snapshot that
-        cannot be sampled skip its parse."""
         b.records += 1
         k = (topic, partition)
         b.offsets[k] = max(b.offsets.get(k, 0), offset + 1)
@@ -141,7 +126,7 @@ class RowBuilder:
             return
         try:
             if topic == self.snapshot_topic:
-                self._snapshot_record(b, (key or b"").decode("utf-8", "replace"), value, ts_ms)
+                self._snapshot_record(b, (key or b"").decode("utf-8", "replace"), value)
                 return
             m = orjson.loads(value)  # a JSONDecodeError is a ValueError: counted as bad
             if isinstance(m, dict) and (
@@ -178,9 +163,7 @@ class RowBuilder:
         except (BadRecord, CodecError, ValueError, KeyError, TypeError, ArithmeticError):
             b.bad += 1
 
-    def _snapshot_record(self, b: RowBatch, skey: str, value: bytes, ts_ms: int | None) -> None:
-        if ts_ms is not None and self._sampled(skey, ts_ms * 1_000_000):
-            return
+    def _snapshot_record(self, b: RowBatch, skey: str, value: bytes) -> None:
         if skey.startswith("l2:"):
             env = parse_envelope(value)
             self._snapshot(b, env)
@@ -190,22 +173,6 @@ class RowBuilder:
         elif skey.startswith("status:"):
             self._status(b, parse_envelope(value))
         # other snapshot keys: the streams carry them
-
-    def _sampled(self, skey: str, ns: int) -> bool:
-        """True when a book snapshot published at Kafka time ``ns`` falls in buckets already
-        sampled, so parsing it (most of the records this writer reads from the snapshot topic:
-        each book every ~0.5 s, sampled every 10 s) would only drop it. The buckets are those of
-        the message's own ``timestamp``, which precedes its Kafka time by milliseconds: a record
-        within ``SAMPLE_EDGE_NS`` of a bucket's edge is parsed, so a replay samples the same
-        messages."""
-        channel, _, symbol = skey.partition(":")
-        if channel not in BOOK_SNAPSHOT_TYPES:
-            return False
-        if channel in self.history and not _inside(
-            self._book_bucket.get((channel, symbol)), ns, self.book_every_ns
-        ):
-            return False
-        return channel != "l2" or _inside(self._l2_bucket.get(symbol), ns, self.l2_every_ns)
 
     def _message_fast(self, b: RowBatch, m: dict[str, Any], value: bytes) -> bool:
         """The other hot case, a book update (any history channel but trades), kept whole

@@ -532,9 +532,7 @@ class DbWriter:
             for tp, recs in batch.items():
                 got += len(recs)
                 for r in recs:
-                    self.builder.add(
-                        rb, tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp
-                    )
+                    self.builder.add(rb, tp.topic, tp.partition, r.offset, r.key, r.value)
             full = got >= want
             if window.due(rb, loop.time()):
                 await self.queue.put(rb)  # blocks when full: back-pressure to Kafka

@@ -22,8 +22,11 @@ The lease (:meth:`SessionLock.acquire`, one Lua script, atomic):
 - released when the session ends, unless a takeover in this process already gave it to a new
   connection (checked one loop pass later).
 
-Costs and limits: the acquire and release are synchronous Redis calls on the event loop (a local
-round trip is ~0.2 ms; a logon is rare; 0.5 s timeout), renewal is async and batched. While Redis
+Costs and limits: the acquire and release are synchronous Redis calls on the event loop (both
+together 0.53 ms wall on the local Redis, docs/benchmarks.md "Security features"; a logon is
+rare; 0.5 s timeout each), renewal is async and batched. A process that dies holding leases
+leaves them until they run out (``MD_FIX_SESSION_LEASE_S``): its clients' reconnects through
+another gateway are refused that long. While Redis
 is unreachable, new logons are refused ("session lock unavailable") and held sessions end when
 their lease runs out: availability of FIX logons depends on Redis in this mode, by design, since
 a lock that fails open would allow the double session it exists to prevent. A peer that vanishes

@@ -2,9 +2,13 @@
 
 Ed25519 signing is once per message per WebSocket gateway process (core/signing.py), order-id
 anonymization once per l3/trades message (core/anonymize.py); both run in core.follower's
-``_parse`` when installed. This measures them in isolation and through ``_parse``.
+``_parse`` when installed. This measures them in isolation and through ``_parse``, and the
+later additions: a REST answer's X-MD-Signature (gateway_rest/signing.py, signed or from its
+cache), a FIX X message's trailer signature (core/signing_fix.py, per message per session), a
+WebSocket tier's copy of an l3 message (core.anonymize.View: made and re-signed, or shared),
+and with ``--redis URL`` a FIX session lease taken and released (fix_gateway/session_lock.py).
 
-    .venv/bin/python -m loadtests.bench_security [--n 20000]
+    .venv/bin/python -m loadtests.bench_security [--n 20000] [--redis redis://127.0.0.1:16379/0]
 """
 
 from __future__ import annotations
@@ -75,7 +79,9 @@ def per_call_us(fn: Callable[[], object], n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20000)
-    n = ap.parse_args().n
+    ap.add_argument("--redis", default="", help="also time a FIX session lease on this Redis")
+    args = ap.parse_args()
+    n, redis_url = args.n, args.redis
     with tempfile.TemporaryDirectory() as d:
         key, _ = write_keypair(d)
         signer = Signer.from_pem(key.read_bytes())
@@ -102,8 +108,76 @@ def main() -> None:
     finally:
         signing.install(None)
         anonymize.install(None)
+    out += _later_rows(signer, n)
     for name, us in out:
         print(f"{name:50s} {us:8.2f} us CPU")
+    if redis_url:
+        print(f"{'FIX session lease acquire + release (wall)':50s} {_lease_us(redis_url):8.2f} us")
+
+
+def _later_rows(signer: Signer, n: int) -> list[tuple[str, float]]:
+    from core import signing_fix
+    from core.anonymize import ws_anonymizer
+    from core.settings import Settings
+    from fix_gateway.codec import encode
+    from gateway_rest.signing import ResponseSigner
+
+    body = L2  # a REST answer of that size
+    rs = ResponseSigner(signer)
+    fields: list[tuple[int, str | int]] = [
+        (49, "MDGW"),
+        (56, "CLIENT1"),
+        (34, 1234),
+        (52, "20261206-10:00:00.123"),
+        (262, "md1"),
+        (268, 2),
+    ]
+    for action, side, px, size in (("0", "0", "43250.12", "0.5"), ("2", "1", "43251.00", "0")):
+        fields += [(279, action), (269, side), (55, "BTC-USD"), (270, px), (271, size)]
+    x = encode("X", fields)
+    signing.install(signer)
+    try:
+        a = ws_anonymizer(Settings.from_env({"MD_ANON_SECRET": "0123456789abcdef-secret"}))
+        assert a.tiers is not None
+        view = a.tiers.for_tier("anonymous")
+        assert view is not None
+        l3 = signer.sign(L3)
+
+        def cold() -> object:
+            view.cache.clear()
+            return view.variant(l3)
+
+        rows: list[tuple[str, Callable[[], object]]] = [
+            (f"REST X-MD-Signature, {len(body)} B body, signed", lambda: signer.header(body)),
+            ("REST X-MD-Signature, cached body", lambda: rs.header(body)),
+            (f"FIX trailer signature, X of {len(x)} B", lambda: signing_fix.sign(x, signer)),
+            ("WS tier copy of an l3_update: made + re-signed", cold),
+            ("WS tier copy of an l3_update: shared", lambda: view.variant(l3)),
+        ]
+        return [(name, per_call_us(fn, n)) for name, fn in rows]
+    finally:
+        signing.install(None)
+
+
+def _lease_us(url: str, n: int = 500) -> float:
+    """Wall time of one FIX logon's lease acquire + release on a real Redis (a round trip each)."""
+    import asyncio
+
+    from fix_gateway.session_lock import SessionLock
+
+    async def run() -> float:
+        lock = SessionLock(url, "bench", owner="bench")
+        try:
+            t = time.perf_counter()
+            for i in range(n):
+                lock.acquire(f"S{i % 10}")
+                lock.release(f"S{i % 10}")
+            return (time.perf_counter() - t) / n * 1e6
+        finally:
+            lock.close()
+            await lock.aio.aclose()
+
+    return asyncio.run(run())
 
 
 if __name__ == "__main__":

@@ -193,6 +193,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_WS_CLIENT_TTL_S",
         "MD_WS_DEFAULT_TIER",
         "MD_WS_DEFLATE",
+        "MD_WS_GC_GEN0",
         "MD_WS_HEARTBEAT_S",
         "MD_WS_HOST",
         "MD_WS_IDLE_S",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -71,7 +72,22 @@ async def _main(stop: asyncio.Event) -> None:
     if cfg.processes > 1:
         await _supervise(stop, cfg.processes)
     else:
+        tune_gc(cfg.gc_gen0)
         await serve_gateway(stop)
+
+
+def tune_gc(gen0: int) -> None:
+    """Fewer cyclic collections in a gateway process (``MD_WS_GC_GEN0``; 0 leaves Python's).
+
+    Every connection allocates ~100 container objects (websockets' connection, its protocol,
+    queues, our session and subscription), so a storm of thousands ran a collection every 700
+    allocations over an ever larger heap. The objects of the start (modules, settings) are
+    frozen out of the collector's sight; the older generations are collected 5-10 times less
+    often than by default. Reference counting still frees everything that is not a cycle."""
+    if gen0 <= 0:
+        return
+    gc.freeze()
+    gc.set_threshold(gen0, 50, 100)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,11 @@ class WsConfig:
     # 1, 3, 7 s (setup p50 of seconds, docs/benchmarks.md). The kernel caps it at
     # net.core.somaxconn (4096 on current kernels); ~100 bytes of kernel memory per entry
     backlog: int = 4096
+    # the cyclic garbage collector's first threshold (allocations between collections):
+    # Python's 700 made a storm of 5,000 connections (each ~100 new objects) run hundreds of
+    # collections over a growing heap, ~30 % of the gateway's CPU per connection
+    # (docs/benchmarks.md); 100,000 costs a few MB between collections. 0 = Python's default
+    gc_gen0: int = 100_000
 
     def __post_init__(self) -> None:
         # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits);
@@ -125,6 +130,8 @@ class WsConfig:
             raise ConfigError("MD_WS_JWT_MAX_LIFETIME_S", "must be > 0 seconds")
         if self.backlog < 1:
             raise ConfigError("MD_WS_BACKLOG", "must be >= 1")
+        if self.gc_gen0 < 0:
+            raise ConfigError("MD_WS_GC_GEN0", "must be >= 0")
         if self.process_buffer_bytes < self.buffer_high:
             raise ConfigError("MD_WS_PROCESS_BUFFER_BYTES", "must be at least MD_WS_BUFFER_BYTES")
         if self.resume_concurrency < 1:
@@ -184,6 +191,7 @@ class WsConfig:
             limits=lim,
             max_connections=g("MD_WS_MAX_CONNECTIONS", int, d.max_connections),
             backlog=g("MD_WS_BACKLOG", int, d.backlog),
+            gc_gen0=g("MD_WS_GC_GEN0", int, d.gc_gen0),
         )
         check_hs256_secret("MD_WS_JWT_HS256_SECRET", cfg.jwt_hs256_secret)
         if cfg.default_tier not in cfg.tiers:

@@ -100,6 +100,8 @@ def _run_one(server: str, connections: int, rate: float, cores: int, a: argparse
         str(a.sample_every),
         "--json",
     ]
+    if server == "gateway" and a.batch:
+        cmd.append("--batch")
     # stderr (the servers' logs) is not captured: a leftover server process holding it cannot
     # keep this run waiting for end of file
     out = subprocess.run(
@@ -117,6 +119,8 @@ def _fmt(r: dict[str, Any]) -> str:
     return (
         f"{r['delivered_per_s']:>8,} msg/s  p50 {lat['p50']:>8.2f} ms  p99 {lat['p99']:>8.2f} ms"
         f"  {cpu_per_m:5.2f} CPU-s/M  {r['rss_per_connection_kib']:6.1f} KiB/conn"
+        f"  clients {r.get('client_cpu_s', 0) * 1e6 / max(1, r['delivered']):5.2f} CPU-s/M"
+        f"  setup p50 {r['setup_ms']['p50']:.0f} / p99 {r['setup_ms']['p99']:.0f} ms"
         f"  gaps {r['gaps']} closed {r['closed']}"
     )
 
@@ -139,6 +143,9 @@ def main() -> None:
     ap.add_argument("--client-procs", type=int, default=3)
     ap.add_argument("--sample-every", type=int, default=10)
     ap.add_argument("--servers", default="gateway,centrifugo")
+    ap.add_argument(
+        "--batch", action="store_true", help="gateway clients use /ws?batch=1 (NDJSON frames)"
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     build()

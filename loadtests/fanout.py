@@ -66,6 +66,7 @@ async def _client_main(
     server: str = "gateway",
     wave: int = 200,
     sources: int = 1,
+    batch: bool = False,
 ) -> None:
     raise_fd_limit()
     stats = Stats()
@@ -88,11 +89,12 @@ async def _client_main(
                     await open_client(
                         "127.0.0.1",
                         port,
-                        "/connection/websocket" if cf else "/ws",
+                        "/connection/websocket" if cf else "/ws?batch=1" if batch else "/ws",
                         body,
                         stats,
                         centrifugo=cf,
                         source=src,
+                        batched=batch,
                     )
                 )
                 return
@@ -142,12 +144,15 @@ def _client_proc(
     server: str = "gateway",
     wave: int = 200,
     sources: int = 1,
+    batch: bool = False,
 ) -> None:
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     uvloop.run(
-        _client_main(port, subs, ready, go, stop_at, out, idx, sample_every, server, wave, sources)
+        _client_main(
+            port, subs, ready, go, stop_at, out, idx, sample_every, server, wave, sources, batch
+        )
     )
 
 
@@ -356,6 +361,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.server,
                     args.wave // k or 1,
                     args.source_ips,
+                    args.batch,
                 ),
             )
             p.start()
@@ -384,8 +390,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.warmup)
         go.set()
         cpu0, load0 = _gateway_cpu(gw.pid), load_average()
+        ccpu0 = sum(cpu_seconds(p.pid) for p in procs if p.pid)
         await asyncio.sleep(args.duration)
         cpu1, load1 = _gateway_cpu(gw.pid), load_average()
+        ccpu1 = sum(cpu_seconds(p.pid) for p in procs if p.pid)
         published = await pub
         results = [
             await asyncio.get_running_loop().run_in_executor(None, out.get, True, 120)
@@ -412,6 +420,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "gateway_processes": args.gw_processes,
             "server": args.server,
             "framing": "websockets per connection" if args.library_framing else "preframed",
+            "batch": args.batch,
             "client_processes": k,
             "symbols": len(args.symbols),
             "rate_per_symbol": args.rate,
@@ -436,6 +445,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "listen_drops": drops,
             "gateway_cpu_s": round(cpu1 - cpu0, 2),
             "gateway_cpu_us_per_msg": round((cpu1 - cpu0) * 1e6 / max(1, msgs), 2),
+            # the client processes' CPU while measuring: a server that sends one frame per
+            # message costs its clients more than one that batches (Centrifugo: 2-6 per frame)
+            "client_cpu_s": round(ccpu1 - ccpu0, 2),
             "machine_load_avg": [load0, load1],
             "gateway_rss_mib": round(rss1 / 1024, 1),
             "rss_per_connection_kib": round((rss1 - rss0) / max(1, args.connections), 1),
@@ -519,6 +531,12 @@ def main() -> None:
         default=600,
         help="connections opened at once (split across the client processes); "
         "= --connections for a connection storm",
+    )
+    ap.add_argument(
+        "--batch",
+        action="store_true",
+        help="gateway clients ask for batched frames (/ws?batch=1, NDJSON), as Centrifugo's "
+        "protocol always batches",
     )
     ap.add_argument(
         "--source-ips",

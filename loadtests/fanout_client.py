@@ -76,9 +76,11 @@ class FanoutClient(asyncio.Protocol):
         subscribe: bytes,
         stats: Stats,
         centrifugo: bool = False,
+        batched: bool = False,
     ) -> None:
         self.host, self.port, self.path = host, port, path
         self.centrifugo = centrifugo
+        self.batched = batched  # /ws?batch=1: a frame may hold several messages, one a line
         self.t_start = time.monotonic_ns()
         self.set_up = False
         self.subscribe = subscribe
@@ -147,10 +149,7 @@ class FanoutClient(asyncio.Protocol):
             i += hl + ln
             op = b0 & 0x0F
             if op == 0x1 or op == 0x2:
-                if self.centrifugo:
-                    self._centrifugo(payload, st)
-                else:
-                    self._message(payload, st)
+                self._data(payload, st)
             elif op == 0x9:  # ping -> pong with the same payload
                 assert self.transport is not None
                 self.transport.write(client_frame(payload, 0xA))
@@ -159,6 +158,15 @@ class FanoutClient(asyncio.Protocol):
                 self.transport.close()
                 return
         self.buf = buf[i:]
+
+    def _data(self, payload: bytes, st: Stats) -> None:
+        if self.centrifugo:
+            self._centrifugo(payload, st)
+        elif self.batched and b"\n" in payload:
+            for line in payload.split(b"\n"):
+                self._message(line, st)
+        else:
+            self._message(payload, st)
 
     def _centrifugo(self, frame: bytes, st: Stats) -> None:
         if not self.set_up and b'"id":2' in frame:  # the subscribe reply: subscribed
@@ -204,6 +212,7 @@ async def open_client(
     stats: Stats,
     centrifugo: bool = False,
     source: str | None = None,
+    batched: bool = False,
 ) -> FanoutClient:
     """One connection, upgraded; ``source``: the local address to connect from (a loopback
     address other than 127.0.0.1 gives another ~28,000 ephemeral ports towards one server
@@ -213,7 +222,7 @@ async def open_client(
     loop = asyncio.get_running_loop()
     body = subscribe if isinstance(subscribe, bytes) else orjson.dumps(subscribe)
     _, proto = await loop.create_connection(
-        lambda: FanoutClient(host, port, path, body, stats, centrifugo),
+        lambda: FanoutClient(host, port, path, body, stats, centrifugo, batched),
         host,
         port,
         local_addr=(source, 0) if source else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -141,6 +142,48 @@ async def test_many_concurrent_requests_over_several_reservations_are_counted_ex
                 break
         assert sum(d.allowed for d in ds) == 100
         assert sorted(d.remaining for d in ds if d.allowed) == list(range(100))
+        assert limiter.redis_failures == 0
+    finally:
+        await r.aclose()
+
+
+async def test_large_limits_reserve_ahead_and_count_every_request_once(
+    redis_settings: Settings,
+) -> None:
+    """Under a large limit the next reservation is made in the background once half of one is
+    used: of 2,000 sequential requests only the first waits for Redis, each gets its own count
+    (remaining counts down without a repeat or a gap), and Redis holds at most one and a half
+    reservations more than were used."""
+    from gateway_rest.ratelimit import PREFETCH_MIN_CHUNK, RateLimiter, chunk_for
+
+    r = aioredis.Redis.from_url(redis_settings.redis_url)
+    keys = CacheKeys(redis_settings.redis_prefix)
+    limiter = RateLimiter(r, keys)
+    script = limiter._script
+    inline: list[bool] = []  # per Redis call: made by a request (True) or ahead (False)
+
+    async def spy(**kw: Any) -> Any:
+        inline.append(asyncio.current_task() not in limiter._background)
+        return await script(**kw)
+
+    limiter._script = spy  # type: ignore[assignment]
+    limit = 1_000_000
+    n = chunk_for(limit)
+    assert n >= PREFETCH_MIN_CHUNK
+    try:
+        for _ in range(3):  # a run that straddles a window edge is retried in the next window
+            idx = int(time.time())
+            who, ds = f"ip:ahead{idx}", []
+            inline.clear()
+            for _ in range(2_000):
+                ds.append(await limiter.hit(who, limit))
+                await asyncio.sleep(0)  # a background reservation runs, as in a server
+            if int(time.time()) == idx:
+                break
+        assert [d.remaining for d in ds] == list(range(limit - 1, limit - 2_001, -1))
+        assert inline[0] and not any(inline[1:]) and len(inline) >= 2_000 // n
+        counted = int(await r.get(keys.ratelimit(who, idx)) or 0)
+        assert 2_000 <= counted <= 2_000 + n + n // 2
         assert limiter.redis_failures == 0
     finally:
         await r.aclose()

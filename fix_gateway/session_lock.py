@@ -112,6 +112,7 @@ class SessionLock:
         self.held: dict[str, int] = {}  # session id -> fence
         self.deadline: dict[str, float] = {}  # session id -> when our lease surely ends (clock)
         self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, s: Settings, registry: Registry) -> SessionLock | None:
@@ -185,6 +186,8 @@ class SessionLock:
         if self._task is not None:
             self._task.cancel()
         self.sync.close()
+        with contextlib.suppress(RuntimeError):  # in the loop: its connections closed after this
+            self._closing = asyncio.get_running_loop().create_task(self.aio.aclose())
 
     # ------------------------------------------------------------------ renewal
 

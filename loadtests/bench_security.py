@@ -175,7 +175,6 @@ def _lease_us(url: str, n: int = 500) -> float:
             return (time.perf_counter() - t) / n * 1e6
         finally:
             lock.close()
-            await lock.aio.aclose()
 
     return asyncio.run(run())
 

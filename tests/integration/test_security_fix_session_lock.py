@@ -93,7 +93,6 @@ async def test_lease_fencing_renewal_and_loss(settings: Settings) -> None:
         await r.aclose()
         for lk in (one, two):
             lk.close()
-            await lk.aio.aclose()
 
 
 async def test_unreachable_redis_refuses_logons(settings: Settings) -> None:
@@ -104,4 +103,3 @@ async def test_unreachable_redis_refuses_logons(settings: Settings) -> None:
         assert lock.held == {}
     finally:
         lock.close()
-        await lock.aio.aclose()

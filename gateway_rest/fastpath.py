@@ -83,13 +83,18 @@ class FastPath:
         else:
             depth = 0
         key = (sym if kind == "orderbook" else "t:" + sym, depth)
+        fut = self._inflight.get(key)
         if self.micro_s > 0:
             hit = self._micro.get(key)
-            if hit is not None and time.monotonic() - hit[0] < self.micro_s:
+            if hit is not None and (
+                time.monotonic() - hit[0] < self.micro_s or (fut is not None and not fut.done())
+            ):
+                # fresh, or expired while its refresh is in flight: the others of a burst are
+                # answered the body one refresh old (at most micro_s + one Redis round trip)
+                # instead of each waiting on the refresh (64 connections: 63 waits a refresh)
                 return hit[1]
         # single flight: concurrent requests for the same body share one Redis read that
         # started after the first of them arrived (no staleness beyond one round trip)
-        fut = self._inflight.get(key)
         if fut is not None:
             try:
                 body = await asyncio.shield(fut)

@@ -1,7 +1,7 @@
 """``GET /orderbook?seq=N`` / ``?at=<time>``: the book as it was, rebuilt from stored history.
 
 The live route (gateway_rest/app.py) hands a request carrying ``seq`` or ``at`` to
-:func:`past_orderbook`; the rebuild itself is :func:`storage.history.book_at`. Outside the
+:func:`past_orderbook`; the rebuild itself is :func:`core.history.book.book_at`. Outside the
 retained history (or before the first stored snapshot) the answer is a 404 ``no_history`` that
 says so; a database that cannot be reached is a 503 like every database-backed route.
 """
@@ -12,9 +12,9 @@ import asyncpg
 import orjson
 
 from core.errors import MarketDataError
+from core.history.archive import history_source
+from core.history.book import HistoryError, book_at
 from gateway_rest.store import MarketStore, Unavailable
-from storage.archive import history_source
-from storage.history import HistoryError, book_at
 
 # errors that mean "the database is not there", not "the request is wrong"
 _DOWN: tuple[type[BaseException], ...] = (

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from core.cache_keys import CacheKeys
 from core.codec import iso_from_ns, ns_from_iso
 from core.errors import MarketDataError
+from core.history.sql import candles_query, trades_range_query
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -318,28 +319,10 @@ class MarketStore:
         newest_first: bool = False,
     ) -> bytes:
         """History from the database, ascending by (time, trade_id), paged by an opaque cursor."""
-        conds = ["symbol = $1"]
-        args: list[Any] = [symbol]
-        if start_ns is not None:
-            args.append(_dt(start_ns))
-            conds.append(f"ts >= ${len(args)}")
-        if end_ns is not None:
-            args.append(_dt(end_ns))
-            conds.append(f"ts < ${len(args)}")
-        if cursor is not None:
-            args.append(_dt(cursor[0]))
-            args.append(cursor[1])
-            conds.append(f"(ts, trade_id) > (${len(args) - 1}, ${len(args)})")
-            # the same bound on ts alone: TimescaleDB prunes compressed batches by their min/max
-            # ts only with a plain comparison (a day's page: 270 ms -> 8 ms, docs/benchmarks.md)
-            conds.append(f"ts >= ${len(args) - 1}")
-        order = "ts DESC, trade_id DESC" if newest_first else "ts, trade_id"
-        args.append(limit + 1)
-        rows = await self.db(
-            f"SELECT trade_id, ts, price, size, side, seq, epoch FROM trades WHERE {' AND '.join(conds)} "
-            f"ORDER BY {order} LIMIT ${len(args)}",
-            *args,
+        query, args = trades_range_query(
+            symbol, start_ns, end_ns, limit, cursor, newest_first=newest_first
         )
+        rows = await self.db(query, *args)
         more = len(rows) > limit
         rows = rows[:limit]
         trades = [
@@ -378,23 +361,10 @@ class MarketStore:
     ) -> bytes:
         """Stored candles in [start, end), newest ``limit`` when unbounded, plus the current
         bucket from Redis (which may be newer than what the database writer has stored)."""
-        conds = ["symbol = $1", "interval = $2"]
-        args: list[Any] = [symbol, interval]
-        if start_ns is not None:
-            args.append(_dt(start_ns))
-            conds.append(f"bucket >= ${len(args)}")
-        if end_ns is not None:
-            args.append(_dt(end_ns))
-            conds.append(f"bucket < ${len(args)}")
-        args.append(limit)
-        order = "bucket" if start_ns is not None else "bucket DESC"
+        query, args = candles_query(symbol, interval, start_ns, end_ns, limit)
         db_error: Unavailable | None = None
         try:
-            rows = await self.db(
-                f"SELECT bucket, open, high, low, close, volume, trades, closed, seq, epoch, vwap FROM candles "
-                f"WHERE {' AND '.join(conds)} ORDER BY {order} LIMIT ${len(args)}",
-                *args,
-            )
+            rows = await self.db(query, *args)
         except Unavailable as exc:
             rows, db_error = [], exc
         out: dict[str, dict[str, Any]] = {}

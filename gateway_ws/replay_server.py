@@ -3,7 +3,7 @@
 A separate process from the live gateway (``ws://127.0.0.1:8002/ws``, ``MD_REPLAY_PORT``), so
 any number of replays, however fast, never take CPU, memory or socket buffers from live
 clients; its only shared resource is the database, held to ``MD_REPLAY_DB_POOL`` connections
-and read a page at a time (storage/replay.py). Protocol (docs/websocket.md "Replay"):
+and read a page at a time (core/history/replay.py). Protocol (docs/websocket.md "Replay"):
 
     -> {"type":"replay","channel":"trades","symbol":"BTC-USD","start":"...","end":"...","speed":0,"id":1}
     <- {"type":"replay_started","id":1,"channel":"trades","symbol":"BTC-USD",...}
@@ -35,13 +35,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from core.codec import ns_from_iso
+from core.db_errors import is_retriable_db_error
 from core.errors import CodecError, ConfigError, MarketDataError, SymbolError
+from core.history.archive import history_source
+from core.history.book import HistoryError
+from core.history.replay import replay_messages
 from core.settings import Settings, parse_list
 from core.symbols import normalize_symbol
-from storage.archive import history_source
-from storage.errors import is_retriable_db_error
-from storage.history import HistoryError
-from storage.replay import replay_messages
 
 log = logging.getLogger(__name__)
 

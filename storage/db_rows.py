@@ -23,15 +23,10 @@ import orjson
 
 from core.codec import ns_from_iso
 from core.errors import CodecError
+from core.history.sql import dt_from_ns
 from core.symbols import SymbolInfo
 from storage.errors import BadRecord
 from storage.messages import Envelope, candle_of, levels_of, parse_envelope, trades_of
-
-
-def dt_from_ns(ns: int) -> datetime:
-    s, rem = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(s, UTC).replace(microsecond=rem // 1000)
-
 
 # trades travel as (symbol, trade_id, time in µs since the epoch, price, size, side, seq, epoch):
 # text and integers are what asyncpg's COPY encodes fastest; the database casts them once
@@ -246,7 +241,7 @@ class RowBuilder:
 
     def _book_snapshot(self, b: RowBatch, env: Envelope) -> None:
         """One full-depth book snapshot per (channel, symbol) per ``book_every_s`` of publish
-        time: the starting points of a point-in-time rebuild (storage/history.py)."""
+        time: the starting points of a point-in-time rebuild (core/history/book.py)."""
         if env.channel not in BOOK_SNAPSHOT_TYPES or env.type != BOOK_SNAPSHOT_TYPES[env.channel]:
             return
         if env.channel not in self.history:

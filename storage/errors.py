@@ -6,13 +6,12 @@
         └── BadRecord             a Kafka record that cannot be stored (permanent: count, skip)
 
 ``is_retriable_db_error`` maps asyncpg's exception *classes* (keyed by SQLSTATE, never by the
-localizable message) to retriable or permanent, the asyncpg way.
+localizable message) to retriable or permanent, the asyncpg way (core/db_errors.py).
 """
 
 from __future__ import annotations
 
-import asyncpg
-
+from core.db_errors import is_retriable_db_error as core_is_retriable
 from core.errors import MarketDataError
 
 
@@ -28,23 +27,7 @@ class BadRecord(StorageError):
     retriable = False
 
 
-# SQLSTATE classes 08 (connection exception), 57P (operator intervention: admin shutdown, crash
-# shutdown, cannot connect now), 53 (insufficient resources) and 40 (transaction rollback:
-# serialization failure, deadlock) all succeed when tried again later.
-_RETRIABLE_PG: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,  # connection closed / pool released under us
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.TransactionRollbackError,
-)
-
-
 def is_retriable_db_error(exc: BaseException) -> bool:
-    """True when the same statement may succeed later (database down, restarting, overloaded)."""
-    if isinstance(exc, DatabaseUnavailable):
-        return True
-    if isinstance(exc, _RETRIABLE_PG):
-        return True
-    # socket-level failures before asyncpg got a connection
-    return isinstance(exc, (OSError, ConnectionError, TimeoutError))
+    """True when the same statement may succeed later (core/db_errors.py, plus our own
+    :class:`DatabaseUnavailable`)."""
+    return isinstance(exc, DatabaseUnavailable) or core_is_retriable(exc)

@@ -13,12 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.book import L2Book
-from storage.archive import ArchiveFetcher, HistoryFetcher, archive, restore
+from core.history.archive import ArchiveFetcher, HistoryFetcher
+from core.history.book import HistoryError, book_at
+from core.history.replay import replay_messages
+from storage.archive import archive, restore
 from storage.db_rows import RowBatch, RowBuilder
 from storage.db_writer import DbWriter, DbWriterConfig
-from storage.history import HistoryError, book_at
 from storage.migrate import migrate
-from storage.replay import replay_messages
 from testkit import fake_aggregator as T
 from tests.conftest import BASE
 
@@ -142,7 +143,7 @@ def test_cli_archive_needs_a_destination(pg_dsn: str) -> None:
 
 
 def test_archive_paths() -> None:
-    from storage.archive import day_path
+    from core.history.archive import day_path
 
     assert day_path("s3://b/md", "l2", "BTC-USD", date(2026, 12, 5)) == (
         "s3://b/md/l2/BTC-USD/2026-12-05.parquet"

@@ -25,12 +25,12 @@ from aggregator.service import Aggregator, ServiceConfig
 from aggregator.sources.simulator import run_simulator
 from aggregator.testing import StreamCheck, read_topic
 from core.book import L2Book
+from core.history.book import HistoryError, book_at
 from core.settings import Settings
 from core.topics import Topics
 from gateway_rest.app import create_app
 from storage.cache_writer import CacheWriter
 from storage.db_writer import DbWriter, DbWriterConfig
-from storage.history import HistoryError, book_at
 from storage.migrate import migrate, timescale_status
 from tests.conftest import BASE, unique
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from core.history.book import BookRebuild, HistoryError, cut_levels
 from storage.db_rows import RowBatch, RowBuilder
-from storage.history import BookRebuild, HistoryError, cut_levels
 from testkit import fake_aggregator as T
 
 

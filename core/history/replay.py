@@ -4,22 +4,22 @@
 exactly as they were published (the bytes kept in ``stream_messages``), in ``(epoch, seq)``
 order, a page at a time (keyset pagination: no connection is held between pages, so a slow
 reader costs the database nothing). Book channels start with an ``l2_snapshot``/``l3_snapshot``
-of the book as of ``start`` (rebuilt by :mod:`storage.history`, full depth, in the live envelope),
+of the book as of ``start`` (rebuilt by :mod:`core.history.book`, full depth, in the live envelope),
 and a new epoch inside the range starts with that epoch's first stored snapshot, as a live
 client would resnapshot. A gap in the stored book history ends the replay with
-:class:`~storage.history.HistoryError` rather than sending a wrong book.
+:class:`~core.history.book.HistoryError` rather than sending a wrong book.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from storage.db_rows import dt_from_ns
-from storage.history import (
+from core.history.book import (
     BOOK_CHANNELS,
     SNAPSHOT_TYPES,
     Fetcher,
@@ -28,22 +28,17 @@ from storage.history import (
     rebuild,
     resolve_target,
 )
+from core.history.sql import (
+    SQL_FIRST_SNAPSHOT_AFTER,
+    SQL_FIRST_SNAPSHOT_OF_EPOCH,
+    SQL_PAGE,
+    dt_from_ns,
+)
 
 PAGE = 2000
 # a book message just after the snapshot may carry a publish time a little before `start`
 # (clock of another aggregator after a takeover): the page query looks back this much
 LOOKBACK_NS = 60 * 1_000_000_000
-
-SQL_PAGE = """
-SELECT epoch, seq, ts, msg FROM stream_messages
-WHERE channel = $1 AND symbol = $2 AND ts >= $3 AND ts <= $4 AND (epoch, seq) > ($5, $6)
-ORDER BY epoch, seq LIMIT $7"""
-SQL_FIRST_SNAPSHOT_OF_EPOCH = """
-SELECT seq, msg FROM book_snapshots WHERE channel = $1 AND symbol = $2 AND epoch = $3
-ORDER BY seq LIMIT 1"""
-SQL_FIRST_SNAPSHOT_AFTER = """
-SELECT epoch, seq, ts, msg FROM book_snapshots
-WHERE channel = $1 AND symbol = $2 AND ts >= $3 AND ts <= $4 ORDER BY ts, epoch, seq LIMIT 1"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +49,7 @@ class Item:
     raw: bytes
 
 
-def _ns(dt: Any) -> int:
+def _ns(dt: datetime) -> int:
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
 
 

@@ -7,7 +7,8 @@ with ``seq <= N`` plus the updates ``snapshot.seq + 1 .. N`` applied in order: t
 ``seq`` and checksum a client following the live stream held after N. A missing update in
 that range (a gap in storage) is an error, never a silently wrong book.
 
-The rebuild (:class:`BookRebuild`) is pure; :func:`book_at` does the three queries.
+The rebuild (:class:`BookRebuild`) is pure; :func:`book_at` does the three queries
+(core/history/sql.py).
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from typing import Any, Protocol
 
 import orjson
 
-from aggregator.book import Book
 from core.book import L2Book
-from storage.errors import StorageError
+from core.errors import MarketDataError
+from core.history.sql import SQL_AT, SQL_SEQ_EPOCH, SQL_SNAPSHOT, SQL_UPDATES, dt_from_ns
+from core.l3book import Book
 
 BOOK_CHANNELS = ("l2", "l3")
 UPDATE_TYPES = {"l2": "l2_update", "l3": "l3_update"}
 SNAPSHOT_TYPES = {"l2": "l2_snapshot", "l3": "l3_snapshot"}
 
 
-class HistoryError(StorageError):
+class HistoryError(MarketDataError):
     """A point-in-time request that stored history cannot answer (an HTTP 404)."""
 
     retriable = False
@@ -152,34 +154,6 @@ def cut_levels(orders: list[list[str]], depth: int) -> list[list[str]]:
     return orders
 
 
-# --- queries ------------------------------------------------------------------------------
-
-# the newest epoch that has message `seq`: only epochs with a stored snapshot can be rebuilt,
-# and there are few of them, so each is checked by a primary-key lookup (a scan for `seq`
-# alone would read every message of the symbol: the key starts with the epoch)
-SQL_SEQ_EPOCH = """
-SELECT e.epoch FROM (SELECT DISTINCT epoch FROM book_snapshots WHERE channel = $1 AND symbol = $2) e
-WHERE EXISTS (SELECT 1 FROM stream_messages m
-              WHERE m.channel = $1 AND m.symbol = $2 AND m.epoch = e.epoch AND m.seq = $3)
-   OR EXISTS (SELECT 1 FROM book_snapshots b
-              WHERE b.channel = $1 AND b.symbol = $2 AND b.epoch = e.epoch AND b.seq = $3)
-ORDER BY e.epoch DESC LIMIT 1"""
-SQL_AT = """
-SELECT epoch, seq, ts FROM (
-  (SELECT epoch, seq, ts FROM stream_messages WHERE channel = $1 AND symbol = $2 AND ts <= $3
-   ORDER BY ts DESC, seq DESC LIMIT 1)
-  UNION ALL
-  (SELECT epoch, seq, ts FROM book_snapshots WHERE channel = $1 AND symbol = $2 AND ts <= $3
-   ORDER BY ts DESC, seq DESC LIMIT 1)
-) u ORDER BY ts DESC, epoch DESC, seq DESC LIMIT 1"""
-SQL_SNAPSHOT = """
-SELECT seq, msg FROM book_snapshots WHERE channel = $1 AND symbol = $2 AND epoch = $3 AND seq <= $4
-ORDER BY seq DESC LIMIT 1"""
-SQL_UPDATES = """
-SELECT seq, msg FROM stream_messages
-WHERE channel = $1 AND symbol = $2 AND epoch = $3 AND seq >= $4 AND seq <= $5 ORDER BY seq"""
-
-
 async def resolve_target(
     db: Fetcher,
     channel: str,
@@ -202,8 +176,6 @@ async def resolve_target(
         return Target(epoch, seq)
     if at_ns is None:
         raise ValueError("seq or at_ns is required")
-    from storage.db_rows import dt_from_ns
-
     row = await db.fetchrow(SQL_AT, channel, symbol, dt_from_ns(at_ns))
     if row is None:
         raise HistoryError(

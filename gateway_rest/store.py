@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -54,11 +54,6 @@ class Unavailable(MarketDataError):
 
 class NotCached(MarketDataError):
     """The symbol is listed but the cache holds no data for it yet (404 with a reason)."""
-
-
-def _dt(ns: int) -> datetime:
-    s, rem = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(s, UTC).replace(microsecond=rem // 1000)
 
 
 def _iso(v: datetime) -> str:

@@ -228,9 +228,11 @@ def ws_anonymizer(s: Settings) -> Anonymizer:
     return a
 
 
-# copies kept per policy: a message in flight to that policy's clients, its frames included
-# (~4 x 300 B each, ~5 MiB at most per policy); cleared when full
+# copies kept per policy: the messages in flight to that policy's clients, with their frames
+# (~4 x 300 B for an update); cleared when either bound is passed: <= ~4 x 8 MiB per policy
+# whatever the messages' sizes (an l3 snapshot of a deep book is hundreds of KiB)
 VIEW_CACHE_MAX = 4096
+VIEW_CACHE_BYTES = 8 * 1024 * 1024
 
 
 class View:
@@ -241,6 +243,7 @@ class View:
         # base bytes -> (the copy, its encoding cache) or None when the policy changes nothing;
         # the cache list is the fan-out's per-message [msgpack, json frame, msgpack frame]
         self.cache: dict[bytes, tuple[bytes, list[bytes | None]] | None] = {}
+        self.cached_bytes = 0  # of the keys: the copies and frames are about as big again
 
     def variant(self, raw: bytes) -> tuple[bytes, list[bytes | None]] | None:
         """This policy's copy of ``raw`` (re-signed when ``raw`` was signed), None if the same."""
@@ -254,9 +257,11 @@ class View:
         hit: tuple[bytes, list[bytes | None]] | None = None
         if out is not body:
             hit = ((out if parts is None else sign(out)), [None, None, None])
-        if len(self.cache) >= VIEW_CACHE_MAX:
+        if len(self.cache) >= VIEW_CACHE_MAX or self.cached_bytes >= VIEW_CACHE_BYTES:
             self.cache.clear()
+            self.cached_bytes = 0
         self.cache[raw] = hit
+        self.cached_bytes += len(raw)
         return hit
 
 

@@ -24,7 +24,10 @@ from core.settings import Settings
 from core.signing import HEADER, Signer, keys_document
 
 _HEADER = HEADER.encode()
-CACHE_MAX = 1024  # bodies whose signature is kept: ~1024 x (body + 100 B); cleared when full
+# signatures kept for bodies of at most CACHE_BODY_MAX bytes (the fast path's orderbook and
+# ticker answers are 0.3-10 KiB), at most CACHE_MAX of them: <= 32 MiB, cleared when full
+CACHE_MAX = 1024
+CACHE_BODY_MAX = 32 * 1024
 
 
 class ResponseSigner:
@@ -35,6 +38,8 @@ class ResponseSigner:
         self.cache: dict[bytes, bytes] = {}
 
     def header(self, body: bytes) -> bytes:
+        if len(body) > CACHE_BODY_MAX:
+            return self.signer.header(body)
         value = self.cache.get(body)
         if value is None:
             if len(self.cache) >= CACHE_MAX:

@@ -212,3 +212,15 @@ def test_the_gateways_follower_anonymizes_what_it_hands_out(installed: Anonymize
     ev = orjson.loads(m.raw)["data"]["events"][0]
     assert ev["order_id"] == installed.pseudonym("ord-A", "2026-12-06") and "account_id" not in ev
     assert m.parsed["data"]["events"][0]["order_id"] == ev["order_id"]  # parsed agrees
+
+
+def test_view_cache_is_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = ws_anonymizer(Settings.from_env({"MD_ANON_SECRET": SECRET.decode()}))
+    assert a.tiers is not None
+    view = a.tiers.for_tier("anonymous")
+    assert view is not None
+    monkeypatch.setattr(anonymize, "VIEW_CACHE_BYTES", 1000)
+    msgs = [orjson.dumps({**UPDATE, "seq": i}) for i in range(10)]
+    for m in msgs:
+        view.variant(m)
+    assert view.cached_bytes < 1000 + len(msgs[0]) and len(view.cache) < len(msgs)

@@ -223,3 +223,17 @@ def test_fix_trailer_signature_is_a_valid_frame(signer: Signer, keys: tuple[Path
     log = (heartbeat + signed).replace(b"\x01", b"|")  # a log line with | for SOH
     counts, problems = check_fix(log, v)
     assert counts == {"control": 1, "verified": 1} and problems == []
+
+
+def test_rest_signature_cache_is_bounded(signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway_rest import signing as rest_signing
+
+    rs = rest_signing.ResponseSigner(signer)
+    big = b"[" + b"1," * rest_signing.CACHE_BODY_MAX + b"1]"
+    assert rs.header(big) == signer.header(big) and rs.cache == {}  # large answers: not kept
+    monkeypatch.setattr(rest_signing, "CACHE_MAX", 3)
+    for i in range(3):
+        rs.header(b'{"n":%d}' % i)
+    assert len(rs.cache) == 3
+    rs.header(b'{"n":9}')
+    assert list(rs.cache) == [b'{"n":9}']  # full: cleared, never more than CACHE_MAX

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable
@@ -78,8 +79,12 @@ def check_fix(data: bytes, verifier: Verifier) -> tuple[Counter[str], list[str]]
 def fetch(url: str, headers: dict[str, str]) -> tuple[bytes, str | None]:
     """The body of ``GET url`` and its ``X-MD-Signature`` header (None when absent)."""
     req = urllib.request.Request(url, headers=headers)  # noqa: S310 - user-given URL
-    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
-        return r.read(), r.headers.get(HEADER)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
+            return r.read(), r.headers.get(HEADER)
+    except urllib.error.HTTPError as exc:  # a 4xx/5xx answer is signed as well
+        with exc:
+            return exc.read(), exc.headers.get(HEADER)
 
 
 def check_http(

@@ -170,9 +170,9 @@ def test_verify_tool_fetches_rest_answers(
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             seen.append(self.headers.get("X-API-Key"))
-            self.send_response(200)
+            self.send_response(404 if self.path == "/missing" else 200)
             self.send_header("Content-Length", str(len(BODY)))
-            if self.path == "/signed":
+            if self.path in ("/signed", "/missing"):
                 self.send_header("X-MD-Signature", signer.header(BODY).decode())
             elif self.path == "/forged":
                 self.send_header("X-MD-Signature", signer.header(BODY + b"x").decode())
@@ -191,6 +191,7 @@ def test_verify_tool_fetches_rest_answers(
         assert seen == ["k1"]
         assert main(["--http", f"{base}/signed", "--http", f"{base}/plain", *pub]) == 1
         assert f"{base}/plain: unsigned" in capsys.readouterr().out
+        assert main(["--http", f"{base}/missing", *pub]) == 0  # an error answer is signed too
         assert main(["--http", f"{base}/forged", *pub]) == 1
         assert f"{base}/forged: bad signature" in capsys.readouterr().out
     finally:

@@ -1,6 +1,7 @@
 """``python -m storage migrate`` applies the schema; ``python -m storage run`` runs the writers;
 ``archive`` writes closed days to Parquet and ``restore --day D`` loads one back
-(storage/archive.py)."""
+(storage/archive.py); ``convert`` moves a database made before TimescaleDB onto it
+(storage/convert.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,24 @@ def _migrate() -> int:
     print(
         f"[storage] schema ready: backend={result.backend} applied={result.applied} "
         f"partitions created={len(result.partitions_created)} dropped={len(result.partitions_dropped)}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _convert() -> int:
+    from storage.convert import ConvertError, convert_to_timescale
+
+    s = Settings.from_env()
+    setup_logging("storage-convert", s.log_level)
+    try:
+        r = asyncio.run(convert_to_timescale(s.pg_dsn))
+    except ConvertError as exc:
+        print(f"[storage] {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"[storage] backend=timescale: {r.partitions_copied} partition(s), "
+        f"{sum(r.rows_copied.values())} row(s) copied in {r.seconds:.1f} s {r.rows_copied}",
         file=sys.stderr,
     )
     return 0
@@ -74,6 +93,10 @@ def cli(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("migrate", help="apply schema migrations to MD_PG_DSN (idempotent)")
     sub.add_parser("run", help="run the Kafka -> PostgreSQL and Kafka -> Redis writers")
+    sub.add_parser(
+        "convert",
+        help="move a native database to TimescaleDB (writers stopped; resumable)",
+    )
     a = sub.add_parser("archive", help="write closed days to Parquet (MD_ARCHIVE_URL or --url)")
     a.add_argument("--url", help="directory or fsspec URL (s3://bucket/prefix with s3fs)")
     a.add_argument("--force", action="store_true", help="rewrite days already archived")
@@ -83,6 +106,8 @@ def cli(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "migrate":
         return _migrate()
+    if args.cmd == "convert":
+        return _convert()
     from core.errors import ConfigError
 
     try:

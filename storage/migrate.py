@@ -93,7 +93,20 @@ async def choose_backend(conn: asyncpg.Connection, mode: str) -> Backend:
         if mode != "auto" and mode != recorded:
             raise ConfigError(
                 "MD_STORAGE_BACKEND",
-                f"database already uses the {recorded!r} backend; cannot switch to {mode!r} in place",
+                f"database already uses the {recorded!r} backend; `python -m storage convert` "
+                f"moves a native database to TimescaleDB (docs/storage.md)",
+            )
+        if recorded == "native" and (await timescale_status(conn))[0]:
+            # created before TimescaleDB was there: say how to move it, do not do it unasked
+            # (it copies every row: minutes for a few GB, with the writers stopped)
+            log.warning(
+                "storage backend: this database predates TimescaleDB on the server; "
+                "`python -m storage convert` moves it (docs/storage.md)"
+            )
+            print(
+                "[storage] NOTE: native database on a server with TimescaleDB; "
+                '`python -m storage convert` moves it (docs/storage.md "Moving to TimescaleDB")',
+                file=sys.stderr,
             )
         return cast(Backend, recorded)
     ok, why = await timescale_status(conn)
@@ -154,39 +167,44 @@ async def migrate(dsn: str, *, mode: str = "auto", today: date | None = None) ->
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATE_LOCK_KEY)
         try:
-            for ddl in BOOKKEEPING_DDL:
-                await conn.execute(ddl)
-            backend = await choose_backend(conn, mode)
-            await conn.execute(
-                f"INSERT INTO {META_TABLE} (key, value) VALUES ('backend', $1) ON CONFLICT (key) DO NOTHING",
-                backend,
-            )
-            result = MigrateResult(backend=backend)
-            done = {
-                r["version"] for r in await conn.fetch(f"SELECT version FROM {MIGRATIONS_TABLE}")
-            }
-            for m in migrations(backend):
-                if m.version in done:
-                    continue
-                async with conn.transaction():
-                    for sql in m.statements:
-                        await conn.execute(sql)
-                    await conn.execute(
-                        f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES ($1, $2)",
-                        m.version,
-                        m.name,
-                    )
-                result.applied.append(m.version)
-                log.info("migration applied", extra={"version": m.version, "migration": m.name})
-            if backend == "native":
-                result.partitions_created, result.partitions_dropped = await maintain_partitions(
-                    conn, today
-                )
-            return result
+            return await migrate_locked(conn, mode=mode, today=today)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATE_LOCK_KEY)
     finally:
         await conn.close()
+
+
+async def migrate_locked(
+    conn: asyncpg.Connection, *, mode: str = "auto", today: date | None = None
+) -> MigrateResult:
+    """:func:`migrate` on a connection that holds the migration lock."""
+    for ddl in BOOKKEEPING_DDL:
+        await conn.execute(ddl)
+    backend = await choose_backend(conn, mode)
+    await conn.execute(
+        f"INSERT INTO {META_TABLE} (key, value) VALUES ('backend', $1) ON CONFLICT (key) DO NOTHING",
+        backend,
+    )
+    result = MigrateResult(backend=backend)
+    done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+    for m in migrations(backend):
+        if m.version in done:
+            continue
+        async with conn.transaction():
+            for sql in m.statements:
+                await conn.execute(sql)
+            await conn.execute(
+                f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES ($1, $2)",
+                m.version,
+                m.name,
+            )
+        result.applied.append(m.version)
+        log.info("migration applied", extra={"version": m.version, "migration": m.name})
+    if backend == "native":
+        result.partitions_created, result.partitions_dropped = await maintain_partitions(
+            conn, today
+        )
+    return result
 
 
 async def recorded_backend(conn: asyncpg.Connection) -> Backend | None:

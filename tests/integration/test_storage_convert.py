@@ -62,8 +62,13 @@ async def _hypertables(conn: asyncpg.Connection) -> set[str]:
     return {r["hypertable_name"] for r in rows}
 
 
-async def test_native_database_moves_to_timescale_with_every_row(pg_dsn: str) -> None:
+async def test_native_database_moves_to_timescale_with_every_row(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert (await migrate(pg_dsn, mode="native", today=DAY)).backend == "native"
+    # the next migrate keeps native, and names the way out
+    assert (await migrate(pg_dsn, today=DAY)).backend == "native"
+    assert "python -m storage convert" in capsys.readouterr().err
     conn = await asyncpg.connect(pg_dsn)
     try:
         await _fill(conn)

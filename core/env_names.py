@@ -226,24 +226,7 @@ KNOWN: frozenset[str] = frozenset(
 )
 
 # Read by the code but not yet in a configuration table (see the module docstring).
-UNDOCUMENTED: frozenset[str] = frozenset(
-    (
-        "MD_EXTERNAL_KAFKA",
-        "MD_EXTERNAL_PG",
-        "MD_EXTERNAL_REDIS",
-        "MD_FIX_SESSIONS",
-        "MD_INTERNAL_TLS_DIR",
-        "MD_PG_PASSWORD",
-        "MD_SERVICES_CONF",
-        "MD_TEST_KAFKA_CLUSTER",
-        "MD_TIMESCALEDB_VERSION",
-        "MD_TLS_DIR",
-        "MD_VAR_DIR",
-        "MD_WEB_DIR",
-        "MD_WEB_WS_URL",
-        "MD_WS_WORKER",
-    )
-)
+UNDOCUMENTED: frozenset[str] = frozenset(())
 
 
 def check_names(env: Mapping[str, str]) -> None:

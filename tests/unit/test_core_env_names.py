@@ -24,6 +24,20 @@ SCRIPT_SUFFIXES = {".sh", ".yml", ".yaml", ".toml", ".conf", ".env"}
 ON_PURPOSE_UNKNOWN = {"MD_ABSENT", "MD_WS_PROT"}
 
 
+def _prefix_arguments(tree: ast.AST) -> set[int]:
+    """Strings given to ``.startswith(...)`` (alone or in a tuple): prefixes such as
+    ``"MD_PG_SSL"`` that select names, not names."""
+    out: set[int] = set()
+    for n in ast.walk(tree):
+        if (
+            isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and n.func.attr == "startswith"
+        ):
+            out.update(id(c) for a in n.args for c in ast.walk(a) if isinstance(c, ast.Constant))
+    return out
+
+
 def _used() -> dict[str, set[str]]:
     """name -> files: Python string constants that are exactly a name, and tokens in scripts,
     the Makefile, the Dockerfile and the deploy files."""
@@ -34,11 +48,14 @@ def _used() -> dict[str, set[str]]:
             p = Path(dirpath, fn)
             names: list[str] = []
             if p.suffix == ".py":
-                for n in ast.walk(ast.parse(p.read_text())):
+                tree = ast.parse(p.read_text())
+                prefixes = _prefix_arguments(tree)
+                for n in ast.walk(tree):
                     if (
                         isinstance(n, ast.Constant)
                         and isinstance(n.value, str)
                         and NAME.match(n.value)
+                        and id(n) not in prefixes
                     ):
                         names.append(n.value)
             elif p.suffix in SCRIPT_SUFFIXES or p.name in ("Makefile", "Dockerfile"):
@@ -71,6 +88,13 @@ def test_the_docs_tables_and_the_registry_agree() -> None:
     assert KNOWN - documented - UNDOCUMENTED == set(), "known settings without a table row"
     assert UNDOCUMENTED <= KNOWN
     assert UNDOCUMENTED & documented == set(), "documented now: remove from UNDOCUMENTED"
+
+
+def test_a_prefix_that_selects_names_is_not_a_name() -> None:
+    tree = ast.parse('ok = k.startswith(("MD_ABSENT", "MD_WS_PROT"))\nX = "MD_WS_PORT"')
+    prefixes = _prefix_arguments(tree)
+    skipped = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) in prefixes}
+    assert skipped == {"MD_ABSENT", "MD_WS_PROT"}  # names the tests use as unknown ones
 
 
 def test_a_misspelled_name_stops_the_process_at_start() -> None:
@@ -120,9 +144,10 @@ def regenerate() -> None:
     text = path.read_text()
     for name, names in (("KNOWN", used), ("UNDOCUMENTED", used - documented)):
         body = "".join(f'        "{n}",\n' for n in sorted(names))
+        value = f"(\n    (\n{body}    )\n)" if names else "(())"  # as ruff formats an empty one
         text = re.sub(
-            rf"{name}: frozenset\[str\] = frozenset\(\n    \(\n.*?    \)\n\)",
-            f"{name}: frozenset[str] = frozenset(\n    (\n{body}    )\n)",
+            rf"{name}: frozenset\[str\] = frozenset(\(\(\)\)|\(\n    \(\n.*?    \)\n\))",
+            f"{name}: frozenset[str] = frozenset{value}",
             text,
             count=1,
             flags=re.S,

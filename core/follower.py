@@ -341,6 +341,12 @@ class StreamJoin:
         if value.startswith(HEARTBEAT_PREFIX):
             self.on_feed_heartbeat(value)
             return []
+        if self.channels is not None or self.symbols is not None:
+            # the feed carries every stream: skip the ones not followed before parsing them
+            # (the FIX gateway follows 3 of 11 channels)
+            h = _HEAD.match(value)
+            if h is not None and not self.wants(h[1].decode(), h[2].decode()):
+                return []
         try:
             m = _parse(value)
         except CodecError:

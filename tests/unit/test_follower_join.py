@@ -446,3 +446,13 @@ def test_a_kept_snapshot_that_is_garbage_counts_as_malformed_and_never_becomes_t
     assert j.seq_of("l2", "BTC-USD") is None  # out of sync, not rebuilt from garbage
     acts = j.on_snapshot(b"l2:BTC-USD", p.snapshot(), 0)
     assert [a.reason for a in acts if isinstance(a, Reset)] == ["gap"]
+
+
+def test_direct_messages_of_streams_not_followed_are_skipped_unparsed() -> None:
+    j = StreamJoin(channels=["ticker"])
+    j.on_snapshot(b"ticker:BTC-USD", tick(1), 0)
+    before = j.malformed
+    # an l2 message with a valid head and a broken body: never parsed, so never malformed
+    assert j.on_direct(tick(2, channel="l2")[:-2] + b"!}") == []
+    assert j.malformed == before and ("l2", "BTC-USD") not in j.keys
+    assert [type(a) for a in j.on_direct(tick(2))] == [Deliver]

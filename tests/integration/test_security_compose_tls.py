@@ -37,6 +37,12 @@ LIBS = ROOT / "var" / "cache" / "kafka-libs"
 NAMES = ("kafka", "kafka-2", "kafka-3", "timescaledb", "localhost", "127.0.0.1")
 # settings of the image itself, not broker properties (apache/kafka's docker/run script)
 NOT_PROPERTIES = {"KAFKA_HEAP_OPTS", "KAFKA_OPTS", "KAFKA_LOG4J_OPTS", "KAFKA_JMX_OPTS"}
+CLIENT_TLS = {
+    "MD_KAFKA_SECURITY_PROTOCOL",
+    "MD_KAFKA_SSL_CAFILE",
+    "MD_PG_SSLMODE",
+    "MD_PG_SSLROOTCERT",
+}
 
 
 def image_properties(env: dict[str, str]) -> dict[str, str]:
@@ -138,7 +144,7 @@ def compose_kafka(tls_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 def _as_compose(service: str, **over: str) -> dict[str, str]:
     """The Kafka/PostgreSQL client settings compose gives ``service``."""
     env = _env(load_compose()["services"][service])
-    return {k: v for k, v in env.items() if k.startswith(("MD_KAFKA_S", "MD_PG_SSL"))} | over
+    return {k: v for k, v in env.items() if k in CLIENT_TLS} | over
 
 
 async def test_kafka_every_listener_tls(compose_kafka: int, tls_dir: Path) -> None:

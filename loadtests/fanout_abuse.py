@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import socket
 import sys
 import time
 import urllib.error
@@ -31,38 +30,12 @@ import orjson
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 
-from core.channels import data_message
 from core.kafka import ensure_topics
 from core.settings import Settings
-from gateway_ws.resume import hist_key
 from loadtests.fanout import _delete_topics, _healthy
 from loadtests.fanout_stats import rss_kib
 from testkit.ports import free_port
-
-WINDOW = 10_000
-
-
-def _trade(seq: int) -> bytes:
-    now = time.time_ns()
-    return orjson.dumps(
-        data_message(
-            type="trade",
-            channel="trades",
-            symbol="BTC-USD",
-            seq=seq,
-            epoch=1,
-            publish_ns=now,
-            event_ns=now,
-            data={
-                "trade_id": f"t-{seq:012d}",
-                "price": "50000.00",
-                "size": "0.01000000",
-                "side": "buy",
-                "maker_order_id": f"m-{seq:020d}",
-                "taker_order_id": f"k-{seq:020d}",
-            },
-        )
-    )
+from testkit.ws_abuse import attack, fill_window, never_reading
 
 
 def _connections(port: int) -> int:
@@ -72,16 +45,6 @@ def _connections(port: int) -> int:
             return int(orjson.loads(resp.read())["connections"])
     except urllib.error.HTTPError as exc:  # 503 still has the body
         return int(orjson.loads(exc.read())["connections"])
-
-
-async def _never_reading(port: int) -> ClientConnection:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", port))
-    ws = await connect(f"ws://127.0.0.1:{port}/ws", sock=s, max_size=None, ping_interval=None)
-    ws.transport.pause_reading()
-    return ws
 
 
 async def _wait_healthy(port: int, within_s: float = 20.0) -> None:
@@ -110,11 +73,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     )
     await ensure_topics(s, partitions=3)
     r = aioredis.Redis.from_url(s.redis_url)
-    key = hist_key(s.redis_prefix, "trades", "BTC-USD")
-    pipe = r.pipeline(transaction=False)
-    for seq in range(1, WINDOW + 1):
-        pipe.xadd(key, {"m": _trade(seq), "e": 1}, id=f"{seq}-0")
-    await pipe.execute()
+    key = await fill_window(r, s.redis_prefix)
     port = free_port()
     env = dict(
         os.environ,
@@ -157,19 +116,8 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
 
             tasks = [asyncio.create_task(probe()), asyncio.create_task(sample())]
             t0 = time.monotonic()
-            abusers = [await _never_reading(port) for _ in range(a.sockets)]
-            attack = orjson.dumps(
-                {"type": "subscribe", "channels": ["trades:BTC-USD"] * 200, "since_seq": 0}
-            ).decode()
-            again = orjson.dumps(
-                {"type": "subscribe", "channel": "trades", "symbol": "BTC-USD", "since_seq": 0}
-            ).decode()
-            for ws in abusers:
-                await ws.send(attack)
-            for _ in range(20):
-                for ws in abusers:
-                    await ws.send(again)
-                await asyncio.sleep(0.01)
+            abusers = [await never_reading(port) for _ in range(a.sockets)]
+            await attack(abusers, lambda: None)
             dropped_after = None
             while time.monotonic() - t0 < a.seconds:
                 await asyncio.sleep(0.25)

@@ -11,20 +11,19 @@ promptly throughout. The numbers on this machine: docs/benchmarks.md "WebSocket 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from core.channels import data_message
 from core.settings import Settings
 from gateway_ws.hub import RESUME_DRAIN_S
 from gateway_ws.resume import hist_key
+from testkit.ws_abuse import WINDOW, attack, fill_window, never_reading, trade
 from tests.integration.ws_helpers import (
     drop_topics,  # noqa: F401 - autouse: topics deleted after each test
     recv_until,
@@ -36,8 +35,6 @@ from tests.unit.test_follower_join import T0
 
 pytestmark = pytest.mark.integration
 
-WINDOW = 10_000  # the Redis resume window (MD_REDIS_HIST_LEN)
-
 
 def _rss() -> int:
     with open("/proc/self/status", encoding="ascii") as fh:
@@ -47,52 +44,17 @@ def _rss() -> int:
     raise RuntimeError("no VmRSS")
 
 
-def _trade(seq: int) -> bytes:
-    """A ~250-byte trade message, like the aggregator's."""
-    return orjson.dumps(
-        data_message(
-            type="trade",
-            channel="trades",
-            symbol="BTC-USD",
-            seq=seq,
-            epoch=1,
-            publish_ns=T0 + seq * 1000,
-            event_ns=T0,
-            data={
-                "trade_id": f"t-{seq:012d}",
-                "price": "50000.00",
-                "size": "0.01000000",
-                "side": "buy",
-                "maker_order_id": f"m-{seq:020d}",
-                "taker_order_id": f"k-{seq:020d}",
-            },
-        )
-    )
-
-
 @pytest.fixture
 async def window(settings: Settings) -> AsyncIterator[None]:
     """10,000 trades in the resume window, as the storage cache writer keeps them."""
     r = aioredis.Redis.from_url(settings.redis_url)
     key = hist_key(settings.redis_prefix, "trades", "BTC-USD")
     try:
-        pipe = r.pipeline(transaction=False)
-        for seq in range(1, WINDOW + 1):
-            pipe.xadd(key, {"m": _trade(seq), "e": 1}, id=f"{seq}-0")
-        await pipe.execute()
+        await fill_window(r, settings.redis_prefix, lambda seq: trade(seq, T0 + seq * 1000, T0))
         yield
     finally:
         await r.delete(key)
         await r.aclose()
-
-
-async def _never_reading(port: int) -> ClientConnection:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    ws = await connect(f"ws://127.0.0.1:{port}/ws", sock=s, max_size=None, ping_interval=None)
-    ws.transport.pause_reading()
-    return ws
 
 
 async def test_five_never_reading_resume_abusers_bound_memory_and_latency(
@@ -120,21 +82,14 @@ async def test_five_never_reading_resume_abusers_bound_memory_and_latency(
                 await asyncio.sleep(0.1)  # 10 requests/s: under the anonymous rate
 
         probing = asyncio.create_task(probe())
-        abusers = [await _never_reading(gw.cfg.port) for _ in range(5)]
-        attack = orjson.dumps(
-            {"type": "subscribe", "channels": ["trades:BTC-USD"] * 200, "since_seq": 0}
-        ).decode()
-        again = orjson.dumps(
-            {"type": "subscribe", "channel": "trades", "symbol": "BTC-USD", "since_seq": 0}
-        ).decode()
+        abusers = [await never_reading(gw.cfg.port) for _ in range(5)]
         most_resumes = 0
-        for ws in abusers:
-            await ws.send(attack)
-        for _ in range(20):  # each replaces the running resume: the old one is cancelled
-            for ws in abusers:
-                await ws.send(again)
-            await asyncio.sleep(0.01)
+
+        def count_resumes() -> None:
+            nonlocal most_resumes
             most_resumes = max(most_resumes, len(gw.hub.resumes))
+
+        await attack(abusers, count_resumes)
         # the replays stop at the bound; after RESUME_DRAIN_S without reading each
         # never-reading socket is a slow consumer: served nothing more, its close frame
         # queued (it is dropped CLOSE_WAIT_S later)

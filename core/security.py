@@ -108,6 +108,15 @@ def ws_findings(s: Settings) -> list[Finding]:
     return out
 
 
+def replay_findings(s: Settings) -> list[Finding]:
+    """The replay server's development defaults (docs/websocket.md "Replay"): it takes the live
+    WebSocket gateway's client settings (JWT keys, anonymous channels), and TLS of its own."""
+    out = [f for f in ws_findings(s) if not f.settings.startswith("MD_WS_TLS_CERT")]
+    if not _set(s.extra, "MD_REPLAY_TLS_CERT"):
+        out.append(Finding("MD_REPLAY_TLS_CERT/MD_REPLAY_TLS_KEY", "no TLS"))
+    return out
+
+
 def rest_findings(s: Settings) -> list[Finding]:
     """The REST gateway's development defaults (docs/rest.md)."""
     e, out = s.extra, []

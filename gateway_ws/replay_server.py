@@ -14,6 +14,12 @@ and read a page at a time (core/history/replay.py). Protocol (docs/websocket.md 
 ``speed`` 1 is real time, 10 ten times faster, 0 as fast as the client reads: every send waits
 for the socket to drain (back-pressure), so a slow reader slows only its own replay. Errors are
 ``{"type":"error","code":...,"message":...}`` and never close the connection.
+
+Access follows the live gateway's rules and settings (:mod:`gateway_ws.replay_access`: JWT,
+channels per tier, order ids per tier, signatures); on a non-loopback address the server refuses
+development defaults like the other gateways (``core.security.replay_findings``), serves TLS with
+``MD_REPLAY_TLS_CERT``/``MD_REPLAY_TLS_KEY`` (core/tls.py) and ``/metrics`` off the public port
+with ``MD_REPLAY_METRICS_PORT``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import orjson
@@ -37,15 +44,23 @@ from websockets.http11 import Request, Response
 from core.codec import ns_from_iso
 from core.db_errors import is_retriable_db_error
 from core.errors import CodecError, ConfigError, MarketDataError, SymbolError
+from core.health import LIVENESS, Health, scope_of
 from core.history.archive import history_source
 from core.history.book import HistoryError
 from core.history.replay import replay_messages
+from core.ops_http import start_ops_server
+from core.security import replay_findings, require_secure
 from core.settings import Settings, parse_list
 from core.symbols import normalize_symbol
+from core.tls import server_context
+from gateway_ws.protocol import Principal, ProtocolError
+from gateway_ws.replay_access import ReplayAccess, expired
 
 log = logging.getLogger(__name__)
 
+audit = logging.getLogger("audit")
 REPLAYS = Counter("md_replay_total", "replays by outcome", ["outcome"])
+REJECTS = Counter("md_replay_rejects_total", "connections and requests refused", ["reason"])
 REPLAY_MESSAGES = Counter("md_replay_messages_total", "messages sent by replays")
 ACTIVE = Gauge("md_replay_active", "replays in progress")
 MAX_SPEED = 1000.0
@@ -60,6 +75,12 @@ class ReplayConfig:
     max_range_s: int = 7 * 86400  # longest range one request may ask for
     db_pool: int = 4
     archive_url: str = ""  # MD_ARCHIVE_URL: archived days are replayed too
+    # connections at once: each holds at most max_active replays and websockets' bounded
+    # buffers (~64 KiB read + the send high-water mark), so ~1,000 stay well under 1 GiB
+    max_connections: int = 1000
+    tls_cert: str | None = None  # both set: wss:// with core/tls.py's policy
+    tls_key: str | None = None
+    metrics_port: int = 0  # > 0: /metrics and /health there (MD_OPS_HOST), not on the public port
 
     @classmethod
     def from_settings(cls, s: Settings) -> ReplayConfig:
@@ -72,7 +93,23 @@ class ReplayConfig:
             max_range_s=s.get("MD_REPLAY_MAX_RANGE_S", int, d.max_range_s),
             db_pool=s.get("MD_REPLAY_DB_POOL", int, d.db_pool),
             archive_url=s.get("MD_ARCHIVE_URL", str, d.archive_url),
+            max_connections=s.get("MD_REPLAY_MAX_CONNECTIONS", int, d.max_connections),
+            tls_cert=s.get("MD_REPLAY_TLS_CERT", str, None),
+            tls_key=s.get("MD_REPLAY_TLS_KEY", str, None),
+            metrics_port=s.get("MD_REPLAY_METRICS_PORT", int, d.metrics_port),
         )
+
+    def __post_init__(self) -> None:
+        if self.max_active < 1:
+            raise ConfigError("MD_REPLAY_MAX_ACTIVE", "must be >= 1")
+        if self.db_pool < 1:
+            raise ConfigError("MD_REPLAY_DB_POOL", "must be >= 1")
+        if self.max_connections < 1:
+            raise ConfigError("MD_REPLAY_MAX_CONNECTIONS", "must be >= 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError(
+                "MD_REPLAY_TLS_KEY", "MD_REPLAY_TLS_CERT and MD_REPLAY_TLS_KEY go together"
+            )
 
 
 class ReplayError(MarketDataError):
@@ -130,8 +167,19 @@ class ReplayServer:
     def __init__(self, settings: Settings, cfg: ReplayConfig | None = None) -> None:
         self.settings = settings
         self.cfg = cfg or ReplayConfig.from_settings(settings)
+        self.access = ReplayAccess.from_settings(settings)
         self.server: Server | None = None
+        self.ops_server: asyncio.Server | None = None
         self._pool: asyncpg.Pool | None = None
+        self.connections = 0
+        self.health = Health("replay")
+        self.health.add("listening", self._listening, kind=LIVENESS)
+        self.health.add("replays", lambda: (True, {"active": ACTIVE._value.get()}), kind="info")
+
+    def _listening(self) -> tuple[bool, Any]:
+        return self.server is not None and self.server.is_serving(), {
+            "connections": self.connections
+        }
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -141,19 +189,32 @@ class ReplayServer:
         return self._pool
 
     async def start(self) -> None:
+        ssl_ctx = None
+        if self.cfg.tls_cert and self.cfg.tls_key:
+            ssl_ctx = server_context(self.cfg.tls_cert, self.cfg.tls_key)  # core/tls.py policy
         self.server = await serve(
             self._handler,
             self.cfg.host,
             self.cfg.port,
+            ssl=ssl_ctx,
             process_request=self._process_request,
             max_size=64 * 1024,  # requests are small
             max_queue=16,
             close_timeout=2,
             server_header=None,
         )
-        log.info("replay listening", extra={"url": f"ws://{self.cfg.host}:{self.cfg.port}/ws"})
+        if self.cfg.metrics_port:
+            self.ops_server = await start_ops_server(
+                self.health, self.settings.ops_host, self.cfg.metrics_port
+            )
+        scheme = "wss" if ssl_ctx else "ws"
+        log.info(
+            "replay listening", extra={"url": f"{scheme}://{self.cfg.host}:{self.cfg.port}/ws"}
+        )
 
     async def stop(self) -> None:
+        if self.ops_server is not None:
+            self.ops_server.close()
         if self.server is not None:
             self.server.close(close_connections=True)
             with contextlib.suppress(TimeoutError):
@@ -162,21 +223,52 @@ class ReplayServer:
             await self._pool.close()
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
-        if path in ("/health", "/health/live", "/health/ready"):
-            body = orjson.dumps(
-                {"status": "ok", "service": "replay", "active": ACTIVE._value.get()}
-            )
-            return _http(HTTPStatus.OK, "application/json", body)
-        if path == "/metrics":
+        url = urlsplit(request.path)
+        scope = scope_of(url.path)
+        if scope is not None:
+            ok, body = self.health.evaluate(scope)
+            status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
+            return _http(status, "application/json", orjson.dumps(body))
+        if url.path == "/metrics" and not self.cfg.metrics_port:
             return _http(HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
-        if path != "/ws":
+        if url.path != "/ws":
             return _http(HTTPStatus.NOT_FOUND, "application/json", b'{"error":"not found"}')
+        if self.connections >= self.cfg.max_connections:
+            REJECTS.labels("capacity").inc()
+            return _http(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "application/json",
+                b'{"error":"replay server at capacity, retry later"}',
+            )
+        principal = self.access.anonymous
+        token = (parse_qs(url.query).get("token") or [""])[0]
+        if token:
+            try:
+                principal = self.access.verify(token)
+            except ProtocolError as exc:
+                REJECTS.labels("auth").inc()
+                audit.warning(
+                    "auth failed",
+                    extra={
+                        "event": "auth_failed",
+                        "service": "replay",
+                        "ip": _ip(conn),
+                        "reason": exc.message,
+                    },
+                )
+                return _http(
+                    HTTPStatus.UNAUTHORIZED,
+                    "application/json",
+                    orjson.dumps({"error": exc.code, "message": exc.message}),
+                )
+        conn.md_principal = principal  # type: ignore[attr-defined]
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
+        principal: Principal = getattr(ws, "md_principal", self.access.anonymous)
         active: dict[int, asyncio.Task[None]] = {}
         n = 0
+        self.connections += 1
         try:
             async for data in ws:
                 try:
@@ -190,6 +282,15 @@ class ReplayServer:
                 typ = msg.get("type")
                 if typ == "ping":
                     await _send(ws, {"type": "pong", "id": msg.get("id")})
+                elif typ == "auth":
+                    try:
+                        principal = self.access.verify(msg.get("token"))
+                    except ProtocolError as exc:
+                        REJECTS.labels("auth").inc()
+                        await _send(ws, _error(exc.code, exc.message, id=msg.get("id")))
+                        continue
+                    ack = {"type": "authenticated", "user": principal.user}
+                    await _send(ws, {**ack, "tier": principal.tier.name, "id": msg.get("id")})
                 elif typ == "replay":
                     for k in [k for k, t in active.items() if t.done()]:
                         del active[k]
@@ -205,16 +306,20 @@ class ReplayServer:
                         continue
                     try:
                         req = parse_replay(msg, self.cfg)
-                    except ReplayError as exc:
+                        self.access.check(principal, req.channel)
+                    except (ReplayError, ProtocolError) as exc:
+                        if isinstance(exc, ProtocolError):
+                            REJECTS.labels(exc.code).inc()
                         await _send(ws, _error(exc.code, exc.message, id=msg.get("id")))
                         continue
                     n += 1
-                    active[n] = asyncio.create_task(self._run(ws, req, n, active))
+                    active[n] = asyncio.create_task(self._run(ws, req, principal, n, active))
                 else:
                     await _send(ws, _error("unknown_type", f"unknown message type {typ!r}"))
         except ConnectionClosed:
             pass
         finally:
+            self.connections -= 1
             running = list(active.values())
             for t in running:
                 t.cancel()
@@ -226,6 +331,7 @@ class ReplayServer:
         self,
         ws: ServerConnection,
         req: ReplayRequest,
+        principal: Principal,
         n: int,
         active: dict[int, asyncio.Task[None]],
     ) -> None:
@@ -233,7 +339,7 @@ class ReplayServer:
         next one as soon as it reads ``replay_done``."""
         ACTIVE.inc()
         try:
-            final = await self._replay(ws, req)
+            final = await self._replay(ws, req, principal)
         finally:
             ACTIVE.dec()
             active.pop(n, None)
@@ -241,8 +347,11 @@ class ReplayServer:
             with contextlib.suppress(ConnectionClosed):
                 await _send(ws, final)
 
-    async def _replay(self, ws: ServerConnection, req: ReplayRequest) -> dict[str, Any] | None:
+    async def _replay(
+        self, ws: ServerConnection, req: ReplayRequest, principal: Principal
+    ) -> dict[str, Any] | None:
         head = {"id": req.id, "channel": req.channel, "symbol": req.symbol}
+        view = self.access.view(principal)  # the tier's order-id policy, signatures
         sent = 0
         try:
             await _send(ws, {"type": "replay_started", **head, "speed": req.speed})
@@ -259,9 +368,12 @@ class ReplayServer:
                     delay = due - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
+                if principal.expires_at is not None and expired(principal):
+                    REPLAYS.labels("token_expired").inc()
+                    return _error("token_expired", "the token expired", **head, messages=sent)
                 # text frame, like the live gateway; send() waits while the socket's buffer
                 # is above its high-water mark: back-pressure from this client only
-                await ws.send(item.raw.decode())
+                await ws.send(view(item.raw).decode())
                 sent += 1
             REPLAYS.labels("done").inc()
             return {"type": "replay_done", **head, "messages": sent}
@@ -288,6 +400,11 @@ async def _send(ws: ServerConnection, msg: dict[str, Any]) -> None:
     await ws.send(orjson.dumps(msg).decode())
 
 
+def _ip(conn: ServerConnection) -> str:
+    addr = conn.remote_address
+    return str(addr[0]) if addr else "?"
+
+
 def _http(status: HTTPStatus, ctype: str, body: bytes) -> Response:
     headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body)))])
     return Response(status.value, status.phrase, headers, body)
@@ -296,8 +413,7 @@ def _http(status: HTTPStatus, ctype: str, body: bytes) -> Response:
 async def main(stop: asyncio.Event) -> None:
     s = Settings.from_env()
     cfg = ReplayConfig.from_settings(s)
-    if cfg.max_active < 1 or cfg.db_pool < 1:
-        raise ConfigError("MD_REPLAY_MAX_ACTIVE", "MD_REPLAY_MAX_ACTIVE and MD_REPLAY_DB_POOL >= 1")
+    require_secure("replay", cfg.host, replay_findings(s), s)  # docs/security.md
     server = ReplayServer(s, cfg)
     await server.start()
     try:

@@ -125,6 +125,7 @@ async def _client_main(
             "closed": stats.closed,
             "conns": len(conns),
             "setup": stats.setup.tobytes(),
+            "upgrade": stats.upgrade.tobytes(),
         }
     )
     for c in conns:
@@ -177,36 +178,26 @@ def centrifugo_channel(channel: str, symbol: str) -> str:
     return f"{channel}_{symbol}"
 
 
-async def _publish(
-    s: Settings,
-    symbols: list[str],
-    rate: float,
-    until: float,
-    levels: int,
-    centrifugo: bool = False,
-) -> int:
-    """``rate`` l2 updates per second per symbol into the stream topic, until ``until``.
+def _books(symbols: list[str], levels: int) -> dict[str, L2Book]:
+    books = {sym: L2Book() for sym in symbols}
+    for b in books.values():
+        for i in range(levels):
+            b.set("buy", f"{1000 - i}.00", "1.5")
+            b.set("sell", f"{1001 + i}.00", "1.5")
+    return books
 
-    ``centrifugo``: each record also carries the ``centrifugo-channels`` header, so Centrifugo's
-    Kafka consumer (publication data mode) publishes the same bytes the gateway follows."""
+
+async def _seed(s: Settings, symbols: list[str], levels: int) -> None:
+    """Each symbol's l2 snapshot (seq 0) into the snapshot topic, before any client connects.
+
+    So the gateway holds every book when the storm arrives and a subscriber's setup ends at
+    its snapshot; published with the first update instead, the snapshot made every client's
+    setup time include the wait for the whole storm (seconds, measured before)."""
     t = Topics.from_settings(s)
     prod = make_producer(s, linger_ms=1)
     await prod.start()
-    books = {sym: L2Book() for sym in symbols}
-    seqs = dict.fromkeys(symbols, 0)
-    headers: dict[str, list[tuple[str, bytes]] | None] = {
-        sym: [("centrifugo-channels", centrifugo_channel("l2", sym).encode())]
-        if centrifugo
-        else None
-        for sym in symbols
-    }
-    n = 0
     try:
-        for sym in symbols:
-            b = books[sym]
-            for i in range(levels):
-                b.set("buy", f"{1000 - i}.00", "1.5")
-                b.set("sell", f"{1001 + i}.00", "1.5")
+        for sym, b in _books(symbols, levels).items():
             now = time.time_ns()
             snap = data_message(
                 type="l2_snapshot",
@@ -220,6 +211,36 @@ async def _publish(
                 checksum=b.checksum(),
             )
             await prod.send_and_wait(t.snapshot, orjson.dumps(snap), key=f"l2:{sym}".encode())
+    finally:
+        await prod.stop()
+
+
+async def _publish(
+    s: Settings,
+    symbols: list[str],
+    rate: float,
+    until: float,
+    levels: int,
+    centrifugo: bool = False,
+) -> int:
+    """``rate`` l2 updates per second per symbol into the stream topic, until ``until``,
+    following the snapshots of :func:`_seed` (seq 1, 2, ...).
+
+    ``centrifugo``: each record also carries the ``centrifugo-channels`` header, so Centrifugo's
+    Kafka consumer (publication data mode) publishes the same bytes the gateway follows."""
+    t = Topics.from_settings(s)
+    prod = make_producer(s, linger_ms=1)
+    await prod.start()
+    books = _books(symbols, levels)
+    seqs = dict.fromkeys(symbols, 0)
+    headers: dict[str, list[tuple[str, bytes]] | None] = {
+        sym: [("centrifugo-channels", centrifugo_channel("l2", sym).encode())]
+        if centrifugo
+        else None
+        for sym in symbols
+    }
+    n = 0
+    try:
         interval = 1.0 / rate
         nxt = time.monotonic()
         i = 0
@@ -338,7 +359,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(0.1)
         else:
             raise RuntimeError("gateway did not become healthy")
-        await asyncio.sleep(0.5)
+        await _seed(s, args.symbols, args.levels)
+        await asyncio.sleep(1.0)  # the gateway reads the snapshots
         rss0 = _gateway_rss(gw.pid)
         subs = [f"l2:{args.symbols[i % len(args.symbols)]}" for i in range(args.connections)]
         ctx = mp.get_context("spawn")
@@ -403,8 +425,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             p.join(10)
             if p.is_alive():
                 p.kill()
-        lat, setup = array("q"), array("q")
+        lat, setup, upgrade = array("q"), array("q"), array("q")
         for r in results:
+            u = array("q")
+            u.frombytes(r["upgrade"])
+            upgrade.extend(u)
             a = array("q")
             a.frombytes(r["lat"])
             lat.extend(a)
@@ -439,6 +464,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # connection, --wave connections at once across the client processes
             "setup_ms": {
                 k2: round(v / 1e6, 1) for k2, v in percentiles(setup, (50, 99, 100)).items()
+            },
+            # its first part: connect() -> the 101 response (the rest is subscribe -> snapshot)
+            "upgrade_ms": {
+                k2: round(v / 1e6, 1) for k2, v in percentiles(upgrade, (50, 99, 100)).items()
             },
             "setup_cpu_us_per_conn": round(setup_cpu * 1e6 / max(1, args.connections)),
             # SYNs dropped at a full accept queue during the setup (machine-wide counter)

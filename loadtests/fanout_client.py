@@ -55,6 +55,7 @@ class Stats:
         self.closed = 0
         self.connected = 0
         self.setup = array("q")  # ns from connect() to the first snapshot (or subscribe reply)
+        self.upgrade = array("q")  # ns from connect() to the 101 response: the handshake part
         self._minute: dict[bytes, int] = {}
 
     def ts_ns(self, raw: bytes, i: int) -> int:
@@ -122,6 +123,7 @@ class FanoutClient(asyncio.Protocol):
                 self.transport.close()
                 return
             self.upgraded = True
+            self.stats.upgrade.append(time.monotonic_ns() - self.t_start)
             buf = buf[end + 4 :]
             assert self.transport is not None
             self.transport.write(client_frame(self.subscribe))

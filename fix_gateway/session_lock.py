@@ -19,6 +19,12 @@ The lease (:meth:`SessionLock.acquire`, one Lua script, atomic):
   renewal finds gone (taken after an expiry) or that could not be confirmed before it ran out
   (Redis unreachable, or this process stalled past its lease) ends the session at once with a
   Logout: the process fences itself off before a new holder could have started;
+- the newest authenticated logon wins, across processes as within one: a refused Logon leaves a
+  takeover request (``<prefix>:fix:takeover:<session>``, expiring with the lease); the holder's
+  next renewal (within lease / 3) ends its session with a Logout ("taken over by a logon at
+  another gateway") and releases the lease, so the client's next Logon gets in. A peer that
+  vanished without a FIN therefore locks its reconnects out for seconds, not until its
+  heartbeat timeout;
 - released when the session ends, unless a takeover in this process already gave it to a new
   connection (checked one loop pass later).
 
@@ -59,17 +65,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 REDIS_TIMEOUT_S = 0.5  # a logon waits at most this for the lock; the loop is blocked meanwhile
 
-# KEYS: lock, fence; ARGV: owner, lease ms. Returns {1, fence} when held by us, {0, value} if not.
+# KEYS: lock, fence, takeover; ARGV: owner, lease ms. Returns {1, fence} when held by us (a
+# takeover request older than this logon is void: the newest logon wins), {0, value} if not.
 _ACQUIRE = """
 local v = redis.call('GET', KEYS[1])
 if not v then
   local fence = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[1], ARGV[1] .. '|' .. fence, 'PX', ARGV[2])
+  redis.call('DEL', KEYS[3])
   return {1, fence}
 end
 local prefix = ARGV[1] .. '|'
 if string.sub(v, 1, #prefix) == prefix then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('DEL', KEYS[3])
   return {1, tonumber(string.sub(v, #prefix + 1))}
 end
 return {0, v}
@@ -79,6 +88,7 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+_TAKEOVER_MSG = "session taken over by a logon at another gateway"
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -95,7 +105,7 @@ class SessionLock:
         *,
         lease_s: float = 15.0,
         owner: str | None = None,
-        on_lost: Callable[[str], None] | None = None,
+        on_lost: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sync = redis.Redis.from_url(
@@ -126,11 +136,14 @@ class SessionLock:
         if not 1.0 <= lease <= 600.0:
             raise ConfigError("MD_FIX_SESSION_LEASE_S", f"expected 1..600 seconds, got {lease}")
         lock = cls(s.redis_url, s.redis_prefix, lease_s=lease)
-        lock.on_lost = lambda sid: end_session(registry, sid)
+        lock.on_lost = lambda sid, why: end_session(registry, sid, why)
         return lock
 
     def _keys(self, sid: str) -> tuple[str, str]:
         return f"{self.prefix}:fix:lock:{sid}", f"{self.prefix}:fix:fence:{sid}"
+
+    def _takeover_key(self, sid: str) -> str:
+        return f"{self.prefix}:fix:takeover:{sid}"
 
     def _value(self, sid: str) -> str:
         return f"{self.owner}|{self.held[sid]}"
@@ -141,17 +154,20 @@ class SessionLock:
         """None when this process now holds ``sid``; otherwise why the logon is refused."""
         t0 = self.clock()
         try:
-            ok, val = self.sync.eval(_ACQUIRE, 2, *self._keys(sid), self.owner, self.lease_ms)
+            keys = (*self._keys(sid), self._takeover_key(sid))
+            ok, val = self.sync.eval(_ACQUIRE, 3, *keys, self.owner, self.lease_ms)
         except RedisError as exc:
             log.warning("FIX session lock unavailable", extra={"session": sid, "error": str(exc)})
             return "session lock unavailable, retry later"
         if not ok:
             holder = (val.decode() if isinstance(val, bytes) else str(val)).rsplit("|", 1)[0]
             log.warning(
-                "FIX logon refused: session held by another gateway",
+                "FIX logon refused: session held by another gateway, takeover requested",
                 extra={"session": sid, "holder": holder},
             )
-            return "session is logged on at another gateway"
+            with contextlib.suppress(RedisError):  # the holder lets go at its next renewal
+                self.sync.set(self._takeover_key(sid), self.owner, px=self.lease_ms)
+            return "session is logged on at another gateway (asked to let go: retry shortly)"
         fence = int(val)
         if self.held.get(sid) != fence:
             log.info("FIX session lease taken", extra={"session": sid, "fence": fence})
@@ -198,45 +214,56 @@ class SessionLock:
     async def _run(self) -> None:
         while self.held:
             await asyncio.sleep(self.lease_ms / 3000)
-            for sid in await self.renew():
+            lost, taken = await self.renew()
+            for sid in lost:
                 self._lost(sid)
+            for sid in taken:
+                self.release(sid)  # first, so the requester's retry can take it
+                log.warning(
+                    "FIX session handed to a logon at another gateway", extra={"session": sid}
+                )
+                if self.on_lost is not None:
+                    self.on_lost(sid, _TAKEOVER_MSG)
 
-    async def renew(self) -> list[str]:
-        """Renew every held lease; the sessions whose lease is gone or could not be confirmed
-        in time. A lease is only counted from before the request was sent."""
+    async def renew(self) -> tuple[list[str], list[str]]:
+        """Renew every held lease: (the sessions whose lease is gone or could not be confirmed
+        in time, those another process asked for). A lease counts from before the request."""
         sids = list(self.held)
         if not sids:
-            return []
+            return [], []
         t0 = self.clock()
         results: list[Any] | None = None
         try:
             async with self.aio.pipeline(transaction=False) as p:
                 for sid in sids:
                     p.eval(_RENEW, 1, self._keys(sid)[0], self._value(sid), self.lease_ms)
+                    p.getdel(self._takeover_key(sid))
                 results = await p.execute()
         except RedisError as exc:
             log.warning("FIX session lease renewal failed", extra={"error": str(exc)})
-        lost = []
+        lost, taken = [], []
         for i, sid in enumerate(sids):
             if sid not in self.held:
                 continue  # released meanwhile
-            if results is not None and results[i]:
+            if results is not None and results[2 * i]:
                 self.deadline[sid] = t0 + self.lease_ms / 1000
+                if results[2 * i + 1] is not None:
+                    taken.append(sid)
             elif results is not None or self.clock() + self.lease_ms / 3000 >= self.deadline[sid]:
                 lost.append(sid)  # gone, or unconfirmed and would run out before the next try
-        return lost
+        return lost, taken
 
     def _lost(self, sid: str) -> None:
         log.error("FIX session lease lost: ending the session", extra={"session": sid})
         self.held.pop(sid, None)
         self.deadline.pop(sid, None)
         if self.on_lost is not None:
-            self.on_lost(sid)
+            self.on_lost(sid, "session lease lost (held by another gateway)")
 
 
-def end_session(registry: Registry, sid: str) -> None:
-    """The lease of ``sid`` is lost: its connection in this process gets a Logout and closes."""
+def end_session(registry: Registry, sid: str, why: str) -> None:
+    """``sid``'s lease is lost or handed over: its connection here gets Logout(``why``), closes."""
     conn = registry.active.get(sid)
     if conn is not None and not conn.session.closed:
-        conn.session.terminate("session lease lost (held by another gateway)")
+        conn.session.terminate(why)
         conn._after()

@@ -1,7 +1,8 @@
 """Two ``python -m fix_gateway`` processes sharing one Redis never serve the same FIX session at
 once (issue 12: "two pods can hold the same session"): a second logon on the other process is
-refused while the first holds the session's lease, and succeeds once it is released. The lease's
-own rules (fencing values, renewal, loss) are checked against the real Redis."""
+refused while the first holds the session's lease; the holder then hands the session over (its
+connection gets a Logout) and the retry succeeds. The lease's own rules (fencing values,
+renewal, takeover requests, loss) are checked against the real Redis."""
 
 from __future__ import annotations
 
@@ -30,50 +31,67 @@ def _logon(port: int) -> tuple[socket.socket, list[Message]]:
     return s, recv_msgs(s, Parser(), 1)
 
 
+def _retry_logon(port: int, within: float = 10.0) -> list[Message]:
+    deadline = time.monotonic() + within
+    while True:
+        s, answer = _logon(port)
+        s.close()
+        if (answer and answer[0].msg_type == "A") or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.2)
+
+
 async def test_second_process_refuses_a_session_held_by_the_first(
     settings: Settings, env_for: dict[str, str], tmp_path: Path
 ) -> None:
+    """A holds CLIENT1 on a connection whose peer went silent; a logon at B is refused, and A
+    hands the session over at its next renewal (newest logon wins, as within one process): the
+    silent connection gets a Logout, B's retry gets in. Once B's connection ends, A can have it
+    again."""
     async with Publisher(settings) as pub:
         await pub.seed(Platform("BTC-USD"))
-    env = dict(env_for, MD_FIX_SESSION_LOCK="redis")
+    env = dict(env_for, MD_FIX_SESSION_LOCK="redis", MD_FIX_SESSION_LEASE_S="3")
     async with (
         gateway(env, free_port(), free_port(), tmp_path / "a") as a,
         gateway(env, free_port(), free_port(), tmp_path / "b") as b,
     ):
 
-        def scenario() -> tuple[list[Message], list[Message], list[Message]]:
-            held, first = _logon(a.fix_port)
+        def scenario() -> dict[str, list[Message]]:
+            out: dict[str, list[Message]] = {}
+            held, out["first"] = _logon(a.fix_port)
             with held:
-                refused_sock, refused = _logon(b.fix_port)
+                refused_sock, out["refused"] = _logon(b.fix_port)
                 refused_sock.close()
-            # the first connection is gone: its process releases the lease
-            deadline = time.monotonic() + 10
-            while True:
-                s, answer = _logon(b.fix_port)
-                s.close()
-                if answer and answer[0].msg_type == "A" or time.monotonic() > deadline:
-                    return first, refused, answer
-                time.sleep(0.2)
+                out["told"] = recv_msgs(held, Parser(), 1, limit=8)  # the handover's Logout
+                out["at_b"] = _retry_logon(b.fix_port)
+            out["back_at_a"] = _retry_logon(a.fix_port)
+            return out
 
-        first, refused, later = await asyncio.to_thread(scenario)
-    assert [m.msg_type for m in first] == ["A"]
-    assert [m.msg_type for m in refused] == ["5"]  # Logout, no session
-    assert "logged on at another gateway" in (refused[0].get(58) or "")
-    assert [m.msg_type for m in later] == ["A"]
+        got = await asyncio.to_thread(scenario)
+    assert [m.msg_type for m in got["first"]] == ["A"]
+    assert [m.msg_type for m in got["refused"]] == ["5"]  # Logout, no session
+    assert "logged on at another gateway" in (got["refused"][0].get(58) or "")
+    assert [m.msg_type for m in got["told"]] == ["5"]
+    assert "taken over by a logon at another gateway" in (got["told"][0].get(58) or "")
+    assert [m.msg_type for m in got["at_b"]] == ["A"]
+    assert [m.msg_type for m in got["back_at_a"]] == ["A"]
 
 
 async def test_lease_fencing_renewal_and_loss(settings: Settings) -> None:
     url, prefix = settings.redis_url, settings.redis_prefix
     lost: list[str] = []
-    one = SessionLock(url, prefix, lease_s=5, owner="one", on_lost=lost.append)
+    one = SessionLock(
+        url, prefix, lease_s=5, owner="one", on_lost=lambda sid, why: lost.append(sid)
+    )
     two = SessionLock(url, prefix, lease_s=5, owner="two")
     r = aioredis.Redis.from_url(url)
     key = f"{prefix}:fix:lock:S1"
     try:
         assert one.acquire("S1") is None and one.acquire("S1") is None  # ours: renewed
         fence1 = one.held["S1"]
-        assert two.acquire("S1") == "session is logged on at another gateway"
-        assert await one.renew() == [] and 0 < await r.pttl(key) <= 5000
+        assert (two.acquire("S1") or "").startswith("session is logged on at another gateway")
+        assert await one.renew() == ([], ["S1"]) and 0 < await r.pttl(key) <= 5000  # asked for
+        assert await one.renew() == ([], [])  # the request was taken (GETDEL)
         one.release("S1")
         assert two.acquire("S1") is None and two.held["S1"] > fence1  # a new fence
         assert one.acquire("S1") is not None
@@ -83,13 +101,13 @@ async def test_lease_fencing_renewal_and_loss(settings: Settings) -> None:
         two.release("S1")
         assert one.acquire("S1") is None
         await r.set(key, "three|999", px=5000)
-        assert await one.renew() == ["S1"]
+        assert await one.renew() == (["S1"], [])
         one._lost("S1")
         assert lost == ["S1"] and "S1" not in one.held
         one.release("S1")
         assert await r.get(key) == b"three|999"
     finally:
-        await r.delete(key, f"{prefix}:fix:fence:S1")
+        await r.delete(key, f"{prefix}:fix:fence:S1", f"{prefix}:fix:takeover:S1")
         await r.aclose()
         for lk in (one, two):
             lk.close()

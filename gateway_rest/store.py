@@ -78,6 +78,7 @@ class MarketStore:
         self.db_last_error: str | None = None
         self._catalogue: dict[str, dict[str, Any]] = {}
         self._catalogue_at = -1e9
+        self._catalogue_loading: asyncio.Future[dict[str, dict[str, Any]]] | None = None
         self.catalogue_ttl_s = 1.0
 
     async def close(self) -> None:
@@ -191,6 +192,36 @@ class MarketStore:
         now = time.monotonic()
         if now - self._catalogue_at < self.catalogue_ttl_s:
             return self._catalogue
+        # single flight: one request reloads it, the others get the one they had meanwhile (64
+        # connections each reloading it at once took 64 Redis connections: the pool's limit,
+        # "Too many connections", the circuit opened and requests went to the database: 503s)
+        while (pending := self._catalogue_loading) is not None:
+            if self._catalogue:
+                return self._catalogue
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if not pending.cancelled() or me is None or me.cancelling():
+                    raise
+                # the loading request was cancelled, not this one: load it here
+        loading = self._catalogue_loading = asyncio.get_running_loop().create_future()
+        try:
+            cat = await self._load_catalogue()
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                loading.cancel()
+            else:
+                loading.set_exception(exc)
+                loading.exception()  # retrieved: the waiters see it, nobody else needs to
+            raise
+        finally:
+            self._catalogue_loading = None
+        self._catalogue, self._catalogue_at = cat, now
+        loading.set_result(cat)
+        return cat
+
+    async def _load_catalogue(self) -> dict[str, dict[str, Any]]:
         try:
             raw = await self.r(lambda r: r.hgetall(self.keys.symbols))
             if not raw and not await self.r(lambda r: r.exists(self.keys.sentinel)):
@@ -218,7 +249,6 @@ class MarketStore:
                 }
                 for r in rows
             }
-        self._catalogue, self._catalogue_at = cat, now
         return cat
 
     # --- hot data -------------------------------------------------------------------------
@@ -323,10 +353,10 @@ class MarketStore:
         trades = [
             {
                 "trade_id": r["trade_id"],
-                "price": str(r["price"]),
-                "size": str(r["size"]),
+                "price": r["price"],
+                "size": r["size"],
                 "side": r["side"],
-                "time": _iso(r["ts"]),
+                "time": r["time"],
                 "seq": r["seq"],
             }
             for r in rows
@@ -334,10 +364,7 @@ class MarketStore:
         next_cursor = None
         if more and rows and not newest_first:
             last = rows[-1]
-            ts = last["ts"]
-            next_cursor = (
-                f"{int(ts.timestamp()) * 1_000_000_000 + ts.microsecond * 1000}:{last['trade_id']}"
-            )
+            next_cursor = f"{ns_from_iso(last['time'])}:{last['trade_id']}"
         seq = max((r["seq"] for r in rows), default=0)
         epoch = max((r["epoch"] for r in rows), default=0)
         return orjson.dumps(

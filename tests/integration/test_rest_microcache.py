@@ -1,6 +1,6 @@
-"""The fast path's micro-cache under a burst: when a body expires, one request refreshes it from
-Redis and the others of the burst are answered the body one refresh old instead of waiting on
-that refresh; the next request after the refresh gets the new body."""
+"""Bursts of one client's requests on the cached reads: when a micro-cached body or the symbol
+catalogue expires, one request reloads it from Redis and the others of the burst get the one
+they had instead of waiting on (or repeating) that reload."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from core.settings import Settings
 from gateway_rest.app import create_app
 from gateway_rest.config import RestConfig
 from gateway_rest.middleware import GatewayApp
+from gateway_rest.store import MarketStore
 from tests.integration.test_rest_fastpath import SYM, _seed
 
 pytestmark = pytest.mark.integration
@@ -53,3 +54,30 @@ async def test_an_expired_body_is_refreshed_once_and_the_burst_does_not_wait(
         release.set()
         assert (await refresher).status_code == 200
     assert len(reads) == 1
+
+
+async def test_the_symbol_catalogue_is_reloaded_by_one_request_at_a_time(
+    redis_settings: Settings,
+) -> None:
+    """64 concurrent requests finding the catalogue expired make one Redis call, not 64 (which
+    took the pool's 64 connections: "Too many connections", the circuit opened, 503s)."""
+    await _seed(redis_settings)
+    store = MarketStore(redis_settings)
+    store.catalogue_ttl_s = 0.0  # expired at every call
+    calls: list[int] = []
+    hgetall = store.redis.hgetall
+
+    async def slow_hgetall(*a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        await asyncio.sleep(0.02)
+        return await hgetall(*a, **kw)
+
+    store.redis.hgetall = slow_hgetall  # type: ignore[method-assign]
+    try:
+        for _ in range(2):  # empty: everyone waits for the load; then: stale while reloading
+            calls.clear()
+            cats = await asyncio.gather(*(store.catalogue() for _ in range(64)))
+            assert len(calls) == 1
+            assert all(SYM in c for c in cats)
+    finally:
+        await store.close()

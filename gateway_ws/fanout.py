@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -106,7 +106,13 @@ def frame(payload: bytes, binary: bool) -> bytes:
 BATCH_MAX_BYTES = 64 * 1024
 
 
-def batch_frames(payloads: list[bytes], binary: bool, framed: bool) -> list[bytes]:
+def payload_of(f: bytes) -> memoryview:
+    """The payload of a frame built by :func:`frame` (no copy)."""
+    n = f[1]
+    return memoryview(f)[2 if n < 126 else 4 if n == 126 else 10 :]
+
+
+def batch_frames(payloads: Sequence[bytes | memoryview], binary: bool, framed: bool) -> list[bytes]:
     """A loop turn's messages of one batching connection as few WebSocket messages.
 
     JSON: the messages of one frame are joined by ``\\n`` (NDJSON, as Centrifugo does; a
@@ -117,16 +123,16 @@ def batch_frames(payloads: list[bytes], binary: bool, framed: bool) -> list[byte
     """
     sep = b"" if binary else b"\n"
     batches: list[bytes] = []
-    group: list[bytes] = []
+    group: list[bytes | memoryview] = []
     size = 0
     for p in payloads:
         if group and size + len(p) > BATCH_MAX_BYTES:
-            batches.append(group[0] if len(group) == 1 else sep.join(group))
+            batches.append(bytes(group[0]) if len(group) == 1 else sep.join(group))
             group, size = [], 0
         group.append(p)
         size += len(p) + len(sep)
     if group:
-        batches.append(group[0] if len(group) == 1 else sep.join(group))
+        batches.append(bytes(group[0]) if len(group) == 1 else sep.join(group))
     return [frame(b, binary) for b in batches] if framed else batches
 
 
@@ -135,8 +141,10 @@ class Conn:
 
     ``framed``: the core builds the WebSocket frames (uncompressed connections); False means
     ``out`` holds payloads that the shell frames per connection (permessage-deflate).
-    ``batch``: the client asked for batched frames (:func:`batch_frames`): ``out`` holds
-    payloads, joined into as few messages as fit at each :meth:`FanoutCore.data_to_send`.
+    ``batch``: the client asked for batched frames (:func:`batch_frames`): ``out`` is queued
+    as for everyone (the shared frames, on the hot path), and a turn's frames are unwrapped and
+    joined into as few messages as fit at :meth:`FanoutCore.data_to_send`; a lone frame goes
+    out as it is.
     ``backlog``: bytes the transport still held after the last write, as the shell reported.
     ``expires_at``: the token's ``exp`` (Unix seconds), enforced by :meth:`FanoutCore.tick`.
     """
@@ -293,7 +301,12 @@ class FanoutCore:
                 if not c.closed:
                     self.slow(c)
                 continue
-            out.append((c, batch_frames(chunks, c.binary, c.framed) if c.batch else chunks))
+            if c.batch and len(chunks) > 1:
+                # the shared frames were queued as for everyone: unwrapped and joined here
+                chunks = batch_frames(
+                    [payload_of(f) for f in chunks] if c.framed else chunks, c.binary, c.framed
+                )
+            out.append((c, chunks))
         return out
 
     def closes_to_send(self) -> list[CloseConn]:
@@ -365,7 +378,7 @@ class FanoutCore:
             self._close_slow(c)
             return False
         payload = msg if isinstance(msg, bytes) else self.encode(c, msg)
-        self._queue(c, frame(payload, c.binary) if c.framed and not c.batch else payload)
+        self._queue(c, frame(payload, c.binary) if c.framed else payload)
         return True
 
     def _payload(self, c: Conn, raw: bytes, cache: list[bytes | None]) -> bytes:
@@ -386,7 +399,7 @@ class FanoutCore:
             return True
         if c.backlog + c.out_bytes > limit:
             return False
-        if not c.framed or c.batch:
+        if not c.framed:
             self._queue(c, self._payload(c, raw, cache))
             return True
         i = 2 if c.binary else 1
@@ -404,9 +417,7 @@ class FanoutCore:
         A replaced subscription is dropped first: the shell cancels its resume, if any."""
         self._drop(c, req.key)
         sub = Sub(c, req)
-        sub.fast = (
-            c.framed and not c.batch and not c.binary and not req.interval_ms and not req.currencies
-        )
+        sub.fast = c.framed and not c.binary and not req.interval_ms and not req.currencies
         c.subs[req.key] = sub
         self.index.setdefault(req.key, {})[sub] = None
         if req.interval_ms:

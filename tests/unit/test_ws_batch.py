@@ -31,6 +31,9 @@ def test_a_batching_connection_gets_one_message_per_turn_others_one_per_frame() 
     assert [m["seq"] for m in msgs] == [0, 1, 2, 3]
     # the messages are the bytes the plain client got, joined: no re-encoding
     assert one == b"\n".join(unframe(out[plain]))
+    r.update("20")  # a lone message: the very frame every other subscriber gets, no copy
+    out = dict(r.core.data_to_send())
+    assert out[batched][0] is out[plain][0]
 
 
 def test_a_lone_message_is_the_unbatched_frame_and_control_replies_join_the_batch() -> None:

@@ -199,6 +199,8 @@ KNOWN: frozenset[str] = frozenset(
         "MD_WS_DEFLATE",
         "MD_WS_GC_GEN0",
         "MD_WS_HEARTBEAT_S",
+        "MD_WS_HISTORY_DB_POOL",
+        "MD_WS_HISTORY_RESUME_MAX",
         "MD_WS_HOST",
         "MD_WS_IDLE_S",
         "MD_WS_JWT_AUDIENCE",

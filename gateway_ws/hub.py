@@ -301,20 +301,32 @@ class Hub:
         try:
             async with self._resume_slots:
                 since = req.since_seq
+                opening = None  # a resume by time older than the window: from stored history
                 if since is None and req.since_ns is not None:
                     since = await self.history.seq_at(req.channel, req.symbol, req.since_ns)
                     if since is None:
-                        result = "too_old"
+                        opening = await self.history.opening(req.channel, req.symbol, req.since_ns)
+                        since = None if opening is None else opening.seq
+                        result = "too_old" if opening is None else result
                 if since is not None and result == "ok":
                     cur = await self._caught_up_to(req.channel, req.symbol, since)
-                    if req.epoch is not None and cur is not None and req.epoch != cur[1]:
+                    want = opening.epoch if opening is not None else req.epoch
+                    if want is not None and cur is not None and want != cur[1]:
                         result = "epoch"
                     elif cur is not None and since > cur[0]:
                         result = "ahead"
                     else:
-                        epoch = req.epoch if req.epoch is not None else (cur[1] if cur else None)
+                        epoch = want if want is not None else (cur[1] if cur else None)
                         self.core.resume_start(sub, since, epoch)
-                        result = await self._replay(sub)
+                        if opening is not None and opening.snapshot is not None:
+                            # a book resumed by time: the book at since first (gateway_ws/
+                            # history_resume.py), as the replayed entry of its own seq
+                            self.core.resume_start(sub, since - 1, epoch)
+                            entry = [(since, opening.epoch, opening.snapshot)]
+                            result = self.core.replay(sub, entry, 1) or "ok"
+                            self.core.resume_start(sub, since, epoch)
+                        if result == "ok":
+                            result = await self._replay(sub)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -364,15 +376,32 @@ class Hub:
         assert self.history is not None
         resume_max = self.cfg.resume_max
         deadline = self.clock() + 1.0
+        stored = self.history.stored
+        from_db = 0  # messages read from stored history (bounded by MD_WS_HISTORY_RESUME_MAX)
         while True:
             if not await self._drained(c):
                 return "slow" if not c.closed else "reset"
             count = min(RESUME_CHUNK, resume_max + 1)
-            entries = await self.history.after(req.channel, req.symbol, sub.replay_last, count)
-            stop = core.replay(sub, entries, resume_max)
+            head = self.follower.seq_of(req.channel, req.symbol)
+            entries, from_history = await self.history.chunk(
+                req.channel,
+                req.symbol,
+                sub.replay_last,
+                sub.replay_epoch,
+                count,
+                head[0] if head else None,
+            )
+            if from_history:
+                from_db += len(entries)
+                if stored is not None and from_db > stored.cfg.max_messages:
+                    return "too_far"
+            stop = core.replay(sub, entries, resume_max + from_db)
             self.kick()
             if stop is not None:
                 return stop
+            if from_history:
+                deadline = self.clock() + 1.0  # a second for Redis to follow from here
+                continue
             if len(entries) == count:
                 continue  # more in the window: the next chunk once the client has read this one
             if core.caught_up(sub):

@@ -4,6 +4,10 @@ A capped Redis stream written by the storage cache writer, entry IDs ``<seq>-0``
 (the message bytes as published) and ``e`` (epoch); the writer deletes the key when the epoch
 changes. Any gateway instance can therefore serve "everything after seq N" to a client that
 reconnects elsewhere. Reads are bounded by ``count`` (``MD_WS_RESUME_MAX``).
+
+Older than the window, the stored channels are read from history instead
+(:mod:`gateway_ws.history_resume`, when a :class:`~gateway_ws.history_resume.StoredHistory` is
+given): :meth:`History.chunk` picks, per chunk, Redis or the database.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from core.anonymize import apply as anonymize
 from core.cache_keys import HIST_EPOCH, HIST_MESSAGE, CacheKeys
 from core.codec import ns_from_iso
 from core.signing import sign
+from gateway_ws.history_resume import Opening, StoredHistory, plan_read
 
 Entry = tuple[int, int, bytes]  # seq, epoch, message bytes
 _E, _M = HIST_EPOCH.encode(), HIST_MESSAGE.encode()
@@ -36,14 +41,53 @@ def _entry(item: Any) -> Entry:
 
 
 class History:
-    def __init__(self, redis_url: str, prefix: str) -> None:
+    def __init__(self, redis_url: str, prefix: str, stored: StoredHistory | None = None) -> None:
         self.redis = aioredis.Redis.from_url(
             redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         self.prefix = prefix
+        self.stored = stored  # None: nothing older than the window is served
 
     async def close(self) -> None:
         await self.redis.aclose()
+        if self.stored is not None:
+            await self.stored.close()
+
+    async def chunk(
+        self, channel: str, symbol: str, last: int, epoch: int | None, count: int, head: int | None
+    ) -> tuple[list[Entry], bool]:
+        """The next entries after ``last``: from Redis, or, where the window starts after
+        ``last + 1`` (or holds nothing up to ``head``), the stored ones of that hole
+        (:func:`~gateway_ws.history_resume.plan_read`). The flag says they came from the
+        database. When history cannot help (not a stored channel, unknown epoch, nothing
+        stored, database down) the Redis entries are returned as they are, and the caller's
+        continuity check answers ``too_old``/``gap`` as without history."""
+        entries = await self.after(channel, symbol, last, count)
+        st = self.stored
+        if st is None or epoch is None or not st.serves(channel):
+            return entries, False
+        seqs = plan_read(last, entries[0][0] if entries else None, head, count)
+        if seqs is None:
+            return entries, False
+        rows = await st.messages(channel, symbol, epoch, seqs)
+        if not rows:
+            return entries, False
+        return rows, True
+
+    async def opening(self, channel: str, symbol: str, since_ns: int) -> Opening | None:
+        """A resume by time older than the window: where it starts in stored history."""
+        if self.stored is None:
+            return None
+        return await self.stored.opening(channel, symbol, since_ns)
+
+    async def beyond_history(
+        self, beyond: dict[tuple[str, str], str | None], since_ns: int
+    ) -> dict[tuple[str, str], str | None]:
+        """Of the streams whose window starts after ``since_ns``, those stored history cannot
+        serve either (all of them without history)."""
+        if self.stored is None or not beyond:
+            return beyond
+        return await self.stored.still_beyond(beyond, since_ns)
 
     async def after(self, channel: str, symbol: str, seq: int, count: int) -> list[Entry]:
         """Entries with ``seq`` greater than the given one, oldest first, at most ``count``."""

@@ -44,6 +44,7 @@ from gateway_ws.auth import Authenticator
 from gateway_ws.client import Client
 from gateway_ws.client_ids import ClientStore, check_client_id, owner_of
 from gateway_ws.config import WsConfig
+from gateway_ws.history_resume import StoredHistory
 from gateway_ws.hub import Hub
 from gateway_ws.protocol import (
     CLOSE_TRY_LATER,
@@ -80,7 +81,10 @@ class Gateway:
         self.settings = settings
         self.cfg = cfg or WsConfig.from_settings(settings)
         self.follower = StreamFollower(settings, trades_keep=self.cfg.trades_keep)
-        self.history = History(settings.redis_url, settings.redis_prefix)
+        # resume: the Redis window, then stored history beyond it (gateway_ws/history_resume.py)
+        self.history = History(
+            settings.redis_url, settings.redis_prefix, StoredHistory.from_settings(settings)
+        )
         self.hub = Hub(self.cfg, self.follower, self.history)
         # resume by client_id: subscription sets in the same Redis as the resume window
         self.client_store = ClientStore(
@@ -393,6 +397,7 @@ class Gateway:
                     with contextlib.suppress(SymbolError):
                         keys.append((t["channel"], normalize_symbol(t["symbol"])))
             beyond = await self.history.window_starts(keys, ev.since_ns)
+            beyond = await self.history.beyond_history(beyond, ev.since_ns)
         except (RedisError, OSError) as exc:
             log.warning("client resume failed", extra={"error": repr(exc)})
             self._notify(client, "resume_unavailable", "the stored subscriptions could not be read")

@@ -45,6 +45,13 @@ class StuckHistory:
         await asyncio.Event().wait()  # never answers
         return []
 
+    stored = None  # no stored history (gateway_ws/history_resume.py)
+
+    async def chunk(
+        self, channel: str, symbol: str, last: int, epoch: int | None, count: int, head: int | None
+    ) -> tuple[list[Any], bool]:
+        return await self.after(channel, symbol, last, count), False
+
 
 class Sock(Conn):
     __slots__ = ()

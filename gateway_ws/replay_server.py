@@ -44,7 +44,7 @@ from websockets.http11 import Request, Response
 from core.codec import ns_from_iso
 from core.db_errors import is_retriable_db_error
 from core.errors import CodecError, ConfigError, MarketDataError, SymbolError
-from core.health import LIVENESS, Health, scope_of
+from core.health import INFO, LIVENESS, Health, scope_of, tasks_alive
 from core.history.archive import history_source
 from core.history.book import HistoryError
 from core.history.replay import replay_messages
@@ -64,6 +64,7 @@ REJECTS = Counter("md_replay_rejects_total", "connections and requests refused",
 REPLAY_MESSAGES = Counter("md_replay_messages_total", "messages sent by replays")
 ACTIVE = Gauge("md_replay_active", "replays in progress")
 MAX_SPEED = 1000.0
+DB_PROBE_S = 5.0  # readiness of the database: as often as the probes ask (k8s: every 5 s)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,12 +175,34 @@ class ReplayServer:
         self.connections = 0
         self.health = Health("replay")
         self.health.add("listening", self._listening, kind=LIVENESS)
-        self.health.add("replays", lambda: (True, {"active": ACTIVE._value.get()}), kind="info")
+        # readiness: the history database answers (a replay server without it serves nothing)
+        self._db: tuple[bool, Any] = (False, "not checked yet")
+        self._db_task: asyncio.Task[None] | None = None
+        self.health.add("database", lambda: self._db)
+        self.health.add("db_probe", tasks_alive(lambda: [self._db_task]), kind=LIVENESS)
+        self.health.add("replays", lambda: (True, {"active": ACTIVE._value.get()}), kind=INFO)
 
     def _listening(self) -> tuple[bool, Any]:
         return self.server is not None and self.server.is_serving(), {
             "connections": self.connections
         }
+
+    async def _probe_db(self) -> None:
+        """Every ``DB_PROBE_S``: one ``SELECT 1`` through the pool. When every pooled connection
+        is busy with replays the database is evidently answering: no probe then (it would
+        only wait for a connection and call a busy server unready)."""
+        while True:
+            try:
+                pool = await self.pool()
+                if pool.get_size() >= self.cfg.db_pool and pool.get_idle_size() == 0:
+                    self._db = (True, "all connections replaying")
+                else:
+                    async with asyncio.timeout(DB_PROBE_S):
+                        await pool.fetchval("SELECT 1")
+                    self._db = (True, "answers")
+            except Exception as exc:  # noqa: BLE001 - any failure is "not ready", said in the detail
+                self._db = (False, f"{type(exc).__name__}: {exc}"[:200])
+            await asyncio.sleep(DB_PROBE_S)
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -203,6 +226,7 @@ class ReplayServer:
             close_timeout=2,
             server_header=None,
         )
+        self._db_task = asyncio.create_task(self._probe_db(), name="replay-db-probe")
         if self.cfg.metrics_port:
             self.ops_server = await start_ops_server(
                 self.health, self.settings.ops_host, self.cfg.metrics_port
@@ -213,6 +237,10 @@ class ReplayServer:
         )
 
     async def stop(self) -> None:
+        if self._db_task is not None:
+            self._db_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._db_task
         if self.ops_server is not None:
             self.ops_server.close()
         if self.server is not None:

@@ -5,6 +5,7 @@ on a reachable address it refuses development defaults; with production settings
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import ssl
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import orjson
 import pytest
@@ -21,6 +23,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
 from core.codec import iso_from_ns
+from core.settings import Settings
 from core.signing import Signer, Verifier, split_signed, write_keypair
 from gateway_ws.replay_server import ReplayConfig, ReplayServer
 from tests.conftest import free_port
@@ -137,5 +140,57 @@ async def test_production_settings_tls_tokens_channels_signatures(
             await ws.send(orjson.dumps(book).decode())
             got = await _collect(ws, "b")
             assert got[-1]["type"] == "replay_done"
+    finally:
+        await server.stop()
+
+
+async def _get(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=5) as c:
+        return await c.get(url)
+
+
+async def _ready_within(url: str, within: float = 15) -> httpx.Response:
+    deadline = time.monotonic() + within
+    while True:
+        r = await _get(url)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            return r
+        await asyncio.sleep(0.2)
+
+
+async def test_readiness_follows_the_database_and_metrics_leave_the_public_port(
+    settings: Settings, pg_dsn: str
+) -> None:
+    """Ready only while the history database answers (live all the same: a restart would not
+    bring the database back); with MD_REPLAY_METRICS_PORT /metrics is only there."""
+    port, ops = free_port(), free_port()
+    good = dataclasses.replace(settings, pg_dsn=pg_dsn)
+    server = ReplayServer(good, ReplayConfig(port=port, metrics_port=ops))
+    await server.start()
+    try:
+        r = await _ready_within(f"http://127.0.0.1:{port}/health/ready")
+        assert r.status_code == 200, r.text
+        assert r.json()["checks"]["database"]["ok"] is True
+        assert (await _get(f"http://127.0.0.1:{port}/metrics")).status_code == 404
+        m = await _get(f"http://127.0.0.1:{ops}/metrics")
+        assert m.status_code == 200 and "md_replay_total" in m.text
+        assert (await _get(f"http://127.0.0.1:{ops}/health/ready")).status_code == 200
+    finally:
+        await server.stop()
+
+    dead = dataclasses.replace(settings, pg_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    server = ReplayServer(dead, ReplayConfig(port=port))
+    await server.start()
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            r = await _get(f"http://127.0.0.1:{port}/health/ready")
+            detail = r.json()["checks"]["database"]["detail"]
+            if detail != "not checked yet" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert r.status_code == 503 and r.json()["checks"]["database"]["ok"] is False, r.text
+        assert (await _get(f"http://127.0.0.1:{port}/health/live")).status_code == 200
+        assert (await _get(f"http://127.0.0.1:{port}/metrics")).status_code == 200
     finally:
         await server.stop()

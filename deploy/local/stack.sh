@@ -142,6 +142,7 @@ start_services() {
 [local] the platform is up:
   REST        http://127.0.0.1:${MD_REST_PORT:-8000}/api/v1/market/BTC-USD/orderbook?depth=10   (docs: /docs)
   WebSocket   ws://127.0.0.1:${MD_WS_PORT:-8001}/ws   ($n processes)
+  Replay      ws://127.0.0.1:${MD_REPLAY_PORT:-8002}/ws   (stored history: {"type":"replay",...}, docs/websocket.md)
   FIX 4.4     127.0.0.1:${MD_FIX_PORT:-9876}  SenderCompID=CLIENT1 TargetCompID=MDGW
   Kafka       $kafka   PostgreSQL 127.0.0.1:$PG_PORT   Redis 127.0.0.1:$REDIS_PORT
   metrics     aggregator :${MD_AGGREGATOR_HTTP_PORT:-8011}  storage :${MD_STORAGE_HTTP_PORT:-8012}  simulator :${MD_SIMULATOR_HTTP_PORT:-8013}  fix :${MD_FIX_HTTP_PORT:-8014}  (/metrics, /health)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from core.security import fix_findings, rest_findings, ws_findings
+from core.security import fix_findings, replay_findings, rest_findings, ws_findings
 from core.settings import Settings
 from tests.unit.test_deploy_compose import COMPOSE, _env, _strip_default, load_compose
 from tests.unit.test_deploy_k8s import K8S, _by_kind, resources
@@ -40,6 +40,7 @@ GATEWAYS = {
     "gateway-ws": ("MD_WS_HOST", ws_findings, 8001, "MD_WS_METRICS_PORT"),
     "gateway-rest": ("MD_REST_HOST", rest_findings, 8000, "MD_REST_METRICS_PORT"),
     "fix-gateway": ("MD_FIX_HOST", lambda s: fix_findings(s, []), 9876, None),
+    "replay": ("MD_REPLAY_HOST", replay_findings, 8002, "MD_REPLAY_METRICS_PORT"),
 }
 KAFKA_USERS = ("bootstrap", "simulator", "aggregator", "storage", "gateway-ws", "fix-gateway")
 FEED_FOLLOWERS = {"gateway-ws", "fix-gateway"}
@@ -352,6 +353,25 @@ def _config(**env: str) -> Callable[[Res], Res]:
             id="rest-metrics-public",
         ),
         pytest.param(
+            gateway_problems, _env_set("replay", "MD_REPLAY_TLS_CERT", None), id="replay-no-tls"
+        ),
+        pytest.param(
+            gateway_problems, _env_set("replay", "MD_WS_ANON_CHANNELS", "*"), id="replay-anon-l3"
+        ),
+        pytest.param(
+            gateway_problems, _drop_secret_ref("replay", "md-gateway-ws"), id="replay-no-jwt"
+        ),
+        pytest.param(
+            network_problems,
+            _policy(
+                "gateways-public",
+                lambda p: p["spec"]["podSelector"]["matchExpressions"][0]["values"].remove(
+                    "replay"
+                ),
+            ),
+            id="replay-port-closed",
+        ),
+        pytest.param(
             internal_traffic_problems,
             _config(MD_KAFKA_SECURITY_PROTOCOL="PLAINTEXT"),
             id="kafka-plaintext",
@@ -436,11 +456,13 @@ def compose_security_problems(c: dict[str, Any]) -> list[str]:
         ("gateway_ws", ws_findings),
         ("gateway_rest", rest_findings),
         ("fix_gateway", lambda st: fix_findings(st, [])),
+        ("replay", replay_findings),
     ):
         env = {
             k: _strip_default(v)  # ${VAR:?message} stays: compose refuses to start without VAR
             for k, v in _env(s[svc]).items()
-            if k.startswith(("MD_WS_", "MD_REST_", "MD_FIX_")) or k == "MD_ALLOW_INSECURE"
+            if k.startswith(("MD_WS_", "MD_REST_", "MD_FIX_", "MD_REPLAY_"))
+            or k == "MD_ALLOW_INSECURE"
         }
         if env.get("MD_ALLOW_INSECURE"):
             problems.append(f"{svc}: MD_ALLOW_INSECURE")
@@ -543,6 +565,14 @@ def test_compose_runs_production_settings() -> None:
         pytest.param(
             lambda c: c["services"]["gateway_ws"]["environment"].pop("MD_WS_TLS_CERT"),
             id="ws-no-tls",
+        ),
+        pytest.param(
+            lambda c: c["services"]["replay"]["environment"].pop("MD_REPLAY_TLS_CERT"),
+            id="replay-no-tls",
+        ),
+        pytest.param(
+            lambda c: c["services"]["replay"]["environment"].update(MD_ALLOW_INSECURE="1"),
+            id="replay-insecure",
         ),
         pytest.param(
             lambda c: c["services"]["kafka-2"]["environment"].update(

@@ -6,6 +6,7 @@ tail (a small window), and a client resuming from before the window gets every m
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import string
@@ -225,3 +226,104 @@ async def test_database_down_falls_back_to_the_resync_at_once(
                 assert [b["target"] for b in ack["beyond_window"]] == [f"l2:{sym}"]
                 note = await recv_until(ws, lambda m: m["type"] == "resync")
                 assert note["reason"] == "resume_too_old"
+
+
+async def test_trades_resume_older_than_the_window_then_live(
+    hsettings: Settings, r: aioredis.Redis
+) -> None:
+    """Trades have no book: the stored trades after ``since_seq``, the window, then live."""
+    sym = _symbol()
+    await migrate(hsettings.pg_dsn)
+    async with Feed(hsettings) as feed:
+        trades_topic = feed.t.stream("trades")
+        p = feed.book(sym)
+        raws = [p.trade(f"{100 + i % 7}.5", "0.1") for i in range(N)]
+        for raw in raws:
+            await feed.raw(trades_topic, raw, sym)
+        await _hist(r, hsettings, raws[-WINDOW:])
+        w = DbWriter(
+            hsettings, dataclasses.replace(DbWriterConfig.from_settings(hsettings), batch_ms=50)
+        )
+
+        async def stored() -> bool:
+            conn = await asyncpg.connect(hsettings.pg_dsn)
+            try:
+                n = await conn.fetchval(
+                    "SELECT count(*) FROM stream_messages WHERE channel = 'trades' AND symbol = $1",
+                    sym,
+                )
+            finally:
+                await conn.close()
+            return n == N
+
+        await run_until(w, stored, 30, lambda: f"writer did not store {sym}: {w.counters}")
+        async with running_gateway(hsettings) as gw, connect(url(gw)) as ws:
+            await send(
+                ws, {"type": "subscribe", "channel": "trades", "symbol": sym, "since_seq": 5}
+            )
+            assert (await recv_until(ws, lambda m: True))["type"] == "subscribed"
+            got = []
+            while not got or got[-1]["seq"] < N:
+                got.append(await recv_until(ws, lambda m: True))
+            assert [m["type"] for m in got] == ["trade"] * (N - 5), got[:3]
+            assert [m["seq"] for m in got] == list(range(6, N + 1))
+            assert [orjson.loads(raw)["data"] for raw in raws[5:]] == [m["data"] for m in got]
+            live = p.trade("101.5", "0.2")
+            await feed.raw(trades_topic, live, sym)
+            msg = await recv_until(ws, lambda m: True)
+            assert (msg["type"], msg["seq"]) == ("trade", N + 1)
+
+
+async def test_a_resume_storm_from_history_stays_within_the_pool(
+    hsettings: Settings, r: aioredis.Redis
+) -> None:
+    """Many clients resuming from history at once: every one gapless, and the gateway never
+    holds more than MD_WS_HISTORY_DB_POOL database connections for them."""
+    sym = _symbol()
+    clients = 12
+    async with Feed(hsettings) as feed:
+        s, ups = await _stored_stream(hsettings, r, feed, sym)
+        async with running_gateway(s) as gw:
+            stored = gw.history.stored
+            assert stored is not None and stored.cfg.db_pool == 2
+            sizes: list[int] = []
+
+            async def one(since: int) -> list[int]:
+                cb = ClientBook()
+                cb.seq = 0
+                for raw in ups[:since]:
+                    cb.on(orjson.loads(raw))
+                async with connect(url(gw)) as ws:
+                    req = {"type": "subscribe", "channel": "l2", "symbol": sym}
+                    await send(ws, {**req, "since_seq": since, "epoch": 1})
+                    await recv_until(ws, lambda m: m["type"] == "subscribed")
+                    return await _updates_to(ws, cb, N)
+
+            async def sample(done: asyncio.Event) -> None:
+                """The database's own count of this database's client sessions (the writer
+                has stopped: every other one is the gateway's; TimescaleDB's job scheduler
+                is a background worker, not counted)."""
+                conn = await asyncpg.connect(s.pg_dsn)
+                try:
+                    while not done.is_set():
+                        sizes.append(
+                            await conn.fetchval(
+                                "SELECT count(*) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                                "AND backend_type = 'client backend'"
+                            )
+                        )
+                        await asyncio.sleep(0.005)
+                finally:
+                    await conn.close()
+
+            done = asyncio.Event()
+            sampler = asyncio.create_task(sample(done))
+            await asyncio.sleep(0.05)
+            results = await asyncio.gather(*(one(i) for i in range(clients)))
+            done.set()
+            await sampler
+            for since, got in enumerate(results):
+                assert got == list(range(since + 1, N + 1))
+            assert sizes and max(sizes) <= 2, sizes
+            assert stored.failures == 0

@@ -65,7 +65,13 @@ WHERE channel = $1 AND symbol = $2 AND ts >= $3 AND ts <= $4 ORDER BY ts, epoch,
 
 # --- REST: trades and candles (gateway_rest/store.py) ---------------------------------------
 
-TRADE_FIELDS = "trade_id, ts, price, size, side, seq, epoch"
+# trades as the strings the REST body carries, rendered by PostgreSQL (numeric text is exactly
+# the stored digits; the time in the messages' ISO form, µs, "Z"): no Decimal or datetime object
+# per row in the gateway, which was most of a 1,000-trade page's time
+TRADE_FIELDS = (
+    "trade_id, price::text AS price, size::text AS size, side, seq, epoch, "
+    """to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS time"""
+)
 CANDLE_FIELDS = "bucket, open, high, low, close, volume, trades, closed, seq, epoch, vwap"
 
 

@@ -225,3 +225,26 @@ def test_replayed_messages_are_signed_after_the_policy(tmp_path: Path) -> None:
     assert Verifier([signer.public_key]).verify(out) is None
     parts = split_signed(out)
     assert parts is not None and b"order_id" not in parts[0] and b"acct-42" not in parts[0]
+
+
+def test_asyncapi_lists_every_error_code_of_the_replay_server() -> None:
+    """Every code the replay server or its access rules can send is in docs/asyncapi.yaml."""
+    import re
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    src = "".join((root / f).read_text() for f in REPLAY_SOURCES)
+    sent = set(re.findall(r'(?:ReplayError|ProtocolError|_error)\(\s*"([a-z_]+)"', src))
+    for pair in re.findall(r'code = "([a-z_]+)" if .* else "([a-z_]+)"', src):
+        sent |= set(pair)
+    sent |= {"auth_failed"}  # gateway_ws.auth.Authenticator's refusals
+    doc = yaml.safe_load((root / "docs/asyncapi.yaml").read_text())
+    listed = set(
+        doc["components"]["messages"]["replayError"]["payload"]["properties"]["code"]["enum"]
+    )
+    assert {"no_history", "auth_required", "token_expired"} <= sent
+    assert sent - listed == set(), "codes missing from replayError in docs/asyncapi.yaml"
+
+
+REPLAY_SOURCES = ("gateway_ws/replay_server.py", "gateway_ws/replay_access.py")

@@ -395,6 +395,7 @@ class Aggregator:
             if tp.topic == control:
                 continue
             p = tp.partition
+            to_kafka: list[Out] = []
             for i, r in enumerate(recs):
                 if i and not i % 256:
                     await asyncio.sleep(0)  # let the heartbeat task beat during a long catch-up
@@ -404,12 +405,15 @@ class Aggregator:
                 inputs[p] = r.offset
                 outs = self._apply_record(p, r, now_ns())
                 if outs:
-                    await self._route(outs, builders)
+                    to_kafka += self._route(outs)
             if self.feed is not None:
                 # one write per receiver for a partition's records of this poll (a tick of every
                 # symbol on it), not one per record: a write costs the sender and wakes the
-                # receiver, and the records of one poll arrived together anyway
+                # receiver, and the records of one poll arrived together anyway; and before
+                # the Kafka batching below, which the gateways do not wait for
                 self.feed.flush()
+            for o in to_kafka:
+                await self._append(o, builders)
         if builders or (inputs and self._publishing):
             self._hold(inputs)
         if self._held_since is not None and time.monotonic() - self._held_since >= self._ship_s:
@@ -508,36 +512,34 @@ class Aggregator:
         """Leading and done with the takeover scan: outputs go to Kafka and inputs get acked."""
         return self.lease.leader and self._scan is None
 
-    async def _route(self, outs: list[Out], builders: dict[tuple[str, int], Any]) -> None:
+    def _route(self, outs: list[Out]) -> list[Out]:
+        """Queue ``outs`` on the direct feed (leading) or in the standby buffer; returns the ones
+        that go to Kafka now (publishing: all that the takeover gate lets through)."""
+        feed = self.feed
         if not self._publishing:
             for o in outs:
                 self.buffer.add(o)
-            if self.lease.leader and self.feed is not None:
+            if self.lease.leader and feed is not None:
                 # taking over: gateways get it now (they drop what they had by seq); Kafka gets
                 # it when the scan has told what the old leader wrote
                 for o in outs:
-                    self.feed.publish(o.value, (o.stream, o.epoch, o.seq))
-            return
+                    feed.publish(o.value, (o.stream, o.epoch, o.seq))
+            return []
         gate = self.gate
-        for o in outs:
-            if gate is not None and not gate.allows(
-                o.partition, o.offset, o.stream, o.epoch, o.seq
-            ):
-                continue
-            await self._append(o, builders)
+        if gate is not None:
+            outs = [o for o in outs if gate.allows(o.partition, o.offset, o.stream, o.epoch, o.seq)]
+        if feed is not None:  # gateways get it now; Kafka is the durable copy
+            for o in outs:
+                feed.publish(o.value, (o.stream, o.epoch, o.seq))
+        return outs
 
-    async def _append(
-        self, o: Out, builders: dict[tuple[str, int], Any], *, feed: bool = True
-    ) -> None:
+    async def _append(self, o: Out, builders: dict[tuple[str, int], Any]) -> None:
         producer = self.producer
         assert producer is not None
         tp = (o.topic, await self._partition_for(o.topic, o.key))
         b = builders.get(tp)
         if b is None:
             b = builders[tp] = producer.create_batch()
-        if feed and self.feed is not None:
-            # gateways get it now; Kafka is the durable copy
-            self.feed.publish(o.value, (o.stream, o.epoch, o.seq))
         if b.append(key=o.key, value=o.value, timestamp=None) is None:  # full: ship it
             fut = await producer.send_batch(b, tp[0], partition=tp[1])
             self.ticks.append(_Tick({}, [(out_key(*tp), fut)]))
@@ -668,7 +670,7 @@ class Aggregator:
         builders: dict[tuple[str, int], Any] = {}
         drained = self.buffer.drain(self.gate)
         for o in drained:
-            await self._append(o, builders, feed=False)  # the feed had them at the claim
+            await self._append(o, builders)  # the feed had them at the claim
         await self._ship(builders, dict(self.positions))
         self.snap_pending |= set(self.symbols)
         self.last_snapshot.clear()

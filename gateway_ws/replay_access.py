@@ -15,7 +15,9 @@ operator configures entitlements once:
   account fields never leave (:mod:`core.anonymize`); the stored bytes are the aggregator's,
   before any gateway applied a policy;
 - signatures: with ``MD_SIGNING_KEY`` every replayed data message is signed as live ones are
-  (:mod:`core.signing`), after the policy, so a client verifies what it received.
+  (:mod:`core.signing`), after the policy, so a client verifies what it received;
+- connections: anonymous ones per address (``MD_WS_MAX_CONN_PER_IP``), a user's per its tier's
+  ``max_connections`` (:class:`ConnectionLimits`), per replay process as on the live gateway.
 
 Pure apart from the keys it holds: the server calls :meth:`ReplayAccess.check` per request and
 :meth:`ReplayAccess.view` per replay.
@@ -42,6 +44,7 @@ class ReplayAccess:
     policies: dict[str, Policy]
     secret: bytes
     signer: Signer | None = None
+    max_conn_per_ip: int = 200
     _anonymizers: dict[Policy, Anonymizer] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -53,6 +56,7 @@ class ReplayAccess:
             policies=ws_policies(s),
             secret=secret_from(s),
             signer=Signer.from_settings(s),
+            max_conn_per_ip=ws.max_conn_per_ip,
         )
 
     @property
@@ -103,3 +107,53 @@ class ReplayAccess:
 def expired(principal: Principal, now: float | None = None) -> bool:
     exp = principal.expires_at
     return exp is not None and (time.time() if now is None else now) >= exp
+
+
+class ConnectionLimits:
+    """Open connections per anonymous address and per user, the live gateway's two limits.
+
+    ``refusal`` says why a new connection (or an ``auth`` that moves one to a user) is refused,
+    None when it may go ahead; ``add``/``remove`` keep the counts, ``move`` re-keys a connection
+    whose principal changed. Pure bookkeeping: the server calls it on its event loop."""
+
+    def __init__(self, max_per_ip: int) -> None:
+        self.max_per_ip = max_per_ip
+        self.per_ip: dict[str, int] = {}
+        self.per_user: dict[str, int] = {}
+
+    def _slot(self, p: Principal, ip: str) -> tuple[dict[str, int], str]:
+        return (self.per_ip, ip) if p.user is None else (self.per_user, p.user)
+
+    def refusal(self, p: Principal, ip: str) -> str | None:
+        table, key = self._slot(p, ip)
+        limit = self.max_per_ip if p.user is None else p.tier.max_connections
+        if table.get(key, 0) < limit:
+            return None
+        return (
+            "too many connections from this address"
+            if p.user is None
+            else "too many connections for this user"
+        )
+
+    def add(self, p: Principal, ip: str) -> None:
+        table, key = self._slot(p, ip)
+        table[key] = table.get(key, 0) + 1
+
+    def remove(self, p: Principal, ip: str) -> None:
+        table, key = self._slot(p, ip)
+        n = table.get(key, 0) - 1
+        if n > 0:
+            table[key] = n
+        else:
+            table.pop(key, None)
+
+    def move(self, old: Principal, new: Principal, ip: str) -> str | None:
+        """Re-key a connection from ``old`` to ``new`` (an ``auth``); the refusal, if any,
+        leaves the counts as they were."""
+        if self._slot(old, ip) == self._slot(new, ip):
+            return None
+        why = self.refusal(new, ip)
+        if why is None:
+            self.remove(old, ip)
+            self.add(new, ip)
+        return why

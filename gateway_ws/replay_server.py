@@ -54,7 +54,7 @@ from core.settings import Settings, parse_list
 from core.symbols import normalize_symbol
 from core.tls import server_context
 from gateway_ws.protocol import Principal, ProtocolError
-from gateway_ws.replay_access import ReplayAccess, expired
+from gateway_ws.replay_access import ConnectionLimits, ReplayAccess, expired
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,7 @@ class ReplayServer:
         self.settings = settings
         self.cfg = cfg or ReplayConfig.from_settings(settings)
         self.access = ReplayAccess.from_settings(settings)
+        self.limits = ConnectionLimits(self.access.max_conn_per_ip)
         self.server: Server | None = None
         self.ops_server: asyncio.Server | None = None
         self._pool: asyncpg.Pool | None = None
@@ -289,14 +290,33 @@ class ReplayServer:
                     "application/json",
                     orjson.dumps({"error": exc.code, "message": exc.message}),
                 )
+        why = self.limits.refusal(principal, _ip(conn))
+        if why is not None:
+            REJECTS.labels("per_ip" if principal.anonymous else "per_user").inc()
+            audit.warning(
+                "connection limit",
+                extra={
+                    "event": "limit",
+                    "service": "replay",
+                    "ip": _ip(conn),
+                    "user": principal.user,
+                },
+            )
+            return _http(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                "application/json",
+                orjson.dumps({"error": "too_many_connections", "message": why}),
+            )
         conn.md_principal = principal  # type: ignore[attr-defined]
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
         principal: Principal = getattr(ws, "md_principal", self.access.anonymous)
+        ip = _ip(ws)
         active: dict[int, asyncio.Task[None]] = {}
         n = 0
         self.connections += 1
+        self.limits.add(principal, ip)
         try:
             async for data in ws:
                 try:
@@ -311,14 +331,7 @@ class ReplayServer:
                 if typ == "ping":
                     await _send(ws, {"type": "pong", "id": msg.get("id")})
                 elif typ == "auth":
-                    try:
-                        principal = self.access.verify(msg.get("token"))
-                    except ProtocolError as exc:
-                        REJECTS.labels("auth").inc()
-                        await _send(ws, _error(exc.code, exc.message, id=msg.get("id")))
-                        continue
-                    ack = {"type": "authenticated", "user": principal.user}
-                    await _send(ws, {**ack, "tier": principal.tier.name, "id": msg.get("id")})
+                    principal = await self._auth(ws, principal, ip, msg)
                 elif typ == "replay":
                     for k in [k for k, t in active.items() if t.done()]:
                         del active[k]
@@ -348,12 +361,32 @@ class ReplayServer:
             pass
         finally:
             self.connections -= 1
+            self.limits.remove(principal, ip)
             running = list(active.values())
             for t in running:
                 t.cancel()
             for t in running:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+
+    async def _auth(
+        self, ws: ServerConnection, principal: Principal, ip: str, msg: dict[str, Any]
+    ) -> Principal:
+        """An ``auth`` message: the connection's new principal, or the old one and an error."""
+        try:
+            new = self.access.verify(msg.get("token"))
+        except ProtocolError as exc:
+            REJECTS.labels("auth").inc()
+            await _send(ws, _error(exc.code, exc.message, id=msg.get("id")))
+            return principal
+        why = self.limits.move(principal, new, ip)
+        if why is not None:  # the connection stays what it was
+            REJECTS.labels("per_user").inc()
+            await _send(ws, _error("too_many_connections", why, id=msg.get("id")))
+            return principal
+        ack = {"type": "authenticated", "user": new.user, "tier": new.tier.name}
+        await _send(ws, {**ack, "id": msg.get("id")})
+        return new
 
     async def _run(
         self,

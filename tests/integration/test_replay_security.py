@@ -194,3 +194,48 @@ async def test_readiness_follows_the_database_and_metrics_leave_the_public_port(
         assert (await _get(f"http://127.0.0.1:{port}/metrics")).status_code == 200
     finally:
         await server.stop()
+
+
+async def test_connection_limits_per_address_and_per_user(settings: Settings) -> None:
+    """The live gateway's limits: anonymous connections per address (MD_WS_MAX_CONN_PER_IP),
+    a user's per tier (max_connections); an auth that would pass the user's is refused and the
+    connection keeps working as it was."""
+    s = dataclasses.replace(
+        settings,
+        extra={
+            **settings.extra,
+            "MD_WS_JWT_HS256_SECRET": JWT_SECRET,
+            "MD_WS_MAX_CONN_PER_IP": "2",
+            "MD_WS_TIERS": '{"solo": {"max_connections": 1}}',
+        },
+    )
+    port = free_port()
+    server = ReplayServer(s, ReplayConfig(port=port))
+    await server.start()
+    url = f"ws://127.0.0.1:{port}/ws"
+    solo = _token("solo")
+    try:
+        async with connect(url), connect(url) as second:
+            with pytest.raises(InvalidStatus) as exc:
+                async with connect(url):
+                    pass
+            assert exc.value.response.status_code == 429
+            async with connect(f"{url}?token={solo}"):
+                with pytest.raises(InvalidStatus) as exc:
+                    async with connect(f"{url}?token={solo}"):
+                        pass
+                assert exc.value.response.status_code == 429
+                await second.send(orjson.dumps({"type": "auth", "token": solo, "id": 1}).decode())
+                m = orjson.loads(await second.recv())
+                assert (m["type"], m["code"]) == ("error", "too_many_connections")
+                await second.send('{"type":"ping","id":2}')
+                assert orjson.loads(await second.recv()) == {"type": "pong", "id": 2}
+        # all closed: the address has its slots back
+        for _ in range(50):
+            if not server.limits.per_ip and not server.limits.per_user:
+                break
+            await asyncio.sleep(0.05)
+        async with connect(url), connect(url):
+            pass
+    finally:
+        await server.stop()

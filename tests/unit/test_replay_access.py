@@ -16,7 +16,7 @@ from core.security import ALLOW_INSECURE, InsecureDefaults, replay_findings, req
 from core.settings import Settings
 from core.signing import Signer, Verifier, split_signed, write_keypair
 from gateway_ws.protocol import ProtocolError
-from gateway_ws.replay_access import ReplayAccess
+from gateway_ws.replay_access import ConnectionLimits, ReplayAccess
 from gateway_ws.replay_server import ReplayConfig
 
 JWT_SECRET = "a-replay-test-secret-long-enough-for-hs256"
@@ -248,3 +248,28 @@ def test_asyncapi_lists_every_error_code_of_the_replay_server() -> None:
 
 
 REPLAY_SOURCES = ("gateway_ws/replay_server.py", "gateway_ws/replay_access.py")
+
+
+# ------------------------------------------------------------------ connections
+
+
+def test_connections_per_address_and_per_user() -> None:
+    access = ReplayAccess.from_settings(
+        env(**SECURE, MD_WS_MAX_CONN_PER_IP="2", MD_WS_TIERS='{"solo": {"max_connections": 1}}')
+    )
+    limits = ConnectionLimits(access.max_conn_per_ip)
+    anon, solo = access.anonymous, access.verify(token("solo"))
+    for _ in range(2):
+        assert limits.refusal(anon, "10.0.0.1") is None
+        limits.add(anon, "10.0.0.1")
+    assert limits.refusal(anon, "10.0.0.1") == "too many connections from this address"
+    assert limits.refusal(anon, "10.0.0.2") is None  # another address
+    limits.add(solo, "10.0.0.3")
+    assert limits.refusal(solo, "10.0.0.4") == "too many connections for this user"
+    # an auth moving an anonymous connection to the full user is refused and counts nothing
+    assert limits.move(anon, solo, "10.0.0.1") is not None
+    assert limits.per_ip == {"10.0.0.1": 2} and limits.per_user == {"u-solo": 1}
+    limits.remove(solo, "10.0.0.3")
+    assert limits.move(anon, solo, "10.0.0.1") is None
+    assert limits.per_ip == {"10.0.0.1": 1} and limits.per_user == {"u-solo": 1}
+    assert limits.refusal(anon, "10.0.0.1") is None  # the moved one freed its address slot

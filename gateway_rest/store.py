@@ -23,7 +23,12 @@ from redis.exceptions import RedisError
 from core.cache_keys import CacheKeys
 from core.codec import iso_from_ns, ns_from_iso
 from core.errors import MarketDataError
-from core.history.sql import candles_query, trades_range_query
+from core.history.sql import (
+    SQL_LATEST_L2_SNAPSHOT,
+    SQL_SYMBOLS,
+    candles_query,
+    trades_range_query,
+)
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -232,9 +237,7 @@ class MarketStore:
                 raise Unavailable("redis", self.redis_last_error or "empty")
             cat = {_b(k).decode(): orjson.loads(v) for k, v in raw.items()}
         except Unavailable:
-            rows = await self.db(
-                "SELECT symbol, base, quote, tick_size, min_size, status, source, channels, seq FROM symbols"
-            )
+            rows = await self.db(SQL_SYMBOLS)
             cat = {
                 r["symbol"]: {
                     "symbol": r["symbol"],
@@ -269,11 +272,7 @@ class MarketStore:
         return orjson.dumps(b)
 
     async def _book_from_db(self, symbol: str, depth: int) -> bytes:
-        rows = await self.db(
-            "SELECT ts, seq, epoch, checksum, bids, asks FROM l2_snapshots WHERE symbol = $1 "
-            "ORDER BY ts DESC, seq DESC LIMIT 1",
-            symbol,
-        )
+        rows = await self.db(SQL_LATEST_L2_SNAPSHOT, symbol)
         if not rows:
             raise Unavailable(
                 "redis", f"{self.redis_last_error}; no stored snapshot to fall back to"

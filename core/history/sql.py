@@ -1,5 +1,5 @@
 """Every SQL read of the history tables (storage/schema.py), declared once: the REST gateway's
-trades and candles, the point-in-time book (core/history/book.py), replay
+trades and candles and its fallbacks while Redis is down, the point-in-time book (core/history/book.py), replay
 (core/history/replay.py) and the archive's answers to the same queries (core/history/archive.py,
 which recognises each statement by identity).
 
@@ -130,3 +130,13 @@ def candles_query(
         f"ORDER BY {order} LIMIT ${len(args)}",
         args,
     )
+
+
+# the REST fallbacks while Redis is down or empty (gateway_rest/store.py): the symbol catalogue
+# and the latest sampled L2 snapshot of a symbol
+SQL_SYMBOLS = (
+    "SELECT symbol, base, quote, tick_size, min_size, status, source, channels, seq FROM symbols"
+)
+SQL_LATEST_L2_SNAPSHOT = """
+SELECT ts, seq, epoch, checksum, bids, asks FROM l2_snapshots WHERE symbol = $1
+ORDER BY ts DESC, seq DESC LIMIT 1"""

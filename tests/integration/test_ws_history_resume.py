@@ -11,6 +11,7 @@ import dataclasses
 import random
 import string
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import orjson
@@ -262,7 +263,7 @@ async def test_trades_resume_older_than_the_window_then_live(
                 ws, {"type": "subscribe", "channel": "trades", "symbol": sym, "since_seq": 5}
             )
             assert (await recv_until(ws, lambda m: True))["type"] == "subscribed"
-            got = []
+            got: list[dict[str, Any]] = []
             while not got or got[-1]["seq"] < N:
                 got.append(await recv_until(ws, lambda m: True))
             assert [m["type"] for m in got] == ["trade"] * (N - 5), got[:3]

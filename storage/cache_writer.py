@@ -310,6 +310,7 @@ class CacheWriter:
             await self._seek_streams(consumer, streams, oldest)
             consumer.resume(*streams)
             await self.flush()
+            self.model.follow_streams()
             self.ready.set()
             log.info(
                 "cache writer running", extra={"snapshot_records": self.counters.snapshot_records}

@@ -233,3 +233,20 @@ def test_trade_rows_fast_path_matches_general_parser() -> None:
         ),
     )
     assert b.trades[-1][1] == "abc" and b.bad == 4
+
+
+def test_snapshot_records_the_streams_carry_are_skipped_once_they_are_followed() -> None:
+    m = CacheModel()
+    m.on_snapshot_record(f"ticker:{S}".encode(), T.ticker(S, 3, last_price="10"))
+    assert m.take_writes().strings  # at start the snapshot topic is the state
+    m.follow_streams()
+    for key in (f"ticker:{S}", f"stats:{S}", f"candles_1m:{S}", f"candles_1d:{S}"):
+        m.on_snapshot_record(key.encode(), b"not json")  # not even parsed
+    assert m.counters.snapshot_skipped == 4 and m.counters.bad_records == 0
+    # the book, L3, trades and the catalogue still come from the snapshot topic
+    for key in (f"l2:{S}", f"l3:{S}", f"trades:{S}", f"status:{S}"):
+        m.on_snapshot_record(key.encode(), b"not json")
+    assert m.counters.bad_records == 4
+    # the streams still update what is skipped there
+    m.on_stream_record(T.ticker(S, 4, last_price="11"))
+    assert b'"last_price":"11"' in next(iter(m.take_writes().strings.values()))

@@ -18,9 +18,11 @@ Theory of operation, per key ``(channel, symbol)``::
        +---- gap / new epoch / -----+        seq <= last or retired epoch: dropped
              checksum mismatch
 
-- Books (``l2``) are rebuilt in an :class:`~core.book.L2Book`; ``l3`` keeps the snapshot plus
-  the updates since (a bounded tail, rebased on every newer snapshot of the same epoch), so
-  the follower needs no knowledge of the L3 update shape.
+- Each kind of stream is one class in ``core/stream_kinds.py``: books (``l2``) are rebuilt in an
+  :class:`~core.book.L2Book`; ``l3`` keeps the snapshot plus the updates since (a bounded tail,
+  rebased on every newer snapshot of the same epoch), so the follower needs no knowledge of the
+  L3 update shape; the latest message, or the last N trades, is the state of the others. What a
+  key holds is declared in ``core/stream_state.py``.
 - Self-contained channels (``ticker``, ``stats``, ``candles_*``, ``status``, ``trades``) need
   no base: after a gap or a new epoch the message itself becomes the new state.
 - A book that loses continuity buffers its stream messages (bounded) until a snapshot of the
@@ -38,12 +40,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -58,6 +57,8 @@ from core.kafka import Pacer
 from core.kafka_auth import kafka_security_options
 from core.settings import Settings
 from core.signing import sign
+from core.stream_kinds import KINDS
+from core.stream_state import HEAD, KeyState, Kind, Msg, Snap, State, kind_of
 from core.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -72,32 +73,6 @@ BACKUP_PAUSED = Gauge(
 )
 
 Key = tuple[str, str]  # (channel, symbol)
-
-#: Channels whose every message is a whole state (no base needed to apply it).
-SELF_CONTAINED_PREFIXES = ("ticker", "stats", "candles_", "status", "trades")
-
-
-class Kind(Enum):
-    L2 = "l2"  # L2Book applied from l2_update changes
-    TAIL = "tail"  # snapshot + bounded tail of updates (l3, unknown book-like channels)
-    LATEST = "latest"  # latest message is the state (ticker, stats, candles, status)
-    TRADES = "trades"  # last N messages
-
-
-def kind_of(channel: str) -> Kind:
-    if channel == "l2":
-        return Kind.L2
-    if channel == "trades":
-        return Kind.TRADES
-    if channel.startswith(SELF_CONTAINED_PREFIXES):
-        return Kind.LATEST
-    return Kind.TAIL
-
-
-class State(Enum):
-    NO_BASE = "no_base"
-    SYNCED = "synced"
-
 
 # ---------------------------------------------------------------------------------- actions
 
@@ -152,59 +127,7 @@ class Current:
 # ---------------------------------------------------------------------------------- pure join
 
 
-@dataclass(slots=True)
-class _Msg:
-    raw: bytes
-    parsed: dict[str, Any]
-    seq: int
-    epoch: int
-    timestamp: str
-
-
-@dataclass(slots=True)
-class _Snap:
-    msg: _Msg | None  # None until needed: ``raw`` is parsed by StreamJoin._snap
-    ts_ms: int  # Kafka record timestamp of the snapshot record
-    raw: bytes = b""
-
-
-@dataclass(slots=True)
-class _KeyState:
-    channel: str
-    symbol: str
-    kind: Kind
-    state: State = State.NO_BASE
-    seq: int = 0
-    epoch: int = 0
-    last_ts: str = ""  # publish timestamp of the last applied message
-    checksum: int | None = None
-    event_time: str | None = None
-    book: L2Book | None = None
-    base: _Msg | None = None  # TAIL: the snapshot; LATEST: the latest message
-    tail: deque[_Msg] = field(default_factory=deque)  # TAIL updates since base / TRADES kept
-    latest_snap: _Snap | None = None
-    want_epoch: int | None = None
-    pending_reason: str = "snapshot"  # NO_BASE: why, reported by the Reset that ends it
-    min_snap_seq: int = 0  # NO_BASE: a snapshot older than this cannot bridge the hole
-    buffer: dict[int, _Msg] = field(default_factory=dict)  # NO_BASE: seq -> message
-    buffer_tp: tuple[str, int] | None = None
-    rewound_for: int | None = None  # snapshot seq a rewind was requested for
-    rewind_exhausted: bool = False
-    retired: deque[int] = field(default_factory=lambda: deque(maxlen=8))
-    cache: dict[tuple[int | None, bool], bytes] = field(default_factory=dict)
-    resets: int = 0
-    gaps: int = 0
-    # direct-feed messages that came before Kafka filled the seqs below them: released in
-    # order as soon as the key reaches them (the direct feed stays in step after any hole)
-    ahead: dict[int, _Msg] = field(default_factory=dict)
-
-
-_HEAD = re.compile(
-    rb'\{"type":"[a-z0-9_]+","channel":"([a-z0-9_]+)","symbol":"([^"]+)","seq":(\d+),"epoch":(\d+)'
-)
-
-
-def _parse(raw: bytes) -> _Msg:
+def _parse(raw: bytes) -> Msg:
     raw = anonymize(raw)  # core/anonymize.py: what leaves a gateway, when installed
     try:
         d = orjson.loads(raw)
@@ -218,7 +141,7 @@ def _parse(raw: bytes) -> _Msg:
     if not isinstance(d.get("channel"), str) or not isinstance(d.get("symbol"), str):
         raise CodecError("message without channel/symbol")
     # signed once here when a signer is installed (core/signing.py): every copy handed out is
-    return _Msg(sign(raw), d, seq, epoch, str(d.get("timestamp", "")))
+    return Msg(sign(raw), d, seq, epoch, str(d.get("timestamp", "")))
 
 
 class StreamJoin:
@@ -250,7 +173,7 @@ class StreamJoin:
         self.buffer_max = buffer_max
         self.tail_max = tail_max
         self.trades_keep = trades_keep
-        self.keys: dict[Key, _KeyState] = {}
+        self.keys: dict[Key, KeyState] = {}
         self.malformed = 0
         self.dropped_dup = 0
         self.direct_taken = 0  # messages the direct feed brought first
@@ -267,11 +190,11 @@ class StreamJoin:
             or (channel.startswith("candles_") and "candles" in self.channels)
         ) and (self.symbols is None or symbol in self.symbols)
 
-    def _state(self, channel: str, symbol: str) -> _KeyState:
+    def _state(self, channel: str, symbol: str) -> KeyState:
         st = self.keys.get((channel, symbol))
         if st is None:
             kind = kind_of(channel)
-            st = _KeyState(channel, symbol, kind, book=L2Book() if kind is Kind.L2 else None)
+            st = KeyState(channel, symbol, kind, book=L2Book() if kind is Kind.L2 else None)
             self.keys[(channel, symbol)] = st
         return st
 
@@ -284,11 +207,11 @@ class StreamJoin:
         if not sep or channel == "agg" or not self.wants(channel, symbol):
             return []  # private (agg:) or unknown keys are ignored per the contract
         st = self.keys.get((channel, symbol))
-        if st is not None and st.state is State.SYNCED and st.kind is not Kind.TAIL:
-            h = _HEAD.match(value)
+        if st is not None and st.state is State.SYNCED and KINDS[st.kind].lazy_snapshots:
+            h = HEAD.match(value)
             if h is not None and int(h[4]) == st.epoch:
                 # in sync: only a later hole needs it, so it is parsed then (most never are)
-                st.latest_snap = _Snap(None, ts_ms, value)
+                st.latest_snap = Snap(None, ts_ms, value)
                 return []
         try:
             m = _parse(value)
@@ -296,7 +219,7 @@ class StreamJoin:
             self.malformed += 1
             return []
         st = self._state(channel, symbol)
-        st.latest_snap = _Snap(m, ts_ms)
+        st.latest_snap = Snap(m, ts_ms)
         if st.state is State.NO_BASE:
             return self._try_base(st, st.pending_reason)
         if m.epoch != st.epoch and m.epoch not in st.retired and m.timestamp > st.last_ts:
@@ -304,17 +227,8 @@ class StreamJoin:
             st.retired.append(st.epoch)
             self._rebase(st, m)
             return [self._reset(st, "epoch")]
-        if (
-            st.kind is Kind.TAIL
-            and m.epoch == st.epoch
-            and st.base is not None
-            and (st.base.seq <= m.seq <= st.seq)
-        ):
-            # compaction of the l3 tail: the snapshot already includes the oldest updates
-            st.base = m
-            while st.tail and st.tail[0].seq <= m.seq:
-                st.tail.popleft()
-            st.cache.clear()
+        if m.epoch == st.epoch:
+            KINDS[st.kind].on_snapshot(st, m)
         return []
 
     def _already_have(self, value: bytes) -> bool:
@@ -322,7 +236,7 @@ class StreamJoin:
         without parsing it: with the direct feed ahead, most Kafka records are such copies.
         The aggregator writes ``type, channel, symbol, seq, epoch`` first (core/channels.py);
         anything else simply takes the full parse."""
-        m = _HEAD.match(value)
+        m = HEAD.match(value)
         if m is None:
             return False
         st = self.keys.get((m[1].decode(), m[2].decode()))
@@ -344,7 +258,7 @@ class StreamJoin:
         if self.channels is not None or self.symbols is not None:
             # the feed carries every stream: skip the ones not followed before parsing them
             # (the FIX gateway follows 3 of 11 channels)
-            h = _HEAD.match(value)
+            h = HEAD.match(value)
             if h is not None and not self.wants(h[1].decode(), h[2].decode()):
                 return []
         try:
@@ -392,7 +306,7 @@ class StreamJoin:
         """Every key has a base and no direct message waits for Kafka to fill a hole."""
         return all(st.state is State.SYNCED and not st.ahead for st in self.keys.values())
 
-    def _release_ahead(self, st: _KeyState) -> list[Action]:
+    def _release_ahead(self, st: KeyState) -> list[Action]:
         ahead = st.ahead
         if not ahead:
             return []
@@ -420,7 +334,7 @@ class StreamJoin:
             acts += self._release_ahead(st)
         return acts
 
-    def _on_stream_msg(self, m: _Msg, topic: str, partition: int) -> list[Action]:
+    def _on_stream_msg(self, m: Msg, topic: str, partition: int) -> list[Action]:
         channel, symbol = m.parsed["channel"], m.parsed["symbol"]
         if not self.wants(channel, symbol):
             return []
@@ -428,7 +342,7 @@ class StreamJoin:
         if m.epoch in st.retired:
             self.dropped_dup += 1
             return []
-        if st.kind in (Kind.LATEST, Kind.TRADES):
+        if KINDS[st.kind].self_contained:
             return self._on_self_contained(st, m)
         if st.state is State.SYNCED:
             if m.epoch == st.epoch:
@@ -487,7 +401,7 @@ class StreamJoin:
 
     # ----------------------------------------------------------------- internals
 
-    def _on_self_contained(self, st: _KeyState, m: _Msg) -> list[Action]:
+    def _on_self_contained(self, st: KeyState, m: Msg) -> list[Action]:
         if st.state is State.SYNCED and m.epoch == st.epoch:
             if m.seq <= st.seq:
                 self.dropped_dup += 1
@@ -505,7 +419,7 @@ class StreamJoin:
         self._rebase(st, m)
         return [self._reset(st, reason)]
 
-    def _snap(self, st: _KeyState) -> _Snap | None:
+    def _snap(self, st: KeyState) -> Snap | None:
         """The key's newest snapshot, parsed now if it was kept as bytes."""
         snap = st.latest_snap
         if snap is not None and snap.msg is None:
@@ -518,10 +432,10 @@ class StreamJoin:
             snap.raw = b""
         return snap
 
-    def _try_base(self, st: _KeyState, reason: str) -> list[Action]:
+    def _try_base(self, st: KeyState, reason: str) -> list[Action]:
         snap = self._snap(st)
         sm = snap.msg if snap is not None else None
-        if st.kind in (Kind.LATEST, Kind.TRADES):
+        if KINDS[st.kind].self_contained:
             if sm is None:
                 return []
             self._rebase(st, sm)
@@ -559,84 +473,26 @@ class StreamJoin:
         st.rewind_exhausted = False
         return [self._reset(st, reason)]
 
-    def _rebase(self, st: _KeyState, m: _Msg) -> None:
+    def _rebase(self, st: KeyState, m: Msg) -> None:
         st.state = State.SYNCED
         st.seq, st.epoch, st.last_ts = m.seq, m.epoch, m.timestamp
         st.checksum = m.parsed.get("checksum")
         st.event_time = m.parsed.get("event_time")
         st.cache.clear()
-        if st.kind is Kind.L2:
-            assert st.book is not None
-            data = m.parsed.get("data") or {}
-            try:
-                st.book.load(data.get("bids", ()), data.get("asks", ()))
-            except (ValueError, TypeError, AttributeError):
-                st.book.clear()
-                self.malformed += 1
-            if st.checksum is None:
-                st.checksum = st.book.checksum(self.checksum_depth)
-        elif st.kind is Kind.TAIL:
-            st.base = m
-            st.tail.clear()
-        elif st.kind is Kind.LATEST:
-            st.base = m
-        else:  # TRADES: the newest message starts a new kept run
-            st.base = None
-            st.tail.clear()
-            st.tail.append(m)
+        KINDS[st.kind].rebase(st, m, self)
 
-    def _apply(self, st: _KeyState, m: _Msg) -> bool:
+    def _apply(self, st: KeyState, m: Msg) -> bool:
         """Apply an in-order message; False when the book's checksum disagrees."""
         st.cache.clear()
-        if st.kind is Kind.L2:
-            assert st.book is not None
-            data = m.parsed.get("data") or {}
-            try:
-                if m.parsed.get("type") == "l2_snapshot":
-                    st.book.load(data.get("bids", ()), data.get("asks", ()))
-                else:
-                    st.book.apply(data.get("changes", ()))
-            except (ValueError, TypeError, AttributeError):
-                self.malformed += 1
-                return False
-            expected = m.parsed.get("checksum")
-            if self.verify_checksum and isinstance(expected, int):
-                if st.book.checksum(self.checksum_depth) != expected:
-                    return False
-        elif st.kind is Kind.TAIL:
-            st.tail.append(m)
-            snap = self._snap(st)
-            sm = snap.msg if snap is not None else None
-            if (
-                sm is not None
-                and sm.seq == m.seq
-                and sm.epoch == m.epoch
-                and (st.base is not None and sm.seq > st.base.seq)
-            ):
-                # the stream caught up with a snapshot that arrived ahead of it: rebase the tail
-                st.base = sm
-                st.tail.clear()
-            elif len(st.tail) > self.tail_max:
-                # no newer snapshot came: keep serving, but a new subscriber would miss the
-                # dropped updates, so force a resnapshot from the next snapshot record
-                st.tail.popleft()
-                st.state = State.NO_BASE
-                st.want_epoch = st.epoch
-                st.pending_reason = "overflow"
-                st.min_snap_seq = m.seq
-        elif st.kind is Kind.LATEST:
-            st.base = m
-        else:
-            st.tail.append(m)
-            if len(st.tail) > self.trades_keep:
-                st.tail.popleft()
+        if not KINDS[st.kind].apply(st, m, self):
+            return False
         st.seq, st.last_ts = m.seq, m.timestamp
         st.event_time = m.parsed.get("event_time")
         if "checksum" in m.parsed:
             st.checksum = m.parsed["checksum"]
         return True
 
-    def _reset(self, st: _KeyState, reason: str) -> Reset:
+    def _reset(self, st: KeyState, reason: str) -> Reset:
         st.resets += 1
         return Reset(st.channel, st.symbol, st.seq, st.epoch, reason)
 
@@ -660,38 +516,10 @@ class StreamJoin:
         st = self.keys.get((channel, symbol))
         if st is None or st.state is not State.SYNCED:
             return None
-        msgs: list[bytes]
-        if st.kind is Kind.L2:
-            ck = (depth, resync)
-            raw = st.cache.get(ck)
-            if raw is None:
-                assert st.book is not None
-                d: dict[str, Any] = {
-                    "type": "l2_snapshot",
-                    "channel": channel,
-                    "symbol": symbol,
-                    "seq": st.seq,
-                    "epoch": st.epoch,
-                    "timestamp": st.last_ts,
-                    "event_time": st.event_time,
-                    "checksum": st.book.checksum(self.checksum_depth),
-                    "data": st.book.snapshot(depth),
-                }
-                if resync:
-                    d["resync"] = True
-                raw = st.cache[ck] = sign(orjson.dumps(d))
-            msgs = [raw]
-        elif st.kind in (Kind.TAIL, Kind.LATEST):
-            assert st.base is not None
-            msgs = [self._flagged(st, st.base, resync)] + [t.raw for t in st.tail]
-        else:
-            kept = list(st.tail)
-            n = len(kept) if last is None else max(0, last)
-            kept = kept[len(kept) - n :] if n else []
-            msgs = [self._flagged(st, kept[0], resync)] + [t.raw for t in kept[1:]] if kept else []
+        msgs = KINDS[st.kind].messages(st, self, depth=depth, resync=resync, last=last)
         return Current(channel, symbol, st.seq, st.epoch, msgs, st.checksum, st.last_ts)
 
-    def _flagged(self, st: _KeyState, m: _Msg, resync: bool) -> bytes:
+    def _flagged(self, st: KeyState, m: Msg, resync: bool) -> bytes:
         if not resync:
             return m.raw
         ck = (-m.seq, True)

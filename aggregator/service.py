@@ -43,7 +43,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Gauge, Histogram
 
 from aggregator import events as ev
-from aggregator.leadership import Heartbeat, Lease
+from aggregator.leadership import Claim, Heartbeat, Lease
 from aggregator.outbox import Gate, Out, StandbyBuffer
 from aggregator.recovery import (
     Checkpoint,
@@ -158,6 +158,18 @@ class ServiceConfig:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _ScanContext:
+    """What a takeover's scan needs when it ends: the old leader's acknowledged inputs, its last
+    heartbeat, our claim, when the scan began, and the lease as it was (to go back on failure)."""
+
+    acked: dict[int, int]
+    prev: Heartbeat | None
+    claim: Claim
+    started: float
+    saved: tuple[Claim | None, float, Heartbeat | None]
+
+
 @dataclass
 class _Tick:
     """One processed poll batch as leader: its input positions and its sends' futures."""
@@ -192,7 +204,7 @@ class Aggregator:
         self.gate: Gate | None = None
         # a takeover's scan of the outputs, running while the new leader goes on deriving
         self._scan: asyncio.Task[dict[Any, int]] | None = None
-        self._scan_ctx: tuple[Any, ...] = ()
+        self._scan_ctx: _ScanContext | None = None
         # the acknowledged point: input offset per partition, output offsets ("topic|part")
         self.acked: dict[int, int] = {}
         self.out: dict[str, int] = {}
@@ -596,7 +608,7 @@ class Aggregator:
         except Exception as exc:  # noqa: BLE001 - KafkaConnectionError, timeouts, RecoveryError
             self._postpone_take_over(saved, exc)
 
-    def _postpone_take_over(self, saved: tuple[Any, float, Any], exc: Exception) -> None:
+    def _postpone_take_over(self, saved: tuple[Claim | None, float, Heartbeat | None], exc: Exception) -> None:
         """Back to standby with the lease as it was before the claim; retry in a lease."""
         self.lease.current, self.lease.seen_at, self.lease.last = saved
         self.lease.seen_at = self.lease.started_at = time.monotonic()
@@ -650,7 +662,7 @@ class Aggregator:
             "claimed the lead: scanning the outputs",
             extra={"term": claim.term, "previous": prev.claim.ident if prev else None},
         )
-        self._scan_ctx = (acked, prev, claim, time.monotonic(), saved)
+        self._scan_ctx = _ScanContext(acked, prev, claim, time.monotonic(), saved)
         self._scan = asyncio.create_task(
             scan_published(self.settings, out, self.topics.all_streams(), self._probe),
             name="takeover-scan",
@@ -660,7 +672,9 @@ class Aggregator:
         """The scan is done: publish to Kafka what the old leader did not, then lead normally."""
         scan, self._scan = self._scan, None
         assert scan is not None
-        acked, prev, claim, t0, saved = self._scan_ctx
+        ctx = self._scan_ctx
+        assert ctx is not None
+        acked, prev, claim, t0, saved = ctx.acked, ctx.prev, ctx.claim, ctx.started, ctx.saved
         try:
             published = scan.result()
         except Exception as exc:  # noqa: BLE001 - KafkaConnectionError, timeouts, RecoveryError

@@ -82,6 +82,19 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 hop_quantiles("md_agg_hop_seconds"),
             ),
             (
+                "Direct feed: gateways reading Kafka (0 = the feed proves itself whole), receivers, closed laggards",
+                "short",
+                [
+                    (
+                        "Kafka backup read {{job}} {{instance}}",
+                        "1 - max by (job, instance) (md_follower_kafka_backup_paused)",
+                    ),
+                    ("feed receivers {{instance}}", "sum by (instance) (md_feed_receivers)"),
+                    ("laggards closed /s", "sum(rate(md_feed_dropped_total[1m]))"),
+                    ("feed reconnects /s", "sum(rate(md_feed_reconnects_total[1m]))"),
+                ],
+            ),
+            (
                 "WebSocket gateway hops: publish -> received from Kafka -> written to clients",
                 "s",
                 hop_quantiles("md_ws_hop_seconds"),

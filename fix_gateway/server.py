@@ -202,9 +202,8 @@ class Connection(asyncio.Protocol):
     def _frame_queued(self) -> None:
         q, self._queued = self._queued, []
         try:
-            for msg_type, body in q:
-                self.session.send(msg_type, body)
-        except SessionMisuse:  # closed or logging out meanwhile: the rest is not sent either
+            self.session.send_many(q)
+        except SessionMisuse:  # closed meanwhile: they are not sent
             return
 
     def _flush(self) -> None:

@@ -245,6 +245,19 @@ class FixSession:
             body = Body.from_fields(body)
         return self._send(msg_type, body)
 
+    def send_many(self, messages: Iterable[tuple[str, Body]]) -> None:
+        """Send application messages (MsgType, body) in order with one SendingTime(52), read
+        once: what a transport queued for this session in one event-loop pass."""
+        if self.state not in (State.ACTIVE, State.LOGOUT_SENT):
+            raise SessionMisuse(f"cannot send application messages in state {self.state.value}")
+        now = self.clock()
+        st = utc_timestamp(now)
+        n = 0
+        for msg_type, body in messages:
+            self._frame(msg_type, body, now, st)
+            n += 1
+        self.counters["messages_out"] += n
+
     def reject(self, msg: Message, error: FieldError) -> None:
         """Reject(3) an application message the application found malformed (373 from ``error``)."""
         if self.state in (State.ACTIVE, State.LOGOUT_SENT):
@@ -333,10 +346,14 @@ class FixSession:
         (``35=..|49=..|56=..|34=``) and its byte sum are cached per MsgType, so only the seq,
         SendingTime(52) and BodyLength(9) digits are summed here; the body's sum is cached in
         :class:`~fix_gateway.codec.Body`."""
+        now = self.clock()
+        seq = self._frame(msg_type, body, now, utc_timestamp(now))
+        self.counters["messages_out"] += 1
+        return seq
+
+    def _frame(self, msg_type: str, body: Body, now: int, st: str) -> int:
         assert self.store is not None
         seq = self.store.next_sender_seq
-        now = self.clock()
-        st = utc_timestamp(now)
         fixed = self._fixed.get(msg_type)
         if fixed is None:
             fixed = self._fixed_header(msg_type)
@@ -347,7 +364,6 @@ class FixSession:
         self._out.append(b"".join((start, head, var, body.data, b"10=%03d\x01" % cs)))
         self.store.save(seq, msg_type, st, body.data)
         self._last_sent = now
-        self.counters["messages_out"] += 1
         return seq
 
     def _fixed_header(self, msg_type: str) -> tuple[bytes, int]:

@@ -81,6 +81,7 @@ async def test_messages_of_one_pass_leave_in_one_write_framed_at_the_write(tmp_p
     msgs = frames(t.writes[0])
     assert [(m.msg_type, m.get(262), m.get_int(34)) for m in msgs] == [("X", "a", 2), ("X", "b", 3)]
     assert all(parse_utc_timestamp(m.get(52)) >= parse_utc_timestamp(t0) for m in msgs)
+    assert len({m.get(52) for m in msgs}) == 1  # one SendingTime for the session's batch
     await asyncio.sleep(0)  # the gateway's export pass
     assert out_total() - before == 3  # the Logon answer and the two X
 

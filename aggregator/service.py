@@ -608,7 +608,9 @@ class Aggregator:
         except Exception as exc:  # noqa: BLE001 - KafkaConnectionError, timeouts, RecoveryError
             self._postpone_take_over(saved, exc)
 
-    def _postpone_take_over(self, saved: tuple[Claim | None, float, Heartbeat | None], exc: Exception) -> None:
+    def _postpone_take_over(
+        self, saved: tuple[Claim | None, float, Heartbeat | None], exc: Exception
+    ) -> None:
         """Back to standby with the lease as it was before the claim; retry in a lease."""
         self.lease.current, self.lease.seen_at, self.lease.last = saved
         self.lease.seen_at = self.lease.started_at = time.monotonic()

@@ -71,6 +71,19 @@ async def _stored(dsn: str) -> int:
         await conn.close()
 
 
+async def _drop_keys(url: str, prefix: str) -> None:
+    """The cache writers' keys (``<prefix>now:*``, ``<prefix>compare:*``)."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(url)
+    try:
+        keys = [k async for k in r.scan_iter(match=f"{prefix}*", count=1000)]
+        for i in range(0, len(keys), 500):
+            await r.delete(*keys[i : i + 500])
+    finally:
+        await r.aclose()
+
+
 def _start(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
@@ -162,6 +175,7 @@ def main() -> int:
             asyncio.run(_sql(f"{server}/postgres", f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
         settings = dataclasses.replace(Settings.from_env(), topic_prefix=prefix)
         asyncio.run(drop_topics(settings))
+        asyncio.run(_drop_keys(settings.redis_url, prefix))
 
 
 if __name__ == "__main__":

@@ -89,15 +89,16 @@ def frame(payload: bytes, binary: bool) -> bytes:
     A server never masks (§5.1), so one message has the same frame bytes on every
     uncompressed connection: the core builds it once per message and encoding.
     """
+    return _head(len(payload), binary) + payload
+
+
+def _head(n: int, binary: bool) -> bytes:
     b0 = 0x82 if binary else 0x81
-    n = len(payload)
     if n < 126:
-        head = bytes((b0, n))
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", b0, 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, 127, n)
-    return head + payload
+        return bytes((b0, n))
+    if n < 1 << 16:
+        return struct.pack("!BBH", b0, 126, n)
+    return struct.pack("!BBQ", b0, 127, n)
 
 
 # payload bytes per batched frame (``/ws?batch=1``): large enough to carry a loop turn's
@@ -123,17 +124,24 @@ def batch_frames(payloads: Sequence[bytes | memoryview], binary: bool, framed: b
     """
     sep = b"" if binary else b"\n"
     batches: list[bytes] = []
-    group: list[bytes | memoryview] = []
-    size = 0
+    parts: list[bytes | memoryview] = []  # [header], payload, sep, payload, ...: one join each
+    size = 0  # payload bytes in parts, separators included
     for p in payloads:
-        if group and size + len(p) > BATCH_MAX_BYTES:
-            batches.append(bytes(group[0]) if len(group) == 1 else sep.join(group))
-            group, size = [], 0
-        group.append(p)
-        size += len(p) + len(sep)
-    if group:
-        batches.append(bytes(group[0]) if len(group) == 1 else sep.join(group))
-    return [frame(b, binary) for b in batches] if framed else batches
+        if parts and size + len(sep) + len(p) > BATCH_MAX_BYTES:
+            batches.append(_joined(parts, size, binary, framed))
+            parts, size = [], 0
+        if parts and sep:
+            parts.append(sep)
+            size += len(sep)
+        parts.append(p)
+        size += len(p)
+    if parts:
+        batches.append(_joined(parts, size, binary, framed))
+    return batches
+
+
+def _joined(parts: list[bytes | memoryview], size: int, binary: bool, framed: bool) -> bytes:
+    return b"".join([_head(size, binary), *parts]) if framed else b"".join(parts)
 
 
 class Conn:

@@ -328,3 +328,41 @@ async def test_a_resume_storm_from_history_stays_within_the_pool(
                 assert got == list(range(since + 1, N + 1))
             assert sizes and max(sizes) <= 2, sizes
             assert stored.failures == 0
+
+
+async def test_only_what_history_lacks_is_answered_with_a_resync(
+    hsettings: Settings, r: aioredis.Redis
+) -> None:
+    """Retention dropped seq 1..10 and a hole lost 20: a resume from before the dropped part
+    is resume_too_old, one across the hole resume_gap (never a wrong book), one after it is
+    served gapless."""
+    sym = _symbol()
+    async with Feed(hsettings) as feed:
+        s, ups = await _stored_stream(hsettings, r, feed, sym)
+        conn = await asyncpg.connect(s.pg_dsn)
+        try:
+            await conn.execute(
+                "DELETE FROM stream_messages WHERE channel = 'l2' AND symbol = $1 "
+                "AND (seq <= 10 OR seq = 20)",
+                sym,
+            )
+        finally:
+            await conn.close()
+        async with running_gateway(s) as gw:
+            for since, reason in ((5, "resume_too_old"), (12, "resume_gap")):
+                async with connect(url(gw)) as ws:
+                    req = {"type": "subscribe", "channel": "l2", "symbol": sym}
+                    await send(ws, {**req, "since_seq": since, "epoch": 1})
+                    note = await recv_until(ws, lambda m: m["type"] == "resync")
+                    assert note["reason"] == reason, (since, note)
+                    snap = await recv_until(ws, lambda m: True)
+                    assert snap["type"] == "l2_snapshot" and snap["resync"] is True
+                    assert snap["seq"] == N
+            cb = ClientBook()
+            cb.seq = 0
+            for raw in ups[:20]:
+                cb.on(orjson.loads(raw))
+            async with connect(url(gw)) as ws:
+                req = {"type": "subscribe", "channel": "l2", "symbol": sym}
+                await send(ws, {**req, "since_seq": 20, "epoch": 1})
+                assert await _updates_to(ws, cb, N) == list(range(21, N + 1))

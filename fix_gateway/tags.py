@@ -93,7 +93,7 @@ MARKET_DATA_REQUEST_REJECT: Final = "Y"
 # Every MsgType(35) FIX 4.4 defines (Vol. 6 appendix); a type outside this set is Reject(3) 373=11,
 # a defined one we do not serve is BusinessMessageReject(j) 380=3.
 FIX44_TYPES: Final = frozenset(
-    "0 1 2 3 4 5 6 7 8 9 A AA AB AC AD AE AF AG AH AI AJ AK AL AM AN AO AP AQ AR AS AT AU AV AW AX AY AZ "
+    "0 1 2 3 4 5 6 7 8 9 A AA AB AC AD AE AF AG AH AI AJ AK AL AM AN AO AP AQ AR AS AT AU AV AW AX AY AZ "  # noqa: SIM905 - as printed
     "B BA BB BC BD BE BF BG BH C D E F G H J K L M N P Q R S T V W X Y Z "
     "a b c d e f g h i j k l m o p q r s t u v w x y z".split()
 )

@@ -299,10 +299,14 @@ class FixSession:
         if st is not State.ACTIVE:
             return
         hb = self.heartbeat * NS
-        if self.config and self.config.reset_time and self.store:
-            if self.store.created_ns < last_reset_boundary(now, self.config.reset_time):
-                self.logout("scheduled sequence reset")
-                return
+        if (
+            self.config
+            and self.config.reset_time
+            and self.store
+            and self.store.created_ns < last_reset_boundary(now, self.config.reset_time)
+        ):
+            self.logout("scheduled sequence reset")
+            return
         if self._test_req is not None:
             if now - self._test_req[1] >= hb:
                 self.counters["heartbeat_timeouts"] += 1
@@ -442,28 +446,39 @@ class FixSession:
             self._on_sequence_reset(msg, seq, gap_fill=False)
             return
         if seq > expected:
-            if mt == T.LOGOUT:
-                self._on_logout(msg)
-                return
-            if mt == T.RESEND_REQUEST:
-                self._on_resend_request(msg, seq)
-            self._request_resend(seq)
+            self._on_seq_too_high(msg, seq)
+        elif seq < expected:
+            self._on_seq_too_low(msg, seq, expected)
+        else:
+            self._on_in_sequence(msg, seq)
+
+    def _on_seq_too_high(self, msg: Message, seq: int) -> None:
+        """A gap: a Logout is honoured, a ResendRequest served, then ours asks for the gap."""
+        if msg.msg_type == T.LOGOUT:
+            self._on_logout(msg)
             return
-        if seq < expected:
-            if msg.get(T.PossDupFlag) == "Y":
-                self._check_poss_dup(msg, seq)
-                return
-            self.counters["seq_too_low"] += 1
-            self._logout_and_close(f"MsgSeqNum too low, expecting {expected} but received {seq}")
+        if msg.msg_type == T.RESEND_REQUEST:
+            self._on_resend_request(msg, seq)
+        self._request_resend(seq)
+
+    def _on_seq_too_low(self, msg: Message, seq: int, expected: int) -> None:
+        """A possible duplicate is checked; any other message below the expected seq is fatal."""
+        if msg.get(T.PossDupFlag) == "Y":
+            self._check_poss_dup(msg, seq)
             return
-        # seq == expected
+        self.counters["seq_too_low"] += 1
+        self._logout_and_close(f"MsgSeqNum too low, expecting {expected} but received {seq}")
+
+    def _on_in_sequence(self, msg: Message, seq: int) -> None:
+        """The expected seq: a garbled body is rejected (and counted), else dispatched."""
+        assert self.store is not None
         if msg.error is not None:
             self.store.set_next_target(seq + 1)
             self._reject(msg, seq, msg.error.reason, msg.error.tag, msg.error.text)
             return
         if msg.get(T.PossDupFlag) == "Y" and not self._check_poss_dup(msg, seq, in_order=True):
             return
-        if mt != T.SEQUENCE_RESET:
+        if msg.msg_type != T.SEQUENCE_RESET:
             self.store.set_next_target(seq + 1)
         if self._resend_until is not None and seq >= self._resend_until:
             self._resend_until = None
@@ -740,11 +755,9 @@ class FixSession:
             self.counters["auth_failures"] += 1
             self._refuse(f"Logon rejected: {problem}")
             return
-        if self._claim is not None:
-            taken = self._claim(cfg.session_id)
-            if taken:
-                self._refuse(f"Logon rejected: {taken}")
-                return
+        if self._claim is not None and (taken := self._claim(cfg.session_id)):
+            self._refuse(f"Logon rejected: {taken}")
+            return
         reset = msg.get(T.ResetSeqNumFlag) == "Y"
         if reset:
             if seq != 1:

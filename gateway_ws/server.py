@@ -535,10 +535,8 @@ async def exit_when_not_live(
             )
             stop.set()
             return True
-        try:
+        with contextlib.suppress(TimeoutError):  # the next check is due
             await asyncio.wait_for(stop.wait(), interval_s)
-        except TimeoutError:
-            pass
     return False
 
 

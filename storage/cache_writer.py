@@ -141,9 +141,13 @@ class CacheWriter:
                     self.counters.snapshot_records += 1
                     if oldest_any is None or r.timestamp < oldest_any:
                         oldest_any = r.timestamp
-                    if r.key is not None and r.key.startswith(b"l2:") and r.value is not None:
-                        if oldest_book is None or r.timestamp < oldest_book:
-                            oldest_book = r.timestamp
+                    if (
+                        r.key is not None
+                        and r.key.startswith(b"l2:")
+                        and r.value is not None
+                        and (oldest_book is None or r.timestamp < oldest_book)
+                    ):
+                        oldest_book = r.timestamp
             for tp in list(remaining):
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)

@@ -20,6 +20,7 @@ from typing import Any, cast
 import orjson
 
 from core.audit import AuditLog
+from core.errors import CodecError
 from core.follower import Reset, StreamFollower
 from core.health import LIVENESS, READINESS, Health, add_follower, tasks_alive
 from core.isotime import ns_from_iso_cached
@@ -325,7 +326,7 @@ class Gateway:
         if ts.__class__ is str:
             try:
                 pub = ns_from_iso_cached(ts)
-            except Exception:
+            except CodecError:
                 pass
             else:
                 M.HOP_RECEIVE.observe(max(0, time.time_ns() - pub) / 1e9)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from core.errors import CodecError
 from core.follower import Reset, StreamFollower
 from core.isotime import ns_from_iso_cached
 from gateway_ws import metrics as m
@@ -234,7 +235,7 @@ class Hub:
         if ts.__class__ is str:
             try:
                 pub = ns_from_iso_cached(ts)
-            except Exception:
+            except CodecError:
                 pass
             else:
                 m.HOP_RECEIVE.observe(max(0, time.time_ns() - pub) / 1e9)
@@ -329,7 +330,7 @@ class Hub:
                             result = await self._replay(sub)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one client's resume; the gateway goes on
             log.warning("resume failed", extra={"target": req.name, "error": repr(exc)})
             result = "error"
         finally:

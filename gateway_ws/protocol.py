@@ -35,7 +35,7 @@ import orjson
 
 from core.channels import DATA_CHANNELS, error_message
 from core.codec import iso_from_ns
-from core.errors import MarketDataError, SymbolError
+from core.errors import CodecError, MarketDataError, SymbolError
 from core.symbols import normalize_symbol
 from gateway_ws.client_ids import STORED_OPTIONS, check_client_id
 from gateway_ws.rates import no_path_message
@@ -196,7 +196,7 @@ def parse_since(raw: object, ns_from_iso: Callable[[str], int]) -> int:
     if isinstance(raw, str) and not _UNIX_S.match(raw.strip()):
         try:
             return ns_from_iso(raw)
-        except Exception:
+        except (CodecError, ValueError):
             raise ValueError(f"bad 'since' timestamp {raw!r}") from None
     secs = float(raw)
     if not math.isfinite(secs) or not 0 <= secs < _MAX_UNIX_S:
@@ -386,6 +386,26 @@ class Session:
             )
         return (channel, sym)
 
+    def _interval_ms(self, channel: str, msg: dict[str, Any]) -> int:
+        """The conflation ``interval`` of a subscribe, in ms, within the limits."""
+        lim = self.limits
+        if channel not in CONFLATABLE and not channel.startswith("candles_"):
+            raise ProtocolError(
+                "bad_request",
+                f"channel {channel!r} cannot be conflated; "
+                "'interval' works on l2, ticker, stats and candles",
+            )
+        try:
+            interval_ms = parse_interval(msg["interval"])
+        except ValueError as exc:
+            raise ProtocolError("bad_request", str(exc)) from None
+        if not lim.min_interval_ms <= interval_ms <= lim.max_interval_ms:
+            raise ProtocolError(
+                "bad_request",
+                f"'interval' must be {lim.min_interval_ms} ms to {lim.max_interval_ms // 1000} s",
+            )
+        return interval_ms
+
     def _options(self, channel: str, symbol: str, msg: dict[str, Any]) -> SubRequest:
         lim = self.limits
         since_seq = msg.get("since_seq")
@@ -403,42 +423,23 @@ class Session:
         if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
             raise ProtocolError("bad_request", "'epoch' must be an integer")
         depth = msg.get("depth")
-        if depth is not None:
-            # l2 only: the l3 snapshot is the aggregator's, served with the updates since it
-            if (
-                channel != "l2"
-                or not isinstance(depth, int)
-                or isinstance(depth, bool)
-                or not 1 <= depth <= lim.max_depth
-            ):
-                raise ProtocolError("bad_request", f"'depth' is 1..{lim.max_depth}, l2 only")
+        # l2 only: the l3 snapshot is the aggregator's, served with the updates since it
+        if depth is not None and (
+            channel != "l2"
+            or not isinstance(depth, int)
+            or isinstance(depth, bool)
+            or not 1 <= depth <= lim.max_depth
+        ):
+            raise ProtocolError("bad_request", f"'depth' is 1..{lim.max_depth}, l2 only")
         limit = msg.get("limit")
-        if limit is not None:
-            if (
-                channel != "trades"
-                or not isinstance(limit, int)
-                or isinstance(limit, bool)
-                or not 0 <= limit <= lim.max_trades
-            ):
-                raise ProtocolError("bad_request", f"'limit' is 0..{lim.max_trades}, trades only")
-        interval_ms = None
-        if msg.get("interval") is not None:
-            if channel not in CONFLATABLE and not channel.startswith("candles_"):
-                raise ProtocolError(
-                    "bad_request",
-                    f"channel {channel!r} cannot be conflated; "
-                    "'interval' works on l2, ticker, stats and candles",
-                )
-            try:
-                interval_ms = parse_interval(msg["interval"])
-            except ValueError as exc:
-                raise ProtocolError("bad_request", str(exc)) from None
-            if not lim.min_interval_ms <= interval_ms <= lim.max_interval_ms:
-                raise ProtocolError(
-                    "bad_request",
-                    f"'interval' must be {lim.min_interval_ms} ms "
-                    f"to {lim.max_interval_ms // 1000} s",
-                )
+        if limit is not None and (
+            channel != "trades"
+            or not isinstance(limit, int)
+            or isinstance(limit, bool)
+            or not 0 <= limit <= lim.max_trades
+        ):
+            raise ProtocolError("bad_request", f"'limit' is 0..{lim.max_trades}, trades only")
+        interval_ms = None if msg.get("interval") is None else self._interval_ms(channel, msg)
         currencies: tuple[str, ...] = ()
         if msg.get("currencies") is not None:
             cur = msg["currencies"]
@@ -640,7 +641,7 @@ class Session:
             principal = self.verify_token(token)
         except ProtocolError:
             raise
-        except Exception as exc:  # the verifier's own errors: report, never crash the session
+        except Exception as exc:  # noqa: BLE001 - the verifier's own errors: report, never crash
             raise ProtocolError("auth_failed", f"invalid token: {exc}") from None
         previous, self.principal = self.principal, principal
         # the bucket keeps its level (capped at the new tier's depth): re-sending auth must

@@ -183,7 +183,7 @@ class MarketStore:
                 await asyncio.wait_for(q(), timeout)
             except TimeoutError:
                 return False, f"no answer within {timeout} s"
-            except Exception as exc:  # any failure of the probe is "down", with the reason
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # down
                 return False, f"{type(exc).__name__}: {exc}"
             return True, "up"
 

@@ -317,60 +317,43 @@ class DbWriter:
         """After a permanent error: each row under its own savepoint; bad rows are counted."""
         t = c = s = y = m = k = 0
         for table, mrows in (("stream_messages", b.messages), ("book_snapshots", b.book_snapshots)):
-            for mrow in mrows:
-                try:
-                    async with conn.transaction():
-                        n = _count(await conn.execute(SQL_MSG_ONE.format(table=table), *mrow))
-                except asyncpg.PostgresError as exc:
-                    if is_retriable_db_error(exc):
-                        raise
-                    self.counters.rows_rejected += 1
-                    continue
-                if table == "stream_messages":
-                    m += n
-                else:
-                    k += n
+            sql = SQL_MSG_ONE.format(table=table)
+            n = sum([await self._one_row(conn, sql, mrow) for mrow in mrows])
+            if table == "stream_messages":
+                m = n
+            else:
+                k = n
         self._pending_msgs, self._pending_books = (m, len(b.messages) - m), k
         for row in b.trades:
-            try:
-                async with conn.transaction():
-                    t += _count(await conn.execute(SQL_TRADE_ONE, *row))
-            except asyncpg.PostgresError as exc:
-                if is_retriable_db_error(exc):
-                    raise
-                self.counters.rows_rejected += 1
-                log.warning(
-                    "trade rejected by the database", extra={"row": repr(row), "error": repr(exc)}
-                )
+            t += await self._one_row(conn, SQL_TRADE_ONE, row, warn="trade")
         for _, crow in b.candles.values():
-            try:
-                async with conn.transaction():
-                    c += _count(await conn.execute(SQL_CANDLES, *_columns([crow], 13)))
-            except asyncpg.PostgresError as exc:
-                if is_retriable_db_error(exc):
-                    raise
-                self.counters.rows_rejected += 1
+            c += await self._one_row(conn, SQL_CANDLES, _columns([crow], 13))
         for srow in b.snapshots.values():
-            try:
-                async with conn.transaction():
-                    s += _count(await conn.execute(SQL_SNAPSHOTS, *_columns([srow], 7)))
-            except asyncpg.PostgresError as exc:
-                if is_retriable_db_error(exc):
-                    raise
-                self.counters.rows_rejected += 1
+            s += await self._one_row(conn, SQL_SNAPSHOTS, _columns([srow], 7))
         for _, r in b.symbols.values():
-            try:
-                async with conn.transaction():
-                    y += _count(
-                        await conn.execute(
-                            SQL_SYMBOLS, *_columns([(*r[:7], ",".join(r[7]), r[8])], 9)
-                        )
-                    )
-            except asyncpg.PostgresError as exc:
-                if is_retriable_db_error(exc):
-                    raise
-                self.counters.rows_rejected += 1
+            y += await self._one_row(
+                conn, SQL_SYMBOLS, _columns([(*r[:7], ",".join(r[7]), r[8])], 9)
+            )
         return t, c, s, y
+
+    async def _one_row(
+        self, conn: asyncpg.Connection, sql: str, args: Sequence[Any], warn: str = ""
+    ) -> int:
+        """Rows ``sql`` wrote under its own savepoint; a permanent error counts the row as
+        rejected (logged when ``warn`` names it) and writes 0; a retriable one is raised."""
+        try:
+            async with conn.transaction():
+                return _count(await conn.execute(sql, *args))
+        except asyncpg.PostgresError as exc:
+            if is_retriable_db_error(exc):
+                raise
+            self.counters.rows_rejected += 1
+            if warn:
+                log.warning(
+                    f"{warn} rejected by the database",
+                    extra={"row": repr(args), "error": repr(exc)},
+                )
+            return 0
 
     async def write(self, b: RowBatch, stop: asyncio.Event | None = None) -> bool:
         """Write one batch, retrying retriable failures until done (True) or stopped (False)."""
@@ -430,8 +413,8 @@ class DbWriter:
         try:
             pool = await self._get_pool()
             await pool.fetchval("SELECT 1", timeout=2)
-        except Exception as exc:  # any failure means "not ready"; classified for the log only
-            self.db_ok = False
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.db_ok = False  # not ready; classified for the log only
             self.last_error = f"{type(exc).__name__}: {exc}"
             return
         self.db_ok = True
@@ -447,7 +430,7 @@ class DbWriter:
             async with pool.acquire() as conn:
                 if await recorded_backend(conn) == "native":
                     await maintain_partitions(conn)
-        except Exception as exc:  # maintenance must never stop the writer; it runs again later
+        except Exception as exc:  # noqa: BLE001 - maintenance never stops the writer; retried
             self._last_maintain = now - self.config.maintain_every_s + 60
             log.warning("partition maintenance failed", extra={"error": repr(exc)})
 

@@ -75,7 +75,7 @@ class Client(Conn):
             for payload in chunks:
                 send(payload)  # our payloads are UTF-8 JSON already
             self.ws.send_data()
-        except Exception:  # the peer vanished mid-write: the reader task cleans up
+        except Exception:  # noqa: BLE001 - the peer vanished mid-write: the reader cleans up
             self.closed = True
 
     async def aclose(self, code: int, reason: str) -> None:

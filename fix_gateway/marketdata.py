@@ -366,18 +366,37 @@ class MarketDataApp:
         sink.send_app(T.MARKET_DATA_REQUEST_REJECT, Body.from_fields(fields))
         self.counters["md_rejects"] += 1
 
+    def _unsubscribe(self, sink: Sink, req_id: str, mine: dict[str, Subscription]) -> None:
+        """SubscriptionRequestType(263)=2: the subscription ``req_id`` of ``sink`` ends."""
+        sub = mine.pop(req_id, None)
+        if sub is None:
+            self._md_reject(sink, req_id, None, f"no active subscription {req_id}")
+            return
+        for sym in sub.symbols:
+            self.by_symbol.get(sym, {}).pop((sink, req_id), None)
+
+    def _known_symbols(self, raw_syms: list[str]) -> tuple[list[str], str | None]:
+        """The canonical symbols of a request, in order without repeats, or the first one that
+        is malformed or not served (returned as the peer spelled it)."""
+        symbols: list[str] = []
+        for raw in raw_syms:
+            try:
+                sym = normalize_symbol(raw)
+            except SymbolError:
+                sym = ""
+            if not sym or not self.known(sym):
+                return symbols, raw
+            if sym not in symbols:
+                symbols.append(sym)
+        return symbols, None
+
     def _on_md_request(self, sink: Sink, msg: Message) -> None:
         """MarketDataRequest(V): 262, 263 (0/1/2), 264, 265, 267 group of 269, 146 group of 55."""
         req_id = msg.require(T.MDReqID)
         srt = msg.require(T.SubscriptionRequestType)
         mine = self.subs.setdefault(sink, {})
         if srt == "2":
-            sub = mine.pop(req_id, None)
-            if sub is None:
-                self._md_reject(sink, req_id, None, f"no active subscription {req_id}")
-                return
-            for sym in sub.symbols:
-                self.by_symbol.get(sym, {}).pop((sink, req_id), None)
+            self._unsubscribe(sink, req_id, mine)
             return
         if srt not in ("0", "1"):
             self._md_reject(
@@ -430,17 +449,10 @@ class MarketDataApp:
                 sink, req_id, T.MDREJ_UNKNOWN_SYMBOL, f"1..{MAX_SYMBOLS} symbols per request"
             )
             return
-        symbols: list[str] = []
-        for raw in raw_syms:
-            try:
-                sym = normalize_symbol(raw)
-            except SymbolError:
-                sym = ""
-            if not sym or not self.known(sym):
-                self._md_reject(sink, req_id, T.MDREJ_UNKNOWN_SYMBOL, f"unknown symbol {raw}")
-                return
-            if sym not in symbols:
-                symbols.append(sym)
+        symbols, unknown = self._known_symbols(raw_syms)
+        if unknown is not None:
+            self._md_reject(sink, req_id, T.MDREJ_UNKNOWN_SYMBOL, f"unknown symbol {unknown}")
+            return
         sub = Subscription(req_id, tuple(symbols), frozenset(types_raw), depth, upd == "1")
         if srt == "1":
             mine[req_id] = sub

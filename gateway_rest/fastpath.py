@@ -58,30 +58,50 @@ class FastPath:
                 return None
         return depth
 
+    def _depth_for(self, kind: str, qs: bytes, tier: Tier) -> int | None:
+        """The book depth a request asks for (0: not a book); None: the query is not for us."""
+        if kind != "orderbook":
+            return None if qs else 0
+        depth = self._depth(qs)
+        return None if depth is None else min(depth, self.config.book_depth, tier.max_depth)
+
+    def _symbol(self, raw_symbol: str) -> str | None:
+        """The canonical form of a symbol spelling not seen yet (remembered), None if malformed."""
+        try:
+            sym = normalize_symbol(unquote(raw_symbol))
+        except SymbolError:
+            return None
+        if len(self._symbols) < 4096:  # bound: spellings of real symbols, not every typo
+            self._symbols[raw_symbol] = sym
+        return sym
+
+    async def _shared(self, fut: asyncio.Future[bytes]) -> bytes | None:
+        """The body another request of the burst is reading (None: answer through the route)."""
+        try:
+            body = await asyncio.shield(fut)
+        except (NotCached, Unavailable):
+            return None
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if fut.cancelled() and me is not None and not me.cancelling():
+                return None  # the leading request was cancelled: answer through the route
+            raise
+        self.shared += 1
+        return body
+
     async def answer(self, kind: str, raw_symbol: str, qs: bytes, tier: Tier) -> bytes | None:
-        sym = self._symbols.get(raw_symbol)
+        sym = self._symbols.get(raw_symbol) or self._symbol(raw_symbol)
         if sym is None:
-            try:
-                sym = normalize_symbol(unquote(raw_symbol))
-            except SymbolError:
-                return None
-            if len(self._symbols) < 4096:  # bound: spellings of real symbols, not every typo
-                self._symbols[raw_symbol] = sym
+            return None
         try:
             cat = await self.store.catalogue()
         except Unavailable:
             return None
         if sym not in cat:
             return None
-        if kind == "orderbook":
-            depth = self._depth(qs)
-            if depth is None:
-                return None
-            depth = min(depth, self.config.book_depth, tier.max_depth)
-        elif qs:
+        depth = self._depth_for(kind, qs, tier)
+        if depth is None:
             return None
-        else:
-            depth = 0
         key = (sym if kind == "orderbook" else "t:" + sym, depth)
         fut = self._inflight.get(key)
         if self.micro_s > 0:
@@ -96,17 +116,7 @@ class FastPath:
         # single flight: concurrent requests for the same body share one Redis read that
         # started after the first of them arrived (no staleness beyond one round trip)
         if fut is not None:
-            try:
-                body = await asyncio.shield(fut)
-            except (NotCached, Unavailable):
-                return None
-            except asyncio.CancelledError:
-                me = asyncio.current_task()
-                if fut.cancelled() and me is not None and not me.cancelling():
-                    return None  # the leading request was cancelled: answer through the route
-                raise
-            self.shared += 1
-            return body
+            return await self._shared(fut)
         fut = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:

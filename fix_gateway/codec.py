@@ -297,7 +297,7 @@ class Parser:
             del self._buf[:1]
         return True
 
-    def _step(self) -> bool:
+    def _step(self) -> bool:  # noqa: C901 - the frame's checks in wire order, one per field
         """Consume one frame or one discard; False when more bytes are needed."""
         buf = self._buf
         if not buf:

@@ -11,13 +11,16 @@ One server process each, pinned to core 0 (``taskset``), the same load generator
 - ``gateway_rest``: ``python -m gateway_rest`` with its defaults (rate limits on, counted in
   Redis for an anonymous tier whose limit no run reaches; micro-cache 10 ms), the cache filled by
   the project's own cache writer (``loadtests.bench_rest.fill_cache``);
-- ``--servers`` may add ``granian`` variants when granian is installed (the same app and the
-  same bare callable behind granian's ASGI interface).
+- ``--servers`` chooses among ``bare-uvicorn``, ``gateway`` (the default server),
+  ``gateway-uvicorn`` / ``gateway-granian`` (``python -m gateway_rest`` with that
+  ``MD_REST_SERVER``) and ``bare-granian`` (the bare callable behind granian); the first listed
+  is the ceiling the ratios divide by.
 
 Per configuration and connection count: ``--runs`` runs of ``--duration`` s after a 2 s
 warm-up; the medians of req/s, p99 and the server's CPU per request (user+sys of the server's
-process tree from ``/proc``, divided by wrk's request count). Prints a Markdown table with the
-ratio gateway / bare for docs/benchmarks.md. Redis and whatever else runs on the machine share
+process tree from ``/proc``, divided by wrk's request count). Prints a Markdown table with two
+ratios to the ceiling for docs/benchmarks.md: req/s, and per core (the ceiling's CPU per request
+over the server's: the steadier one on a shared machine). Redis and whatever else runs on the machine share
 the cores; the numbers say so by printing the load average.
 """
 

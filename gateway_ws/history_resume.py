@@ -165,7 +165,7 @@ class StoredHistory:
             return await read(await self._db())
         except HistoryError:
             return None  # nothing stored there (retention, never published): not a failure
-        except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             self.failures += 1
             self.down_until = self.clock() + DOWN_S
             log.warning(

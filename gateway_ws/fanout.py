@@ -588,21 +588,7 @@ class FanoutCore:
                 n += 1
                 continue
             if mode is Mode.LIVE:
-                if seq != sub.last + 1:
-                    if seq <= sub.last:
-                        continue
-                    self._send_snapshot(sub, resync=True, reason="gap")
-                    continue
-                sub.last = seq
-                if sub.group is not None:
-                    continue  # the group was fed once below
-                c = sub.conn
-                if not self._send(c, raw, cache, self.high):
-                    slow.append(c)
-                    continue
-                n += 1
-                if sub.req.currencies:
-                    self._converted(c, sub.req, parsed)
+                n += self._deliver_live(sub, seq, raw, parsed, cache, slow)
             elif mode is Mode.PENDING:
                 if len(sub.held) >= self.pending_max:
                     sub.held.clear()
@@ -621,6 +607,32 @@ class FanoutCore:
             m.SENT.inc(n)
             m.SENT_BYTES.inc(n * len(raw))
         return n
+
+    def _deliver_live(
+        self,
+        sub: Sub,
+        seq: int,
+        raw: bytes,
+        parsed: dict[str, Any],
+        cache: list[bytes | None],
+        slow: list[Conn],
+    ) -> int:
+        """A LIVE subscription off the fast path (conflated, grouped, converted, or after a
+        gap): 1 when its socket got the message; a full socket goes to ``slow``."""
+        if seq != sub.last + 1:
+            if seq > sub.last:
+                self._send_snapshot(sub, resync=True, reason="gap")
+            return 0
+        sub.last = seq
+        if sub.group is not None:
+            return 0  # the group was fed once by on_message
+        c = sub.conn
+        if not self._send(c, raw, cache, self.high):
+            slow.append(c)
+            return 0
+        if sub.req.currencies:
+            self._converted(c, sub.req, parsed)
+        return 1
 
     def on_reset(self, channel: str, symbol: str, reason: str) -> None:
         """The follower rebuilt a key: every subscriber gets a fresh snapshot (flagged)."""

@@ -53,7 +53,7 @@ from core.anonymize import apply as anonymize
 from core.book import L2Book
 from core.errors import CodecError
 from core.feed import HEARTBEAT_PREFIX, FeedClient, parse_addresses
-from core.kafka import Pacer
+from core.kafka import METADATA_MAX_AGE_MS, Pacer
 from core.kafka_auth import kafka_security_options
 from core.settings import Settings
 from core.signing import sign
@@ -655,6 +655,7 @@ class StreamFollower:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.settings.get("MD_KAFKA_FETCH_WAIT_MS", int, 500),
             max_partition_fetch_bytes=4 << 20,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,  # core/kafka.py: a stale broker list
             **kafka_security_options(self.settings),
         )
 

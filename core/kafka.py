@@ -37,6 +37,11 @@ SNAPSHOT_TOPIC_CONFIG = {
 }
 
 
+#: How stale a client's view of the cluster (brokers, partition leaders) may get before it asks
+#: again, whatever happens: one small request per client per interval.
+METADATA_MAX_AGE_MS = 5_000
+
+
 def make_producer(
     s: Settings, *, transactional_id: str | None = None, **kw: Any
 ) -> AIOKafkaProducer:
@@ -52,6 +57,11 @@ def make_producer(
         "compression_type": None,
         # after a broker's death: how soon the client asks again who leads (default 100 ms)
         "retry_backoff_ms": s.get("MD_KAFKA_RETRY_BACKOFF_MS", int, 50),
+        # aiokafka asks only the brokers of its last metadata for new metadata: a producer that
+        # refreshed while a restarted cluster had one broker up knew no other for the default 5
+        # minutes, and when that broker died it could not learn the new leaders (make chaos:
+        # 43 s without input after kafka-restart + broker-kill); consumers refresh this often too
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
     }
     if transactional_id:
         opts["transactional_id"] = transactional_id
@@ -76,7 +86,7 @@ def make_consumer(
         "max_partition_fetch_bytes": 4 << 20,
         # a group member that joined before its topic's metadata reached it has no partitions
         # until the next refresh: keep that window short (the default is 5 minutes)
-        "metadata_max_age_ms": 10_000,
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
         "retry_backoff_ms": s.get("MD_KAFKA_RETRY_BACKOFF_MS", int, 50),
     }
     opts.update(kafka_security_options(s))

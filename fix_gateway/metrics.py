@@ -38,7 +38,7 @@ CONNECTIONS_REFUSED = Counter(
 CONNECTIONS = Gauge("fix_connections", "Open FIX TCP connections")
 LATENCY = Histogram(
     "fix_publish_to_send_seconds",
-    "Aggregator publish timestamp to the FIX messages framed for every subscriber (written in the same loop pass)",
+    "Aggregator publish timestamp to the FIX messages queued for every subscriber (framed and written in the same loop pass)",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 # 100 µs to 10 s: fine enough below 1 ms (a loopback hop) and wide enough for a stalled feed;

@@ -348,7 +348,8 @@ class Gateway:
 
     @staticmethod
     def _observe(pub: int) -> None:
-        """fix_publish_to_send_seconds: the message's FIX bytes are framed for every session."""
+        """fix_publish_to_send_seconds: the message is queued for every session (framed and
+        written at the end of this loop pass)."""
         if pub:
             M.LATENCY.observe(max(0, time.time_ns() - pub) / 1e9)
 

@@ -79,6 +79,19 @@ class CacheKeys:
         last write. ``owner`` is ``anon`` or the user's fingerprint, never the user name."""
         return self.under(f"client:{owner}:{client_id}")
 
+    def fix_lock(self, session: str) -> str:
+        """String ``<owner>|<fence>`` with a TTL: the process holding a FIX session
+        (fix_gateway/session_lock.py)."""
+        return self.under(f"fix:lock:{session}")
+
+    def fix_fence(self, session: str) -> str:
+        """Counter: the fencing token of a FIX session's lock, one more per acquisition."""
+        return self.under(f"fix:fence:{session}")
+
+    def fix_takeover(self, session: str) -> str:
+        """String with a TTL: a newer logon of a FIX session asks its holder to let go."""
+        return self.under(f"fix:takeover:{session}")
+
     @property
     def sentinel(self) -> str:
         """String written by the cache writer; its absence means Redis lost the cache (restart)."""

@@ -56,6 +56,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from core.cache_keys import CacheKeys
 from core.errors import ConfigError
 from core.settings import Settings
 
@@ -115,6 +116,7 @@ class SessionLock:
             url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
         )
         self.prefix = prefix
+        self.keys = CacheKeys(prefix)
         self.lease_ms = int(lease_s * 1000)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.on_lost = on_lost
@@ -140,10 +142,10 @@ class SessionLock:
         return lock
 
     def _keys(self, sid: str) -> tuple[str, str]:
-        return f"{self.prefix}:fix:lock:{sid}", f"{self.prefix}:fix:fence:{sid}"
+        return self.keys.fix_lock(sid), self.keys.fix_fence(sid)
 
     def _takeover_key(self, sid: str) -> str:
-        return f"{self.prefix}:fix:takeover:{sid}"
+        return self.keys.fix_takeover(sid)
 
     def _value(self, sid: str) -> str:
         return f"{self.owner}|{self.held[sid]}"

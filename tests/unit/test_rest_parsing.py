@@ -59,7 +59,7 @@ def test_config_from_env() -> None:
 def test_chunk_for_is_exact_for_small_limits() -> None:
     from gateway_rest.ratelimit import chunk_for
 
-    assert chunk_for(5) == 1 and chunk_for(200) == 4 and chunk_for(10**9) == 100
+    assert chunk_for(5) == 1 and chunk_for(200) == 4 and chunk_for(10**9) == 1000
 
 
 async def test_l3_depth_keeps_whole_price_levels() -> None:

@@ -772,15 +772,18 @@ class Aggregator:
                     await self._heartbeat(now)
                 except Exception as exc:  # noqa: BLE001 - the broker may be away; keep beating
                     log.warning("heartbeat failed", extra={"error": repr(exc)})
-            elif not self.lease.leader and now - self.last_heartbeat >= period:
+            elif (
+                not self.lease.leader
+                and now - self.last_heartbeat >= period
                 # one presence record in flight at a time: records queued while the partition
                 # had no leader must not land in a burst and pass for a lease's worth of silence
-                if self._presence is None or self._presence.done():
-                    try:
-                        self._presence = await self._send_presence()
-                    except Exception as exc:  # noqa: BLE001 - as above
-                        log.warning("presence record failed", extra={"error": repr(exc)})
-                    self.last_heartbeat = now
+                and (self._presence is None or self._presence.done())
+            ):
+                try:
+                    self._presence = await self._send_presence()
+                except Exception as exc:  # noqa: BLE001 - as above
+                    log.warning("presence record failed", extra={"error": repr(exc)})
+                self.last_heartbeat = now
 
     async def _timers(self) -> None:
         now = time.monotonic()

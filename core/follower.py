@@ -53,7 +53,7 @@ from core.anonymize import apply as anonymize
 from core.book import L2Book
 from core.errors import CodecError
 from core.feed import HEARTBEAT_PREFIX, FeedClient, parse_addresses
-from core.kafka import METADATA_MAX_AGE_MS, Pacer
+from core.kafka import METADATA_MAX_AGE_MS, Pacer, partitions_by_topic
 from core.kafka_auth import kafka_security_options
 from core.settings import Settings
 from core.signing import sign
@@ -672,27 +672,49 @@ class StreamFollower:
     async def _start(self, sc: AIOKafkaConsumer, tc: AIOKafkaConsumer) -> None:
         await sc.start()
         await tc.start()
-        # consumer.topics() does not feed partitions_for_topic(); the fetched cluster does.
-        # Topics created a moment ago may not be in the metadata yet: retry for a while.
-        wanted = [self.topics.snapshot, *self.stream_topics]
-        for attempt in range(50):
-            cluster = await sc._client.fetch_all_metadata()
-            if all(cluster.partitions_for_topic(t) for t in wanted):
-                break
-            if attempt == 49:
-                missing = [t for t in wanted if not cluster.partitions_for_topic(t)]
-                raise RuntimeError(
-                    f"topics missing in Kafka: {missing} (run python -m core.bootstrap)"
-                )
-            await asyncio.sleep(0.2)
-        snap_tps = [
-            TopicPartition(self.topics.snapshot, p)
-            for p in sorted(cluster.partitions_for_topic(self.topics.snapshot) or ())
+        parts = await self._partitions(sc)
+        min_ts = await self._read_snapshots(sc, parts[self.topics.snapshot])
+        tps = [TopicPartition(t, p) for t in self.stream_topics for p in sorted(parts[t])]
+        tc.assign(tps)
+        self._stream_tps = tps
+        await self._position_streams(tc, tps, min_ts)
+        self._end_at_start = await tc.end_offsets(tps)
+        self._tasks = [
+            asyncio.create_task(self._snapshot_loop(), name="follower-snapshots"),
+            asyncio.create_task(self._stream_loop(), name="follower-streams"),
+            asyncio.create_task(self._watchdog(), name="follower-watchdog"),
         ]
+        feeds = parse_addresses(self.settings.get("MD_AGG_FEED", str, ""))
+        if feeds:
+            self._feed = FeedClient(feeds, self._on_direct)
+            self._feed.start()
+        log.info(
+            "follower started",
+            extra={"topics": self.stream_topics, "snapshot_keys": len(self.join.keys)},
+        )
+
+    async def _partitions(self, sc: AIOKafkaConsumer) -> dict[str, set[int]]:
+        """Partitions of the snapshot and stream topics. Topics created a moment ago may not be
+        in the metadata yet: retry for a while."""
+        wanted = [self.topics.snapshot, *self.stream_topics]
+        for _ in range(49):
+            parts = await partitions_by_topic(sc, wanted)
+            if all(parts[t] for t in wanted):
+                return parts
+            await asyncio.sleep(0.2)
+        parts = await partitions_by_topic(sc, wanted)
+        missing = [t for t in wanted if not parts[t]]
+        if missing:
+            raise RuntimeError(f"topics missing in Kafka: {missing} (run python -m core.bootstrap)")
+        return parts
+
+    async def _read_snapshots(self, sc: AIOKafkaConsumer, partitions: set[int]) -> dict[str, int]:
+        """Join the snapshot topic read to its end; returns, per stream topic, the oldest
+        snapshot record time (where its stream must be read from)."""
+        snap_tps = [TopicPartition(self.topics.snapshot, p) for p in sorted(partitions)]
         sc.assign(snap_tps)
         await sc.seek_to_beginning(*snap_tps)
         ends = await sc.end_offsets(snap_tps)
-        min_ts: dict[str, int] = {}  # stream topic -> oldest snapshot record time
         pending = {tp for tp, end in ends.items() if end > 0}
         # Only the newest record per key counts: a compacted topic still holds older copies in
         # its active segment, and joining from those would re-read minutes of stream.
@@ -706,6 +728,7 @@ class StreamFollower:
             for tp in list(pending):
                 if await sc.position(tp) >= ends[tp]:
                     pending.discard(tp)
+        min_ts: dict[str, int] = {}
         for key, (value, ts) in newest.items():
             self._run(self.join.on_snapshot(key, value, ts))
             if value is not None and not key.startswith(b"agg:"):
@@ -713,11 +736,13 @@ class StreamFollower:
                 with contextlib.suppress(KeyError):
                     t = self.topics.stream(ch)
                     min_ts[t] = min(min_ts.get(t, ts), ts)
-        tps: list[TopicPartition] = []
-        for t in self.stream_topics:
-            tps += [TopicPartition(t, p) for p in sorted(cluster.partitions_for_topic(t) or ())]
-        tc.assign(tps)
-        self._stream_tps = tps
+        return min_ts
+
+    async def _position_streams(
+        self, tc: AIOKafkaConsumer, tps: list[TopicPartition], min_ts: dict[str, int]
+    ) -> None:
+        """Each stream partition from its oldest snapshot's time minus the margin (the contract,
+        docs/internals.md), or ``lookback_ms`` back when no snapshot names it."""
         now_ms = int(time.time() * 1000)
         start = {
             tp: (min_ts[tp.topic] - self.join.margin_ms)
@@ -737,20 +762,6 @@ class StreamFollower:
             # one reset for all: each seek_to_end waits for the fetcher, which may be in a long
             # poll (MD_KAFKA_FETCH_WAIT_MS): one by one that was 24 x 0.5 s at a gateway's start
             await tc.seek_to_end(*to_end)
-        self._end_at_start = await tc.end_offsets(tps)
-        self._tasks = [
-            asyncio.create_task(self._snapshot_loop(), name="follower-snapshots"),
-            asyncio.create_task(self._stream_loop(), name="follower-streams"),
-            asyncio.create_task(self._watchdog(), name="follower-watchdog"),
-        ]
-        feeds = parse_addresses(self.settings.get("MD_AGG_FEED", str, ""))
-        if feeds:
-            self._feed = FeedClient(feeds, self._on_direct)
-            self._feed.start()
-        log.info(
-            "follower started",
-            extra={"topics": self.stream_topics, "snapshot_keys": len(self.join.keys)},
-        )
 
     async def stop(self) -> None:
         if self._feed is not None:
@@ -866,22 +877,9 @@ class StreamFollower:
         join, run = self.join, self._run
         pacer = Pacer(self.backup_wait_ms / 1000)
         while True:
-            if self._direct_only():
-                if not self.backup_paused:
-                    tc.pause(*self._stream_tps)
-                    self.backup_paused = True
-                    BACKUP_PAUSED.set(1)
-                    log.info("kafka backup paused: the direct feed is whole")
+            if not await self._backup_needed(tc):
                 await asyncio.sleep(self.backup_wait_ms / 1000)
                 continue
-            if self.backup_paused:
-                try:
-                    await self._resume_backup(tc)
-                except Exception as exc:  # noqa: BLE001 - the broker may be away: try again
-                    self.last_error = repr(exc)
-                    log.warning("kafka backup not resumed yet", extra={"error": repr(exc)})
-                    await asyncio.sleep(self.backup_wait_ms / 1000)
-                    continue
             if self._feed is not None and self._feed.live():
                 # a live direct feed brings the messages: Kafka only fills what it missed, so
                 # one fetch per MD_FOLLOWER_BACKUP_WAIT_MS instead of one per produce (most of a
@@ -904,14 +902,34 @@ class StreamFollower:
                         await asyncio.sleep(0)
                         slice_start = time.monotonic()
             if not self.ready.is_set():
-                done = True
-                for tp, end in self._end_at_start.items():
-                    if await tc.position(tp) < end:
-                        done = False
-                        break
-                if done:
-                    self.ready.set()
-                    log.info("follower caught up", extra={"keys": len(join.keys)})
+                await self._check_caught_up(tc)
+
+    async def _backup_needed(self, tc: AIOKafkaConsumer) -> bool:
+        """Whether to read Kafka now: pauses it while the direct feed is whole, resumes it
+        (False until the resume succeeded: the broker may be away) when that ends."""
+        if self._direct_only():
+            if not self.backup_paused:
+                tc.pause(*self._stream_tps)
+                self.backup_paused = True
+                BACKUP_PAUSED.set(1)
+                log.info("kafka backup paused: the direct feed is whole")
+            return False
+        if self.backup_paused:
+            try:
+                await self._resume_backup(tc)
+            except Exception as exc:  # noqa: BLE001 - the broker may be away: try again
+                self.last_error = repr(exc)
+                log.warning("kafka backup not resumed yet", extra={"error": repr(exc)})
+                return False
+        return True
+
+    async def _check_caught_up(self, tc: AIOKafkaConsumer) -> None:
+        """``ready`` once every stream partition was read to its end offset at start."""
+        for tp, end in self._end_at_start.items():
+            if await tc.position(tp) < end:
+                return
+        self.ready.set()
+        log.info("follower caught up", extra={"keys": len(self.join.keys)})
 
     async def _watchdog(self) -> None:
         """Probe the broker: aiokafka retries silently, so a lost feed is otherwise invisible."""
@@ -933,7 +951,7 @@ class StreamFollower:
                 if not self.connected:
                     log.info("kafka feed restored")
                 self.connected, self.last_error, failures = True, None, 0
-            except Exception as exc:  # any failure to reach the broker counts
+            except Exception as exc:  # noqa: BLE001 - any failure to reach the broker counts
                 failures += 1
                 self.last_error = repr(exc)
                 if failures >= 2 and self.connected:  # two probes in a row: lost

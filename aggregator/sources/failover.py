@@ -33,6 +33,7 @@ needed on this side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -234,10 +235,8 @@ class FailoverSource:
         try:
             while not stop.is_set():
                 await self.check()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.check_s)
-                except TimeoutError:
-                    pass
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)

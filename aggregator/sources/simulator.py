@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import time
 from decimal import Decimal
@@ -127,10 +128,8 @@ async def run_simulator(
             done_steps += n
             await pub.flush()
             last_ok[0] = time.monotonic()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
-            except TimeoutError:
-                pass
         await pub.flush()
         log.info("simulator stopped", extra={"events": published})
         return published

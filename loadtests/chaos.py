@@ -77,6 +77,7 @@ from core.topics import Topics
 from fix_gateway.client import FixClient
 from fix_gateway.codec import Message
 from fix_gateway.store import MemoryStore
+from loadtests.bench_e2e import CONTROL  # the gateway's own message types
 from loadtests.faultproxy import FaultProxy
 from testkit.ports import free_port
 
@@ -85,10 +86,6 @@ VAR = Path(os.environ.get("MD_VAR_DIR", ROOT / "var"))
 LOCAL = ROOT / "deploy" / "local"
 SYMBOLS = ("BTC-USD", "ETH-USD")
 CHANNELS = ("l2", "trades", "ticker")
-CONTROL = frozenset(
-    ["subscribed", "unsubscribed", "heartbeat", "pong", "error", "resync", "gateway_status"]
-    + ["authenticated"]
-)
 PAUSE_LIMIT_S = 1.0
 # pause <= 1 s is part of passing
 PAUSE_BOUND = (

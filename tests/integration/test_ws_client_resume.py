@@ -23,12 +23,12 @@ from core.cache_keys import CacheKeys
 from core.codec import iso_from_ns
 from core.settings import Settings
 from gateway_ws.client_ids import owner_of
-from gateway_ws.resume import hist_key
 from tests.conftest import free_port
 from tests.integration.ws_helpers import (
     ClientBook,
     Feed,
     drop_topics,  # noqa: F401 - autouse: topics deleted after each test
+    fill_resume_window,
     recv_until,
     running_gateway,
     send,
@@ -37,17 +37,6 @@ from tests.integration.ws_helpers import (
 from tests.unit.test_follower_join import T0
 
 pytestmark = pytest.mark.integration
-
-
-async def _hist(r: aioredis.Redis, settings: Settings, raws: list[bytes]) -> None:
-    """What the storage cache writer does per message (docs/internals.md "Redis")."""
-    for raw in raws:
-        d = orjson.loads(raw)
-        await r.xadd(
-            hist_key(settings.redis_prefix, d["channel"], d["symbol"]),
-            {"m": raw, "e": d["epoch"]},
-            id=f"{d['seq']}-0",
-        )
 
 
 @pytest.fixture
@@ -97,7 +86,7 @@ async def test_resume_by_client_id_on_another_process_gets_every_channel_it_had(
     async with Feed(settings) as feed:
         for sym in ("BTC-USD", "ETH-USD"):
             await feed.snapshot(sym)
-            await _hist(r, settings, await feed.updates(sym, 10))
+            await fill_resume_window(r, settings, await feed.updates(sym, 10))
         books = {"BTC-USD": ClientBook(), "ETH-USD": ClientBook()}
         async with running_gateway(settings) as gw1, connect(url(gw1, "client_id=desk-1")) as ws:
             await send(ws, {"type": "subscribe", "channels": ["l2:BTC-USD", "l2:ETH-USD"], "id": 1})
@@ -116,7 +105,7 @@ async def test_resume_by_client_id_on_another_process_gets_every_channel_it_had(
         assert await r.pttl(CacheKeys(settings.redis_prefix).client("anon", "desk-1")) > 0
         # missed while away: seq 11..15 of both (published at T0 + seq µs)
         for sym in ("BTC-USD", "ETH-USD"):
-            await _hist(r, settings, await feed.updates(sym, 5, start=10))
+            await fill_resume_window(r, settings, await feed.updates(sym, 5, start=10))
         since_s = f"{(T0 + 11_000) // 10**9}.{(T0 + 11_000) % 10**9:09d}"  # Unix seconds
         ws = await _connect_when_up(other_process)
         try:
@@ -148,7 +137,7 @@ async def test_resume_beyond_the_window_and_unknown_ids_answer_clearly(
     async with Feed(settings) as feed:
         await feed.snapshot("BTC-USD")
         ups = await feed.updates("BTC-USD", 30)
-        await _hist(r, settings, ups[20:])  # the window holds 21..30 only
+        await fill_resume_window(r, settings, ups[20:])  # the window holds 21..30 only
         ws = await _connect_when_up(other_process, "?client_id=desk-2")
         try:
             await send(ws, {"type": "resume", "since": 0})

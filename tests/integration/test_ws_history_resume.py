@@ -21,7 +21,6 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from core.codec import iso_from_ns
 from core.settings import Settings
-from gateway_ws.resume import hist_key
 from storage.db_writer import DbWriter, DbWriterConfig
 from storage.migrate import migrate
 from tests.conftest import free_port
@@ -30,6 +29,7 @@ from tests.integration.ws_helpers import (
     ClientBook,
     Feed,
     drop_topics,  # noqa: F401 - autouse: topics deleted after each test
+    fill_resume_window,
     recv_until,
     running_gateway,
     send,
@@ -41,17 +41,6 @@ pytestmark = pytest.mark.integration
 
 N = 40  # updates published; Redis keeps only the last WINDOW of them
 WINDOW = 10
-
-
-async def _hist(r: aioredis.Redis, settings: Settings, raws: list[bytes]) -> None:
-    """What the storage cache writer does per message (docs/internals.md "Redis")."""
-    for raw in raws:
-        d = orjson.loads(raw)
-        await r.xadd(
-            hist_key(settings.redis_prefix, d["channel"], d["symbol"]),
-            {"m": raw, "e": d["epoch"]},
-            id=f"{d['seq']}-0",
-        )
 
 
 @pytest.fixture
@@ -77,7 +66,7 @@ async def _stored_stream(
     await migrate(pg)
     await feed.snapshot(sym)
     ups = await feed.updates(sym, N)
-    await _hist(r, settings, ups[-WINDOW:])
+    await fill_resume_window(r, settings, ups[-WINDOW:])
     w = DbWriter(settings, dataclasses.replace(DbWriterConfig.from_settings(settings), batch_ms=50))
 
     async def stored() -> bool:
@@ -142,7 +131,7 @@ async def test_resume_since_seq_older_than_the_window_is_served_from_history(
                 assert (await recv_until(ws, lambda m: True))["type"] == "subscribed"
                 assert await _updates_to(ws, cb, N) == list(range(6, N + 1))
                 live = await feed.updates(sym, 5, start=N)
-                await _hist(r, s, live)
+                await fill_resume_window(r, s, live)
                 assert await _updates_to(ws, cb, N + 5) == list(range(N + 1, N + 6))  # then live
             assert gw.history.stored is not None and gw.history.stored.failures == 0
 
@@ -202,7 +191,7 @@ async def test_database_down_falls_back_to_the_resync_at_once(
     async with Feed(down) as feed:
         await feed.snapshot(sym)
         ups = await feed.updates(sym, N)
-        await _hist(r, down, ups[-WINDOW:])
+        await fill_resume_window(r, down, ups[-WINDOW:])
         async with running_gateway(down) as gw:
             stored = gw.history.stored
             assert stored is not None
@@ -241,7 +230,7 @@ async def test_trades_resume_older_than_the_window_then_live(
         raws = [p.trade(f"{100 + i % 7}.5", "0.1") for i in range(N)]
         for raw in raws:
             await feed.raw(trades_topic, raw, sym)
-        await _hist(r, hsettings, raws[-WINDOW:])
+        await fill_resume_window(r, hsettings, raws[-WINDOW:])
         w = DbWriter(
             hsettings, dataclasses.replace(DbWriterConfig.from_settings(hsettings), batch_ms=50)
         )

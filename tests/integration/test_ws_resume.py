@@ -11,11 +11,11 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from core.codec import iso_from_ns
 from core.settings import Settings
-from gateway_ws.resume import hist_key
 from tests.integration.ws_helpers import (
     ClientBook,
     Feed,
     drop_topics,  # noqa: F401 - autouse: topics deleted after each test
+    fill_resume_window,
     recv_until,
     running_gateway,
     send,
@@ -27,16 +27,7 @@ pytestmark = pytest.mark.integration
 
 
 async def _hist(r: aioredis.Redis, settings: Settings, raws: list[bytes]) -> None:
-    """What the storage cache writer does per message (docs/internals.md "Redis")."""
-    for raw in raws:
-        d = orjson.loads(raw)
-        await r.xadd(
-            hist_key(settings.redis_prefix, d["channel"], d["symbol"]),
-            {"m": raw, "e": d["epoch"]},
-            id=f"{d['seq']}-0",
-            maxlen=10_000,
-            approximate=True,
-        )
+    await fill_resume_window(r, settings, raws, maxlen=10_000)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection
 
 from core.book import L2Book
@@ -17,6 +18,7 @@ from core.kafka import make_producer
 from core.settings import Settings
 from core.topics import Topics
 from gateway_ws.config import WsConfig
+from gateway_ws.resume import hist_key
 from gateway_ws.server import Gateway
 from tests.conftest import free_port
 from tests.unit.test_follower_join import Producer
@@ -145,3 +147,19 @@ class ClientBook:
         else:
             return
         assert self.book.checksum() == msg["checksum"], "checksum mismatch"
+
+
+async def fill_resume_window(
+    r: aioredis.Redis, settings: Settings, raws: list[bytes], *, maxlen: int | None = None
+) -> None:
+    """What the storage cache writer does per message (docs/internals.md "Redis"): each message
+    into its stream's resume window, entry id ``<seq>-0``."""
+    for raw in raws:
+        d = orjson.loads(raw)
+        await r.xadd(
+            hist_key(settings.redis_prefix, d["channel"], d["symbol"]),
+            {"m": raw, "e": d["epoch"]},
+            id=f"{d['seq']}-0",
+            maxlen=maxlen,
+            approximate=maxlen is not None,
+        )

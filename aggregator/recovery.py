@@ -23,10 +23,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from aggregator.errors import AggregatorError
 from aggregator.leadership import Heartbeat
 from aggregator.outbox import StreamKey
 from aggregator.state import AggConfig, SymbolState
-from core.errors import MarketDataError
 from core.kafka import make_consumer, partitions_of
 from core.settings import Settings
 from core.topics import Topics
@@ -35,7 +35,7 @@ log = logging.getLogger("aggregator.recovery")
 READ_TIMEOUT_S = 30.0
 
 
-class RecoveryError(MarketDataError):
+class RecoveryError(AggregatorError):
     """Recovery could not read what it needs (retriable: the broker may be slow)."""
 
     retriable = True

@@ -13,14 +13,15 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.codec import ns_from_iso
-from core.errors import CodecError, MarketDataError
+from core.errors import CodecError
+from gateway_rest.base_error import RestError
 from gateway_rest.store import NotCached, Unavailable
 
 log = logging.getLogger("gateway_rest.app")
 JSON = "application/json"
 
 
-class ApiError(MarketDataError):
+class ApiError(RestError):
     """An answer other than 200: its status, the stable ``error`` code and the message."""
 
     def __init__(

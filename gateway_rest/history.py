@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncpg
 import orjson
 
-from core.errors import MarketDataError
 from core.history.archive import history_source
 from core.history.book import HistoryError, book_at
+from gateway_rest.base_error import RestError
 from gateway_rest.store import MarketStore, Unavailable
 
 # errors that mean "the database is not there", not "the request is wrong"
@@ -26,7 +26,7 @@ _DOWN: tuple[type[BaseException], ...] = (
 )
 
 
-class NoHistory(MarketDataError):
+class NoHistory(RestError):
     """Maps to 404 ``no_history`` in the app."""
 
 

@@ -22,7 +22,6 @@ from redis.exceptions import RedisError
 
 from core.cache_keys import CacheKeys
 from core.codec import iso_from_ns, ns_from_iso
-from core.errors import MarketDataError
 from core.history.sql import (
     SQL_LATEST_L2_SNAPSHOT,
     SQL_SYMBOLS,
@@ -30,6 +29,7 @@ from core.history.sql import (
     trades_range_query,
 )
 from core.settings import Settings
+from gateway_rest.base_error import RestError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,7 +46,7 @@ def _b(v: bytes | str) -> bytes:
     return v if isinstance(v, bytes) else v.encode()
 
 
-class Unavailable(MarketDataError):
+class Unavailable(RestError):
     """A dependency needed for this answer is down: 503 with ``reason``."""
 
     retriable = True
@@ -57,7 +57,7 @@ class Unavailable(MarketDataError):
         super().__init__(f"{dependency}: {reason}")
 
 
-class NotCached(MarketDataError):
+class NotCached(RestError):
     """The symbol is listed but the cache holds no data for it yet (404 with a reason)."""
 
 

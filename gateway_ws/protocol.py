@@ -35,9 +35,10 @@ import orjson
 
 from core.channels import DATA_CHANNELS, error_message
 from core.codec import iso_from_ns
-from core.errors import CodecError, MarketDataError, SymbolError
+from core.errors import CodecError, SymbolError
 from core.symbols import normalize_symbol
 from gateway_ws.client_ids import STORED_OPTIONS, check_client_id
+from gateway_ws.errors import GatewayWsError
 from gateway_ws.rates import no_path_message
 
 Key = tuple[str, str]  # (channel, symbol); the status channel uses symbol "*" for "all"
@@ -61,7 +62,7 @@ _UNIX_S = re.compile(r"^\d+(?:\.\d+)?$")
 _MAX_UNIX_S = 1e11
 
 
-class ProtocolError(MarketDataError):
+class ProtocolError(GatewayWsError):
     """A client request we refuse; ``code`` is stable, the message is for humans."""
 
     def __init__(self, code: str, message: str) -> None:

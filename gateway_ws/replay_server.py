@@ -43,7 +43,7 @@ from websockets.http11 import Request, Response
 
 from core.codec import ns_from_iso
 from core.db_errors import is_retriable_db_error
-from core.errors import CodecError, ConfigError, MarketDataError, SymbolError
+from core.errors import CodecError, ConfigError, SymbolError
 from core.health import INFO, LIVENESS, Health, scope_of, tasks_alive
 from core.history.archive import history_source
 from core.history.book import HistoryError
@@ -53,6 +53,7 @@ from core.security import replay_findings, require_secure
 from core.settings import Settings, parse_list
 from core.symbols import normalize_symbol
 from core.tls import server_context
+from gateway_ws.errors import GatewayWsError
 from gateway_ws.protocol import Principal, ProtocolError
 from gateway_ws.replay_access import ConnectionLimits, ReplayAccess, expired
 
@@ -113,7 +114,7 @@ class ReplayConfig:
             )
 
 
-class ReplayError(MarketDataError):
+class ReplayError(GatewayWsError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code

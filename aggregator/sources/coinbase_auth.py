@@ -27,13 +27,13 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from core.errors import MarketDataError
+from aggregator.errors import AggregatorError
 
 JWT_ISSUER = "cdp"
 JWT_LIFETIME_S = 120  # Coinbase: a JWT expires after two minutes
 
 
-class CredentialsError(MarketDataError):
+class CredentialsError(AggregatorError):
     """The API key cannot be used (missing, unreadable, not an EC P-256 key). Permanent."""
 
 

@@ -42,13 +42,7 @@ def test_public_exceptions_derive_from_the_root() -> None:
 SERVICES = ("aggregator", "gateway_ws", "gateway_rest", "fix_gateway", "storage")
 # Today's second roots, to burn down (issue 14: "one root exception per service"): a line leaves
 # when its class derives from its service's root; the test then says so.
-KNOWN_EXTRA_ROOTS: set[str] = {
-    "aggregator.sources.coinbase_auth.CredentialsError",
-    "gateway_ws.replay_server.ReplayError",
-    "gateway_rest.history.NoHistory",
-    "gateway_rest.store.NotCached",
-    "gateway_rest.store.Unavailable",
-}
+KNOWN_EXTRA_ROOTS: set[str] = set()
 
 
 def _roots(found: dict[str, type[BaseException]]) -> dict[str, set[str]]:

@@ -156,6 +156,7 @@ class Window:
     notes: list[str] = field(default_factory=list)  # observations that do not fail the scenario
     went_back: int = 0  # snapshots older than the client's state (it re-receives what it had)
     extra: dict[str, Any] = field(default_factory=dict)
+    longest: tuple[float, float] = (0.0, 0.0)  # the longest pause and when it ended (+s)
 
     def event(self, what: str) -> None:
         t = now_s() - self.t0
@@ -202,7 +203,9 @@ class Window:
             out.append(f"{self.resyncs} resyncs {dict(self.resync_reasons)}")
         _, mx = self.pause()
         if self.name in PAUSE_BOUND and mx is not None and mx > PAUSE_LIMIT_S:
-            out.append(f"pause {mx:.3f} s > {PAUSE_LIMIT_S} s")
+            gap, end = self.longest
+            at = f" (from +{end - gap:.2f} s to +{end:.2f} s)" if gap == mx else ""
+            out.append(f"pause {mx:.3f} s > {PAUSE_LIMIT_S} s{at}")
         if self.rows_lost:
             out.append(f"{self.rows_lost} trade rows lost")
         if self.rows_doubled:
@@ -379,7 +382,10 @@ class VerifyingClient:
         w = self.window
         w.messages += 1
         if self.last_arrival is not None:
-            w.inter.append(t - self.last_arrival)
+            gap = t - self.last_arrival
+            w.inter.append(gap)
+            if gap > w.longest[0]:
+                w.longest = (gap, t - w.t0)
         self.last_arrival = t
         if self.disconnected_at is not None:
             w.event(f"first data after the disconnect: {t - self.disconnected_at:.3f} s")

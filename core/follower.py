@@ -53,8 +53,7 @@ from core.anonymize import apply as anonymize
 from core.book import L2Book
 from core.errors import CodecError
 from core.feed import HEARTBEAT_PREFIX, FeedClient, parse_addresses
-from core.kafka import METADATA_MAX_AGE_MS, Pacer, partitions_by_topic
-from core.kafka_auth import kafka_security_options
+from core.kafka import Pacer, make_consumer, partitions_by_topic
 from core.settings import Settings
 from core.signing import sign
 from core.stream_kinds import KINDS
@@ -647,17 +646,8 @@ class StreamFollower:
     # ----------------------------------------------------------------- lifecycle
 
     def _consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=None,
-            isolation_level="read_uncommitted",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.get("MD_KAFKA_FETCH_WAIT_MS", int, 500),
-            max_partition_fetch_bytes=4 << 20,
-            metadata_max_age_ms=METADATA_MAX_AGE_MS,  # core/kafka.py: a stale broker list
-            **kafka_security_options(self.settings),
-        )
+        # no group: every gateway process reads everything, positioned by hand (start)
+        return make_consumer(self.settings)
 
     async def start(self) -> None:
         """Read the snapshot topic to its end, position the streams, start following."""

@@ -44,6 +44,7 @@ from aggregator.testing import delete_topics
 from core.kafka import ensure_topics, make_producer
 from core.settings import Settings
 from core.topics import Topics
+from loadtests.bench_e2e import parse_metrics
 from testkit.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,11 +195,8 @@ def _role(port: int) -> str | None:
 
 def _events_in(port: int) -> int:
     """Input events the aggregator applied so far (its counter, summed over event types)."""
-    n = 0.0
-    for line in _get(port, "/metrics").decode().splitlines():
-        if line.startswith("md_agg_events_in_total{"):
-            n += float(line.rsplit(" ", 1)[1])
-    return int(n)
+    series = parse_metrics(_get(port, "/metrics").decode())
+    return int(sum(v for (name, _), v in series.items() if name == "md_agg_events_in_total"))
 
 
 def _start_aggregator(env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -94,8 +94,8 @@ _HOP_PUBLISH = HOP.labels("append_to_publish")
 #: Output batching with a direct feed: Kafka is the durable copy and every gateway's backup, not
 #: the latency path. Each produce request carries a batch per output partition (11 stream topics
 #: x 6 partitions), and its cost to the broker and the aggregator is per request and partition,
-#: not per record: 10 -> 100 ms took the broker from 27 to 15 % of a core and the aggregator from
-#: 20 to 10 % at the default simulator rate (docs/benchmarks.md, issue 10).
+#: not per record: 10 -> 100 ms took the broker from 27 to 15 % of a core at the default simulator
+#: rate (docs/aggregator.md "Kafka batching", issue 10).
 FEED_LINGER_MS = 100
 #: Without a direct feed Kafka is the only path to the gateways: batch briefly.
 NO_FEED_LINGER_MS = 5

@@ -223,6 +223,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_WS_PROCESS_BUFFER_BYTES",
         "MD_WS_RESUME_CONCURRENCY",
         "MD_WS_RESUME_MAX",
+        "MD_WS_SERVER",
         "MD_WS_SNDBUF",
         "MD_WS_TIERS",
         "MD_WS_TLS_CERT",

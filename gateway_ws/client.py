@@ -16,19 +16,41 @@ from websockets.protocol import State as WsState
 from gateway_ws.fanout import Conn, Mode, Sub, frame
 from gateway_ws.protocol import Session
 
-__all__ = ["Client", "Mode", "Sub", "frame"]
+__all__ = ["Client", "Mode", "ShellClient", "Sub", "frame"]
 
 CLOSE_WAIT_S = 10.0  # bounded: the buffer behind the close frame is at most 2 x buffer_high
 
 
-class Client(Conn):
-    """One connection: its websockets object, protocol session and transport.
+class ShellClient(Conn):
+    """What the hub needs of a connection, whichever server accepted it: the session, the
+    transport's backlog, one write per loop turn and a close with a code."""
+
+    __slots__ = ("session", "transport", "close_task")
+
+    session: Session
+    transport: asyncio.Transport | None
+    close_task: asyncio.Task[None] | None
+
+    def buffered(self) -> int:
+        t = self.transport
+        return t.get_write_buffer_size() if t is not None else 0
+
+    def write_out(self, chunks: list[bytes]) -> None:
+        raise NotImplementedError
+
+    async def aclose(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+
+class Client(ShellClient):
+    """One connection of the websockets server (``MD_WS_SERVER=websockets``, or permessage-
+    deflate): its websockets object, protocol session and transport.
 
     A connection that negotiated permessage-deflate compresses per connection, so its payloads
     go through the websockets protocol object; every other one gets the core's shared frames.
     """
 
-    __slots__ = ("ws", "session", "proto", "transport", "close_task")
+    __slots__ = ("ws", "proto")
 
     def __init__(
         self,
@@ -57,11 +79,7 @@ class Client(Conn):
         self.session = session
         self.proto = ws.protocol  # cached: written once per connection per loop turn
         self.transport = ws.transport
-        self.close_task: asyncio.Task[None] | None = None
-
-    def buffered(self) -> int:
-        t = self.transport
-        return t.get_write_buffer_size() if t is not None else 0
+        self.close_task = None
 
     def write_out(self, chunks: list[bytes]) -> None:
         """One loop turn's bytes for this connection, in one ``transport.write``."""
@@ -69,7 +87,7 @@ class Client(Conn):
             return  # never a data frame after a close frame (RFC 6455 §5.5.1)
         try:
             if self.framed:
-                self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                self.ws.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
                 return
             send = self.proto.send_binary if self.binary else self.proto.send_text
             for payload in chunks:

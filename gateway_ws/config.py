@@ -47,6 +47,9 @@ DEFAULT_TIERS: dict[str, Tier] = {
 }
 
 
+SERVERS = ("native", "websockets")
+
+
 @dataclass(frozen=True, kw_only=True)
 class WsConfig:
     host: str = "127.0.0.1"
@@ -97,6 +100,11 @@ class WsConfig:
     # kept as a switch for the benchmark comparison in docs/benchmarks.md)
     preframed: bool = True
     deflate: bool = False  # permessage-deflate offered to clients that ask (CPU per client)
+    # "native": the gateway's own asyncio.Protocol answers the upgrade and reads frames
+    # (gateway_ws/listener.py: ~10x less CPU per connection in a storm, docs/benchmarks.md);
+    # "websockets": python-websockets' server, as before. permessage-deflate is only in the
+    # latter, so MD_WS_DEFLATE=1 serves with websockets whatever this says
+    server: str = "native"
     tls_cert: str | None = None
     tls_key: str | None = None
     trades_keep: int = 100
@@ -138,6 +146,13 @@ class WsConfig:
             raise ConfigError("MD_WS_RESUME_CONCURRENCY", "must be >= 1")
         if self.client_ttl_s <= 0:
             raise ConfigError("MD_WS_CLIENT_TTL_S", "must be > 0 seconds")
+        if self.server not in SERVERS:
+            raise ConfigError("MD_WS_SERVER", f"must be one of {', '.join(SERVERS)}")
+
+    @property
+    def native_server(self) -> bool:
+        """Whether gateway_ws/listener.py serves (permessage-deflate needs websockets)."""
+        return self.server == "native" and not self.deflate
 
     @classmethod
     def from_settings(cls, s: Settings) -> WsConfig:
@@ -186,6 +201,7 @@ class WsConfig:
             idle_s=g("MD_WS_IDLE_S", float, d.idle_s),
             deflate=g("MD_WS_DEFLATE", parse_bool, d.deflate),
             preframed=g("MD_WS_PREFRAMED", parse_bool, d.preframed),
+            server=g("MD_WS_SERVER", str, d.server).strip().lower(),
             tls_cert=g("MD_WS_TLS_CERT", str, None),
             tls_key=g("MD_WS_TLS_KEY", str, None),
             limits=lim,

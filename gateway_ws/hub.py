@@ -29,7 +29,7 @@ from core.errors import CodecError
 from core.follower import Reset, StreamFollower
 from core.isotime import ns_from_iso_cached
 from gateway_ws import metrics as m
-from gateway_ws.client import Client
+from gateway_ws.client import ShellClient
 from gateway_ws.config import WsConfig
 from gateway_ws.fanout import CloseConn, Conn, Sub
 from gateway_ws.protocol import Key, SubRequest
@@ -147,7 +147,7 @@ class Hub:
 
     def _close(self, cl: CloseConn) -> None:
         c = cl.conn
-        assert isinstance(c, Client)
+        assert isinstance(c, ShellClient)
         self._cancel_resumes(c.subs.values())
         level = logging.INFO if cl.event == "idle_close" else logging.WARNING
         audit.log(
@@ -164,24 +164,24 @@ class Hub:
         if c.close_task is None:
             c.close_task = asyncio.get_running_loop().create_task(c.aclose(cl.code, cl.reason))
 
-    def close(self, c: Client, code: int, reason: str, event: str) -> None:
+    def close(self, c: ShellClient, code: int, reason: str, event: str) -> None:
         self.core.close(c, code, reason, event)
         self.kick()
 
-    def add_client(self, c: Client) -> None:
+    def add_client(self, c: ShellClient) -> None:
         self.core.add(c, self.clock())
 
-    def remove_client(self, c: Client) -> None:
+    def remove_client(self, c: ShellClient) -> None:
         self._cancel_resumes(self.core.remove(c))
 
-    def control(self, c: Client, payload: bytes) -> None:
+    def control(self, c: ShellClient, payload: bytes) -> None:
         """A reply of the client's session (already encoded), queued within the forced bound."""
         self.core.control(c, payload)
         self.kick()
 
     # ----------------------------------------------------------------- subscriptions
 
-    def subscribe(self, c: Client, req: SubRequest) -> None:
+    def subscribe(self, c: ShellClient, req: SubRequest) -> None:
         old = c.subs.get(req.key)
         if old is not None:
             self._cancel_resumes((old,))
@@ -203,7 +203,7 @@ class Hub:
             self.resumes[sub] = asyncio.get_running_loop().create_task(self._resume(sub))
         self.kick()
 
-    def unsubscribe(self, c: Client, keys: Iterable[Key]) -> None:
+    def unsubscribe(self, c: ShellClient, keys: Iterable[Key]) -> None:
         keys = tuple(keys)
         self._cancel_resumes(self.core.unsubscribe(c, keys))
         for k in keys:
@@ -280,11 +280,11 @@ class Hub:
     def _tick(self) -> None:
         for c in self.core.conns:
             if c.stale:
-                self.core.report_backlog(c, cast(Client, c).buffered())
+                self.core.report_backlog(c, cast(ShellClient, c).buffered())
         self.core.tick(self.clock(), time.time_ns())
         self.kick()
 
-    def heartbeat(self, c: Client) -> dict[str, Any]:
+    def heartbeat(self, c: ShellClient) -> dict[str, Any]:
         return self.core.heartbeat(c, time.time_ns())
 
     # ----------------------------------------------------------------- resume
@@ -358,7 +358,7 @@ class Hub:
             cur = self.follower.seq_of(channel, symbol)
         return cur
 
-    async def _drained(self, c: Client) -> bool:
+    async def _drained(self, c: ShellClient) -> bool:
         """Wait until ``c`` is under its bound (it reads); False if it does not within
         ``RESUME_DRAIN_S`` or closes."""
         deadline = self.clock() + RESUME_DRAIN_S
@@ -373,7 +373,7 @@ class Hub:
 
     async def _replay(self, sub: Sub) -> str:
         req, core = sub.req, self.core
-        c = cast(Client, sub.conn)  # every Conn of this shell is a Client (or quacks like one)
+        c = cast(ShellClient, sub.conn)  # every Conn of this shell is a Client (or quacks like one)
         assert self.history is not None
         resume_max = self.cfg.resume_max
         deadline = self.clock() + 1.0

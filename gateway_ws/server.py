@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -41,11 +42,12 @@ from core.symbols import normalize_symbol
 from core.tls import server_context
 from gateway_ws import metrics as m
 from gateway_ws.auth import Authenticator
-from gateway_ws.client import Client
+from gateway_ws.client import Client, ShellClient
 from gateway_ws.client_ids import ClientStore, check_client_id, owner_of
 from gateway_ws.config import WsConfig
 from gateway_ws.history_resume import StoredHistory
 from gateway_ws.hub import Hub
+from gateway_ws.listener import Listener
 from gateway_ws.protocol import (
     CLOSE_TRY_LATER,
     STATUS,
@@ -60,6 +62,7 @@ from gateway_ws.protocol import (
 )
 from gateway_ws.rates import conversion_path
 from gateway_ws.resume import History
+from gateway_ws.upgrade import Admitted, Reply
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("gateway_ws.audit")
@@ -100,7 +103,11 @@ class Gateway:
         self.per_ip: dict[str, int] = {}
         self.per_user: dict[str, int] = {}
         self._ids = itertools.count(1)
+        self.anonymous = Principal(None, self.cfg.anonymous_tier)
+        self._encoders = {False: _encoder(False), True: _encoder(True)}
+        self._touches: set[asyncio.Task[None]] = set()
         self.server: Server | None = None
+        self.listener: Listener | None = None
         # optional Ed25519 signatures on every data message (core/signing.py), keys at GET /keys
         signer = Signer.from_settings(settings)
         install(signer)
@@ -123,32 +130,39 @@ class Gateway:
         ssl_ctx = None
         if self.cfg.tls_cert and self.cfg.tls_key:
             ssl_ctx = server_context(self.cfg.tls_cert, self.cfg.tls_key)  # core/tls.py policy
-        self.server = await serve(
-            self._handler,
-            self.cfg.host,
-            self.cfg.port,
-            reuse_port=True,
-            backlog=self.cfg.backlog,
-            ssl=ssl_ctx,
-            process_request=self._process_request,
-            compression="deflate" if self.cfg.deflate else None,
-            max_size=self.cfg.hard_max_frame,
-            max_queue=16,
-            ping_interval=self.cfg.ping_interval_s or None,
-            ping_timeout=self.cfg.ping_timeout_s or None,
-            close_timeout=2,
-            server_header=None,
-        )
+        if self.cfg.native_server:
+            self.listener = Listener(self)
+            await self.listener.start(ssl_ctx)
+        else:
+            self.server = await serve(
+                self._handler,
+                self.cfg.host,
+                self.cfg.port,
+                reuse_port=True,
+                backlog=self.cfg.backlog,
+                ssl=ssl_ctx,
+                process_request=self._process_request,
+                compression="deflate" if self.cfg.deflate else None,
+                max_size=self.cfg.hard_max_frame,
+                max_queue=16,
+                ping_interval=self.cfg.ping_interval_s or None,
+                ping_timeout=self.cfg.ping_timeout_s or None,
+                close_timeout=2,
+                server_header=None,
+            )
         log.info(
             "websocket listening",
             extra={
-                "url": f"{'wss' if ssl_ctx else 'ws'}://{self.cfg.host}:{self.cfg.port}{WS_PATH}"
+                "url": f"{'wss' if ssl_ctx else 'ws'}://{self.cfg.host}:{self.cfg.port}{WS_PATH}",
+                "server": "native" if self.cfg.native_server else "websockets",
             },
         )
 
     async def stop(self) -> None:
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if self.listener is not None:
+            await self.listener.stop()
         if self.server is not None:
             self.server.close(close_connections=True)
             try:
@@ -159,6 +173,10 @@ class Gateway:
         await self.follower.stop()
         await self.history.close()
 
+    def next_id(self) -> int:
+        """A connection number for the audit log, unique in this process."""
+        return next(self._ids)
+
     def is_symbol(self, sym: str) -> bool:
         return sym in self.symbols or sym in self.follower.join.symbols_seen()
 
@@ -168,38 +186,39 @@ class Gateway:
 
     # ----------------------------------------------------------------- HTTP side
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        url = urlsplit(request.path)
+    def admit(self, target: str, ip: str) -> Reply | Admitted:
+        """What a request on the public port gets: a plain reply (health, keys, metrics, a
+        refusal), or the options of an accepted WebSocket upgrade. Both servers ask this."""
+        url = urlsplit(target)
         scope = scope_of(url.path)
         if scope is not None:
             ok, body = self.health.evaluate(scope)
             body["connections"] = len(self.hub.clients)
             body["pid"] = os.getpid()
-            return _http(
+            return Reply(
                 HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
                 "application/json",
                 orjson.dumps(body),
             )
         if url.path == "/keys":
-            return _http(HTTPStatus.OK, "application/json", self.keys_doc)
+            return Reply(HTTPStatus.OK, "application/json", self.keys_doc)
         if url.path == "/metrics" and not self.metrics_port:
-            return _http(HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+            return Reply(HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
         if url.path != WS_PATH:
-            return _http(
+            return Reply(
                 HTTPStatus.NOT_FOUND,
                 "application/json",
                 b'{"error":"not found: the WebSocket endpoint is /ws"}',
             )
-        ip = self._ip(conn)
         if len(self.hub.clients) >= self.cfg.max_connections:
             m.REJECTS.labels("capacity").inc()
-            return _http(
+            return Reply(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 "application/json",
                 b'{"error":"gateway at capacity, retry later"}',
             )
-        q = parse_qs(url.query)
-        principal = Principal(None, self.cfg.anonymous_tier)
+        q = parse_qs(url.query) if url.query else {}
+        principal = self.anonymous
         token = (q.get("token") or [""])[0]
         if token:
             try:
@@ -209,7 +228,7 @@ class Gateway:
                 audit.warning(
                     "auth failed", extra={"event": "auth_failed", "ip": ip, "reason": exc.message}
                 )
-                return _http(
+                return Reply(
                     HTTPStatus.UNAUTHORIZED,
                     "application/json",
                     orjson.dumps({"error": exc.code, "message": exc.message}),
@@ -218,7 +237,7 @@ class Gateway:
             if self.per_ip.get(ip, 0) >= self.cfg.max_conn_per_ip:
                 m.REJECTS.labels("per_ip").inc()
                 audit.warning("connection limit", extra={"event": "limit_ip", "ip": ip})
-                return _http(
+                return Reply(
                     HTTPStatus.TOO_MANY_REQUESTS,
                     "application/json",
                     b'{"error":"too many connections from this address"}',
@@ -228,17 +247,17 @@ class Gateway:
             audit.warning(
                 "connection limit", extra={"event": "limit_user", "ip": ip, "user": principal.user}
             )
-            return _http(
+            return Reply(
                 HTTPStatus.TOO_MANY_REQUESTS,
                 "application/json",
                 b'{"error":"too many connections for this user"}',
             )
         batch = (q.get("batch") or ["0"])[0]  # opt-in batched frames (docs/websocket.md)
         if batch not in ("0", "1"):
-            return _http(HTTPStatus.BAD_REQUEST, "application/json", b'{"error":"batch is 0 or 1"}')
+            return Reply(HTTPStatus.BAD_REQUEST, "application/json", b'{"error":"batch is 0 or 1"}')
         enc = (q.get("encoding") or ["json"])[0]
         if enc not in ("json", "msgpack"):
-            return _http(
+            return Reply(
                 HTTPStatus.BAD_REQUEST,
                 "application/json",
                 b'{"error":"encoding is json or msgpack"}',
@@ -248,15 +267,19 @@ class Gateway:
             try:
                 check_client_id(cid)
             except ValueError as exc:
-                return _http(
+                return Reply(
                     HTTPStatus.BAD_REQUEST,
                     "application/json",
                     orjson.dumps({"error": "bad_request", "message": str(exc)}),
                 )
-        conn.md_client_id = cid  # type: ignore[attr-defined]
-        conn.md_principal = principal  # type: ignore[attr-defined]
-        conn.md_binary = enc == "msgpack"  # type: ignore[attr-defined]
-        conn.md_batch = batch == "1"  # type: ignore[attr-defined]
+        return Admitted(principal, enc == "msgpack", batch == "1", cid)
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """websockets' hook: :meth:`admit` in its types."""
+        got = self.admit(request.path, self._ip(conn))
+        if isinstance(got, Reply):
+            return _http(got.status, got.ctype, got.body)
+        conn.md_admitted = got  # type: ignore[attr-defined]
         return None
 
     @staticmethod
@@ -264,46 +287,28 @@ class Gateway:
         addr = conn.remote_address
         return str(addr[0]) if addr else "?"
 
-    # ----------------------------------------------------------------- WebSocket side
+    # ----------------------------------------------------------------- a connection's life
 
-    async def _handler(self, ws: ServerConnection) -> None:
-        principal: Principal = getattr(ws, "md_principal", Principal(None, self.cfg.anonymous_tier))
-        if self.cfg.sndbuf:
-            sock = ws.transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.cfg.sndbuf)
-        ip = self._ip(ws)
-        binary = bool(getattr(ws, "md_binary", False))
-        # the handshake is done: its headers (~2 KiB per client) are not needed any more
-        # (the request object itself is, websockets reads it as "handshake received")
-        for msg in (ws.request, ws.response):
-            if msg is not None:
-                msg.headers = Headers()
+    def new_session(self, adm: Admitted, now: float) -> Session:
         session = Session(
-            principal=principal,
+            principal=adm.principal,
             is_symbol=self.is_symbol,
             ns_from_iso=ns_from_iso,
-            encode=_encoder(binary),
+            encode=self._encoders[adm.binary],
             limits=self.cfg.limits,
             verify_token=self.auth.verify if self.auth.enabled else None,
-            now=time.monotonic(),
+            now=now,
             on_error=_count_error,
-            client_id=getattr(ws, "md_client_id", None),
+            client_id=adm.client_id,
             can_convert=self.can_convert,
         )
-        session.last_request = time.monotonic()
-        client = Client(
-            ws,
-            session,
-            ip,
-            binary=binary,
-            batch=bool(getattr(ws, "md_batch", False)),
-            conn_id=next(self._ids),
-            user=principal.user,
-            now=session.last_request,
-            preframed=self.cfg.preframed,
-        )
-        self._count(principal, +1, ip)
+        session.last_request = now
+        return session
+
+    def connected(self, client: ShellClient) -> None:
+        """An accepted connection joins the hub and the per-IP / per-user counts."""
+        principal = client.session.principal
+        self._count(principal, +1, client.ip)
         self.hub.add_client(client)
         m.CONNECTS.inc()
         audit.info(
@@ -311,20 +316,88 @@ class Gateway:
             extra={
                 "event": "connect",
                 "conn": client.conn_id,
-                "ip": ip,
+                "ip": client.ip,
                 "user": principal.user,
                 "tier": principal.tier.name,
             },
         )
+
+    def on_request(
+        self, client: ShellClient, data: str | bytes, now: float
+    ) -> Coroutine[Any, Any, None] | None:
+        """One client message through its session; what it asked for is carried out now, or
+        by the returned coroutine when it needs Redis (the transport awaits it before it reads
+        the client's next message, so requests keep their order)."""
+        session = client.session
+        client.last_request = now
+        session.receive_data(data, now)
+        for out in session.data_to_send():
+            self.hub.control(client, out)
+        return self._apply_events(client)
+
+    def disconnected(self, client: ShellClient, reason: str, code: int | None) -> None:
+        session = client.session
+        if session.closing is not None:
+            reason = session.closing.reason
+        self.hub.remove_client(client)
+        self._count(session.principal, -1, client.ip)
+        if session.client_id is not None:  # the set outlives the connection by the TTL
+            task = asyncio.get_running_loop().create_task(
+                self.client_store.touch(owner_of(session.principal.user), session.client_id)
+            )
+            self._touches.add(task)
+            task.add_done_callback(self._touched)
+        audit.info(
+            "disconnect",
+            extra={
+                "event": "disconnect",
+                "conn": client.conn_id,
+                "ip": client.ip,
+                "user": session.principal.user,
+                "reason": reason,
+                "code": code,
+            },
+        )
+
+    def _touched(self, task: asyncio.Task[None]) -> None:
+        self._touches.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("client set not touched", extra={"error": repr(task.exception())})
+
+    # ----------------------------------------------------------------- websockets server
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        adm: Admitted = getattr(ws, "md_admitted", None) or Admitted(self.anonymous)
+        if self.cfg.sndbuf:
+            sock = ws.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.cfg.sndbuf)
+        ip = self._ip(ws)
+        # the handshake is done: its headers (~2 KiB per client) are not needed any more
+        # (the request object itself is, websockets reads it as "handshake received")
+        for msg in (ws.request, ws.response):
+            if msg is not None:
+                msg.headers = Headers()
+        now = time.monotonic()
+        session = self.new_session(adm, now)
+        client = Client(
+            ws,
+            session,
+            ip,
+            binary=adm.binary,
+            batch=adm.batch,
+            conn_id=self.next_id(),
+            user=adm.principal.user,
+            now=now,
+            preframed=self.cfg.preframed,
+        )
+        self.connected(client)
         reason = "peer closed"
         try:
             async for data in ws:
-                now = time.monotonic()
-                client.last_request = now
-                session.receive_data(data, now)
-                for out in session.data_to_send():
-                    self.hub.control(client, out)
-                await self._events(client)
+                pending = self.on_request(client, data, time.monotonic())
+                if pending is not None:
+                    await pending
                 if session.closing is not None:
                     self.hub.flush()
                     client.closed = True
@@ -338,35 +411,31 @@ class Gateway:
         except ConnectionClosed:
             pass
         finally:
-            if session.closing is not None:
-                reason = session.closing.reason
-            self.hub.remove_client(client)
-            self._count(session.principal, -1, ip)
-            if session.client_id is not None:  # the set outlives the connection by the TTL
-                with contextlib.suppress(Exception):
-                    await self.client_store.touch(
-                        owner_of(session.principal.user), session.client_id
-                    )
-            audit.info(
-                "disconnect",
-                extra={
-                    "event": "disconnect",
-                    "conn": client.conn_id,
-                    "ip": ip,
-                    "user": session.principal.user,
-                    "reason": reason,
-                    "code": ws.close_code,
-                },
-            )
+            self.disconnected(client, reason, ws.close_code)
 
-    async def _events(self, client: Client) -> None:
-        """Carry out what the session asked for; a named session's set is stored after a change.
+    # ----------------------------------------------------------------- requests' effects
 
-        A ``resume`` reads Redis here, in the connection's reader: the client's next request
-        is read once the resumed subscriptions are in place, so requests keep their order."""
+    def _apply_events(self, client: ShellClient) -> Coroutine[Any, Any, None] | None:
+        """Carry out what the session asked for; a coroutine for the part that needs Redis."""
         session = client.session
         changed = False
         while evs := session.events_received():
+            for i, ev in enumerate(evs):
+                if isinstance(ev, ResumeClient):
+                    return self._events(client, evs[i:], changed)
+                self._on_event(client, ev)
+                changed = changed or isinstance(ev, Subscribe | Unsubscribe)
+        if changed and session.client_id is not None:
+            return self._store(client)
+        return None
+
+    async def _events(self, client: ShellClient, evs: list[Any], changed: bool) -> None:
+        """The events from a ``resume`` on; a named session's set is stored after a change.
+
+        A ``resume`` reads Redis here, before the connection's next request is read, so the
+        resumed subscriptions are in place first."""
+        session = client.session
+        while evs:
             for ev in evs:
                 if isinstance(ev, ResumeClient):
                     await self._resume_client(client, ev)
@@ -375,18 +444,22 @@ class Gateway:
                     continue
                 self._on_event(client, ev)
                 changed = changed or isinstance(ev, Subscribe | Unsubscribe)
+            evs = session.events_received()
         if changed and session.client_id is not None:
-            try:
-                await self.client_store.save(
-                    owner_of(session.principal.user), session.client_id, session.stored_targets()
-                )
-            except (RedisError, OSError) as exc:
-                log.warning("client set not stored", extra={"error": repr(exc)})
-                self._notify(
-                    client, "client_store_unavailable", "subscriptions not stored for resume"
-                )
+            await self._store(client)
 
-    async def _resume_client(self, client: Client, ev: ResumeClient) -> None:
+    async def _store(self, client: ShellClient) -> None:
+        session = client.session
+        assert session.client_id is not None
+        try:
+            await self.client_store.save(
+                owner_of(session.principal.user), session.client_id, session.stored_targets()
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("client set not stored", extra={"error": repr(exc)})
+            self._notify(client, "client_store_unavailable", "subscriptions not stored for resume")
+
+    async def _resume_client(self, client: ShellClient, ev: ResumeClient) -> None:
         """Read the client's stored set (and which streams' windows start after ``since``)."""
         owner = owner_of(client.session.principal.user)
         try:
@@ -415,11 +488,11 @@ class Gateway:
         )
         client.session.resume_with(ev, targets, beyond)
 
-    def _notify(self, client: Client, code: str, message: str) -> None:
+    def _notify(self, client: ShellClient, code: str, message: str) -> None:
         """An error the server caused (Redis down): not counted against the client."""
         self.hub.control(client, _encoder(client.binary)(error_message(code, message)))
 
-    def _on_event(self, client: Client, ev: Any) -> None:
+    def _on_event(self, client: ShellClient, ev: Any) -> None:
         if isinstance(ev, Subscribe):
             for req in ev.requests:
                 self.hub.subscribe(client, req)

@@ -86,6 +86,11 @@ class RequestMetrics(Collector):
             "connections closed because a request's headers were not complete in time",
             value=HeaderTimeoutProtocol.timeouts,
         )
+        yield CounterMetricFamily(
+            "md_rest_answered_in_protocol",
+            "requests answered from the micro-cache by the HTTP protocol, without an ASGI task",
+            value=HeaderTimeoutProtocol.answered_now,
+        )
 
 
 METRICS = RequestMetrics()
@@ -281,14 +286,14 @@ class GatewayMiddleware:
         rl_headers.extend(d.headers())
         if d.allowed:
             return None
+        return self._limited(tier, who, self._client(scope), key, rl_headers)
+
+    def _limited(
+        self, tier: Tier, who: str, ip: str, key: str | None, rl_headers: list[tuple[bytes, bytes]]
+    ) -> tuple[Message, Message]:
+        """The 429 of a client over its tier's limit, counted and audited."""
         RATE_LIMITED.labels(tier.name).inc()
-        AUDIT.event(
-            "rate_limited",
-            limit_key=who,
-            ip=self._client(scope),
-            tier=tier.name,
-            api_key=key,
-        )
+        AUDIT.event("rate_limited", limit_key=who, ip=ip, tier=tier.name, api_key=key)
         return _json(
             429,
             {
@@ -298,6 +303,66 @@ class GatewayMiddleware:
                 "parameter": None,
             },
             rl_headers,
+        )
+
+    def answer_now(
+        self, path: str, query: bytes, headers: list[tuple[bytes, bytes]], ip: str
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """The answer to ``GET path?query`` when it is known without awaiting anything: a hot
+        route whose micro-cached body is fresh, for a known tier whose rate-limit decision is
+        in hand (a token reserved earlier, or no limit). None: nothing was counted, and the
+        request must go through the ASGI app, which answers it exactly as it always did.
+
+        The status, headers and body are those :meth:`__call__` sends for the same request
+        (tests/integration/test_rest_protocol_answer.py compares them byte for byte); the
+        protocol writes them without creating an ASGI task (gateway_rest/http_protocol.py)."""
+        fast = self.fast
+        if fast is None or not path.startswith("/api/"):
+            return None
+        m = fast.match(path)
+        if m is None:
+            return None
+        t0 = time.perf_counter()
+        key: str | None = None
+        for k, v in headers:
+            if k == self._key_header:
+                key = v.decode("latin-1")
+                break
+        if key is not None:
+            tier_name = self.config.api_keys.get(key)
+            if tier_name is None:
+                return None  # a refused key: throttled and audited by _admit
+            tier = self.config.tiers[tier_name]
+            who = f"k:{key}"
+        elif self.config.require_key:
+            return None
+        else:
+            tier = self.config.tiers["anonymous"]
+            who = f"ip:{ip}"
+        body = fast.cached(m[1], m[0], query, tier)
+        if body is None:
+            return None
+        rl_headers: list[tuple[bytes, bytes]] = []
+        if tier.limit > 0:
+            if not self.store.redis_available():
+                return None  # counted in this process by _admit, as the limiter's fallback
+            d = self.limiter.hit_now(who, tier.limit, tier.window_s)
+            if d is None:
+                return None
+            rl_headers = d.headers()
+            if not d.allowed:
+                start, done = self._limited(tier, who, ip, key, rl_headers)
+                METRICS.observe("unmatched", "GET", 429, time.perf_counter() - t0)
+                return 429, start["headers"], done["body"]
+        METRICS.observe(ROUTES[m[1]], "GET", 200, time.perf_counter() - t0)
+        return (
+            200,
+            [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *rl_headers,
+            ],
+            body,
         )
 
 
@@ -318,6 +383,16 @@ class GatewayApp(FastAPI):
         self.gateway = GatewayMiddleware(
             partial(FastAPI.__call__, self), config=config, limiter=limiter, store=store
         )
+
+    def answer_now(
+        self, path: str, query: bytes, headers: list[tuple[bytes, bytes]], ip: str
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """:meth:`GatewayMiddleware.answer_now`, unless answers are signed (the signer wraps
+        the ASGI ``send``) or no gateway is installed: then always None."""
+        gw = self.gateway
+        if gw is None or self.wrap_send is not None:
+            return None
+        return gw.answer_now(path, query, headers, ip)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gateway

@@ -145,19 +145,38 @@ class RateLimiter:
                 self._tokens = {q: v for q, v in self._tokens.items() if q[1] >= idx}
             t = self._tokens[k] = _Tokens()
         while True:
-            c = t.take()
+            c = self._take(t, who, idx, n, window_s)
             if c is not None:
-                if n >= PREFETCH_MIN_CHUNK and t.pending is None and t.left() < n // 2:
-                    ahead = self._reserve(t, who, idx, n, window_s)  # in flight from here on
-                    task = asyncio.create_task(ahead)
-                    self._background.add(task)
-                    task.add_done_callback(partial(self._ahead_done, t, t.pending))
                 return c
             if t.pending is None:
                 if not await self._reserve(t, who, idx, n, window_s):
                     return None
             elif not await asyncio.shield(t.pending):
                 return None
+
+    def hit_now(self, who: str, limit: int, window_s: int = 1) -> Decision | None:
+        """The decision for a request of ``who`` when this process holds a token reserved in
+        Redis for the current window: no Redis call and no wait, so the caller can answer
+        without a task (gateway_rest/http_protocol.py). None: no token in hand (nothing is
+        counted; the caller must ``await hit()``)."""
+        now = time.time()
+        idx = int(now // window_s)
+        t = self._tokens.get((who, idx))
+        if t is None:
+            return None
+        c = self._take(t, who, idx, chunk_for(limit), window_s)
+        return None if c is None else decide(c, limit, now, window_s)
+
+    def _take(self, t: _Tokens, who: str, idx: int, n: int, window_s: int) -> int | None:
+        """A reserved count, if one is left; from ``PREFETCH_MIN_CHUNK`` up the next
+        reservation is started in the background once half of one is used."""
+        c = t.take()
+        if c is not None and n >= PREFETCH_MIN_CHUNK and t.pending is None and t.left() < n // 2:
+            ahead = self._reserve(t, who, idx, n, window_s)  # in flight from here on
+            task = asyncio.get_running_loop().create_task(ahead)
+            self._background.add(task)
+            task.add_done_callback(partial(self._ahead_done, t, t.pending))
+        return c
 
     def _ahead_done(
         self, t: _Tokens, done: asyncio.Future[bool] | None, task: asyncio.Task[bool]

@@ -226,6 +226,13 @@ class MarketStore:
         loading.set_result(cat)
         return cat
 
+    def catalogue_cached(self) -> dict[str, dict[str, Any]] | None:
+        """The catalogue if it is fresh, without loading it (None: a request must await
+        :meth:`catalogue`); for answers made without a task (gateway_rest/http_protocol.py)."""
+        if time.monotonic() - self._catalogue_at < self.catalogue_ttl_s:
+            return self._catalogue
+        return None
+
     async def _load_catalogue(self) -> dict[str, dict[str, Any]]:
         try:
             raw = await self.r(lambda r: r.hgetall(self.keys.symbols))

@@ -171,6 +171,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_STORAGE_BATCH",
         "MD_STORAGE_BATCH_MS",
         "MD_STORAGE_BOOK_SNAPSHOT_S",
+        "MD_STORAGE_DB_FEED",
         "MD_STORAGE_DB_GROUP",
         "MD_STORAGE_FETCH_WAIT_MS",
         "MD_STORAGE_HISTORY_CHANNELS",

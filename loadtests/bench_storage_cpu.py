@@ -1,13 +1,16 @@
 """CPU of the storage process at a live rate, with no client (issue 13 item 1, issue 10's budget).
 
     flock /tmp/md-bench.lock .venv/bin/python -m loadtests.bench_storage_cpu \
-        [--window 60] [--runs 2] [--rate 200] [--compare-tree DIR]
+        [--window 60] [--runs 2] [--rate 200] [--compare-tree DIR] \
+        [--variant NAME:MD_X=1,MD_Y=2 ...]
 
 Isolated: its own topics (``MD_TOPIC_PREFIX``), Redis prefix and database (dropped afterwards),
 ports 186xx. It starts a simulator and an aggregator at ``--rate`` (the default simulator rate),
 then ``python -m storage run`` of this tree and, with ``--compare-tree``, the ``storage``
 package of another checkout (e.g. ``git archive <commit> storage | tar -x -C DIR``) side by
-side on the same live topics, each with its own database, Redis prefix and consumer group.
+side on the same live topics, each with its own database, Redis prefix and consumer group;
+each ``--variant`` adds one more ``python -m storage run`` of this tree with those settings (an
+A/B of a setting in the same minutes, which a shared machine's drifting load needs).
 After a warm-up, CPU (utime + stime of ``/proc/<pid>/stat``) over ``--window`` seconds, ``--runs``
 times; also the messages per second the storage consumers see and the rows stored. Prints a
 Markdown table.
@@ -72,7 +75,7 @@ async def _stored(dsn: str) -> int:
 
 
 async def _drop_keys(url: str, prefix: str) -> None:
-    """The cache writers' keys (``<prefix>now:*``, ``<prefix>compare:*``)."""
+    """The cache writers' keys (``<prefix>now:*``, ``<prefix>compare:*``, one per variant)."""
     import redis.asyncio as aioredis
 
     r = aioredis.Redis.from_url(url)
@@ -88,7 +91,7 @@ def _start(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> subproc
     return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
-def main() -> int:
+def _args() -> tuple[argparse.Namespace, dict[str, dict[str, str]]]:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -97,7 +100,22 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=25.0, help="seconds before the first run")
     ap.add_argument("--rate", default="200", help="MD_SIM_RATE (the default: 200)")
     ap.add_argument("--compare-tree", help="a directory holding another version's storage/")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME:MD_X=v,MD_Y=w: one more storage process of this tree with these settings",
+    )
     args = ap.parse_args()
+    variants: dict[str, dict[str, str]] = {}
+    for v in args.variant:
+        name, _, pairs = v.partition(":")
+        variants[name] = dict(p.split("=", 1) for p in pairs.split(",") if p)
+    return args, variants
+
+
+def main() -> int:
+    args, variants = _args()
 
     tag = uuid.uuid4().hex[:8]
     prefix = f"bcpu{tag}"
@@ -106,6 +124,8 @@ def main() -> int:
     dbs = {"now": f"bcpu_{tag}_now"}
     if args.compare_tree:
         dbs["compare"] = f"bcpu_{tag}_cmp"
+    for i, name in enumerate(variants):
+        dbs[name] = f"bcpu_{tag}_v{i}"
     logs = ROOT / "var" / "log" / "bench_storage_cpu"
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -115,7 +135,7 @@ def main() -> int:
         env0 = _env(prefix, f"{server}/{dbs['now']}", MD_SIM_RATE=args.rate)
         subprocess.run([PY, "-m", "core.bootstrap"], env=env0, cwd=ROOT, check=True)
         for name, db in dbs.items():
-            tree = ROOT if name == "now" else Path(args.compare_tree or ".").resolve()
+            tree = ROOT if name != "compare" else Path(args.compare_tree or ".").resolve()
             env = _env(prefix, f"{server}/{db}", PYTHONPATH=f"{tree}:{ROOT}")
             subprocess.run([PY, "-m", "storage", "migrate"], env=env, cwd=tree, check=True)
         procs["simulator"] = _start(
@@ -123,7 +143,7 @@ def main() -> int:
         )
         procs["aggregator"] = _start([PY, "-m", "aggregator"], env0, ROOT, logs / "agg.log")
         for i, (name, db) in enumerate(dbs.items()):
-            tree = ROOT if name == "now" else Path(args.compare_tree or ".").resolve()
+            tree = ROOT if name != "compare" else Path(args.compare_tree or ".").resolve()
             env = _env(
                 prefix,
                 f"{server}/{db}",
@@ -131,6 +151,7 @@ def main() -> int:
                 MD_REDIS_PREFIX=f"{prefix}{name}",
                 MD_STORAGE_DB_GROUP=f"{prefix}.{name}",
                 MD_STORAGE_HTTP_PORT=str(18612 + 10 * i),
+                **variants.get(name, {}),
             )
             procs[f"storage {name}"] = _start(
                 [PY, "-m", "storage", "run"], env, tree, logs / f"storage_{name}.log"

@@ -31,18 +31,27 @@ from core.kafka import Pacer, make_consumer, partitions_by_topic
 from core.settings import Settings
 from core.topics import Topics
 from storage.cache_model import CacheModel, HistAction, Pos, Writes, hist_action
+from storage.db_feed import FeedTap
 
 log = logging.getLogger(__name__)
 
-# One command per resume window and flush instead of one XADD per message: redis-py spends
-# ~30 µs of Python per pipelined command (packing it, parsing its reply), which at live rates
-# was the largest share of the cache writer's CPU. KEYS[1] the stream; ARGV: MAXLEN (approximate
-# trim, as before), the two field names (core/cache_keys.py), then (id, message, epoch) triples.
+# One command for every resume window of a flush instead of one XADD per message (and, before,
+# one EVALSHA per window): redis-py spends ~30 µs of Python per pipelined command (packing it,
+# parsing its reply), which at live rates was the largest share of the cache writer's CPU, and a
+# flush touches up to one window per channel and symbol (66 at the default 6 symbols). KEYS: the
+# streams; ARGV: MAXLEN (approximate trim, as before), the two field names (core/cache_keys.py),
+# then per key: "1" to delete it first (a new window) or "0", the entry count, and that many
+# (id, message, epoch) triples. Every key is on the one Redis the project uses (no cluster).
 XADD_MANY = """
-local n = 0
-for i = 4, #ARGV, 3 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[i], ARGV[2], ARGV[i + 1], ARGV[3], ARGV[i + 2])
-  n = n + 1
+local i, n = 4, 0
+for k = 1, #KEYS do
+  if ARGV[i] == '1' then redis.call('DEL', KEYS[k]) end
+  local last = i + 1 + 3 * tonumber(ARGV[i + 1])
+  for j = i + 2, last, 3 do
+    redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[1], ARGV[j], ARGV[2], ARGV[j + 1], ARGV[3], ARGV[j + 2])
+    n = n + 1
+  end
+  i = last + 1
 end
 return n
 """
@@ -100,6 +109,9 @@ class CacheWriter:
         self.last_turn_at = 0.0  # each turn of the main loop, Redis up or not: liveness
         self._xadd_sha = ""  # XADD_MANY, loaded with every full write (a restarted Redis lost it)
         self._xadd_head = (str(self.config.hist_len), HIST_MESSAGE, HIST_EPOCH)
+        # every fetched partition's records, in order, to the database writer of this process
+        # (storage/db_feed.py: one fetch of the shared topics instead of two); set before run()
+        self.tap: FeedTap | None = None
 
     # --- start-up --------------------------------------------------------------------------
 
@@ -128,6 +140,7 @@ class CacheWriter:
         """
         end = await consumer.end_offsets(snap)
         await consumer.seek_to_beginning(*snap)
+        await self._tell_positions(consumer, snap)
         oldest_any: int | None = None
         oldest_book: int | None = None
         remaining = {tp for tp in snap if end[tp] > 0}
@@ -135,7 +148,9 @@ class CacheWriter:
             batch = await consumer.getmany(
                 *remaining, timeout_ms=500, max_records=self.config.max_records
             )
-            for recs in batch.values():
+            for tp, recs in batch.items():
+                if self.tap is not None:
+                    self.tap.offer(tp.topic, tp.partition, recs)
                 for r in recs:
                     self.model.on_snapshot_record(r.key, r.value)
                     self.counters.snapshot_records += 1
@@ -172,6 +187,12 @@ class CacheWriter:
         if to_end:  # one reset for all (each waits for the fetcher's long poll)
             await consumer.seek_to_end(*to_end)
 
+    async def _tell_positions(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        """Where this consumer starts each partition, for the database writer it feeds."""
+        if self.tap is not None:
+            for tp in tps:
+                self.tap.at(tp.topic, tp.partition, await consumer.position(tp))
+
     # --- Redis -------------------------------------------------------------------------------
 
     async def _load_hist_last(self, keys: list[str]) -> None:
@@ -198,8 +219,8 @@ class CacheWriter:
         pipe.set(k.sentinel, self.writer_id, nx=True)
         for sym, fields in w.books.items():
             pipe.hset(k.book(sym), mapping=fields)  # type: ignore[arg-type]
-        for suffix, body in w.strings.items():
-            pipe.set(k.under(suffix), body)
+        # every plain value of the flush (tickers, stats, candles, trade positions) in one MSET
+        strings: dict[str, bytes | str] = {k.under(sx): body for sx, body in w.strings.items()}
         if w.symbols:
             pipe.hset(k.symbols, mapping=w.symbols)  # type: ignore[arg-type]
         for sym, entries in w.trades.items():
@@ -210,7 +231,9 @@ class CacheWriter:
                 pipe.lpush(key, *entries)
                 pipe.ltrim(key, 0, self.config.trades_len - 1)
             epoch, seq = w.trades_pos[sym]
-            pipe.set(k.trades_seq(sym), f"{epoch}:{seq}")
+            strings[k.trades_seq(sym)] = f"{epoch}:{seq}"
+        if strings:
+            pipe.mset(strings)  # type: ignore[arg-type]
         added = resets = 0
         # per stream: the entries to add in order, and whether the key is deleted first
         adds: dict[str, tuple[bool, list[bytes | str]]] = {}
@@ -227,11 +250,11 @@ class CacheWriter:
             adds.setdefault(key, (False, []))[1].extend((f"{seq}-0", raw, str(epoch)))
             self._hist_last[key] = (epoch, seq)
             added += 1
-        for key, (reset, args) in adds.items():
-            if reset:
-                pipe.delete(key)
-            if args:
-                pipe.evalsha(self._xadd_sha, 1, key, *self._xadd_head, *args)
+        if adds:
+            argv: list[bytes | str] = [*self._xadd_head]
+            for reset, args in adds.values():
+                argv += ("1" if reset else "0", str(len(args) // 3), *args)
+            pipe.evalsha(self._xadd_sha, len(adds), *adds, *argv)
         res = await pipe.execute()
         self.counters.flushes += 1
         self.counters.hist_added += added
@@ -312,6 +335,7 @@ class CacheWriter:
             consumer.pause(*streams)
             oldest = await self._load_snapshots(consumer, snap)
             await self._seek_streams(consumer, streams, oldest)
+            await self._tell_positions(consumer, streams)
             consumer.resume(*streams)
             await self.flush()
             self.model.follow_streams()
@@ -324,6 +348,8 @@ class CacheWriter:
                 await pacer.wait()
                 batch = await consumer.getmany(timeout_ms=100, max_records=self.config.max_records)
                 for tp, recs in batch.items():
+                    if self.tap is not None:
+                        self.tap.offer(tp.topic, tp.partition, recs)
                     if tp.topic == self.topics.snapshot:
                         for r in recs:
                             self.model.on_snapshot_record(r.key, r.value)

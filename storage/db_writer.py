@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from core.backoff import Backoff
@@ -40,6 +40,7 @@ from core.errors import ConfigError
 from core.kafka import Pacer, make_consumer
 from core.settings import Settings, parse_list
 from core.topics import Topics
+from storage.db_feed import FeedRoutes
 from storage.db_rows import (
     DEFAULT_HISTORY_CHANNELS,
     MESSAGE_COLUMNS,
@@ -106,6 +107,7 @@ def _columns(rows: Sequence[tuple[Any, ...]], n: int) -> list[list[Any]]:
 @dataclass
 class DbWriterCounters:
     records: int = 0
+    records_shared: int = 0  # of which taken from the cache writer's fetches (storage/db_feed.py)
     bad_records: int = 0
     batches: int = 0
     trades_inserted: int = 0
@@ -138,6 +140,9 @@ class DbWriterConfig:
     maintain_every_s: float = 3600.0  # native partitions: create ahead / drop expired
     history_channels: tuple[str, ...] = DEFAULT_HISTORY_CHANNELS  # kept whole, for replay
     book_snapshot_s: float = 10.0  # one full book snapshot per symbol per this many seconds
+    # "shared": take records from the cache writer's fetches when both writers run in one
+    # process (storage/db_feed.py); "own": always fetch with this writer's own consumer
+    feed: str = "shared"
 
     @classmethod
     def from_settings(cls, s: Settings) -> DbWriterConfig:
@@ -151,7 +156,14 @@ class DbWriterConfig:
                 s.get("MD_STORAGE_HISTORY_CHANNELS", parse_list, DEFAULT_HISTORY_CHANNELS)
             ),
             book_snapshot_s=s.get("MD_STORAGE_BOOK_SNAPSHOT_S", float, 10.0),
+            feed=_feed(s.get("MD_STORAGE_DB_FEED", str, "shared")),
         )
+
+
+def _feed(name: str) -> str:
+    if name not in ("shared", "own"):
+        raise ConfigError("MD_STORAGE_DB_FEED", f"expected 'shared' or 'own', got {name!r}")
+    return name
 
 
 def _history_channels(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -208,6 +220,17 @@ class DbWriter:
         self._pending_msgs: tuple[int, int] = (0, 0)
         self._pending_books = 0
         self._trade_copy = TradeCopy()
+        t = self.topics
+        # trades, candles and the catalogue always; every history channel's topic besides
+        base = [t.stream("trades"), t.stream("candles_1m"), t.stream("status")]
+        history = {t.stream(ch) for ch in self.config.history_channels} - set(base)
+        self.topic_names: tuple[str, ...] = (*base, *sorted(history), t.snapshot)
+        self._wanted = frozenset(self.topic_names)
+        self.routes = FeedRoutes()
+        self.shared_feed = False  # set by the service when the cache writer's fetches feed it
+        self._consumer: Any = None
+        self._rb = RowBatch()  # the batch being filled (by either feed)
+        self._window = BatchWindow(self.config.batch_records, self.config.batch_ms / 1000)
 
     def queue_size(self) -> int:
         return self.queue.qsize()
@@ -437,15 +460,8 @@ class DbWriter:
     # --- loops ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        t = self.topics
-        # trades, candles and the catalogue always; every history channel's topic besides
-        base = [t.stream("trades"), t.stream("candles_1m"), t.stream("status")]
-        history = {t.stream(ch) for ch in self.config.history_channels} - set(base)
         consumer = make_consumer(
             self.settings,
-            *base,
-            *sorted(history),
-            t.snapshot,
             group_id=self.config.group_id,
             # a long database outage must not make us leave the group (which would rebalance
             # and re-deliver to whoever joins); the backlog simply waits in Kafka
@@ -454,6 +470,8 @@ class DbWriter:
             heartbeat_interval_ms=3_000,
         )
         await consumer.start()
+        consumer.subscribe(list(self.topic_names), listener=_Routing(self.routes))
+        self._consumer = consumer
         self.running.set()
         fetcher = asyncio.create_task(self._fetch(consumer, stop), name="db-fetch")
         try:
@@ -493,18 +511,16 @@ class DbWriter:
                 await self._pool.close()
 
     async def _fetch(self, consumer: Any, stop: asyncio.Event) -> None:
-        """Fetch into one :class:`RowBatch` until :class:`BatchWindow` ships it. A full fetch
-        (a backlog) is followed at once by the next; otherwise at most one fetch per
-        ``MD_DB_FETCH_WAIT_MS``."""
+        """Fetch into the open :class:`RowBatch` until :class:`BatchWindow` ships it. A full
+        fetch (a backlog) is followed at once by the next; otherwise at most one fetch per
+        ``MD_DB_FETCH_WAIT_MS``. Partitions that follow the shared feed are paused here."""
         pacer = Pacer(self.settings.get("MD_DB_FETCH_WAIT_MS", int, 250) / 1000)
-        window = BatchWindow(self.config.batch_records, self.config.batch_ms / 1000)
-        loop = asyncio.get_running_loop()
-        rb = RowBatch()
         full = False
         while not stop.is_set():
             if not full:
                 await pacer.wait()
-            want = window.room(rb)
+            await self._route(consumer)
+            want = self._window.room(self._rb)
             try:
                 batch = await consumer.getmany(timeout_ms=200, max_records=want)
             except KafkaError as exc:
@@ -514,12 +530,67 @@ class DbWriter:
             got = 0
             for tp, recs in batch.items():
                 got += len(recs)
+                key = (tp.topic, tp.partition)
+                rb = self._rb
                 for r in recs:
-                    self.builder.add(rb, tp.topic, tp.partition, r.offset, r.key, r.value)
+                    if self.routes.from_own(key, r.offset):
+                        self.builder.add(rb, tp.topic, tp.partition, r.offset, r.key, r.value)
             full = got >= want
-            if window.due(rb, loop.time()):
+            if self._window.due(self._rb, asyncio.get_running_loop().time()):
+                rb, self._rb = self._rb, RowBatch()
                 await self.queue.put(rb)  # blocks when full: back-pressure to Kafka
-                rb = RowBatch()
+
+    async def _route(self, consumer: Any) -> None:
+        """Learn the own consumer's positions, and pause the partitions that caught up with the
+        shared feed (storage/db_feed.py)."""
+        for topic, part in self.routes.unknown():
+            try:
+                self.routes.position(
+                    (topic, part), await consumer.position(TopicPartition(topic, part))
+                )
+            except (IllegalStateError, KafkaError):
+                continue  # revoked meanwhile, or not positioned yet: asked again next turn
+        if self.shared_feed:
+            moved = self.routes.to_shared()
+            if moved:
+                consumer.pause(*(TopicPartition(t, p) for t, p in moved))
+
+    def offer(self, topic: str, partition: int, records: Sequence[Any]) -> None:
+        """The cache writer's records of one partition, in order (called after each of its
+        fetches). Taken for the partitions that follow the shared feed; never blocks: when the
+        queue is full and the open batch holds twice a batch, every shared partition goes back
+        to the own consumer (Kafka holds the backlog) rather than make the cache writer wait."""
+        if topic not in self._wanted or not records:
+            return
+        key = (topic, partition)
+        rb = self._rb
+        for r in records:
+            if self.routes.from_shared(key, r.offset):
+                self.builder.add(rb, topic, partition, r.offset, r.key, r.value)
+                self.counters.records_shared += 1
+        if self.queue.full():
+            if rb.records >= 2 * self.config.batch_records:
+                self._fall_back()
+        elif self._window.due(rb, asyncio.get_running_loop().time()):
+            self.queue.put_nowait(rb)
+            self._rb = RowBatch()
+
+    def at(self, topic: str, partition: int, offset: int) -> None:
+        """Where the cache writer starts reading a partition (storage/db_feed.py)."""
+        if topic in self._wanted:
+            self.routes.shared_from((topic, partition), offset)
+
+    def _fall_back(self) -> None:
+        moved = self.routes.to_own()
+        if not moved or self._consumer is None:
+            return
+        log.info(
+            "database behind: its partitions back on its own consumer", extra={"n": len(moved)}
+        )
+        tps = [TopicPartition(t, p) for (t, p), _ in moved]
+        self._consumer.resume(*tps)
+        for tp, (_, offset) in zip(tps, moved, strict=True):
+            self._consumer.seek(tp, offset)
 
     async def _commit(self, consumer: Any, b: RowBatch) -> None:
         if not b.offsets:
@@ -533,3 +604,17 @@ class DbWriter:
             # natural keys absorb the duplicates
             self.counters.commit_failures += 1
             log.warning("offset commit failed", extra={"error": repr(exc)})
+
+
+class _Routing(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Keeps :class:`FeedRoutes` in step with the group's assignment: a partition assigned
+    starts on the own consumer at its committed offset."""
+
+    def __init__(self, routes: FeedRoutes) -> None:
+        self.routes = routes
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.routes.revoke([(tp.topic, tp.partition) for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.routes.assign([(tp.topic, tp.partition) for tp in assigned])

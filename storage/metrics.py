@@ -14,6 +14,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from storage.db_feed import Feed
+
 
 class StorageCollector(Collector):
     def __init__(self, cache: Any | None, db: Any | None) -> None:
@@ -49,6 +51,14 @@ class StorageCollector(Collector):
             up = GaugeMetricFamily("md_storage_db_up", "1 when the last database write succeeded")
             up.add_metric([], 1.0 if self.db.db_ok else 0.0)
             yield up
+            feeds = GaugeMetricFamily(
+                "md_storage_db_partitions",
+                "assigned partitions by where their records come from (storage/db_feed.py)",
+                labels=["feed"],
+            )
+            for feed in Feed:
+                feeds.add_metric([feed.value], float(self.db.routes.count(feed)))
+            yield feeds
 
 
 _registered: StorageCollector | None = None

@@ -4,7 +4,10 @@
 
 The two writers are independent: Redis down never stops history being written, and the
 database down never stops the cache. ``MD_STORAGE_WRITERS=cache,db`` (default both) picks them,
-so they can also be scaled as separate deployments.
+so they can also be scaled as separate deployments. When both run here the database writer
+takes its records from the cache writer's fetches (``MD_STORAGE_DB_FEED=shared``, the default;
+storage/db_feed.py) and fetches for itself only what that feed cannot give it (a backlog, a
+stall); ``own`` keeps two fetches.
 
 Health: each writer's dependency is a readiness check (``cache_writer``: snapshot loaded, Redis
 written within 30 s; ``db_writer``: PostgreSQL reachable), so an outage of either shows as
@@ -72,6 +75,10 @@ async def main(stop: asyncio.Event) -> None:
         from storage.db_writer import DbWriter
 
         db = DbWriter(s)
+    if cache is not None and db is not None and db.config.feed == "shared":
+        # one Kafka fetch of the shared topics for both writers (storage/db_feed.py)
+        cache.tap = db
+        db.shared_feed = True
     register_storage_metrics(cache, db)
     host = s.get("MD_STORAGE_HTTP_HOST", str, "127.0.0.1")
     tasks: list[asyncio.Task[None]] = []

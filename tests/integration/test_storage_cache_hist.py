@@ -1,5 +1,5 @@
 """The cache writer's resume-window writes on the real Redis (storage/cache_writer.py): one
-script call per window and flush adds the entries in order, a reset inside one flush leaves only
+script call per flush adds every window's entries in order, a reset inside one flush leaves only
 what follows it, an already stored entry is skipped, and a Redis that lost the script (restart,
 ``SCRIPT FLUSH``) is noticed and the cache re-written; the window restarts there rather than
 serve the failed flush's gap as continuous history."""
@@ -77,5 +77,53 @@ async def test_window_writes_in_order_with_reset_skip_and_lost_script(
         assert [e[0] for e in await _window(r, key)] == [4]
     finally:
         await r.delete(key, CacheKeys(s.redis_prefix).sentinel)
+        await w.redis.aclose()
+        await r.aclose()
+
+
+async def test_one_flush_writes_several_windows_and_values(redis_settings: Settings) -> None:
+    """One script call carries several windows (one reset inside the flush, one plain) and one
+    MSET the plain values; each key ends as if written on its own."""
+    s = redis_settings
+    k = CacheKeys(s.redis_prefix)
+    l2, l3, trades = k.hist("l2", SYM), k.hist("l3", SYM), k.hist("trades", "HX-USD")
+    r = aioredis.Redis.from_url(s.redis_url)
+    w = CacheWriter(s)
+    try:
+        await w.flush()
+        assert await w._apply(_hist((1, 1), (1, 2)), full=False)  # noqa: SLF001
+        batch = Writes(
+            hist=[
+                ("l3", SYM, 1, 5, _msg(5)),
+                ("l2", SYM, 1, 3, _msg(3)),
+                ("trades", "HX-USD", 4, 1, _msg(1, 4)),
+                ("l2", SYM, 1, 9, _msg(9)),  # a gap: l2 restarts at 9 within this flush
+                ("l3", SYM, 1, 6, _msg(6)),
+                ("trades", "HX-USD", 4, 2, _msg(2, 4)),
+                ("l2", SYM, 1, 10, _msg(10)),
+            ],
+            strings={f"ticker:{SYM}": b"t1", "stats:HX-USD": b"s1"},
+            trades={SYM: [b"x"]},
+            trades_pos={SYM: (3, 42)},
+        )
+        assert await w._apply(batch, full=False)  # noqa: SLF001
+        assert await _window(r, l2) == [(9, 1, _msg(9)), (10, 1, _msg(10))]
+        assert await _window(r, l3) == [(5, 1, _msg(5)), (6, 1, _msg(6))]
+        assert await _window(r, trades) == [(1, 4, _msg(1, 4)), (2, 4, _msg(2, 4))]
+        assert w.counters.hist_added == 2 + 7 and w.counters.hist_resets == 1
+        got = await r.mget(k.under(f"ticker:{SYM}"), k.under("stats:HX-USD"), k.trades_seq(SYM))
+        assert got == [b"t1", b"s1", b"3:42"]
+        assert await r.lrange(k.trades(SYM), 0, -1) == [b"x"]
+    finally:
+        await r.delete(
+            l2,
+            l3,
+            trades,
+            k.sentinel,
+            k.under(f"ticker:{SYM}"),
+            k.under("stats:HX-USD"),
+            k.trades_seq(SYM),
+            k.trades(SYM),
+        )
         await w.redis.aclose()
         await r.aclose()

@@ -1,0 +1,119 @@
+"""One Kafka fetch for both writers (storage/db_feed.py) on the real servers: the database writer
+of a ``storage run`` process first reads its backlog with its own consumer, then takes its
+records from the cache writer's fetches; every row is written once, the cache is written as
+before, and a restarted process continues from the committed offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from core.cache_keys import CacheKeys
+from core.kafka import make_producer
+from core.settings import Settings
+from core.topics import Topics
+from storage.cache_writer import CacheWriter
+from storage.db_feed import Feed
+from storage.db_writer import DbWriter, DbWriterConfig
+from storage.migrate import migrate
+from testkit import fake_aggregator as T
+from tests.helpers import eventually, run_until
+
+pytestmark = pytest.mark.integration
+SYM = "FEED-USD"
+
+
+class Both:
+    """The two writers wired as ``storage.service.main`` wires them (feed shared)."""
+
+    def __init__(self, s: Settings, group: str) -> None:
+        self.cache = CacheWriter(s)
+        self.db = DbWriter(s, DbWriterConfig(group_id=group, batch_records=300, batch_ms=200))
+        self.cache.tap = self.db
+        self.db.shared_feed = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(self.cache.run(stop), self.db.run(stop))
+
+
+async def _trades(s: Settings, first: int, n: int) -> None:
+    p = make_producer(s)
+    await p.start()
+    try:
+        await T.produce_stream(
+            p,
+            Topics.from_settings(s),
+            "trades",
+            [
+                (SYM, T.trade(SYM, i, f"f{i}", "100.5", "0.25", "buy"))
+                for i in range(first, first + n)
+            ],
+        )
+    finally:
+        await p.stop()
+
+
+async def _stored(dsn: str) -> tuple[int, int]:
+    c = await asyncpg.connect(dsn)
+    try:
+        t = await c.fetchval("SELECT count(*) FROM trades WHERE symbol = $1", SYM)
+        m = await c.fetchval("SELECT count(*) FROM stream_messages WHERE symbol = $1", SYM)
+        return int(t), int(m)
+    finally:
+        await c.close()
+
+
+async def test_backlog_on_own_consumer_then_live_rows_through_the_shared_fetch(
+    settings: Settings, pg_dsn: str
+) -> None:
+    await migrate(pg_dsn)
+    s = dataclasses.replace(settings, pg_dsn=pg_dsn)
+    group = f"{s.topic_prefix}.feed"
+    await _trades(s, 1, 500)  # a backlog before the process starts
+    both = Both(s, group)
+    db = both.db
+    live = asyncio.Event()
+
+    async def feed_live() -> None:
+        # once every partition follows the shared feed, the live trades
+        await eventually(lambda: db.routes.routes and db.routes.count(Feed.OWN) == 0, 30)
+        await _trades(s, 501, 400)
+        live.set()
+
+    producer = asyncio.create_task(feed_live())
+    try:
+        await run_until(
+            both,
+            lambda: live.is_set() and db.counters.trades_inserted == 900 and db.queue.empty(),
+            40,
+            lambda: f"{db.counters} routes={db.routes.routes}",
+        )
+    finally:
+        producer.cancel()
+    assert db.counters.trades_duplicate == 0 and db.counters.messages_duplicate == 0
+    assert db.counters.records_shared >= 400  # every live record came through the one fetch
+    # every assigned partition moved, the idle ones too (at the cache writer's start position)
+    assert len(db.routes.routes) == len(db.topic_names) * 3 == db.routes.switches
+    assert await _stored(pg_dsn) == (900, 900)
+    r = aioredis.Redis.from_url(s.redis_url)
+    try:  # the cache writer did its own work meanwhile
+        newest = await r.lindex(CacheKeys(s.redis_prefix).trades(SYM), 0)
+        assert newest is not None and b'"f900"' in newest
+    finally:
+        await r.aclose()
+
+    # a restart continues from the committed offsets: the next trades once, nothing again
+    await _trades(s, 901, 50)
+    again = Both(s, group)
+    await run_until(
+        again,
+        lambda: again.db.counters.trades_inserted == 50 and again.db.queue.empty(),
+        40,
+        lambda: f"{again.db.counters}",
+    )
+    assert again.db.counters.trades_duplicate == 0
+    assert await _stored(pg_dsn) == (950, 950)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -179,6 +180,14 @@ class StreamJoin:
         self.direct_skipped = 0  # direct messages left to Kafka (not in sync, other epoch, old)
         self.ahead_max = 2_000  # direct messages held per key while Kafka fills a hole
         self.feed_whole_at: int | None = None  # see on_feed_heartbeat
+        # Which keys someone in this process reads (None: all). A key nobody reads is "cold":
+        # its in-order messages are checked by their head and kept as bytes, and parsed,
+        # applied and checksum-verified only when a subscriber or a query asks for the key
+        # (issue 10: a gateway with no client spent most of its CPU keeping every book).
+        self.interest: Callable[[str, str], bool] | None = None
+        self.held_total = 0  # messages kept cold
+        self.warmed = 0  # cold keys brought up to date on demand
+        self.deferred: list[Action] = []  # what a warm-up inside a query produced (see current)
 
     # ----------------------------------------------------------------- inputs
 
@@ -206,36 +215,40 @@ class StreamJoin:
         if not sep or channel == "agg" or not self.wants(channel, symbol):
             return []  # private (agg:) or unknown keys are ignored per the contract
         st = self.keys.get((channel, symbol))
+        pre: list[Action] = []
+        if st is not None and st.state is State.SYNCED and self.interest is not None:
+            if not self.interest(channel, symbol) and self._hold_snapshot(st, value, ts_ms):
+                return []
+            pre = self._warm(st)
         if st is not None and st.state is State.SYNCED and KINDS[st.kind].lazy_snapshots:
             h = HEAD.match(value)
             if h is not None and int(h[4]) == st.epoch:
                 # in sync: only a later hole needs it, so it is parsed then (most never are)
                 st.latest_snap = Snap(None, ts_ms, value)
-                return []
+                return pre
         try:
             m = _parse(value)
         except CodecError:
             self.malformed += 1
-            return []
+            return pre
         st = self._state(channel, symbol)
         st.latest_snap = Snap(m, ts_ms)
         if st.state is State.NO_BASE:
-            return self._try_base(st, st.pending_reason)
+            return pre + self._try_base(st, st.pending_reason)
         if m.epoch != st.epoch and m.epoch not in st.retired and m.timestamp > st.last_ts:
             # an idle stream whose aggregator restarted: the snapshot is the newest truth
             st.retired.append(st.epoch)
             self._rebase(st, m)
-            return [self._reset(st, "epoch")]
+            return [*pre, self._reset(st, "epoch")]
         if m.epoch == st.epoch:
             KINDS[st.kind].on_snapshot(st, m)
-        return []
+        return pre
 
-    def _already_have(self, value: bytes) -> bool:
+    def _already_have(self, m: re.Match[bytes] | None) -> bool:
         """Whether a record is a copy of what this key already applied, read from its head
         without parsing it: with the direct feed ahead, most Kafka records are such copies.
         The aggregator writes ``type, channel, symbol, seq, epoch`` first (core/channels.py);
         anything else simply takes the full parse."""
-        m = HEAD.match(value)
         if m is None:
             return False
         st = self.keys.get((m[1].decode(), m[2].decode()))
@@ -254,28 +267,118 @@ class StreamJoin:
         if value.startswith(HEARTBEAT_PREFIX):
             self.on_feed_heartbeat(value)
             return []
-        if self.channels is not None or self.symbols is not None:
-            # the feed carries every stream: skip the ones not followed before parsing them
-            # (the FIX gateway follows 3 of 11 channels)
-            h = HEAD.match(value)
-            if h is not None and not self.wants(h[1].decode(), h[2].decode()):
-                return []
+        h = HEAD.match(value)
+        # the feed carries every stream: skip the ones not followed before parsing them (the
+        # FIX gateway follows 3 of 11 channels)
+        filtered = self.channels is not None or self.symbols is not None
+        if h is not None and filtered and not self.wants(h[1].decode(), h[2].decode()):
+            return []
+        done, pre = self._cold(h, value)
+        if done:
+            return pre
         try:
             m = _parse(value)
         except CodecError:
             self.malformed += 1
-            return []
+            return pre
         st = self.keys.get((m.parsed["channel"], m.parsed["symbol"]))
         if st is None or st.state is not State.SYNCED or m.epoch != st.epoch or m.seq <= st.seq:
             self.direct_skipped += 1
-            return []
+            return pre
         if m.seq > st.seq + 1:
             st.ahead[m.seq] = m
             if len(st.ahead) > self.ahead_max:
                 del st.ahead[min(st.ahead)]
-            return []
+            return pre
         self.direct_taken += 1
-        return self._on_stream_msg(m, "", 0) + self._release_ahead(st)
+        return pre + self._on_stream_msg(m, "", 0) + self._release_ahead(st)
+
+    # ----------------------------------------------------------------- cold keys
+
+    def _cold(self, h: re.Match[bytes] | None, value: bytes) -> tuple[bool, list[Action]]:
+        """The cold-key gate in front of the full parse: ``(True, [])`` when the message was
+        kept as bytes (or was a copy); otherwise what warming the key produced, before the
+        message takes the ordinary path."""
+        if self.interest is None or h is None:
+            return False, []
+        channel, symbol = h[1].decode(), h[2].decode()
+        st = self.keys.get((channel, symbol))
+        if st is None or st.state is not State.SYNCED:
+            return False, []
+        if not self.interest(channel, symbol):
+            seq, epoch = int(h[3]), int(h[4])
+            if epoch == st.epoch and not st.ahead:
+                if seq <= st.seq:
+                    self.dropped_dup += 1
+                    return True, []
+                if seq == st.seq + 1 and self._hold(st, value, seq):
+                    return True, []
+        return False, self._warm(st)
+
+    def _hold(self, st: KeyState, value: bytes, seq: int) -> bool:
+        """Keep the next message of a cold key as bytes; False when the key must be warmed
+        instead (a book's held run reached ``buffer_max``: bounded memory)."""
+        held = st.held
+        if not held and st.held_base is None:
+            st.held_from = st.seq
+        kind = st.kind
+        if kind is Kind.LATEST:  # the newest message is the whole state
+            st.held_base = value
+            st.held_from = seq
+        elif kind is Kind.TRADES:  # the last trades_keep messages are
+            held.append(value)
+            if len(held) >= self.trades_keep:
+                st.held_base = held.pop(0)
+                st.held_from += 1
+        elif len(held) >= self.buffer_max:
+            return False
+        else:
+            held.append(value)
+        st.seq = seq
+        self.held_total += 1
+        return True
+
+    def _hold_snapshot(self, st: KeyState, value: bytes, ts_ms: int) -> bool:
+        """A snapshot of a cold key: kept as bytes; one inside the held run replaces the
+        messages it covers. False when it needs the ordinary path (another epoch)."""
+        h = HEAD.match(value)
+        if h is None or int(h[4]) != st.epoch:
+            return False
+        if KINDS[st.kind].self_contained:
+            return True  # its own messages are its state: a snapshot adds nothing
+        st.latest_snap = Snap(None, ts_ms, value)
+        s = int(h[3])
+        if st.held_from < s <= st.seq and (st.held or st.held_base is not None):
+            del st.held[: s - st.held_from]
+            st.held_base, st.held_from = value, s
+        return True
+
+    def _warm(self, st: KeyState) -> list[Action]:
+        """Bring a cold key up to its head: what it held is parsed and applied through the
+        ordinary path (checksums verified, a bad one resnapshots). The messages themselves are
+        not delivered: nobody read the key while it was cold."""
+        base, held = st.held_base, st.held
+        if base is None and not held:
+            return []
+        st.held_base, st.held = None, []
+        self.warmed += 1
+        st.seq = st.held_from
+        out: list[Action] = []
+        if base is not None:
+            try:
+                bm = _parse(base)
+            except CodecError:
+                self.malformed += 1
+            else:
+                self._rebase(st, bm)
+        for raw in held:
+            try:
+                m = _parse(raw)
+            except CodecError:
+                self.malformed += 1
+                continue  # the next one is a gap: resnapshot, as for any malformed record
+            out += [a for a in self._on_stream_msg(m, "", 0) if not isinstance(a, Deliver)]
+        return out
 
     def on_feed_heartbeat(self, value: bytes) -> None:
         """The leader's heads: ``feed_whole_at`` is its clock at the last heartbeat that found
@@ -319,15 +422,19 @@ class StreamJoin:
 
     def on_stream(self, value: bytes, topic: str = "", partition: int = 0) -> list[Action]:
         """A record of a stream topic (value = the client-ready data message)."""
-        if self._already_have(value):
+        h = HEAD.match(value)
+        if self._already_have(h):
             self.dropped_dup += 1
             return []
+        done, pre = self._cold(h, value)
+        if done:
+            return pre
         try:
             m = _parse(value)
         except CodecError:
             self.malformed += 1
-            return []
-        acts = self._on_stream_msg(m, topic, partition)
+            return pre
+        acts = pre + self._on_stream_msg(m, topic, partition)
         st = self.keys.get((m.parsed["channel"], m.parsed["symbol"]))
         if st is not None and st.ahead:
             acts += self._release_ahead(st)
@@ -513,6 +620,8 @@ class StreamJoin:
         until the key changes, so a thousand subscribers joining share the same bytes.
         """
         st = self.keys.get((channel, symbol))
+        if st is not None and (st.held or st.held_base is not None):
+            self.deferred += self._warm(st)
         if st is None or st.state is not State.SYNCED:
             return None
         msgs = KINDS[st.kind].messages(st, self, depth=depth, resync=resync, last=last)
@@ -530,6 +639,8 @@ class StreamJoin:
     def seq_of(self, channel: str, symbol: str) -> tuple[int, int, int | None] | None:
         """(seq, epoch, checksum) of a synced key: what a heartbeat reports."""
         st = self.keys.get((channel, symbol))
+        if st is not None and (st.held or st.held_base is not None):
+            self.deferred += self._warm(st)
         if st is None or st.state is not State.SYNCED:
             return None
         return st.seq, st.epoch, st.checksum
@@ -620,11 +731,27 @@ class StreamFollower:
     def add_reset_callback(self, cb: ResetCallback) -> None:
         self._reset_callbacks.append(cb)
 
+    def set_interest(self, interest: Callable[[str, str], bool] | None) -> None:
+        """Tell the join which keys this process reads (see ``StreamJoin.interest``): the
+        others are kept as bytes until a subscriber or a query asks for them."""
+        self.join.interest = interest
+
     def current(self, channel: str, symbol: str, **kw: Any) -> Current | None:
-        return self.join.current(channel, symbol, **kw)
+        cur = self.join.current(channel, symbol, **kw)
+        self._run_deferred()
+        return cur
 
     def seq_of(self, channel: str, symbol: str) -> tuple[int, int, int | None] | None:
-        return self.join.seq_of(channel, symbol)
+        head = self.join.seq_of(channel, symbol)
+        self._run_deferred()
+        return head
+
+    def _run_deferred(self) -> None:
+        # a warm-up found a bad checksum and rebased: the Reset reaches the subscribers after
+        # the query that caused it returned (as any rebase would reach them)
+        if self.join.deferred:
+            acts, self.join.deferred = self.join.deferred, []
+            self._run(acts)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         # a loop that died (an exception it did not expect) freezes every book it serves:

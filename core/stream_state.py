@@ -85,6 +85,13 @@ class KeyState:
     # direct-feed messages that came before Kafka filled the seqs below them: released in
     # order as soon as the key reaches them (the direct feed stays in step after any hole)
     ahead: dict[int, Msg] = field(default_factory=dict)
+    # a cold key (no subscriber in this process, StreamJoin.interest): the in-order messages
+    # after the applied state (seq ``held_from``), kept as bytes while ``seq`` follows the
+    # stream's head; ``held_base``, a newer snapshot or self-contained message, replaces the
+    # applied state first. Parsed and applied only when someone asks (StreamJoin._warm).
+    held: list[bytes] = field(default_factory=list)
+    held_from: int = 0
+    held_base: bytes | None = None
 
 
 HEAD = re.compile(

@@ -285,6 +285,16 @@ class FanoutCore:
         self._dirty: list[Conn] = []
         self._closes: list[CloseConn] = []
 
+    def reads(self, channel: str, symbol: str) -> bool:
+        """Whether any subscription here reads the key: the follower keeps the others cold
+        (``core.follower.StreamJoin.interest``) and warms them when a subscriber asks."""
+        key = (channel, symbol)
+        return bool(
+            self.index.get(key)
+            or key in self.groups_by_key
+            or (channel == STATUS and self.index.get((STATUS, "*")))
+        )
+
     # ----------------------------------------------------------------- outputs
 
     def data_to_send(self) -> list[tuple[Conn, list[bytes]]]:

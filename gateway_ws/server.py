@@ -89,6 +89,7 @@ class Gateway:
             settings.redis_url, settings.redis_prefix, StoredHistory.from_settings(settings)
         )
         self.hub = Hub(self.cfg, self.follower, self.history)
+        self.follower.set_interest(self.hub.core.reads)  # keys nobody reads stay cold
         # resume by client_id: subscription sets in the same Redis as the resume window
         self.client_store = ClientStore(
             self.history.redis, settings.redis_prefix, self.cfg.client_ttl_s

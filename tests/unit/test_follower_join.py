@@ -8,6 +8,7 @@ from core.book import L2Book
 from core.channels import data_message
 from core.follower import Deliver, Reset, Rewind, StreamJoin
 from core.messages import MessageType
+from core.stream_state import HEAD
 from testkit.fake_aggregator import Platform
 
 T0 = 1_795_503_050_000_000_000
@@ -339,8 +340,9 @@ def test_copy_detection_reads_only_the_head_and_falls_back_to_parsing() -> None:
     j, p = synced_l2()
     msg = p.update([level(2)])
     j.on_stream(msg, "md.l2", 0)
-    assert j._already_have(msg)  # noqa: SLF001 - the fast path itself
-    assert not j._already_have(b'{"channel":"l2","type":"x"}')  # noqa: SLF001 - other layout
+    assert j._already_have(HEAD.match(msg))  # noqa: SLF001 - the fast path itself
+    other = b'{"channel":"l2","type":"x"}'
+    assert not j._already_have(HEAD.match(other))  # noqa: SLF001 - other layout
     assert j.on_stream(b"not json", "md.l2", 0) == [] and j.malformed == 1
 
 

@@ -2,6 +2,13 @@
 
     .venv/bin/python -m loadtests.bench_peer_ws --build          # once: Centrifugo into var/peers
     .venv/bin/python -m loadtests.bench_peer_ws --connections 1000,5000 --rate-total 200000
+    .venv/bin/python -m loadtests.bench_peer_ws --storm --connections 1000,5000,10000
+
+``--storm``: connection storms instead (issue 16 item 4): all N clients connect at the same
+moment (the client processes start first and wait for one signal), per connection the time
+from ``connect()`` to the subscribe's answer (the gateway: its ``l2_snapshot``; Centrifugo:
+its subscribe reply, it has no snapshot) and the 101 part of it, and the CPU of the server
+and of the clients over the connection phase, per connection.
 
 For each connection count and core count it runs ``loadtests/fanout.py`` twice in a row, once
 against ``python -m gateway_ws`` (``MD_WS_PROCESSES`` = cores) and once against Centrifugo
@@ -76,6 +83,11 @@ def centrifugo_config(port: int, brokers: str, topic: str, tag: str) -> dict[str
 
 
 def _run_one(server: str, connections: int, rate: float, cores: int, a: argparse.Namespace) -> Any:
+    """One fanout.py run; ``gateway-websockets`` = the gateway on python-websockets' server
+    (``MD_WS_SERVER=websockets``), the accept path before gateway_ws/listener.py."""
+    env = dict(os.environ)
+    if server == "gateway-websockets":
+        server, env["MD_WS_SERVER"] = "gateway", "websockets"
     cmd = [
         sys.executable,
         "-m",
@@ -102,10 +114,18 @@ def _run_one(server: str, connections: int, rate: float, cores: int, a: argparse
     ]
     if server == "gateway" and a.batch:
         cmd.append("--batch")
+    if a.storm:
+        cmd += ["--wave", str(connections)]
     # stderr (the servers' logs) is not captured: a leftover server process holding it cannot
     # keep this run waiting for end of file
     out = subprocess.run(
-        cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+        cmd,
+        check=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
     for line in reversed(out.stdout.strip().splitlines()):
         if line.startswith("{") and '"delivered"' in line:
@@ -122,6 +142,18 @@ def _fmt(r: dict[str, Any]) -> str:
         f"  clients {r.get('client_cpu_s', 0) * 1e6 / max(1, r['delivered']):5.2f} CPU-s/M"
         f"  setup p50 {r['setup_ms']['p50']:.0f} / p99 {r['setup_ms']['p99']:.0f} ms"
         f"  gaps {r['gaps']} closed {r['closed']}"
+    )
+
+
+def _fmt_storm(r: dict[str, Any]) -> str:
+    su, up = r["setup_ms"], r["upgrade_ms"]
+    return (
+        f"setup p50 {su['p50']:>7.1f} / p99 {su['p99']:>7.1f} ms"
+        f"  upgrade p50 {up['p50']:>7.1f} / p99 {up['p99']:>7.1f} ms"
+        f"  server {r['setup_cpu_us_per_conn']:>4} us/conn"
+        f"  clients {r.get('clients_setup_cpu_us_per_conn', 0):>4} us/conn"
+        f"  connected {r['connected']} drops {r['listen_drops']}"
+        f"  load {r['machine_load_avg'][0]}"
     )
 
 
@@ -142,27 +174,40 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--client-procs", type=int, default=3)
     ap.add_argument("--sample-every", type=int, default=10)
-    ap.add_argument("--servers", default="gateway,centrifugo")
+    ap.add_argument(
+        "--servers",
+        default="gateway,centrifugo",
+        help="comma list of gateway, gateway-websockets (MD_WS_SERVER=websockets), centrifugo",
+    )
     ap.add_argument(
         "--batch", action="store_true", help="gateway clients use /ws?batch=1 (NDJSON frames)"
     )
+    ap.add_argument(
+        "--storm",
+        action="store_true",
+        help="connection storms: all N connect at once (setup time, CPU per connection)",
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    if a.storm:  # the connection phase is the measurement: a short, light data phase
+        a.duration, a.warmup, a.rate_total = min(a.duration, 2.0), min(a.warmup, 1.0), 0
     build()
     if a.build:
         print(CENTRIFUGO_BIN)
         return
     results = []
     for n in (int(x) for x in a.connections.split(",")):
-        rate = a.rate_total / n  # every connection gets every message of its symbol
+        # every connection gets every message of its symbol; a storm publishes 2/s per symbol
+        rate = a.rate_total / n if a.rate_total else 2.0
         for cores in (int(x) for x in a.cores.split(",")):
             row: dict[str, Any] = {"connections": n, "cores": cores, "target": a.rate_total}
             for server in a.servers.split(","):
                 r = _run_one(server, n, rate, cores, a)
                 row[server] = r
-                print(f"{n:>6} conns {cores} core(s) {server:>10}: {_fmt(r)}", flush=True)
+                line = _fmt_storm(r) if a.storm else _fmt(r)
+                print(f"{n:>6} conns {cores} core(s) {server:>10}: {line}", flush=True)
             g, c = row.get("gateway"), row.get("centrifugo")
-            if g and c:
+            if g and c and not a.storm:
                 g_cpu = g["gateway_cpu_s"] / max(1, g["delivered"])
                 c_cpu = c["gateway_cpu_s"] / max(1, c["delivered"])
                 row["ratio_rate"] = round(g["delivered_per_s"] / max(1, c["delivered_per_s"]), 2)

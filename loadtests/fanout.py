@@ -67,6 +67,7 @@ async def _client_main(
     wave: int = 200,
     sources: int = 1,
     batch: bool = False,
+    storm: Any = None,
 ) -> None:
     raise_fd_limit()
     stats = Stats()
@@ -101,6 +102,10 @@ async def _client_main(
             except (OSError, TimeoutError, ConnectionError):
                 await asyncio.sleep(0.2 * (attempt + 1))
 
+    if storm is not None:  # every client process starts connecting at the same moment
+        ready.put(-1 - idx)
+        while not storm.is_set():  # noqa: ASYNC110 - a multiprocessing event
+            await asyncio.sleep(0.005)
     for i in range(0, len(subs), wave):  # in waves (--wave); one wave of all = a storm
         await asyncio.gather(*(one(j, subs[j]) for j in range(i, min(i + wave, len(subs)))))
     await asyncio.sleep(1.0)  # snapshots delivered
@@ -146,13 +151,26 @@ def _client_proc(
     wave: int = 200,
     sources: int = 1,
     batch: bool = False,
+    storm: Any = None,
 ) -> None:
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     uvloop.run(
         _client_main(
-            port, subs, ready, go, stop_at, out, idx, sample_every, server, wave, sources, batch
+            port,
+            subs,
+            ready,
+            go,
+            stop_at,
+            out,
+            idx,
+            sample_every,
+            server,
+            wave,
+            sources,
+            batch,
+            storm,
         )
     )
 
@@ -366,6 +384,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ctx = mp.get_context("spawn")
         ready, out = ctx.Queue(), ctx.Queue()
         go = ctx.Event()
+        storm = ctx.Event()  # set once every client process has started (imports done)
         stop_at = ctx.Value("d", 0.0)
         k = args.client_procs
         for i in range(k):
@@ -384,12 +403,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.wave // k or 1,
                     args.source_ips,
                     args.batch,
+                    storm,
                 ),
             )
             p.start()
             procs.append(p)
+        for _ in range(k):  # each client process is up and waits for the storm
+            await loop.run_in_executor(None, ready.get, True, 120)
         t_conn = time.monotonic()
         cpu_c0, drops0 = _gateway_cpu(gw.pid), listen_drops()
+        ccpu_c0 = sum(cpu_seconds(p.pid) for p in procs if p.pid)
+        storm.set()
         for _ in range(k):
             # 100,000 connections on a shared 2-core box took 500 s to connect
             await asyncio.get_running_loop().run_in_executor(
@@ -398,6 +422,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         connect_s = time.monotonic() - t_conn
         # the server's CPU while the clients connected and got their snapshots (+1 s idle)
         setup_cpu, drops = _gateway_cpu(gw.pid) - cpu_c0, listen_drops() - drops0
+        clients_setup_cpu = sum(cpu_seconds(p.pid) for p in procs if p.pid) - ccpu_c0
         rss1 = _gateway_rss(gw.pid)
         # warm up, then measure
         start = time.time() + args.warmup
@@ -473,6 +498,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 k2: round(v / 1e6, 1) for k2, v in percentiles(upgrade, (50, 99, 100)).items()
             },
             "setup_cpu_us_per_conn": round(setup_cpu * 1e6 / max(1, args.connections)),
+            # the client processes' CPU over the same phase: on one machine the storm's
+            # clients compete with the server for the same cores
+            "clients_setup_cpu_us_per_conn": round(
+                clients_setup_cpu * 1e6 / max(1, args.connections)
+            ),
             # SYNs dropped at a full accept queue during the setup (machine-wide counter)
             "listen_drops": drops,
             "gateway_cpu_s": round(cpu1 - cpu0, 2),

@@ -48,7 +48,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from core.anonymize import apply as anonymize
 from core.book import L2Book
@@ -70,6 +70,15 @@ SNAPSHOT_WAIT_WHOLE_S = 1.0
 BACKUP_PAUSED = Gauge(
     "md_follower_kafka_backup_paused",
     "1 while Kafka is left unread because the direct feed's heartbeats prove it whole",
+)
+
+COLD_HELD = Counter(
+    "md_follower_cold_messages_total",
+    "Messages of keys nobody in this process reads, kept as bytes (parsed only when asked for)",
+)
+COLD_WARMED = Counter(
+    "md_follower_cold_warmups_total",
+    "Cold keys brought up to date because a subscriber or a query asked for them",
 )
 
 Key = tuple[str, str]  # (channel, symbol)
@@ -336,6 +345,7 @@ class StreamJoin:
             held.append(value)
         st.seq = seq
         self.held_total += 1
+        COLD_HELD.inc()
         return True
 
     def _hold_snapshot(self, st: KeyState, value: bytes, ts_ms: int) -> bool:
@@ -362,6 +372,7 @@ class StreamJoin:
             return []
         st.held_base, st.held = None, []
         self.warmed += 1
+        COLD_WARMED.inc()
         st.seq = st.held_from
         out: list[Action] = []
         if base is not None:

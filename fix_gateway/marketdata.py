@@ -21,7 +21,7 @@ exactly like a WebSocket client; with MarketDepth N an update outside the top N 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -110,6 +110,9 @@ class MarketDataApp:
         # snapshot-only requests (263=0) for a symbol whose book is not synced yet
         self.pending: dict[str, list[tuple[Sink, Subscription]]] = {}
         self.security_list_id = 0
+        # set by the gateway: bring a symbol nobody read up to date before its first W (the
+        # follower keeps such symbols cold: core.follower.StreamJoin.interest)
+        self.refresh: Callable[[str], None] | None = None
         self.counters: dict[str, int] = {
             "md_rejects": 0,
             "business_rejects": 0,
@@ -130,6 +133,10 @@ class MarketDataApp:
             or symbol in self.syms
             or (not self.catalogue and symbol in self._static)
         )
+
+    def reads(self, symbol: str) -> bool:
+        """Whether a session subscribed to ``symbol`` or waits for its first snapshot."""
+        return bool(self.by_symbol.get(symbol)) or symbol in self.pending
 
     def on_status(self, symbol: str, data: dict[str, Any]) -> None:
         """A ``status`` message (catalogue line: ``SymbolInfo.to_dict()`` + ``state``)."""
@@ -454,6 +461,7 @@ class MarketDataApp:
             self._md_reject(sink, req_id, T.MDREJ_UNKNOWN_SYMBOL, f"unknown symbol {unknown}")
             return
         sub = Subscription(req_id, tuple(symbols), frozenset(types_raw), depth, upd == "1")
+        self._warm(symbols)
         if srt == "1":
             mine[req_id] = sub
             for sym in symbols:
@@ -464,6 +472,12 @@ class MarketDataApp:
             elif srt == "0":
                 self.pending.setdefault(sym, []).append((sink, sub))
             # else: the W goes out from on_l2_snapshot when the book is first synced
+
+    def _warm(self, symbols: list[str]) -> None:
+        if self.refresh is not None:
+            for sym in symbols:
+                if not self.reads(sym):
+                    self.refresh(sym)
 
     def _on_security_list_request(self, sink: Sink, msg: Message) -> None:
         """SecurityListRequest(x): 320, 559 (0 = one Symbol(55), 4 = all) -> SecurityList(y)."""

@@ -299,6 +299,10 @@ class Gateway:
         self.follower = StreamFollower(settings, channels=["l2", "trades", "status"])
         self.follower.add_callback(self._on_deliver)
         self.follower.add_reset_callback(self._on_reset)
+        # a symbol no session reads stays cold in the follower (no book kept, issue 10) and is
+        # brought up to date by the first MarketDataRequest for it; status feeds the catalogue
+        self.follower.set_interest(lambda ch, sym: ch == "status" or self.app.reads(sym))
+        self.app.refresh = self._refresh
         self.server: asyncio.Server | None = None
         self._drained = asyncio.Event()  # set when the last connection is gone
         self.session_counters: Counter[str] = Counter()  # all sessions' (FixSession.counters)
@@ -366,20 +370,30 @@ class Gateway:
             self.app.on_trade(symbol, seq, trades[-1], reset=True)
 
     def _on_reset(self, r: Reset) -> None:
-        cur = self.follower.current(r.channel, r.symbol)
+        seq = self._load(r.channel, r.symbol)
+        if seq is not None and r.channel == "l2":
+            log.info("l2 book rebased", extra={"symbol": r.symbol, "seq": seq, "reason": r.reason})
+
+    def _refresh(self, symbol: str) -> None:
+        """The first subscriber of a cold symbol: its book and last trade from the follower."""
+        if self._load("l2", symbol) is None and symbol in self.app.syms:
+            self.app.syms[symbol].synced = False  # no base yet: the W waits for the rebase
+        self._load("trades", symbol)
+
+    def _load(self, channel: str, symbol: str) -> int | None:
+        """Set the application's state of a key from the follower's; the key's seq or None."""
+        cur = self.follower.current(channel, symbol)
         if cur is None or not cur.messages:
-            return
+            return None
         parsed = orjson.loads(cur.messages[-1])
         data = parsed.get("data") or {}
-        if r.channel == "l2":
-            log.info(
-                "l2 book rebased", extra={"symbol": r.symbol, "seq": cur.seq, "reason": r.reason}
-            )
-            self.app.on_l2_snapshot(r.symbol, cur.seq, data.get("bids", ()), data.get("asks", ()))
-        elif r.channel == "trades":
-            self._trades_state(r.symbol, cur.seq, parsed)
-        elif r.channel == "status":
-            self.app.on_status(r.symbol, data)
+        if channel == "l2":
+            self.app.on_l2_snapshot(symbol, cur.seq, data.get("bids", ()), data.get("asks", ()))
+        elif channel == "trades":
+            self._trades_state(symbol, cur.seq, parsed)
+        elif channel == "status":
+            self.app.on_status(symbol, data)
+        return cur.seq
 
     # lifecycle
     async def start(self) -> None:

@@ -348,3 +348,45 @@ async def test_new_epoch_resnapshots_and_slow_consumer_is_cut(
                 assert metric(http, "fix_slow_consumer_disconnects_total") == 1
             finally:
                 s.close()
+
+
+async def test_a_symbol_nobody_read_is_served_exactly_when_first_subscribed(
+    settings: Settings, env_for: dict[str, str], tmp_path: Path
+) -> None:
+    """With no session subscribed the gateway keeps BTC-USD cold (bytes only, core/follower.py):
+    the first MarketDataRequest must still get the exact book at the exact RptSeq, and the
+    updates after it must apply on top (issue 10)."""
+    btc = Platform("BTC-USD")
+    async with Publisher(settings) as pub:
+        await pub.seed(btc)
+        http = free_port()
+        async with gateway(env_for, free_port(), http, tmp_path / "store") as gw:
+            rng = random.Random(5)
+
+            async def updates(n: int) -> None:
+                for _ in range(n):
+                    side = rng.choice(["buy", "sell"])
+                    px = f"{(95 if side == 'buy' else 101) + rng.randint(0, 8)}.00"
+                    await pub.l2(btc, [[side, px, rng.choice(["0", "0.5", "3"])]])
+
+            await updates(40)
+            await pub.trade(btc, "100.00", "0.25")
+            await eventually(lambda: metric(http, "md_follower_cold_messages_total") >= 40, 10)
+            view = FixBook()
+            c = await FixClient.connect("127.0.0.1", gw.fix_port, on_app=None)
+            await c.logged_on()
+            c.send("V", md_request("md1", ["BTC-USD"], ["0", "1", "2"]))
+            view.apply(await c.next_app())
+            assert view.seq["BTC-USD"] == btc.seq
+            assert view.books["BTC-USD"].snapshot() == btc.book.snapshot()
+            assert metric(http, "md_follower_cold_warmups_total") >= 1
+            await updates(20)
+
+            def drain() -> bool:
+                while not c.app.empty():
+                    view.apply(c.app.get_nowait())
+                return view.seq.get("BTC-USD") == btc.seq
+
+            await eventually(drain, 10, interval=0.02)
+            assert view.books["BTC-USD"].snapshot() == btc.book.snapshot()
+            await c.logout()

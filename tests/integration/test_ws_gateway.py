@@ -117,3 +117,26 @@ async def test_health_and_metrics_on_the_websocket_port(settings: Settings) -> N
         assert status == 200 and b"md_ws_connections" in body
         status, _ = await _http_get(gw.cfg.port, "/nope")
         assert status == 404
+
+
+async def test_a_book_nobody_read_is_exact_for_its_first_subscriber(settings: Settings) -> None:
+    """With no subscriber the gateway keeps a book cold (bytes only, core/follower.py): the
+    first subscriber still gets the exact book at the exact seq, then gapless updates."""
+    from tests.helpers import eventually
+
+    async with Feed(settings) as feed:
+        await feed.updates("BTC-USD", 5)
+        await feed.snapshot("BTC-USD")
+        async with running_gateway(settings) as gw:
+            await feed.updates("BTC-USD", 40, start=5)
+            await eventually(lambda: gw.follower.join.held_total >= 40, 10)
+            async with connect(url(gw)) as ws:
+                await send(ws, {"type": "subscribe", "channel": "l2", "symbol": "BTC-USD"})
+                snap = await recv_until(ws, lambda m: m["type"] == "l2_snapshot")
+                assert snap["seq"] == 45 and gw.follower.join.warmed >= 1
+                cb = ClientBook()
+                cb.on(snap)  # checks the snapshot's checksum against its own book
+                assert cb.book.snapshot() == feed.book("BTC-USD").book.snapshot()
+                await feed.updates("BTC-USD", 10, start=45)
+                while cb.seq != 55:
+                    cb.on(await recv_until(ws, lambda m: m["type"] == "l2_update"))

@@ -177,6 +177,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_STORAGE_HISTORY_CHANNELS",
         "MD_STORAGE_HTTP_HOST",
         "MD_STORAGE_HTTP_PORT",
+        "MD_STORAGE_KAFKA_CLIENT",
         "MD_STORAGE_L2_SNAPSHOT_DEPTH",
         "MD_STORAGE_L2_SNAPSHOT_S",
         "MD_STORAGE_WRITERS",

@@ -103,9 +103,12 @@ async def choose_backend(conn: asyncpg.Connection, mode: str) -> Backend:
                 "storage backend: this database predates TimescaleDB on the server; "
                 "`python -m storage convert` moves it (docs/storage.md)"
             )
+            # `make up` shows a one-shot step's WARNING lines (deploy/local/stack.sh)
             print(
-                "[storage] NOTE: native database on a server with TimescaleDB; "
-                '`python -m storage convert` moves it (docs/storage.md "Moving to TimescaleDB")',
+                "[storage] WARNING: this database uses the native backend (made before "
+                "TimescaleDB was installed); the server has TimescaleDB: stop the writers "
+                "(make stop) and run `.venv/bin/python -m storage convert` to move it "
+                '(docs/storage.md "Moving to TimescaleDB")',
                 file=sys.stderr,
             )
         return cast(Backend, recorded)

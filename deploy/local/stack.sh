@@ -125,7 +125,11 @@ start_services() {
     name=$(field "$line" 1); url=$(field "$line" 2); cmd=$(field "$line" 3)
     if [[ "$url" == "-" ]]; then
       log "running $name"
+      local logged; logged=$(stat -c %s "$SVC_LOG/$name.log" 2>/dev/null || echo 0)
       (cd "$ROOT" && "$ROOT/.venv/bin/"$cmd >>"$SVC_LOG/$name.log" 2>&1) || die "$name failed (see $SVC_LOG/$name.log)"
+      # what a one-shot step asks of the operator (storage migrate: a native database on a
+      # server with TimescaleDB, and the convert command) is shown here, not only logged
+      tail -c +$((logged + 1)) "$SVC_LOG/$name.log" | grep -E '^\[[a-z_]+\] WARNING' >&2 || true
       continue
     fi
     start_one "$name" "$cmd"

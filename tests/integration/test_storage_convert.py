@@ -150,3 +150,53 @@ async def test_no_schema_is_a_clear_error(pg_dsn: str) -> None:
     finally:
         await a.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await a.close()
+
+
+async def _cli(dsn: str, *args: str) -> tuple[int, str]:
+    """``python -m storage <args>`` as the operator runs it (docs/storage.md)."""
+    p = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "storage",
+        *args,
+        env={**os.environ, "MD_PG_DSN": dsn},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(p.communicate(), 120)
+    return p.returncode or 0, err.decode()
+
+
+async def test_operator_is_warned_then_the_documented_command_converts(pg_dsn: str) -> None:
+    """The steps of docs/storage.md on a database made native: ``migrate`` (as ``make up`` runs
+    it) warns with the command, ``python -m storage convert`` moves every row, and the next
+    ``migrate`` is quiet on TimescaleDB."""
+    admin = pg_dsn.rsplit("/", 1)[0] + "/postgres"
+    name = "test_convert_cli"
+    a = await asyncpg.connect(admin)
+    await a.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await a.execute(f'CREATE DATABASE "{name}"')
+    dsn = pg_dsn.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        await migrate(dsn, mode="native", today=DAY)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await _fill(conn)
+            rc, err = await _cli(dsn, "migrate")
+            warning = [ln for ln in err.splitlines() if ln.startswith("[storage] WARNING")]
+            assert rc == 0 and "backend=native" in err
+            assert len(warning) == 1 and "python -m storage convert" in warning[0]
+            before = await _state(conn)  # after today's retention (the fill's days are old)
+            rows = sum(len(v) for v in before.values())
+            assert rows >= 5
+            rc, err = await _cli(dsn, "convert")
+            assert rc == 0, err
+            assert "backend=timescale" in err and f" {rows} row(s) copied" in err
+            assert await _state(conn) == before
+            assert await _hypertables(conn) == {t.name for t in TIME_TABLES}
+            rc, err = await _cli(dsn, "migrate")
+            assert rc == 0 and "backend=timescale" in err and "WARNING" not in err
+        finally:
+            await conn.close()
+    finally:
+        await a.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await a.close()

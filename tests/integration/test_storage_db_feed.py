@@ -1,7 +1,8 @@
 """One Kafka fetch for both writers (storage/db_feed.py) on the real servers: the database writer
 of a ``storage run`` process first reads its backlog with its own consumer, then takes its
 records from the cache writer's fetches; every row is written once, the cache is written as
-before, and a restarted process continues from the committed offsets."""
+before, and a restarted process continues from the committed offsets; with either Kafka client
+of the cache writer (``MD_STORAGE_KAFKA_CLIENT``)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from testkit import fake_aggregator as T
 from tests.helpers import eventually, run_until
 
 pytestmark = pytest.mark.integration
-SYM = "FEED-USD"
 
 
 class Both:
@@ -40,7 +40,7 @@ class Both:
         await asyncio.gather(self.cache.run(stop), self.db.run(stop))
 
 
-async def _trades(s: Settings, first: int, n: int) -> None:
+async def _trades(s: Settings, sym: str, first: int, n: int) -> None:
     p = make_producer(s)
     await p.start()
     try:
@@ -49,7 +49,7 @@ async def _trades(s: Settings, first: int, n: int) -> None:
             Topics.from_settings(s),
             "trades",
             [
-                (SYM, T.trade(SYM, i, f"f{i}", "100.5", "0.25", "buy"))
+                (sym, T.trade(sym, i, f"f{i}", "100.5", "0.25", "buy"))
                 for i in range(first, first + n)
             ],
         )
@@ -57,23 +57,26 @@ async def _trades(s: Settings, first: int, n: int) -> None:
         await p.stop()
 
 
-async def _stored(dsn: str) -> tuple[int, int]:
+async def _stored(dsn: str, sym: str) -> tuple[int, int]:
     c = await asyncpg.connect(dsn)
     try:
-        t = await c.fetchval("SELECT count(*) FROM trades WHERE symbol = $1", SYM)
-        m = await c.fetchval("SELECT count(*) FROM stream_messages WHERE symbol = $1", SYM)
+        t = await c.fetchval("SELECT count(*) FROM trades WHERE symbol = $1", sym)
+        m = await c.fetchval("SELECT count(*) FROM stream_messages WHERE symbol = $1", sym)
         return int(t), int(m)
     finally:
         await c.close()
 
 
+@pytest.mark.parametrize("client", ["confluent", "aiokafka"])
 async def test_backlog_on_own_consumer_then_live_rows_through_the_shared_fetch(
-    settings: Settings, pg_dsn: str
+    settings: Settings, pg_dsn: str, client: str
 ) -> None:
     await migrate(pg_dsn)
-    s = dataclasses.replace(settings, pg_dsn=pg_dsn)
+    extra = {**settings.extra, "MD_STORAGE_KAFKA_CLIENT": client}
+    s = dataclasses.replace(settings, pg_dsn=pg_dsn, extra=extra)
     group = f"{s.topic_prefix}.feed"
-    await _trades(s, 1, 500)  # a backlog before the process starts
+    sym = f"FEED{client[:3].upper()}-USD"  # the module's database is shared by both runs
+    await _trades(s, sym, 1, 500)  # a backlog before the process starts
     both = Both(s, group)
     db = both.db
     live = asyncio.Event()
@@ -81,7 +84,7 @@ async def test_backlog_on_own_consumer_then_live_rows_through_the_shared_fetch(
     async def feed_live() -> None:
         # once every partition follows the shared feed, the live trades
         await eventually(lambda: db.routes.routes and db.routes.count(Feed.OWN) == 0, 30)
-        await _trades(s, 501, 400)
+        await _trades(s, sym, 501, 400)
         live.set()
 
     producer = asyncio.create_task(feed_live())
@@ -98,16 +101,16 @@ async def test_backlog_on_own_consumer_then_live_rows_through_the_shared_fetch(
     assert db.counters.records_shared >= 400  # every live record came through the one fetch
     # every assigned partition moved, the idle ones too (at the cache writer's start position)
     assert len(db.routes.routes) == len(db.topic_names) * 3 == db.routes.switches
-    assert await _stored(pg_dsn) == (900, 900)
+    assert await _stored(pg_dsn, sym) == (900, 900)
     r = aioredis.Redis.from_url(s.redis_url)
     try:  # the cache writer did its own work meanwhile
-        newest = await r.lindex(CacheKeys(s.redis_prefix).trades(SYM), 0)
+        newest = await r.lindex(CacheKeys(s.redis_prefix).trades(sym), 0)
         assert newest is not None and b'"f900"' in newest
     finally:
         await r.aclose()
 
     # a restart continues from the committed offsets: the next trades once, nothing again
-    await _trades(s, 901, 50)
+    await _trades(s, sym, 901, 50)
     again = Both(s, group)
     await run_until(
         again,
@@ -116,4 +119,4 @@ async def test_backlog_on_own_consumer_then_live_rows_through_the_shared_fetch(
         lambda: f"{again.db.counters}",
     )
     assert again.db.counters.trades_duplicate == 0
-    assert await _stored(pg_dsn) == (950, 950)
+    assert await _stored(pg_dsn, sym) == (950, 950)

@@ -8,10 +8,14 @@ answered with the original sequence numbers.
 
 - ``messages.log``: one record per sent message, ``<seq> <msgtype> <SendingTime> <len>\\n`` then
   the body bytes (the fields after 52, before 10) and ``\\n``; the next sender seq is the last
-  record's seq + 1. Appends are buffered and flushed to the OS (``flush()``) before the
-  transport writes the same messages to the socket, once per event-loop pass: a process crash
-  loses nothing a peer has seen; a power loss may lose the tail (no fsync), which a peer heals
-  with a ResendRequest or a reset.
+  record's seq + 1. Records are copied into a shared memory map of the file (``mmap``), which
+  is the kernel's page cache itself: a record is in the file the moment it is saved, before the
+  transport writes the same message to the socket, so a process crash loses nothing a peer has
+  seen, with no write system call per session and pass (that call was the largest single cost
+  of a delivered message at 5-20k X/s, docs/benchmarks.md). A power loss may lose the tail (no
+  fsync), which a peer heals with a ResendRequest or a reset. The file grows by ``GROW_BYTES``
+  (zeros past the last record while open; cut to the last record on close, and on load after a
+  crash).
 - ``target_seq``: the next MsgSeqNum expected from the peer, replaced atomically.
 - ``created``: when the sequence was (re)started, for the reset schedule.
 - ``last_signed_logon``: SendingTime(52) of the last accepted HMAC-signed Logon (replay guard).
@@ -19,18 +23,21 @@ answered with the original sequence numbers.
 
 from __future__ import annotations
 
+import mmap
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 # Sent messages kept per session for ResendRequest(2); older ones are answered with a gap fill.
 # 100,000 is hours of a busy book per session; at ~106 B of index and ~230 B of file per
 # message it bounds a session's store to ~10 MB of RAM and ~25 MB of disk between daily resets.
 DEFAULT_MAX_MESSAGES = 100_000
 COMPACT_MIN_BYTES = 1 << 20  # the file is compacted only when its dead head is above this
+# the map grows by this much: one ftruncate + mmap per ~1,000 messages; what is untouched of it
+# takes neither memory nor disk (a sparse tail)
+GROW_BYTES = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +128,11 @@ class FileStore:
         self.created_ns = 0
         self.last_signed_logon_ns = 0
         self._load()
-        self._log: IO[bytes] = open(self._log_path, "ab")  # noqa: SIM115 - closed in close()
-        self._offset = self._log.tell()
+        self._fd = os.open(self._log_path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._offset = os.fstat(self._fd).st_size  # _load cut it to the last whole record
+        self._map: mmap.mmap | None = None
+        self._size = 0
+        self._grow(self._offset + GROW_BYTES)
 
     def _load(self) -> None:
         if not self._created_path.exists():
@@ -147,8 +157,8 @@ class FileStore:
                 except ValueError:
                     break
                 end = nl + 1 + length + 1
-                if end > len(data):
-                    break  # torn tail after a crash: dropped
+                if end > len(data) or data[end - 1 : end] != b"\n":
+                    break  # torn tail after a crash, or the zeros past the last record: dropped
                 self._index[seq] = pos
                 self.next_sender_seq = seq + 1
                 pos = good = end
@@ -164,8 +174,18 @@ class FileStore:
         tmp.write_text(text)
         os.replace(tmp, path)
 
+    def _grow(self, size: int) -> None:
+        """Map the file at ``size`` bytes at least (a multiple of ``GROW_BYTES``)."""
+        size = -(-size // GROW_BYTES) * GROW_BYTES
+        if self._map is not None:
+            self._map.close()
+        os.ftruncate(self._fd, size)
+        self._map = mmap.mmap(self._fd, size)
+        self._size = size
+
     def save(self, seq: int, msg_type: str, sending_time: str, body: bytes) -> None:
-        self._index[seq] = self._offset
+        off = self._offset
+        self._index[seq] = off
         rec = b"%d %s %s %d\n%s\n" % (
             seq,
             msg_type.encode(),
@@ -173,12 +193,16 @@ class FileStore:
             len(body),
             body,
         )
-        self._log.write(rec)
-        self._offset += len(rec)
+        end = off + len(rec)
+        if end > self._size:
+            self._grow(end + GROW_BYTES)
+        assert self._map is not None
+        self._map[off:end] = rec
+        self._offset = end
         self.next_sender_seq = seq + 1
         self._index.pop(seq - self.max_messages, None)
         head = self._index.get(seq - self.max_messages + 1, 0)
-        if head > COMPACT_MIN_BYTES and head > self._offset - head:
+        if head > COMPACT_MIN_BYTES and head > end - head:
             self._compact(head)
 
     def oldest_seq(self) -> int:
@@ -188,21 +212,20 @@ class FileStore:
         """Drop the trimmed records at the start of the file (they are more than half of it):
         the live tail is copied to a new file that replaces the log atomically. Amortized: it
         runs once per ~``max_messages`` messages, copying at most as much as it frees."""
-        self._log.flush()
+        assert self._map is not None
+        tail = self._map[head : self._offset]
         tmp = self._log_path.with_suffix(".compact")
-        with open(self._log_path, "rb") as src, open(tmp, "wb") as dst:
-            src.seek(head)
-            shutil.copyfileobj(src, dst, 1 << 20)
-        self._log.close()
+        tmp.write_bytes(tail)
+        self._close_log()
         os.replace(tmp, self._log_path)
-        self._log = open(self._log_path, "ab")  # noqa: SIM115 - closed in close()
+        self._fd = os.open(self._log_path, os.O_RDWR)
+        self._offset = len(tail)
+        self._grow(self._offset + GROW_BYTES)
         self._index = {q: off - head for q, off in self._index.items() if off >= head}
-        self._offset -= head
 
     def flush(self) -> None:
-        """Hand buffered records to the OS. The transport calls it before writing the same
-        messages to the socket, so a peer never sees a message a restart would not know."""
-        self._log.flush()
+        """Nothing to do: a saved record is in the page cache already (the shared map), so a
+        peer never sees a message a restart would not know."""
 
     def set_next_target(self, seq: int) -> None:
         self.next_target_seq = seq
@@ -217,28 +240,42 @@ class FileStore:
         self.next_sender_seq = seq
 
     def get(self, begin: int, end: int) -> list[Stored]:
-        self._log.flush()
+        m = self._map
+        assert m is not None
         out: list[Stored] = []
-        with open(self._log_path, "rb") as f:
-            for seq in range(begin, end + 1):
-                off = self._index.get(seq)
-                if off is None:
-                    continue
-                f.seek(off)
-                head = f.readline()
-                seq_b, mt, st, len_b = head.rstrip(b"\n").split(b" ")
-                out.append(Stored(int(seq_b), mt.decode(), st.decode(), f.read(int(len_b))))
+        for seq in range(begin, end + 1):
+            off = self._index.get(seq)
+            if off is None:
+                continue
+            nl = m.find(b"\n", off)
+            seq_b, mt, st, len_b = m[off:nl].split(b" ")
+            out.append(
+                Stored(int(seq_b), mt.decode(), st.decode(), m[nl + 1 : nl + 1 + int(len_b)])
+            )
         return out
 
     def reset(self, now_ns: int | None = None) -> None:
-        self._log.close()
-        self._log = open(self._log_path, "wb")  # noqa: SIM115
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        os.ftruncate(self._fd, 0)  # the old records are gone; the new map reads zeros
         self._offset = 0
+        self._grow(GROW_BYTES)
         self._index.clear()
         self.next_sender_seq = 1
         self.set_next_target(1)
         self.created_ns = now_ns if now_ns is not None else time.time_ns()
         self._write_atomic(self._created_path, str(self.created_ns))
 
+    def _close_log(self) -> None:
+        """Unmap, cut the file to its last record and close it."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self._fd >= 0:
+            os.ftruncate(self._fd, self._offset)
+            os.close(self._fd)
+            self._fd = -1
+
     def close(self) -> None:
-        self._log.close()
+        self._close_log()

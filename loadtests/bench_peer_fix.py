@@ -159,6 +159,9 @@ async def run_gateway(
                 ups = rate / args.sessions
                 n = int(ups * secs)
                 stats.received, stats.lat = 0, []
+                spy = None
+                if args.profile and not warm:
+                    spy = await _profile(args.profile, pids[0], store, rate, secs)
                 cpu, t0 = CpuWindow(pids).start(), time.perf_counter()
                 for k in range(n):
                     i += 1
@@ -170,6 +173,8 @@ async def run_gateway(
                         await asyncio.sleep(delay)
                 await wait_delivered(stats, n * args.sessions, args.seconds + 30)
                 cpu.stop()
+                if spy is not None:
+                    await spy.wait()
                 if warm:
                     continue
                 rows.append(Row(rate, stats.received, n * args.sessions, cpu, list(stats.lat)))
@@ -245,6 +250,30 @@ async def run_peer(args: argparse.Namespace, rates: list[int], store: str, work:
     return rows
 
 
+async def _profile(
+    out: Path, pid: int, store: str, rate: int, secs: float
+) -> asyncio.subprocess.Process:
+    """py-spy (the venv's) sampling the first gateway process for the phase, as raw stacks
+    (``--profile DIR``: ``DIR/fix_gateway-<store>-<rate>.txt``, one ``stack count`` a line)."""
+    return await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("py-spy")),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(1, int(secs))),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--output",
+        str(out / f"fix_gateway-{store}-{rate}.txt"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 def _line(r: Row) -> str:
     return (
         f"{r.delivered:,}/{r.expected:,} X in {r.seconds:.1f} s, {r.us_per_x:.1f} CPU us/X, "
@@ -265,8 +294,13 @@ async def main() -> None:
         "--gateway-stores", default="file", help="MD_FIX_STORE of fix_gateway runs: file,memory"
     )
     ap.add_argument("--peers", default="memory,file", help="QuickFIX/J stores to run (or none)")
+    ap.add_argument(
+        "--profile", type=Path, default=None, help="py-spy raw stacks of fix_gateway per rate here"
+    )
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     work = ROOT / "var" / "cache" / f"bench_peer_fix_{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     results: dict[str, list[Row]] = {}

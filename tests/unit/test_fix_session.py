@@ -12,7 +12,7 @@ from fix_gateway.config import SessionConfig
 from fix_gateway.errors import SessionMisuse
 from fix_gateway.session import AppMessage, Closed, FixSession, LoggedOn, hmac_signature, initiator
 from fix_gateway.states import Event, State, transition
-from fix_gateway.store import FileStore, MemoryStore, Store
+from fix_gateway.store import GROW_BYTES, FileStore, MemoryStore, Store
 
 T0 = 1_795_503_072_000_000_000
 
@@ -548,6 +548,40 @@ def test_file_store_drops_a_torn_tail_and_resets(tmp_path: Path) -> None:
     st3 = FileStore(tmp_path, "S")
     assert st3.next_sender_seq == 2 and st3.get(1, 1)[0].sending_time == "20260101-00:00:04.000"
     st3.close()
+
+
+def test_file_store_keeps_what_a_killed_process_saved(tmp_path: Path) -> None:
+    """Saved records are in the file without a flush or a close: a process killed with SIGKILL
+    right after saving (what a peer may have seen) loses none, and the zeros the file was grown
+    by are cut when it is loaded again."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from fix_gateway.store import FileStore\n"
+        "st = FileStore(Path(sys.argv[1]), 'K')\n"
+        "for seq in range(1, 1001):\n"
+        "    st.save(seq, 'X', '20260101-00:00:00.000', b'262=r\\x01268=1\\x01' * 20)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=root, check=False)
+    assert p.returncode == -9
+    log = tmp_path / "K" / "messages.log"
+    assert log.stat().st_size % GROW_BYTES == 0  # grown, with zeros past the last record
+    st = FileStore(tmp_path, "K")
+    assert st.next_sender_seq == 1001
+    got = st.get(1, 1000)
+    assert [m.seq for m in got] == list(range(1, 1001))
+    assert got[-1].body == b"262=r\x01268=1\x01" * 20
+    st.close()
+    body = b"262=r\x01268=1\x01" * 20
+    assert log.stat().st_size == sum(
+        len(b"%d X 20260101-00:00:00.000 %d\n" % (q, len(body))) + len(body) + 1
+        for q in range(1, 1001)
+    )
 
 
 def test_invalid_msg_type_is_a_session_reject_and_unsupported_goes_to_the_app() -> None:

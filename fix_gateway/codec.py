@@ -191,20 +191,27 @@ def encode(
     return frame(msg_type, b"", encode_fields(fields), begin_string=begin_string)
 
 
-_ts_cache: tuple[int, str] = (-1, "")
+_ts_cache: tuple[int, str] = (-1, "")  # second -> "YYYYMMDD-HH:MM:SS"
+_ms_cache: tuple[int, str] = (-1, "")  # millisecond -> the whole timestamp
 
 
 def utc_timestamp(ns: int | None = None) -> str:
     """UTCTimestamp (FIX 4.4 Vol. 1) with milliseconds: ``YYYYMMDD-HH:MM:SS.sss``.
 
-    The seconds part is formatted once per second (this runs once per message sent)."""
-    global _ts_cache
+    The seconds part is formatted once per second, the whole once per millisecond (this runs
+    once per session flush: the sessions an update goes to are flushed within a few ms)."""
+    global _ts_cache, _ms_cache
     if ns is None:
         ns = time.time_ns()
-    s, rem = divmod(ns, 1_000_000_000)
+    ms = ns // 1_000_000
+    if _ms_cache[0] == ms:
+        return _ms_cache[1]
+    s, rem = divmod(ms, 1000)
     if _ts_cache[0] != s:
         _ts_cache = (s, time.strftime("%Y%m%d-%H:%M:%S", time.gmtime(s)))
-    return f"{_ts_cache[1]}.{rem // 1_000_000:03d}"
+    out = f"{_ts_cache[1]}.{rem:03d}"
+    _ms_cache = (ms, out)
+    return out
 
 
 def parse_utc_timestamp(text: str) -> int:

@@ -14,7 +14,8 @@ messages (docs/aggregator.md shapes, 3 symbols):
 Then ``--writers`` database writer *processes* (``storage/db_writer.py``, one consumer group)
 consume them; the clock runs from the first record fetched to the last row committed. Beside it,
 in the same run, the same rows written from memory with one raw asyncpg COPY per batch into a
-fresh table of the same schema (no Kafka, no JSON, no conflict handling): the ceiling. Prints a
+fresh table of the same schema (no Kafka, no JSON, no conflict handling), over as many
+connections as writer processes: the ceiling. Prints a
 Markdown table. Last, the query side: a day of one symbol's trades read through the REST app
 (p50/p99, before and after TimescaleDB compresses the day).
 """
@@ -136,10 +137,14 @@ def run_writers(s: Settings, group: str, history: str, n_rows: int, batch: int, 
     return n_rows / (end - start)
 
 
-async def raw_copy(s: Settings, kind: str, n: int, batch: int, base: int) -> float:
+async def raw_copy(
+    s: Settings, kind: str, n: int, batch: int, base: int, connections: int = 1
+) -> float:
     """The same rows from memory, one asyncpg COPY per batch into a fresh table like the
-    writer's target: what the database takes with no Kafka, no parsing, no conflict check."""
+    writer's target: what the database takes with no Kafka, no parsing, no conflict check;
+    over ``connections`` connections at once (as many as writer processes), each its share."""
     conn = await asyncpg.connect(s.pg_dsn)
+    others = [await asyncpg.connect(s.pg_dsn) for _ in range(connections - 1)]
     target = "trades" if kind == "trades" else "stream_messages"
     table = f"ceiling_{kind}"
     try:
@@ -162,13 +167,19 @@ async def raw_copy(s: Settings, kind: str, n: int, batch: int, base: int) -> flo
             if kind == "trades"
             else ["channel", "symbol", "epoch", "seq", "ts", "msg"]
         )
+
+        async def copy(c: asyncpg.Connection, part: list[tuple[Any, ...]]) -> None:
+            for i in range(0, len(part), batch):
+                async with c.transaction():
+                    await c.copy_records_to_table(table, records=part[i : i + batch], columns=cols)
+
+        conns = [conn, *others]
         t0 = time.perf_counter()
-        for i in range(0, n, batch):
-            async with conn.transaction():
-                await conn.copy_records_to_table(table, records=recs[i : i + batch], columns=cols)
+        await asyncio.gather(*(copy(c, recs[j :: len(conns)]) for j, c in enumerate(conns)))
         return n / (time.perf_counter() - t0)
     finally:
-        await conn.close()
+        for c in (conn, *others):
+            await c.close()
 
 
 async def query_latency(s: Settings, n: int, requests: int) -> list[tuple[str, float, float]]:
@@ -307,7 +318,7 @@ def main() -> None:
                 args.writers,
             )
             msgs = rate / rows_per_msg
-            ceiling = asyncio.run(raw_copy(s, kind, args.rows, args.batch, base))
+            ceiling = asyncio.run(raw_copy(s, kind, args.rows, args.batch, base, args.writers))
             print(
                 f"{kind}: {msgs:.0f} msg/s via Kafka, ceiling {ceiling:.0f} rows/s", file=sys.stderr
             )
@@ -317,7 +328,8 @@ def main() -> None:
             )
         print(
             f"\nbackend {backend}, {args.rows} messages per kind, {args.writers} writer "
-            f"process(es), batch {args.batch}, load average {os.getloadavg()[0]:.1f}\n"
+            f"process(es), ceiling over {args.writers} connection(s), batch {args.batch}, "
+            f"load average {os.getloadavg()[0]:.1f}\n"
         )
         print(
             "| kind | messages/s Kafka -> database | rows/s written | raw COPY of the same rows, "

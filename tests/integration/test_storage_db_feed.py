@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -120,3 +121,48 @@ async def test_backlog_on_own_consumer_then_live_rows_through_the_shared_fetch(
     )
     assert again.db.counters.trades_duplicate == 0
     assert await _stored(pg_dsn, sym) == (950, 950)
+
+
+async def test_a_database_only_process_takes_its_share_of_the_group(
+    settings: Settings, pg_dsn: str
+) -> None:
+    """Scale-out still works: a second, database-only writer joins the group of a process on
+    the shared fetch; the partitions are split (the shared process drops what it loses) and
+    every trade of many symbols is stored once."""
+    await migrate(pg_dsn)
+    s = dataclasses.replace(settings, pg_dsn=pg_dsn)
+    group = f"{s.topic_prefix}.scale"
+    syms = [f"SC{i}-USD" for i in range(12)]  # spread over the 3 partitions
+    both = Both(s, group)
+    other = DbWriter(s, DbWriterConfig(group_id=group, batch_records=300, batch_ms=200))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(both.run(stop))]
+    try:
+        await eventually(lambda: both.db.routes.routes and both.db.routes.count(Feed.OWN) == 0, 30)
+        tasks.append(asyncio.create_task(other.run(stop)))
+        await eventually(lambda: other.routes.routes, 60)  # the group rebalanced
+        total = 0
+        for sym in syms:
+            await _trades(s, sym, 1, 50)
+            total += 50
+
+        async def stored() -> int:
+            c = await asyncpg.connect(pg_dsn)
+            try:
+                return int(
+                    await c.fetchval("SELECT count(*) FROM trades WHERE symbol = ANY($1)", syms)
+                )
+            finally:
+                await c.close()
+
+        await eventually(lambda: _stored_is(stored, total), 60, interval=0.3)
+        assert set(both.db.routes.routes).isdisjoint(other.routes.routes)
+        assert both.db.counters.trades_inserted > 0 and other.counters.trades_inserted > 0
+        assert both.db.counters.trades_inserted + other.counters.trades_inserted == total
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+
+
+async def _stored_is(count: Callable[[], Awaitable[int]], n: int) -> bool:
+    return await count() == n

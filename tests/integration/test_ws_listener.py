@@ -199,7 +199,7 @@ async def test_requests_keep_their_order_while_one_waits_on_redis(settings: Sett
             masked(b'{"type":"resume","client_id":"never-stored-1","since":1700000000}')
             + masked(b'{"type":"ping","id":9}')
         )
-        answers = []
+        answers: list[dict[str, Any]] = []
         async with asyncio.timeout(5):
             while not answers or answers[-1]["type"] != "pong":
                 op, payload = await c.frame()

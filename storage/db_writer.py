@@ -606,7 +606,7 @@ class DbWriter:
             log.warning("offset commit failed", extra={"error": repr(exc)})
 
 
-class _Routing(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Routing(ConsumerRebalanceListener):
     """Keeps :class:`FeedRoutes` in step with the group's assignment: a partition assigned
     starts on the own consumer at its committed offset."""
 

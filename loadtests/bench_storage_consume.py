@@ -91,7 +91,11 @@ def with_confluent(s: Settings, topic: str, n: int, build: bool) -> tuple[float,
         while got < n:
             msgs = c.consume(5000, 1.0)
             got += len(msgs)
-            _rows(builder, topic, [(m.partition(), m.offset(), m.key(), m.value()) for m in msgs])
+            _rows(
+                builder,
+                topic,
+                [(m.partition() or 0, m.offset() or 0, m.key(), m.value()) for m in msgs],
+            )
         return got / (time.perf_counter() - t0), (_cpu() - c0) / got * 1e6
     finally:
         c.close()

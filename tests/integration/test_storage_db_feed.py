@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
@@ -20,10 +20,11 @@ from core.settings import Settings
 from core.topics import Topics
 from storage.cache_writer import CacheWriter
 from storage.db_feed import Feed
-from storage.db_writer import DbWriter, DbWriterConfig
+from storage.db_writer import BatchWindow, DbWriter, DbWriterConfig
 from storage.migrate import migrate
 from testkit import fake_aggregator as T
 from tests.helpers import eventually, run_until
+from tests.integration.test_storage_db_outage import ThrowawayPostgres
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +167,69 @@ async def test_a_database_only_process_takes_its_share_of_the_group(
 
 async def _stored_is(count: Callable[[], Awaitable[int]], n: int) -> bool:
     return await count() == n
+
+
+@pytest.fixture
+def own_pg() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL of this test's own (test_storage_db_outage.py), to stop and start."""
+    pg = ThrowawayPostgres()
+    pg.start()
+    yield pg
+    pg.destroy()
+
+
+async def test_database_outage_never_stalls_the_cache_and_loses_nothing(
+    settings: Settings, own_pg: ThrowawayPostgres
+) -> None:
+    """With the shared fetch, a database that is down fills the writer's queue; the shared
+    partitions go back to the writer's own consumer (Kafka holds the backlog) while the cache
+    writer keeps going; when the database is back every trade is stored once and the
+    partitions return to the shared fetch."""
+    await migrate(own_pg.dsn)
+    s = dataclasses.replace(settings, pg_dsn=own_pg.dsn)
+    sym = "FOUT-USD"
+    both = Both(s, f"{s.topic_prefix}.fout")
+    db = both.db
+    db.config = dataclasses.replace(db.config, batch_records=100)
+    db._window = BatchWindow(100, 0.2)  # noqa: SLF001 - small batches: the queue fills soon
+    keys = CacheKeys(s.redis_prefix)
+    r = aioredis.Redis.from_url(s.redis_url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(both.run(stop))
+    try:
+        await eventually(lambda: db.routes.routes and db.routes.count(Feed.OWN) == 0, 30)
+        await _trades(s, sym, 1, 300)
+        await eventually(lambda: db.counters.trades_inserted == 300, 30)
+
+        own_pg.stop()
+        for i in range(10):  # several fetches, each a batch: the queue fills, then the open one
+            await _trades(s, sym, 301 + 200 * i, 200)
+            await asyncio.sleep(0.3)
+
+        async def cache_has(n: int) -> bool:
+            newest = await r.lindex(keys.trades(sym), 0)
+            return newest is not None and f'"f{n}"'.encode() in newest
+
+        await eventually(lambda: cache_has(2300), 30)  # the cache did not wait
+        await eventually(lambda: db.routes.fallbacks > 0, 30)
+        assert db.counters.trades_inserted == 300
+
+        own_pg.start()
+        await eventually(lambda: db.counters.trades_inserted == 2300, 60)
+        await eventually(lambda: db.routes.count(Feed.OWN) == 0, 30)  # back on the shared fetch
+        shared_before = db.counters.records_shared
+        await _trades(s, sym, 2301, 100)
+        await eventually(lambda: db.counters.trades_inserted == 2400 and db.queue.empty(), 30)
+        assert db.counters.records_shared >= shared_before + 100
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await r.aclose()
+    c = await asyncpg.connect(own_pg.dsn)
+    try:
+        n, distinct = await c.fetchrow(
+            "SELECT count(*), count(DISTINCT trade_id) FROM trades WHERE symbol = $1", sym
+        )
+        assert (n, distinct) == (2400, 2400)
+    finally:
+        await c.close()

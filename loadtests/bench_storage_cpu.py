@@ -144,15 +144,14 @@ def main() -> int:
         procs["aggregator"] = _start([PY, "-m", "aggregator"], env0, ROOT, logs / "agg.log")
         for i, (name, db) in enumerate(dbs.items()):
             tree = ROOT if name != "compare" else Path(args.compare_tree or ".").resolve()
-            env = _env(
-                prefix,
-                f"{server}/{db}",
-                PYTHONPATH=f"{tree}:{ROOT}",
-                MD_REDIS_PREFIX=f"{prefix}{name}",
-                MD_STORAGE_DB_GROUP=f"{prefix}.{name}",
-                MD_STORAGE_HTTP_PORT=str(18612 + 10 * i),
-                **variants.get(name, {}),
-            )
+            extra = {
+                "PYTHONPATH": f"{tree}:{ROOT}",
+                "MD_REDIS_PREFIX": f"{prefix}{name}",
+                "MD_STORAGE_DB_GROUP": f"{prefix}.{name}",
+                "MD_STORAGE_HTTP_PORT": str(18612 + 10 * i),
+            }
+            extra.update(variants.get(name, {}))  # a variant may set PYTHONPATH too
+            env = _env(prefix, f"{server}/{db}", **extra)
             procs[f"storage {name}"] = _start(
                 [PY, "-m", "storage", "run"], env, tree, logs / f"storage_{name}.log"
             )

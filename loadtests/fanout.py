@@ -128,6 +128,7 @@ async def _client_main(
             "gaps": stats.gaps,
             "resyncs": stats.resyncs,
             "closed": stats.closed,
+            "close_reasons": dict(stats.close_reasons),  # a copy: the queue pickles later
             "conns": len(conns),
             "setup": stats.setup.tobytes(),
             "upgrade": stats.upgrade.tobytes(),
@@ -173,6 +174,14 @@ def _client_proc(
             storm,
         )
     )
+
+
+def _merge_counts(counts: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def raise_fd_limit() -> int:
@@ -487,6 +496,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "gaps": sum(r["gaps"] for r in results),
             "resyncs": sum(r["resyncs"] for r in results),
             "closed": sum(r["closed"] for r in results),
+            # why: the server's close codes, "before_upgrade" (includes connection-phase
+            # attempts that were retried), "no_close_frame"
+            "close_reasons": _merge_counts(r["close_reasons"] for r in results),
             "connect_s": round(connect_s, 1),
             # connect() -> subscribed -> snapshot received (Centrifugo: subscribe reply), per
             # connection, --wave connections at once across the client processes

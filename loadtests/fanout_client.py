@@ -53,6 +53,9 @@ class Stats:
         self.gaps = 0
         self.resyncs = 0
         self.closed = 0
+        # close codes of the server's close frames, and "before_upgrade" (the connection ended
+        # before its 101) / "no_close_frame" (ended without a close frame after the 101)
+        self.close_reasons: dict[str, int] = {}
         self.connected = 0
         self.setup = array("q")  # ns from connect() to the first snapshot (or subscribe reply)
         self.upgrade = array("q")  # ns from connect() to the 101 response: the handshake part
@@ -89,6 +92,7 @@ class FanoutClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.upgraded = False
+        self.close_code: int | None = None
         self.last = -1
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -106,6 +110,13 @@ class FanoutClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.closed += 1
+        if not self.upgraded:
+            why = "before_upgrade"
+        elif self.close_code is None:
+            why = "no_close_frame"
+        else:
+            why = str(self.close_code)
+        self.stats.close_reasons[why] = self.stats.close_reasons.get(why, 0) + 1
         if not self.done.done():
             self.done.set_result(None)
         if not self.ready.done():
@@ -156,6 +167,9 @@ class FanoutClient(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.write(client_frame(payload, 0xA))
             elif op == 0x8:
+                self.close_code = (
+                    struct.unpack_from("!H", payload)[0] if len(payload) >= 2 else 1005
+                )
                 assert self.transport is not None
                 self.transport.close()
                 return

@@ -10,7 +10,10 @@ take SendingTime(52) -> receipt of the last X of each read) log on to each serve
 - ``fix_gateway``: ``python -m fix_gateway`` (``--gateways`` processes, the sessions split
   between them; ``--gateway-stores file,memory`` runs it with each ``MD_FIX_STORE``), fed by
   this process playing the aggregator: ``rate / sessions`` one-change ``l2_update`` messages
-  per second on the real Kafka, so each update is one X per session;
+  per second on the real Kafka and, as ``make up`` runs it, on the aggregator's direct feed
+  with its heartbeats (``--feed direct``, the default: the gateway then leaves Kafka unread
+  while the feed is whole; ``--feed kafka``: Kafka alone, a fetch per update), so each update
+  is one X per session;
 - ``QuickFIX/J memory`` and ``QuickFIX/J file``: ``peer.PeerAcceptor``
   (``loadtests/peers/quickfixj``, QuickFIX/J 2.3.2 from Maven Central, built once into
   ``var/peers/quickfixj``) with its MemoryStore or FileStore, sending the same X (one entry:
@@ -39,9 +42,10 @@ import uuid
 from functools import partial
 from pathlib import Path
 
+from core.feed import FeedServer
 from core.kafka import ensure_topics
 from core.settings import Settings
-from fix_gateway.testing import GatewayProcess
+from fix_gateway.testing import GatewayProcess, metric
 from loadtests.bench_fix_clients import (
     Counts,
     CpuWindow,
@@ -68,6 +72,41 @@ def build_peer() -> Path:
         raise SystemExit("the QuickFIX/J peer needs a Java 17 JDK and Maven (openjdk-17-jdk maven)")
     subprocess.run(["mvn", "-B", "-q", "package", "-DskipTests"], cwd=PEER_SRC, check=True)
     return PEER_JAR
+
+
+class DirectFeed:
+    """The aggregator's direct feed (core/feed.py), which ``make up`` gives every gateway
+    (``MD_AGG_FEED``): each update is pushed to the gateway as it is produced to Kafka, and a
+    heartbeat every 100 ms names the heads, so that the gateway's follower leaves Kafka unread
+    while the feed is whole, as in the running stack (``--feed kafka``: Kafka alone)."""
+
+    def __init__(self, p: Platform) -> None:
+        self.p = p
+        self.server = FeedServer("127.0.0.1", free_port())
+        self._beats: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.server.heads[("l2", self.p.symbol)] = (self.p.epoch, self.p.seq)  # the seeded book
+        self._beats = asyncio.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        while True:
+            self.server.heartbeat(int(time.time() * 1000))
+            await asyncio.sleep(0.1)
+
+    def push(self, raw: bytes) -> None:
+        self.server.publish(raw, (("l2", self.p.symbol), self.p.epoch, self.p.seq))
+        self.server.flush()
+
+    async def stop(self) -> None:
+        if self._beats is not None:
+            self._beats.cancel()
+        await self.server.stop()
 
 
 @dataclasses.dataclass
@@ -139,8 +178,12 @@ async def run_gateway(
     )
     btc = Platform("BTC-USD")
     rows: list[Row] = []
+    feed = DirectFeed(btc) if args.feed == "direct" else None
     async with Publisher(s) as pub:
         await pub.seed(btc, levels=20)
+        if feed is not None:
+            await feed.start()
+            env["MD_AGG_FEED"] = feed.address
         gws = [
             GatewayProcess(env, free_port(), free_port(), work / f"{store}{g}")
             for g in range(args.gateways)
@@ -165,9 +208,10 @@ async def run_gateway(
                 cpu, t0 = CpuWindow(pids).start(), time.perf_counter()
                 for k in range(n):
                     i += 1
-                    await pub.prod.send(
-                        pub.t.stream("l2"), btc.update(l2_change(i)), key=b"BTC-USD"
-                    )
+                    raw = btc.update(l2_change(i))
+                    if feed is not None:
+                        feed.push(raw)
+                    await pub.prod.send(pub.t.stream("l2"), raw, key=b"BTC-USD")
                     delay = t0 + (k + 1) / ups - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
@@ -178,12 +222,19 @@ async def run_gateway(
                 if warm:
                     continue
                 rows.append(Row(rate, stats.received, n * args.sessions, cpu, list(stats.lat)))
-                print(f"  fix_gateway {rate:>6} X/s: {_line(rows[-1])}", file=sys.stderr)
+                paused = metric(gws[0].http_port, "md_follower_kafka_backup_paused")
+                print(
+                    f"  fix_gateway {rate:>6} X/s: {_line(rows[-1])}; feed {args.feed}, Kafka "
+                    f"{'left unread' if paused else 'read'} at the end",
+                    file=sys.stderr,
+                )
         finally:
             for c in clients:
                 c.close()
             for gw in gws:
                 await gw.stop()
+            if feed is not None:
+                await feed.stop()
     return rows
 
 
@@ -294,6 +345,13 @@ async def main() -> None:
         "--gateway-stores", default="file", help="MD_FIX_STORE of fix_gateway runs: file,memory"
     )
     ap.add_argument("--peers", default="memory,file", help="QuickFIX/J stores to run (or none)")
+    ap.add_argument(
+        "--feed",
+        choices=["direct", "kafka"],
+        default="direct",
+        help="how fix_gateway gets the updates: the direct feed ahead of Kafka, as make up "
+        "runs it (MD_AGG_FEED), or Kafka alone",
+    )
     ap.add_argument(
         "--profile", type=Path, default=None, help="py-spy raw stacks of fix_gateway per rate here"
     )

@@ -62,7 +62,8 @@ from core.errors import ConfigError
 from core.feed import FeedServer
 from core.health import Health
 from core.isotime import HOP_BUCKETS
-from core.kafka import Pacer, ensure_topics, make_consumer, make_producer, partitions_of
+from core.kafka import Pacer, ensure_topics, make_producer, partitions_of
+from core.kafka_rd import RdConsumer, input_consumer
 from core.settings import Settings
 from core.topics import Topics
 
@@ -224,7 +225,8 @@ class Aggregator:
         # heartbeats and presence records leave at once, whatever the outputs' batching: the
         # lease is timed in hundreds of milliseconds (leadership.py)
         self.control_producer: AIOKafkaProducer | None = None
-        self.consumer: AIOKafkaConsumer | None = None
+        # the input (md.in + control) consumer: librdkafka by default (core/kafka_rd.py)
+        self.consumer: RdConsumer | AIOKafkaConsumer | None = None
         self._probe: AIOKafkaConsumer | None = None  # takeover reads (recovery.probe_consumer)
         self.health = Health("aggregator")
         self.health.add("consumer", self._health_consumer)
@@ -255,9 +257,7 @@ class Aggregator:
         await ensure_topics(
             s
         )  # idempotent; a fresh prefix (tests, `make run-recording`) just works
-        self.consumer = make_consumer(
-            s, group_id=self.cfg.group, isolation_level="read_uncommitted"
-        )
+        self.consumer = input_consumer(s, group_id=self.cfg.group)
         # the gateways get every message over the direct feed at once; Kafka is the durable
         # copy, so holding the outputs of MD_AGG_KAFKA_LINGER_MS for one produce request costs
         # no client latency and saves the aggregator and the broker a request per record
@@ -342,10 +342,16 @@ class Aggregator:
         SYMBOLS.set(len(self.symbols))
         itps = [TopicPartition(self.topics.input, p) for p in inputs]
         ctp = TopicPartition(self.topics.control, 0)
+        assert self._probe is not None
+        self._probe.assign([ctp])  # the control topic's end, through aiokafka's client
+        try:
+            control_end = (await self._probe.end_offsets([ctp]))[ctp]
+        finally:
+            self._probe.unsubscribe()
         c.assign([*itps, ctp])
         for tp in itps:
             c.seek(tp, checkpoints[tp.partition].start)
-        await c.seek_to_end(ctp)
+        c.seek(ctp, control_end)
         # No "lead at once" even when the last heartbeat is old or a resignation: a hot standby
         # may be claiming this very moment, and two claims of one term settle by ident, which
         # let a restarted instance (still replaying) displace the standby that had just taken
@@ -389,8 +395,8 @@ class Aggregator:
                 self.out[k] = min(self.out.get(k, v), v)
 
     async def _partitions(self, topic: str) -> set[int]:
-        assert self.consumer is not None
-        return await partitions_of(self.consumer, topic)
+        assert self._probe is not None  # metadata through aiokafka's client, whatever reads input
+        return await partitions_of(self._probe, topic)
 
     # ------------------------------------------------------------------ processing
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:

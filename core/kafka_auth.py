@@ -66,3 +66,27 @@ def kafka_security_options(s: Settings) -> dict[str, Any]:
             )
         opts.update(sasl_mechanism=mech, sasl_plain_username=user, sasl_plain_password=password)
     return opts
+
+
+def rdkafka_security_config(s: Settings) -> dict[str, Any]:
+    """The same settings as :func:`kafka_security_options`, as librdkafka configuration
+    (``core/kafka_rd.py``); validated by that function, so both clients refuse the same input."""
+    opts = kafka_security_options(s)
+    if not opts:
+        return {}
+    conf: dict[str, Any] = {"security.protocol": opts["security_protocol"]}
+    if "ssl_context" in opts:
+        for key, name in (
+            ("ssl.ca.location", "MD_KAFKA_SSL_CAFILE"),
+            ("ssl.certificate.location", "MD_KAFKA_SSL_CERTFILE"),
+            ("ssl.key.location", "MD_KAFKA_SSL_KEYFILE"),
+        ):
+            value = s.get(name, str, "")
+            if value:
+                conf[key] = value
+        conf["ssl.endpoint.identification.algorithm"] = "https"  # verify the host name
+    if "sasl_mechanism" in opts:
+        conf["sasl.mechanism"] = opts["sasl_mechanism"]
+        conf["sasl.username"] = opts["sasl_plain_username"]
+        conf["sasl.password"] = opts["sasl_plain_password"]
+    return conf

@@ -92,6 +92,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_KAFKA_BOOTSTRAP",
         "MD_KAFKA_BROKERS",
         "MD_KAFKA_CONTROLLER_PORT",
+        "MD_KAFKA_CLIENT",
         "MD_KAFKA_FETCH_WAIT_MS",
         "MD_KAFKA_LINGER_MS",
         "MD_KAFKA_MIN_ISR",

@@ -32,7 +32,7 @@ def test_sasl_scram_is_passed_to_librdkafka() -> None:
         "c1",
     )
     assert conf["security.protocol"] == "SASL_PLAINTEXT"
-    assert (conf["sasl.mechanisms"], conf["sasl.username"], conf["sasl.password"]) == (
+    assert (conf["sasl.mechanism"], conf["sasl.username"], conf["sasl.password"]) == (
         "SCRAM-SHA-512",
         "storage",
         "pw",

@@ -1059,17 +1059,26 @@ class StreamFollower:
         self.ready.set()
         log.info("follower caught up", extra={"keys": len(self.join.keys)})
 
+    def probe_timeout(self, late: float) -> float:
+        """How long a broker probe may go unanswered. A responsive loop whose probe hangs for 3/4
+        of a period has lost the broker (issue 11: a 10 s cut was over before two 5 s timeouts
+        declared it); a busy loop (its last sleep woke ``late`` > 0.25 s, thousands of
+        handshakes) gets the generous timeout."""
+        if late > 0.25:
+            return max(5.0, self.watchdog_s * 2)
+        return max(0.5, 0.75 * self.watchdog_s)
+
     async def _watchdog(self) -> None:
         """Probe the broker: aiokafka retries silently, so a lost feed is otherwise invisible."""
         tc = self._stream_consumer
         assert tc is not None
         failures = 0
+        loop = asyncio.get_running_loop()
+        late = 0.0  # how late the last sleep woke: a busy loop, not a lost broker
         while True:
+            timeout = self.probe_timeout(late)
             try:
-                # generous timeout: a busy event loop (thousands of handshakes) is not a lost feed
-                ends = await asyncio.wait_for(
-                    tc.end_offsets(self._stream_tps), max(5.0, self.watchdog_s * 2)
-                )
+                ends = await asyncio.wait_for(tc.end_offsets(self._stream_tps), timeout)
                 self.lag = {
                     f"{tp.topic}:{tp.partition}": 0
                     if self.backup_paused  # the feed is whole: nothing is behind
@@ -1085,4 +1094,7 @@ class StreamFollower:
                 if failures >= 2 and self.connected:  # two probes in a row: lost
                     log.error("kafka feed lost", extra={"error": repr(exc)})
                     self.connected = False
-            await asyncio.sleep(self.watchdog_s)
+            pause = self.watchdog_s if not failures else self.watchdog_s / 4  # confirm soon
+            due = loop.time() + pause
+            await asyncio.sleep(pause)
+            late = loop.time() - due

@@ -10,6 +10,7 @@ from core.follower import Deliver, Reset, Rewind, StreamJoin
 from core.messages import MessageType
 from core.stream_state import HEAD
 from testkit.fake_aggregator import Platform
+from tests.helpers import eventually
 
 T0 = 1_795_503_050_000_000_000
 
@@ -458,3 +459,33 @@ def test_direct_messages_of_streams_not_followed_are_skipped_unparsed() -> None:
     assert j.on_direct(tick(2, channel="l2")[:-2] + b"!}") == []
     assert j.malformed == before and ("l2", "BTC-USD") not in j.keys
     assert [type(a) for a in j.on_direct(tick(2))] == [Deliver]
+
+
+async def test_a_broker_that_stops_answering_is_declared_lost_and_found_again() -> None:
+    """A probe that hangs (a cut network, not a refused connection) counts as failed after 3/4
+    of a watchdog period on a responsive loop, the generous timeout only on a late loop (issue
+    11: a 10 s cut used to end before two 5 s timeouts declared it)."""
+    import asyncio
+
+    from core.follower import StreamFollower
+    from core.settings import Settings
+
+    class Broker:
+        answering = asyncio.Event()
+
+        async def end_offsets(self, tps: list[object]) -> dict[object, int]:
+            await self.answering.wait()
+            return {}
+
+    f = StreamFollower(Settings(), watchdog_s=2.0)
+    assert f.probe_timeout(late=0.01) == 1.5 and f.probe_timeout(late=1.0) == 5.0
+    f = StreamFollower(Settings(), watchdog_s=0.2)
+    broker = Broker()
+    f._stream_consumer = broker  # noqa: SLF001 - the probed consumer
+    task = asyncio.create_task(f._watchdog())  # noqa: SLF001
+    try:
+        await eventually(lambda: not f.connected, 10)
+        broker.answering.set()
+        await eventually(lambda: f.connected, 10)
+    finally:
+        task.cancel()

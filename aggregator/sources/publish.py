@@ -13,13 +13,14 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import orjson
 from prometheus_client import Counter
 
 from aggregator import events as ev
-from core.kafka import ensure_topics, make_producer
+from core.kafka import ensure_topics
+from core.kafka_rd import input_producer
 from core.settings import Settings
 from core.topics import Topics
 
@@ -50,8 +51,8 @@ class EventPublisher:
         self.settings = settings
         self.source = source
         self.topic = Topics.from_settings(settings).input
-        self.producer = make_producer(settings)
-        self._pending: list[asyncio.Future[object]] = []
+        self.producer = input_producer(settings)  # librdkafka unless MD_KAFKA_CLIENT=aiokafka
+        self._pending: list[asyncio.Future[Any]] = []
         self._capture_path = capture
         self._capture: IO[bytes] | None = None
 

@@ -33,12 +33,12 @@ import threading
 from collections import deque
 from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, Producer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 
 from core.errors import ConfigError
-from core.kafka import make_consumer, make_producer
+from core.kafka import make_consumer
 from core.kafka_auth import rdkafka_security_config
 from core.settings import Settings
 
@@ -215,104 +215,11 @@ class RdConsumer:
             self._ready.set()
 
 
-def _client(settings: Settings) -> str:
+def input_consumer(settings: Settings, *, group_id: str) -> RdConsumer | AIOKafkaConsumer:
+    """The aggregator's input consumer: librdkafka unless ``MD_KAFKA_CLIENT=aiokafka``."""
     client = settings.get("MD_KAFKA_CLIENT", str, "librdkafka")
     if client not in CLIENTS:
         raise ConfigError("MD_KAFKA_CLIENT", f"expected one of {', '.join(CLIENTS)}")
-    return client
-
-
-def input_producer(settings: Settings) -> RdProducer | AIOKafkaProducer:
-    """The sources' producer of ``md.in``: librdkafka unless ``MD_KAFKA_CLIENT=aiokafka``."""
-    if _client(settings) == "aiokafka":
-        return make_producer(settings)
-    return RdProducer(settings)
-
-
-def input_consumer(settings: Settings, *, group_id: str) -> RdConsumer | AIOKafkaConsumer:
-    """The aggregator's input consumer: librdkafka unless ``MD_KAFKA_CLIENT=aiokafka``."""
-    if _client(settings) == "aiokafka":
+    if client == "aiokafka":
         return make_consumer(settings, group_id=group_id, isolation_level="read_uncommitted")
     return RdConsumer(settings, group_id=group_id)
-
-
-class RdProducer:
-    """A librdkafka producer behind ``send`` (returns a future settled by the delivery report)
-    and ``flush``, for the sources' input records (``aggregator/sources/publish.py``): the same
-    idempotent ``acks=all`` producer as ``core.kafka.make_producer``, its protocol work in C.
-    librdkafka's documented pattern is ``produce`` from any thread and ``poll`` from one: the
-    delivery reports are served by a polling thread and handed to the event loop."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.conf: dict[str, Any] = {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "acks": "all",
-            "enable.idempotence": True,
-            # the Java clients' and aiokafka's key hash: a symbol stays on the partition every
-            # other producer and the aggregator's checkpoints expect (librdkafka's default,
-            # consistent_random, moved symbols to other partitions, where the aggregator
-            # skipped their events as already applied: caught by make chaos)
-            "partitioner": "murmur2_random",
-            "linger.ms": settings.get("MD_KAFKA_LINGER_MS", int, 0),
-            "message.max.bytes": 4 << 20,
-            "retry.backoff.ms": settings.get("MD_KAFKA_RETRY_BACKOFF_MS", int, 50),
-            "topic.metadata.refresh.interval.ms": 5_000,
-            "reconnect.backoff.ms": 50,
-            "reconnect.backoff.max.ms": 1_000,
-            **rdkafka_security_config(settings),
-        }
-        self._producer: Producer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._producer = Producer(self.conf, logger=log)
-        self._thread = threading.Thread(target=self._run, name="rdkafka-reports", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        p = self._producer
-        assert p is not None
-        while not self._stop.is_set():
-            p.poll(0.05)
-
-    async def send(
-        self, topic: str, value: bytes, key: bytes | None = None
-    ) -> asyncio.Future[Record]:
-        p, loop = self._producer, self._loop
-        assert p is not None and loop is not None, "start() first"
-        fut: asyncio.Future[Record] = loop.create_future()
-
-        def report(err: KafkaError | None, msg: Any) -> None:  # in the polling thread
-            loop.call_soon_threadsafe(_settle, fut, err, msg)
-
-        while True:
-            try:
-                p.produce(topic, value, key, on_delivery=report)
-                return fut
-            except BufferError:  # librdkafka's queue is full: let it drain
-                await asyncio.sleep(0.01)
-
-    async def flush(self) -> None:
-        if self._producer is not None:
-            await asyncio.to_thread(self._producer.flush, 30)
-
-    async def stop(self) -> None:
-        await self.flush()
-        self._stop.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5)
-        self._producer = None
-
-
-def _settle(fut: asyncio.Future[Record], err: KafkaError | None, msg: Any) -> None:
-    if fut.done():
-        return
-    if err is not None:
-        fut.set_exception(KafkaException(err))
-    else:
-        fut.set_result(
-            Record(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], None, None)
-        )

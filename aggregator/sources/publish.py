@@ -19,8 +19,7 @@ import orjson
 from prometheus_client import Counter
 
 from aggregator import events as ev
-from core.kafka import ensure_topics
-from core.kafka_rd import input_producer
+from core.kafka import ensure_topics, make_producer
 from core.settings import Settings
 from core.topics import Topics
 
@@ -51,7 +50,9 @@ class EventPublisher:
         self.settings = settings
         self.source = source
         self.topic = Topics.from_settings(settings).input
-        self.producer = input_producer(settings)  # librdkafka unless MD_KAFKA_CLIENT=aiokafka
+        # aiokafka, not librdkafka: a librdkafka producer stalled 15 s after a broker's kill -9
+        # in make chaos ("new leader not found in cache"), aiokafka resumes within a second
+        self.producer = make_producer(settings)
         self._pending: list[asyncio.Future[Any]] = []
         self._capture_path = capture
         self._capture: IO[bytes] | None = None

@@ -7,11 +7,10 @@ import dataclasses
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 
 from core.errors import ConfigError
 from core.kafka import make_producer
-from core.kafka_rd import RdConsumer, RdProducer, Record, input_consumer
+from core.kafka_rd import RdConsumer, Record, input_consumer
 from core.settings import Settings
 from core.topics import Topics
 
@@ -86,32 +85,3 @@ async def test_the_client_setting_is_checked() -> None:
         input_consumer(s, group_id="g")
     s = dataclasses.replace(Settings(), extra={"MD_KAFKA_CLIENT": "aiokafka"})
     assert isinstance(input_consumer(s, group_id="g"), AIOKafkaConsumer)
-
-
-async def test_the_producer_reports_each_record_and_keeps_order(settings: Settings) -> None:
-    t = Topics.from_settings(settings).input
-    parts = list(range(3))  # the settings fixture's topics
-    p = RdProducer(settings)
-    await p.start()
-    try:
-        futs = [await p.send(t, b"v%d" % i, key=b"BTC-USD") for i in range(50)]
-        done = [await f for f in futs]
-        # the partition aiokafka (and the Java clients) pick, by the murmur2 hash of the key:
-        # the aggregator's checkpoints tie a symbol to its partition
-        for sym in ("BTC-USD", "ETH-USD", "SOL-USD", "LTC-USD", "EUR-USD", "DOGE-USD"):
-            fut = await p.send(t, b"x", key=sym.encode())
-            assert (await fut).partition == DefaultPartitioner()(sym.encode(), parts, parts), sym
-    finally:
-        await p.stop()
-    assert len({r.partition for r in done}) == 1  # one key, one partition
-    offsets = [r.offset for r in done]
-    assert offsets == list(range(offsets[0], offsets[0] + 50))
-    c = RdConsumer(settings, group_id=f"{settings.topic_prefix}.p")
-    await c.start()
-    try:
-        c.assign([TopicPartition(t, done[0].partition)])
-        c.seek(TopicPartition(t, done[0].partition), offsets[0])
-        got = await read(c, 50)
-        assert [r.value for r in got][:50] == [b"v%d" % i for i in range(50)]
-    finally:
-        await c.stop()

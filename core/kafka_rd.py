@@ -3,12 +3,13 @@ aggregator's input loop uses: ``assign``, ``seek``, ``getmany``, ``commit``. Pos
 explicit offsets (a re-assignment to the logical end, ``OFFSET_END``, was found to skip records
 written while librdkafka resolved it behind a pending long poll: librdkafka 2.16, tried).
 
-Why: aiokafka decodes every fetch response and encodes every fetch request in Python. The
-aggregator pair reads each input record as it arrives (one fetch per record at the default
-rate), and that protocol work was about a third of the leader's CPU and most of the standby's
-(issue 10: py-spy; `docs/benchmarks.md`). librdkafka does the same fetches in C threads:
-measured here at the default rate, 3.0 -> 1.6 % of a core for one consumer of ``md.in``, with
-the same latency (`docs/benchmarks.md` "Kafka clients").
+Why it exists: aiokafka decodes every fetch response and encodes every fetch request in
+Python, about a third of the leader's CPU by py-spy (issue 10). Alone, one consumer of ``md.in``
+at the default rate costs 1.6 % of a core this way against 3.0 % with aiokafka. In the whole
+stack it did not pay (docs/benchmarks.md "Kafka clients", four alternating runs): the leader
+saved ~1 point, but the standby, whose paced reads no longer space librdkafka's background
+fetches, and the broker each spent ~1 point more. So it is not the default; it stays for a
+higher input rate, where the per-record saving grows and the fetches batch anyway.
 
 How it stays correct with a thread:
 
@@ -21,7 +22,7 @@ How it stays correct with a thread:
   delivered after it and nothing fetched after it is lost;
 - records keep their order per partition (one thread, one queue).
 
-``MD_KAFKA_CLIENT=aiokafka`` selects aiokafka's consumer instead (:func:`input_consumer`).
+``MD_KAFKA_CLIENT=librdkafka`` selects it (:func:`input_consumer`); the default is aiokafka.
 """
 
 from __future__ import annotations
@@ -216,8 +217,8 @@ class RdConsumer:
 
 
 def input_consumer(settings: Settings, *, group_id: str) -> RdConsumer | AIOKafkaConsumer:
-    """The aggregator's input consumer: librdkafka unless ``MD_KAFKA_CLIENT=aiokafka``."""
-    client = settings.get("MD_KAFKA_CLIENT", str, "librdkafka")
+    """The aggregator's input consumer: aiokafka unless ``MD_KAFKA_CLIENT=librdkafka``."""
+    client = settings.get("MD_KAFKA_CLIENT", str, "aiokafka")
     if client not in CLIENTS:
         raise ConfigError("MD_KAFKA_CLIENT", f"expected one of {', '.join(CLIENTS)}")
     if client == "aiokafka":

@@ -19,7 +19,7 @@ from aiokafka import TopicPartition
 from aggregator import events as ev
 from aggregator.recovery import stop_consumer
 from core.book import L2Book
-from core.kafka import make_consumer, partitions_of
+from core.kafka import delete_prefix_topics, make_consumer, partitions_of
 from core.messages import MessageError
 from core.messages import check as check_message
 from core.settings import Settings
@@ -51,20 +51,8 @@ async def read_topic(settings: Settings, topic: str, *, limit_s: float = 30.0) -
 
 
 async def delete_topics(settings: Settings, prefix: str | None = None) -> None:
-    """Delete every topic of a test/benchmark prefix. Each prefix holds 9 topics (27-54 partition
-    logs, one file handle each on the broker): left behind by thousands of runs they exhaust the
-    broker's file limit (it died of that once on the shared machine)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    pre = f"{prefix or settings.topic_prefix}."
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(pre)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+    """Delete every topic of a test/benchmark prefix (``core.kafka.delete_prefix_topics``)."""
+    await delete_prefix_topics(settings, prefix)
 
 
 def reference_books(records: list[Any]) -> dict[str, dict[str, dict[Decimal, Decimal]]]:

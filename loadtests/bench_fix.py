@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import dataclasses
 import os
 import platform
@@ -47,6 +48,7 @@ from loadtests.bench_fix_clients import (
     pct,
     write_sessions,
 )
+from loadtests.cleanup import drop_topics_at_exit
 from testkit.fake_aggregator import Platform, Publisher
 from testkit.ports import free_port
 
@@ -100,6 +102,7 @@ async def main() -> None:
     base = Settings.from_env()
     tag = uuid.uuid4().hex[:8]
     s = dataclasses.replace(base, topic_prefix=f"bench.fix.{tag}", redis_prefix=f"bench:fix:{tag}")
+    atexit.register(drop_topics_at_exit, s)  # a run leaves no topics on the broker
     await ensure_topics(s, partitions=3)
     work = ROOT / "var" / "cache" / f"bench_fix_{tag}"
     work.mkdir(parents=True, exist_ok=True)

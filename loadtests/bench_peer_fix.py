@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import dataclasses
 import os
 import shutil
@@ -54,6 +55,7 @@ from loadtests.bench_fix_clients import (
     pct,
     write_sessions,
 )
+from loadtests.cleanup import drop_topics_at_exit
 from testkit.fake_aggregator import Platform, Publisher
 from testkit.ports import free_port
 
@@ -167,6 +169,7 @@ async def run_gateway(
     s = dataclasses.replace(
         Settings.from_env(), topic_prefix=f"bench.pfix.{tag}", redis_prefix=f"bench:pfix:{tag}"
     )
+    atexit.register(drop_topics_at_exit, s)  # a run leaves no topics on the broker
     await ensure_topics(s, partitions=3)
     sessions_file = write_sessions(work / "sessions.toml", args.sessions)
     env = dict(

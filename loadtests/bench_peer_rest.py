@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import dataclasses
 import os
 import re
@@ -47,6 +48,7 @@ import httpx
 
 from core.settings import Settings
 from loadtests.bench_rest import SYM, fill_cache, parse_wrk
+from loadtests.cleanup import drop_topics_at_exit
 from testkit.ports import free_port
 
 PATH = f"/api/v1/market/{SYM}/orderbook?depth=20"
@@ -248,6 +250,7 @@ def main() -> None:
     s = dataclasses.replace(
         Settings.from_env(), topic_prefix=f"bench.{tag}", redis_prefix=f"bench:{tag}"
     )
+    atexit.register(drop_topics_at_exit, s)  # a run leaves no topics on the broker
     asyncio.run(fill_cache(s))
     with tempfile.TemporaryDirectory() as tmp:
         body_file = Path(tmp) / "body.json"

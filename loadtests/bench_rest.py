@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import dataclasses
 import os
 import re
@@ -30,6 +31,7 @@ import httpx
 from core.kafka import ensure_topics, make_producer
 from core.settings import Settings
 from core.topics import Topics
+from loadtests.cleanup import drop_topics_at_exit
 from storage.cache_writer import CacheWriter
 from testkit import fake_aggregator as T
 from testkit.ports import free_port
@@ -158,6 +160,7 @@ def main() -> None:
     s = dataclasses.replace(
         Settings.from_env(), topic_prefix=f"bench.{tag}", redis_prefix=f"bench:{tag}"
     )
+    atexit.register(drop_topics_at_exit, s)  # a run leaves no topics on the broker
     asyncio.run(fill_cache(s))
     rows = []
     configs = [(False, 0), (True, 0)]

@@ -54,6 +54,7 @@ class EventPublisher:
         # in make chaos ("new leader not found in cache"), aiokafka resumes within a second
         self.producer = make_producer(settings)
         self._pending: list[asyncio.Future[Any]] = []
+        self._sent_at: list[float] = []  # loop time of each pending send
         self._capture_path = capture
         self._capture: IO[bytes] | None = None
 
@@ -74,6 +75,7 @@ class EventPublisher:
         value = ev.encode_record(events)
         fut = await self.producer.send(self.topic, value=value, key=events[0].symbol.encode())
         self._pending.append(fut)
+        self._sent_at.append(asyncio.get_running_loop().time())
         for e in events:
             EVENTS_OUT.labels(self.source, e.type).inc()
             if self._capture is not None:
@@ -86,8 +88,26 @@ class EventPublisher:
         if len(self._pending) >= self.MAX_INFLIGHT:
             await self.flush()
 
+    def reap(self) -> float:
+        """Forget the acknowledged sends without waiting for the others; the age in seconds of
+        the oldest send still unacknowledged (0: none). A source that waits for every tick's acks
+        stalls every symbol when one partition's leader dies (make chaos, broker-kill); this
+        lets the other partitions' symbols flow. A send that failed is raised here: the
+        idempotent producer gave up, and a source must not go on past a hole."""
+        pending, sent_at = self._pending, self._sent_at
+        keep = [i for i, f in enumerate(pending) if not f.done()]
+        for f in pending:
+            exc = f.exception() if f.done() else None
+            if exc is not None:
+                raise exc
+        self._pending = [pending[i] for i in keep]
+        self._sent_at = [sent_at[i] for i in keep]
+        if not self._sent_at:
+            return 0.0
+        return asyncio.get_running_loop().time() - self._sent_at[0]
+
     async def flush(self) -> None:
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._sent_at = self._pending, [], []
         if pending:
             await asyncio.gather(*pending)
         if self._capture is not None:

@@ -45,7 +45,9 @@ def test_incomplete_security_settings_fail_as_for_aiokafka() -> None:
 
 
 def test_client_setting_picks_the_reader_and_rejects_others() -> None:
-    assert isinstance(CacheWriter(_settings())._consumer(), RdConsumer)  # noqa: SLF001
+    conf = _settings(MD_STORAGE_KAFKA_CLIENT="confluent")
+    assert isinstance(CacheWriter(conf)._consumer(), RdConsumer)  # noqa: SLF001
+    assert not isinstance(CacheWriter(_settings())._consumer(), RdConsumer)  # noqa: SLF001
     w = CacheWriter(_settings(MD_STORAGE_KAFKA_CLIENT="kafka-python"))
     with pytest.raises(ConfigError, match="MD_STORAGE_KAFKA_CLIENT"):
         w._consumer()  # noqa: SLF001

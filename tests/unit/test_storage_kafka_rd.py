@@ -44,7 +44,7 @@ def test_incomplete_security_settings_fail_as_for_aiokafka() -> None:
         rd_config(_settings(MD_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT"), "c1")
 
 
-def test_client_setting_picks_the_reader_and_rejects_others() -> None:
+async def test_client_setting_picks_the_reader_and_rejects_others() -> None:
     conf = _settings(MD_STORAGE_KAFKA_CLIENT="confluent")
     assert isinstance(CacheWriter(conf)._consumer(), RdConsumer)  # noqa: SLF001
     assert not isinstance(CacheWriter(_settings())._consumer(), RdConsumer)  # noqa: SLF001

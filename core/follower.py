@@ -631,8 +631,8 @@ class StreamJoin:
         until the key changes, so a thousand subscribers joining share the same bytes.
         """
         st = self.keys.get((channel, symbol))
-        if st is not None and (st.held or st.held_base is not None):
-            self.deferred += self._warm(st)
+        if st is not None:
+            self.deferred += self._warm(st)  # a no-op unless the key was kept cold
         if st is None or st.state is not State.SYNCED:
             return None
         msgs = KINDS[st.kind].messages(st, self, depth=depth, resync=resync, last=last)
@@ -650,8 +650,8 @@ class StreamJoin:
     def seq_of(self, channel: str, symbol: str) -> tuple[int, int, int | None] | None:
         """(seq, epoch, checksum) of a synced key: what a heartbeat reports."""
         st = self.keys.get((channel, symbol))
-        if st is not None and (st.held or st.held_base is not None):
-            self.deferred += self._warm(st)
+        if st is not None:
+            self.deferred += self._warm(st)  # a no-op unless the key was kept cold
         if st is None or st.state is not State.SYNCED:
             return None
         return st.seq, st.epoch, st.checksum

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -227,14 +227,18 @@ class GatewayMiddleware:
         RATE_LIMITED.labels("ops").inc()
         return _json(429, _LIMITED_BODY_OPS, d.headers())
 
+    def _api_key(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """The request's API key header, if any (shared by the ASGI admission and the answer
+        given inside the protocol)."""
+        for k, v in headers:
+            if k == self._key_header:
+                return v.decode("latin-1")
+        return None
+
     async def _admit(
         self, scope: Scope, rl_headers: list[tuple[bytes, bytes]]
     ) -> tuple[Message, Message] | None:
-        key: str | None = None
-        for k, v in scope.get("headers", ()):
-            if k == self._key_header:
-                key = v.decode("latin-1")
-                break
+        key = self._api_key(scope.get("headers", ()))
         if key is not None:
             tier_name = self.config.api_keys.get(key)
             if tier_name is None:
@@ -323,11 +327,7 @@ class GatewayMiddleware:
         if m is None:
             return None
         t0 = time.perf_counter()
-        key: str | None = None
-        for k, v in headers:
-            if k == self._key_header:
-                key = v.decode("latin-1")
-                break
+        key = self._api_key(headers)
         if key is not None:
             tier_name = self.config.api_keys.get(key)
             if tier_name is None:

@@ -85,6 +85,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_FIX_STORE",
         "MD_FIX_STORE_DIR",
         "MD_FIX_STORE_MAX_MESSAGES",
+        "MD_FIX_TIMESTAMP_PRECISION",
         "MD_FIX_TLS_CERT",
         "MD_FIX_TLS_KEY",
         "MD_FOLLOWER_BACKUP_WAIT_MS",

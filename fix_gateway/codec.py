@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from fix_gateway import tags as T
@@ -194,24 +194,57 @@ def encode(
 _ts_cache: tuple[int, str] = (-1, "")  # second -> "YYYYMMDD-HH:MM:SS"
 _ms_cache: tuple[int, str] = (-1, "")  # millisecond -> the whole timestamp
 
+# SendingTime(52) precisions a deployment may choose (MD_FIX_TIMESTAMP_PRECISION). FIX 4.4 Vol. 1
+# defines UTCTimestamp as whole seconds or milliseconds (``.sss``): the default. Later FIX
+# versions allow 6 (micro) or 9 (nano) fraction digits, and FIX 4.4 engines read them by bilateral
+# agreement: QuickFIX/J 2.x accepts up to picoseconds and sends them with its
+# ``TimeStampPrecision=MICROS`` (its default is ``MILLIS``).
+TIMESTAMP_PRECISIONS = ("millis", "micros")
+
+
+def _seconds(s: int) -> str:
+    """``YYYYMMDD-HH:MM:SS`` of epoch second ``s``, formatted once per second."""
+    global _ts_cache
+    if _ts_cache[0] != s:
+        _ts_cache = (s, time.strftime("%Y%m%d-%H:%M:%S", time.gmtime(s)))
+    return _ts_cache[1]
+
 
 def utc_timestamp(ns: int | None = None) -> str:
     """UTCTimestamp (FIX 4.4 Vol. 1) with milliseconds: ``YYYYMMDD-HH:MM:SS.sss``.
 
     The seconds part is formatted once per second, the whole once per millisecond (this runs
     once per session flush: the sessions an update goes to are flushed within a few ms)."""
-    global _ts_cache, _ms_cache
+    global _ms_cache
     if ns is None:
         ns = time.time_ns()
     ms = ns // 1_000_000
     if _ms_cache[0] == ms:
         return _ms_cache[1]
     s, rem = divmod(ms, 1000)
-    if _ts_cache[0] != s:
-        _ts_cache = (s, time.strftime("%Y%m%d-%H:%M:%S", time.gmtime(s)))
-    out = f"{_ts_cache[1]}.{rem:03d}"
+    out = f"{_seconds(s)}.{rem:03d}"
     _ms_cache = (ms, out)
     return out
+
+
+def utc_timestamp_us(ns: int | None = None) -> str:
+    """UTCTimestamp with microseconds: ``YYYYMMDD-HH:MM:SS.ssssss`` (truncated, as the
+    millisecond form is: a stamp never claims a time later than the clock read)."""
+    if ns is None:
+        ns = time.time_ns()
+    s, rem = divmod(ns // 1000, 1_000_000)
+    return f"{_seconds(s)}.{rem:06d}"
+
+
+def timestamper(precision: str) -> Callable[[int | None], str]:
+    """The SendingTime(52) formatter of a precision in :data:`TIMESTAMP_PRECISIONS`."""
+    if precision == "millis":
+        return utc_timestamp
+    if precision == "micros":
+        return utc_timestamp_us
+    raise ValueError(
+        f"timestamp precision must be one of {', '.join(TIMESTAMP_PRECISIONS)}, got {precision!r}"
+    )
 
 
 def parse_utc_timestamp(text: str) -> int:

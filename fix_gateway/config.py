@@ -28,6 +28,7 @@ from pathlib import Path
 
 from core.errors import ConfigError
 from core.settings import Settings
+from fix_gateway.codec import TIMESTAMP_PRECISIONS
 
 DEFAULT_COMP_ID = "MDGW"
 DEFAULT_CLIENT = "CLIENT1"
@@ -100,6 +101,11 @@ class GatewayConfig:
     # equivalent): no file write per session per loop pass, but after a restart every session
     # starts again at 1 and its peer must log on with ResetSeqNumFlag(141)=Y.
     store: str = "file"
+    # SendingTime(52)/OrigSendingTime(122) precision (MD_FIX_TIMESTAMP_PRECISION): "millis" as
+    # FIX 4.4's UTCTimestamp defines it, or "micros" (``.ssssss``, QuickFIX/J's
+    # TimeStampPrecision=MICROS) for peers that agreed to read them: a millisecond stamp is
+    # truncated, so the latency a client measures from it reads ~0.5 ms high on average.
+    timestamp_precision: str = "millis"
 
     @classmethod
     def from_settings(cls, s: Settings) -> GatewayConfig:
@@ -123,6 +129,7 @@ class GatewayConfig:
             resend_chunk=_positive(s, "MD_FIX_RESEND_CHUNK", 500),
             store_max_messages=_positive(s, "MD_FIX_STORE_MAX_MESSAGES", 100_000),
             store=_store_kind(s),
+            timestamp_precision=_timestamp_precision(s),
         )
 
 
@@ -133,6 +140,18 @@ def _store_kind(s: Settings) -> str:
     v = s.get("MD_FIX_STORE", str, "file")
     if v not in STORE_KINDS:
         raise ConfigError("MD_FIX_STORE", f"expected one of {', '.join(STORE_KINDS)}, got {v!r}")
+    return v
+
+
+def _timestamp_precision(s: Settings) -> str:
+    raw = s.get("MD_FIX_TIMESTAMP_PRECISION", str, "millis")
+    v = raw.strip().lower()  # QuickFIX/J spells them MILLIS / MICROS
+    if v not in TIMESTAMP_PRECISIONS:
+        raise ConfigError(
+            "MD_FIX_TIMESTAMP_PRECISION",
+            f"expected one of {', '.join(TIMESTAMP_PRECISIONS)} (SendingTime(52) with 3 or 6 "
+            f"fraction digits), got {raw!r}",
+        )
     return v
 
 

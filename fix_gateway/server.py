@@ -31,7 +31,7 @@ from core.signing import Signer
 from core.signing_fix import sign as sign_fix
 from core.tls import server_context
 from fix_gateway import metrics as M
-from fix_gateway.codec import Body, Message
+from fix_gateway.codec import Body, Message, timestamper
 from fix_gateway.config import GatewayConfig, SessionConfig
 from fix_gateway.errors import FieldError, SessionMisuse
 from fix_gateway.marketdata import MarketDataApp
@@ -113,6 +113,7 @@ class Connection(asyncio.Protocol):
             resolve=gw.registry.resolver(self),
             claim=gw.registry.claimer(self),
             resend_chunk=gw.cfg.resend_chunk,
+            timestamp=gw.stamp,
         )
         # every session of the process counts into one dict, exported once per loop pass
         self.session.counters = gw.session_counters
@@ -289,6 +290,7 @@ class Gateway:
     def __init__(self, settings: Settings, cfg: GatewayConfig | None = None) -> None:
         self.settings = settings
         self.cfg = cfg or GatewayConfig.from_settings(settings)
+        self.stamp = timestamper(self.cfg.timestamp_precision)  # SendingTime(52) of every session
         self.registry = Registry(self.cfg)
         # MD_FIX_SESSION_LOCK=redis: one process per session (fix_gateway/session_lock.py)
         self.registry.lock = SessionLock.from_settings(settings, self.registry)

@@ -128,8 +128,12 @@ class FixSession:
         logon_fields: Iterable[tuple[int, Value]] = (),
         resend_chunk: int = 500,
         claim: Callable[[str], str | None] | None = None,
+        timestamp: Callable[[int], str] = utc_timestamp,
     ) -> None:
         self.role = role
+        # SendingTime(52) / OrigSendingTime(122) formatter: codec.utc_timestamp (milliseconds,
+        # FIX 4.4) or codec.utc_timestamp_us (MD_FIX_TIMESTAMP_PRECISION=micros)
+        self._stamp = timestamp
         self._claim = claim  # acceptor: take the session once authenticated (None = refused)
         self._resolve = resolve
         self.config = config
@@ -251,7 +255,7 @@ class FixSession:
         if self.state not in (State.ACTIVE, State.LOGOUT_SENT):
             raise SessionMisuse(f"cannot send application messages in state {self.state.value}")
         now = self.clock()
-        st = utc_timestamp(now)
+        st = self._stamp(now)
         n = 0
         for msg_type, body in messages:
             self._frame(msg_type, body, now, st)
@@ -351,7 +355,7 @@ class FixSession:
         SendingTime(52) and BodyLength(9) digits are summed here; the body's sum is cached in
         :class:`~fix_gateway.codec.Body`."""
         now = self.clock()
-        seq = self._frame(msg_type, body, now, utc_timestamp(now))
+        seq = self._frame(msg_type, body, now, self._stamp(now))
         self.counters["messages_out"] += 1
         return seq
 
@@ -684,7 +688,7 @@ class FixSession:
             self._resend_next, self._resend_end = 1, 0
             return
         begin, end = self._resend_next, self._resend_end
-        now_st = utc_timestamp(self.clock())
+        now_st = self._stamp(self.clock())
         oldest = self.store.oldest_seq()
         if begin < oldest:  # trimmed from the store: one gap fill over all of it
             top = min(oldest, end + 1)
@@ -798,7 +802,7 @@ class FixSession:
         self._out.append(
             frame(
                 T.LOGOUT,
-                self._header(self.store.next_sender_seq, utc_timestamp(now)),
+                self._header(self.store.next_sender_seq, self._stamp(now)),
                 Body.from_fields([(T.Text, text)]),
             )
         )
@@ -862,6 +866,7 @@ def initiator(
     heartbeat: int = 30,
     reset: bool = True,
     logon_fields: Iterable[tuple[int, Value]] = (),
+    timestamp: Callable[[int], str] = utc_timestamp,
 ) -> FixSession:
     """A client-side session (tests and benchmarks): our CompID ``sender``, the acceptor's ``target``."""
     cfg = SessionConfig(peer_comp_id=target, our_comp_id=sender, reset_time=None)
@@ -873,4 +878,5 @@ def initiator(
         heartbeat=heartbeat,
         reset_on_logon=reset,
         logon_fields=logon_fields,
+        timestamp=timestamp,
     )

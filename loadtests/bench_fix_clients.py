@@ -108,7 +108,8 @@ def _self_cpu() -> float:
 @dataclasses.dataclass
 class Counts:
     """What the light clients saw: ``35=X`` frames, and SendingTime(52) -> receipt of the last X
-    of each read when ``measure`` is on."""
+    of each read when ``measure`` is on (a millisecond stamp is truncated: with it the figure
+    reads ~0.5 ms high on average; servers run with microsecond stamps measure it honestly)."""
 
     received: int = 0
     measure: bool = True
@@ -173,10 +174,13 @@ class LightClient(asyncio.Protocol):
         c = self.counts
         c.received += n
         if c.measure:
+            # SendingTime(52) of the last message of the read, any precision (``.sss`` or
+            # ``.ssssss``: MD_FIX_TIMESTAMP_PRECISION / QuickFIX/J's TimeStampPrecision)
             i = data.rfind(b"\x0152=")
-            if i >= 0 and len(data) >= i + 25:
+            j = data.find(b"\x01", i + 4) if i >= 0 else -1
+            if j > 0:
                 try:
-                    sent = parse_utc_timestamp(data[i + 4 : i + 25].decode())
+                    sent = parse_utc_timestamp(data[i + 4 : j].decode())
                 except ValueError:
                     return
                 c.lat.append((now - sent) / 1e6)

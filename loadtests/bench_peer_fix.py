@@ -21,10 +21,12 @@ take SendingTime(52) -> receipt of the last X of each read) log on to each serve
 
 Per rate, ``--seconds`` of sending: the X messages delivered, the server's CPU (user+sys of its
 processes from ``/proc``, from the first update until the last X arrived) per delivered X, and the
-p50/p99 of SendingTime -> receipt. The clients and the producer share the machine with the
-servers (Kafka too), so the CPU per message is the figure to compare; the delivered rate says
-whether a server kept up, and the cores busy (server, this harness, the whole machine) say what
-held it back when it did not.
+p50/p99 of SendingTime -> receipt, with both servers stamping SendingTime(52) in microseconds
+(``--timestamps micros``, the default: ``MD_FIX_TIMESTAMP_PRECISION`` and QuickFIX/J's
+``TimeStampPrecision``; a millisecond stamp is truncated and reads ~0.5 ms high on average).
+The clients and the producer share the machine with the servers (Kafka too), so the CPU per
+message is the figure to compare; the delivered rate says whether a server kept up, and the
+cores busy (server, this harness, the whole machine) say what held it back when it did not.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from pathlib import Path
 from core.feed import FeedServer
 from core.kafka import ensure_topics
 from core.settings import Settings
+from fix_gateway.codec import TIMESTAMP_PRECISIONS
 from fix_gateway.testing import GatewayProcess, metric
 from loadtests.bench_fix_clients import (
     Counts,
@@ -178,6 +181,7 @@ async def run_gateway(
         MD_REDIS_PREFIX=s.redis_prefix,
         MD_FIX_SESSIONS_FILE=str(sessions_file),
         MD_FIX_STORE=store,
+        MD_FIX_TIMESTAMP_PRECISION=args.timestamps,
     )
     btc = Platform("BTC-USD")
     rows: list[Row] = []
@@ -255,6 +259,7 @@ async def run_peer(args: argparse.Namespace, rates: list[int], store: str, work:
         str(args.sessions),
         store,
         str(work / f"qfj-{store}"),
+        args.timestamps.upper(),  # QuickFIX/J's TimeStampPrecision: MILLIS or MICROS
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
@@ -356,6 +361,14 @@ async def main() -> None:
         "runs it (MD_AGG_FEED), or Kafka alone",
     )
     ap.add_argument(
+        "--timestamps",
+        choices=TIMESTAMP_PRECISIONS,
+        default="micros",
+        help="SendingTime(52) precision of both servers (MD_FIX_TIMESTAMP_PRECISION and "
+        "QuickFIX/J's TimeStampPrecision): micros, or millis, FIX 4.4's own, whose truncation "
+        "adds ~0.5 ms to every measured latency",
+    )
+    ap.add_argument(
         "--profile", type=Path, default=None, help="py-spy raw stacks of fix_gateway per rate here"
     )
     args = ap.parse_args()
@@ -375,7 +388,8 @@ async def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"\nmachine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; "
-        f"{args.sessions} sessions, {args.seconds:g} s per rate\n"
+        f"{args.sessions} sessions, {args.seconds:g} s per rate, SendingTime in {args.timestamps} "
+        "on both servers\n"
     )
     peer = "QuickFIX/J memory" if "QuickFIX/J memory" in results else None
     # cores busy: what limited a run (a server near 1.0 per process, the harness near 1.0, or the

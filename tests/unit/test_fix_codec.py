@@ -15,7 +15,9 @@ from fix_gateway.codec import (
     encode_fields,
     frame,
     parse_utc_timestamp,
+    timestamper,
     utc_timestamp,
+    utc_timestamp_us,
 )
 from fix_gateway.errors import FieldError, GarbledMessage
 from fix_gateway.states import ParserState
@@ -226,6 +228,22 @@ def test_utc_timestamp_round_trip() -> None:
     for bad in ("2026-11-24T06:51:12", "20261124-06:51:12.", "20261124-06:51:12.12a"):
         with pytest.raises(ValueError):
             parse_utc_timestamp(bad)
+
+
+def test_timestamp_at_each_precision() -> None:
+    """millis: FIX 4.4's ``.sss``; micros: ``.ssssss`` (QuickFIX/J's TimeStampPrecision=MICROS);
+    both truncate (never a time later than the clock read) and parse back to what they show."""
+    ns = 1_795_503_072_123_456_789
+    ms, us = timestamper("millis")(ns), timestamper("micros")(ns)
+    assert ms == "20261124-06:51:12.123" and us == "20261124-06:51:12.123456"
+    assert parse_utc_timestamp(ms) == 1_795_503_072_123_000_000
+    assert parse_utc_timestamp(us) == 1_795_503_072_123_456_000
+    # the second's text is cached: a stamp in the next second is not the previous one's
+    assert utc_timestamp_us(ns + 10**9) == "20261124-06:51:13.123456"
+    assert utc_timestamp_us(1_795_503_072_000_000_999) == "20261124-06:51:12.000000"
+    assert utc_timestamp(ns - 10**9) == "20261124-06:51:11.123"
+    with pytest.raises(ValueError, match="millis, micros"):
+        timestamper("nanos")
 
 
 # --- fuzz ---------------------------------------------------------------------------------------

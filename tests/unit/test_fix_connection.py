@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +55,10 @@ def out_total() -> float:
     return REGISTRY.get_sample_value("fix_messages_out_total") or 0.0
 
 
-async def logged_on(tmp_path: Path, store: str = "file") -> tuple[Connection, FakeTransport]:
-    s = Settings.from_env()
+async def logged_on(
+    tmp_path: Path, store: str = "file", env: dict[str, str] | None = None
+) -> tuple[Connection, FakeTransport]:
+    s = Settings.from_env({**os.environ, **env} if env else None)
     base = GatewayConfig.from_settings(s)
     cfg = dataclasses.replace(base, store_dir=tmp_path / "store", store=store)
     gw = Gateway(s, cfg)
@@ -110,3 +114,28 @@ def test_store_kind_is_checked_at_start() -> None:
         GatewayConfig.from_settings(Settings.from_env({"MD_FIX_STORE": "redis"}))
     assert e.value.key == "MD_FIX_STORE"
     assert GatewayConfig.from_settings(Settings.from_env({})).store == "file"
+
+
+async def test_microsecond_precision_is_a_deployment_setting(tmp_path: Path) -> None:
+    """MD_FIX_TIMESTAMP_PRECISION=micros (any case, as QuickFIX/J spells it) stamps every
+    message of every session with 6 fraction digits; the default stays FIX 4.4's milliseconds."""
+    conn, t = await logged_on(tmp_path / "us", env={"MD_FIX_TIMESTAMP_PRECISION": "MICROS"})
+    before = time.time_ns() // 1000 * 1000
+    conn.send_app("X", Body.of(b"262=a\x01268=0\x01"))
+    await asyncio.sleep(0)
+    (x,) = frames(b"".join(t.writes))
+    st = x.get(52)
+    assert st is not None and len(st) == 24 and st[17] == "." and st[18:].isdigit()
+    assert before <= parse_utc_timestamp(st) <= time.time_ns()
+    conn, t = await logged_on(tmp_path / "ms")
+    conn.send_app("X", Body.of(b"262=a\x01268=0\x01"))
+    await asyncio.sleep(0)
+    assert len(frames(b"".join(t.writes))[0].get(52)) == 21
+
+
+@pytest.mark.parametrize("bad", ["nanos", "us", "6", "millis,micros"])
+def test_a_bad_timestamp_precision_stops_the_gateway_at_start(bad: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        Gateway(Settings.from_env({"MD_FIX_TIMESTAMP_PRECISION": bad}))
+    assert e.value.key == "MD_FIX_TIMESTAMP_PRECISION"
+    assert "millis, micros" in str(e.value) and repr(bad) in str(e.value)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fix_gateway.codec import Message, Parser, encode, utc_timestamp
+from fix_gateway.codec import Message, Parser, encode, utc_timestamp, utc_timestamp_us
 from fix_gateway.config import SessionConfig
 from fix_gateway.errors import SessionMisuse
 from fix_gateway.session import AppMessage, Closed, FixSession, LoggedOn, hmac_signature, initiator
@@ -314,6 +314,34 @@ def test_resend_through_initiator_fills_the_gap() -> None:
     apps = [e for e in cli.events_received() if isinstance(e, AppMessage)]
     assert [e.msg.get(320) for e in apps] == ["a", "b"] and all(e.poss_dup for e in apps)
     assert cli.store is not None and cli.store.next_target_seq == 4
+
+
+def test_initiator_accepts_microsecond_stamps_through_a_resend() -> None:
+    """MD_FIX_TIMESTAMP_PRECISION=micros: every SendingTime(52) and OrigSendingTime(122) the
+    acceptor sends has 6 fraction digits, and a FIX client (our initiator, millisecond stamps
+    itself) logs on, takes them, asks for a gap and ends in sync without a Reject either way."""
+    clock = Clock()
+    clock.t += 123_456_789  # a clock reading with sub-millisecond digits
+    acc = FixSession(resolve=Gateway(), clock=clock, timestamp=utc_timestamp_us)
+    cli = initiator(clock=clock, heartbeat=10)
+    cli.connect()
+    _, logon = pump(cli, acc)
+    assert acc.state is State.ACTIVE and cli.state is State.ACTIVE
+    assert logon[0].get(52) == utc_timestamp_us(clock.t) and len(logon[0].get(52) or "") == 24
+    acc.send("y", [(320, "a"), (322, "1"), (560, 0)])
+    acc.data_to_send()  # lost in transit: the client asks for it again
+    clock.advance(0.000_250)
+    acc.send("y", [(320, "b"), (322, "1"), (560, 0)])
+    for d in acc.data_to_send():
+        cli.receive_data(d)
+    acc.receive_data(b"".join(cli.data_to_send()))  # its ResendRequest(2)
+    resent, _ = pump(acc, cli)
+    assert [m.get(320) for m in resent] == ["a", "b"]
+    assert all(len(m.get(52) or "") == 24 and len(m.get(122) or "") == 24 for m in resent)
+    apps = [e for e in cli.events_received() if isinstance(e, AppMessage)]
+    assert [e.msg.get(320) for e in apps] == ["a", "b"]
+    assert cli.counters["rejects_sent"] == 0 and acc.counters["rejects_received"] == 0
+    assert not cli.closed and cli.store is not None and cli.store.next_target_seq == 4
 
 
 def encode_back(msgs: list[Message]) -> list[bytes]:

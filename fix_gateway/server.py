@@ -37,6 +37,7 @@ from fix_gateway.errors import FieldError, SessionMisuse
 from fix_gateway.marketdata import MarketDataApp
 from fix_gateway.session import AppMessage, Closed, FixSession, LoggedOn, RejectReceived
 from fix_gateway.session_lock import SessionLock
+from fix_gateway.states import State
 from fix_gateway.store import FileStore, MemoryStore, Store
 
 log = logging.getLogger(__name__)
@@ -185,12 +186,12 @@ class Connection(asyncio.Protocol):
         session: one store flush and one socket write. Framing at the flush rather than here
         stamps SendingTime(52) just before this session's write, not before the framing of
         every other session's copy (100 sessions: ~2 ms of waiting inside the stamp)."""
-        if self.session.closed:
+        if self.session.state is State.CLOSED:
             return
         self._queued.append((msg_type, body))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.gw.flush_soon(self)
 
     def reject_message(self, msg: Message, error: FieldError) -> None:
         self.session.reject(msg, error)
@@ -209,6 +210,9 @@ class Connection(asyncio.Protocol):
             return
 
     def _flush(self) -> None:
+        """Frame what is queued, write it in one call, watch the buffer bound. Runs from the
+        gateway's one flush pass (send_app) and after each input (``_after``): a second run in
+        the same pass finds nothing queued."""
         self._flush_scheduled = False
         if self._queued:
             self._frame_queued()
@@ -308,7 +312,30 @@ class Gateway:
         self.server: asyncio.Server | None = None
         self._drained = asyncio.Event()  # set when the last connection is gone
         self.session_counters: Counter[str] = Counter()  # all sessions' (FixSession.counters)
+        self._dirty: list[Connection] = []  # connections with queued messages (flush_soon)
+        self._flush_all_scheduled = False
         self._export_scheduled = False
+
+    # the end of a loop pass: every session an update was queued for is written
+    def flush_soon(self, conn: Connection) -> None:
+        """``conn`` has application messages queued: it is flushed (framed, stamped, written)
+        once this loop pass ends, in one callback for all such connections (one update to 100
+        sessions is one callback, not 100 handles through the event loop)."""
+        self._dirty.append(conn)
+        if not self._flush_all_scheduled:
+            self._flush_all_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_all_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            if not conn._flush_scheduled:
+                continue  # flushed meanwhile (its input arrived in the same pass)
+            try:
+                conn._flush()
+            except Exception:  # one broken connection must not hold back the others' data
+                log.exception("FIX flush failed", extra={"session": conn.session.session_id})
 
     # metrics
     def export_soon(self) -> None:

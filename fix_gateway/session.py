@@ -42,6 +42,7 @@ from enum import Enum
 
 from fix_gateway import tags as T
 from fix_gateway.codec import (
+    TRAILERS,
     Body,
     Message,
     Parser,
@@ -94,6 +95,20 @@ Resolver = Callable[[str, str], "tuple[SessionConfig, Store] | str"]
 
 NS = 1_000_000_000
 GARBLED_LOG_INTERVAL_S = 10
+
+
+# "8=FIX.4.4|9=<BodyLength>|" and its byte sum by BodyLength, for the lengths of messages sent
+# (a few hundred distinct ones; bounded: longer messages are formatted each time)
+_STARTS: dict[int, tuple[bytes, int]] = {}
+_STARTS_MAX_LENGTH = 4096
+
+
+def _start(n: int) -> tuple[bytes, int]:
+    b = b"8=FIX.4.4\x019=%d\x01" % n
+    out = (b, sum(b))
+    if n <= _STARTS_MAX_LENGTH:
+        _STARTS[n] = out
+    return out
 
 
 def hmac_signature(key: bytes, sending_time: str, seq: int, sender: str, target: str) -> str:
@@ -360,17 +375,22 @@ class FixSession:
         return seq
 
     def _frame(self, msg_type: str, body: Body, now: int, st: str) -> int:
-        assert self.store is not None
-        seq = self.store.next_sender_seq
+        store = self.store
+        assert store is not None
+        seq = store.next_sender_seq
         fixed = self._fixed.get(msg_type)
         if fixed is None:
             fixed = self._fixed_header(msg_type)
         head, head_sum = fixed
+        data = body.data
         var = b"%d\x0152=%s\x01" % (seq, st.encode())
-        start = b"8=FIX.4.4\x019=%d\x01" % (len(head) + len(var) + len(body.data))
-        cs = (sum(start) + head_sum + sum(var) + body.byte_sum) & 0xFF
-        self._out.append(b"".join((start, head, var, body.data, b"10=%03d\x01" % cs)))
-        self.store.save(seq, msg_type, st, body.data)
+        n = len(head) + len(var) + len(data)
+        start = _STARTS.get(n)
+        if start is None:
+            start = _start(n)
+        cs = (start[1] + head_sum + sum(var) + body.byte_sum) & 0xFF
+        self._out.append(b"".join((start[0], head, var, data, TRAILERS[cs])))
+        store.save(seq, msg_type, st, data)
         self._last_sent = now
         return seq
 

@@ -139,3 +139,58 @@ def test_a_bad_timestamp_precision_stops_the_gateway_at_start(bad: str) -> None:
         Gateway(Settings.from_env({"MD_FIX_TIMESTAMP_PRECISION": bad}))
     assert e.value.key == "MD_FIX_TIMESTAMP_PRECISION"
     assert "millis, micros" in str(e.value) and repr(bad) in str(e.value)
+
+
+class BrokenTransport(FakeTransport):
+    def write(self, data: bytes) -> None:
+        raise OSError("broken pipe")
+
+
+async def test_one_flush_pass_writes_every_session_and_survives_a_broken_one(
+    tmp_path: Path,
+) -> None:
+    """An update queued for many sessions is written by one callback at the end of the pass
+    (Gateway.flush_soon), each session's messages in one write; a connection whose write
+    raises is logged and skipped, the others still get their data."""
+    s = Settings.from_env()
+    cfg = dataclasses.replace(GatewayConfig.from_settings(s), store_dir=tmp_path, store="memory")
+    gw = Gateway(s, cfg)
+    conns, transports = [], []
+    for i, peer in enumerate(["CLIENT1", "CLIENT2", "CLIENT3"]):
+        gw.cfg.sessions[(peer, "MDGW")] = dataclasses.replace(
+            gw.cfg.sessions[("CLIENT1", "MDGW")], peer_comp_id=peer
+        )
+        conn = Connection(gw)
+        t = FakeTransport()
+        conn.connection_made(t)  # type: ignore[arg-type]
+        logon: list[tuple[int, str | int]] = [(49, peer), (56, "MDGW"), (34, 1)]
+        logon.append((52, utc_timestamp()))
+        conn.data_received(encode("A", [*logon, (98, 0), (108, 30), (141, "Y")]))
+        assert conn.logged_on, peer
+        if i == 1:
+            t = BrokenTransport()
+            conn.transport = t  # type: ignore[assignment]
+        t.writes.clear()
+        conns.append(conn)
+        transports.append(t)
+    loop = asyncio.get_running_loop()
+    scheduled: list[object] = []
+    real_call_soon = loop.call_soon
+
+    def counting_call_soon(cb: Any, *args: Any, **kw: Any) -> Any:
+        scheduled.append(cb)
+        return real_call_soon(cb, *args, **kw)
+
+    loop.call_soon = counting_call_soon  # type: ignore[method-assign,assignment]
+    try:
+        for c in conns:
+            c.send_app("X", Body.of(b"262=a\x01268=0\x01"))
+            c.send_app("X", Body.of(b"262=b\x01268=0\x01"))
+    finally:
+        loop.call_soon = real_call_soon  # type: ignore[method-assign]
+    assert [getattr(cb, "__name__", "") for cb in scheduled] == ["_flush_all"]
+    await asyncio.sleep(0)
+    for i in (0, 2):
+        assert len(transports[i].writes) == 1
+        assert [m.get(262) for m in frames(transports[i].writes[0])] == ["a", "b"]
+    assert transports[1].writes == []

@@ -375,6 +375,7 @@ async def main() -> None:
     rates = [int(r) for r in args.rates.split(",")]
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
+    load_at_start = os.getloadavg()[0]  # what else the machine ran, printed with the results
     work = ROOT / "var" / "cache" / f"bench_peer_fix_{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     results: dict[str, list[Row]] = {}
@@ -387,7 +388,8 @@ async def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(
-        f"\nmachine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; "
+        f"\nmachine: {os.cpu_count()} cores, load average {load_at_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end; "
         f"{args.sessions} sessions, {args.seconds:g} s per rate, SendingTime in {args.timestamps} "
         "on both servers\n"
     )

@@ -208,7 +208,7 @@ async def run_gateway(
             for rate, secs, warm in phases:  # a warm-up first, not kept
                 ups = rate / args.sessions
                 n = int(ups * secs)
-                stats.received, stats.lat = 0, []
+                stats.reset()
                 spy = None
                 if args.profile and not warm:
                     spy = await _profile(args.profile, pids[0], store, rate, secs)
@@ -228,7 +228,7 @@ async def run_gateway(
                     await spy.wait()
                 if warm:
                     continue
-                rows.append(Row(rate, stats.received, n * args.sessions, cpu, list(stats.lat)))
+                rows.append(Row(rate, stats.received, n * args.sessions, cpu, stats.latencies()))
                 paused = metric(gws[0].http_port, "md_follower_kafka_backup_paused")
                 print(
                     f"  fix_gateway {rate:>6} X/s: {_line(rows[-1])}; feed {args.feed}, Kafka "
@@ -288,13 +288,13 @@ async def run_peer(args: argparse.Namespace, rates: list[int], store: str, work:
             await wait_delivered(stats, int(sent.split()[-1]), 30)
         for rate in rates:
             ups = max(1, round(rate / args.sessions))
-            stats.received, stats.lat = 0, []
+            stats.reset()
             cpu = CpuWindow([proc.pid]).start()
             sent = await ask(f"run {ups} {args.seconds}")
             await wait_delivered(stats, int(sent.split()[-1]), 30)
             cpu.stop()
             expected = int(ups * args.seconds) * args.sessions
-            rows.append(Row(rate, stats.received, expected, cpu, list(stats.lat)))
+            rows.append(Row(rate, stats.received, expected, cpu, stats.latencies()))
             print(f"  QuickFIX/J {store:6} {rate:>6} X/s: {_line(rows[-1])}", file=sys.stderr)
     finally:
         for c in clients:

@@ -406,8 +406,8 @@ async def main() -> None:
     print(
         f"\nmachine: {os.cpu_count()} cores, load average {load_at_start:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end; "
-        f"{args.sessions} sessions, {args.seconds:g} s per rate, SendingTime in {args.timestamps} "
-        "on both servers\n"
+        f"{args.sessions} sessions, {args.seconds:g} s per rate, SendingTime(52) in "
+        f"{args.timestamps} on every server run\n"
     )
     peer = "QuickFIX/J memory" if "QuickFIX/J memory" in results else None
     # cores busy: what limited a run (a server near 1.0 per process, the harness near 1.0, or the

@@ -264,12 +264,15 @@ async def test_quickfixj_full_session(
             await churn(pub, rng, [btc], 5)
             await book_equal(h, btc)
 
-            # gateway restart: the file store continues both sequence numbers
+            # gateway restart: the file store continues both sequence numbers; the new process
+            # stamps SendingTime(52) in microseconds (MD_FIX_TIMESTAMP_PRECISION=micros), which
+            # QuickFIX/J, validating against its FIX 4.4 dictionary, must take without a reject
             before = await h.cmd("seqs", "SEQS")
             await gw.stop()
             assert (await h.wait_line("EV PEER_LOGOUT_TEXT", 15)).endswith("gateway shutting down")
             await h.wait_line("EV LOGOUT", 15)
-            gw = GatewayProcess(env_for, fix_port, free_port(), store)
+            micros_env = {**env_for, "MD_FIX_TIMESTAMP_PRECISION": "micros"}
+            gw = GatewayProcess(micros_env, fix_port, free_port(), store)
             http = gw.http_port
             await gw.start()
             again = await h.wait_line("EV LOGON", 30)
@@ -280,6 +283,10 @@ async def test_quickfixj_full_session(
             await churn(pub, rng, [btc, eth], 10)
             await book_equal(h, btc)
             await book_equal(h, eth)
+            # what it was sent after the restart carried 6 fraction digits (the store's records)
+            sent = (store / "MDGW-CLIENT1" / "messages.log").read_bytes()
+            assert re.search(rb"\n\d+ X \d{8}-\d\d:\d\d:\d\d\.\d{6} ", sent), "no µs stamp"
+            assert re.search(rb"\n\d+ X \d{8}-\d\d:\d\d:\d\d\.\d{3} ", sent)  # before it
 
             # logout, and not a single reject either way
             logouts = sum(line == "EV LOGOUT" for line in h.lines)

@@ -125,7 +125,9 @@ class ServiceConfig:
     # every message from it at once, so Kafka only has to be durable), NO_FEED_LINGER_MS without
     kafka_linger_ms: int | None = None
     checkpoint_ms: int = 5000  # private checkpoint per partition at most this often
-    snapshot_ms: int = 500  # public snapshots per symbol at most this often
+    snapshot_ms: int = (
+        2000  # public snapshots per symbol at most this often (why: docs/aggregator.md)
+    )
     max_batch: int = 5000  # records per poll: bounds memory and per-batch latency
     partitions: tuple[int, ...] = ()  # input partitions of this group (empty: all)
     ident: str = ""
@@ -144,7 +146,7 @@ class ServiceConfig:
                 s.get("MD_AGG_KAFKA_LINGER_MS", str, ""), "MD_AGG_KAFKA_LINGER_MS"
             ),
             checkpoint_ms=s.get("MD_AGG_CHECKPOINT_MS", int, 5000),
-            snapshot_ms=s.get("MD_AGG_SNAPSHOT_MS", int, 500),
+            snapshot_ms=s.get("MD_AGG_SNAPSHOT_MS", int, 2000),
             max_batch=s.get("MD_AGG_MAX_BATCH", int, 5000),
             partitions=tuple(int(p) for p in parts.split(",") if p.strip()),
             ident=s.get("MD_AGG_ID", str, ""),

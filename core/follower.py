@@ -64,7 +64,7 @@ from core.topics import Topics
 log = logging.getLogger(__name__)
 
 #: The snapshot topic's read interval while the direct feed is whole (``MD_AGG_SNAPSHOT_MS`` is
-#: 500: every key has about two snapshots a second, of which only the newest is applied).
+#: 2000: a key has at most one new snapshot per read; only the newest is ever applied).
 SNAPSHOT_WAIT_WHOLE_S = 1.0
 
 BACKUP_PAUSED = Gauge(

@@ -380,8 +380,8 @@ class StreamJoin:
                 bm = _parse(base)
             except CodecError:
                 self.malformed += 1
-            else:
-                self._rebase(st, bm)
+                return self._lost_base(st, held)
+            self._rebase(st, bm)
         for raw in held:
             try:
                 m = _parse(raw)
@@ -390,6 +390,31 @@ class StreamJoin:
                 continue  # the next one is a gap: resnapshot, as for any malformed record
             out += [a for a in self._on_stream_msg(m, "", 0) if not isinstance(a, Deliver)]
         return out
+
+    def _lost_base(self, st: KeyState, held: list[bytes]) -> list[Action]:
+        """The held base (a snapshot inside the held run, or a latest-only message) does not
+        parse: the key's state is older than ``held_from``, so nothing held after it may be
+        applied, and claiming ``held_from`` would serve an old book under a new seq. As for a
+        gap: wait for a snapshot that covers the lost base, the held messages as the buffer
+        (a re-read finds the same bad record: no rewind)."""
+        st.state = State.NO_BASE
+        st.pending_reason = "gap"
+        st.want_epoch = st.epoch
+        st.buffer.clear()
+        st.buffer_tp = None
+        st.rewound_for = None
+        st.rewind_exhausted = True
+        st.min_snap_seq = st.held_from
+        st.gaps += 1
+        for raw in held:
+            try:
+                m = _parse(raw)
+            except CodecError:
+                self.malformed += 1
+                continue
+            if m.epoch == st.epoch:
+                st.buffer[m.seq] = m
+        return self._try_base(st, "gap")
 
     def on_feed_heartbeat(self, value: bytes) -> None:
         """The leader's heads: ``feed_whole_at`` is its clock at the last heartbeat that found

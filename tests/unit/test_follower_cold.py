@@ -90,6 +90,31 @@ def test_a_snapshot_inside_the_held_run_replaces_what_it_covers() -> None:
     same_book(hot, cold)
 
 
+def test_a_held_snapshot_that_does_not_parse_is_a_gap_not_an_old_book_under_a_new_seq() -> None:
+    p = Producer()
+    p.update([level(1)])
+    hot, cold = pair()
+    both(hot, cold, "on_snapshot", "l2:BTC-USD", p.snapshot(), 0)
+    for m in random_updates(p, random.Random(7), 30):
+        both(hot, cold, "on_direct", m)
+    good = p.snapshot()  # the book at the stream's head: it replaces all that was held
+    garbage = good[: good.index(b'"data"') + 12]  # its head is whole, its body cut off
+    assert cold.on_snapshot("l2:BTC-USD", garbage, 1) == []  # kept cold, unparsed
+    st = cold.keys[KEY]
+    assert st.held_base == garbage and st.held == []
+    # asked for, the key has no base: not the book of seq 1 under the seq of the snapshot
+    assert cold.current(*KEY) is None and cold.seq_of(*KEY) is None
+    assert cold.malformed >= 1 and st.gaps == 1
+    # Kafka's copy of a later message waits for a base; the next good snapshot brings it back
+    nxt = p.update([level(5)])
+    both(hot, cold, "on_stream", nxt, "md.l2", 0)
+    assert cold.current(*KEY) is None
+    acts = cold.on_snapshot("l2:BTC-USD", good, 2)
+    assert [(type(a), a.reason) for a in acts] == [(Reset, "gap")]  # type: ignore[union-attr]
+    same_book(hot, cold)
+    assert cold.seq_of(*KEY) == (p.seq, 1, p.book.checksum())
+
+
 def test_a_bad_checksum_held_cold_is_found_when_the_key_is_asked_for() -> None:
     p = Producer()
     p.update([level(1)])

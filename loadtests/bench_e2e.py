@@ -61,6 +61,7 @@ import orjson
 from core.codec import ns_from_iso
 from loadtests.fanout_client import FanoutClient, Stats
 from loadtests.fanout_stats import percentiles
+from loadtests.machine_speed import reference_cpu_s
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = ("l2", "l3", "trades", "ticker", "candles_1m", "stats")
@@ -715,6 +716,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.settle)  # l3/trades catch-up tails after their snapshots
         warmup = time.monotonic() - t
 
+    # the host's speed just before and after the window: CPU figures are read beside it
+    ref_before = await asyncio.to_thread(reference_cpu_s)
     before = collect(args, ws_expected)
     await asyncio.sleep(0.1)  # what queued in the socket during the scrapes is read first
     groups = stack_processes(root)
@@ -739,6 +742,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu1.update(cpu_snapshot([ProcGroup(g.name, new)]))
     after = collect(args, ws_expected)
     lost = client is not None and client.done.done()
+    ref_after = await asyncio.to_thread(reference_cpu_s)
     if client is not None and client.transport is not None:
         client.transport.close()
 
@@ -770,6 +774,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "load_average": _loadavg(),
             "cpus": os.cpu_count(),
+            "reference_cpu_s": [ref_before, ref_after],
         },
         "window_s": window,
         "warmup_s": warmup,
@@ -959,6 +964,9 @@ def _cpu_report(res: dict[str, Any]) -> list[str]:
         _table(["process", "pid", "cpu %"], rows, left=2),
         f"  input: {_f(cpu['input_events_per_s'], 1)} events/s (md_agg_events_in_total deltas)"
         f" -> {_f(cpu['pct_per_1k_events_per_s'], 1)} % of one core per 1,000 input events/s",
+        "  host speed: reference workload (loadtests/machine_speed.py) "
+        + " / ".join(_f(v, 3) + " s" for v in res["config"].get("reference_cpu_s", []))
+        + " CPU before / after the window (lower = faster; CPU % scale with it)",
     ]
 
 

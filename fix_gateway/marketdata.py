@@ -219,6 +219,7 @@ class MarketDataApp:
     ) -> None:
         bodies: dict[tuple[int, frozenset[str]], Body | None] = {}
         sent = 0
+        X = T.MARKET_DATA_INCREMENTAL
         for (sink, _), sub in list(subs.items()):
             if not sub.books:
                 continue
@@ -237,10 +238,7 @@ class MarketDataApp:
             if body is not None:
                 # the group's bytes and byte sum are shared; only the MDReqID prefix is per session
                 prefix, prefix_sum = sub.prefix
-                sink.send_app(
-                    T.MARKET_DATA_INCREMENTAL,
-                    Body(prefix + body.data, prefix_sum + body.byte_sum),
-                )
+                sink.send_app(X, Body(prefix + body[0], prefix_sum + body[1]))
                 sent += 1
         self.counters["incrementals"] += sent
 

@@ -202,36 +202,35 @@ class Connection(asyncio.Protocol):
         self._after()
 
     # internals
-    def _frame_queued(self) -> None:
-        q, self._queued = self._queued, []
-        try:
-            self.session.send_many(q)
-        except SessionMisuse:  # closed meanwhile: they are not sent
-            return
-
     def _flush(self) -> None:
         """Frame what is queued, write it in one call, watch the buffer bound. Runs from the
         gateway's one flush pass (send_app) and after each input (``_after``): a second run in
-        the same pass finds nothing queued."""
+        the same pass finds nothing queued. Once per session and update: kept to few steps."""
         self._flush_scheduled = False
+        session, gw = self.session, self.gw
         if self._queued:
-            self._frame_queued()
-        out = self.session.data_to_send()
-        signer = self.gw.signer
-        if out and signer is not None:  # MD_SIGNING_KEY: W and X carry 93/89 (core/signing_fix.py)
-            out = [sign_fix(m, signer) for m in out]
-        t = self.transport
-        if out and t is not None and not t.is_closing():
-            t.write(b"".join(out))
-            if t.get_write_buffer_size() > self.gw.cfg.max_buffer and not self.session.closed:
-                M.SLOW_DISCONNECTS.inc()
-                log.warning(
-                    "slow FIX consumer disconnected", extra={"session": self.session.session_id}
-                )
-                self.gw.app.drop_session(self)
-                t.abort()
-        self.gw.export_soon()
-        if self.session.resend_pending and not self._paused and not self._resend_scheduled:
+            q, self._queued = self._queued, []
+            try:  # noqa: SIM105 - suppress() would add a context manager per session and update
+                session.send_many(q)
+            except SessionMisuse:  # closed meanwhile: they are not sent
+                pass
+        out = session.data_to_send()
+        if out:
+            if gw.signer is not None:  # MD_SIGNING_KEY: W and X carry 93/89 (core/signing_fix.py)
+                out = [sign_fix(m, gw.signer) for m in out]
+            t = self.transport
+            if t is not None and not t.is_closing():
+                t.write(b"".join(out))
+                if t.get_write_buffer_size() > gw.cfg.max_buffer and not session.closed:
+                    M.SLOW_DISCONNECTS.inc()
+                    log.warning(
+                        "slow FIX consumer disconnected", extra={"session": session.session_id}
+                    )
+                    gw.app.drop_session(self)
+                    t.abort()
+        if not gw._export_scheduled:
+            gw.export_soon()
+        if session.resend_pending and not self._paused and not self._resend_scheduled:
             self._resend_scheduled = True
             asyncio.get_running_loop().call_soon(self._resend_more)
 

@@ -271,9 +271,10 @@ class FixSession:
             raise SessionMisuse(f"cannot send application messages in state {self.state.value}")
         now = self.clock()
         st = self._stamp(now)
+        stb = st.encode()
         n = 0
         for msg_type, body in messages:
-            self._frame(msg_type, body, now, st)
+            self._frame(msg_type, body, now, st, stb)
             n += 1
         self.counters["messages_out"] += n
 
@@ -370,11 +371,14 @@ class FixSession:
         SendingTime(52) and BodyLength(9) digits are summed here; the body's sum is cached in
         :class:`~fix_gateway.codec.Body`."""
         now = self.clock()
-        seq = self._frame(msg_type, body, now, self._stamp(now))
+        st = self._stamp(now)
+        seq = self._frame(msg_type, body, now, st, st.encode())
         self.counters["messages_out"] += 1
         return seq
 
-    def _frame(self, msg_type: str, body: Body, now: int, st: str) -> int:
+    def _frame(self, msg_type: str, body: Body, now: int, st: str, stb: bytes) -> int:
+        """Frame one message with the next MsgSeqNum(34) and SendingTime ``st`` (``stb``: its
+        bytes, encoded once per batch), store it, queue it for :meth:`data_to_send`."""
         store = self.store
         assert store is not None
         seq = store.next_sender_seq
@@ -383,7 +387,7 @@ class FixSession:
             fixed = self._fixed_header(msg_type)
         head, head_sum = fixed
         data = body.data
-        var = b"%d\x0152=%s\x01" % (seq, st.encode())
+        var = b"%d\x0152=%s\x01" % (seq, stb)
         n = len(head) + len(var) + len(data)
         start = _STARTS.get(n)
         if start is None:

@@ -184,8 +184,11 @@ class FileStore:
         self._size = size
 
     def save(self, seq: int, msg_type: str, sending_time: str, body: bytes) -> None:
+        """Once per message and session: few steps (one record formatted, one copy into the
+        map, the index kept to ``max_messages``)."""
         off = self._offset
-        self._index[seq] = off
+        index = self._index
+        index[seq] = off
         rec = b"%d %s %s %d\n%s\n" % (
             seq,
             msg_type.encode(),
@@ -196,12 +199,12 @@ class FileStore:
         end = off + len(rec)
         if end > self._size:
             self._grow(end + GROW_BYTES)
-        assert self._map is not None
-        self._map[off:end] = rec
+        self._map[off:end] = rec  # type: ignore[index]  # mapped from __init__ to close()
         self._offset = end
         self.next_sender_seq = seq + 1
-        self._index.pop(seq - self.max_messages, None)
-        head = self._index.get(seq - self.max_messages + 1, 0)
+        oldest = seq - self.max_messages
+        index.pop(oldest, None)
+        head = index.get(oldest + 1, 0)
         if head > COMPACT_MIN_BYTES and head > end - head:
             self._compact(head)
 

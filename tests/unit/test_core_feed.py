@@ -105,6 +105,33 @@ async def test_heartbeat_follows_the_data_and_names_the_last_seq_of_each_stream(
         await server.stop()
 
 
+async def test_a_heartbeat_rides_the_next_data_write_or_leaves_alone_when_none_comes() -> None:
+    port = free_port()
+    server = FeedServer("127.0.0.1", port, beat_ride_s=30.0)
+    await server.start()
+    got: list[bytes] = []
+    client = FeedClient([("127.0.0.1", port)], got.append)
+    client.start()
+    try:
+        await wait_for(lambda: len(server.receivers) == 1)
+        server.publish(b'{"a":1}', (("l2", "BTC-USD"), 1, 1))
+        server.heartbeat(1)
+        await asyncio.sleep(0.2)
+        assert got == []  # waiting for a data write to carry it
+        server.publish(b'{"a":2}', (("l2", "BTC-USD"), 1, 2))
+        server.flush()  # the next poll's write: the heartbeat leaves with it, in order
+        await wait_for(lambda: len(got) == 3)
+        assert got[0] == b'{"a":1}' and got[2] == b'{"a":2}'
+        assert orjson.loads(got[1])["heads"] == {"l2:BTC-USD": [1, 1]}
+        server.beat_ride_s = 0.05
+        server.heartbeat(2)  # no data follows: written alone once the ride is over
+        await wait_for(lambda: len(got) == 4, limit_s=2.0)
+        assert orjson.loads(got[3])["ts_ms"] == 2
+    finally:
+        await client.stop()
+        await server.stop()
+
+
 async def test_a_corrupt_length_drops_the_connection_not_the_process() -> None:
     port = free_port()
     got: list[bytes] = []

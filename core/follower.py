@@ -760,6 +760,7 @@ class StreamFollower:
         self._whole_at: int | None = None  # leader clock (ms) of the last heartbeat found whole
         self.backup_paused = False
         self.backup_resumes = 0  # times Kafka was read again after a pause
+        self._unwhole = asyncio.Event()  # a heartbeat found the feed not whole
 
     def add_callback(self, cb: DeliverCallback) -> None:
         self._callbacks.append(cb)
@@ -955,6 +956,8 @@ class StreamFollower:
             self._beat_at = time.monotonic()
             if self.join.feed_whole_at is not None:
                 self._whole_at = self.join.feed_whole_at
+            else:
+                self._unwhole.set()  # a paused Kafka backup is needed now, not at its next look
             return
         self._run(self.join.on_direct(raw))
 
@@ -1031,7 +1034,10 @@ class StreamFollower:
         pacer = Pacer(self.backup_wait_ms / 1000)
         while True:
             if not await self._backup_needed(tc):
-                await asyncio.sleep(self.backup_wait_ms / 1000)
+                if self.backup_paused:
+                    await self._wait_while_whole()
+                else:
+                    await asyncio.sleep(self.backup_wait_ms / 1000)  # the broker may be away
                 continue
             if self._feed is not None and self._feed.live():
                 # a live direct feed brings the messages: Kafka only fills what it missed, so
@@ -1056,6 +1062,16 @@ class StreamFollower:
                         slice_start = time.monotonic()
             if not self.ready.is_set():
                 await self._check_caught_up(tc)
+
+    async def _wait_while_whole(self) -> None:
+        """While Kafka is left unread: until a heartbeat finds the feed not whole (a lost frame
+        or a key without a base shows in the next heartbeat's heads), or half the feed timeout
+        at most (a feed gone silent is a matter of time). Looking every
+        ``MD_FOLLOWER_BACKUP_WAIT_MS`` instead cost every gateway process 10 wake-ups a second
+        with nothing to do."""
+        self._unwhole.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._unwhole.wait(), self.feed_timeout_s / 2)
 
     async def _backup_needed(self, tc: AIOKafkaConsumer) -> bool:
         """Whether to read Kafka now: pauses it while the direct feed is whole, resumes it

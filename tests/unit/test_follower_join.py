@@ -489,3 +489,25 @@ async def test_a_broker_that_stops_answering_is_declared_lost_and_found_again() 
         await eventually(lambda: f.connected, 10)
     finally:
         task.cancel()
+
+
+async def test_a_paused_backup_wakes_on_a_heartbeat_that_is_not_whole_not_on_a_clock() -> None:
+    """While the feed is whole, Kafka is looked at again only when a heartbeat says it must be
+    (or after half the feed timeout): not every MD_FOLLOWER_BACKUP_WAIT_MS."""
+    import asyncio
+
+    from core.follower import StreamFollower
+    from core.settings import Settings
+
+    f = StreamFollower(Settings())
+    f.feed_timeout_s = 120.0  # the clock alone would keep the wait for a minute
+    p = Producer()
+    p.update([level(1)])
+    f.join.on_snapshot("l2:BTC-USD", p.snapshot(), 0)
+    waiting = asyncio.create_task(f._wait_while_whole())  # noqa: SLF001
+    f._on_direct(beat({"l2:BTC-USD": [1, p.seq]}))  # noqa: SLF001 - whole: nothing to do
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    f._on_direct(beat({"l2:BTC-USD": [1, p.seq + 5]}))  # noqa: SLF001 - five seqs missing
+    await asyncio.wait_for(waiting, 5)  # woken by the heartbeat
+    assert f.join.feed_whole_at is None

@@ -402,23 +402,22 @@ class Aggregator:
 
     # ------------------------------------------------------------------ processing
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Apply and route each record of a poll. The direct feed gets the poll's outputs at
-        once, in one write per receiver; Kafka gets them through the held batches (``_hold``)."""
+        """Apply and route each record; ship each partition's outputs when its records of this
+        poll are done: one produce request per partition and poll under load, and when quiet
+        no output waits for other partitions' records (the direct feed already has each one)."""
         control = self.topics.control
         builders = self._builders
         inputs: dict[int, int] = {}
         for tp, recs in batch.items():  # heartbeats first: their acks decide what to encode
             if tp.topic == control:
                 self._on_control(recs)
-        to_kafka: list[Out] = []
         for tp, recs in batch.items():
             if tp.topic == control:
                 continue
             p = tp.partition
+            to_kafka: list[Out] = []
             for i, r in enumerate(recs):
                 if i and not i % 256:
-                    if self.feed is not None:
-                        self.feed.flush()  # a long catch-up: what is applied leaves first
                     await asyncio.sleep(0)  # let the heartbeat task beat during a long catch-up
                 if r.offset <= self.positions.get(p, -1):
                     continue  # fetched before a re-seek: already applied
@@ -427,15 +426,14 @@ class Aggregator:
                 outs = self._apply_record(p, r, now_ns())
                 if outs:
                     to_kafka += self._route(outs)
-        if self.feed is not None:
-            # one write per receiver for the whole poll, not one per record or per partition:
-            # a write costs the sender a loopback send and wakes every receiver, and a poll's
-            # records (a tick of every symbol, over several partitions) arrived together anyway
-            # (per partition it was 3.5 writes per poll at the default rate); and before the
-            # Kafka batching below, which the gateways do not wait for
-            self.feed.flush()
-        for o in to_kafka:
-            await self._append(o, builders)
+            if self.feed is not None:
+                # one write per receiver for a partition's records of this poll (a tick of every
+                # symbol on it), not one per record: a write costs the sender and wakes the
+                # receiver, and the records of one poll arrived together anyway; and before
+                # the Kafka batching below, which the gateways do not wait for
+                self.feed.flush()
+            for o in to_kafka:
+                await self._append(o, builders)
         if builders or (inputs and self._publishing):
             self._hold(inputs)
         if self._held_since is not None and time.monotonic() - self._held_since >= self._ship_s:

@@ -62,7 +62,7 @@ from core.errors import ConfigError
 from core.feed import FeedServer
 from core.health import Health
 from core.isotime import HOP_BUCKETS
-from core.kafka import Pacer, ensure_topics, make_producer, partitions_of
+from core.kafka import Pacer, ensure_topics, make_producer, own_metadata_only, partitions_of
 from core.kafka_rd import RdConsumer, input_consumer
 from core.settings import Settings
 from core.topics import Topics
@@ -274,6 +274,7 @@ class Aggregator:
         await self.control_producer.start()
         self._probe = probe_consumer(s)
         await self._probe.start()
+        own_metadata_only(self._probe, self.topics.all())
         if self.feed is not None:
             await self.feed.start()
         beat = asyncio.create_task(self._heartbeat_loop(stop))

@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
 .PHONY: web install infra infra-down run up stop stop-services logs test test-unit test-integration lint format typecheck clean \
-        bench bench-aggregator bench-fanout bench-peer-ws bench-peer-rest bench-peer-fix bench-rest bench-e2e chaos load-rest load-ws load-rest-headless load-ws-headless
+        bench bench-aggregator bench-fanout bench-peer-ws bench-peer-rest bench-peer-fix bench-rest bench-e2e clean-topics chaos load-rest load-ws load-rest-headless load-ws-headless
 
 install:            ## install what is missing (Debian packages, .venv, Kafka jars)
 	@deploy/local/install.sh
@@ -95,6 +95,9 @@ bench-rest: infra
 
 bench-e2e:          ## on the running stack (make up): latency per hop, seq checks, CPU; ARGS="--duration 5"
 	$(PY) -m loadtests.bench_e2e $(ARGS)
+
+clean-topics: infra ## delete the topics killed test/benchmark runs left on the broker (test.*, bench.*); not while tests or benchmarks run
+	$(PY) -m loadtests.cleanup
 
 chaos:              ## on the running stack (make up): kill/restart one piece at a time under a verifying client; writes docs/reliability.md; ARGS="--only ws-worker"
 	$(PY) -m loadtests.chaos $(ARGS)

@@ -149,6 +149,15 @@ async def load_checkpoints(
     return out
 
 
+async def start_probe(settings: Settings) -> AIOKafkaConsumer:
+    """The takeover probe an instance keeps, started, refreshing only the platform's topics
+    while it has nothing assigned (``core.kafka.own_metadata_only``)."""
+    c = probe_consumer(settings)
+    await c.start()
+    own_metadata_only(c, Topics.from_settings(settings).all())
+    return c
+
+
 def probe_consumer(settings: Settings) -> AIOKafkaConsumer:
     """A consumer for the short reads of a takeover. An instance keeps one started, so that
     confirming a missed lease and scanning the outputs do not pay a bootstrap and a metadata

@@ -49,8 +49,8 @@ from aggregator.recovery import (
     Checkpoint,
     load_checkpoints,
     out_key,
-    probe_consumer,
     scan_published,
+    start_probe,
     stop_consumer,
 )
 from aggregator.recovery import (
@@ -62,7 +62,7 @@ from core.errors import ConfigError
 from core.feed import FeedServer
 from core.health import Health
 from core.isotime import HOP_BUCKETS
-from core.kafka import Pacer, ensure_topics, make_producer, own_metadata_only, partitions_of
+from core.kafka import Pacer, ensure_topics, make_producer, partitions_of
 from core.kafka_rd import RdConsumer, input_consumer
 from core.settings import Settings
 from core.topics import Topics
@@ -125,9 +125,7 @@ class ServiceConfig:
     # every message from it at once, so Kafka only has to be durable), NO_FEED_LINGER_MS without
     kafka_linger_ms: int | None = None
     checkpoint_ms: int = 5000  # private checkpoint per partition at most this often
-    snapshot_ms: int = (
-        2000  # public snapshots per symbol at most this often (why: docs/aggregator.md)
-    )
+    snapshot_ms: int = 2000  # public snapshots per symbol at most this often (docs/aggregator.md)
     max_batch: int = 5000  # records per poll: bounds memory and per-batch latency
     partitions: tuple[int, ...] = ()  # input partitions of this group (empty: all)
     ident: str = ""
@@ -229,7 +227,7 @@ class Aggregator:
         self.control_producer: AIOKafkaProducer | None = None
         # the input (md.in + control) consumer: librdkafka by default (core/kafka_rd.py)
         self.consumer: RdConsumer | AIOKafkaConsumer | None = None
-        self._probe: AIOKafkaConsumer | None = None  # takeover reads (recovery.probe_consumer)
+        self._probe: AIOKafkaConsumer | None = None  # takeover reads (recovery.start_probe)
         self.health = Health("aggregator")
         self.health.add("consumer", self._health_consumer)
         self._last_poll = time.monotonic()
@@ -272,9 +270,7 @@ class Aggregator:
         await self.consumer.start()
         await self.producer.start()
         await self.control_producer.start()
-        self._probe = probe_consumer(s)
-        await self._probe.start()
-        own_metadata_only(self._probe, self.topics.all())
+        self._probe = await start_probe(s)
         if self.feed is not None:
             await self.feed.start()
         beat = asyncio.create_task(self._heartbeat_loop(stop))

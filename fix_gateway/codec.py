@@ -240,9 +240,7 @@ def utc_timestamp_us(ns: int | None = None) -> str:
         ns = time.time_ns()
     us = ns // 1000
     s = us // 1_000_000
-    cached = _ts_cache
-    text = cached[1] if cached[0] == s else _seconds(s)
-    return f"{text}.{us - s * 1_000_000:06d}"
+    return f"{_seconds(s)}.{us - s * 1_000_000:06d}"
 
 
 def timestamper(precision: str) -> Callable[[int | None], str]:

@@ -99,12 +99,13 @@ GARBLED_LOG_INTERVAL_S = 10
 
 # "8=FIX.4.4|9=<BodyLength>|" and its byte sum by BodyLength, for the lengths of messages sent
 # (a few hundred distinct ones; bounded: longer messages are formatted each time)
+_BEGIN = b"8=" + T.BEGIN_STRING.encode("latin-1") + b"\x019="
 _STARTS: dict[int, tuple[bytes, int]] = {}
 _STARTS_MAX_LENGTH = 4096
 
 
 def _start(n: int) -> tuple[bytes, int]:
-    b = b"8=FIX.4.4\x019=%d\x01" % n
+    b = _BEGIN + b"%d\x01" % n
     out = (b, sum(b))
     if n <= _STARTS_MAX_LENGTH:
         _STARTS[n] = out

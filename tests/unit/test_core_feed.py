@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
@@ -28,15 +29,25 @@ async def wait_for(cond: Callable[[], object], limit_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_frames_arrive_whole_and_in_order_and_the_client_reconnects() -> None:
+@contextlib.asynccontextmanager
+async def connected(beat_ride_s: float = 0.02) -> AsyncIterator[tuple[FeedServer, list[bytes]]]:
+    """A started server with one connected client; what the client receives, in order."""
     port = free_port()
-    server = FeedServer("127.0.0.1", port)
+    server = FeedServer("127.0.0.1", port, beat_ride_s=beat_ride_s)
     await server.start()
     got: list[bytes] = []
     client = FeedClient([("127.0.0.1", port)], got.append)
     client.start()
     try:
         await wait_for(lambda: len(server.receivers) == 1)
+        yield server, got
+    finally:
+        await client.stop()
+        await server.stop()
+
+
+async def test_frames_arrive_whole_and_in_order_and_the_client_reconnects() -> None:
+    async with connected() as (server, got):
         msgs = [b'{"seq":%d}' % i + b"x" * (i * 997 % 9_000) for i in range(200)]  # < high water
         for i, m in enumerate(msgs):
             server.publish(m)
@@ -52,9 +63,6 @@ async def test_frames_arrive_whole_and_in_order_and_the_client_reconnects() -> N
         server.publish(b"after")
         server.flush()
         await wait_for(lambda: got[-1] == b"after")
-    finally:
-        await client.stop()
-        await server.stop()
 
 
 async def test_a_receiver_that_does_not_read_is_closed_never_waited_for() -> None:
@@ -80,14 +88,7 @@ async def test_a_receiver_that_does_not_read_is_closed_never_waited_for() -> Non
 
 
 async def test_heartbeat_follows_the_data_and_names_the_last_seq_of_each_stream() -> None:
-    port = free_port()
-    server = FeedServer("127.0.0.1", port)
-    await server.start()
-    got: list[bytes] = []
-    client = FeedClient([("127.0.0.1", port)], got.append)
-    client.start()
-    try:
-        await wait_for(lambda: len(server.receivers) == 1)
+    async with connected() as (server, got):
         server.publish(b'{"a":1}', (("l2", "BTC-USD"), 3, 7))
         server.publish(b'{"a":2}', (("l2", "BTC-USD"), 3, 8))
         server.publish(b'{"a":3}', (("trades", "ETH-USD"), 3, 2))
@@ -100,20 +101,10 @@ async def test_heartbeat_follows_the_data_and_names_the_last_seq_of_each_stream(
             "ts_ms": 1234,
             "heads": {"l2:BTC-USD": [3, 8], "trades:ETH-USD": [3, 2]},
         }
-    finally:
-        await client.stop()
-        await server.stop()
 
 
 async def test_a_heartbeat_rides_the_next_data_write_or_leaves_alone_when_none_comes() -> None:
-    port = free_port()
-    server = FeedServer("127.0.0.1", port, beat_ride_s=30.0)
-    await server.start()
-    got: list[bytes] = []
-    client = FeedClient([("127.0.0.1", port)], got.append)
-    client.start()
-    try:
-        await wait_for(lambda: len(server.receivers) == 1)
+    async with connected(beat_ride_s=30.0) as (server, got):
         server.publish(b'{"a":1}', (("l2", "BTC-USD"), 1, 1))
         server.heartbeat(1)
         await asyncio.sleep(0.2)
@@ -127,9 +118,6 @@ async def test_a_heartbeat_rides_the_next_data_write_or_leaves_alone_when_none_c
         server.heartbeat(2)  # no data follows: written alone once the ride is over
         await wait_for(lambda: len(got) == 4, limit_s=2.0)
         assert orjson.loads(got[3])["ts_ms"] == 2
-    finally:
-        await client.stop()
-        await server.stop()
 
 
 async def test_a_corrupt_length_drops_the_connection_not_the_process() -> None:

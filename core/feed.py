@@ -22,7 +22,15 @@ nothing and may stop reading Kafka until the feed breaks (``core/follower.py``).
 Wire format (the contract): a stream of frames, each a 4-byte big-endian length followed by
 one data message exactly as published to Kafka (UTF-8 JSON), or a heartbeat
 ``{"type":"feed_heartbeat","ts_ms":<leader wall clock>,"heads":{"<channel>:<symbol>":[epoch,seq]}}``.
-The server never reads from a receiver; a receiver never writes.
+A receiver may write one kind of frame, same framing: ``{"type":"feed_interest","keys":
+["<channel>:<symbol>", ...]}`` (or ``"keys": null``, the default: every key), the keys someone in
+its process reads now. It changes when a receiver is written, never what: every receiver still
+gets every message, in order. A write that carries none of a receiver's keys is held for it (at
+most until the next heartbeat, which releases everything held, or ``hold_s``), so a gateway
+whose clients read one symbol wakes for that symbol and ~10 times a second, not once per input
+record (issue 10: on this host a wake-up costs a receiver more than the frame it brings). A bad
+interest frame is logged and ignored (the receiver keeps what it had); an oversized one closes
+the connection.
 """
 
 from __future__ import annotations
@@ -53,6 +61,46 @@ FEED_DROPPED = Counter(
 FEED_RECEIVERS = Gauge("md_feed_receivers", "receivers connected to this direct feed")
 FEED_RECEIVED = Counter("md_feed_received_total", "direct feed messages received", ["source"])
 FEED_RECONNECTS = Counter("md_feed_reconnects_total", "direct feed connections (re)opened")
+FEED_HELD = Counter(
+    "md_feed_held_writes_total",
+    "direct feed writes held for a receiver none of whose keys they carry",
+)
+FEED_BAD_INTEREST = Counter(
+    "md_feed_bad_interest_total", "interest frames from receivers refused (malformed or oversized)"
+)
+
+FEED_INTEREST = "feed_interest"
+MAX_INTEREST_FRAME = 1 << 20  # ~40,000 keys; a larger length is a corrupt or hostile frame
+
+Key = tuple[str, str]
+
+
+def interest_frame(keys: list[str] | None) -> bytes:
+    """A receiver's interest, framed (``keys`` = ``<channel>:<symbol>`` strings; None: all)."""
+    raw = orjson.dumps({"type": FEED_INTEREST, "keys": keys})
+    return HEADER.pack(len(raw)) + raw
+
+
+def parse_interest(raw: bytes) -> frozenset[Key] | None:
+    """An interest frame's body -> the keys (None: every key); ValueError when malformed."""
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"interest is not JSON: {exc}") from None
+    if not isinstance(d, dict) or d.get("type") != FEED_INTEREST or "keys" not in d:
+        raise ValueError("not a feed_interest frame")
+    keys = d["keys"]
+    if keys is None:
+        return None
+    if not isinstance(keys, list):
+        raise ValueError("keys must be a list or null")
+    out: set[Key] = set()
+    for k in keys:
+        if not isinstance(k, str) or ":" not in k:
+            raise ValueError(f"key {k!r} is not <channel>:<symbol>")
+        channel, _, symbol = k.partition(":")
+        out.add((channel, symbol))
+    return frozenset(out)
 
 
 def parse_addresses(raw: str) -> list[tuple[str, int]]:
@@ -73,6 +121,10 @@ class _Receiver(asyncio.Protocol):
     def __init__(self, server: FeedServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
+        self.hot: frozenset[Key] | None = None  # keys read behind this receiver; None: all
+        self.held: list[bytes] = []  # writes held for it, in order
+        self.held_bytes = 0
+        self._buf = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -81,16 +133,52 @@ class _Receiver(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.receivers.discard(self)
+        self.held.clear()
+        self.held_bytes = 0
         FEED_RECEIVERS.set(len(self.server.receivers))
 
     def data_received(self, data: bytes) -> None:
-        pass  # receivers never write; anything sent is ignored
+        buf = self._buf
+        buf += data
+        while len(buf) >= 4:
+            (size,) = HEADER.unpack_from(buf, 0)
+            if size > MAX_INTEREST_FRAME:
+                FEED_BAD_INTEREST.inc()
+                log.warning("direct feed receiver sent an oversized frame, closed")
+                buf.clear()
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            if len(buf) - 4 < size:
+                return
+            raw = bytes(buf[4 : 4 + size])
+            del buf[: 4 + size]
+            try:
+                hot = parse_interest(raw)
+            except ValueError as exc:
+                FEED_BAD_INTEREST.inc()
+                log.warning(
+                    "direct feed receiver sent a bad interest frame", extra={"error": str(exc)}
+                )
+                continue
+            self.hot = hot
+            self.release()  # what was held may now be read: it goes at once
+
+    def release(self) -> None:
+        """Write what is held for this receiver (a heartbeat, a new interest, the hold limit)."""
+        if not self.held:
+            return
+        data = b"".join(self.held)
+        self.held.clear()
+        self.held_bytes = 0
+        self.server.write_to(self, data)
 
 
 class FeedServer:
     """Push side, in the aggregator: ``publish`` frames messages, ``flush`` writes them to every
     receiver at once (the aggregator flushes after each input record: one syscall per record
-    and receiver, not one per message).
+    and receiver, not one per message), except to a receiver that reads none of the write's keys:
+    that one gets it with its next write, a heartbeat at the latest (module docstring).
 
     A receiver whose socket buffer holds more than ``high_water`` bytes is closed (counted): it
     reconnects and gets what it missed from Kafka, and the leader never waits for anyone. Closing
@@ -98,15 +186,28 @@ class FeedServer:
     """
 
     def __init__(
-        self, host: str, port: int, *, high_water: int = 4 << 20, beat_ride_s: float = 0.02
+        self,
+        host: str,
+        port: int,
+        *,
+        high_water: int = 4 << 20,
+        beat_ride_s: float = 0.02,
+        hold_s: float = 0.25,
+        hold_max: int = 256 << 10,
     ) -> None:
         self.host, self.port = host, port
         self.high_water = high_water
         # a heartbeat waits this long for the next data write to carry it (see heartbeat())
         self.beat_ride_s = beat_ride_s
+        # a write none of whose keys a receiver reads waits for the next heartbeat, at most
+        # hold_s (heartbeats stopped: a leader that lost its lease) or hold_max bytes
+        self.hold_s, self.hold_max = hold_s, hold_max
         self._beat_timer: asyncio.TimerHandle | None = None
+        self._hold_timer: asyncio.TimerHandle | None = None
         self.receivers: set[_Receiver] = set()
         self._pending: list[bytes] = []
+        self._keys: set[Key] = set()  # keys of the queued messages
+        self._release = False  # the queued write goes to every receiver (a heartbeat is in it)
         self._server: asyncio.base_events.Server | None = None
         self.heads: dict[tuple[str, str], tuple[int, int]] = {}  # (channel, symbol) -> (epoch, seq)
 
@@ -123,6 +224,10 @@ class FeedServer:
         if self.receivers:
             self._pending.append(HEADER.pack(len(raw)))
             self._pending.append(raw)
+            if head is not None:
+                self._keys.add(head[0])
+            else:
+                self._release = True  # not a keyed data message: everyone gets it now
 
     def flush(self) -> None:
         if self._beat_timer is not None:
@@ -132,16 +237,49 @@ class FeedServer:
             return
         data = b"".join(self._pending)
         self._pending.clear()
+        keys, self._keys = self._keys, set()
+        release, self._release = self._release, False
+        held = False
         for r in self.receivers:
-            t = r.transport
-            if t is None or t.is_closing():
+            hot = r.hot
+            if (
+                not release
+                and hot is not None
+                and hot.isdisjoint(keys)
+                and r.held_bytes + len(data) <= self.hold_max
+            ):
+                r.held.append(data)
+                r.held_bytes += len(data)
+                held = True
+                FEED_HELD.inc()
                 continue
-            if t.get_write_buffer_size() > self.high_water:
-                FEED_DROPPED.inc()
-                log.warning("direct feed receiver lagged, closed", extra={"feed": self.port})
-                t.abort()  # close() would wait for a reader that does not read
-                continue
-            t.write(data)
+            if r.held:
+                r.held.append(data)
+                r.release()
+            else:
+                self.write_to(r, data)
+        if release:
+            if self._hold_timer is not None:
+                self._hold_timer.cancel()
+                self._hold_timer = None
+        elif held and self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(self.hold_s, self._release_all)
+
+    def _release_all(self) -> None:
+        self._hold_timer = None
+        for r in list(self.receivers):
+            r.release()
+
+    def write_to(self, r: _Receiver, data: bytes) -> None:
+        t = r.transport
+        if t is None or t.is_closing():
+            return
+        if t.get_write_buffer_size() > self.high_water:
+            FEED_DROPPED.inc()
+            log.warning("direct feed receiver lagged, closed", extra={"feed": self.port})
+            t.abort()  # close() would wait for a reader that does not read
+            return
+        t.write(data)
 
     def heartbeat(self, ts_ms: int) -> None:
         """Send the heads (the leader only): what every receiver must have by now.
@@ -163,6 +301,9 @@ class FeedServer:
 
     async def stop(self) -> None:
         self.flush()
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+        self._release_all()
         if self._server is not None:
             self._server.close()
             for r in list(self.receivers):
@@ -206,7 +347,13 @@ class _Reader(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.BaseTransport | None = transport
 
+    def send(self, frame: bytes) -> None:
+        t = cast(asyncio.Transport | None, self.transport)  # uvloop's is not a subclass
+        if t is not None and not t.is_closing():
+            t.write(frame)  # a connection lost meanwhile: the reconnect sends it again
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -221,6 +368,15 @@ class FeedClient:
         self.connected: dict[str, bool] = {f"{h}:{p}": False for h, p in addresses}
         self.last_message_at = 0.0  # monotonic time of the last message from any feed
         self._tasks: list[asyncio.Task[None]] = []
+        self._readers: dict[str, _Reader] = {}
+        self._interest: bytes | None = None  # the last interest frame; None: never told (all)
+
+    def set_interest(self, keys: list[str] | None) -> None:
+        """Tell every aggregator instance which keys this process reads now (see the module
+        docstring); sent again on each reconnect."""
+        self._interest = interest_frame(keys)
+        for r in self._readers.values():
+            r.send(self._interest)
 
     def _received(self, raw: bytes) -> None:
         self.last_message_at = time.monotonic()
@@ -249,11 +405,15 @@ class FeedClient:
                 continue
             FEED_RECONNECTS.inc()
             self.connected[name] = True
+            self._readers[name] = proto
+            if self._interest is not None:
+                proto.send(self._interest)
             backoff.reset()
             try:
                 await proto.closed
             finally:
                 self.connected[name] = False
+                self._readers.pop(name, None)
             await asyncio.sleep(backoff.next())
 
     async def stop(self) -> None:

@@ -761,6 +761,8 @@ class StreamFollower:
         self.backup_paused = False
         self.backup_resumes = 0  # times Kafka was read again after a pause
         self._unwhole = asyncio.Event()  # a heartbeat found the feed not whole
+        self._hot: frozenset[tuple[str, str]] | None = None  # the keys last told to the feeds
+        self._announced = False
 
     def add_callback(self, cb: DeliverCallback) -> None:
         self._callbacks.append(cb)
@@ -772,15 +774,43 @@ class StreamFollower:
         """Tell the join which keys this process reads (see ``StreamJoin.interest``): the
         others are kept as bytes until a subscriber or a query asks for them."""
         self.join.interest = interest
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell the direct feeds which keys are read here (``core/feed.py``): the leader holds
+        writes that carry none of them until its next heartbeat, so a gateway whose clients
+        read BTC-USD is not woken for every other symbol's record. Recomputed on every feed
+        heartbeat (subscriptions come and go) and at once when a query asks for a read key
+        the feeds do not know yet (a new subscriber's snapshot)."""
+        feed = self._feed
+        if feed is None:
+            return
+        interest = self.join.interest
+        hot = None if interest is None else frozenset(k for k in self.join.keys if interest(*k))
+        if hot != self._hot or not self._announced:
+            self._hot, self._announced = hot, True
+            feed.set_interest(None if hot is None else sorted(f"{c}:{s}" for c, s in hot))
+
+    def _announce_if_new(self, channel: str, symbol: str) -> None:
+        hot, interest = self._hot, self.join.interest
+        if (
+            hot is not None
+            and interest is not None
+            and (channel, symbol) not in hot
+            and interest(channel, symbol)
+        ):
+            self._announce()
 
     def current(self, channel: str, symbol: str, **kw: Any) -> Current | None:
         cur = self.join.current(channel, symbol, **kw)
         self._run_deferred()
+        self._announce_if_new(channel, symbol)
         return cur
 
     def seq_of(self, channel: str, symbol: str) -> tuple[int, int, int | None] | None:
         head = self.join.seq_of(channel, symbol)
         self._run_deferred()
+        self._announce_if_new(channel, symbol)
         return head
 
     def _run_deferred(self) -> None:
@@ -841,6 +871,7 @@ class StreamFollower:
         feeds = parse_addresses(self.settings.get("MD_AGG_FEED", str, ""))
         if feeds:
             self._feed = FeedClient(feeds, self._on_direct)
+            self._announce()
             self._feed.start()
         log.info(
             "follower started",
@@ -953,6 +984,7 @@ class StreamFollower:
     def _on_direct(self, raw: bytes) -> None:
         if raw.startswith(HEARTBEAT_PREFIX):
             self.join.on_feed_heartbeat(raw)
+            self._announce()
             self._beat_at = time.monotonic()
             if self.join.feed_whole_at is not None:
                 self._whole_at = self.join.feed_whole_at

@@ -10,13 +10,16 @@ import orjson
 import pytest
 
 from core.feed import (
+    FEED_BAD_INTEREST,
     FEED_DROPPED,
     HEADER,
     HEARTBEAT_PREFIX,
     MAX_FRAME,
+    MAX_INTEREST_FRAME,
     FeedClient,
     FeedServer,
     parse_addresses,
+    parse_interest,
 )
 from tests.conftest import free_port
 
@@ -30,19 +33,32 @@ async def wait_for(cond: Callable[[], object], limit_s: float = 5.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def connected(beat_ride_s: float = 0.02) -> AsyncIterator[tuple[FeedServer, list[bytes]]]:
+async def connected(
+    beat_ride_s: float = 0.02, hold_s: float = 0.25
+) -> AsyncIterator[tuple[FeedServer, list[bytes]]]:
     """A started server with one connected client; what the client receives, in order."""
+    async with receivers(1, beat_ride_s=beat_ride_s, hold_s=hold_s) as (server, clients, gots):
+        yield server, gots[0]
+
+
+@contextlib.asynccontextmanager
+async def receivers(
+    n: int, **opts: float
+) -> AsyncIterator[tuple[FeedServer, list[FeedClient], list[list[bytes]]]]:
+    """A started server with ``n`` connected clients; what each receives, in order."""
     port = free_port()
-    server = FeedServer("127.0.0.1", port, beat_ride_s=beat_ride_s)
+    server = FeedServer("127.0.0.1", port, **opts)  # type: ignore[arg-type]
     await server.start()
-    got: list[bytes] = []
-    client = FeedClient([("127.0.0.1", port)], got.append)
-    client.start()
+    gots: list[list[bytes]] = [[] for _ in range(n)]
+    clients = [FeedClient([("127.0.0.1", port)], got.append) for got in gots]
+    for c in clients:
+        c.start()
     try:
-        await wait_for(lambda: len(server.receivers) == 1)
-        yield server, got
+        await wait_for(lambda: len(server.receivers) == n)
+        yield server, clients, gots
     finally:
-        await client.stop()
+        for c in clients:
+            await c.stop()
         await server.stop()
 
 
@@ -152,3 +168,112 @@ def test_addresses_are_checked() -> None:
     assert parse_addresses("127.0.0.1:8031, h:1,") == [("127.0.0.1", 8031), ("h", 1)]
     with pytest.raises(ValueError, match="host:port"):
         parse_addresses("8031")
+
+
+async def _told(server: FeedServer, hot: set[tuple[str, str]] | None) -> None:
+    await wait_for(
+        lambda: any(r.hot == (None if hot is None else frozenset(hot)) for r in server.receivers)
+    )
+
+
+async def test_a_write_with_none_of_a_receivers_keys_waits_for_the_heartbeat_in_order() -> None:
+    """The interest changes when a receiver is written, never what: the reader of BTC-USD gets
+    its key at once, the rest with the next heartbeat, everything in publish order; a receiver
+    that never said gets every write at once (today's behaviour)."""
+    async with receivers(2, beat_ride_s=0.0, hold_s=30.0) as (server, clients, (btc, every)):
+        clients[0].set_interest(["l2:BTC-USD"])
+        await _told(server, {("l2", "BTC-USD")})
+        server.publish(b'{"e":1}', (("l2", "ETH-USD"), 1, 1))
+        server.flush()
+        server.publish(b'{"e":2}', (("trades", "ETH-USD"), 1, 1))
+        server.flush()
+        await wait_for(lambda: len(every) == 2)
+        await asyncio.sleep(0.1)
+        assert btc == []  # held: nothing it reads
+        server.publish(b'{"b":1}', (("l2", "BTC-USD"), 1, 1))
+        server.flush()  # its key: everything held goes with it, in order
+        await wait_for(lambda: len(btc) == 3)
+        assert btc == [b'{"e":1}', b'{"e":2}', b'{"b":1}'] == every
+        server.publish(b'{"e":3}', (("l2", "ETH-USD"), 1, 2))
+        server.flush()
+        await asyncio.sleep(0.1)
+        assert len(btc) == 3
+        server.heartbeat(7)  # a heartbeat releases everything held, before it
+        await wait_for(lambda: len(btc) == 5)
+        assert btc[3] == b'{"e":3}' and btc[4].startswith(HEARTBEAT_PREFIX)
+        assert btc == every
+
+
+async def test_a_new_interest_releases_what_was_held_and_null_means_every_key() -> None:
+    async with receivers(1, beat_ride_s=0.0, hold_s=30.0) as (server, (client,), (got,)):
+        client.set_interest([])  # reads nothing
+        await _told(server, set())
+        server.publish(b'{"e":1}', (("l2", "ETH-USD"), 1, 1))
+        server.flush()
+        await asyncio.sleep(0.1)
+        assert got == []
+        client.set_interest(["l2:ETH-USD"])  # a subscriber arrived: the held write goes now
+        await wait_for(lambda: got == [b'{"e":1}'])
+        client.set_interest(None)  # back to every key
+        await _told(server, None)
+        server.publish(b'{"x":1}', (("l3", "SOL-USD"), 1, 1))
+        server.flush()
+        await wait_for(lambda: got[-1] == b'{"x":1}')
+
+
+async def test_held_writes_leave_after_hold_s_when_no_heartbeat_comes() -> None:
+    """A leader that stops heartbeating (it lost its lease) must not keep a receiver's data."""
+    async with receivers(1, beat_ride_s=0.0, hold_s=0.1) as (server, (client,), (got,)):
+        client.set_interest(["l2:BTC-USD"])
+        await _told(server, {("l2", "BTC-USD")})
+        server.publish(b'{"e":1}', (("l2", "ETH-USD"), 1, 1))
+        server.flush()
+        await wait_for(lambda: got == [b'{"e":1}'], limit_s=2.0)
+
+
+async def test_the_interest_is_sent_again_after_a_reconnect() -> None:
+    async with receivers(1, beat_ride_s=0.0, hold_s=30.0) as (server, (client,), (got,)):
+        client.set_interest(["l2:BTC-USD"])
+        await _told(server, {("l2", "BTC-USD")})
+        (r,) = server.receivers
+        assert r.transport is not None
+        r.transport.close()
+        await wait_for(lambda: len(server.receivers) == 1 and r not in server.receivers)
+        await _told(server, {("l2", "BTC-USD")})
+
+
+async def test_bad_interest_frames_are_refused_and_the_feed_goes_on() -> None:
+    port = free_port()
+    server = FeedServer("127.0.0.1", port, beat_ride_s=0.0)
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await wait_for(lambda: len(server.receivers) == 1)
+        (r,) = server.receivers
+        before = FEED_BAD_INTEREST._value.get()  # noqa: SLF001 - the counter's value
+        for body in (b"{nope", b'{"type":"feed_interest","keys":[1]}', b'{"keys":[]}', b"[]"):
+            writer.write(HEADER.pack(len(body)) + body)
+        await writer.drain()
+        await wait_for(lambda: FEED_BAD_INTEREST._value.get() - before == 4)  # noqa: SLF001
+        assert r.hot is None and r in server.receivers  # kept what it had: every key
+        server.publish(b'{"a":1}', (("l2", "BTC-USD"), 1, 1))
+        server.flush()
+        assert await reader.readexactly(4 + 7) == HEADER.pack(7) + b'{"a":1}'
+        writer.write(HEADER.pack(MAX_INTEREST_FRAME + 1) + b"x")  # a corrupt length: closed
+        await writer.drain()
+        await wait_for(lambda: not server.receivers)
+        assert FEED_BAD_INTEREST._value.get() - before == 5  # noqa: SLF001
+    finally:
+        writer.close()
+        await server.stop()
+
+
+def test_interest_frames_parse_to_keys_or_none() -> None:
+    assert parse_interest(b'{"type":"feed_interest","keys":null}') is None
+    assert parse_interest(b'{"type":"feed_interest","keys":["l2:BTC-USD","status:*"]}') == {
+        ("l2", "BTC-USD"),
+        ("status", "*"),
+    }
+    for bad in (b'{"type":"feed_interest","keys":"l2:X"}', b'{"type":"x","keys":null}', b"\xff"):
+        with pytest.raises(ValueError):
+            parse_interest(bad)

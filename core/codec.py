@@ -29,9 +29,18 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+_second: list[Any] = [None, ""]  # the last second formatted, and its text
+
+
 def iso_from_ns(ns: int) -> str:
+    # every message carries one or two timestamps, mostly of the same second: formatting the
+    # second once (strftime + gmtime) halves the aggregator's cost of a timestamp
     s, rem = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{rem // 1000:06d}Z"
+    cache = _second
+    if cache[0] != s:
+        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+        cache[0] = s
+    return f"{cache[1]}.{rem // 1000:06d}Z"
 
 
 def ns_from_iso(text: str) -> int:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import zlib
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -91,6 +92,14 @@ def test_timestamps_round_trip_at_microseconds() -> None:
     text = iso_from_ns(ns)
     assert text == "2026-11-24T06:50:50.651234Z"
     assert ns_from_iso(text) == ns
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4_102_444_800 * 10**9 - 1), max_size=50))
+def test_timestamps_of_interleaved_seconds_format_as_datetime_does(stamps: list[int]) -> None:
+    """iso_from_ns keeps the last second's text: a stamp of another second must not reuse it."""
+    for ns in stamps + [stamps[0] + 1] if stamps else []:
+        want = datetime.fromtimestamp(ns // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert iso_from_ns(ns) == f"{want}.{ns % 10**9 // 1000:06d}Z"
 
 
 def test_malformed_json_is_a_codec_error() -> None:

@@ -778,7 +778,7 @@ class Aggregator:
                 except Exception as exc:  # noqa: BLE001 - the broker may be away; keep beating
                     log.warning("heartbeat failed", extra={"error": repr(exc)})
             elif (
-                not self.lease.leader
+                self.lease.presence_due(now, period)
                 and now - self.last_heartbeat >= period
                 # one presence record in flight at a time: records queued while the partition
                 # had no leader must not land in a burst and pass for a lease's worth of silence

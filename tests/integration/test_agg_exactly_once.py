@@ -107,6 +107,7 @@ async def test_kill_9_of_the_leader_is_gapless_and_exact(
         survivor = pb if leader == pa else pa
         # the feed's heartbeats proved it whole: Kafka is left unread until the feed breaks
         assert follower.backup_paused, follower.health()
+        taken_at_kill = follower.join.direct_taken
         os.kill(procs[leader][0].pid, signal.SIGKILL)
         procs[leader][0].wait(10)
         await asyncio.sleep(4.0)  # keep publishing while the standby takes over
@@ -125,8 +126,11 @@ async def test_kill_9_of_the_leader_is_gapless_and_exact(
     assert seen.duplicates == 0  # the join dropped the copies, its callbacks saw none
     assert [r for r in resets if r.reason != "snapshot"] == []  # no gap, checksum or epoch reset
     assert follower.join.direct_taken > 0, "the direct feed never brought a message first"
-    # the dead leader's feed went silent: Kafka was read again, and nothing was missed above
-    assert follower.backup_resumes >= 1
+    # the dead leader's feed went silent: Kafka was read again, or the survivor's feed came back
+    # before the follower's check saw the silence (a takeover in ~0.5 s against a 0.5 s feed
+    # timeout checked every 0.25 s: either may win) and brought the rest; nothing was missed
+    # either way (above)
+    assert follower.backup_resumes >= 1 or follower.join.direct_taken > taken_at_kill
 
     t = Topics.from_settings(s)
     check = StreamCheck(depth=s.book_checksum_depth)

@@ -135,3 +135,39 @@ def test_a_resigning_leader_needs_no_presence() -> None:
     lease.observe(Heartbeat(Claim(1, "a")), 1.0)
     lease.observe(Heartbeat(Claim(1, "a"), resign=True), 1.1)
     assert lease.should_take_over(1.1)
+
+
+def test_presence_is_written_only_once_the_heartbeat_is_late() -> None:
+    lease = Lease("b", 0.5, presence_needed=3)
+    assert lease.presence_due(0.0, 0.1)  # nobody leads yet: the rule decides from the start
+    lease.observe(Heartbeat(Claim(1, "a")), 1.0)
+    assert not lease.presence_due(1.1, 0.1)  # on time: nothing to prove
+    assert not lease.presence_due(1.149, 0.1)
+    assert lease.presence_due(1.151, 0.1)  # 0.5 - 3.5 x 0.1 s late: three periods to go
+    lease.take_over(2.0)
+    assert not lease.presence_due(5.0, 0.1)  # a leader never writes presence
+
+
+def test_a_dead_leader_still_costs_no_more_than_the_lease() -> None:
+    """The standby's loop (aggregator/service.py _heartbeat_loop) on a 50 ms tick: presence
+    records start late, one per period, each read back 20 ms after it is written; the takeover
+    still comes when the lease runs out."""
+    period, lease = 0.1, Lease("b", 0.5, presence_needed=3)
+    lease.observe(Heartbeat(Claim(1, "a")), 1.0)  # the leader's last heartbeat, then it dies
+    sent_at, readback, written = -1.0, [], 0
+    now = 1.0
+    while not lease.should_take_over(now):
+        now = round(now + 0.01, 3)
+        for t in [t for t in readback if t <= now]:
+            readback.remove(t)
+            lease.observe_presence("b")
+        if (
+            round(now * 100) % 5 == 0
+            and lease.presence_due(now, period)
+            and now - sent_at >= period
+        ):
+            sent_at = now
+            written += 1
+            readback.append(round(now + 0.02, 3))
+        assert now < 2.0
+    assert now == 1.5 and written == 3

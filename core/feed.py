@@ -314,9 +314,16 @@ class FeedServer:
 
 
 class _Reader(asyncio.Protocol):
-    def __init__(self, on_message: Callable[[bytes], None], name: str) -> None:
+    def __init__(
+        self,
+        on_message: Callable[[bytes], None],
+        name: str,
+        on_chunk: Callable[[], None] | None = None,
+    ) -> None:
         self.on_message = on_message
+        self.on_chunk = on_chunk  # once per read that brought messages (not per message)
         self.name = name
+        self.received = FEED_RECEIVED.labels(name)
         self.buf = bytearray()
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -342,7 +349,9 @@ class _Reader(asyncio.Protocol):
         if pos:
             del buf[:pos]
         if count:
-            FEED_RECEIVED.labels(self.name).inc(count)
+            self.received.inc(count)
+            if self.on_chunk is not None:
+                self.on_chunk()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.BaseTransport | None = transport
@@ -378,9 +387,8 @@ class FeedClient:
         for r in self._readers.values():
             r.send(self._interest)
 
-    def _received(self, raw: bytes) -> None:
+    def _touch(self) -> None:
         self.last_message_at = time.monotonic()
-        self.on_message(raw)
 
     def live(self, within_s: float = 1.0) -> bool:
         """A leader is pushing: something arrived within ``within_s``."""
@@ -398,7 +406,7 @@ class FeedClient:
         while True:
             try:
                 _, proto = await loop.create_connection(
-                    lambda: _Reader(self._received, name), host, port
+                    lambda: _Reader(self.on_message, name, self._touch), host, port
                 )
             except OSError:
                 await asyncio.sleep(backoff.next())

@@ -100,18 +100,19 @@ class Lease:
         if ident == self.ident:
             self.presence += 1
 
-    def presence_due(self, now: float, period_s: float) -> bool:
-        """Whether a standby should write presence records now: only once the leader's
+    def presence_from(self, period_s: float) -> float:
+        """When (monotonic) a standby starts writing presence records: once the leader's
         heartbeat is late, early enough that ``presence_needed`` of them, one per period, are
         read back before the lease runs out (so a dead leader still costs no extra wait). A
         record every period from every standby was ~20 of the broker's ~175 requests a
-        second, and woke the leader, which reads the control partition, 10 times a second."""
-        if self.leader:
-            return False
+        second, and woke the leader, which reads the control partition, 10 times a second.
+        Nobody leads yet: at once (the rule decides from the start)."""
         if self.current is None or self.presence_needed <= 0:
-            return self.current is None  # nobody leads yet: the rule decides from the start
-        late_s = self.lease_s - (self.presence_needed + 0.5) * period_s
-        return now - self.seen_at >= late_s
+            return 0.0 if self.current is None else float("inf")
+        return self.seen_at + self.lease_s - (self.presence_needed + 0.5) * period_s
+
+    def presence_due(self, now: float, period_s: float) -> bool:
+        return not self.leader and now >= self.presence_from(period_s)
 
     def should_take_over(self, now: float) -> bool:
         """Nobody leads, or the leader's heartbeats stopped for the lease while the control

@@ -765,7 +765,13 @@ class Aggregator:
         """Beats on its own clock, so a long takeover scan or a big batch does not look like death."""
         period = self.cfg.heartbeat_ms / 1000
         while not stop.is_set():
-            await asyncio.sleep(period / 2)
+            # wake when the next heartbeat (leading) or presence record (standby) is due, at
+            # most a period: a fixed half-period tick was 20 wake-ups a second per instance
+            now = time.monotonic()
+            due = self.last_heartbeat + period
+            if not self.lease.leader:
+                due = max(due, self.lease.presence_from(period))
+            await asyncio.sleep(min(period, max(0.002, due - now)))
             now = time.monotonic()
             if self.lease.leader and now - self.last_heartbeat >= period:
                 self._settle_ticks()

@@ -277,12 +277,14 @@ class StreamJoin:
             self.on_feed_heartbeat(value)
             return []
         h = HEAD.match(value)
-        # the feed carries every stream: skip the ones not followed before parsing them (the
-        # FIX gateway follows 3 of 11 channels)
-        filtered = self.channels is not None or self.symbols is not None
-        if h is not None and filtered and not self.wants(h[1].decode(), h[2].decode()):
-            return []
-        done, pre = self._cold(h, value)
+        key = None
+        if h is not None:
+            key = (h[1].decode(), h[2].decode())
+            # the feed carries every stream: skip the ones not followed before parsing them
+            # (the FIX gateway follows 3 of 11 channels)
+            if (self.channels is not None or self.symbols is not None) and not self.wants(*key):
+                return []
+        done, pre = self._cold(h, value, key)
         if done:
             return pre
         try:
@@ -304,14 +306,18 @@ class StreamJoin:
 
     # ----------------------------------------------------------------- cold keys
 
-    def _cold(self, h: re.Match[bytes] | None, value: bytes) -> tuple[bool, list[Action]]:
+    def _cold(
+        self, h: re.Match[bytes] | None, value: bytes, key: tuple[str, str] | None = None
+    ) -> tuple[bool, list[Action]]:
         """The cold-key gate in front of the full parse: ``(True, [])`` when the message was
         kept as bytes (or was a copy); otherwise what warming the key produced, before the
-        message takes the ordinary path."""
+        message takes the ordinary path. ``key``: the head's (channel, symbol), if decoded."""
         if self.interest is None or h is None:
             return False, []
-        channel, symbol = h[1].decode(), h[2].decode()
-        st = self.keys.get((channel, symbol))
+        if key is None:
+            key = (h[1].decode(), h[2].decode())
+        channel, symbol = key
+        st = self.keys.get(key)
         if st is None or st.state is not State.SYNCED:
             return False, []
         if not self.interest(channel, symbol):

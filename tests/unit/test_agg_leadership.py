@@ -154,7 +154,7 @@ def test_a_dead_leader_still_costs_no_more_than_the_lease() -> None:
     still comes when the lease runs out."""
     period, lease = 0.1, Lease("b", 0.5, presence_needed=3)
     lease.observe(Heartbeat(Claim(1, "a")), 1.0)  # the leader's last heartbeat, then it dies
-    sent_at, readback, written = -1.0, [], 0
+    sent_at, readback, sent = -1.0, [], []
     now = 1.0
     while not lease.should_take_over(now):
         now = round(now + 0.01, 3)
@@ -167,7 +167,8 @@ def test_a_dead_leader_still_costs_no_more_than_the_lease() -> None:
             and now - sent_at >= period
         ):
             sent_at = now
-            written += 1
+            sent.append(now)
             readback.append(round(now + 0.02, 3))
         assert now < 2.0
-    assert now == 1.5 and written == 3
+    assert now == 1.5  # the lease, not later
+    assert sent[0] >= 1.149 and len(sent) <= 4  # none while the leader was on time

@@ -154,7 +154,9 @@ def test_a_dead_leader_still_costs_no_more_than_the_lease() -> None:
     still comes when the lease runs out."""
     period, lease = 0.1, Lease("b", 0.5, presence_needed=3)
     lease.observe(Heartbeat(Claim(1, "a")), 1.0)  # the leader's last heartbeat, then it dies
-    sent_at, readback, sent = -1.0, [], []
+    sent_at = -1.0
+    readback: list[float] = []
+    sent: list[float] = []
     now = 1.0
     while not lease.should_take_over(now):
         now = round(now + 0.01, 3)

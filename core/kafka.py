@@ -234,6 +234,13 @@ async def delete_prefix_topics(settings: Settings, prefix: str | None = None) ->
         names = [t for t in await admin.list_topics() if t.startswith(pre)]
         if names:
             await admin.delete_topics(names)
+            # the controller has committed the deletion; the broker's metadata answers it a
+            # moment later: a caller (make clean-topics, a test) expects them gone on return
+            deadline = asyncio.get_running_loop().time() + 10
+            while asyncio.get_running_loop().time() < deadline:
+                if not any(t.startswith(pre) for t in await admin.list_topics()):
+                    break
+                await asyncio.sleep(0.1)
         return len(names)
     finally:
         await admin.close()

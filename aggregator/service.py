@@ -129,7 +129,7 @@ class ServiceConfig:
     max_batch: int = 5000  # records per poll: bounds memory and per-batch latency
     partitions: tuple[int, ...] = ()  # input partitions of this group (empty: all)
     ident: str = ""
-    standby_fetch_ms: int = 250  # a standby reads in batches: what the leader acked is not encoded
+    standby_fetch_ms: int = 100  # a standby reads in batches: what the leader acked is not encoded
     agg: AggConfig = field(default_factory=AggConfig)
 
     @classmethod
@@ -148,7 +148,7 @@ class ServiceConfig:
             max_batch=s.get("MD_AGG_MAX_BATCH", int, 5000),
             partitions=tuple(int(p) for p in parts.split(",") if p.strip()),
             ident=s.get("MD_AGG_ID", str, ""),
-            standby_fetch_ms=s.get("MD_AGG_STANDBY_FETCH_MS", int, 250),
+            standby_fetch_ms=s.get("MD_AGG_STANDBY_FETCH_MS", int, 100),
             agg=AggConfig(
                 checksum_depth=s.book_checksum_depth,
                 trades_snapshot_n=s.get("MD_AGG_TRADES_SNAPSHOT", int, 100),
@@ -276,18 +276,13 @@ class Aggregator:
         beat = asyncio.create_task(self._heartbeat_loop(stop))
         try:
             await self._start()
-            standby_s = self.cfg.standby_fetch_ms / 1000
-            standby_pacer = Pacer(standby_s)
+            standby_pacer = Pacer(self.cfg.standby_fetch_ms / 1000)
             while not stop.is_set():
                 if self.fatal:
                     raise RuntimeError(self.fatal)  # exit non-zero: the supervisor restarts us
                 if not self.lease.leader:
                     # a standby reads in batches: most of its input is then already acked by
-                    # the leader (applied, never encoded or buffered): a quarter of a leader.
-                    # It wakes no later than the lease's end, counted from the last heartbeat
-                    # it read, so a batch never delays a takeover
-                    lease_left = self.lease.seen_at + self.lease.lease_s - time.monotonic()
-                    standby_pacer.interval_s = min(standby_s, max(0.0, lease_left))
+                    # the leader (applied, never encoded or buffered): a quarter of a leader
                     await standby_pacer.wait()
                 wait_ms = self.cfg.heartbeat_ms
                 if self._held_since is not None:  # wake up when what is held is due

@@ -225,7 +225,8 @@ class Aggregator:
         # heartbeats and presence records leave at once, whatever the outputs' batching: the
         # lease is timed in hundreds of milliseconds (leadership.py)
         self.control_producer: AIOKafkaProducer | None = None
-        # the input (md.in + control) consumer: librdkafka by default (core/kafka_rd.py)
+        # the input (md.in + control) consumer: aiokafka, or librdkafka with MD_KAFKA_CLIENT
+        # (core/kafka_rd.py)
         self.consumer: RdConsumer | AIOKafkaConsumer | None = None
         self._probe: AIOKafkaConsumer | None = None  # takeover reads (recovery.start_probe)
         self.health = Health("aggregator")

@@ -84,8 +84,19 @@ async def test_connector_health_metrics_raw_capture_and_no_key_in_logs(
         await eventually(lambda: len(ex.jwts) >= 5, within=30)
         await eventually(lambda: proc.poll() is None and ex.played > 200, within=30)
         assert await status(base + "/health") == 200
-        async with httpx.AsyncClient(timeout=5) as c:
-            metrics = (await c.get(base + "/metrics")).text
+        metrics = ""
+
+        async def every_product_counted() -> bool:
+            # the recording interleaves products unevenly: 200 frames need not hold each one
+            nonlocal metrics
+            async with httpx.AsyncClient(timeout=5) as c:
+                metrics = (await c.get(base + "/metrics")).text
+            return all(
+                f'md_source_messages_total{{product="{p}",source="coinbase_at"}}' in metrics
+                for p in ex.products
+            )
+
+        await eventually(every_product_counted, within=30)
         for p in ex.products:
             assert f'md_source_messages_total{{product="{p}",source="coinbase_at"}}' in metrics
             assert f'md_source_last_message_timestamp_seconds{{product="{p}"' in metrics

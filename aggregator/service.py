@@ -100,6 +100,10 @@ _HOP_PUBLISH = HOP.labels("append_to_publish")
 FEED_LINGER_MS = 100
 #: Without a direct feed Kafka is the only path to the gateways: batch briefly.
 NO_FEED_LINGER_MS = 5
+# a publishing leader reads the control partition at most this often: what it finds there is its
+# own heartbeats (10 a second, each woke its input fetch) or, rarely, a higher claim, whose
+# only cost until read is identical duplicates (leadership.py)
+LEADER_CONTROL_READ_S = 0.5
 
 
 def _opt_int(raw: str, name: str) -> int | None:
@@ -238,6 +242,8 @@ class Aggregator:
         self._events_in: dict[str, int] = {}
         self._committed: dict[int, int] = {}
         self.fatal: str | None = None
+        self._ctp: TopicPartition | None = None  # the control partition, once assigned
+        self._control_at = 0.0  # monotonic time the control partition was last read
 
     def _health_consumer(self) -> tuple[bool, Any]:
         age = time.monotonic() - self._last_poll
@@ -289,6 +295,7 @@ class Aggregator:
                 if self._held_since is not None:  # wake up when what is held is due
                     due = self._held_since + self._ship_s - time.monotonic()
                     wait_ms = max(1, min(wait_ms, int(due * 1000)))
+                self._pace_control()
                 batch = await self.consumer.getmany(
                     timeout_ms=wait_ms, max_records=self.cfg.max_batch
                 )
@@ -349,6 +356,7 @@ class Aggregator:
         finally:
             self._probe.unsubscribe()
         c.assign([*itps, ctp])
+        self._ctp = ctp
         for tp in itps:
             c.seek(tp, checkpoints[tp.partition].start)
         c.seek(ctp, control_end)
@@ -576,8 +584,23 @@ class Aggregator:
         return p
 
     # ------------------------------------------------------------------ leadership
+    def _pace_control(self) -> None:
+        """A publishing leader leaves the control partition unread between reads
+        ``LEADER_CONTROL_READ_S`` apart (aiokafka's pause; the librdkafka consumer reads it
+        always). A standby, a claimant and a leader still scanning read it all the time."""
+        c = self.consumer
+        if not isinstance(c, AIOKafkaConsumer) or self._ctp is None:
+            return
+        rest = self._publishing and time.monotonic() - self._control_at < LEADER_CONTROL_READ_S
+        if rest != (self._ctp in c.paused()):
+            if rest:
+                c.pause(self._ctp)
+            else:
+                c.resume(self._ctp)
+
     def _on_control(self, recs: list[Any]) -> None:
         now = time.monotonic()
+        self._control_at = now
         group = self.cfg.group.encode()
         for r in recs:
             if r.key != group:

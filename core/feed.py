@@ -75,6 +75,25 @@ MAX_INTEREST_FRAME = 1 << 20  # ~40,000 keys; a larger length is a corrupt or ho
 Key = tuple[str, str]
 
 
+def take_frames(buf: bytearray, max_frame: int) -> tuple[list[bytes], bool]:
+    """Remove the whole frames at the start of ``buf`` and return them, and whether a length
+    over ``max_frame`` came next (a corrupt stream: ``buf`` is cleared, the caller closes)."""
+    frames: list[bytes] = []
+    pos, n = 0, len(buf)
+    while n - pos >= 4:
+        (size,) = HEADER.unpack_from(buf, pos)
+        if size > max_frame:
+            buf.clear()
+            return frames, True
+        if n - pos - 4 < size:
+            break
+        frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
+        pos += 4 + size
+    if pos:
+        del buf[:pos]
+    return frames, False
+
+
 def interest_frame(keys: list[str] | None) -> bytes:
     """A receiver's interest, framed (``keys`` = ``<channel>:<symbol>`` strings; None: all)."""
     raw = orjson.dumps({"type": FEED_INTEREST, "keys": keys})
@@ -138,21 +157,9 @@ class _Receiver(asyncio.Protocol):
         FEED_RECEIVERS.set(len(self.server.receivers))
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        while len(buf) >= 4:
-            (size,) = HEADER.unpack_from(buf, 0)
-            if size > MAX_INTEREST_FRAME:
-                FEED_BAD_INTEREST.inc()
-                log.warning("direct feed receiver sent an oversized frame, closed")
-                buf.clear()
-                if self.transport is not None:
-                    self.transport.abort()
-                return
-            if len(buf) - 4 < size:
-                return
-            raw = bytes(buf[4 : 4 + size])
-            del buf[: 4 + size]
+        self._buf += data
+        frames, oversized = take_frames(self._buf, MAX_INTEREST_FRAME)
+        for raw in frames:
             try:
                 hot = parse_interest(raw)
             except ValueError as exc:
@@ -163,6 +170,11 @@ class _Receiver(asyncio.Protocol):
                 continue
             self.hot = hot
             self.release()  # what was held may now be read: it goes at once
+        if oversized:
+            FEED_BAD_INTEREST.inc()
+            log.warning("direct feed receiver sent an oversized frame, closed")
+            if self.transport is not None:
+                self.transport.abort()
 
     def release(self) -> None:
         """Write what is held for this receiver (a heartbeat, a new interest, the hold limit)."""
@@ -328,30 +340,19 @@ class _Reader(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        pos, n = 0, len(buf)
+        self.buf += data
+        frames, oversized = take_frames(self.buf, MAX_FRAME)
         on_message = self.on_message
-        count = 0
-        while n - pos >= 4:
-            (size,) = HEADER.unpack_from(buf, pos)
-            if size > MAX_FRAME:
-                log.warning("direct feed frame too large, reconnecting", extra={"feed": self.name})
-                self.buf.clear()
-                if self.transport is not None:
-                    self.transport.close()
-                return
-            if n - pos - 4 < size:
-                break
-            on_message(bytes(buf[pos + 4 : pos + 4 + size]))
-            pos += 4 + size
-            count += 1
-        if pos:
-            del buf[:pos]
-        if count:
-            self.received.inc(count)
+        for raw in frames:
+            on_message(raw)
+        if frames:
+            self.received.inc(len(frames))
             if self.on_chunk is not None:
                 self.on_chunk()
+        if oversized:
+            log.warning("direct feed frame too large, reconnecting", extra={"feed": self.name})
+            if self.transport is not None:
+                self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.BaseTransport | None = transport

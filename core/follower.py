@@ -767,8 +767,8 @@ class StreamFollower:
         self.backup_paused = False
         self.backup_resumes = 0  # times Kafka was read again after a pause
         self._unwhole = asyncio.Event()  # a heartbeat found the feed not whole
-        self._hot: frozenset[tuple[str, str]] | None = None  # the keys last told to the feeds
-        self._announced = False
+        # the keys last told to the feeds; None: all, which a feed assumes of a silent receiver
+        self._hot: frozenset[tuple[str, str]] | None = None
 
     def add_callback(self, cb: DeliverCallback) -> None:
         self._callbacks.append(cb)
@@ -793,8 +793,8 @@ class StreamFollower:
             return
         interest = self.join.interest
         hot = None if interest is None else frozenset(k for k in self.join.keys if interest(*k))
-        if hot != self._hot or not self._announced:
-            self._hot, self._announced = hot, True
+        if hot != self._hot:
+            self._hot = hot
             feed.set_interest(None if hot is None else sorted(f"{c}:{s}" for c, s in hot))
 
     def _announce_if_new(self, channel: str, symbol: str) -> None:

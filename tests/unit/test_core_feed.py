@@ -231,6 +231,21 @@ async def test_held_writes_leave_after_hold_s_when_no_heartbeat_comes() -> None:
         await wait_for(lambda: got == [b'{"e":1}'], limit_s=2.0)
 
 
+async def test_held_writes_leave_once_they_pass_hold_max_bytes() -> None:
+    """A burst of cold data is not held without bound: past ``hold_max`` it is written."""
+    async with receivers(1, beat_ride_s=0.0, hold_s=30.0, hold_max=100) as (server, (c,), (got,)):
+        c.set_interest(["l2:BTC-USD"])
+        await _told(server, {("l2", "BTC-USD")})
+        server.publish(b'{"e":1}', (("l2", "ETH-USD"), 1, 1))
+        server.flush()
+        await asyncio.sleep(0.1)
+        assert got == []  # 11 bytes: held
+        big = b'{"e":2,"pad":"' + b"x" * 120 + b'"}'
+        server.publish(big, (("l2", "ETH-USD"), 1, 2))
+        server.flush()  # would pass 100 bytes held: everything goes, in order
+        await wait_for(lambda: got == [b'{"e":1}', big])
+
+
 async def test_the_interest_is_sent_again_after_a_reconnect() -> None:
     async with receivers(1, beat_ride_s=0.0, hold_s=30.0) as (server, (client,), (got,)):
         client.set_interest(["l2:BTC-USD"])

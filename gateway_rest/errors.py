@@ -10,6 +10,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BeforeValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.codec import ns_from_iso
@@ -19,6 +20,18 @@ from gateway_rest.store import NotCached, Unavailable
 
 log = logging.getLogger("gateway_rest.app")
 JSON = "application/json"
+
+
+def _decimal_digits(v: Any) -> Any:
+    # pydantic's lax int takes " 200" and "+200" (schemathesis sent ?epoch=+200, which a URL
+    # decodes to " 200"): an integer query parameter is plain ASCII digits or a 422
+    if isinstance(v, str) and not (v.isascii() and v.isdigit()):
+        raise ValueError("expected a non-negative decimal integer")
+    return v
+
+
+#: add to every integer query parameter: ``Annotated[int, Query(...), DIGITS]``
+DIGITS = BeforeValidator(_decimal_digits)
 
 
 class ApiError(RestError):

@@ -15,7 +15,7 @@ from core.channels import CANDLE_INTERVALS
 from core.errors import SymbolError
 from core.symbols import normalize_symbol
 from gateway_rest.config import RestConfig, Tier
-from gateway_rest.errors import JSON, ApiError, parse_cursor, parse_range, parse_time
+from gateway_rest.errors import DIGITS, JSON, ApiError, parse_cursor, parse_range, parse_time
 from gateway_rest.history import NoHistory, past_orderbook
 from gateway_rest.models import (
     ERRORS,
@@ -88,6 +88,7 @@ def market_router(  # noqa: C901 - ruff counts the routes' branches (closures) i
                 description="price levels per side (level=3: every order at those levels); "
                 "capped at the cached depth (MD_REDIS_BOOK_DEPTH, default 100) and the tier's cap",
             ),
+            DIGITS,
         ] = 20,
         level: Annotated[
             int,
@@ -97,6 +98,7 @@ def market_router(  # noqa: C901 - ruff counts the routes' branches (closures) i
                 description="2: by price level; 3: order by "
                 "order, where the symbol's source and your tier allow it",
             ),
+            DIGITS,
         ] = 2,
         seq: Annotated[
             int | None,
@@ -105,10 +107,12 @@ def market_router(  # noqa: C901 - ruff counts the routes' branches (closures) i
                 le=2**63 - 1,
                 description="the book as it was right after this message `seq` (history)",
             ),
+            DIGITS,
         ] = None,
         epoch: Annotated[
             int | None,
             Query(ge=0, le=2**63 - 1, description="with `seq`: its epoch (default: the newest)"),
+            DIGITS,
         ] = None,
         at: Annotated[
             str | None,
@@ -196,7 +200,9 @@ def market_router(  # noqa: C901 - ruff counts the routes' branches (closures) i
     async def trades(
         request: Request,
         symbol: str,
-        limit: Annotated[int, Query(ge=1, description=f"capped at {cfg.trades_limit_max}")] = 100,
+        limit: Annotated[
+            int, Query(ge=1, description=f"capped at {cfg.trades_limit_max}"), DIGITS
+        ] = 100,
         start: Annotated[str | None, Query(description="ISO-8601 or Unix s/ms; inclusive")] = None,
         end: Annotated[str | None, Query(description="ISO-8601 or Unix s/ms; exclusive")] = None,
         cursor: Annotated[
@@ -230,7 +236,9 @@ def market_router(  # noqa: C901 - ruff counts the routes' branches (closures) i
         ] = "1m",
         start: Annotated[str | None, Query(description="ISO-8601 or Unix s/ms; inclusive")] = None,
         end: Annotated[str | None, Query(description="ISO-8601 or Unix s/ms; exclusive")] = None,
-        limit: Annotated[int, Query(ge=1, description=f"capped at {cfg.candles_limit_max}")] = 300,
+        limit: Annotated[
+            int, Query(ge=1, description=f"capped at {cfg.candles_limit_max}"), DIGITS
+        ] = 300,
     ) -> Response:
         sym, _ = await known(symbol)
         if interval not in CANDLE_INTERVALS:

@@ -249,6 +249,9 @@ async def test_every_endpoint(pipeline: tuple[Settings, datetime]) -> None:
         ("trades?limit=0", "limit"),
         ("trades?limit=-3", "limit"),
         ("trades?limit=ten", "limit"),
+        ("trades?limit=%2B5", "limit"),  # "+5": lax int parsing took it
+        ("orderbook?seq=1&epoch=+200", "epoch"),  # " 200" once decoded (schemathesis found it)
+        ("orderbook?depth=%2020", "depth"),
         ("trades?start=yesterday", "start"),
         ("trades?end=2026-13-45", "end"),
         ("trades?start=2026-11-24T10:00:00Z&end=2026-11-24T09:00:00Z", "start"),

@@ -44,9 +44,14 @@ pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 # find_pg_bin NAME: PostgreSQL server binaries live outside PATH on Debian.
 find_pg_bin() {
-  local b
+  local b r
   for b in "$(command -v "$1" 2>/dev/null || true)" /usr/lib/postgresql/*/bin/"$1"; do
-    [[ -n "$b" && -x "$b" ]] && { echo "$b"; return 0; }
+    [[ -n "$b" && -x "$b" ]] || continue
+    # a symlink on PATH (e.g. /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb) is
+    # followed, so that its directory holds the server's other binaries and names its major
+    # version; a wrapper under another name (Debian's pg_wrapper) is not
+    r=$(readlink -f "$b") && [[ "$(basename "$r")" == "$1" ]] && b=$r
+    echo "$b"; return 0
   done
   return 1
 }

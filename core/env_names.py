@@ -162,6 +162,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_SIM_FX_RATE",
         "MD_SIM_RATE",
         "MD_SIM_SEED",
+        "MD_SIM_TICK_MS",
         "MD_SOURCE",
         "MD_SOURCE_GRACE_S",
         "MD_SOURCE_IDLE_S",

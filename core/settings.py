@@ -60,6 +60,13 @@ def _port(raw: str) -> int:
     return p
 
 
+def _tick_ms(raw: str) -> int:
+    t = int(raw)
+    if not 1 <= t <= 1000:
+        raise ValueError("tick out of range 1..1000 ms")
+    return t
+
+
 def _symbols(raw: str) -> tuple[str, ...]:
     from core.symbols import normalize_symbol
 
@@ -139,6 +146,12 @@ class Settings:
         "MD_SIM_RATE", 200.0, float, "simulator order events per second per symbol"
     )
     sim_seed: int = setting("MD_SIM_SEED", 42, int, "simulator seed")
+    sim_tick_ms: int = setting(
+        "MD_SIM_TICK_MS",
+        50,
+        _tick_ms,
+        "simulator packet cadence: one md.in record per symbol a tick",
+    )
     book_checksum_depth: int = setting(
         "MD_BOOK_CHECKSUM_DEPTH", 10, int, "levels per side in the book checksum"
     )

@@ -36,7 +36,6 @@ from core.settings import Settings
 from core.symbols import SymbolInfo, default_info, normalize_symbol
 
 log = logging.getLogger("aggregator.simulator")
-TICK_S = 0.02  # publishing cadence: 50 wake-ups/s, events spread over ticks
 DEFAULT_FX: tuple[str, ...] = ("EUR-USD", "GBP-USD", "JPY-USD")
 FX_RATE = 5.0  # actions/s per FX pair: enough for a live rate, a fraction of the crypto load
 # (tick, lot) of the FX pairs: pips and a tenth of a pip, as FX venues quote
@@ -53,6 +52,8 @@ def fx_info(symbol: str) -> SymbolInfo:
 def fx_pairs(settings: Settings) -> tuple[str, ...]:
     from core.settings import parse_list
 
+    if settings.extra.get("MD_SIM_FX", "x").strip() == "":
+        return ()  # set but empty: none (Settings.get reads an empty value as the default)
     pairs = settings.get("MD_SIM_FX", parse_list, DEFAULT_FX)
     return tuple(p for p in (normalize_symbol(x) for x in pairs) if p not in settings.symbols)
 
@@ -87,6 +88,11 @@ async def run_simulator(
         for s in fx
     }
     fx_rate = settings.get("MD_SIM_FX_RATE", float, FX_RATE)
+    # MD_SIM_TICK_MS, the packet cadence (50 ms, Coinbase's level2_batch): every record costs
+    # each process downstream a decode, an apply and one message per channel whatever it holds,
+    # so at a given event rate the cadence sets most of the stack's CPU (docs/benchmarks.md
+    # "Packet cadence": 20 ms cost ~30 % more than 50 ms); the events keep their own times
+    tick_s = settings.sim_tick_ms / 1000
     published = 0
     try:
         ts = now_ns()
@@ -108,7 +114,7 @@ async def run_simulator(
             if steps is not None:
                 n = min(n, steps - done_steps)
             budget -= n
-            # one record per symbol per tick (the events of its actions in this 20 ms), like a
+            # one record per symbol per tick (the events of its actions in this tick), like a
             # feed handler's packet or Coinbase level2_batch: one l2/l3 update per tick, not per
             # event (the record is the aggregator's conflation unit, aggregator/events.py)
             tick: dict[str, list[ev.AnyEvent]] = {s: [] for s in flows}
@@ -132,9 +138,9 @@ async def run_simulator(
             else:
                 await pub.flush()  # a bounded run (tests, --steps) keeps its tick-by-tick acks
                 last_ok[0] = time.monotonic()
-            # a plain sleep: wait_for(stop.wait()) built a task and a timeout 50 times a second;
-            # a stop is seen at the next tick (20 ms)
-            await asyncio.sleep(TICK_S)
+            # a plain sleep: wait_for(stop.wait()) built a task and a timeout every tick; a stop
+            # is seen at the next tick
+            await asyncio.sleep(tick_s)
         await pub.flush()
         log.info("simulator stopped", extra={"events": published})
         return published

@@ -54,7 +54,14 @@ def test_settings_parse_and_normalize() -> None:
 
 
 @pytest.mark.parametrize(
-    "key,value", [("MD_REST_PORT", "http"), ("MD_WS_PORT", "70000"), ("MD_SIM_RATE", "fast")]
+    "key,value",
+    [
+        ("MD_REST_PORT", "http"),
+        ("MD_WS_PORT", "70000"),
+        ("MD_SIM_RATE", "fast"),
+        ("MD_SIM_TICK_MS", "0"),
+        ("MD_SIM_TICK_MS", "5000"),
+    ],
 )
 def test_bad_setting_names_the_variable(key: str, value: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -65,3 +72,12 @@ def test_bad_setting_names_the_variable(key: str, value: str) -> None:
 def test_bad_symbol_setting_fails_at_start() -> None:
     with pytest.raises(SymbolError):
         Settings.from_env({"MD_SYMBOLS": "BTCUSD"})
+
+
+def test_sim_fx_empty_means_none() -> None:
+    from aggregator.sources.simulator import DEFAULT_FX, fx_pairs
+
+    assert fx_pairs(Settings.from_env({"MD_SIM_FX": ""})) == ()
+    assert fx_pairs(Settings.from_env({"MD_SIM_FX": " "})) == ()
+    assert fx_pairs(Settings.from_env({})) == DEFAULT_FX
+    assert fx_pairs(Settings.from_env({"MD_SIM_FX": "eur/usd"})) == ("EUR-USD",)

@@ -429,7 +429,7 @@ class Aggregator:
                     continue  # fetched before a re-seek: already applied
                 self.positions[p] = r.offset
                 inputs[p] = r.offset
-                outs = self._apply_record(p, r, now_ns())
+                outs = self._apply_record(p, r)
                 if outs:
                     to_kafka += self._route(outs)
             if self.feed is not None:
@@ -478,7 +478,7 @@ class Aggregator:
         # write these once the whole poll batch is processed
         await asyncio.sleep(0)
 
-    def _apply_record(self, p: int, r: Any, now: int) -> list[Out] | None:
+    def _apply_record(self, p: int, r: Any) -> list[Out] | None:
         try:
             events = ev.decode_record(r.value or b"")
         except ev.EventError as exc:
@@ -517,6 +517,9 @@ class Aggregator:
         ):
             st.discard()  # already in Kafka: keep the counters, skip the encoding
             return None
+        # the publish time is taken once the record is applied: a record of a busy feed packet
+        # holds tens of events, and their apply is the aggregator's time, not the hop after it
+        now = now_ns()
         ts_ms = r.timestamp
         _HOP_EVENT.observe(max(0.0, ts_ms / 1000 - events[-1].ts / 1e9))
         if leader:

@@ -1,0 +1,124 @@
+"""The floor under the md.in append -> aggregator publish hop: how long Kafka itself takes.
+
+``python -m loadtests.kafka_hop [--mode roundtrip|input] [--duration 15]``
+
+Why: that hop is the largest of `bench_e2e`'s on a slow host (docs/benchmarks.md "seventh
+session"), and it holds three things: the broker's produce and fetch path, the source's burst
+reaching the leader, and the leader's apply. Two probes split them, with the stack running:
+
+- ``roundtrip``: one producer and one consumer (the platform's own settings, ``core.kafka``) in
+  this process, one small record every 20 ms to a topic of its own (``bench.hop.<run>``,
+  deleted at exit): send -> receipt, ``perf_counter``, the broker's part alone;
+- ``input``: a consumer of ``<prefix>.in`` from its end, as the leader reads it: receipt minus
+  each record's append timestamp (milliseconds: Kafka's resolution), the source's records as
+  they arrive, without the leader's work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+
+import uvloop
+from aiokafka import TopicPartition
+
+from core.kafka import delete_prefix_topics, make_consumer, make_producer, partitions_of
+from core.settings import Settings
+from core.topics import Topics
+
+PCTS = (50.0, 90.0, 99.0)
+
+
+def report(name: str, ms: Sequence[float]) -> str:
+    if not ms:
+        return f"{name}: no records"
+    data = sorted(ms)
+    # nearest rank
+    cells = " ".join(
+        f"p{k:g} {data[min(len(data) - 1, max(0, round(k / 100 * len(data)) - 1))]:.2f} ms"
+        for k in PCTS
+    )
+    return f"{name}: n={len(ms)} {cells} max {max(ms):.2f} ms"
+
+
+async def roundtrip(s: Settings, duration: float, interval: float = 0.02) -> list[float]:
+    run = replace(s, topic_prefix=f"bench.hop.{uuid.uuid4().hex[:8]}")
+    topic = f"{run.topic_prefix}.probe"
+    producer = make_producer(run)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"-1", partition=0)  # creates the topic
+        consumer = make_consumer(run, group_id=None)
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_end(tp)
+            sent: dict[int, float] = {}
+            got: list[float] = []
+
+            async def produce() -> None:
+                i = 0
+                end = time.monotonic() + duration
+                while time.monotonic() < end:
+                    sent[i] = time.perf_counter()
+                    await producer.send(topic, str(i).encode(), partition=0)
+                    i += 1
+                    await asyncio.sleep(interval)
+
+            task = asyncio.create_task(produce())
+            while not task.done() or len(got) < len(sent):
+                batch = await consumer.getmany(timeout_ms=500)
+                now = time.perf_counter()
+                for recs in batch.values():
+                    for r in recs:
+                        i = int(r.value or b"-1")
+                        if i in sent:
+                            got.append((now - sent[i]) * 1000)
+                if task.done() and not batch:
+                    break
+            return got
+        finally:
+            await consumer.stop()
+    finally:
+        await producer.stop()
+        await delete_prefix_topics(run)
+
+
+async def input_lag(s: Settings, duration: float) -> list[float]:
+    topic = Topics.from_settings(s).input
+    consumer = make_consumer(s, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        got: list[float] = []
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
+            batch = await consumer.getmany(timeout_ms=500)
+            now_ms = time.time() * 1000
+            got += [now_ms - r.timestamp for recs in batch.values() for r in recs]
+        return got
+    finally:
+        await consumer.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=("roundtrip", "input", "both"), default="both")
+    ap.add_argument("--duration", type=float, default=15.0)
+    args = ap.parse_args(argv)
+    s = Settings.from_env()
+    if args.mode in ("roundtrip", "both"):
+        print(report("produce -> consume, one process", uvloop.run(roundtrip(s, args.duration))))
+    if args.mode in ("input", "both"):
+        print(report("md.in append -> plain consumer", uvloop.run(input_lag(s, args.duration))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The Kafka hop probe (loadtests/kafka_hop.py) measures every record it sends and leaves no
+topic behind."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from core.settings import Settings
+from loadtests.kafka_hop import report, roundtrip
+
+pytestmark = pytest.mark.integration
+
+
+async def test_roundtrip_measures_each_record_and_cleans_up(settings: Settings) -> None:
+    got = await roundtrip(settings, 0.5, interval=0.05)
+    assert 5 <= len(got) <= 12  # one per 50 ms, each received once
+    assert all(0 < ms < 5000 for ms in got)
+    assert report("x", got).startswith(f"x: n={len(got)} p50 ")
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        left = [t for t in await admin.list_topics() if t.startswith("bench.hop.")]
+    finally:
+        await admin.close()
+    assert left == []

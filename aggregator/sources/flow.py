@@ -97,6 +97,13 @@ class OrderFlow:
         return keys[self.rng.randrange(len(keys))]
 
     def _cancel_far(self, ts: int) -> list[ev.AnyEvent]:
+        """Cancel the resting order farthest from the mid, the earliest of equals. Only the
+        oldest order of the lowest and of the highest price level can be it (|price - mid| is
+        largest at the ends of the book, and a level keeps time priority): two looks instead
+        of a scan of every order, which was a tenth of the simulator's CPU at a full book."""
         e = self.engine
-        far = max(e.orders.values(), key=lambda o: abs(o.price - self.mid))
+        lo = (e.bids.peekitem(-1) if e.bids else e.asks.peekitem(0))[1][0]
+        hi = (e.asks.peekitem(-1) if e.asks else e.bids.peekitem(0))[1][0]
+        d_lo, d_hi = abs(lo.price - self.mid), abs(hi.price - self.mid)
+        far = lo if d_lo > d_hi or (d_lo == d_hi and lo.born <= hi.born) else hi
         return e.cancel(far.order_id, ts)

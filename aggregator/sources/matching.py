@@ -32,6 +32,7 @@ class RestingOrder:
     side: str
     price: int  # ticks
     size: int  # lots remaining
+    born: int = 0  # the engine's count of resting orders at its arrival: time priority
 
 
 class MatchingEngine:
@@ -55,6 +56,7 @@ class MatchingEngine:
         self.asks: SortedDict = SortedDict()  # price -> deque[RestingOrder]
         self.orders: dict[str, RestingOrder] = {}
         self._trade_id = 0
+        self._born = 0
 
     # -- formatting -------------------------------------------------------------------------
     def px(self, ticks: int) -> str:
@@ -88,7 +90,8 @@ class MatchingEngine:
         out: list[ev.AnyEvent] = []
         rest = self._take(order_id, side, size, price, ts, out)
         if rest > 0:
-            o = RestingOrder(order_id, side, price, rest)
+            self._born += 1
+            o = RestingOrder(order_id, side, price, rest, self._born)
             book, key = (self.bids, -price) if side == "buy" else (self.asks, price)
             q = book.get(key)
             if q is None:

@@ -91,7 +91,7 @@ async def run_simulator(
     # MD_SIM_TICK_MS, the packet cadence (50 ms, Coinbase's level2_batch): every record costs
     # each process downstream a decode, an apply and one message per channel whatever it holds,
     # so at a given event rate the cadence sets most of the stack's CPU (docs/benchmarks.md
-    # "Packet cadence": 20 ms cost ~30 % more than 50 ms); the events keep their own times
+    # "Now (seventh session)": 20 ms cost 22-41 % more than 50 ms); events keep their own times
     tick_s = settings.sim_tick_ms / 1000
     published = 0
     try:

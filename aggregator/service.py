@@ -288,8 +288,11 @@ class Aggregator:
                 if self.fatal:
                     raise RuntimeError(self.fatal)  # exit non-zero: the supervisor restarts us
                 if not self.lease.leader:
-                    # a standby reads in batches: most of its input is then already acked by
-                    # the leader (applied, never encoded or buffered): a quarter of a leader
+                    # a standby reads in batches (one fetch per MD_AGG_STANDBY_FETCH_MS). What
+                    # the leader already acked is applied without being encoded; but its acks
+                    # trail by its Kafka linger and a heartbeat (150-250 ms), so most records
+                    # read are still encoded and buffered: half a leader's CPU, measured
+                    # (docs/benchmarks.md "Now (seventh session)")
                     await standby_pacer.wait()
                 wait_ms = self.cfg.heartbeat_ms
                 if self._held_since is not None:  # wake up when what is held is due

@@ -42,6 +42,10 @@ auto.create.topics.enable=true
 log.retention.hours=168
 log.segment.bytes=268435456
 message.max.bytes=4194304
+# the compacted topics (snapshots, control, checkpoints) hold hundreds of keys, not millions: the
+# cleaner clears its whole dedupe map before each cleaning (a 128 MB Arrays.fill by default, 6 a
+# minute for the snapshot partitions' one-minute segments)
+log.cleaner.dedupe.buffer.size=8388608
 PROPS
 }
 
@@ -156,6 +160,8 @@ replica.fetch.backoff.ms=50
 # second interruption, at the moment the returning broker is slowest (log recovery, catch-up);
 # run kafka-leader-election when it suits (make chaos broker-kill measured a 20 s stall)
 auto.leader.rebalance.enable=false
+# see write_conf: hundreds of keys in the compacted topics, not millions
+log.cleaner.dedupe.buffer.size=8388608
 PROPS
 }
 

@@ -29,6 +29,7 @@ from aiokafka import TopicPartition
 from core.kafka import delete_prefix_topics, make_consumer, make_producer, partitions_of
 from core.settings import Settings
 from core.topics import Topics
+from loadtests.fanout_stats import percentiles
 
 PCTS = (50.0, 90.0, 99.0)
 
@@ -36,13 +37,9 @@ PCTS = (50.0, 90.0, 99.0)
 def report(name: str, ms: Sequence[float]) -> str:
     if not ms:
         return f"{name}: no records"
-    data = sorted(ms)
-    # nearest rank
-    cells = " ".join(
-        f"p{k:g} {data[min(len(data) - 1, max(0, round(k / 100 * len(data)) - 1))]:.2f} ms"
-        for k in PCTS
-    )
-    return f"{name}: n={len(ms)} {cells} max {max(ms):.2f} ms"
+    p = percentiles([round(x * 1000) for x in ms], (*PCTS, 100))  # in µs, nearest rank
+    cells = " ".join(f"p{k:g} {p[f'p{k:g}'] / 1000:.2f} ms" for k in PCTS)
+    return f"{name}: n={len(ms)} {cells} max {p['max'] / 1000:.2f} ms"
 
 
 async def roundtrip(s: Settings, duration: float, interval: float = 0.02) -> list[float]:

@@ -52,7 +52,8 @@ def fx_info(symbol: str) -> SymbolInfo:
 def fx_pairs(settings: Settings) -> tuple[str, ...]:
     from core.settings import parse_list
 
-    if settings.extra.get("MD_SIM_FX", "x").strip() == "":
+    raw = settings.extra.get("MD_SIM_FX")
+    if raw is not None and not raw.strip():
         return ()  # set but empty: none (Settings.get reads an empty value as the default)
     pairs = settings.get("MD_SIM_FX", parse_list, DEFAULT_FX)
     return tuple(p for p in (normalize_symbol(x) for x in pairs) if p not in settings.symbols)

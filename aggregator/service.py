@@ -81,6 +81,9 @@ REPUBLISHED = Counter(
 LEADER = Gauge("md_agg_leader", "1 while this instance publishes")
 SYMBOLS = Gauge("md_agg_symbols", "symbols this instance computes")
 STANDBY_BUFFER = Gauge("md_agg_standby_buffer", "outputs kept for a takeover (standby)")
+STANDBY_DEFERRED = Gauge(
+    "md_agg_standby_deferred", "input records a standby read and waits to apply (see _defer)"
+)
 HOP = Histogram(
     "md_agg_hop_seconds",
     "latency hops measured by the aggregator: upstream event time -> md.in append "
@@ -204,7 +207,9 @@ class Aggregator:
         self.symbols: dict[str, SymbolState] = {}
         self.skip_upto: dict[str, int] = {}  # symbol -> its checkpoint's input offset
         self.checkpointed: set[str] = set()
-        self.positions: dict[int, int] = {}  # input partition -> last offset applied
+        self.positions: dict[int, int] = {}  # input partition -> last offset read
+        # a standby's input records not applied yet, per partition: (read at, record); _defer
+        self._deferred: dict[int, deque[tuple[float, Any]]] = {}
         self.buffer = StandbyBuffer()
         self.gate: Gate | None = None
         # a takeover's scan of the outputs, running while the new leader goes on deriving
@@ -288,11 +293,9 @@ class Aggregator:
                 if self.fatal:
                     raise RuntimeError(self.fatal)  # exit non-zero: the supervisor restarts us
                 if not self.lease.leader:
-                    # a standby reads in batches (one fetch per MD_AGG_STANDBY_FETCH_MS). What
-                    # the leader already acked is applied without being encoded; but its acks
-                    # trail by its Kafka linger and a heartbeat (150-250 ms), so most records
-                    # read are still encoded and buffered: half a leader's CPU, measured
-                    # (docs/benchmarks.md "Now (seventh session)")
+                    # a standby reads in batches (one fetch per MD_AGG_STANDBY_FETCH_MS) and
+                    # applies a record once the leader has acked it, without encoding it
+                    # (_defer); the acks trail the input by 150-250 ms
                     await standby_pacer.wait()
                 wait_ms = self.cfg.heartbeat_ms
                 if self._held_since is not None:  # wake up when what is held is due
@@ -432,6 +435,9 @@ class Aggregator:
                     continue  # fetched before a re-seek: already applied
                 self.positions[p] = r.offset
                 inputs[p] = r.offset
+                if not self.lease.leader:
+                    self._defer(p, r)
+                    continue
                 outs = self._apply_record(p, r)
                 if outs:
                     to_kafka += self._route(outs)
@@ -443,6 +449,7 @@ class Aggregator:
                 self.feed.flush()
             for o in to_kafka:
                 await self._append(o, builders)
+        await self._apply_deferred()
         if builders or (inputs and self._publishing):
             self._hold(inputs)
         if self._held_since is not None and time.monotonic() - self._held_since >= self._ship_s:
@@ -534,6 +541,39 @@ class Aggregator:
             Out(p, r.offset, (ch, sym), msg["epoch"], msg["seq"], stream(ch), key, dumps(msg))
             for ch, msg in st.flush(now)
         ]
+
+    def _defer(self, p: int, r: Any) -> None:
+        """A standby applies a record once the leader's heartbeat says it is published (then it
+        is applied without being encoded: ``SymbolState.discard``), or once it waited a lease.
+        Applied at once, almost every record was encoded and buffered, because the leader's acks
+        trail its input by its Kafka linger and a heartbeat (150-250 ms): that was half a
+        leader's CPU for messages that are thrown away a moment later. A takeover applies what
+        waits first (``_take_over``), so the claimant derives from exactly the input it read."""
+        q = self._deferred.get(p)
+        if q is None:
+            q = self._deferred[p] = deque()
+        q.append((time.monotonic(), r))
+
+    async def _apply_deferred(self, *, every: bool = False) -> None:
+        """Apply the deferred records that are acked or waited a lease (``every``: all of them,
+        in order, as a standby: what the leader has not acked goes to the buffer)."""
+        if not self._deferred:
+            return
+        due = time.monotonic() - self.cfg.lease_ms / 1000
+        n = 0
+        for p, q in list(self._deferred.items()):
+            acked = self._leader_acked(p)
+            while q and (every or q[0][1].offset <= acked or q[0][0] <= due):
+                r = q.popleft()[1]
+                outs = self._apply_record(p, r)
+                if outs:
+                    self._route(outs)
+                n += 1
+                if not n % 256:
+                    await asyncio.sleep(0)  # a long catch-up must not starve the heartbeats
+            if not q:
+                del self._deferred[p]
+        STANDBY_DEFERRED.set(sum(len(q) for q in self._deferred.values()))
 
     def _leader_acked(self, p: int) -> int:
         hb = self.lease.last
@@ -672,6 +712,9 @@ class Aggregator:
         acknowledged. Gateways drop by ``seq`` what they already had, so the feed may repeat;
         it never skips, since every output after the old leader's ``acked`` is in the buffer.
         """
+        # derive from everything read first, as the standby it still is: what the old leader
+        # did not ack lands in the buffer, which the feed and the scan's gate work from
+        await self._apply_deferred(every=True)
         if self.buffer.lost:
             self.fatal = "standby buffer overflowed: restart from a checkpoint before leading"
             return

@@ -342,23 +342,51 @@ class SymbolState:
     def flush(self, now: int) -> list[Out]:
         """Messages for everything applied since the last flush, in a stable channel order."""
         out: list[Out] = []
+        self._flush(now, out)
+        return out
+
+    def discard(self) -> None:
+        """Drop pending outputs (silent replay during recovery, a standby's record that the
+        leader already published) but keep ``seq`` and ``last_*`` current: the same decisions
+        as :meth:`flush`, without building a message or a book checksum. A standby discards
+        nearly every record, and those two were most of what it spent on one (issue 10)."""
+        self._flush(0, None)
+
+    def _put(
+        self,
+        out: list[Out] | None,
+        type_: MessageType,
+        channel: str,
+        now: int,
+        data: Any,
+        checksum: int | None = None,
+    ) -> None:
+        if out is None:
+            self._next(channel)  # discarded: its seq is spent all the same
+        else:
+            out.append(self._msg(type_, channel, now, data, checksum))
+
+    def _flush(self, now: int, out: list[Out] | None) -> None:
+        """Every output decision, once for both :meth:`flush` and :meth:`discard` (``out`` None):
+        one code path is what keeps a standby's ``seq`` equal to the leader's."""
+        put = self._put
         if self._status_dirty:
             self._status_dirty = False
-            out.append(self._msg("status", "status", now, self.status_data()))
+            put(out, "status", "status", now, self.status_data())
         self._flush_book(now, out)
         if self._trades:
             for t in self._trades:
-                out.append(self._msg("trade", "trades", now, t))
+                put(out, "trade", "trades", now, t)
             self._trades = []
         for name, data in self.candles.take_closed():
-            out.append(self._msg("candle", f"candles_{name}", now, data))
+            put(out, "candle", f"candles_{name}", now, data)
         for name, data in self.candles.take_updates(self.last_ts, self.cfg.candle_update_ms):
-            out.append(self._msg("candle", f"candles_{name}", now, data))
+            put(out, "candle", f"candles_{name}", now, data)
         if self._top_dirty or self._trade_dirty:
             tick = self.ticker_data()
             if tick != self.last_ticker:
                 self.last_ticker = tick
-                out.append(self._msg("ticker", "ticker", now, tick))
+                put(out, "ticker", "ticker", now, tick)
         if self._top_dirty or self._trade_dirty:
             st = self.stats_data()
             # remember "no stats" too (a side of the book emptied): otherwise the memory would
@@ -367,32 +395,29 @@ class SymbolState:
             if st != self.last_stats:
                 self.last_stats = st
                 if st is not None:
-                    out.append(self._msg("stats", "stats", now, st))
+                    put(out, "stats", "stats", now, st)
         self._top_dirty = self._trade_dirty = False
-        return out
 
-    def _flush_book(self, now: int, out: list[Out]) -> None:
-        """The ``l2_update`` and ``l3_update`` since the last flush (one checksum for both)."""
+    def _flush_book(self, now: int, out: list[Out] | None) -> None:
+        """The ``l2_update`` and ``l3_update`` since the last flush (one checksum for both;
+        none when discarding)."""
+        build = out is not None
         csum: int | None = None
         if self._book_dirty:
             self._book_dirty = False
             changes = self.book.take_l2_changes()
             if changes:
-                csum = self.book.checksum(self.cfg.checksum_depth)
-                out.append(self._msg("l2_update", "l2", now, {"changes": changes}, csum))
-        if self._l3_ops:
-            if self.l2_only:  # the last l3 message of a symbol turned L2-only: all orders deleted
-                l3_csum = book_checksum([], [])
-            else:
-                if csum is None:
+                if build:
                     csum = self.book.checksum(self.cfg.checksum_depth)
-                l3_csum = csum
-            out.append(self._msg("l3_update", "l3", now, {"events": self._l3_ops}, l3_csum))
+                self._put(out, "l2_update", "l2", now, {"changes": changes}, csum)
+        if self._l3_ops:
+            l3_csum: int | None = None
+            if build and self.l2_only:  # the last l3 message turned L2-only: all orders gone
+                l3_csum = book_checksum([], [])
+            elif build:
+                l3_csum = csum if csum is not None else self.book.checksum(self.cfg.checksum_depth)
+            self._put(out, "l3_update", "l3", now, {"events": self._l3_ops}, l3_csum)
             self._l3_ops = []
-
-    def discard(self) -> None:
-        """Drop pending outputs (silent replay during recovery) but keep ``last_*`` current."""
-        self.flush(0)
 
     # ------------------------------------------------------------------ data shapes
     def status_data(self) -> StatusData:

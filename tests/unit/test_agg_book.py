@@ -149,6 +149,29 @@ def test_checkpoint_and_replay_give_identical_messages_and_state(
     assert a.to_state() == c.to_state()
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, min_size=2, max_size=100), st.data())
+def test_discard_spends_the_same_seqs_as_flush(ops: list[tuple], data: st.DataObject) -> None:
+    """A standby discards the records the leader already published (``SymbolState.discard``
+    builds no message and no checksum) and flushes the others: what it flushes must be the
+    leader's messages, seq for seq, and its state the leader's, whichever records it skipped."""
+    _, per_op = run_ops(ops)
+    records = [[ev.decode(ev.encode(x)) for x in out] for out in per_op if out]
+    skip = data.draw(st.lists(st.booleans(), min_size=len(records), max_size=len(records)))
+    leader, standby = SymbolState(SYM, 7), SymbolState(SYM, 7)
+    for rec, skipped in zip(records, skip, strict=True):
+        for x in rec:
+            leader.apply(x)
+            standby.apply(x)
+        published = leader.flush(5)
+        if skipped:
+            standby.discard()
+        else:
+            assert standby.flush(5) == published
+    assert standby.seq == leader.seq
+    assert standby.to_state() == leader.to_state()
+
+
 def _roundtrip(d: dict) -> dict:
     import orjson
 

@@ -70,6 +70,10 @@ def make_producer(
     return AIOKafkaProducer(**opts)
 
 
+#: aiokafka's ``consumer_timeout_ms``: see make_consumer
+CONSUMER_IDLE_WAKE_MS = 2000
+
+
 def make_consumer(
     s: Settings, *topics: str, group_id: str | None = None, **kw: Any
 ) -> AIOKafkaConsumer:
@@ -88,6 +92,12 @@ def make_consumer(
         # until the next refresh: keep that window short (the default is 5 minutes)
         "metadata_max_age_ms": METADATA_MAX_AGE_MS,
         "retry_backoff_ms": s.get("MD_KAFKA_RETRY_BACKOFF_MS", int, 50),
+        # aiokafka's background fetcher wakes up this often when it has nothing to do (every
+        # partition paused, or records held until the application reads them); everything it
+        # waits for (a fetch answered, a read, a seek, a resume, an assignment) wakes it anyway.
+        # The default 200 ms was 5 idle wake-ups a second per consumer: a gateway with no
+        # client spent most of its CPU on such wake-ups (issue 10)
+        "consumer_timeout_ms": CONSUMER_IDLE_WAKE_MS,
     }
     opts.update(kafka_security_options(s))
     opts.update(kw)

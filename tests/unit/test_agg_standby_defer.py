@@ -96,7 +96,7 @@ async def test_what_waited_a_lease_is_buffered_exactly_as_the_leader_publishes_i
         q[i] = (0.0, r)  # read long ago: the leader is late with its acks
     await agg._process({TopicPartition(agg.topics.input, 0): recs[8:]})  # noqa: SLF001
     assert [r.offset for _, r in agg._deferred[0]] == [8, 9, 10, 11]  # noqa: SLF001
-    got = {}
+    got: dict[int, list[bytes]] = {}
     for o in agg.buffer.by_partition[0]:
         got.setdefault(o.offset, []).append(_data(o.value))
     assert got == {k: v for k, v in want.items() if 5 <= k <= 7 and v}
@@ -121,7 +121,7 @@ async def test_a_takeover_applies_every_waiting_record_before_it_claims(
     monkeypatch.setattr(service, "scan_published", no_scan)
     await agg._take_over(time.monotonic())  # noqa: SLF001
     assert agg.lease.leader and not agg._deferred  # noqa: SLF001
-    got = {}
+    got: dict[int, list[bytes]] = {}
     for o in agg.buffer.by_partition[0]:
         got.setdefault(o.offset, []).append(_data(o.value))
     assert got == {k: v for k, v in want.items() if k > 3 and v}

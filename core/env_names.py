@@ -107,6 +107,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_KAFKA_SSL_CAFILE",
         "MD_KAFKA_SSL_CERTFILE",
         "MD_KAFKA_SSL_KEYFILE",
+        "MD_KAFKA_STREAM_PARTITIONS",
         "MD_LOG_LEVEL",
         "MD_NO_TIMESCALEDB",
         "MD_OPS_HOST",

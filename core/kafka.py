@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from core.backoff import Backoff
 from core.kafka_auth import kafka_security_options
 from core.settings import Settings
-from core.topics import PARTITIONS, Topics
+from core.topics import PARTITIONS, STREAM_PARTITIONS, Topics
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +171,21 @@ async def _wait_led(admin: AIOKafkaAdminClient, names: list[str], partitions: in
 
 
 async def ensure_topics(
-    s: Settings, topics: Topics | None = None, *, partitions: int = PARTITIONS
+    s: Settings,
+    topics: Topics | None = None,
+    *,
+    partitions: int = PARTITIONS,
+    stream_partitions: int | None = None,
 ) -> list[str]:
-    """Create the platform's topics if missing; returns the names created."""
+    """Create the platform's topics if missing; returns the names created. ``partitions``: of
+    the input and snapshot topics; ``stream_partitions`` (default ``MD_KAFKA_STREAM_PARTITIONS``,
+    core/topics.py says why it is 1): of each stream topic."""
     t = topics or Topics.from_settings(s)
+    if stream_partitions is None:
+        stream_partitions = s.get("MD_KAFKA_STREAM_PARTITIONS", int, STREAM_PARTITIONS)
+    if stream_partitions < 1:
+        raise ValueError(f"MD_KAFKA_STREAM_PARTITIONS must be at least 1, not {stream_partitions}")
+    streams = set(t.all_streams())
     admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, **kafka_security_options(s))
     backoff = Backoff(initial=0.2, maximum=3.0)
     for attempt in range(30):
@@ -196,7 +207,7 @@ async def ensure_topics(
             if name in existing:
                 continue
             cfg = {"retention.ms": str(7 * 86400 * 1000)}
-            n = partitions
+            n = stream_partitions if name in streams else partitions
             if name == t.control:
                 cfg, n = {"retention.ms": str(3600 * 1000), "segment.ms": "600000"}, 1
             elif name == t.snapshot:

@@ -21,7 +21,15 @@ STREAM_TOPIC = {
     "status": "status",
 }
 CANDLES_TOPIC = "candles"
-PARTITIONS = 6
+PARTITIONS = 6  # md.in (the aggregator pairs split it: MD_AGG_PARTITIONS) and md.snapshot
+# Each stream topic (md.l2 ... md.candles), unless MD_KAFKA_STREAM_PARTITIONS says otherwise.
+# Every gateway and the cache writer read every partition of every stream topic (they join no
+# consumer group); only database writers scaled out as a group (MD_STORAGE_WRITERS=db) share
+# them. Each partition costs every produce and every fetch a batch, and the broker its
+# per-partition work: 6 -> 1 took 4 points of a core off `make up` at the default rate (issue 10,
+# docs/benchmarks.md), where one storage process writes everything. A cluster spreads a busy
+# stream over its brokers and its database writers with more (docker-compose.yml, deploy/k8s: 6).
+STREAM_PARTITIONS = 1
 
 
 def stream_topic_name(channel: str) -> str:

@@ -136,13 +136,16 @@ def unique(prefix: str = "t") -> str:
 
 
 @pytest.fixture
-async def settings() -> AsyncIterator[Settings]:
-    """Settings isolated to this test: own topics (created), own Redis key prefix."""
+async def settings(request: pytest.FixtureRequest) -> AsyncIterator[Settings]:
+    """Settings isolated to this test: own topics (created), own Redis key prefix. Stream topics
+    get 1 partition, as ``make up`` makes them, unless the test is marked ``stream_partitions(n)``
+    (database writers sharing a consumer group, as in docker-compose and k8s)."""
     from core.kafka import ensure_topics
 
     tag = unique()
     s = dataclasses.replace(BASE, topic_prefix=f"test.{tag}", redis_prefix=f"test:{tag}")
-    await ensure_topics(s, partitions=3)
+    marker = request.node.get_closest_marker("stream_partitions")
+    await ensure_topics(s, partitions=3, stream_partitions=marker.args[0] if marker else None)
     yield s
     await _delete_test_data(s)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -48,5 +49,53 @@ async def test_an_old_snapshot_topic_gets_the_new_compaction(settings: Settings)
     finally:
         await admin.delete_topics(
             [n for n in await admin.list_topics() if n.startswith(s.topic_prefix + ".")]
+        )
+        await admin.close()
+
+
+async def _partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    return {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(names)}
+
+
+async def test_stream_topics_get_md_kafka_stream_partitions(settings: Settings) -> None:
+    """Readers take every partition of a stream topic, so the platform creates them with
+    ``MD_KAFKA_STREAM_PARTITIONS`` (default 1; 6 in docker-compose and k8s), the input and
+    snapshot topics with ``partitions``; a value below 1 is refused before anything is made."""
+    t = Topics.from_settings(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    six = dataclasses.replace(
+        settings,
+        topic_prefix=settings.topic_prefix + "-six",
+        extra={**settings.extra, "MD_KAFKA_STREAM_PARTITIONS": "6"},
+    )
+    try:
+        got = await _partitions(admin, t.all())  # the fixture's ensure_topics(partitions=3)
+        assert got == {
+            **{n: 1 for n in t.all_streams()},
+            t.input: 3,
+            t.snapshot: 3,
+            t.control: 1,
+        }
+        await ensure_topics(six, partitions=2)
+        t6 = Topics.from_settings(six)
+        got = await _partitions(admin, t6.all())
+        assert got == {
+            **{n: 6 for n in t6.all_streams()},
+            t6.input: 2,
+            t6.snapshot: 2,
+            t6.control: 1,
+        }
+        bad = dataclasses.replace(
+            settings,
+            topic_prefix=settings.topic_prefix + "-bad",
+            extra={**settings.extra, "MD_KAFKA_STREAM_PARTITIONS": "0"},
+        )
+        with pytest.raises(ValueError, match="MD_KAFKA_STREAM_PARTITIONS"):
+            await ensure_topics(bad)
+        assert not [n for n in await admin.list_topics() if n.startswith(bad.topic_prefix + ".")]
+    finally:
+        await admin.delete_topics(
+            [n for n in await admin.list_topics() if n.startswith(six.topic_prefix + ".")]
         )
         await admin.close()

@@ -26,7 +26,8 @@ from testkit import fake_aggregator as T
 from tests.helpers import eventually, run_until
 from tests.integration.test_storage_db_outage import ThrowawayPostgres
 
-pytestmark = pytest.mark.integration
+# the database writers share a consumer group over the stream topics' partitions (compose, k8s)
+pytestmark = [pytest.mark.integration, pytest.mark.stream_partitions(3)]
 
 
 class Both:

@@ -306,6 +306,8 @@ def _depends(svc: dict[str, Any]) -> dict[str, Any]:
 
 # what a production topic needs: 3 copies, acks=all writes need 2 of them (one broker may be lost)
 TOPIC_RF, TOPIC_MIN_ISR = 3, 2
+# each stream topic spread over the brokers (the local single broker makes them 1 partition)
+STREAM_PARTITIONS = 6
 
 
 def _volume_sources(svc: dict[str, Any], target: str | None = None) -> set[str]:
@@ -389,6 +391,7 @@ def _kafka_client_problems(name: str, svc: dict[str, Any], brokers: dict[str, An
     for var, want in (
         ("MD_KAFKA_REPLICATION_FACTOR", TOPIC_RF),
         ("MD_KAFKA_MIN_ISR", TOPIC_MIN_ISR),
+        ("MD_KAFKA_STREAM_PARTITIONS", STREAM_PARTITIONS),
     ):
         got = _strip_default(env.get(var, ""))
         if got != str(want):
@@ -562,6 +565,10 @@ def _set_env(service: str, **env: str):
     [
         pytest.param(lambda c: c["services"].pop("kafka-3"), id="broker-deleted"),
         pytest.param(_set_env("bootstrap", MD_KAFKA_REPLICATION_FACTOR="1"), id="bootstrap-rf-1"),
+        pytest.param(
+            _set_env("bootstrap", MD_KAFKA_STREAM_PARTITIONS="1"),
+            id="bootstrap-streams-1-partition",
+        ),
         pytest.param(
             lambda c: c["services"]["bootstrap"]["environment"].pop("MD_KAFKA_MIN_ISR"),
             id="bootstrap-isr-unset",

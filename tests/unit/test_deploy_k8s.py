@@ -211,6 +211,8 @@ def resolved_env(res: list[dict[str, Any]], container: dict[str, Any]) -> dict[s
 
 
 TOPIC_RF, TOPIC_MIN_ISR = "3", "2"
+# each stream topic spread over the brokers (the local single broker makes them 1 partition)
+STREAM_PARTITIONS = "6"
 
 
 def kafka_durability_problems(res: list[dict[str, Any]]) -> list[str]:
@@ -231,6 +233,7 @@ def kafka_durability_problems(res: list[dict[str, Any]]) -> list[str]:
             for var, want in (
                 ("MD_KAFKA_REPLICATION_FACTOR", TOPIC_RF),
                 ("MD_KAFKA_MIN_ISR", TOPIC_MIN_ISR),
+                ("MD_KAFKA_STREAM_PARTITIONS", STREAM_PARTITIONS),
             ):
                 if env.get(var) != want:
                     problems.append(
@@ -640,6 +643,9 @@ def _config(fn):
     "mutate",
     [
         pytest.param(_config(lambda d: d.pop("MD_KAFKA_REPLICATION_FACTOR")), id="rf-unset"),
+        pytest.param(
+            _config(lambda d: d.pop("MD_KAFKA_STREAM_PARTITIONS")), id="stream-partitions-unset"
+        ),
         pytest.param(_config(lambda d: d.update(MD_KAFKA_MIN_ISR="1")), id="min-isr-1"),
         pytest.param(
             _edit(

@@ -36,17 +36,19 @@ def cpu_seconds(pid: int) -> float:
 async def end_offsets(prefix: str) -> dict[str, list[int]]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from core.kafka import partitions_by_topic
     from core.settings import Settings
-    from core.topics import PARTITIONS
 
     c = AIOKafkaConsumer(bootstrap_servers=Settings.from_env().kafka_bootstrap)
     await c.start()
     try:
-        tps = [TopicPartition(f"{prefix}.{t}", p) for t in TOPICS for p in range(PARTITIONS)]
+        # as many partitions as each topic has (stream topics: MD_KAFKA_STREAM_PARTITIONS)
+        parts = await partitions_by_topic(c, [f"{prefix}.{t}" for t in TOPICS])
+        tps = [TopicPartition(t, p) for t, ps in parts.items() for p in sorted(ps)]
         ends = await c.end_offsets(tps)
-        out: dict[str, list[int]] = {}
+        out: dict[str, list[int]] = {t: [0] * len(ps) for t, ps in parts.items()}
         for tp, v in ends.items():
-            out.setdefault(tp.topic, [0] * PARTITIONS)[tp.partition] = v
+            out[tp.topic][tp.partition] = v
         return out
     finally:
         await c.stop()

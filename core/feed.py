@@ -28,12 +28,9 @@ its process reads now. It changes when a receiver is written, never what: every 
 gets every message, in order. A write that carries none of a receiver's keys is held for it (at
 most until the next heartbeat, which releases everything held, or ``hold_s``), so a gateway
 whose clients read one symbol wakes for that symbol and ~10 times a second, not once per input
-record (issue 10: on this host a wake-up costs a receiver more than the frame it brings). A
-receiver that reads no key at all (``"keys": []``: a gateway process with no client) gets only
-every ``FEED_IDLE_BEATS``-th heartbeat, with everything held before it, so it wakes twice a second;
-its silence timeout is that many heartbeat periods longer (``core/follower.py``), and its first
-interest in a key releases what is held at once. A bad interest frame is logged and ignored (the
-receiver keeps what it had); an oversized one closes the connection.
+record (issue 10: on this host a wake-up costs a receiver more than the frame it brings). A bad
+interest frame is logged and ignored (the receiver keeps what it had); an oversized one closes
+the connection.
 """
 
 from __future__ import annotations
@@ -55,9 +52,6 @@ log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!I")
 FEED_HEARTBEAT = "feed_heartbeat"
-#: A receiver that reads no key gets every this-many-th heartbeat (module docstring): the
-#: follower's silence timeout for such a receiver is scaled by the same number
-FEED_IDLE_BEATS = 5
 HEARTBEAT_PREFIX = b'{"type":"feed_heartbeat"'  # how a receiver tells one from a data message
 MAX_FRAME = 4 << 20  # a receiver refuses larger frames (a corrupt length, not a message)
 
@@ -182,11 +176,6 @@ class _Receiver(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
 
-    @property
-    def idle(self) -> bool:
-        """Reads no key at all: gets every FEED_IDLE_BEATS-th heartbeat only."""
-        return self.hot is not None and not self.hot
-
     def release(self) -> None:
         """Write what is held for this receiver (a heartbeat, a new interest, the hold limit)."""
         if not self.held:
@@ -231,8 +220,6 @@ class FeedServer:
         self._pending: list[bytes] = []
         self._keys: set[Key] = set()  # keys of the queued messages
         self._release = False  # the queued write goes to every receiver (a heartbeat is in it)
-        self._beats = 0  # heartbeats queued so far: idle receivers get every FEED_IDLE_BEATS-th
-        self._idle_release = False  # the queued write goes to idle receivers too
         self._server: asyncio.base_events.Server | None = None
         self.heads: dict[tuple[str, str], tuple[int, int]] = {}  # (channel, symbol) -> (epoch, seq)
 
@@ -264,12 +251,11 @@ class FeedServer:
         self._pending.clear()
         keys, self._keys = self._keys, set()
         release, self._release = self._release, False
-        idle_release, self._idle_release = self._idle_release, False
         held = False
         for r in self.receivers:
             hot = r.hot
             if (
-                (not release or (r.idle and not idle_release))
+                not release
                 and hot is not None
                 and hot.isdisjoint(keys)
                 and r.held_bytes + len(data) <= self.hold_max
@@ -291,13 +277,10 @@ class FeedServer:
         elif held and self._hold_timer is None:
             self._hold_timer = asyncio.get_running_loop().call_later(self.hold_s, self._release_all)
 
-    def _release_all(self, *, idle: bool = False) -> None:
-        """Release what is held (heartbeats stopped: a leader that lost its lease); an idle
-        receiver's only with ``idle`` (at stop), else at its next heartbeat or first interest."""
+    def _release_all(self) -> None:
         self._hold_timer = None
         for r in list(self.receivers):
-            if idle or not r.idle:
-                r.release()
+            r.release()
 
     def write_to(self, r: _Receiver, data: bytes) -> None:
         t = r.transport
@@ -323,9 +306,6 @@ class FeedServer:
             return
         heads = {f"{c}:{s}": [e, q] for (c, s), (e, q) in self.heads.items()}
         self.publish(orjson.dumps({"type": FEED_HEARTBEAT, "ts_ms": ts_ms, "heads": heads}))
-        self._beats += 1
-        if self._beats % FEED_IDLE_BEATS == 0:
-            self._idle_release = True
         if self.beat_ride_s <= 0:
             self.flush()
         elif self._beat_timer is None:
@@ -335,7 +315,7 @@ class FeedServer:
         self.flush()
         if self._hold_timer is not None:
             self._hold_timer.cancel()
-        self._release_all(idle=True)
+        self._release_all()
         if self._server is not None:
             self._server.close()
             for r in list(self.receivers):

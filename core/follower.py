@@ -53,7 +53,7 @@ from prometheus_client import Counter, Gauge
 from core.anonymize import apply as anonymize
 from core.book import L2Book
 from core.errors import CodecError
-from core.feed import FEED_IDLE_BEATS, HEARTBEAT_PREFIX, FeedClient, parse_addresses
+from core.feed import HEARTBEAT_PREFIX, FeedClient, parse_addresses
 from core.kafka import Pacer, make_consumer, partitions_by_topic
 from core.settings import Settings
 from core.signing import sign
@@ -794,21 +794,8 @@ class StreamFollower:
         interest = self.join.interest
         hot = None if interest is None else frozenset(k for k in self.join.keys if interest(*k))
         if hot != self._hot:
-            if self._idle() and hot:
-                # the feeds release what they held for an idle receiver at once, heartbeats
-                # included; the shorter silence timeout counts from now, not from the last one
-                self._beat_at = max(self._beat_at, time.monotonic())
             self._hot = hot
             feed.set_interest(None if hot is None else sorted(f"{c}:{s}" for c, s in hot))
-
-    def _idle(self) -> bool:
-        """This process reads no key: the feeds send it every FEED_IDLE_BEATS-th heartbeat only."""
-        return self._hot is not None and not self._hot
-
-    def feed_silence_s(self) -> float:
-        """How long the direct feed may go without a heartbeat before Kafka is read again: five
-        heartbeat periods, times FEED_IDLE_BEATS for an idle receiver (core/feed.py)."""
-        return self.feed_timeout_s * (FEED_IDLE_BEATS if self._idle() else 1)
 
     def _announce_if_new(self, channel: str, symbol: str) -> None:
         hot, interest = self._hot, self.join.interest
@@ -1019,7 +1006,7 @@ class StreamFollower:
             self._feed is not None
             and self.ready.is_set()
             and self.join.feed_whole_at is not None
-            and time.monotonic() - self._beat_at < self.feed_silence_s()
+            and time.monotonic() - self._beat_at < self.feed_timeout_s
             and self.join.in_sync()
         )
 
@@ -1129,7 +1116,7 @@ class StreamFollower:
         with nothing to do."""
         self._unwhole.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._unwhole.wait(), self.feed_silence_s() / 2)
+            await asyncio.wait_for(self._unwhole.wait(), self.feed_timeout_s / 2)
 
     async def _backup_needed(self, tc: AIOKafkaConsumer) -> bool:
         """Whether to read Kafka now: pauses it while the direct feed is whole, resumes it

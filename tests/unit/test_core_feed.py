@@ -12,7 +12,6 @@ import pytest
 from core.feed import (
     FEED_BAD_INTEREST,
     FEED_DROPPED,
-    FEED_IDLE_BEATS,
     HEADER,
     HEARTBEAT_PREFIX,
     MAX_FRAME,
@@ -220,41 +219,6 @@ async def test_a_new_interest_releases_what_was_held_and_null_means_every_key() 
         server.publish(b'{"x":1}', (("l3", "SOL-USD"), 1, 1))
         server.flush()
         await wait_for(lambda: got[-1] == b'{"x":1}')
-
-
-async def test_a_receiver_that_reads_nothing_gets_every_fifth_heartbeat_with_all_held() -> None:
-    """A gateway process with no client (interest ``[]``) is woken by every FEED_IDLE_BEATS-th
-    heartbeat only, and then gets everything before it, in order; a receiver that reads a key
-    still gets every heartbeat; the idle one's hold outlives ``hold_s`` (it has a heartbeat to
-    wait for) and ends at its first interest or when the server stops."""
-    async with receivers(2, beat_ride_s=0.0, hold_s=0.05) as (server, (idle, hot), (got, every)):
-        idle.set_interest([])
-        hot.set_interest(["l2:BTC-USD"])
-        await _told(server, set())
-        await _told(server, {("l2", "BTC-USD")})
-        sent: list[bytes] = []
-        for n in range(1, FEED_IDLE_BEATS * 2 + 1):
-            m = b'{"e":%d}' % n
-            server.publish(m, (("l2", "ETH-USD"), 1, n))
-            server.flush()
-            server.heartbeat(n)
-            sent.append(m)
-            want = 2 * n
-            await wait_for(lambda: len(every) == want)  # noqa: B023 - awaited in this iteration
-            if n % FEED_IDLE_BEATS:
-                await asyncio.sleep(0.08)  # past hold_s: still held for the idle receiver
-                assert len(got) == 2 * (n - n % FEED_IDLE_BEATS)
-            else:
-                await wait_for(lambda: len(got) == want)  # noqa: B023 - awaited in this iteration
-        assert got == every
-        assert [f for f in got if not f.startswith(HEARTBEAT_PREFIX)] == sent
-        server.publish(b'{"e":99}', (("l2", "ETH-USD"), 1, 99))
-        server.flush()  # no heartbeat follows: hold_s releases it to the reader of BTC-USD only
-        await wait_for(lambda: every[-1] == b'{"e":99}')
-        await asyncio.sleep(0.1)
-        assert len(got) == len(every) - 1
-        idle.set_interest(["l2:ETH-USD"])  # a client arrived: what is held goes at once
-        await wait_for(lambda: got == every)
 
 
 async def test_held_writes_leave_after_hold_s_when_no_heartbeat_comes() -> None:

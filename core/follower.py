@@ -1062,9 +1062,10 @@ class StreamFollower:
             sc.resume(*tps)
             batch = await sc.getmany(timeout_ms=200, max_records=1000)
             # paused until the next read: otherwise aiokafka's fetcher fetches on in the
-            # background, holds what it got and wakes on its 100 ms prefetch backoff (10 of an
-            # idle gateway's 30 wake-ups a second, for records it reads once a second); what a
-            # fetch brings for a paused partition is dropped and read again, never skipped
+            # background, holds what it got and wakes on its 100 ms prefetch backoff, for records
+            # read once a second (paused, an idle gateway's snapshot fetches halved: strace,
+            # docs/benchmarks.md); what a fetch brings for a paused partition is dropped and read
+            # again, never skipped
             sc.pause(*tps)
             for recs in batch.values():
                 # only the newest record of a key counts (each replaces the one before)

@@ -95,8 +95,8 @@ def make_consumer(
         # aiokafka's background fetcher wakes up this often when it has nothing to do (every
         # partition paused, or records held until the application reads them); everything it
         # waits for (a fetch answered, a read, a seek, a resume, an assignment) wakes it anyway.
-        # The default 200 ms was 5 idle wake-ups a second per consumer: a gateway with no
-        # client spent most of its CPU on such wake-ups (issue 10)
+        # The default 200 ms was 5 idle wake-ups a second per consumer: 0.2-0.4 points of a
+        # core per gateway process with no client (issue 10, docs/benchmarks.md)
         "consumer_timeout_ms": CONSUMER_IDLE_WAKE_MS,
     }
     opts.update(kafka_security_options(s))

@@ -58,9 +58,10 @@ async def _partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str,
 
 
 async def test_stream_topics_get_md_kafka_stream_partitions(settings: Settings) -> None:
-    """Readers take every partition of a stream topic, so the platform creates them with
-    ``MD_KAFKA_STREAM_PARTITIONS`` (default 1; 6 in docker-compose and k8s), the input and
-    snapshot topics with ``partitions``; a value below 1 is refused before anything is made."""
+    """Stream topics are created with ``MD_KAFKA_STREAM_PARTITIONS`` (default 1: the gateways
+    and the cache writer read every partition; 6 in docker-compose and k8s, for brokers and
+    database writers to share), the input and snapshot topics with ``partitions``; a value
+    below 1 is refused before anything is made."""
     t = Topics.from_settings(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()

@@ -56,10 +56,11 @@ from aggregator.recovery import (
 from aggregator.recovery import (
     last_heartbeat as read_last_heartbeat,
 )
+from aggregator.source_feed import SourceFeedMismatch, SourceIntake
 from aggregator.state import AggConfig, SymbolState
 from core.codec import now_ns
 from core.errors import ConfigError
-from core.feed import FeedServer
+from core.feed import FeedServer, parse_addresses
 from core.health import Health
 from core.isotime import HOP_BUCKETS
 from core.kafka import Pacer, ensure_topics, make_producer, partitions_of
@@ -121,6 +122,13 @@ def _opt_int(raw: str, name: str) -> int | None:
     return v
 
 
+def _addresses(raw: str, name: str) -> tuple[tuple[str, int], ...]:
+    try:
+        return tuple(parse_addresses(raw))
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from exc
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
     group: str
@@ -137,6 +145,8 @@ class ServiceConfig:
     partitions: tuple[int, ...] = ()  # input partitions of this group (empty: all)
     ident: str = ""
     standby_fetch_ms: int = 100  # a standby reads in batches: what the leader acked is not encoded
+    # the sources' feeds (core/input_feed.py) the leader takes acknowledged records from
+    source_feed: tuple[tuple[str, int], ...] = ()
     agg: AggConfig = field(default_factory=AggConfig)
 
     @classmethod
@@ -156,6 +166,7 @@ class ServiceConfig:
             partitions=tuple(int(p) for p in parts.split(",") if p.strip()),
             ident=s.get("MD_AGG_ID", str, ""),
             standby_fetch_ms=s.get("MD_AGG_STANDBY_FETCH_MS", int, 100),
+            source_feed=_addresses(s.get("MD_AGG_SOURCE_FEED", str, ""), "MD_AGG_SOURCE_FEED"),
             agg=AggConfig(
                 checksum_depth=s.book_checksum_depth,
                 trades_snapshot_n=s.get("MD_AGG_TRADES_SNAPSHOT", int, 100),
@@ -248,6 +259,11 @@ class Aggregator:
         self._committed: dict[int, int] = {}
         self.fatal: str | None = None
         self._ctp: TopicPartition | None = None  # the control partition, once assigned
+        # records the sources push once Kafka has them (core/input_feed.py): a publishing
+        # leader applies the next offset of a partition without waiting for its own fetch
+        self.intake = SourceIntake(self.topics.input, self.cfg.source_feed)
+        # the main loop's poll and the intake's records are applied one at a time
+        self._apply_lock = asyncio.Lock()
         self._control_at = 0.0  # monotonic time the control partition was last read
 
     def _health_consumer(self) -> tuple[bool, Any]:
@@ -286,6 +302,7 @@ class Aggregator:
         if self.feed is not None:
             await self.feed.start()
         beat = asyncio.create_task(self._heartbeat_loop(stop))
+        intake = asyncio.create_task(self._intake_loop(), name="source-intake")
         try:
             await self._start()
             standby_pacer = Pacer(self.cfg.standby_fetch_ms / 1000)
@@ -306,8 +323,13 @@ class Aggregator:
                     timeout_ms=wait_ms, max_records=self.cfg.max_batch
                 )
                 self._last_poll = time.monotonic()
-                await self._process(batch)
-                await self._timers()
+                async with self._apply_lock:
+                    await self._process(batch)
+                    await self._timers()
+                await self._sync_intake()
+            async with self._apply_lock:
+                intake.cancel()  # between two batches, never inside one
+            await self.intake.disconnect()
             if self.lease.leader:
                 beat.cancel()  # no ordinary heartbeat may follow the resignation
                 await self._ship_held()
@@ -317,6 +339,8 @@ class Aggregator:
                 await self.control_producer.flush()
         finally:
             beat.cancel()
+            intake.cancel()
+            await self.intake.disconnect()
             if self._scan is not None:
                 self._scan.cancel()
             LEADER.set(0)
@@ -432,7 +456,10 @@ class Aggregator:
                 if i and not i % 256:
                     await asyncio.sleep(0)  # let the heartbeat task beat during a long catch-up
                 if r.offset <= self.positions.get(p, -1):
-                    continue  # fetched before a re-seek: already applied
+                    # applied: taken from a source's push (the same bytes, or stop) or fetched
+                    # before a re-seek
+                    self._verify_pushed(p, r)
+                    continue
                 self.positions[p] = r.offset
                 inputs[p] = r.offset
                 if not self.lease.leader:
@@ -457,6 +484,30 @@ class Aggregator:
         for t, n in self._events_in.items():
             EVENTS_IN.labels(t).inc(n)
         self._events_in.clear()
+
+    def _verify_pushed(self, p: int, r: Any) -> None:
+        try:
+            self.intake.verify(p, r.offset, r.value)
+        except SourceFeedMismatch as exc:
+            self.fatal = str(exc)  # exit non-zero: the restart derives from Kafka alone
+
+    async def _intake_loop(self) -> None:
+        """Apply what the sources push (``aggregator/source_feed.py``), as soon as it comes."""
+        intake = self.intake
+        while True:
+            await intake.wake.wait()
+            async with self._apply_lock:
+                batch = intake.take(intake.drain(), self.positions, self._publishing)
+                if batch:
+                    await self._process(batch)
+
+    async def _sync_intake(self) -> None:
+        """Connected to the sources' feeds while publishing, not otherwise."""
+        if self._publishing:
+            if not self.intake.connected:
+                self.intake.connect()
+        elif self.intake.connected:
+            await self.intake.disconnect()
 
     def _hold(self, inputs: dict[int, int]) -> None:
         """Outputs wait in ``_builders`` (one per output partition) for ``_ship_s``: the batching

@@ -3,6 +3,10 @@
 Events are keyed by symbol so one symbol's events stay ordered in one partition. The producer is
 idempotent with ``acks=all`` (core.kafka), so a retried send neither loses nor duplicates.
 
+With ``MD_SOURCE_FEED_PORT`` set, each record is also pushed to the aggregator leader once
+Kafka has acknowledged it, with its offset (``core/input_feed.py``): the leader need not wait for
+its own fetch of the record (issue 10).
+
 Capture format (``--capture FILE``, read back by ``aggregator.sources.replay``): NDJSON, one line
 per event, ``{"recv_ns": <int ns when the source produced it>, "event": <the md.in event object>}``.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -19,6 +24,8 @@ import orjson
 from prometheus_client import Counter
 
 from aggregator import events as ev
+from core.feed import FeedServer
+from core.input_feed import encode_input_frame
 from core.kafka import ensure_topics, make_producer
 from core.settings import Settings
 from core.topics import Topics
@@ -58,9 +65,19 @@ class EventPublisher:
         self._capture_path = capture
         self._capture: IO[bytes] | None = None
         self._out: dict[str, Any] = {}  # event type -> its EVENTS_OUT child
+        # the source feed (core/input_feed.py): acknowledged records to the aggregator leader
+        port = settings.get("MD_SOURCE_FEED_PORT", int, 0)
+        self.feed = (
+            FeedServer(settings.get("MD_SOURCE_FEED_HOST", str, "127.0.0.1"), port)
+            if port
+            else None
+        )
+        self._feed_flush: asyncio.Handle | None = None
 
     async def start(self) -> None:
         await ensure_topics(self.settings)  # idempotent: never let auto-creation pick the layout
+        if self.feed is not None:
+            await self.feed.start()  # a port in use stops the source here, before any send
         await self.producer.start()
         if self._capture_path is not None:
             self._capture = self._capture_path.open("ab")
@@ -74,7 +91,10 @@ class EventPublisher:
         if not events:
             return
         value = ev.encode_record(events)
-        fut = await self.producer.send(self.topic, value=value, key=events[0].symbol.encode())
+        key = events[0].symbol.encode()
+        fut = await self.producer.send(self.topic, value=value, key=key)
+        if self.feed is not None and self.feed.receivers:
+            fut.add_done_callback(partial(self._push, key, value))
         self._pending.append(fut)
         self._sent_at.append(asyncio.get_running_loop().time())
         counts: dict[str, int] = {}
@@ -96,6 +116,23 @@ class EventPublisher:
                 )
         if len(self._pending) >= self.MAX_INFLIGHT:
             await self.flush()
+
+    def _push(self, key: bytes, value: bytes, fut: asyncio.Future[Any]) -> None:
+        """Kafka acknowledged the record: push it with its offset; one write per loop turn (the
+        acks of one produce response resolve together)."""
+        if fut.cancelled() or fut.exception() is not None or self.feed is None:
+            return  # a failed send is raised by reap/flush; nothing to push
+        md = fut.result()
+        self.feed.publish(
+            encode_input_frame(md.topic, md.partition, md.offset, md.timestamp, key, value)
+        )
+        if self._feed_flush is None:
+            self._feed_flush = asyncio.get_running_loop().call_soon(self._flush_feed)
+
+    def _flush_feed(self) -> None:
+        self._feed_flush = None
+        if self.feed is not None:
+            self.feed.flush()
 
     def reap(self) -> float:
         """Forget the acknowledged sends without waiting for the others; the age in seconds of
@@ -127,5 +164,7 @@ class EventPublisher:
             await self.flush()
         finally:
             await self.producer.stop()
+            if self.feed is not None:
+                await self.feed.stop()
             if self._capture is not None:
                 self._capture.close()

@@ -112,6 +112,9 @@ PY
 # the aggregator pair's direct feeds (core/feed.py): every gateway connects to both
 export MD_AGG_FEED_PORT="${MD_AGG_FEED_PORT:-8031}" MD_AGG_B_FEED_PORT="${MD_AGG_B_FEED_PORT:-8032}"
 export MD_AGG_FEED="${MD_AGG_FEED-127.0.0.1:$MD_AGG_FEED_PORT,127.0.0.1:$MD_AGG_B_FEED_PORT}"
+# the source's feed (core/input_feed.py): the aggregator leader takes acknowledged records from it
+export MD_SOURCE_FEED_PORT="${MD_SOURCE_FEED_PORT:-8033}"
+export MD_AGG_SOURCE_FEED="${MD_AGG_SOURCE_FEED-127.0.0.1:$MD_SOURCE_FEED_PORT}"
 
 start_all() {
   "$HERE/infra.sh" up

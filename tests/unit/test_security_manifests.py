@@ -44,6 +44,7 @@ GATEWAYS = {
 }
 KAFKA_USERS = ("bootstrap", "simulator", "aggregator", "storage", "gateway-ws", "fix-gateway")
 FEED_FOLLOWERS = {"gateway-ws", "fix-gateway"}
+SOURCE_FEED_READERS = {"aggregator"}  # the simulator's source feed, port 8033 (core/input_feed.py)
 ANY = "any"
 
 
@@ -223,6 +224,9 @@ def network_problems(res: Res) -> list[str]:
                 elif port == 8031:
                     if peers != {f"pods:{','.join(sorted(FEED_FOLLOWERS))}"}:
                         problems.append(f"{name}: feed port 8031 open to {sorted(peers)}")
+                elif port == 8033:
+                    if peers != {f"pods:{','.join(sorted(SOURCE_FEED_READERS))}"}:
+                        problems.append(f"{name}: source feed port 8033 open to {sorted(peers)}")
                 elif peers - {"ns:monitoring"}:
                     problems.append(f"{name}: ops port {port} open to {sorted(peers)}")
     return problems
@@ -416,6 +420,16 @@ def _config(**env: str) -> Callable[[Res], Res]:
             network_problems,
             _policy("aggregator-feed", lambda p: p["spec"]["ingress"][0].pop("from")),
             id="feed-open",
+        ),
+        pytest.param(
+            network_problems,
+            _policy("source-feed", lambda p: p["spec"]["ingress"][0].pop("from")),
+            id="source-feed-open",
+        ),
+        pytest.param(
+            network_problems,
+            _policy("source-feed", lambda p: p["spec"]["ingress"].clear()),
+            id="source-feed-closed",
         ),
         pytest.param(
             network_problems,

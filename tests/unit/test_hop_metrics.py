@@ -299,3 +299,40 @@ def test_scrape_workers_keeps_asking_until_every_pid_answered(
     monkeypatch.setattr(b, "scrape", fake)
     assert sorted(b.scrape_workers("http://x/metrics", expected=2)) == ["1", "2"]
     assert calls == ["1", "1", "1", "2"]
+
+
+class _Feeds:
+    """Stands in for the tracker: the receipt time each message was handed with."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, int]] = []
+
+    def feed(self, raw: bytes, recv_ns: int) -> None:
+        self.got.append((raw, recv_ns))
+        for _ in range(20_000):  # the tracker's own work per message takes time
+            pass
+
+
+def _server_frame(payload: bytes) -> bytes:
+    assert len(payload) < 126
+    return bytes([0x81, len(payload)]) + payload
+
+
+@pytest.mark.parametrize("per_message", [False, True])
+async def test_bench_client_stamps_receipt_at_the_socket_read(per_message: bool) -> None:
+    """Every message of one socket read gets the read's time, not the time the client got to it
+    after parsing the ones ahead of it (``--per-message`` keeps that older reading)."""
+    from loadtests.fanout_client import Stats
+
+    c = b.BenchClient("h", 1, "/ws", b"{}", Stats())
+    c.upgraded = True
+    feeds = _Feeds()
+    c.tracker = feeds  # type: ignore[assignment]
+    c.per_message = per_message
+    c.data_received(b"".join(_server_frame(b'{"n":%d}' % i) for i in range(3)))
+    assert [raw for raw, _ in feeds.got] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    stamps = [ns for _, ns in feeds.got]
+    if per_message:
+        assert stamps[0] < stamps[1] < stamps[2]
+    else:
+        assert stamps[0] == stamps[1] == stamps[2] == c.read_ns > 0

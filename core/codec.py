@@ -29,18 +29,21 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-_second: list[Any] = [None, ""]  # the last second formatted, and its text
+#: seconds formatted recently -> their text. A flush formats the publish time and the event time
+#: (one second, mostly) and each candle's start and end (other seconds): one remembered second
+#: was thrashed by every candle message, two strftime calls a candle (issue 10)
+_seconds: dict[int, str] = {}
+_SECONDS_MAX = 256
 
 
 def iso_from_ns(ns: int) -> str:
-    # every message carries one or two timestamps, mostly of the same second: formatting the
-    # second once (strftime + gmtime) halves the aggregator's cost of a timestamp
     s, rem = divmod(ns, 1_000_000_000)
-    cache = _second
-    if cache[0] != s:
-        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
-        cache[0] = s
-    return f"{cache[1]}.{rem // 1000:06d}Z"
+    text = _seconds.get(s)
+    if text is None:
+        if len(_seconds) >= _SECONDS_MAX:
+            _seconds.clear()
+        text = _seconds[s] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+    return f"{text}.{rem // 1000:06d}Z"
 
 
 def ns_from_iso(text: str) -> int:

@@ -95,6 +95,16 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 ],
             ),
             (
+                "Source feed: input records the leader took from a source's push, and the rest (left to its Kafka fetch)",
+                "short",
+                [
+                    (
+                        "{{result}} /s",
+                        "sum by (result) (rate(md_agg_source_feed_records_total[1m]))",
+                    ),
+                ],
+            ),
+            (
                 "WebSocket gateway hops: publish -> received from Kafka -> written to clients",
                 "s",
                 hop_quantiles("md_ws_hop_seconds"),

@@ -336,3 +336,18 @@ async def test_bench_client_stamps_receipt_at_the_socket_read(per_message: bool)
         assert stamps[0] < stamps[1] < stamps[2]
     else:
         assert stamps[0] == stamps[1] == stamps[2] == c.read_ns > 0
+
+
+@given(st.lists(st.integers(-(2**40), 2**62), min_size=1, max_size=600))
+def test_iso_from_ns_is_exact_whatever_seconds_interleave(values: list[int]) -> None:
+    """Publish times, event times and candle bounds of other seconds, interleaved: each is
+    formatted as datetime does, and the remembered seconds stay bounded."""
+    from datetime import UTC, datetime
+
+    import core.codec as codec
+
+    for ns in values:
+        s, rem = divmod(ns, 1_000_000_000)
+        want = datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert iso_from_ns(ns) == f"{want}.{rem // 1000:06d}Z"
+        assert len(codec._seconds) <= codec._SECONDS_MAX  # noqa: SLF001

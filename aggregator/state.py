@@ -446,9 +446,9 @@ class SymbolState:
             volume_24h = "0"
         return {
             "best_bid": bb.price if bb else None,
-            "best_bid_size": fmt(bb.total) if bb else None,
+            "best_bid_size": bb.size_text() if bb else None,
             "best_ask": ba.price if ba else None,
-            "best_ask_size": fmt(ba.total) if ba else None,
+            "best_ask_size": ba.size_text() if ba else None,
             "last_price": last["price"] if last else None,
             "last_size": last["size"] if last else None,
             "last_side": last["side"] if last else None,

@@ -34,13 +34,25 @@ def fmt(d: Decimal) -> str:
 
 
 class Level:
-    __slots__ = ("price", "total", "orders")
+    """One price level. ``total`` is written only in this module, and every write clears
+    ``text``, its formatted size: a record's checksum formats the top levels of both sides, and
+    most of them did not change since the last record (issue 10: the checksum was a sixth of
+    the aggregator's derivation)."""
+
+    __slots__ = ("price", "total", "orders", "text")
 
     def __init__(self, price: str) -> None:
         self.price = price
         self.total = ZERO
+        self.text: str | None = None  # fmt(total), once asked for; None: not formatted since
         # order_id -> remaining size; insertion order is time priority
         self.orders: dict[str, Decimal] = {}
+
+    def size_text(self) -> str:
+        t = self.text
+        if t is None:
+            t = self.text = fmt(self.total)
+        return t
 
 
 class Order:
@@ -71,7 +83,7 @@ class Book:
     def _touch(self, side: str, key: Decimal, lvl: Level | None, price: str) -> None:
         k = (side, key)
         if k not in self._touched:
-            self._touched[k] = (price, fmt(lvl.total) if lvl is not None else "0")
+            self._touched[k] = (price, lvl.size_text() if lvl is not None else "0")
 
     # ------------------------------------------------------------------ L3 operations
     def add(self, order_id: str, side: str, price: str, px: Decimal, size: Decimal) -> bool:
@@ -86,6 +98,7 @@ class Book:
             lvl = levels[key] = Level(price)
         lvl.orders[order_id] = size
         lvl.total += size
+        lvl.text = None
         self.orders[order_id] = Order(order_id, side, key, lvl.price, size)
         return True
 
@@ -102,6 +115,7 @@ class Book:
         lvl: Level = levels[o.key]
         self._touch(o.side, o.key, lvl, lvl.price)
         lvl.total += new_size - o.size
+        lvl.text = None
         lvl.orders[order_id] = new_size
         o.size = new_size
         return o
@@ -126,6 +140,7 @@ class Book:
         lvl: Level = levels[o.key]
         self._touch(o.side, o.key, lvl, lvl.price)
         lvl.total -= lvl.orders.pop(order_id)
+        lvl.text = None
         if not lvl.orders:
             del levels[o.key]
         return o
@@ -144,6 +159,7 @@ class Book:
         if lvl is None:
             lvl = levels[key] = Level(price)
         lvl.total = size
+        lvl.text = None
 
     def clear(self) -> None:
         """Empty the book, recording every level as removed (so the diff publishes it)."""
@@ -159,7 +175,7 @@ class Book:
         out: list[list[str]] = []
         for (side, key), (price, before) in self._touched.items():
             lvl = self._side(side).get(key)
-            now = fmt(lvl.total) if lvl is not None else "0"
+            now = lvl.size_text() if lvl is not None else "0"
             if now != before:
                 out.append([side, lvl.price if lvl is not None else price, now])
         self._touched.clear()
@@ -171,7 +187,13 @@ class Book:
     def top(self, side: str, n: int | None = None) -> list[tuple[str, str]]:
         vals = self._side(side).values()
         it = vals if n is None else islice(vals, n)
-        return [(lvl.price, fmt(lvl.total)) for lvl in it]
+        out = []
+        for lvl in it:
+            t = lvl.text
+            if t is None:
+                t = lvl.text = fmt(lvl.total)
+            out.append((lvl.price, t))
+        return out
 
     def best(self, side: str) -> Level | None:
         levels = self._side(side)
@@ -207,7 +229,7 @@ class Book:
 
         def dump(levels: SortedDict[Decimal, Level]) -> list[Any]:
             return [
-                [lvl.price, fmt(lvl.total), [[o, fmt(s)] for o, s in lvl.orders.items()]]
+                [lvl.price, lvl.size_text(), [[o, fmt(s)] for o, s in lvl.orders.items()]]
                 for lvl in levels.values()
             ]
 
@@ -223,6 +245,7 @@ class Book:
                 key = -px if side == "buy" else px
                 lvl = levels[key] = Level(price)
                 lvl.total = Decimal(total)
+                lvl.text = None
                 for oid, s in orders:
                     sz = Decimal(s)
                     lvl.orders[oid] = sz

@@ -3,9 +3,10 @@ from __future__ import annotations
 import zlib
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core.book import L2Book
@@ -105,3 +106,65 @@ def test_timestamps_of_interleaved_seconds_format_as_datetime_does(stamps: list[
 def test_malformed_json_is_a_codec_error() -> None:
     with pytest.raises(CodecError):
         loads(b"{not json")
+
+
+_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "size", "fill", "remove", "level", "clear"]),
+        st.integers(0, 3),  # order id
+        st.sampled_from(["buy", "sell"]),
+        st.integers(1, 3),  # price tick
+        st.integers(0, 40),  # size
+    ),
+    max_size=80,
+)
+
+
+_TWO = [("add", 0, "buy", 1, 4), ("add", 1, "buy", 1, 8)]  # two orders at one level
+
+
+@settings(max_examples=300)
+@given(_ops, st.integers(1, 6))
+@example([*_TWO, ("remove", 0, "buy", 1, 0)], 3)  # each write of a level's size, once
+@example([*_TWO, ("size", 0, "buy", 1, 2)], 3)
+@example([*_TWO, ("fill", 0, "buy", 1, 1)], 3)
+@example([*_TWO, ("level", 0, "buy", 1, 3)], 3)
+@example([*_TWO, ("add", 2, "buy", 1, 4)], 3)
+def test_a_levels_remembered_size_text_is_always_its_size(ops: list[Any], depth: int) -> None:
+    """The book formats a level's size once until it changes (``Level.text``): after any
+    sequence of operations, every level's text, the top levels, the checksum and the state are
+    what formatting the sizes afresh gives."""
+    from decimal import Decimal
+
+    from core.checksum import book_checksum
+    from core.l3book import Book, fmt
+
+    b = Book()
+    for op, oid, side, tick, size in ops:
+        px = Decimal(100 + tick) if side == "sell" else Decimal(100 - tick)
+        o = f"o{oid}"
+        if op == "add":
+            b.add(o, side, str(px), px, Decimal(size) / 4)
+        elif op == "size":
+            b.set_size(o, Decimal(size) / 4)
+        elif op == "fill":
+            b.fill(o, Decimal(size) / 8)
+        elif op == "remove":
+            b.remove(o)
+        elif op == "level":
+            b.set_level(side, str(px), px, Decimal(size) / 2)
+        else:
+            b.clear()
+        b.checksum(depth)  # formats (and remembers) the top levels between operations
+        if op == "add":
+            b.take_l2_changes()
+    for levels in (b.bids, b.asks):
+        for lvl in levels.values():
+            assert lvl.size_text() == fmt(lvl.total)
+    fresh = [(lvl.price, fmt(lvl.total)) for lvl in b.asks.values()][:depth]
+    assert b.top("sell", depth) == fresh
+    bids = [(lvl.price, fmt(lvl.total)) for lvl in b.bids.values()][:depth]
+    assert b.checksum(depth) == book_checksum(fresh, bids)
+    assert Book.from_state(b.to_state()).top("buy") == [
+        (lvl.price, fmt(lvl.total)) for lvl in b.bids.values()
+    ]

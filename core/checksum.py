@@ -22,6 +22,17 @@ def _strip(s: str) -> str:
     return s.replace(".", "").lstrip("0")
 
 
+def level_part(price: str, size: str) -> str:
+    """One level's share of the checksummed string (step 2); a book may remember it per level
+    until the level's size changes (``core/l3book.py``)."""
+    return _strip(price) + _strip(size)
+
+
+def crc_of_parts(parts: list[str]) -> int:
+    """The checksum of the level parts, asks then bids, best first (step 3)."""
+    return zlib.crc32("".join(parts).encode("ascii")) & 0xFFFFFFFF
+
+
 def checksum_string(asks: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str]]) -> str:
     parts: list[str] = []
     for p, q in asks:

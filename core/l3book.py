@@ -23,7 +23,7 @@ from typing import Any
 
 from sortedcontainers import SortedDict
 
-from core.checksum import book_checksum
+from core.checksum import crc_of_parts, level_part
 
 ZERO = Decimal(0)
 
@@ -39,12 +39,13 @@ class Level:
     most of them did not change since the last record (issue 10: the checksum was a sixth of
     the aggregator's derivation)."""
 
-    __slots__ = ("price", "total", "orders", "text")
+    __slots__ = ("price", "total", "orders", "text", "part")
 
     def __init__(self, price: str) -> None:
         self.price = price
         self.total = ZERO
         self.text: str | None = None  # fmt(total), once asked for; None: not formatted since
+        self.part: str | None = None  # the level's part of the checksummed string, likewise
         # order_id -> remaining size; insertion order is time priority
         self.orders: dict[str, Decimal] = {}
 
@@ -98,7 +99,7 @@ class Book:
             lvl = levels[key] = Level(price)
         lvl.orders[order_id] = size
         lvl.total += size
-        lvl.text = None
+        lvl.text = lvl.part = None
         self.orders[order_id] = Order(order_id, side, key, lvl.price, size)
         return True
 
@@ -115,7 +116,7 @@ class Book:
         lvl: Level = levels[o.key]
         self._touch(o.side, o.key, lvl, lvl.price)
         lvl.total += new_size - o.size
-        lvl.text = None
+        lvl.text = lvl.part = None
         lvl.orders[order_id] = new_size
         o.size = new_size
         return o
@@ -140,7 +141,7 @@ class Book:
         lvl: Level = levels[o.key]
         self._touch(o.side, o.key, lvl, lvl.price)
         lvl.total -= lvl.orders.pop(order_id)
-        lvl.text = None
+        lvl.text = lvl.part = None
         if not lvl.orders:
             del levels[o.key]
         return o
@@ -159,7 +160,7 @@ class Book:
         if lvl is None:
             lvl = levels[key] = Level(price)
         lvl.total = size
-        lvl.text = None
+        lvl.text = lvl.part = None
 
     def clear(self) -> None:
         """Empty the book, recording every level as removed (so the diff publishes it)."""
@@ -200,7 +201,16 @@ class Book:
         return levels.peekitem(0)[1] if levels else None
 
     def checksum(self, depth: int) -> int:
-        return book_checksum(self.top("sell", depth), self.top("buy", depth))
+        """``core/checksum.py``'s checksum of the top ``depth`` levels, from each level's part
+        as remembered since its size last changed."""
+        parts: list[str] = []
+        for levels in (self.asks, self.bids):
+            for lvl in islice(levels.values(), depth):
+                c = lvl.part
+                if c is None:
+                    c = lvl.part = level_part(lvl.price, lvl.size_text())
+                parts.append(c)
+        return crc_of_parts(parts)
 
     def crossed(self) -> bool:
         if not self.bids or not self.asks:
@@ -245,7 +255,7 @@ class Book:
                 key = -px if side == "buy" else px
                 lvl = levels[key] = Level(price)
                 lvl.total = Decimal(total)
-                lvl.text = None
+                lvl.text = lvl.part = None
                 for oid, s in orders:
                     sz = Decimal(s)
                     lvl.orders[oid] = sz

@@ -37,8 +37,10 @@ SOURCE_FEED = Counter(
     "records pushed by sources (core/input_feed.py), by what the leader did with them",
     ["result"],
 )
-_TAKEN = SOURCE_FEED.labels("taken")
 RESULTS = ("taken", "late", "ahead", "foreign", "standing_by", "malformed", "backlog")
+for _r in RESULTS:
+    SOURCE_FEED.labels(_r)  # every result exported from the start, at 0: a rate has a base
+_TAKEN = SOURCE_FEED.labels("taken")
 
 #: Taken records waiting for their Kafka copy, per partition, at most: beyond it (the leader's
 #: fetch stalled) pushes are refused as ``backlog`` until Kafka catches up.
@@ -140,7 +142,7 @@ class SourceIntake:
         if not q:
             return
         while q and q[0][0] < offset:
-            q.popleft()  # Kafka does not hold it (a re-seek past it): nothing to compare
+            q.popleft()  # the fetch went past it without bringing it: nothing to compare
         if q and q[0][0] == offset:
             _, pushed = q.popleft()
             if pushed != value:

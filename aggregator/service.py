@@ -20,6 +20,10 @@ missing: no gap, no duplicate a client can see, the same ``epoch``, and a pause 
 lease. Two leaders at once (a paused leader that comes back) publish identical messages, which
 consumers drop; the lower claim steps down at the next heartbeat it reads.
 
+A publishing leader also takes each input record a source pushes once Kafka has acknowledged
+it (``aggregator/source_feed.py``), when it is exactly the next offset of its partition, and
+checks Kafka's copy against it: the order of application stays Kafka's, only sooner.
+
 The leader also writes the public snapshots (every ``MD_AGG_SNAPSHOT_MS``) and the private
 checkpoints (every ``MD_AGG_CHECKPOINT_MS``: after a producer flush, each symbol's state and the
 partition's ``agg:index``), from which a restarted instance replays the input.

@@ -35,9 +35,9 @@ def fmt(d: Decimal) -> str:
 
 class Level:
     """One price level. ``total`` is written only in this module, and every write clears
-    ``text``, its formatted size: a record's checksum formats the top levels of both sides, and
-    most of them did not change since the last record (issue 10: the checksum was a sixth of
-    the aggregator's derivation)."""
+    ``text`` (its formatted size) and ``part`` (its share of the checksummed string): a record's
+    checksum reads the top levels of both sides, and most of them did not change since the last
+    record (issue 10: the checksum was a sixth of the aggregator's derivation)."""
 
     __slots__ = ("price", "total", "orders", "text", "part")
 
@@ -188,13 +188,7 @@ class Book:
     def top(self, side: str, n: int | None = None) -> list[tuple[str, str]]:
         vals = self._side(side).values()
         it = vals if n is None else islice(vals, n)
-        out = []
-        for lvl in it:
-            t = lvl.text
-            if t is None:
-                t = lvl.text = fmt(lvl.total)
-            out.append((lvl.price, t))
-        return out
+        return [(lvl.price, lvl.size_text()) for lvl in it]
 
     def best(self, side: str) -> Level | None:
         levels = self._side(side)

@@ -191,3 +191,22 @@ def check_follower(follower: StreamFollower, seen: StreamCheck) -> list[Reset]:
 
     follower.add_reset_callback(on_reset)
     return resets
+
+
+class AckProducer:
+    """A producer whose sends return futures the test settles (Kafka's acknowledgements), for
+    the source publisher's tests."""
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[Any]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.futures.append(fut)
+        return fut
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import namedtuple
-from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -21,6 +20,7 @@ from core.input_feed import HEAD, InputFrameError, decode_input_frame, encode_in
 from core.kafka_rd import Record
 from core.settings import Settings
 from tests.conftest import free_port
+from tests.helpers import AckProducer
 
 TOPIC = "md.in"
 
@@ -108,30 +108,12 @@ def test_frames_that_are_not_records_of_the_input_topic_are_dropped() -> None:
 Meta = namedtuple("Meta", "topic partition offset timestamp")
 
 
-class Producer:
-    """Hands out futures the test settles, as Kafka's acknowledgements."""
-
-    def __init__(self) -> None:
-        self.futures: list[asyncio.Future[Any]] = []
-
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.futures.append(fut)
-        return fut
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-
 async def test_a_publisher_pushes_what_kafka_acknowledged_with_its_offset() -> None:
     port = free_port()
     pub = EventPublisher(Settings(extra={"MD_SOURCE_FEED_PORT": str(port)}), "test")
     assert pub.feed is not None
     await pub.feed.start()
-    prod = Producer()
+    prod = AckProducer()
     pub.producer = prod
     got: list[bytes] = []
     client = FeedClient([("127.0.0.1", port)], got.append)

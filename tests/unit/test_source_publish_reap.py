@@ -4,25 +4,13 @@ keeps, what it reports as the oldest unacknowledged send, and that a failed send
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from aggregator import events as ev
 from aggregator.sources.publish import EventPublisher
 from core.settings import Settings
-
-
-class Producer:
-    """Records the futures handed out, settled by the test."""
-
-    def __init__(self) -> None:
-        self.futures: list[asyncio.Future[Any]] = []
-
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.futures.append(fut)
-        return fut
+from tests.helpers import AckProducer
 
 
 def event(symbol: str) -> ev.Event:
@@ -31,7 +19,7 @@ def event(symbol: str) -> ev.Event:
 
 async def test_reap_forgets_acked_sends_and_reports_the_oldest_waiting() -> None:
     pub = EventPublisher(Settings(), "test")
-    prod = Producer()
+    prod = AckProducer()
     pub.producer = prod
     assert pub.reap() == 0.0
     for sym in ("BTC-USD", "ETH-USD", "SOL-USD"):
@@ -47,7 +35,7 @@ async def test_reap_forgets_acked_sends_and_reports_the_oldest_waiting() -> None
 
 async def test_a_failed_send_is_raised_not_skipped() -> None:
     pub = EventPublisher(Settings(), "test")
-    prod = Producer()
+    prod = AckProducer()
     pub.producer = prod
     await pub.publish_many([event("BTC-USD")])
     prod.futures[0].set_exception(RuntimeError("producer gave up"))

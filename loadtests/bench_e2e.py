@@ -17,8 +17,9 @@ endpoints default to the stack's ports (``MD_WS_PORT`` 8001, ``MD_AGGREGATOR_HTT
    parsing of the messages ahead in the same read (~20-50 µs each; a record's trades come after
    its l2 and l3 updates), which is the benchmark's cost, not the platform's. ``--per-message``
    reads it per message, as before the ninth session. Snapshots are replies, not live: the
-   first message of each subscription, ``*_snapshot`` types, messages flagged ``resync`` and the catch-up messages
-   published before their snapshot was served are left out of the latency, and so is
+   first message of each subscription, ``*_snapshot`` types, messages flagged ``resync`` and
+   the catch-up messages published before their snapshot was served are left out of the
+   latency, and so is
    everything before the window (a warm-up waits for every snapshot). Every data message is
    checked for continuity per (channel, symbol): ``seq`` +1 in the same ``epoch``; a snapshot
    sets the base; gaps, duplicates and epoch changes are counted.

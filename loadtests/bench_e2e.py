@@ -19,10 +19,9 @@ endpoints default to the stack's ports (``MD_WS_PORT`` 8001, ``MD_AGGREGATOR_HTT
    reads it per message, as before the ninth session. Snapshots are replies, not live: the
    first message of each subscription, ``*_snapshot`` types, messages flagged ``resync`` and
    the catch-up messages published before their snapshot was served are left out of the
-   latency, and so is
-   everything before the window (a warm-up waits for every snapshot). Every data message is
-   checked for continuity per (channel, symbol): ``seq`` +1 in the same ``epoch``; a snapshot
-   sets the base; gaps, duplicates and epoch changes are counted.
+   latency, and so is everything before the window (a warm-up waits for every snapshot).
+   Every data message is checked for continuity per (channel, symbol): ``seq`` +1 in the same
+   ``epoch``; a snapshot sets the base; gaps, duplicates and epoch changes are counted.
 2. the intermediate hops come from Prometheus histograms scraped from ``/metrics`` before and
    after the window: percentiles of the bucket-count deltas, interpolated linearly inside a
    bucket like ``histogram_quantile`` (so: bucket resolution, not exact). The aggregator's

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from core import codec
 from core.book import L2Book
 from core.checksum import book_checksum, checksum_string
 from core.codec import iso_from_ns, loads, ns_from_iso
@@ -97,10 +98,13 @@ def test_timestamps_round_trip_at_microseconds() -> None:
 
 @given(st.lists(st.integers(min_value=0, max_value=4_102_444_800 * 10**9 - 1), max_size=50))
 def test_timestamps_of_interleaved_seconds_format_as_datetime_does(stamps: list[int]) -> None:
-    """iso_from_ns keeps the last second's text: a stamp of another second must not reuse it."""
-    for ns in stamps + [stamps[0] + 1] if stamps else []:
+    """iso_from_ns remembers recent seconds and instants: a stamp must never get another's text,
+    the first time or again, and what it remembers stays bounded."""
+    for ns in stamps + [stamps[0] + 1] + stamps if stamps else []:
         want = datetime.fromtimestamp(ns // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         assert iso_from_ns(ns) == f"{want}.{ns % 10**9 // 1000:06d}Z"
+    assert len(codec._instants) <= codec._INSTANTS_MAX  # noqa: SLF001 - the bound itself
+    assert len(codec._seconds) <= codec._SECONDS_MAX  # noqa: SLF001
 
 
 def test_malformed_json_is_a_codec_error() -> None:

@@ -25,10 +25,12 @@ one data message exactly as published to Kafka (UTF-8 JSON), or a heartbeat
 A receiver may write one kind of frame, same framing: ``{"type":"feed_interest","keys":
 ["<channel>:<symbol>", ...]}`` (or ``"keys": null``, the default: every key), the keys someone in
 its process reads now. It changes when a receiver is written, never what: every receiver still
-gets every message, in order. A write that carries none of a receiver's keys is held for it (at
-most until the next heartbeat, which releases everything held, or ``hold_s``), so a gateway
-whose clients read one symbol wakes for that symbol and ~10 times a second, not once per input
-record (issue 10: on this host a wake-up costs a receiver more than the frame it brings). A bad
+gets every message, each key's in order. A write that carries none of a receiver's keys is held
+for it (at most until the next heartbeat, which releases everything held, or ``hold_s``), so a
+gateway whose clients read one symbol wakes for that symbol and ~10 times a second, not once per
+input record (issue 10: on this host a wake-up costs a receiver more than the frame it brings).
+The write that releases held data goes ahead of it when no key is in both and it carries no
+heartbeat, so the receiver handles what its clients wait for first. A bad
 interest frame is logged and ignored (the receiver keeps what it had); an oversized one closes
 the connection.
 """
@@ -143,6 +145,7 @@ class _Receiver(asyncio.Protocol):
         self.hot: frozenset[Key] | None = None  # keys read behind this receiver; None: all
         self.held: list[bytes] = []  # writes held for it, in order
         self.held_bytes = 0
+        self.held_keys: set[Key] = set()  # the keys of those writes
         self._buf = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -154,6 +157,7 @@ class _Receiver(asyncio.Protocol):
         self.server.receivers.discard(self)
         self.held.clear()
         self.held_bytes = 0
+        self.held_keys.clear()
         FEED_RECEIVERS.set(len(self.server.receivers))
 
     def data_received(self, data: bytes) -> None:
@@ -183,6 +187,7 @@ class _Receiver(asyncio.Protocol):
         data = b"".join(self.held)
         self.held.clear()
         self.held_bytes = 0
+        self.held_keys.clear()
         self.server.write_to(self, data)
 
 
@@ -262,11 +267,18 @@ class FeedServer:
             ):
                 r.held.append(data)
                 r.held_bytes += len(data)
+                r.held_keys |= keys
                 held = True
                 FEED_HELD.inc()
                 continue
             if r.held:
-                r.held.append(data)
+                if not release and r.held_keys.isdisjoint(keys):
+                    # what it reads first, then what was held for it: no key is in both, so each
+                    # key's messages stay in order, and the held writes carry no heartbeat (a
+                    # heartbeat releases everything), so none arrives before data it covers
+                    r.held.insert(0, data)
+                else:
+                    r.held.append(data)
                 r.release()
             else:
                 self.write_to(r, data)

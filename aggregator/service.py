@@ -77,6 +77,7 @@ log = logging.getLogger("aggregator")
 EVENTS_IN = Counter("md_agg_events_in_total", "input events applied", ["type"])
 MALFORMED = Counter("md_agg_malformed_input_total", "input records dropped as invalid")
 MESSAGES_OUT = Counter("md_agg_messages_out_total", "data messages published", ["channel"])
+_MESSAGES_OUT: dict[str, Any] = {}  # channel -> its MESSAGES_OUT child
 SNAPSHOTS_OUT = Counter("md_agg_snapshots_out_total", "snapshot records published", ["kind"])
 TAKEOVERS = Counter("md_agg_takeovers_total", "times this instance became the leader")
 STEPDOWNS = Counter("md_agg_stepdowns_total", "times a higher claim made this instance a standby")
@@ -86,6 +87,10 @@ REPUBLISHED = Counter(
 LEADER = Gauge("md_agg_leader", "1 while this instance publishes")
 SYMBOLS = Gauge("md_agg_symbols", "symbols this instance computes")
 STANDBY_BUFFER = Gauge("md_agg_standby_buffer", "outputs kept for a takeover (standby)")
+INPUT_PACED = Gauge(
+    "md_agg_input_paced_partitions",
+    "md.in partitions a publishing leader reads paced: every record comes by push (_pace_input)",
+)
 STANDBY_DEFERRED = Gauge(
     "md_agg_standby_deferred", "input records a standby read and waits to apply (see _defer)"
 )
@@ -108,6 +113,11 @@ _HOP_PUBLISH = HOP.labels("append_to_publish")
 FEED_LINGER_MS = 100
 #: Without a direct feed Kafka is the only path to the gateways: batch briefly.
 NO_FEED_LINGER_MS = 5
+#: With a direct feed, held outputs leave this long after the last input was applied (at most
+#: twice the linger after they were first held): a source's ticks come every 50 ms, and a ship
+#: due at the next tick put a produce request, its append and the storage fetch it wakes in
+#: front of that tick's input (the simulator's acknowledgement took +0.5 ms when one did)
+SHIP_QUIET_S = 0.01
 # a publishing leader reads the control partition at most this often: what it finds there is its
 # own heartbeats (10 a second, each woke its input fetch) or, rarely, a higher claim, whose
 # only cost until read is identical duplicates (leadership.py)
@@ -151,6 +161,9 @@ class ServiceConfig:
     standby_fetch_ms: int = 100  # a standby reads in batches: what the leader acked is not encoded
     # the sources' feeds (core/input_feed.py) the leader takes acknowledged records from
     source_feed: tuple[tuple[str, int], ...] = ()
+    # a publishing leader whose pushes are in step reads Kafka's copy of md.in this often, to
+    # verify them (0: continuously, as without a source feed); see _pace_input
+    input_verify_ms: int = 200
     agg: AggConfig = field(default_factory=AggConfig)
 
     @classmethod
@@ -171,6 +184,7 @@ class ServiceConfig:
             ident=s.get("MD_AGG_ID", str, ""),
             standby_fetch_ms=s.get("MD_AGG_STANDBY_FETCH_MS", int, 100),
             source_feed=_addresses(s.get("MD_AGG_SOURCE_FEED", str, ""), "MD_AGG_SOURCE_FEED"),
+            input_verify_ms=s.get("MD_AGG_INPUT_VERIFY_MS", int, 200),
             agg=AggConfig(
                 checksum_depth=s.book_checksum_depth,
                 trades_snapshot_n=s.get("MD_AGG_TRADES_SNAPSHOT", int, 100),
@@ -239,6 +253,7 @@ class Aggregator:
         self._held_inputs: dict[int, int] = {}
         self._held_since: float | None = None
         self._ship_s = 0.0  # set in run(): MD_AGG_KAFKA_LINGER_MS
+        self._input_at = 0.0  # monotonic time inputs were last applied (SHIP_QUIET_S)
         self.snap_pending: set[str] = set()
         self.ckpt_pending: set[str] = set()
         self.last_snapshot: dict[str, float] = {}
@@ -269,6 +284,7 @@ class Aggregator:
         # the main loop's poll and the intake's records are applied one at a time
         self._apply_lock = asyncio.Lock()
         self._control_at = 0.0  # monotonic time the control partition was last read
+        self._input_read_at: dict[int, float] = {}  # md.in partition -> last Kafka read
 
     def _health_consumer(self) -> tuple[bool, Any]:
         age = time.monotonic() - self._last_poll
@@ -319,14 +335,18 @@ class Aggregator:
                     # (_defer); the acks trail the input by 150-250 ms
                     await standby_pacer.wait()
                 wait_ms = self.cfg.heartbeat_ms
-                if self._held_since is not None:  # wake up when what is held is due
-                    due = self._held_since + self._ship_s - time.monotonic()
-                    wait_ms = max(1, min(wait_ms, int(due * 1000)))
+                due = self._ship_wait(time.monotonic())
+                if due is not None:  # wake up when what is held is due
+                    wait_ms = max(1, min(wait_ms, int(due * 1000) + 1))
                 self._pace_control()
+                self._pace_input()
                 batch = await self.consumer.getmany(
                     timeout_ms=wait_ms, max_records=self.cfg.max_batch
                 )
-                self._last_poll = time.monotonic()
+                self._last_poll = now = time.monotonic()
+                for tp in batch:
+                    if tp.topic == self.topics.input:
+                        self._input_read_at[tp.partition] = now
                 async with self._apply_lock:
                     await self._process(batch)
                     await self._timers()
@@ -442,20 +462,20 @@ class Aggregator:
 
     # ------------------------------------------------------------------ processing
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Apply and route each record; ship each partition's outputs when its records of this
-        poll are done: one produce request per partition and poll under load, and when quiet
-        no output waits for other partitions' records (the direct feed already has each one)."""
+        """Apply and route each record: the direct feed gets each partition's messages as soon
+        as its records of this poll are applied, Kafka's batches get them after every partition,
+        and what is held ships between ticks (``_ship_wait``)."""
         control = self.topics.control
         builders = self._builders
         inputs: dict[int, int] = {}
         for tp, recs in batch.items():  # heartbeats first: their acks decide what to encode
             if tp.topic == control:
                 self._on_control(recs)
+        to_kafka: list[Out] = []
         for tp, recs in batch.items():
             if tp.topic == control:
                 continue
             p = tp.partition
-            to_kafka: list[Out] = []
             for i, r in enumerate(recs):
                 if i and not i % 256:
                     await asyncio.sleep(0)  # let the heartbeat task beat during a long catch-up
@@ -478,12 +498,21 @@ class Aggregator:
                 # receiver, and the records of one poll arrived together anyway; and before
                 # the Kafka batching below, which the gateways do not wait for
                 self.feed.flush()
-            for o in to_kafka:
-                await self._append(o, builders)
+        # Kafka's copy after every partition's direct-feed write: a tick brings one record per
+        # symbol, and the next symbol's record need not wait for this one's appends
+        for o in to_kafka:
+            await self._append(o, builders)
         await self._apply_deferred()
+        await self._after_poll(inputs, builders)
+
+    async def _after_poll(self, inputs: dict[int, int], builders: dict[Any, Any]) -> None:
+        """Hold what a poll produced for Kafka, and ship what is due."""
+        if inputs:
+            self._input_at = time.monotonic()
         if builders or (inputs and self._publishing):
             self._hold(inputs)
-        if self._held_since is not None and time.monotonic() - self._held_since >= self._ship_s:
+        due = self._ship_wait(time.monotonic())
+        if due is not None and due <= 0:
             await self._ship_held()
         for t, n in self._events_in.items():
             EVENTS_IN.labels(t).inc(n)
@@ -504,6 +533,7 @@ class Aggregator:
                 batch = intake.take(intake.drain(), self.positions, self._publishing)
                 if batch:
                     await self._process(batch)
+                self._pace_input()  # a push past a hole resumes the partition's reads at once
 
     async def _sync_intake(self) -> None:
         """Connected to the sources' feeds while publishing, not otherwise."""
@@ -522,6 +552,17 @@ class Aggregator:
             self._held_inputs[p] = max(self._held_inputs.get(p, -1), o)
         if self._held_since is None:
             self._held_since = time.monotonic()
+
+    def _ship_wait(self, now: float) -> float | None:
+        """Seconds until what is held is due for Kafka (<= 0: now; None: nothing held). With a
+        direct feed, not before ``SHIP_QUIET_S`` after the last input: between two ticks."""
+        held = self._held_since
+        if held is None:
+            return None
+        due = held + self._ship_s
+        if self.feed is not None:
+            due = min(max(due, self._input_at + SHIP_QUIET_S), held + 2 * self._ship_s)
+        return due - now
 
     async def _ship_held(self) -> None:
         """Hand what is held to the producer now (its interval passed, a checkpoint, shutdown)."""
@@ -672,7 +713,10 @@ class Aggregator:
             self.ticks.append(_Tick({}, [(out_key(*tp), fut)]))
             b = builders[tp] = producer.create_batch()
             b.append(key=o.key, value=o.value, timestamp=None)
-        MESSAGES_OUT.labels(o.stream[0]).inc()
+        child = _MESSAGES_OUT.get(o.stream[0])
+        if child is None:
+            child = _MESSAGES_OUT[o.stream[0]] = MESSAGES_OUT.labels(o.stream[0])
+        child.inc()  # labels() per message was ~2 % of the leader's samples
 
     async def _partition_for(self, topic: str, key: bytes) -> int:
         k = (topic, key)
@@ -698,6 +742,39 @@ class Aggregator:
                 c.pause(self._ctp)
             else:
                 c.resume(self._ctp)
+
+    def _pace_input(self) -> None:
+        """A publishing leader pauses its Kafka reads of an md.in partition whose every record
+        comes by push (``SourceIntake.in_step``), and reads it once per ``input_verify_ms``:
+        Kafka's copy of a pushed record is then only the check of its bytes (``verify``), and
+        reading it as it is appended put a fetch response, its decoding and a poll in front of
+        every tick's pushes (the fetch answered the append ~0.3 ms before the push arrived).
+        A partition out of step (a hole, a source that does not push, no intake) is read as
+        before; the librdkafka consumer reads everything always."""
+        c = self.consumer
+        period = self.cfg.input_verify_ms / 1000
+        if not isinstance(c, AIOKafkaConsumer) or period <= 0:
+            return
+        now = time.monotonic()
+        pace = self._publishing and self.intake.connected
+        paused = c.paused()
+        n = 0
+        for tp in c.assignment():
+            if tp.topic != self.topics.input:
+                continue
+            p = tp.partition
+            rest = (
+                pace
+                and self.intake.in_step(p, now)
+                and now - self._input_read_at.get(p, 0.0) < period
+            )
+            n += pace and self.intake.in_step(p, now)
+            if rest != (tp in paused):
+                if rest:
+                    c.pause(tp)
+                else:
+                    c.resume(tp)
+        INPUT_PACED.set(n)
 
     def _on_control(self, recs: list[Any]) -> None:
         now = time.monotonic()
@@ -926,7 +1003,8 @@ class Aggregator:
 
     async def _timers(self) -> None:
         now = time.monotonic()
-        if self._held_since is not None and now - self._held_since >= self._ship_s:
+        due = self._ship_wait(now)
+        if due is not None and due <= 0:
             await self._ship_held()  # a quiet poll: what is held still leaves on time
         if self._scan is not None:
             if not self.lease.leader:  # a higher claim came while scanning

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -42,6 +43,10 @@ for _r in RESULTS:
     SOURCE_FEED.labels(_r)  # every result exported from the start, at 0: a rate has a base
 _TAKEN = SOURCE_FEED.labels("taken")
 
+#: A partition's pushes are in step while one was taken within this long and none came past a
+#: hole (``ahead``): its Kafka reads may then be paced (the leader's ``_pace_input``).
+IN_STEP_S = 1.0
+
 #: Taken records waiting for their Kafka copy, per partition, at most: beyond it (the leader's
 #: fetch stalled) pushes are refused as ``backlog`` until Kafka catches up.
 TAKEN_MAX = 50_000
@@ -61,6 +66,8 @@ class SourceIntake:
         self.wake = asyncio.Event()
         self.taken: dict[int, deque[tuple[int, bytes | None]]] = {}
         self.client: FeedClient | None = None
+        self.took_at: dict[int, float] = {}  # partition -> monotonic time of its last take
+        self.ahead_at: dict[int, float] = {}  # partition -> the last push past a hole
 
     # ------------------------------------------------------------------ connections
     @property
@@ -78,6 +85,17 @@ class SourceIntake:
         if client is not None:
             await client.stop()
         self.pending.clear()
+        self.took_at.clear()
+
+    def in_step(self, p: int, now: float) -> bool:
+        """Whether every record of partition ``p`` comes by push, as far as the pushes show: one
+        was taken within ``IN_STEP_S`` and none came past a hole. A hole shows at the next
+        push after it; a source that pushes nothing for ``p`` takes it out of step."""
+        took = self.took_at.get(p)
+        if took is None or now - took >= IN_STEP_S:
+            return False
+        ahead = self.ahead_at.get(p)
+        return ahead is None or now - ahead >= IN_STEP_S
 
     def on_frame(self, raw: bytes) -> None:
         try:
@@ -108,6 +126,7 @@ class SourceIntake:
             return {}
         batch: dict[TopicPartition, list[Any]] = {}
         expect: dict[int, int] = {}
+        now = time.monotonic()
         for r in recs:
             p = r.partition
             nxt = expect.get(p)
@@ -122,6 +141,7 @@ class SourceIntake:
                 continue
             if r.offset > nxt:
                 SOURCE_FEED.labels("ahead").inc()
+                self.ahead_at[p] = now
                 continue
             q = self.taken.get(p)
             if q is None:
@@ -131,6 +151,7 @@ class SourceIntake:
                 continue
             q.append((r.offset, r.value))
             expect[p] = nxt + 1
+            self.took_at[p] = now
             batch.setdefault(TopicPartition(self.topic, p), []).append(r)
             _TAKEN.inc()
         return batch

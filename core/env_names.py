@@ -35,6 +35,7 @@ KNOWN: frozenset[str] = frozenset(
         "MD_AGG_GROUP",
         "MD_AGG_HEARTBEAT_MS",
         "MD_AGG_ID",
+        "MD_AGG_INPUT_VERIFY_MS",
         "MD_AGG_KAFKA_LINGER_MS",
         "MD_AGG_LEASE_MS",
         "MD_AGG_LEASE_PRESENCE",

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aggregator import events as ev
-from aggregator.source_feed import SOURCE_FEED, SourceFeedMismatch, SourceIntake
+from aggregator import source_feed
+from aggregator.source_feed import IN_STEP_S, SOURCE_FEED, SourceFeedMismatch, SourceIntake
 from aggregator.sources.publish import EventPublisher
 from core.feed import FeedClient
 from core.input_feed import HEAD, InputFrameError, decode_input_frame, encode_input_frame
@@ -90,6 +91,29 @@ def test_kafkas_copy_must_be_the_pushed_bytes() -> None:
     with pytest.raises(SourceFeedMismatch, match="md.in/0@11"):
         intake.verify(0, 11, b"B")
     assert not intake.taken[0]
+
+
+def test_a_partition_is_in_step_while_its_pushes_come_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What lets the leader pace its Kafka reads of a partition (``Aggregator._pace_input``)."""
+    clock = [100.0]
+    monkeypatch.setattr(source_feed.time, "monotonic", lambda: clock[0])
+    intake = SourceIntake(TOPIC, [])
+    assert not intake.in_step(0, 100.0)  # nothing pushed yet
+    intake.take([rec(0, 10), rec(1, 4)], {0: 9, 1: 4}, publishing=True)  # 1@4: late, not taken
+    assert intake.in_step(0, 100.5) and not intake.in_step(1, 100.5)
+    assert not intake.in_step(0, 100 + IN_STEP_S)  # pushes stopped coming
+    clock[0] = 102.0
+    intake.take([rec(0, 12)], {0: 10}, publishing=True)  # past a hole: 11 was never pushed
+    clock[0] = 102.1
+    intake.take([rec(0, 11)], {0: 10}, publishing=True)  # Kafka filled it: taken again
+    assert not intake.in_step(0, 102.5)  # the hole is recent
+    clock[0] = 102 + IN_STEP_S
+    intake.take([rec(0, 13)], {0: 12}, publishing=True)
+    assert intake.in_step(0, 102 + IN_STEP_S)  # a step after the hole, pushes whole since
+    asyncio.run(intake.disconnect())  # a new connection proves nothing yet
+    assert not intake.in_step(0, 102 + IN_STEP_S)
 
 
 def test_frames_that_are_not_records_of_the_input_topic_are_dropped() -> None:

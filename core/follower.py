@@ -750,6 +750,7 @@ class StreamFollower:
         self.lag: dict[str, int] = {}
         self._next_offset: dict[TopicPartition, int] = {}
         self._callbacks: list[DeliverCallback] = []
+        self.delivered = 0  # Deliver actions run: the feed reader's cue (core/feed.py _deliver)
         self._reset_callbacks: list[ResetCallback] = []
         self._snap_consumer: AIOKafkaConsumer | None = None
         self._stream_consumer: AIOKafkaConsumer | None = None
@@ -876,7 +877,7 @@ class StreamFollower:
         ]
         feeds = parse_addresses(self.settings.get("MD_AGG_FEED", str, ""))
         if feeds:
-            self._feed = FeedClient(feeds, self._on_direct)
+            self._feed = FeedClient(feeds, self._on_direct, lambda: self.delivered)
             self._announce()
             self._feed.start()
         log.info(
@@ -973,6 +974,7 @@ class StreamFollower:
     def _run(self, actions: list[Action]) -> None:
         for a in actions:
             if isinstance(a, Deliver):
+                self.delivered += 1
                 for cb in self._callbacks:
                     try:
                         cb(a.channel, a.symbol, a.seq, a.raw, a.parsed)

@@ -18,6 +18,7 @@ from core.feed import (
     MAX_INTEREST_FRAME,
     FeedClient,
     FeedServer,
+    _Reader,
     parse_addresses,
     parse_interest,
 )
@@ -317,3 +318,38 @@ def test_interest_frames_parse_to_keys_or_none() -> None:
     for bad in (b'{"type":"feed_interest","keys":"l2:X"}', b'{"type":"x","keys":null}', b"\xff"):
         with pytest.raises(ValueError):
             parse_interest(bad)
+
+
+async def test_a_read_hands_its_clients_frames_over_before_the_rest_of_it() -> None:
+    """Once a frame reached a reader and the next does not, the rest of the read waits one
+    loop turn: what the delivery scheduled (the gateway's write to its clients) goes first.
+    Every frame is still handed over, once and in order, also those of a read that came while
+    the rest waited."""
+    loop = asyncio.get_running_loop()
+    seen: list[bytes] = []
+    delivered = [0]
+
+    def on_message(raw: bytes) -> None:
+        seen.append(raw)
+        if raw.startswith(b"hot"):
+            delivered[0] += 1
+            loop.call_soon(seen.append, b"flush")  # what the hub's kick() does
+
+    def read(*frames: bytes) -> bytes:
+        return b"".join(HEADER.pack(len(f)) + f for f in frames)
+
+    reader = _Reader(on_message, "t", delivered=lambda: delivered[0])
+    reader.data_received(read(b"hot1", b"hot2", b"cold1", b"cold2", b"cold3"))
+    assert seen == [b"hot1", b"hot2", b"cold1"]
+    reader.data_received(read(b"cold4"))  # queued behind cold2 and cold3
+    assert seen == [b"hot1", b"hot2", b"cold1"]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert seen == [b"hot1", b"hot2", b"cold1", b"flush", b"flush", b"cold2", b"cold3", b"cold4"]
+    seen.clear()
+    reader.data_received(read(b"cold5", b"hot3", b"cold6"))  # one frame left: no turn to wait
+    assert seen == [b"cold5", b"hot3", b"cold6"]
+    plain = _Reader(seen.append, "t")  # no delivery count (the source intake): as it comes
+    seen.clear()
+    plain.data_received(read(b"hot4", b"cold7", b"cold8"))
+    assert seen == [b"hot4", b"cold7", b"cold8"]

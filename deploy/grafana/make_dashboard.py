@@ -102,6 +102,10 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                         "{{result}} /s",
                         "sum by (result) (rate(md_agg_source_feed_records_total[1m]))",
                     ),
+                    (
+                        "md.in partitions read paced {{instance}}",
+                        "max by (instance) (md_agg_input_paced_partitions)",
+                    ),
                 ],
             ),
             (

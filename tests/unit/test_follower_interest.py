@@ -17,7 +17,7 @@ async def test_the_follower_announces_its_read_keys_at_once_on_a_query_and_on_ea
     None
 ):
     port = free_port()
-    server = FeedServer("127.0.0.1", port, beat_quiet_s=0.0, hold_s=30.0)
+    server = FeedServer("127.0.0.1", port, beat_ride_s=0.0, hold_s=30.0)
     await server.start()
     f = StreamFollower(Settings())
     f.join.on_snapshot(b"ticker:BTC-USD", tick(1), 0)

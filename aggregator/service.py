@@ -763,12 +763,9 @@ class Aggregator:
             if tp.topic != self.topics.input:
                 continue
             p = tp.partition
-            rest = (
-                pace
-                and self.intake.in_step(p, now)
-                and now - self._input_read_at.get(p, 0.0) < period
-            )
-            n += pace and self.intake.in_step(p, now)
+            step = pace and self.intake.in_step(p, now)
+            n += step
+            rest = step and now - self._input_read_at.get(p, 0.0) < period
             if rest != (tp in paused):
                 if rest:
                     c.pause(tp)

@@ -375,19 +375,20 @@ class _Reader(asyncio.Protocol):
         writes to clients that the delivery scheduled (``call_soon``) go before the ~10 µs each
         of the other symbols' frames. One turn more per such read, no write more."""
         on_message, count = self.on_message, self.delivered
-        hot = False
-        for i, raw in enumerate(frames):
-            if count is None:
+        if count is None:
+            for raw in frames:
                 on_message(raw)
-                continue
-            before = count()
-            on_message(raw)
-            if count() != before:
-                hot = True
-            elif hot and i + 1 < len(frames):
-                self._rest = frames[i + 1 :]
-                asyncio.get_running_loop().call_soon(self._resume)
-                break
+        else:
+            hot = False
+            for i, raw in enumerate(frames):
+                before = count()
+                on_message(raw)
+                if count() != before:
+                    hot = True
+                elif hot and i + 1 < len(frames):
+                    self._rest = frames[i + 1 :]
+                    asyncio.get_running_loop().call_soon(self._resume)
+                    break
         if self.on_chunk is not None:
             self.on_chunk()
 

@@ -44,6 +44,10 @@ audit = logging.getLogger("gateway_ws.audit")
 RESUME_CHUNK = 500
 # a replay waits this long for a connection to drain below its bound, then it is slow
 RESUME_DRAIN_S = 5.0
+# a resume on a worker still reading its streams up to where they ended at its start waits
+# this long for that first (then ~1 s for the key): a client whose worker died lands on a
+# worker started a moment ago more often than on any other
+RESUME_READY_WAIT_S = 5.0
 # the next flush waits as long as the last one took (so writing takes at most about half of
 # the loop, and under load each connection's frames of several messages go out in one
 # write, like Centrifugo's per-connection writer), but never longer than this. At light load
@@ -350,7 +354,14 @@ class Hub:
         A client that comes back from a gateway that died may be ahead of this one: it had the
         direct feed's messages there, while this process (just started, or a few ms behind on
         Kafka) has not applied them yet. Answering "ahead" at once would resync it to an older
-        snapshot than what it holds; waiting for our follower costs a few ms."""
+        snapshot than what it holds; waiting for our follower costs a few ms. A worker just
+        started listens once it has read the snapshots, before its streams are read from the
+        snapshots' time to their ends (``ready``): on a slow host that alone can take longer
+        than the second, so the wait for the key starts once it is ready."""
+        ready = self.follower.ready
+        if not ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready.wait(), RESUME_READY_WAIT_S)
         cur = self.follower.seq_of(channel, symbol)
         deadline = self.clock() + 1.0
         while (cur is None or since > cur[0]) and self.clock() < deadline:

@@ -1,5 +1,6 @@
 """The asyncio shell's task bookkeeping (gateway_ws/hub.py): resumes are cancelled when their
-subscription is replaced, dropped or closed (issue 12: replaced replays kept running).
+subscription is replaced, dropped or closed (issue 12: replaced replays kept running), and a
+resume on a worker still reading its streams waits for it instead of answering "ahead".
 
 The Redis reader is a stand-in whose read never returns, so a resume stays in flight; what is
 tested is the shell's tasks, not Redis (tests/integration/test_ws_resume.py has those).
@@ -8,9 +9,13 @@ tested is the shell's tasks, not Redis (tests/integration/test_ws_resume.py has 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
+import pytest
+
 from core.follower import StreamJoin
+from gateway_ws import hub as hub_mod
 from gateway_ws.config import WsConfig
 from gateway_ws.fanout import Conn
 from gateway_ws.hub import Hub
@@ -21,6 +26,9 @@ class Follower:
     def __init__(self) -> None:
         self.join = StreamJoin()
         self.connected = True
+        self.ready = asyncio.Event()
+        self.ready.set()
+        self.at = 10  # the follower is at seq 10: a resume from 5 replays
 
     def add_callback(self, cb: Any) -> None: ...
 
@@ -30,7 +38,7 @@ class Follower:
         return None
 
     def seq_of(self, channel: str, symbol: str) -> tuple[int, int, int | None]:
-        return (10, 1, None)  # the follower is at seq 10: a resume from 5 replays
+        return (self.at, 1, None)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         return True, {"ready": True}
@@ -92,4 +100,47 @@ async def test_replaced_and_dropped_resumes_are_cancelled() -> None:
     hub.remove_client(c)  # type: ignore[arg-type]  # the connection went away
     await asyncio.sleep(0)
     assert third.cancelled() and not hub.resumes
+    await hub.stop()
+
+
+def _fast_clock() -> Any:
+    """A clock that moves 0.25 s per read: the hub's one-second wait for a key is over after
+    a few of its 20 ms polls, so a test sees at once what a resume does once it has waited."""
+    ticks = itertools.count()
+    return lambda: next(ticks) * 0.25
+
+
+async def test_a_resume_on_a_worker_still_reading_its_streams_waits_for_it() -> None:
+    follower, history = Follower(), StuckHistory()
+    follower.ready.clear()
+    follower.at = 3  # behind the client's 5 until it has read its streams
+    hub = Hub(WsConfig(), follower, history, clock=_fast_clock())  # type: ignore[arg-type]
+    c = Sock()
+    hub.add_client(c)  # type: ignore[arg-type]
+    hub.subscribe(c, RESUME)  # type: ignore[arg-type]
+    (task,) = hub.resumes.values()
+    await asyncio.sleep(0.2)  # many times the key's wait on this clock
+    assert not task.done() and history.reads == 0  # neither "ahead" nor a replay yet
+    follower.at = 12
+    follower.ready.set()
+    await _in_flight(hub, history, 1)  # caught up: the replay from Redis runs
+    assert not task.done()
+    await hub.stop()
+
+
+async def test_a_worker_that_never_gets_ready_answers_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_mod, "RESUME_READY_WAIT_S", 0.05)
+    follower, history = Follower(), StuckHistory()
+    follower.ready.clear()
+    follower.at = 3
+    hub = Hub(WsConfig(), follower, history, clock=_fast_clock())  # type: ignore[arg-type]
+    c = Sock()
+    hub.add_client(c)  # type: ignore[arg-type]
+    hub.subscribe(c, RESUME)  # type: ignore[arg-type]
+    (task,) = hub.resumes.values()
+    async with asyncio.timeout(2):
+        await task
+    assert history.reads == 0 and not hub.resumes  # resynced ("ahead"), nothing replayed
     await hub.stop()

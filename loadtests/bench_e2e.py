@@ -65,7 +65,7 @@ import orjson
 from core.codec import ns_from_iso
 from loadtests.fanout_client import FanoutClient, Stats
 from loadtests.fanout_stats import percentiles
-from loadtests.machine_speed import reference_cpu_s
+from loadtests.machine_speed import reference_cpu_s, wakeup_us
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = ("l2", "l3", "trades", "ticker", "candles_1m", "stats")
@@ -730,6 +730,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # the host's speed just before and after the window: CPU figures are read beside it
     ref_before = await asyncio.to_thread(reference_cpu_s)
+    wake_before = await asyncio.to_thread(wakeup_us)
     before = collect(args, ws_expected)
     await asyncio.sleep(0.1)  # what queued in the socket during the scrapes is read first
     groups = stack_processes(root)
@@ -755,6 +756,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     after = collect(args, ws_expected)
     lost = client is not None and client.done.done()
     ref_after = await asyncio.to_thread(reference_cpu_s)
+    wake_after = await asyncio.to_thread(wakeup_us)
     if client is not None and client.transport is not None:
         client.transport.close()
 
@@ -788,6 +790,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_average": _loadavg(),
             "cpus": os.cpu_count(),
             "reference_cpu_s": [ref_before, ref_after],
+            "wakeup_us": [wake_before, wake_after],
         },
         "window_s": window,
         "warmup_s": warmup,
@@ -981,6 +984,9 @@ def _cpu_report(res: dict[str, Any]) -> list[str]:
         "  host speed: reference workload (loadtests/machine_speed.py) "
         + " / ".join(_f(v, 3) + " s" for v in res["config"].get("reference_cpu_s", []))
         + " CPU before / after the window (lower = faster; CPU % scale with it)",
+        "  host wake-up: one-way loopback hop to a sleeping process (loadtests/machine_speed.py) "
+        + " / ".join(_f(v, 0) + " us" for v in res["config"].get("wakeup_us", []))
+        + " before / after (every hop of the latency path pays one)",
     ]
 
 

@@ -18,3 +18,13 @@ def test_a_reference_that_cannot_run_is_none_not_a_number(monkeypatch: pytest.Mo
         assert machine_speed.reference_cpu_s() is None
     monkeypatch.setattr(machine_speed, "WORKLOAD", "print('not a number')")
     assert machine_speed.reference_cpu_s() is None
+
+
+def test_the_wakeup_is_one_hop_between_two_event_loops_in_microseconds() -> None:
+    v = machine_speed.wakeup_us(n=20)
+    assert v is not None and 1 < v < 1_000_000  # µs of one loopback hop, not ns or seconds
+
+
+def test_a_wakeup_that_cannot_run_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine_speed.sys, "executable", "/nonexistent/python")
+    assert machine_speed.wakeup_us(n=5) is None

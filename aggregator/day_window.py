@@ -17,18 +17,25 @@ DAY_MINUTES = 1440
 
 class DayWindow:
     """minute -> ``[open, high, low, close, volume]``; insertion order is event-time order
-    except for rare late trades (counted in their own minute)."""
+    except for rare late trades (counted in their own minute).
 
-    __slots__ = ("buckets", "volume", "high", "low")
+    ``rows`` keeps each minute's saved form until a trade changes that minute: a checkpoint
+    (every 5 s, on the leader's loop) saved up to 1,440 minutes of five decimals per symbol, all
+    but the last one unchanged since the checkpoint before (issue 10: ~12 ms stalls of the
+    leader's loop, ~5 % of its CPU)."""
+
+    __slots__ = ("buckets", "volume", "high", "low", "rows")
 
     def __init__(self) -> None:
         self.buckets: dict[int, list[Decimal]] = {}
         self.volume = ZERO
         self.high: Decimal | None = None
         self.low: Decimal | None = None
+        self.rows: dict[int, list[Any]] = {}  # minute -> its saved row, while unchanged
 
     def add(self, ts: int, px: Decimal, qty: Decimal) -> None:
         minute = ts // MINUTE_NS
+        self.rows.pop(minute, None)
         b = self.buckets.get(minute)
         if b is None:
             self.buckets[minute] = [px, px, px, px, qty]
@@ -51,6 +58,7 @@ class DayWindow:
         if next(iter(self.buckets)) < oldest:
             for m in [m for m in self.buckets if m < oldest]:
                 self.volume -= self.buckets.pop(m)[4]
+                self.rows.pop(m, None)
             self._recompute()
 
     def _recompute(self) -> None:
@@ -64,7 +72,17 @@ class DayWindow:
         return next(iter(self.buckets.values()))[0] if self.buckets else None
 
     def to_state(self) -> list[Any]:
-        return [[m, *map(fmt, b)] for m, b in sorted(self.buckets.items())]
+        """The buckets in minute order, each ``[minute, open, high, low, close, volume]``; the
+        rows are shared with the next call until their minute changes (serialize, do not
+        mutate)."""
+        rows, buckets = self.rows, self.buckets
+        out = []
+        for m in sorted(buckets):
+            r = rows.get(m)
+            if r is None:
+                r = rows[m] = [m, *map(fmt, buckets[m])]
+            out.append(r)
+        return out
 
     @classmethod
     def from_state(cls, rows: list[Any]) -> DayWindow:

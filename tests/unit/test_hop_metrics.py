@@ -351,3 +351,14 @@ def test_iso_from_ns_is_exact_whatever_seconds_interleave(values: list[int]) -> 
         want = datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         assert iso_from_ns(ns) == f"{want}.{rem // 1000:06d}Z"
         assert len(codec._seconds) <= codec._SECONDS_MAX  # noqa: SLF001
+
+
+def test_leftover_topics_are_the_test_and_benchmark_prefixes_only() -> None:
+    names = ["md.in", "md.l2", "test.t1a2b.l2", "bench.x.in", "bcons.y.trades", "testing.l2"]
+    assert b.leftover_topics(names) == 3  # "testing." is not a run's prefix
+
+
+def test_the_report_warns_only_when_leftovers_were_found() -> None:
+    assert b._leftover_line(None) == [] and b._leftover_line(0) == []
+    (line,) = b._leftover_line(55)
+    assert "55 topics" in line and "make clean-topics" in line

@@ -37,6 +37,7 @@ import uvloop
 from aiokafka import TopicPartition
 
 from core.kafka import delete_prefix_topics, make_consumer, make_producer, partitions_of
+from core.kafka_auth import kafka_security_options, rdkafka_security_config
 from core.settings import Settings
 from core.topics import Topics
 from loadtests.fanout_stats import percentiles
@@ -129,7 +130,7 @@ async def acks(
 
     run = replace(s, topic_prefix=f"bench.hop.{uuid.uuid4().hex[:8]}")
     topic = f"{run.topic_prefix}.ack"
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, **kafka_security_options(s))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, partitions, 1)])
@@ -168,6 +169,7 @@ async def acks(
                     "acks": "all",
                     "enable.idempotence": True,
                     "linger.ms": 0,
+                    **rdkafka_security_config(s),
                 }
             )
             stop = threading.Event()

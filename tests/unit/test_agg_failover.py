@@ -181,3 +181,21 @@ async def test_a_switch_to_a_leg_without_catalogue_entry_still_says_why() -> Non
     info = [e for e in out.events if isinstance(e, ev.SymbolInfoEvent)][-1]
     assert info.reason == "disconnected"
     assert info.info == default_info(S, "backup")  # the old entry under the new leg's name
+
+
+async def test_a_gap_switches_at_the_event_that_shows_it_not_at_the_next_check() -> None:
+    """A trade_id gap arrives with the trade after it; on a fast host the primary's resync was
+    done before the next ``check`` and the trades only the backup had were never published."""
+    sup, out, _clock, a, _b = setup()
+    await feed_both(sup)
+    await sup.sink(1).publish(trade(2, "at"))  # the backup has the trade the primary will miss
+    a.parser.in_sync = False  # the primary's parser saw 1 -> 3: resyncing
+    await sup.sink(0).publish(trade(3, "cb"))
+    assert sup.switches == [(S, "primary", "backup", "gap")]  # no check() ran
+    new = out.events[3:]
+    assert isinstance(new[0], ev.BookSnapshot) and new[0].source == "at"
+    assert [t.trade_id for t in new[2:]] == ["2"]  # type: ignore[attr-defined]
+    a.parser.in_sync = True  # healed at once: the backup stays active (sticky)
+    await sup.sink(1).publish(trade(3, "at"))
+    await sup.sink(0).publish(trade(4, "cb"))
+    assert [getattr(e, "trade_id", None) for e in out.events[3 + len(new) :]] == ["3"]

@@ -477,6 +477,12 @@ class FeedClient:
             await asyncio.sleep(backoff.next())
 
     async def stop(self) -> None:
+        # closed here, not left to the tasks' cancellation: a connection outlived stop() and the
+        # server went on writing to a receiver that no longer read (a leader that stood down
+        # kept its sources pushing into its socket until the high water closed it)
+        for proto in list(self._readers.values()):
+            if proto.transport is not None:
+                proto.transport.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -353,3 +353,11 @@ async def test_a_read_hands_its_clients_frames_over_before_the_rest_of_it() -> N
     seen.clear()
     plain.data_received(read(b"hot4", b"cold7", b"cold8"))
     assert seen == [b"hot4", b"cold7", b"cold8"]
+
+
+async def test_a_stopped_client_closes_its_connection_at_once() -> None:
+    """The server must not go on writing to a receiver that stopped reading (a leader that
+    stood down kept its sources pushing into its socket until the high water closed it)."""
+    async with receivers(2) as (server, (a, _b), _):
+        await a.stop()
+        await wait_for(lambda: len(server.receivers) == 1, limit_s=1.0)

@@ -49,6 +49,7 @@ import orjson
 from prometheus_client import Counter, Gauge
 
 from core.backoff import Backoff
+from core.channels import is_data_channel
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +152,12 @@ class _Receiver(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.server.receivers.add(self)
+        self.server.watched_changed()
         FEED_RECEIVERS.set(len(self.server.receivers))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.receivers.discard(self)
+        self.server.watched_changed()
         self.held.clear()
         self.held_bytes = 0
         self.held_keys.clear()
@@ -173,6 +176,7 @@ class _Receiver(asyncio.Protocol):
                 )
                 continue
             self.hot = hot
+            self.server.watched_changed()
             self.release()  # what was held may now be read: it goes at once
         if oversized:
             FEED_BAD_INTEREST.inc()
@@ -227,6 +231,32 @@ class FeedServer:
         self._release = False  # the queued write goes to every receiver (a heartbeat is in it)
         self._server: asyncio.base_events.Server | None = None
         self.heads: dict[tuple[str, str], tuple[int, int]] = {}  # (channel, symbol) -> (epoch, seq)
+        self._watched: frozenset[bytes] | None = frozenset()
+        self._watched_stale = False
+
+    def watched_changed(self) -> None:
+        self._watched_stale = True
+
+    def watched_symbols(self) -> frozenset[bytes] | None:
+        """The symbols (UTF-8, as input record keys) of which some receiver reads a data channel
+        now; None when a receiver reads every key (it declared no interest). Status keys do not
+        count: a FIX gateway reads every symbol's status, which changes a few times a day.
+
+        The leader derives the records of these symbols first when one read brings several
+        (aggregator/service.py ``_watched_first``): their messages are what a client waits for,
+        while a symbol nobody reads through a gateway goes only to Kafka, whose consumers read
+        in batches. With every symbol read, nothing is reordered."""
+        if self._watched_stale:
+            self._watched_stale = False
+            syms: set[bytes] = set()
+            every = False
+            for r in self.receivers:
+                if r.hot is None:
+                    every = True
+                    break
+                syms.update(sym.encode() for ch, sym in r.hot if is_data_channel(ch))
+            self._watched = None if every else frozenset(syms)
+        return self._watched
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -355,6 +355,30 @@ async def test_a_read_hands_its_clients_frames_over_before_the_rest_of_it() -> N
     assert seen == [b"hot4", b"cold7", b"cold8"]
 
 
+async def test_watched_symbols_are_those_whose_data_some_receiver_reads() -> None:
+    """What the leader derives first (aggregator/service.py ``_watched_first``): symbols with a
+    data channel read behind some receiver; status keys do not count, a receiver that reads
+    every key makes every symbol watched, and a receiver that leaves takes its keys along."""
+    async with receivers(2, beat_ride_s=0.0, hold_s=30.0) as (server, (a, b), _):
+        assert server.watched_symbols() is None  # neither has said: both read every key
+        a.set_interest(["l2:ETH-USD", "status:BTC-USD", "candles_1m:SOL-USD"])
+        b.set_interest([])
+        await _told(server, set())
+        await wait_for(lambda: server.watched_symbols() == {b"ETH-USD", b"SOL-USD"})
+        b.set_interest(["status:LTC-USD", "trades:ETH-USD"])
+        await _told(server, {("status", "LTC-USD"), ("trades", "ETH-USD")})
+        assert server.watched_symbols() == {b"ETH-USD", b"SOL-USD"}
+        b.set_interest(None)
+        await _told(server, None)
+        assert server.watched_symbols() is None
+        await b.stop()  # the reader of everything leaves
+        await wait_for(lambda: len(server.receivers) == 1)
+        assert server.watched_symbols() == {b"ETH-USD", b"SOL-USD"}
+        await a.stop()
+        await wait_for(lambda: not server.receivers)
+        assert server.watched_symbols() == frozenset()
+
+
 async def test_a_stopped_client_closes_its_connection_at_once() -> None:
     """The server must not go on writing to a receiver that stopped reading (a leader that
     stood down kept its sources pushing into its socket until the high water closed it)."""
